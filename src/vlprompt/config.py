@@ -1,0 +1,106 @@
+"""Experiment config: load, fill defaults, validate against the JSON Schema, and hash.
+
+The schema (``schemas/config.schema.yaml``) is the single description of every key; Snakemake's
+``validate`` and this module read the same file, so the CLI and the DAG reject the same mistakes.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlprompt.io import config_hash
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message names the key and what is expected."""
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _fill_defaults(cfg: dict, schema: dict) -> None:
+    for key, sub in schema.get("properties", {}).items():
+        if key not in cfg and "default" in sub:
+            cfg[key] = copy.deepcopy(sub["default"])
+        if isinstance(cfg.get(key), dict) and sub.get("type") == "object":
+            _fill_defaults(cfg[key], sub)
+    for key in ("features", "train", "fewshot", "pocket", "method_overrides", "report"):
+        if key in schema.get("properties", {}) and key not in cfg:
+            cfg[key] = {}
+            _fill_defaults(cfg[key], schema["properties"][key])
+
+
+def validate(cfg: dict[str, Any], check_names: bool = True) -> dict[str, Any]:
+    """Return a copy of ``cfg`` with defaults filled in, or raise :class:`ConfigError`."""
+    import jsonschema
+
+    cfg = copy.deepcopy(cfg)
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for e in errors:
+            where = "/".join(str(p) for p in e.absolute_path) or "<top level>"
+            lines.append(f"  {where}: {e.message}")
+        raise ConfigError("invalid config:\n" + "\n".join(lines))
+    _fill_defaults(cfg, schema)
+    if check_names:
+        from vlprompt.data.registry import get_dataset
+        from vlprompt.methods import get_method
+
+        for name in cfg["datasets"]:
+            get_dataset(name)
+        for name in cfg["methods"]:
+            get_method(name)
+        for name, overrides in cfg.get("method_overrides", {}).items():
+            get_method(name).make_config(overrides)
+    return cfg
+
+
+def load_config(path: str | Path, check_names: bool = True) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path) as f:
+        cfg = yaml.safe_load(f) if path.suffix in (".yaml", ".yml") else __import__("json").load(f)
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(cfg).__name__}")
+    try:
+        return validate(cfg, check_names=check_names)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def backbone_key(cfg: dict) -> str:
+    """Filesystem-safe backbone identity used in feature-bank paths.
+
+    For a local weights file it includes a hash of the file, so replacing the weights
+    invalidates the cached features; for an open_clip tag the tag names the weights.
+    """
+    from vlprompt.backbone import is_local_file, resolve_pretrained
+    from vlprompt.io import sha256_file
+
+    b = cfg["backbone"]
+    pretrained = resolve_pretrained(b["pretrained"])
+    if is_local_file(pretrained) and Path(pretrained).is_file():
+        tag = Path(pretrained).stem + "-" + sha256_file(pretrained)[:8]
+    else:
+        tag = str(pretrained)
+    key = f"{b['model']}__{tag}" + ("__quickgelu" if b.get("quick_gelu") else "")
+    return key.replace("/", "_").replace(":", "_")
+
+
+def method_config_hash(cfg: dict, method: str) -> str:
+    """Hash of everything that changes a training run of ``method`` (a Snakemake param)."""
+    relevant = {k: cfg.get(k) for k in ("backbone", "features", "protocol", "fewshot", "pocket")}
+    relevant["method"] = cfg.get("method_overrides", {}).get(method, {})
+    return config_hash(relevant)

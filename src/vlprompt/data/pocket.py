@@ -1,0 +1,284 @@
+"""The pocket world: procedural images of coloured shapes in several rendering styles.
+
+Classes are colour x shape ("red circle"). Every image is drawn from a seed, so the same
+(world, style, split, index) gives the same pixels on every machine. Styles shift the image
+distribution the way the 11 real benchmarks differ from CLIP's web photos: a *pretraining* style
+(``photo``) and downstream styles (sketch, noisy, dark, pixelated, blurry, cluttered, faded) that
+the tiny CLIP sees only mildly during pretraining and in a stronger form downstream.
+
+A pocket dataset is written in the same on-disk form as a prepared real dataset:
+``<root>/images/<style>/<split>/<label>_<index>.png`` plus ``split_zhou_<Name>.json`` holding
+``{"train"|"val"|"test": [[relpath, label, classname], ...]}``, CoOp's split-file format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from vlprompt.io import atomic_write_text
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "orange": (245, 140, 20),
+    "yellow": (235, 215, 30),
+    "green": (40, 165, 50),
+    "cyan": (35, 200, 215),
+    "blue": (35, 65, 215),
+    "purple": (135, 45, 185),
+    "pink": (245, 125, 185),
+    # extra colours for larger worlds (n_colours > 8)
+    "brown": (125, 80, 35),
+    "gray": (128, 128, 128),
+    "black": (20, 20, 20),
+    "white": (245, 245, 245),
+}
+SHAPES: tuple[str, ...] = (
+    "circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring",
+    # extra shapes for larger worlds (n_shapes > 8)
+    "crescent", "arrow", "bar", "heart",
+)
+
+#: style -> (adjective used in captions and templates, CoOp-style hand-crafted template)
+STYLES: dict[str, tuple[str, str]] = {
+    "photo": ("", "a photo of a {}."),
+    "sketch": ("sketch", "a sketch of a {}."),
+    "noisy": ("noisy", "a noisy photo of a {}."),
+    "dark": ("dark", "a dark photo of a {}."),
+    "pixelated": ("pixelated", "a pixelated photo of a {}."),
+    "blurry": ("blurry", "a blurry photo of a {}."),
+    "cluttered": ("cluttered", "a cluttered photo of a {}."),
+    "faded": ("faded", "a faded photo of a {}."),
+}
+
+SUPERSAMPLE = 4  # draw at 4x and downsample with a box filter, for anti-aliased edges
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """Which classes exist and how they are ordered.
+
+    Labels follow a permutation of the colour x shape grid drawn from ``seed``: as in the real
+    benchmarks, whose labels follow alphabetical folder names, label order says nothing about
+    appearance, so the base half (first half of the sorted labels) and the new half both mix
+    colours and shapes.
+    """
+
+    n_colours: int = 8
+    n_shapes: int = 8
+    image_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 2 <= self.n_colours <= len(COLOURS):
+            raise ValueError(f"n_colours must be in [2, {len(COLOURS)}], got {self.n_colours}")
+        if not 2 <= self.n_shapes <= len(SHAPES):
+            raise ValueError(f"n_shapes must be in [2, {len(SHAPES)}], got {self.n_shapes}")
+
+    @property
+    def classes(self) -> list[tuple[str, str]]:
+        grid = [(c, s) for c in list(COLOURS)[: self.n_colours] for s in SHAPES[: self.n_shapes]]
+        order = np.random.default_rng(self.seed).permutation(len(grid))
+        return [grid[i] for i in order]
+
+    @property
+    def classnames(self) -> list[str]:
+        return [f"{c} {s}" for c, s in self.classes]
+
+
+def _shape_polygon(shape: str, rng: np.random.Generator) -> list[np.ndarray]:
+    """Polygons in unit coordinates (centre 0, radius about 1); several for composite shapes."""
+    def ngon(n, r=1.0, phase=0.0):
+        t = phase + 2 * np.pi * np.arange(n) / n
+        return np.stack([r * np.sin(t), -r * np.cos(t)], 1)
+
+    if shape == "circle":
+        return [ngon(48)]
+    if shape == "square":
+        return [ngon(4, 1.15, np.pi / 4)]
+    if shape == "triangle":
+        return [ngon(3, 1.15) + [0, 0.2]]
+    if shape == "star":
+        outer, inner = ngon(5, 1.15), ngon(5, 0.45, np.pi / 5)
+        return [np.stack([outer, inner], 1).reshape(-1, 2)]
+    if shape == "cross":
+        a, b = 0.33, 1.0
+        return [np.array([[-a, -b], [a, -b], [a, -a], [b, -a], [b, a], [a, a], [a, b], [-a, b],
+                          [-a, a], [-b, a], [-b, -a], [-a, -a]])]
+    if shape == "diamond":
+        return [np.array([[0, -1.2], [0.65, 0], [0, 1.2], [-0.65, 0]])]
+    if shape == "hexagon":
+        return [ngon(6, 1.05, np.pi / 6)]
+    if shape == "ring":
+        return [ngon(48), ngon(48, 0.55)]  # second polygon is a hole
+    if shape == "crescent":
+        return [ngon(48), ngon(48, 0.85) + [0.45, -0.1]]
+    if shape == "arrow":
+        return [np.array([[-1, -0.3], [0.2, -0.3], [0.2, -0.75], [1.05, 0], [0.2, 0.75],
+                          [0.2, 0.3], [-1, 0.3]])]
+    if shape == "bar":
+        return [np.array([[-1.1, -0.35], [1.1, -0.35], [1.1, 0.35], [-1.1, 0.35]])]
+    if shape == "heart":
+        t = np.linspace(0, 2 * np.pi, 64)
+        x = 16 * np.sin(t) ** 3
+        y = 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
+        return [np.stack([x, -y], 1) / 15.0]
+    raise ValueError(f"unknown shape {shape!r}; available: {SHAPES}")
+
+
+def _jitter(colour: Sequence[int], rng: np.random.Generator, amount: int = 18) -> tuple:
+    return tuple(int(np.clip(v + rng.integers(-amount, amount + 1), 0, 255)) for v in colour)
+
+
+def _background(rng: np.random.Generator, size: int) -> Image.Image:
+    """A pale, desaturated background with a gentle gradient (never a saturated class colour)."""
+    base = rng.uniform(150, 245)
+    tint = rng.uniform(-12, 12, size=3)
+    grad = rng.uniform(-25, 25, size=2)
+    yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
+    img = base + tint[None, None, :] + (grad[0] * xx + grad[1] * yy)[..., None]
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, colour, bg_colour, centre, radius, angle,
+                rng, outline_width: int | None = None):
+    polys = _shape_polygon(shape, rng)
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    for i, poly in enumerate(polys):
+        pts = (poly @ rot.T) * radius + centre
+        pts = [tuple(p) for p in pts]
+        hole = i > 0
+        if outline_width is None:
+            draw.polygon(pts, fill=bg_colour if hole else colour)
+        else:
+            draw.line(pts + [pts[0]], fill=colour, width=outline_width, joint="curve")
+
+
+def render(colour: str, shape: str, style: str, rng: np.random.Generator, size: int = 32,
+           strength: float = 1.0) -> Image.Image:
+    """Draw one image of a ``colour shape`` in ``style``; ``strength`` scales the style's shift."""
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; available: {sorted(STYLES)}")
+    big = size * SUPERSAMPLE
+    rgb = _jitter(COLOURS[colour], rng)
+    radius = big * rng.uniform(0.26, 0.38)
+    centre = big / 2 + rng.uniform(-0.12, 0.12, size=2) * big
+    angle = rng.uniform(-0.35, 0.35)
+    if style == "sketch":
+        img = Image.new("RGB", (big, big), _jitter((240, 238, 230), rng, 8))
+        draw = ImageDraw.Draw(img)
+        for _ in range(rng.integers(2, 6)):  # stray pencil strokes
+            p = rng.uniform(0, big, size=4)
+            draw.line(list(p), fill=_jitter((150, 150, 150), rng, 30), width=SUPERSAMPLE)
+        width = int(SUPERSAMPLE * rng.uniform(1.2, 2.2))
+        _draw_shape(draw, shape, rgb, None, centre, radius, angle, rng, outline_width=width)
+    else:
+        img = _background(rng, big)
+        draw = ImageDraw.Draw(img)
+        bg = tuple(int(v) for v in np.asarray(img)[int(centre[1]), int(centre[0])])
+        if style == "cluttered":  # small distractor blobs of random colours
+            n = int(round(rng.integers(3, 7) * strength))
+            for _ in range(n):
+                c = _jitter(list(COLOURS.values())[rng.integers(0, len(COLOURS))], rng)
+                r = big * rng.uniform(0.04, 0.09)
+                x, y = rng.uniform(0, big, size=2)
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=c)
+        _draw_shape(draw, shape, rgb, bg, centre, radius, angle, rng)
+    img = img.resize((size, size), Image.BOX)
+    return _apply_style(img, style, rng, strength)
+
+
+def _apply_style(img: Image.Image, style: str, rng: np.random.Generator, strength: float):
+    if style == "blurry":
+        img = img.filter(ImageFilter.GaussianBlur(radius=1.4 * strength))
+    if style == "pixelated":
+        cells = max(4, int(round(img.size[0] / (4 * strength))))
+        img = img.resize((cells, cells), Image.BOX).resize(img.size, Image.NEAREST)
+    x = np.asarray(img, dtype=np.float32) / 255.0
+    if style == "noisy":
+        x = x + rng.normal(0, 0.22 * strength, size=x.shape)
+    elif style == "dark":
+        x = x * (1 - 0.72 * strength) + rng.normal(0, 0.025, size=x.shape)
+    elif style == "faded":
+        grey = x.mean(axis=2, keepdims=True)
+        x = 0.55 + (x * (1 - 0.6 * strength) + grey * 0.6 * strength - 0.55) * (1 - 0.5 * strength)
+    else:
+        x = x + rng.normal(0, 0.015, size=x.shape)
+    return Image.fromarray((np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8))
+
+
+def _rng(*keys: int | str) -> np.random.Generator:
+    """A generator seeded from a tuple of keys (stable across processes, unlike ``hash``)."""
+    words = [k if isinstance(k, int) else int.from_bytes(hashlib.sha256(k.encode()).digest()[:8], "little")
+             for k in keys]
+    return np.random.default_rng(np.random.SeedSequence(words))
+
+
+def sample_batch(world: World, styles: Sequence[str], n: int, seed: int, strength: float = 0.5):
+    """``n`` random (image uint8 HxWx3, label, style) triples for pretraining."""
+    rng = _rng(world.seed, "pretrain", seed)
+    classes = world.classes
+    out = []
+    for _ in range(n):
+        label = int(rng.integers(len(classes)))
+        style = styles[int(rng.integers(len(styles)))]
+        c, s = classes[label]
+        out.append((np.asarray(render(c, s, style, rng, world.image_size, strength)), label, style))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PocketDataset:
+    """One downstream pocket dataset: one style at full strength."""
+
+    name: str
+    style: str
+    per_class: dict  # split -> images per class
+
+    def template(self) -> str:
+        return STYLES[self.style][1]
+
+
+def generate(dataset: PocketDataset, world: World, root: Path, strength: float = 1.0,
+             progress: bool = True) -> Path:
+    """Write the dataset's images under ``root`` and its split file; return the split file path.
+
+    Idempotent: existing images of the right name are kept (every pixel depends only on the
+    seed keys), and the split file is written last and atomically, so its presence marks a
+    complete dataset.
+    """
+    from tqdm import tqdm
+
+    root = Path(root)
+    classes = world.classes
+    split: dict[str, list] = {}
+    total = sum(dataset.per_class.values()) * len(classes)
+    bar = tqdm(total=total, desc=f"generate {dataset.name}", disable=not progress, unit="img")
+    for split_name, n in dataset.per_class.items():
+        rows = []
+        folder = root / "images" / split_name
+        folder.mkdir(parents=True, exist_ok=True)
+        for label, (c, s) in enumerate(classes):
+            for i in range(n):
+                rel = f"images/{split_name}/{label:03d}_{i:03d}.png"
+                path = root / rel
+                if not path.exists():
+                    rng = _rng(world.seed, dataset.style, split_name, label, i)
+                    img = render(c, s, dataset.style, rng, world.image_size, strength)
+                    tmp = path.with_suffix(".tmp.png")
+                    img.save(tmp)
+                    tmp.replace(path)
+                rows.append([rel, label, f"{c} {s}"])
+                bar.update()
+        split[split_name] = rows
+    bar.close()
+    out = root / f"split_zhou_{dataset.name}.json"
+    atomic_write_text(out, json.dumps(split, indent=1))
+    return out

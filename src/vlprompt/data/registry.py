@@ -1,0 +1,80 @@
+"""The dataset registry: every benchmark the workbench knows, pocket and real.
+
+A prepared dataset lives in ``<data_root>/<name>/`` as image files plus the split file
+``split_zhou_<name>.json`` (CoOp's format, paths relative to that folder). The split file is
+written last, so its presence marks a complete dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from vlprompt.data import pocket
+
+
+class DatasetError(ValueError):
+    """Unknown or unusable dataset; the message names it and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    template: str  # CoOp's hand-crafted template for the zero-shot baseline
+    kind: str  # "pocket" or "real"
+    description: str = ""
+    style: str | None = None  # pocket datasets: the rendering style
+
+    def split_filename(self) -> str:
+        return f"split_zhou_{self.name}.json"
+
+
+POCKET_STYLES = ("sketch", "noisy", "dark", "pixelated", "blurry", "cluttered", "faded", "photo")
+_REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+    if spec.name in _REGISTRY:
+        raise DatasetError(f"dataset {spec.name!r} registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+for _style in POCKET_STYLES:
+    register(DatasetSpec(name=f"pocket_{_style}", template=pocket.STYLES[_style][1], kind="pocket",
+                         style=_style, description=f"pocket world, {_style} style"))
+
+
+def list_datasets() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise DatasetError(f"unknown dataset {name!r}; available: {list_datasets()}") from None
+
+
+def dataset_dir(cfg: dict, name: str) -> Path:
+    return Path(cfg.get("data_root", "data")) / name
+
+
+def split_path(cfg: dict, name: str) -> Path:
+    return dataset_dir(cfg, name) / get_dataset(name).split_filename()
+
+
+def pocket_world(cfg: dict) -> pocket.World:
+    p = cfg.get("pocket", {})
+    return pocket.World(n_colours=p.get("n_colours", 8), n_shapes=p.get("n_shapes", 8),
+                        seed=p.get("seed", 0))
+
+
+def prepare(cfg: dict, name: str, progress: bool = True) -> Path:
+    """Make the dataset ready on disk; return its split file."""
+    spec = get_dataset(name)
+    if spec.kind == "pocket":
+        per_class = {"train": 24, "val": 8, "test": 20, **cfg.get("pocket", {}).get("per_class", {})}
+        ds = pocket.PocketDataset(name=name, style=spec.style, per_class=per_class)
+        return pocket.generate(ds, pocket_world(cfg), dataset_dir(cfg, name), progress=progress)
+    raise DatasetError(f"dataset {name!r} of kind {spec.kind!r} cannot be prepared yet")

@@ -1,0 +1,141 @@
+"""Contrastive pretraining of the tiny pocket CLIP (rule ``pretrain_pocket_clip``).
+
+The pocket world's stand-in for CLIP's web-scale pretraining: captioned images of every class in
+every style, captions naming the style ("a sketch of a red circle.", "a red circle, pixelated
+photo."). Most images are clean photos; the other styles appear at half strength, so the
+downstream pocket datasets (full-strength styles) are a real domain shift for the frozen model.
+
+Loss: CLIP's symmetric cross-entropy over the batch's image-text similarities, with targets that
+treat every pair of the same class and style as a positive (a batch of 128 drawn from 512
+class-style pairs has duplicates; plain CLIP targets would push those apart).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlprompt.data import pocket
+from vlprompt.io import atomic_path, atomic_write_json, provenance
+
+log = logging.getLogger(__name__)
+
+CAPTIONS = {
+    "photo": ["a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.", "a photo of the {}."],
+    "_styled": ["a {s} photo of a {c}.", "a {s} image of a {c}.", "a {c}, {s} photo.",
+                "a {s} picture of the {c}.", "a photo of a {c}, {s}."],
+    "sketch": ["a sketch of a {}.", "a drawing of a {}.", "a {}, pencil sketch.", "a line drawing of a {}."],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 50
+    pool_size: int = 24000  # distinct rendered images; augmentation makes each step's batch new
+    photo_fraction: float = 0.4  # the rest is spread over the other styles
+    style_strength: float = 0.5  # downstream datasets use 1.0
+    seed: int = 0
+
+
+def caption(classname: str, style: str, rng: np.random.Generator) -> str:
+    if style in ("photo", "sketch"):
+        options = CAPTIONS[style]
+        return options[rng.integers(len(options))].format(classname)
+    adj = pocket.STYLES[style][0]
+    options = CAPTIONS["_styled"]
+    return options[rng.integers(len(options))].format(s=adj, c=classname)
+
+
+def _render_pool(world: pocket.World, cfg: PretrainConfig):
+    rng = np.random.default_rng(cfg.seed)
+    others = [s for s in pocket.STYLES if s != "photo"]
+    styles = np.where(rng.random(cfg.pool_size) < cfg.photo_fraction, "photo",
+                      rng.choice(others, size=cfg.pool_size))
+    labels = rng.integers(len(world.classes), size=cfg.pool_size)
+    images = np.empty((cfg.pool_size, world.image_size, world.image_size, 3), np.uint8)
+    from tqdm import tqdm
+    for i in tqdm(range(cfg.pool_size), desc="render pretraining pool", unit="img", mininterval=5):
+        c, s = world.classes[labels[i]]
+        images[i] = np.asarray(pocket.render(c, s, styles[i], pocket._rng(world.seed, "pretrain", i),
+                                             world.image_size, cfg.style_strength))
+    return images, labels, styles
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random resized crop (scale 0.6-1) and horizontal flip on a uint8 batch, as float in [0,1]."""
+    n, _, h, w = x.shape
+    x = x.float() / 255
+    scale = torch.empty(n).uniform_(0.6, 1.0, generator=gen).sqrt()
+    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * (1 - scale[:, None])
+    theta = torch.zeros(n, 2, 3)
+    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    theta[:, 0, 0] = scale * flip
+    theta[:, 1, 1] = scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def pretrain(out: Path, cfg: PretrainConfig = PretrainConfig(), world: pocket.World = pocket.World()):
+    from tqdm import tqdm
+
+    from vlprompt.backbone import POCKET_MODEL, open_clip
+
+    torch.manual_seed(cfg.seed)
+    oc = open_clip()
+    model, _, _ = oc.create_model_and_transforms(POCKET_MODEL, pretrained=None)
+    tokenizer = oc.get_tokenizer(POCKET_MODEL)
+    mean = torch.tensor(model.visual.image_mean or (0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
+    std = torch.tensor(model.visual.image_std or (0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
+    images, labels, styles = _render_pool(world, cfg)
+    images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    style_ids = np.unique(styles, return_inverse=True)[1]
+    names = world.classnames
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed + 1)
+    model.train()
+    start = time.time()
+    bar = tqdm(range(cfg.steps), desc="pretrain pocket CLIP", mininterval=5)
+    for step in bar:
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=gen).numpy()
+        x = (_augment(images[idx], gen) - mean) / std
+        texts = [caption(names[labels[i]], styles[i], rng) for i in idx]
+        key = torch.as_tensor(labels[idx] * 100 + style_ids[idx])
+        target = (key[:, None] == key[None, :]).float()
+        target = target / target.sum(1, keepdim=True)
+        img_f = F.normalize(model.encode_image(x), dim=-1)
+        txt_f = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+        logits = model.logit_scale.exp() * img_f @ txt_f.T
+        loss = 0.5 * (torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
+                      + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
+    model.eval()
+    state = {k: v.half() for k, v in model.state_dict().items()}
+    with atomic_path(out) as tmp:
+        torch.save(state, tmp)
+    atomic_write_json(Path(out).with_suffix(".json"), provenance(
+        config=dataclasses.asdict(cfg), world=dataclasses.asdict(world), model=POCKET_MODEL,
+        seconds=round(time.time() - start, 1)))
+    log.info("saved %s after %.0f s", out, time.time() - start)
+    return out
