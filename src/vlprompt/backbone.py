@@ -132,6 +132,12 @@ def load_backbone(name: str, pretrained: str | None, device: str | torch.device 
                     weights_sha256=state_dict_sha256(model))
 
 
+def load_backbone_from_config(cfg: dict, device: str | torch.device = "cpu") -> Backbone:
+    """The experiment's backbone (``cfg["backbone"]``: model, pretrained, quick_gelu)."""
+    b = cfg["backbone"]
+    return load_backbone(b["model"], b["pretrained"], device=device, force_quick_gelu=b.get("quick_gelu", False))
+
+
 class PromptedTextEncoder(nn.Module):
     """open_clip's text tower, fed with token *embeddings* so that prompts can be learned.
 

@@ -87,11 +87,12 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def pretrain(out: Path, cfg: PretrainConfig = PretrainConfig(), world: pocket.World = pocket.World()):
+def pretrain(out: Path, cfg: PretrainConfig | None = None, world: pocket.World | None = None):
     from tqdm import tqdm
 
     from vlprompt.backbone import POCKET_MODEL, open_clip
 
+    cfg, world = cfg or PretrainConfig(), world or pocket.World()
     torch.manual_seed(cfg.seed)
     oc = open_clip()
     model, _, _ = oc.create_model_and_transforms(POCKET_MODEL, pretrained=None)

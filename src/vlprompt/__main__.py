@@ -1,0 +1,5 @@
+import sys
+
+from vlprompt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,89 @@
+"""Where every artefact lives and which runs an experiment needs: pure functions the DAG calls.
+
+The run identity is spelled out in its path, as CoOp does (``{dataset}/{method}/{shots}shot/seed{seed}``),
+so the path patterns double as Snakemake wildcard patterns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from vlprompt.config import backbone_key, method_config_hash
+
+FEWSHOT = "{results}/splits/{dataset}/shot{shots}_seed{seed}.json"
+CLASSES = "{results}/splits/{dataset}/classes.json"
+FEATURES = "{results}/features/{backbone}/{dataset}"
+RUN = "{results}/{experiment}/runs/{dataset}/{method}/{shots}shot/seed{seed}"
+SUMMARY = "{results}/{experiment}/summary.csv"
+STATS = "{results}/{experiment}/stats.csv"
+REPORT = "{reports}/{experiment}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    dataset: str
+    method: str
+    shots: int  # 0 for methods that need no training data (zero-shot)
+    seed: int  # 0 likewise
+
+    def dir(self, cfg: dict) -> Path:
+        return Path(RUN.format(results=cfg["results_root"], experiment=cfg["experiment"], **self.wildcards()))
+
+    def wildcards(self) -> dict:
+        return {"dataset": self.dataset, "method": self.method, "shots": self.shots, "seed": self.seed}
+
+
+def runs(cfg: dict) -> list[Run]:
+    """Every run of the experiment: method × dataset × shots × seed; zero-shot methods once per dataset."""
+    from vlprompt.methods import get_method
+
+    out = []
+    for method in cfg["methods"]:
+        trained = get_method(method).needs_training
+        for dataset in cfg["datasets"]:
+            if not trained:
+                out.append(Run(dataset, method, 0, 0))
+                continue
+            for shots in cfg["shots"]:
+                for seed in cfg["seeds"]:
+                    out.append(Run(dataset, method, shots, seed))
+    return out
+
+
+def fewshot_path(cfg: dict, dataset: str, shots: int, seed: int) -> Path:
+    return Path(FEWSHOT.format(results=cfg["results_root"], dataset=dataset, shots=shots, seed=seed))
+
+
+def fewshot_paths(cfg: dict, dataset: str) -> list[Path]:
+    return [fewshot_path(cfg, dataset, k, s) for k in cfg["shots"] for s in cfg["seeds"]]
+
+
+def classes_path(cfg: dict, dataset: str) -> Path:
+    return Path(CLASSES.format(results=cfg["results_root"], dataset=dataset))
+
+
+def features_dir(cfg: dict, dataset: str) -> Path:
+    return Path(FEATURES.format(results=cfg["results_root"], backbone=backbone_key(cfg), dataset=dataset))
+
+
+def summary_path(cfg: dict) -> Path:
+    return Path(SUMMARY.format(results=cfg["results_root"], experiment=cfg["experiment"]))
+
+
+def stats_path(cfg: dict) -> Path:
+    return Path(STATS.format(results=cfg["results_root"], experiment=cfg["experiment"]))
+
+
+def report_dir(cfg: dict) -> Path:
+    return Path(REPORT.format(reports=cfg["reports_root"], experiment=cfg["experiment"]))
+
+
+def needs_gpu(method: str) -> int:
+    """1 for methods with the image encoder in the loop (GPU jobs on a cluster), else 0."""
+    from vlprompt.methods import get_method
+
+    return int(get_method(method).inputs == "images")
+
+
+__all__ = ["Run", "backbone_key", "method_config_hash", "needs_gpu", "runs"]

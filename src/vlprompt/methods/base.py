@@ -1,0 +1,126 @@
+"""The one small interface every method implements, and the hyperparameters every trainer shares."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlprompt.backbone import Backbone, PromptedTextEncoder
+
+registry: dict[str, type[Method]] = {}
+
+
+class MethodError(ValueError):
+    """Unknown method or invalid hyperparameters; the message names them."""
+
+
+def register(cls: type[Method]) -> type[Method]:
+    if not cls.name or cls.name in registry:
+        raise MethodError(f"method name {cls.name!r} missing or registered twice")
+    registry[cls.name] = cls
+    return cls
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by all gradient-trained methods (CoOp's defaults).
+
+    SGD with momentum 0.9 and weight decay 5e-4, cosine schedule stepped per epoch, the first
+    ``warmup_epochs`` at the constant ``warmup_lr`` (Dassl's ConstantWarmupScheduler).
+    """
+
+    epochs: int = 200
+    batch_size: int = 32
+    lr: float = 0.002
+    optimizer: str = "sgd"  # sgd | adamw
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    min_steps_per_epoch: int = 1
+
+
+@dataclasses.dataclass
+class MethodContext:
+    """What a method is built from: the frozen backbone, the classes and the training data."""
+
+    backbone: Backbone
+    encoder: PromptedTextEncoder
+    classnames: list[str]
+    template: str
+    device: torch.device
+    train_features: torch.Tensor | None = None  # (V, N, D) augmented views of the few-shot images
+    train_labels: torch.Tensor | None = None  # (N,)
+    val_features: torch.Tensor | None = None  # (N_val, D)
+    val_labels: torch.Tensor | None = None
+    seed: int = 0
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.backbone.model.logit_scale.exp().item())
+
+
+class Method(nn.Module):
+    """A classifier over cached image features for a set of class names.
+
+    Subclasses set the class attributes, a frozen ``Config`` dataclass (deriving from
+    ``TrainConfig`` if gradient-trained) and implement ``forward`` (image features -> logits
+    for the current classes). ``loss`` defaults to cross-entropy; ``fit`` is for closed-form
+    methods (return True when the method trained itself and the SGD loop should be skipped).
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type] = TrainConfig
+    needs_training: ClassVar[bool] = True
+    supports_new_classes: ClassVar[bool] = True
+    inputs: ClassVar[str] = "features"  # "features" (cached bank) or "images" (encoder in the loop)
+
+    def __init__(self, config: Any, ctx: MethodContext):
+        super().__init__()
+        self.config = config
+        self.logit_scale = ctx.logit_scale
+
+    @classmethod
+    def make_config(cls, overrides: dict | None = None):
+        overrides = dict(overrides or {})
+        fields = {f.name for f in dataclasses.fields(cls.Config)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise MethodError(f"unknown hyperparameter(s) {unknown} for method {cls.name!r}; "
+                              f"valid: {sorted(fields)}")
+        return cls.Config(**overrides)
+
+    def set_classes(self, classnames: list[str]) -> None:
+        """Switch to another set of classes (evaluation on new classes)."""
+        raise NotImplementedError(f"{self.name} cannot classify classes it was not trained on")
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        loss = F.cross_entropy(self(image_features), labels)
+        return loss, {"ce": loss.item()}
+
+    def fit(self, ctx: MethodContext) -> bool:
+        return False
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The learned part (what a trained artefact stores): parameters that require grad."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v.detach().cpu() for k, v in self.state_dict().items() if k in names}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.trainable_state()) - set(state)
+        if missing:
+            raise MethodError(f"checkpoint lacks {sorted(missing)} for method {self.name!r}")
+        self.load_state_dict(state, strict=False)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.float(), dim=-1)

@@ -1,0 +1,90 @@
+"""Learnable prompts for the CLIP text tower (CoOp's prompt learner, written against our encoder).
+
+A prompt for class c is ``[SOS] [ctx_1 .. ctx_M] [class tokens] [.] [EOS]`` (class position
+``end``), ``[SOS] [class] [ctx] [.] [EOS]`` (``front``) or with the context split around the class
+(``middle``). The context vectors are shared by all classes or one set per class (CSC); frozen
+token embeddings are non-persistent buffers, so saving and loading stay strict and small.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vlprompt.backbone import PromptedTextEncoder
+
+PLACEHOLDER = "X"
+
+
+class PromptLearner(nn.Module):
+    def __init__(self, encoder: PromptedTextEncoder, tokenizer, classnames: list[str], n_ctx: int = 4,
+                 ctx_init: str | None = "a photo of a", csc: bool = False, position: str = "end",
+                 init_std: float = 0.02, generator: torch.Generator | None = None):
+        super().__init__()
+        if position not in ("end", "front", "middle"):
+            raise ValueError(f"class token position must be end, front or middle, got {position!r}")
+        if ctx_init and position != "end":
+            raise ValueError("ctx_init is only supported with class position 'end' (as in CoOp)")
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.position = position
+        self.csc = csc
+        width = encoder.width
+        device = encoder.token_embedding.weight.device
+        if ctx_init:
+            words = ctx_init.strip().replace("_", " ")
+            tokens = tokenizer([words]).to(device)
+            n_ctx = int(tokens.argmax(-1).item()) - 1  # tokens between SOS and EOS
+            with torch.no_grad():
+                init = encoder.embed(tokens)[0, 1:1 + n_ctx].float()  # (n_ctx, width)
+            if csc:
+                init = init.unsqueeze(0).repeat(len(classnames), 1, 1)
+        else:
+            shape = (len(classnames), n_ctx, width) if csc else (n_ctx, width)
+            init = torch.randn(shape, generator=generator) * init_std
+        self.n_ctx = n_ctx
+        self.ctx_init = ctx_init
+        self.ctx = nn.Parameter(init.to(device))  # (n_ctx, width) or (n_cls, n_ctx, width)
+        self.set_classes(classnames)
+
+    def set_classes(self, classnames: list[str]) -> None:
+        """Rebuild the frozen token buffers for ``classnames`` (e.g. to evaluate new classes)."""
+        if self.csc and hasattr(self, "token_prefix") and len(classnames) != self.ctx.shape[0]:
+            raise ValueError("class-specific context cannot be applied to other classes")
+        self.classnames = list(classnames)
+        names = [n.replace("_", " ") for n in classnames]
+        placeholder = " ".join([PLACEHOLDER] * self.n_ctx)
+        device = self.ctx.device
+        tokens = self.tokenizer([f"{placeholder} {n}." for n in names]).to(device)  # (n_cls, L)
+        name_tokens = self.tokenizer(names)
+        self.name_lens = (name_tokens.argmax(-1) - 1).tolist()  # tokens per class name
+        with torch.no_grad():
+            emb = self.encoder.embed(tokens)  # (n_cls, L, width)
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("token_prefix", emb[:, :1].clone(), persistent=False)  # SOS (n_cls, 1, w)
+        self.register_buffer("token_suffix", emb[:, 1 + self.n_ctx:].clone(), persistent=False)  # class . EOS
+        self.register_buffer("eot", tokens.argmax(-1), persistent=False)
+
+    def prompts(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """(n_cls, L, width) prompt embeddings; ``ctx`` may carry a leading batch dim (CoCoOp)."""
+        ctx = self.ctx if ctx is None else ctx
+        n_cls = self.token_prefix.shape[0]
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(n_cls, -1, -1)  # (n_cls, n_ctx, w)
+        prefix, suffix = self.token_prefix, self.token_suffix
+        if self.position == "end":
+            return torch.cat([prefix, ctx.to(prefix.dtype), suffix], dim=1)
+        out = []
+        half = self.n_ctx // 2
+        for i, n in enumerate(self.name_lens):
+            name, rest = suffix[i:i + 1, :n], suffix[i:i + 1, n:]
+            c = ctx[i:i + 1].to(prefix.dtype)
+            if self.position == "front":
+                out.append(torch.cat([prefix[i:i + 1], name, c, rest], dim=1))
+            else:
+                out.append(torch.cat([prefix[i:i + 1], c[:, :half], name, c[:, half:], rest], dim=1))
+        return torch.cat(out, dim=0)
+
+    def forward(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised text features (n_cls, embed_dim) of the current prompts."""
+        return self.encoder(self.prompts(ctx), self.eot)

@@ -1,0 +1,171 @@
+"""The shared training loop: one run = one method × dataset × shots × seed.
+
+Seeds everything, builds the method on the cached feature bank, trains it (SGD/AdamW, cosine
+schedule with constant warm-up, fp16 autocast on GPU, progress bar), checkpoints every few
+epochs and resumes from the checkpoint after a kill, then evaluates and writes ``model.pt`` and
+``metrics.json`` atomically. The random stream of epoch e is seeded from (seed, e), so a resumed
+run continues exactly as an uninterrupted one and ends with identical metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlprompt import grid
+from vlprompt.backbone import PromptedTextEncoder, load_backbone_from_config
+from vlprompt.config import method_config_hash
+from vlprompt.data.registry import get_dataset
+from vlprompt.data.splits import subsample_classes
+from vlprompt.evaluate import evaluate
+from vlprompt.features import FeatureBank, pick_device
+from vlprompt.io import atomic_path, atomic_write_json, provenance, read_json
+from vlprompt.methods import MethodContext, TrainConfig, get_method
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Constant warm-up for ``warmup_epochs``, then cosine annealing over ``epochs`` (stepped per epoch)."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.warmup_lr
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / cfg.epochs))
+
+
+def make_optimizer(cfg: TrainConfig, params):
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adamw")
+
+
+def sgd_loop(method, ctx: MethodContext, cfg: TrainConfig, ckpt_path: Path, checkpoint_every: int,
+             progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train the method's parameters on ``ctx.train_features``; resumable from ``ckpt_path``."""
+    from tqdm import tqdm
+
+    params = [p for p in method.parameters() if p.requires_grad]
+    if not params:
+        raise RuntimeError(f"method {method.name!r} has nothing to train")
+    opt = make_optimizer(cfg, params)
+    device = ctx.device
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    feats, labels = ctx.train_features, ctx.train_labels  # (V, N, D), (N,)
+    views, n = feats.shape[0], feats.shape[1]
+    steps = max(cfg.min_steps_per_epoch, n // cfg.batch_size if n >= cfg.batch_size else 1)
+    start, history = 0, []
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        method.load_trainable_state(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start, history = state["epoch"], state["history"]
+        log.info("resuming %s from epoch %d", ckpt_path, start)
+    method.train()
+    bar = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=f"train {method.name}",
+               disable=not progress, unit="epoch")
+    for epoch in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, epoch)
+        torch.manual_seed(ctx.seed * 1_000_003 + epoch)  # the whole epoch's randomness, resumable
+        gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=gen)
+        view = torch.randint(views, (n,), generator=gen)
+        total = 0.0
+        for step in range(steps):
+            idx = order[(step * cfg.batch_size) % n:][: cfg.batch_size]
+            x = feats[view[idx], idx].to(device)
+            y = labels[idx].to(device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                loss, parts = method.loss(x, y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if hasattr(method, "adjust_gradients"):  # ProGrad-style gradient surgery
+                scaler.unscale_(opt)
+                method.adjust_gradients(x, y)
+            scaler.step(opt)
+            scaler.update()
+            total += loss.item()
+        history.append(total / steps)
+        bar.set_postfix(loss=f"{history[-1]:.4f}")
+        done = epoch + 1
+        if done % checkpoint_every == 0 and done < cfg.epochs:
+            with atomic_path(ckpt_path) as tmp:
+                torch.save({"model": method.trainable_state(), "optimizer": opt.state_dict(),
+                            "scaler": scaler.state_dict(), "epoch": done, "history": history}, tmp)
+        if stop_after is not None and done >= stop_after:
+            raise KeyboardInterrupt(f"stopped after epoch {done} (stop_after)")
+    method.eval()
+    return {"loss_history": history, "steps_per_epoch": steps}
+
+
+def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_dir: str | Path,
+        progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train and evaluate one run; write ``model.pt`` and ``metrics.json`` into ``out_dir``."""
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg["train"]["threads"])
+    seed_everything(seed)
+    device = pick_device(cfg["train"]["device"])
+    cls = get_method(method_name)
+    mcfg = cls.make_config(cfg.get("method_overrides", {}).get(method_name))
+    spec = get_dataset(dataset)
+    backbone = load_backbone_from_config(cfg, device)
+    t_load = time.time() - t0
+    encoder = PromptedTextEncoder(backbone.model)
+    bank = FeatureBank(grid.features_dir(cfg, dataset))
+    classes = read_json(grid.classes_path(cfg, dataset))
+    names = classes["classnames"]
+    train_labels = classes["base"] if cfg["protocol"] == "base2new" else list(range(len(names)))
+    train_names = [names[i] for i in train_labels]
+    ctx = MethodContext(backbone=backbone, encoder=encoder, classnames=train_names, template=spec.template,
+                        device=device, seed=seed)
+    if cls.needs_training:
+        fewshot = read_json(grid.fewshot_path(cfg, dataset, shots, seed))
+        train_rows = subsample_classes(fewshot["train"], train_labels)
+        val_rows = subsample_classes(fewshot["val"], train_labels)
+        ctx.train_features = bank.take("train_views", [r[0] for r in train_rows])
+        ctx.train_labels = torch.tensor([r[1] for r in train_rows])
+        ctx.val_features = bank.take("val", [r[0] for r in val_rows])
+        ctx.val_labels = torch.tensor([r[1] for r in val_rows])
+    method = cls(mcfg, ctx).to(device)
+    train_info: dict = {}
+    ckpt = out_dir / "checkpoint.pt"
+    if cls.needs_training and not method.fit(ctx):
+        train_info = sgd_loop(method, ctx, mcfg, ckpt, cfg["train"]["checkpoint_every"], progress, stop_after)
+    t_train = time.time() - t0 - t_load
+    test_rows = bank.rows("test")
+    test_features = bank.take("test", [r[0] for r in test_rows])
+    metrics = evaluate(method, test_rows, test_features, classes, cfg["protocol"], train_names, device)
+    metrics.update(
+        method=method_name, dataset=dataset, shots=shots, seed=seed, protocol=cfg["protocol"],
+        experiment=cfg["experiment"], config_hash=method_config_hash(cfg, method_name),
+        hyperparameters=_asdict(mcfg), trained=cls.needs_training, train=train_info,
+        seconds={"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)},
+        provenance=provenance(**backbone.provenance(), device=str(device)))
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save({"method": method_name, "state": method.trainable_state(), "hyperparameters": _asdict(mcfg),
+                    "classnames": train_names, "provenance": metrics["provenance"]}, tmp)
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    ckpt.unlink(missing_ok=True)
+    return metrics
+
+
+def _asdict(obj) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)

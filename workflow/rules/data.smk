@@ -1,0 +1,36 @@
+# Data: prepare (download/verify/extract, or generate the pocket world), then split into base/new
+# classes and few-shot subsets per (shots, seed), sampled once and stored.
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_]+",
+    method=r"[A-Za-z0-9_]+",
+    shots=r"\d+",
+    seed=r"\d+",
+
+
+rule prepare_dataset:
+    output:
+        f"{CFG['data_root']}/{{dataset}}/split_zhou_{{dataset}}.json",
+    log:
+        f"{LOGS}/prepare/{{dataset}}.log",
+    shell:
+        "{VLP} prepare --config {CONFIG_JSON} --dataset {wildcards.dataset} --quiet > {log} 2>&1"
+
+
+rule split_dataset:
+    input:
+        rules.prepare_dataset.output,
+    output:
+        classes=grid.CLASSES.format(results=CFG["results_root"], dataset="{dataset}"),
+        fewshot=[
+            grid.FEWSHOT.format(
+                results=CFG["results_root"], dataset="{dataset}", shots=k, seed=s
+            )
+            for k in CFG["shots"]
+            for s in CFG["seeds"]
+        ],
+    log:
+        f"{LOGS}/split/{{dataset}}.log",
+    shell:
+        "{VLP} split --config {CONFIG_JSON} --dataset {wildcards.dataset} > {log} 2>&1"
