@@ -118,6 +118,10 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
     t0 = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if get_method(method_name).inputs == "images":  # image encoder in the loop: MaPLe, PromptSRC, ...
+        from vlprompt.train_images import run as run_on_images
+
+        return run_on_images(cfg, dataset, method_name, shots, seed, out_dir, progress, stop_after)
     torch.set_num_threads(cfg["train"]["threads"])
     seed_everything(seed)
     device = pick_device(cfg["train"]["device"])

@@ -2,6 +2,12 @@
 
 
 def train_inputs(wildcards):
+    if grid.needs_gpu(wildcards.method):  # image encoder in the loop: reads images, not features
+        return [
+            rules.prepare_dataset.output[0].format(dataset=wildcards.dataset),
+            grid.classes_path(CFG, wildcards.dataset),
+            grid.fewshot_path(CFG, wildcards.dataset, wildcards.shots, wildcards.seed),
+        ]
     feats = grid.features_dir(CFG, wildcards.dataset)
     inputs = [feats / "test.npy", feats / "test.json", grid.classes_path(CFG, wildcards.dataset)]
     if int(wildcards.shots) > 0:
