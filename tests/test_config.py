@@ -1,0 +1,46 @@
+import pytest
+import yaml
+
+from vlprompt.config import ConfigError, load_config, validate
+
+
+def base():
+    with open("config/config.yaml") as f:
+        return yaml.safe_load(f)
+
+
+def test_default_config_is_valid_and_gets_defaults():
+    cfg = load_config("config/config.yaml")
+    assert cfg["fewshot"]["allow_fewer"] is False
+    assert cfg["train"]["threads"] == 1
+
+
+def test_unknown_key_is_named():
+    cfg = base()
+    cfg["featurs"] = {}
+    with pytest.raises(ConfigError, match="featurs"):
+        validate(cfg)
+
+
+def test_nested_unknown_key_and_wrong_type_are_named():
+    cfg = base()
+    cfg["features"]["train_view"] = 3
+    cfg["shots"] = [1, "two"]
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert "train_view" in str(err.value) and "shots/1" in str(err.value)
+
+
+def test_unknown_dataset_method_and_hyperparameter_list_alternatives():
+    cfg = base()
+    cfg["datasets"] = ["pocket_skech"]
+    with pytest.raises(Exception, match="unknown dataset 'pocket_skech'.*pocket_sketch"):
+        validate(cfg)
+    cfg = base()
+    cfg["methods"] = ["coopp"]
+    with pytest.raises(Exception, match="unknown method 'coopp'; available"):
+        validate(cfg)
+    cfg = base()
+    cfg["method_overrides"] = {"coop": {"epoch": 3}}
+    with pytest.raises(Exception, match="unknown hyperparameter.*epoch.*valid"):
+        validate(cfg)

@@ -1,0 +1,54 @@
+import json
+
+import numpy as np
+import pytest
+
+from vlprompt.data import pocket
+
+
+def test_world_has_64_named_classes_in_a_seeded_order():
+    world = pocket.World()
+    names = world.classnames
+    assert len(names) == 64 and len(set(names)) == 64
+    assert all(len(n.split()) == 2 for n in names)
+    assert names == pocket.World().classnames  # deterministic
+    assert names != pocket.World(seed=1).classnames
+    base_colours = {n.split()[0] for n in names[:32]}
+    assert len(base_colours) > 4  # base half mixes colours (label order unrelated to appearance)
+
+
+@pytest.mark.parametrize("style", list(pocket.STYLES))
+def test_render_is_deterministic_and_styles_differ(style):
+    a = np.asarray(pocket.render("red", "circle", style, np.random.default_rng(0)))
+    b = np.asarray(pocket.render("red", "circle", style, np.random.default_rng(0)))
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    photo = np.asarray(pocket.render("red", "circle", "photo", np.random.default_rng(0)))
+    if style != "photo":
+        assert np.abs(a.astype(int) - photo.astype(int)).mean() > 3
+
+
+def test_unknown_style_and_shape_are_named():
+    with pytest.raises(ValueError, match="unknown style 'oil'"):
+        pocket.render("red", "circle", "oil", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="n_colours"):
+        pocket.World(n_colours=40)
+
+
+def test_generate_writes_coop_split_format_and_is_idempotent(tmp_path):
+    world = pocket.World(n_colours=2, n_shapes=3)
+    ds = pocket.PocketDataset("pocket_test", "noisy", {"train": 3, "val": 1, "test": 2})
+    split_file = pocket.generate(ds, world, tmp_path, progress=False)
+    assert split_file.name == "split_zhou_pocket_test.json"
+    split = json.loads(split_file.read_text())
+    assert {k: len(v) for k, v in split.items()} == {"train": 18, "val": 6, "test": 12}
+    rel, label, name = split["train"][0]
+    assert (tmp_path / rel).is_file() and name == world.classnames[label]
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.png")}
+    pixels = np.asarray(__import__("PIL.Image").Image.open(tmp_path / rel))
+    pocket.generate(ds, world, tmp_path, progress=False)
+    assert mtimes == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.png")}
+    # a fresh directory gives identical pixels
+    other = tmp_path / "again"
+    pocket.generate(ds, world, other, progress=False)
+    np.testing.assert_array_equal(pixels, np.asarray(__import__("PIL.Image").Image.open(other / rel)))
