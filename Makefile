@@ -5,6 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# the rules call `python -m vlprompt`: make the project's environment the one on PATH
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install run test lint system-deps clean-results
 

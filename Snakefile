@@ -1,9 +1,6 @@
 # vlprompt: benchmark -> splits -> frozen features -> train every run -> aggregate -> report.
 # Rules are thin: each calls `python -m vlprompt <command>`; paths and the run grid come from
 # vlprompt.grid (pure, tested functions). Run: snakemake --cores N [--configfile config/<protocol>.yaml]
-import sys
-from pathlib import Path
-
 from snakemake.utils import min_version, validate
 
 from vlprompt import grid
@@ -12,13 +9,15 @@ from vlprompt.workflow import resolve_config
 
 min_version("9.0")
 
+# Rules call `python -m vlprompt`: run Snakemake with the project's environment active (`make run` does);
+# workflow/envs/vlprompt.yaml lists the same software for --use-conda.
+
 
 configfile: "config/config.yaml"
 
 
 validate(config, str(SCHEMA_PATH))
 CFG, CONFIG_JSON = resolve_config(config)
-VLP = f"{sys.executable} -m vlprompt"
 LOGS = f"{CFG['results_root']}/{CFG['experiment']}/logs"
 
 

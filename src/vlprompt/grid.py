@@ -86,4 +86,20 @@ def needs_gpu(method: str) -> int:
     return int(get_method(method).inputs == "images")
 
 
-__all__ = ["Run", "backbone_key", "method_config_hash", "needs_gpu", "runs"]
+
+def train_inputs(cfg: dict, dataset: str, method: str, shots: int | str, seed: int | str) -> list[Path]:
+    """Files a training run reads: the feature bank, or the images for encoder-in-the-loop methods."""
+    from vlprompt.data.registry import split_path
+
+    shots, seed = int(shots), int(seed)
+    inputs = [classes_path(cfg, dataset)]
+    if shots > 0:
+        inputs.append(fewshot_path(cfg, dataset, shots, seed))
+    if needs_gpu(method):
+        return [split_path(cfg, dataset), *inputs]
+    feats = features_dir(cfg, dataset)
+    inputs += [feats / "test.npy", feats / "test.json"]
+    if shots > 0:
+        inputs += [feats / "train_views.npy", feats / "val.npy"]
+    return inputs
+__all__ = ["Run", "backbone_key", "method_config_hash", "needs_gpu", "runs", "train_inputs"]

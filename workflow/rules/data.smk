@@ -12,10 +12,14 @@ wildcard_constraints:
 rule prepare_dataset:
     output:
         f"{CFG['data_root']}/{{dataset}}/split_zhou_{{dataset}}.json",
+    params:
+        config=CONFIG_JSON,
+    conda:
+        "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/prepare/{{dataset}}.log",
     shell:
-        "{VLP} prepare --config {CONFIG_JSON} --dataset {wildcards.dataset} --quiet > {log} 2>&1"
+        "python -m vlprompt prepare --config {params.config} --dataset {wildcards.dataset} --quiet > {log} 2>&1"
 
 
 rule split_dataset:
@@ -30,7 +34,11 @@ rule split_dataset:
             for k in CFG["shots"]
             for s in CFG["seeds"]
         ],
+    params:
+        config=CONFIG_JSON,
+    conda:
+        "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/split/{{dataset}}.log",
     shell:
-        "{VLP} split --config {CONFIG_JSON} --dataset {wildcards.dataset} > {log} 2>&1"
+        "python -m vlprompt split --config {params.config} --dataset {wildcards.dataset} > {log} 2>&1"

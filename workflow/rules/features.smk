@@ -1,5 +1,9 @@
 # Frozen image features, extracted once per backbone x dataset (test, few-shot val, augmented train views).
 
+FEATURES_DIR = grid.FEATURES.format(
+    results=CFG["results_root"], backbone=grid.backbone_key(CFG), dataset="{dataset}"
+)
+
 
 rule extract_features:
     input:
@@ -7,10 +11,7 @@ rule extract_features:
         fewshot=rules.split_dataset.output.fewshot,
     output:
         multiext(
-            grid.FEATURES.format(
-                results=CFG["results_root"], backbone=grid.backbone_key(CFG), dataset="{dataset}"
-            )
-            + "/",
+            f"{FEATURES_DIR}/",
             "test.npy",
             "test.json",
             "val.npy",
@@ -18,9 +19,13 @@ rule extract_features:
             "train_views.npy",
             "train_views.json",
         ),
+    params:
+        config=CONFIG_JSON,
     resources:
         gpu=1,
+    conda:
+        "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/features/{{dataset}}.log",
     shell:
-        "{VLP} extract --config {CONFIG_JSON} --dataset {wildcards.dataset} --quiet > {log} 2>&1"
+        "python -m vlprompt extract --config {params.config} --dataset {wildcards.dataset} --quiet > {log} 2>&1"

@@ -5,8 +5,10 @@
 rule pretrain_pocket_clip:
     output:
         f"{CFG['results_root']}/pocket_clip/pocket_clip_fp16.pt",
+    conda:
+        "../envs/vlprompt.yaml"
     log:
         f"{CFG['results_root']}/pocket_clip/pretrain.log",
     threads: 1
     shell:
-        "{VLP} pretrain-pocket --out {output} --threads {threads} --quiet > {log} 2>&1"
+        "python -m vlprompt pretrain-pocket --out {output} --threads {threads} --quiet > {log} 2>&1"

@@ -7,10 +7,14 @@ rule aggregate:
     output:
         summary=grid.summary_path(CFG),
         stats=grid.stats_path(CFG),
+    params:
+        config=CONFIG_JSON,
+    conda:
+        "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/aggregate.log",
     shell:
-        "{VLP} aggregate --config {CONFIG_JSON} --summary {output.summary} --stats {output.stats} "
+        "python -m vlprompt aggregate --config {params.config} --summary {output.summary} --stats {output.stats} "
         "{input} > {log} 2>&1"
 
 
@@ -26,9 +30,12 @@ rule report:
             category="Report",
         ),
     params:
+        config=CONFIG_JSON,
         out=grid.report_dir(CFG),
+    conda:
+        "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/report.log",
     shell:
-        "{VLP} report --config {CONFIG_JSON} --summary {input.summary} --stats {input.stats} "
+        "python -m vlprompt report --config {params.config} --summary {input.summary} --stats {input.stats} "
         "--out {params.out} > {log} 2>&1"

@@ -1,0 +1,84 @@
+"""End-to-end: the whole Snakemake DAG on a reduced pocket config in a temporary directory."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+# the rules call `python -m vlprompt`: the interpreter running the tests must be the one on PATH
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def reduced_config(**changes):
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg.update(experiment="e2e", datasets=["pocket_noisy", "pocket_dark"], shots=[2, 16], seeds=[1, 2],
+               methods=["zeroshot", "linear_probe", "coop"])
+    cfg["pocket"]["per_class"] = {"train": 16, "val": 4, "test": 10}
+    cfg["features"]["train_views"] = 4
+    cfg["method_overrides"] = {"coop": {"epochs": 10}}
+    cfg.update(changes)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    (work / "config").mkdir()
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(reduced_config()))
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(work), "--cores", "2"], capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return work
+
+
+@pytest.mark.slow
+def test_summary_has_every_row_with_sane_values(workdir):
+    df = pd.read_csv(workdir / "results" / "e2e" / "summary.csv")
+    assert {"method", "dataset", "shots", "seed", "base_acc", "new_acc", "hm"} <= set(df.columns)
+    assert len(df) == 3 * 2 * 2 * 2  # methods x datasets x shots x seeds (zero-shot repeated)
+    assert set(df.method) == {"zeroshot", "linear_probe", "coop"}
+    assert df.base_acc.between(0, 100).all()
+    chance = 100 / 32
+    zs = df[df.method == "zeroshot"]
+    assert (zs.new_acc >= 5 * chance).all(), zs
+    assert df[df.method == "linear_probe"].new_acc.isna().all()  # cannot classify unseen classes
+    coop = df[(df.method == "coop") & (df.shots == 16)]
+    zs16 = zs[zs.shots == 16]
+    assert coop.base_acc.mean() > zs16.base_acc.mean(), (coop.base_acc.mean(), zs16.base_acc.mean())
+    hm = 2 * df.base_acc * df.new_acc / (df.base_acc + df.new_acc)
+    pd.testing.assert_series_equal(df.hm.dropna(), hm.dropna(), check_names=False, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_report_is_rendered(workdir):
+    report = workdir / "reports" / "e2e"
+    md = (report / "report.md").read_text()
+    assert "coop" in md and "pocket_dark" in md
+    assert (report / "index.html").stat().st_size > 1000
+    assert list((report / "figures").glob("*.png"))
+
+
+@pytest.mark.slow
+def test_second_run_does_nothing(workdir):
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(workdir), "--cores", "2", "-n"], capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_lint_reports_nothing(workdir):
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(workdir), "--lint"], capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_bad_config_fails_at_once_naming_the_key(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(reduced_config(sheds=[1])))
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "-n"], capture_output=True, text=True, env=ENV)
+    assert proc.returncode != 0
+    assert "sheds" in proc.stdout + proc.stderr
