@@ -65,26 +65,33 @@ SUPERSAMPLE = 4  # draw at 4x and downsample with a box filter, for anti-aliased
 class World:
     """Which classes exist and how they are ordered.
 
-    Labels follow a permutation of the colour x shape grid drawn from ``seed``: as in the real
-    benchmarks, whose labels follow alphabetical folder names, label order says nothing about
-    appearance, so the base half (first half of the sorted labels) and the new half both mix
-    colours and shapes.
+    ``label_order="alphabetical"`` (default) numbers the classes by sorted class name, as the real
+    benchmarks do (Dassl's labels are the indices of the sorted class folders). Names are
+    "<colour> <shape>", so the base half (first half of the labels) holds the first colours and the
+    new classes have colours never seen in few-shot training: like the real benchmarks' new classes,
+    they are new concepts, not new combinations of trained ones. ``"shuffled"`` numbers them by a
+    permutation drawn from ``seed``, so base and new both mix every colour and shape.
     """
 
     n_colours: int = 8
     n_shapes: int = 8
     image_size: int = 32
     seed: int = 0
+    label_order: str = "alphabetical"
 
     def __post_init__(self):
         if not 2 <= self.n_colours <= len(COLOURS):
             raise ValueError(f"n_colours must be in [2, {len(COLOURS)}], got {self.n_colours}")
         if not 2 <= self.n_shapes <= len(SHAPES):
             raise ValueError(f"n_shapes must be in [2, {len(SHAPES)}], got {self.n_shapes}")
+        if self.label_order not in ("alphabetical", "shuffled"):
+            raise ValueError(f"label_order must be 'alphabetical' or 'shuffled', got {self.label_order!r}")
 
     @property
     def classes(self) -> list[tuple[str, str]]:
         grid = [(c, s) for c in list(COLOURS)[: self.n_colours] for s in SHAPES[: self.n_shapes]]
+        if self.label_order == "alphabetical":
+            return sorted(grid, key=lambda cs: f"{cs[0]} {cs[1]}")
         order = np.random.default_rng(self.seed).permutation(len(grid))
         return [grid[i] for i in order]
 

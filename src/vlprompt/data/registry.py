@@ -67,7 +67,7 @@ def split_path(cfg: dict, name: str) -> Path:
 def pocket_world(cfg: dict) -> pocket.World:
     p = cfg.get("pocket", {})
     return pocket.World(n_colours=p.get("n_colours", 8), n_shapes=p.get("n_shapes", 8),
-                        seed=p.get("seed", 0))
+                        seed=p.get("seed", 0), label_order=p.get("label_order", "alphabetical"))
 
 
 def prepare(cfg: dict, name: str, progress: bool = True) -> Path:
