@@ -101,6 +101,16 @@ def cmd_train(args) -> None:
     print(" ".join(f"{k}={metrics[k]:.2f}" for k in keys))
 
 
+def cmd_train_group(args) -> None:
+    from vlprompt.train import run_many
+
+    cfg = _cfg(args)
+    runs = [(k, s) for k in args.shots for s in args.seeds]
+    for m in run_many(cfg, args.dataset, args.method, runs, progress=not args.quiet):
+        keys = [k for k in ("base_acc", "new_acc", "hm", "all_acc") if k in m]
+        print(f"{m['shots']}shot seed{m['seed']}: " + " ".join(f"{k}={m[k]:.2f}" for k in keys))
+
+
 def cmd_aggregate(args) -> None:
     from vlprompt.aggregate import aggregate
 
@@ -162,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shots", type=int, required=True)
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a kill
+    s = add("train-group", cmd_train_group, "train every shots × seed run of one method on one dataset")
+    for a in ("--dataset", "--method"):
+        s.add_argument(a, required=True)
+    s.add_argument("--shots", type=int, nargs="+", required=True)
+    s.add_argument("--seeds", type=int, nargs="+", required=True)
     s = add("aggregate", cmd_aggregate, "collect run metrics into summary.csv and run the statistics")
     s.add_argument("--summary", required=True)
     s.add_argument("--stats", required=True)

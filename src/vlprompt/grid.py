@@ -102,4 +102,20 @@ def train_inputs(cfg: dict, dataset: str, method: str, shots: int | str, seed: i
     if shots > 0:
         inputs += [feats / "train_views.npy", feats / "val.npy"]
     return inputs
-__all__ = ["Run", "backbone_key", "method_config_hash", "needs_gpu", "runs", "train_inputs"]
+
+
+def group_runs(cfg: dict) -> list[tuple[int, int]]:
+    """The (shots, seed) runs one grouped training job holds (``train.job_granularity: dataset``)."""
+    return [(k, s) for k in cfg["shots"] for s in cfg["seeds"]]
+
+
+def group_inputs(cfg: dict, dataset: str, method: str) -> list[Path]:
+    """Inputs of a grouped training job: the union of its runs' inputs."""
+    paths: dict[Path, None] = {}
+    for shots, seed in group_runs(cfg):
+        paths.update(dict.fromkeys(train_inputs(cfg, dataset, method, shots, seed)))
+    return list(paths)
+
+
+__all__ = ["Run", "backbone_key", "group_inputs", "group_runs", "method_config_hash", "needs_gpu", "runs",
+           "train_inputs"]

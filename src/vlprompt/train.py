@@ -9,6 +9,7 @@ run continues exactly as an uninterrupted one and ends with identical metrics.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -112,6 +113,31 @@ def sgd_loop(method, ctx: MethodContext, cfg: TrainConfig, ckpt_path: Path, chec
     return {"loss_history": history, "steps_per_epoch": steps}
 
 
+_BACKBONES: dict = {}
+
+
+def _cached_backbone(cfg: dict, device: torch.device):
+    """Load the frozen backbone once per process (a job may train several runs; nothing modifies it)."""
+    key = (json.dumps(cfg["backbone"], sort_keys=True), str(device))
+    if key not in _BACKBONES:
+        _BACKBONES[key] = load_backbone_from_config(cfg, device)
+    return _BACKBONES[key]
+
+
+def run_many(cfg: dict, dataset: str, method_name: str, runs: list[tuple[int, int]], progress: bool = True):
+    """Train several (shots, seed) runs of one method on one dataset in this process, each into its own
+    run directory, skipping runs that are already complete. Saves the per-process start-up cost
+    (importing torch and open_clip, loading the backbone), which dominates on small CPU jobs."""
+    out = []
+    for shots, seed in runs:
+        run_dir = grid.Run(dataset, method_name, shots, seed).dir(cfg)
+        if (run_dir / "metrics.json").exists() and (run_dir / "model.pt").exists():
+            log.info("%s is complete, skipping", run_dir)
+            continue
+        out.append(run(cfg, dataset, method_name, shots, seed, run_dir, progress))
+    return out
+
+
 def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_dir: str | Path,
         progress: bool = True, stop_after: int | None = None) -> dict:
     """Train and evaluate one run; write ``model.pt`` and ``metrics.json`` into ``out_dir``."""
@@ -128,7 +154,7 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
     cls = get_method(method_name)
     mcfg = cls.make_config(cfg.get("method_overrides", {}).get(method_name))
     spec = get_dataset(dataset)
-    backbone = load_backbone_from_config(cfg, device)
+    backbone = _cached_backbone(cfg, device)
     t_load = time.time() - t0
     encoder = PromptedTextEncoder(backbone.model)
     bank = FeatureBank(grid.features_dir(cfg, dataset))
