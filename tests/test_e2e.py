@@ -65,7 +65,8 @@ def test_report_is_rendered(workdir):
 
 @pytest.mark.slow
 def test_second_run_does_nothing(workdir):
-    proc = subprocess.run(SNAKEMAKE + ["-d", str(workdir), "--cores", "2", "-n"], capture_output=True, text=True, env=ENV)
+    cmd = SNAKEMAKE + ["-d", str(workdir), "--cores", "2", "-n"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
