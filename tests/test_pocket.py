@@ -53,3 +53,17 @@ def test_generate_writes_coop_split_format_and_is_idempotent(tmp_path):
     other = tmp_path / "again"
     pocket.generate(ds, world, other, progress=False)
     np.testing.assert_array_equal(pixels, np.asarray(__import__("PIL.Image").Image.open(other / rel)))
+
+
+def test_pixels_do_not_depend_on_label_order_and_changed_settings_redraw(tmp_path):
+    ds = pocket.PocketDataset("pocket_test", "dark", {"train": 2, "val": 1, "test": 1})
+    a = json.loads(pocket.generate(ds, pocket.World(2, 2), tmp_path / "a", progress=False).read_text())
+    b = json.loads(pocket.generate(ds, pocket.World(2, 2, label_order="shuffled", seed=3), tmp_path / "a",
+                                   progress=False).read_text())
+    by_path = {r[0]: r[2] for r in a["train"]}
+    assert all(by_path[r[0]] == r[2] for r in b["train"])  # same file always shows the same class
+    img = tmp_path / "a" / a["train"][0][0]
+    before = np.asarray(__import__("PIL.Image").Image.open(img))
+    pocket.generate(ds, pocket.World(2, 2), tmp_path / "a", strength=0.5, progress=False)
+    after = np.asarray(__import__("PIL.Image").Image.open(img))
+    assert np.abs(before.astype(int) - after.astype(int)).sum() > 0  # other strength: redrawn, not mixed

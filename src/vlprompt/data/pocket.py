@@ -257,32 +257,43 @@ def generate(dataset: PocketDataset, world: World, root: Path, strength: float =
              progress: bool = True) -> Path:
     """Write the dataset's images under ``root`` and its split file; return the split file path.
 
-    Idempotent: existing images of the right name are kept (every pixel depends only on the
-    seed keys), and the split file is written last and atomically, so its presence marks a
-    complete dataset.
+    Images live in one folder per class (``images/<split>/<colour>_<shape>/<i>.png``, like the real
+    datasets' class folders) and every pixel depends only on (world seed, style, split, class name,
+    index), never on label order. Idempotent: existing images are kept when ``pocket.json`` says they
+    were drawn with the same settings (otherwise they are all redrawn), and the split file is written
+    last and atomically, so its presence marks a complete dataset.
     """
+    import shutil
+
     from tqdm import tqdm
 
     root = Path(root)
     classes = world.classes
+    manifest = {"style": dataset.style, "strength": strength, "seed": world.seed,
+                "image_size": world.image_size, "format": 2}
+    manifest_path = root / "pocket.json"
+    if (root / "images").exists() and (
+            not manifest_path.exists() or json.loads(manifest_path.read_text()) != manifest):
+        shutil.rmtree(root / "images")  # drawn with other settings: redraw rather than mix
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(manifest_path, json.dumps(manifest, sort_keys=True))
     split: dict[str, list] = {}
     total = sum(dataset.per_class.values()) * len(classes)
     bar = tqdm(total=total, desc=f"generate {dataset.name}", disable=not progress, unit="img")
     for split_name, n in dataset.per_class.items():
         rows = []
-        folder = root / "images" / split_name
-        folder.mkdir(parents=True, exist_ok=True)
         for label, (c, s) in enumerate(classes):
+            folder = root / "images" / split_name / f"{c}_{s}"
+            folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                rel = f"images/{split_name}/{label:03d}_{i:03d}.png"
-                path = root / rel
+                path = folder / f"{i:03d}.png"
                 if not path.exists():
-                    rng = _rng(world.seed, dataset.style, split_name, label, i)
+                    rng = _rng(world.seed, dataset.style, split_name, c, s, i)
                     img = render(c, s, dataset.style, rng, world.image_size, strength)
                     tmp = path.with_suffix(".tmp.png")
                     img.save(tmp)
                     tmp.replace(path)
-                rows.append([rel, label, f"{c} {s}"])
+                rows.append([str(path.relative_to(root)), label, f"{c} {s}"])
                 bar.update()
         split[split_name] = rows
     bar.close()
