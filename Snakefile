@@ -24,6 +24,7 @@ LOGS = f"{CFG['results_root']}/{CFG['experiment']}/logs"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/pretrain.smk"
 

@@ -1,6 +1,7 @@
 """Collect run metrics into the experiment's tidy results table (``summary.csv``) and its statistics.
 
-One row per method × dataset × shots × seed. Methods that need no training data (zero-shot) run once
+One row per method × dataset × shots × seed (for transfer protocols, per evaluated dataset, with the
+training dataset in ``train_dataset``). Methods that need no training data (zero-shot) run once
 per dataset; their row is repeated for every shots × seed of the grid (marked ``trained=False``) so
 that every comparison at every shots setting has its reference.
 """
@@ -14,7 +15,7 @@ import pandas as pd
 
 from vlprompt.io import atomic_path, read_json
 
-COLUMNS = ["method", "protocol", "dataset", "shots", "seed", "base_acc", "new_acc", "all_acc", "hm",
+COLUMNS = ["method", "protocol", "dataset", "train_dataset", "shots", "seed", "base_acc", "new_acc", "all_acc", "hm",
            "backbone", "weights_sha256", "config_hash", "trained"]
 
 
@@ -24,6 +25,7 @@ def summary_table(cfg: dict, metrics_files: list[Path]) -> pd.DataFrame:
         m = read_json(path)
         prov = m.get("provenance", {})
         base = {"method": m["method"], "protocol": m["protocol"], "dataset": m["dataset"],
+                "train_dataset": m.get("train_dataset", m["dataset"]),
                 "base_acc": m.get("base_acc", math.nan), "new_acc": m.get("new_acc", math.nan),
                 "all_acc": m.get("all_acc", math.nan), "hm": m.get("hm", math.nan),
                 "backbone": prov.get("backbone"), "weights_sha256": prov.get("weights_sha256"),

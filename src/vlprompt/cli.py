@@ -111,6 +111,13 @@ def cmd_train_group(args) -> None:
         print(f"{m['shots']}shot seed{m['seed']}: " + " ".join(f"{k}={m[k]:.2f}" for k in keys))
 
 
+def cmd_evaluate_transfer(args) -> None:
+    from vlprompt.train import evaluate_transfer
+
+    m = evaluate_transfer(_cfg(args), args.dataset, args.method, args.shots, args.seed, args.target, args.out)
+    print(f"{args.dataset} -> {args.target}: all_acc={m['all_acc']:.2f}")
+
+
 def cmd_aggregate(args) -> None:
     from vlprompt.aggregate import aggregate
 
@@ -177,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(a, required=True)
     s.add_argument("--shots", type=int, nargs="+", required=True)
     s.add_argument("--seeds", type=int, nargs="+", required=True)
+    s = add("evaluate-transfer", cmd_evaluate_transfer, "evaluate a trained run on another dataset")
+    for a in ("--dataset", "--method", "--target", "--out"):
+        s.add_argument(a, required=True)
+    s.add_argument("--shots", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
     s = add("aggregate", cmd_aggregate, "collect run metrics into summary.csv and run the statistics")
     s.add_argument("--summary", required=True)
     s.add_argument("--stats", required=True)

@@ -57,8 +57,11 @@ def validate(cfg: dict[str, Any], check_names: bool = True) -> dict[str, Any]:
         from vlprompt.data.registry import get_dataset
         from vlprompt.methods import get_method
 
-        for name in cfg["datasets"]:
+        for name in cfg["datasets"] + cfg.get("targets", []):
             get_dataset(name)
+        if cfg["protocol"] in ("crossdataset", "domain_generalization") and not cfg.get("targets"):
+            raise ConfigError(f"protocol {cfg['protocol']!r} needs `targets`: the datasets to evaluate the "
+                              "trained models on")
         for name in cfg["methods"]:
             get_method(name)
         for name, overrides in cfg.get("method_overrides", {}).items():
@@ -99,8 +102,33 @@ def backbone_key(cfg: dict) -> str:
     return key.replace("/", "_").replace(":", "_")
 
 
+def _features_settings(cfg: dict) -> dict:
+    f = cfg.get("features", {})
+    return {"train_views": f.get("train_views"), "crop_scale_min": f.get("crop_scale_min")}
+
+
+def stage_hash(cfg: dict, stage: str) -> str:
+    """Hash of the settings that change a stage's outputs (a Snakemake param: a change re-runs the stage).
+
+    Data, split and feature outputs are shared by experiments, so their hash covers only what
+    changes them, not the experiment's name, methods or grid.
+    """
+    if stage == "prepare":
+        relevant = {"pocket": cfg.get("pocket")}
+    elif stage == "split":
+        relevant = {"fewshot": cfg.get("fewshot")}
+    elif stage == "extract":
+        relevant = {"backbone": cfg.get("backbone"), "features": _features_settings(cfg)}
+    elif stage == "report":
+        relevant = {k: cfg.get(k) for k in ("stats", "report", "shots", "seeds", "protocol")}
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+    return config_hash(relevant)
+
+
 def method_config_hash(cfg: dict, method: str) -> str:
     """Hash of everything that changes a training run of ``method`` (a Snakemake param)."""
-    relevant = {k: cfg.get(k) for k in ("backbone", "features", "protocol", "fewshot", "pocket")}
+    relevant = {k: cfg.get(k) for k in ("backbone", "protocol", "fewshot", "pocket")}
+    relevant["features"] = _features_settings(cfg)
     relevant["method"] = cfg.get("method_overrides", {}).get(method, {})
     return config_hash(relevant)

@@ -37,11 +37,12 @@ def evaluate(method, test_rows: list, test_features: torch.Tensor, classes: dict
     method.eval()
     out: dict = {}
     parts = [("base", classes["base"]), ("new", classes["new"])] if protocol == "base2new" else \
-        [("all", list(range(len(names))))]
+        [("all", list(range(len(names))))]  # fewshot, crossdataset, domain generalisation: all classes
     for part, keep in parts:
         keep_names = [names[i] for i in keep]
         rows = subsample_classes(test_rows, keep)
-        idx = torch.tensor([i for i, r in enumerate(test_rows) if r[1] in set(keep)], dtype=torch.long)
+        keep_set = set(keep)
+        idx = torch.tensor([i for i, r in enumerate(test_rows) if r[1] in keep_set], dtype=torch.long)
         labels = torch.tensor([r[1] for r in rows], dtype=torch.long)
         if keep_names != trained_on:
             try:

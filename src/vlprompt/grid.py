@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from vlprompt.config import backbone_key, method_config_hash
+from vlprompt.config import backbone_key, method_config_hash, stage_hash
 
 FEWSHOT = "{results}/splits/{dataset}/shot{shots}_seed{seed}.json"
 CLASSES = "{results}/splits/{dataset}/classes.json"
 FEATURES = "{results}/features/{backbone}/{dataset}"
 RUN = "{results}/{experiment}/runs/{dataset}/{method}/{shots}shot/seed{seed}"
+TRANSFER = RUN + "/transfer/{target}.json"
 SUMMARY = "{results}/{experiment}/summary.csv"
 STATS = "{results}/{experiment}/stats.csv"
 REPORT = "{reports}/{experiment}"
@@ -49,6 +50,22 @@ def runs(cfg: dict) -> list[Run]:
                 for seed in cfg["seeds"]:
                     out.append(Run(dataset, method, shots, seed))
     return out
+
+
+def all_datasets(cfg: dict) -> list[str]:
+    """Training datasets and transfer targets: every dataset the experiment prepares."""
+    return list(dict.fromkeys(cfg["datasets"] + transfer_targets(cfg)))
+
+
+def transfer_targets(cfg: dict) -> list[str]:
+    return list(cfg.get("targets", [])) if cfg["protocol"] in ("crossdataset", "domain_generalization") else []
+
+
+def transfer_paths(cfg: dict) -> list[Path]:
+    """Metrics of every trained model evaluated on every transfer target."""
+    return [Path(TRANSFER.format(results=cfg["results_root"], experiment=cfg["experiment"], target=t,
+                                 **run.wildcards()))
+            for run in runs(cfg) for t in transfer_targets(cfg)]
 
 
 def fewshot_path(cfg: dict, dataset: str, shots: int, seed: int) -> Path:
@@ -117,5 +134,16 @@ def group_inputs(cfg: dict, dataset: str, method: str) -> list[Path]:
     return list(paths)
 
 
-__all__ = ["Run", "backbone_key", "group_inputs", "group_runs", "method_config_hash", "needs_gpu", "runs",
-           "train_inputs"]
+__all__ = [
+    "Run",
+    "all_datasets",
+    "backbone_key",
+    "group_inputs",
+    "group_runs",
+    "method_config_hash",
+    "needs_gpu",
+    "runs",
+    "stage_hash",
+    "train_inputs",
+    "transfer_paths",
+]

@@ -138,6 +138,61 @@ def run_many(cfg: dict, dataset: str, method_name: str, runs: list[tuple[int, in
     return out
 
 
+def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: torch.device):
+    """The method's context for a run: backbone, training classes, few-shot features (if trained).
+
+    Returns (context, feature bank, classes.json content). Training classes are the base classes
+    under base2new and all classes under the other protocols.
+    """
+    backbone = _cached_backbone(cfg, device)
+    bank = FeatureBank(grid.features_dir(cfg, dataset))
+    classes = read_json(grid.classes_path(cfg, dataset))
+    names = classes["classnames"]
+    train_labels = classes["base"] if cfg["protocol"] == "base2new" else list(range(len(names)))
+    ctx = MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model),
+                        classnames=[names[i] for i in train_labels], template=get_dataset(dataset).template,
+                        device=device, seed=seed)
+    if cls.needs_training:
+        fewshot = read_json(grid.fewshot_path(cfg, dataset, shots, seed))
+        train_rows = subsample_classes(fewshot["train"], train_labels)
+        val_rows = subsample_classes(fewshot["val"], train_labels)
+        ctx.train_features = bank.take("train_views", [r[0] for r in train_rows])
+        ctx.train_labels = torch.tensor([r[1] for r in train_rows])
+        ctx.val_features = bank.take("val", [r[0] for r in val_rows])
+        ctx.val_labels = torch.tensor([r[1] for r in val_rows])
+    return ctx, bank, classes
+
+
+def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, target: str,
+                      out: str | Path) -> dict:
+    """Evaluate the model trained on ``dataset`` on every class of ``target`` (cross-dataset transfer,
+    domain generalisation); writes the metrics JSON ``out`` with ``dataset=target``."""
+    torch.set_num_threads(cfg["train"]["threads"])
+    device = pick_device(cfg["train"]["device"])
+    cls = get_method(method_name)
+    if cls.inputs == "images":
+        raise NotImplementedError(f"transfer evaluation of {method_name!r} (image encoder in the loop) "
+                                  "is not supported yet")
+    mcfg = cls.make_config(cfg.get("method_overrides", {}).get(method_name))
+    seed_everything(seed)
+    ctx, _, _ = build_context(cfg, dataset, cls, shots, seed, device)
+    method = cls(mcfg, ctx).to(device)
+    run_dir = grid.Run(dataset, method_name, shots, seed).dir(cfg)
+    saved = torch.load(run_dir / "model.pt", map_location=device, weights_only=False)
+    method.load_trainable_state(saved["state"])
+    target_bank = FeatureBank(grid.features_dir(cfg, target))
+    target_classes = read_json(grid.classes_path(cfg, target))
+    rows = target_bank.rows("test")
+    metrics = evaluate(method, rows, target_bank.take("test", [r[0] for r in rows]), target_classes, "all",
+                       ctx.classnames, device)
+    metrics.update(method=method_name, dataset=target, train_dataset=dataset, shots=shots, seed=seed,
+                   protocol=cfg["protocol"], experiment=cfg["experiment"], trained=cls.needs_training,
+                   config_hash=method_config_hash(cfg, method_name),
+                   provenance=provenance(**ctx.backbone.provenance(), device=str(device)))
+    atomic_write_json(out, metrics)
+    return metrics
+
+
 def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_dir: str | Path,
         progress: bool = True, stop_after: int | None = None) -> dict:
     """Train and evaluate one run; write ``model.pt`` and ``metrics.json`` into ``out_dir``."""
@@ -153,25 +208,9 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
     device = pick_device(cfg["train"]["device"])
     cls = get_method(method_name)
     mcfg = cls.make_config(cfg.get("method_overrides", {}).get(method_name))
-    spec = get_dataset(dataset)
-    backbone = _cached_backbone(cfg, device)
+    ctx, bank, classes = build_context(cfg, dataset, cls, shots, seed, device)
+    backbone, train_names = ctx.backbone, ctx.classnames
     t_load = time.time() - t0
-    encoder = PromptedTextEncoder(backbone.model)
-    bank = FeatureBank(grid.features_dir(cfg, dataset))
-    classes = read_json(grid.classes_path(cfg, dataset))
-    names = classes["classnames"]
-    train_labels = classes["base"] if cfg["protocol"] == "base2new" else list(range(len(names)))
-    train_names = [names[i] for i in train_labels]
-    ctx = MethodContext(backbone=backbone, encoder=encoder, classnames=train_names, template=spec.template,
-                        device=device, seed=seed)
-    if cls.needs_training:
-        fewshot = read_json(grid.fewshot_path(cfg, dataset, shots, seed))
-        train_rows = subsample_classes(fewshot["train"], train_labels)
-        val_rows = subsample_classes(fewshot["val"], train_labels)
-        ctx.train_features = bank.take("train_views", [r[0] for r in train_rows])
-        ctx.train_labels = torch.tensor([r[1] for r in train_rows])
-        ctx.val_features = bank.take("val", [r[0] for r in val_rows])
-        ctx.val_labels = torch.tensor([r[1] for r in val_rows])
     method = cls(mcfg, ctx).to(device)
     train_info: dict = {}
     ckpt = out_dir / "checkpoint.pt"
@@ -182,7 +221,7 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
     test_features = bank.take("test", [r[0] for r in test_rows])
     metrics = evaluate(method, test_rows, test_features, classes, cfg["protocol"], train_names, device)
     metrics.update(
-        method=method_name, dataset=dataset, shots=shots, seed=seed, protocol=cfg["protocol"],
+        method=method_name, dataset=dataset, train_dataset=dataset, shots=shots, seed=seed, protocol=cfg["protocol"],
         experiment=cfg["experiment"], config_hash=method_config_hash(cfg, method_name),
         hyperparameters=_asdict(mcfg), trained=cls.needs_training, train=train_info,
         seconds={"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)},

@@ -4,6 +4,7 @@
 
 wildcard_constraints:
     dataset=r"[A-Za-z0-9_]+",
+    target=r"[A-Za-z0-9_]+",
     method=r"[A-Za-z0-9_]+",
     shots=r"\d+",
     seed=r"\d+",
@@ -14,6 +15,7 @@ rule prepare_dataset:
         f"{CFG['data_root']}/{{dataset}}/split_zhou_{{dataset}}.json",
     params:
         config=CONFIG_JSON,
+        settings=grid.stage_hash(CFG, "prepare"),
     conda:
         "../envs/vlprompt.yaml"
     log:
@@ -36,6 +38,7 @@ rule split_dataset:
         ],
     params:
         config=CONFIG_JSON,
+        settings=grid.stage_hash(CFG, "split"),
     conda:
         "../envs/vlprompt.yaml"
     log:

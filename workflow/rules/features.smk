@@ -21,6 +21,7 @@ rule extract_features:
         ),
     params:
         config=CONFIG_JSON,
+        settings=grid.stage_hash(CFG, "extract"),
     resources:
         gpu=1,
     conda:

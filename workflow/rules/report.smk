@@ -3,12 +3,13 @@
 
 rule aggregate:
     input:
-        [run.dir(CFG) / "metrics.json" for run in grid.runs(CFG)],
+        [run.dir(CFG) / "metrics.json" for run in grid.runs(CFG)] + grid.transfer_paths(CFG),
     output:
         summary=grid.summary_path(CFG),
         stats=grid.stats_path(CFG),
     params:
         config=CONFIG_JSON,
+        settings=grid.stage_hash(CFG, "report"),
     conda:
         "../envs/vlprompt.yaml"
     log:
@@ -31,6 +32,7 @@ rule report:
         ),
     params:
         config=CONFIG_JSON,
+        settings=grid.stage_hash(CFG, "report"),
         out=grid.report_dir(CFG),
     conda:
         "../envs/vlprompt.yaml"
@@ -39,3 +41,4 @@ rule report:
     shell:
         "python -m vlprompt report --config {params.config} --summary {input.summary} --stats {input.stats} "
         "--out {params.out} > {log} 2>&1"
+
