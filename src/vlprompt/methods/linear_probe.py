@@ -55,9 +55,20 @@ class LinearProbe(Method):
         self.weight = torch.nn.Parameter(torch.zeros(n_cls, dim))
         self.bias = torch.nn.Parameter(torch.zeros(n_cls))
         self.l2 = float("nan")
+        self.trained_classes = list(ctx.classnames)
+        self.active: list[int] | None = None  # rows of the current classes (None: all trained classes)
+
+    def set_classes(self, classnames: list[str]) -> None:
+        """A subset of the trained classes (e.g. ImageNet-A's 200 of ImageNet's 1000) selects their rows;
+        a class the probe was not trained on cannot be classified."""
+        unknown = [c for c in classnames if c not in self.trained_classes]
+        if unknown:
+            raise NotImplementedError(f"linear probe was not trained on {unknown[:3]}...")
+        self.active = [self.trained_classes.index(c) for c in classnames]
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        return normalize(image_features) @ self.weight.T + self.bias
+        logits = normalize(image_features) @ self.weight.T + self.bias
+        return logits if self.active is None else logits[:, self.active]
 
     def fit(self, ctx: MethodContext) -> bool:
         feats = ctx.train_features if self.config.use_all_views else ctx.train_features[:1]
