@@ -32,7 +32,7 @@ def _fill_defaults(cfg: dict, schema: dict) -> None:
             cfg[key] = copy.deepcopy(sub["default"])
         if isinstance(cfg.get(key), dict) and sub.get("type") == "object":
             _fill_defaults(cfg[key], sub)
-    for key in ("features", "train", "fewshot", "pocket", "method_overrides", "report"):
+    for key in ("features", "train", "fewshot", "pocket", "method_overrides", "report", "stats"):
         if key in schema.get("properties", {}) and key not in cfg:
             cfg[key] = {}
             _fill_defaults(cfg[key], schema["properties"][key])
