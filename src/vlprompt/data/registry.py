@@ -3,6 +3,10 @@
 A prepared dataset lives in ``<data_root>/<name>/`` as image files plus the split file
 ``split_zhou_<name>.json`` (CoOp's format, paths relative to that folder). The split file is
 written last, so its presence marks a complete dataset.
+
+The 15 real benchmarks (the 11 of CoOp's base-to-new tables and the four ImageNet variants) are
+registered from ``datasets.json`` (sources, checksums, layouts, split files, class-name cleanup) and
+``templates.json`` (CoOp's hand-crafted templates); :mod:`vlprompt.data.real` fetches and prepares them.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from vlprompt.data import pocket
+from vlprompt.data import pocket, real
 
 
 class DatasetError(ValueError):
@@ -24,6 +28,9 @@ class DatasetSpec:
     kind: str  # "pocket" or "real"
     description: str = ""
     style: str | None = None  # pocket datasets: the rendering style
+    n_classes: int | None = None
+    coop_name: str | None = None  # real datasets: CoOp's name (OxfordFlowers for Flowers102, ...)
+    info: dict | None = dataclasses.field(default=None, compare=False, hash=False, repr=False)  # datasets.json
 
     def split_filename(self) -> str:
         return f"split_zhou_{self.name}.json"
@@ -45,8 +52,17 @@ for _style in POCKET_STYLES:
                          style=_style, description=f"pocket world, {_style} style"))
 
 
-def list_datasets() -> list[str]:
-    return list(_REGISTRY)
+REAL_DATASETS = tuple(real.catalogue())
+for _name in REAL_DATASETS:
+    _info = real.info(_name)
+    register(DatasetSpec(name=_name, template=real.templates()[_info["coop_name"]], kind="real",
+                         description=_info["homepage"], n_classes=_info["n_classes"],
+                         coop_name=_info["coop_name"], info=_info))
+
+
+def list_datasets(kind: str | None = None) -> list[str]:
+    """Registered dataset names, optionally only those of one kind ("pocket" or "real")."""
+    return [n for n, s in _REGISTRY.items() if kind is None or s.kind == kind]
 
 
 def get_dataset(name: str) -> DatasetSpec:
@@ -77,4 +93,31 @@ def prepare(cfg: dict, name: str, progress: bool = True) -> Path:
         per_class = {"train": 24, "val": 8, "test": 20, **cfg.get("pocket", {}).get("per_class", {})}
         ds = pocket.PocketDataset(name=name, style=spec.style, per_class=per_class)
         return pocket.generate(ds, pocket_world(cfg), dataset_dir(cfg, name), progress=progress)
-    raise DatasetError(f"dataset {name!r} of kind {spec.kind!r} cannot be prepared yet")
+    if spec.kind == "real":
+        try:
+            return real.prepare(cfg, name, progress=progress)
+        except real.RealDatasetError as err:
+            raise DatasetError(str(err)) from None
+    raise DatasetError(f"dataset {name!r} of kind {spec.kind!r} cannot be prepared")
+
+
+def status_table(cfg: dict) -> list[dict]:
+    """Every dataset with its state on this machine, for ``python -m vlprompt datasets``.
+
+    Each row: ``name``, ``kind`` ("pocket"/"real"), ``status`` (missing / downloaded / verified /
+    prepared), ``path`` (where the prepared dataset goes), ``split_file``, ``downloads`` (where archives
+    go; None for pocket), ``automatic`` (False when some file must be downloaded by hand) and ``detail``.
+    "downloaded": all files present but not all confirmed by a recorded checksum or size; "verified":
+    all confirmed; "prepared": the split file exists.
+    """
+    rows = []
+    for name in list_datasets():
+        spec = get_dataset(name)
+        if spec.kind == "real":
+            rows.append(real.status(cfg, name))
+            continue
+        path = split_path(cfg, name)
+        rows.append({"name": name, "kind": spec.kind, "status": "prepared" if path.is_file() else "missing",
+                     "path": str(path.parent), "split_file": str(path), "downloads": None, "automatic": True,
+                     "detail": "generated offline"})
+    return rows
