@@ -8,9 +8,11 @@ between releases: sequence-first to batch-first, ``text_global_pool``); the test
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import logging
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -53,6 +55,59 @@ def is_local_file(pretrained: str | None) -> bool:
     )
 
 
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` asks for no network (the values huggingface_hub accepts)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_cache_dir(cache_dir: str | None = None) -> str:
+    """Where huggingface_hub keeps downloaded weights (``HF_HUB_CACHE``, else ``$HF_HOME/hub``)."""
+    if cache_dir:
+        return str(cache_dir)
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    return os.path.join(home, "hub")
+
+
+def cached_weights(name: str, tag: str, cache_dir: str | None = None) -> str | None:
+    """The local file holding the weights of ``name``/``tag`` if a download left it in a cache, else None.
+
+    Looks where open_clip's ``download_pretrained`` would put them: the Hugging Face hub cache
+    (safetensors first, as open_clip prefers) or, for URL-only tags, ``~/.cache/clip``. Reads
+    the disk only, so it never touches the network.
+    """
+    cfg = open_clip().get_pretrained_cfg(name, tag)
+    if not cfg:
+        return None
+    if cfg.get("file"):
+        return cfg["file"] if Path(cfg["file"]).is_file() else None
+    hf = cfg.get("hf_hub", "")
+    if hf:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            hf = ""
+    if hf:
+        repo, filename = os.path.split(hf)
+        filename = filename or "open_clip_pytorch_model.bin"
+        candidates = [filename]
+        if filename.endswith((".bin", ".pth")):
+            candidates.insert(0, "open_clip_model.safetensors" if filename == "open_clip_pytorch_model.bin"
+                              else filename[:-4] + ".safetensors")
+        for f in candidates:
+            found = try_to_load_from_cache(repo, f, cache_dir=hub_cache_dir(cache_dir))
+            if isinstance(found, str):
+                return found
+        return None
+    url = cfg.get("url", "")
+    if url:
+        path = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        return str(path) if path.is_file() else None
+    return None
+
+
 @dataclasses.dataclass
 class Backbone:
     """A loaded CLIP: the model in eval mode, its test transform, tokenizer and identity."""
@@ -63,11 +118,16 @@ class Backbone:
     name: str
     pretrained: str | None
     weights_sha256: str
+    quick_gelu: bool = False
+    source: str = "tag"  # tag | file | random
+    # Features of frozen prompts, keyed by the prompts: computed once per process (encode_prompts).
+    prompt_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def id(self) -> str:
         """A filesystem-safe identity: model name plus a short hash of the weights."""
-        return f"{self.name}@{self.weights_sha256[:10]}"
+        gelu = "-quickgelu" if self.quick_gelu and not self.name.endswith("quickgelu") else ""
+        return f"{self.name}{gelu}@{self.weights_sha256[:10]}"
 
     @property
     def image_size(self) -> int:
@@ -76,60 +136,91 @@ class Backbone:
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.text_projection.shape[1])
+        proj = self.model.text_projection
+        return int(proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])
 
     def provenance(self) -> dict:
-        return {"backbone": self.name, "pretrained": self.pretrained, "weights_sha256": self.weights_sha256}
+        return {"backbone": self.name, "pretrained": self.pretrained, "weights_sha256": self.weights_sha256,
+                "quick_gelu": self.quick_gelu, "weights_source": self.source}
 
 
 def state_dict_sha256(model: nn.Module) -> str:
-    """Hash of the weights as loaded (independent of file format), for provenance."""
+    """Hash of the weights as loaded (independent of file format and device), for provenance."""
     h = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
         h.update(key.encode())
+        h.update(str(tuple(value.shape)).encode())
         h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
-def load_backbone(name: str, pretrained: str | None, device: str | torch.device = "cpu",
-                  force_quick_gelu: bool = False) -> Backbone:
-    """Load ``name`` with ``pretrained`` (an open_clip tag, a local file, ``pocket`` or None).
+def _check_request(oc, name: str, pretrained: str | None, cache_dir: str | None) -> str:
+    """Validate (name, pretrained) before anything is built; return the weights' source kind."""
+    if name not in oc.list_models():
+        close = difflib.get_close_matches(name, oc.list_models(), n=5, cutoff=0.6)
+        raise BackboneError(f"unknown open_clip model {name!r}" + (f"; did you mean {close}?" if close else "")
+                            + f" (all models: `python -c 'import open_clip; print(open_clip.list_models())'`;"
+                            f" the pocket CLIP is {POCKET_MODEL!r})")
+    if not pretrained:
+        return "random"
+    if is_local_file(pretrained):
+        if not Path(pretrained).is_file():
+            raise BackboneError(f"weights file {pretrained!r} does not exist; fix backbone.pretrained "
+                                f"in the config (for the pocket CLIP use 'pocket')")
+        return "file"
+    if not oc.get_pretrained_cfg(name, pretrained):
+        known = oc.list_pretrained_tags_by_model(name)
+        raise BackboneError(f"open_clip has no pretrained tag {pretrained!r} for {name!r}; known tags: "
+                            f"{known or 'none (use a local weights file or pretrained: null)'}")
+    if hub_offline() and cached_weights(name, pretrained, cache_dir) is None:
+        raise BackboneError(
+            f"cannot load weights {name}/{pretrained}: HF_HUB_OFFLINE=1 is set and they are not in the "
+            f"Hugging Face cache {hub_cache_dir(cache_dir)} (set by HF_HOME / HF_HUB_CACHE) nor in "
+            f"~/.cache/clip. Fix: on a machine with network run `python -m vlprompt fetch-weights --model "
+            f"{name} --pretrained {pretrained}` and copy its cache directory here (or point HF_HOME at "
+            f"it), or set backbone.pretrained to a local weights file.")
+    return "tag"
 
-    With ``HF_HUB_OFFLINE=1`` (clusters without network) a tag whose weights are not in the
-    cache raises :class:`BackboneError` naming the cache and the fix.
+
+def load_backbone(name: str, pretrained: str | None, device: str | torch.device = "cpu",
+                  force_quick_gelu: bool = False, cache_dir: str | None = None) -> Backbone:
+    """Load ``name`` with ``pretrained`` (an open_clip tag, a local file, ``pocket`` or None = random).
+
+    Every (model, tag) pair of ``open_clip.list_pretrained()`` works. With ``HF_HUB_OFFLINE=1``
+    (clusters without network) a tag whose weights are not in the cache raises
+    :class:`BackboneError` naming the cache and the fix, before any model is built.
+    OpenAI weights were trained with QuickGELU: use the ``-quickgelu`` model or ``force_quick_gelu``.
     """
     oc = open_clip()
-    if name not in oc.list_models():
-        raise BackboneError(f"unknown open_clip model {name!r}; see `python -c 'import open_clip; "
-                            f"print(open_clip.list_models())'` (pocket model: {POCKET_MODEL!r})")
     pretrained = resolve_pretrained(pretrained)
-    if is_local_file(pretrained) and not Path(pretrained).is_file():
-        raise BackboneError(f"weights file {pretrained!r} does not exist; fix backbone.pretrained "
-                            f"in the config (for the pocket CLIP use 'pocket')")
-    if pretrained and not is_local_file(pretrained):
-        known = [tag for model, tag in oc.list_pretrained() if model == name]
-        if pretrained not in known:
-            raise BackboneError(f"open_clip has no pretrained tag {pretrained!r} for {name!r}; "
-                                f"known tags: {known}")
+    source = _check_request(oc, name, pretrained, cache_dir)
+    if source == "tag" and oc.get_pretrained_cfg(name, pretrained).get("quick_gelu") and not (
+            force_quick_gelu or name.endswith("quickgelu")):
+        log.warning("%s/%s was trained with QuickGELU but is loaded with GELU: features differ slightly "
+                    "(set backbone.quick_gelu: true, as the CoOp-family papers do)", name, pretrained)
     try:
-        model, _, preprocess = oc.create_model_and_transforms(
-            name, pretrained=pretrained, device=device, force_quick_gelu=force_quick_gelu)
-    except Exception as err:  # download or cache failure: say what to do about it
-        if pretrained and not is_local_file(pretrained):
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-            cache = os.environ.get("HF_HOME", "~/.cache/huggingface")
-            hint = ("HF_HUB_OFFLINE=1 is set and the weights are not in the cache "
-                    if offline else "downloading them failed ")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="QuickGELU mismatch")  # logged above, once
+            model, _, preprocess = oc.create_model_and_transforms(
+                name, pretrained=pretrained, device=device, force_quick_gelu=force_quick_gelu,
+                cache_dir=cache_dir)
+    except Exception as err:  # download, cache or checkpoint failure: say what to do about it
+        if source == "file":
+            raise BackboneError(f"cannot load weights file {pretrained!r} into {name!r}: it is not a "
+                                f"checkpoint of this architecture ({type(err).__name__}: {err})") from err
+        if source == "tag":
             raise BackboneError(
-                f"cannot load weights {name}/{pretrained}: {hint}({cache}). On a machine with "
-                f"network run `python -m vlprompt fetch-weights --model {name} --pretrained "
-                f"{pretrained}` and copy the cache, or set backbone.pretrained to a local file. "
+                f"cannot load weights {name}/{pretrained}: downloading them failed (cache: "
+                f"{hub_cache_dir(cache_dir)}). Fix: on a machine with network run `python -m vlprompt "
+                f"fetch-weights --model {name} --pretrained {pretrained}` and copy the cache, set "
+                f"HF_HUB_OFFLINE=1 to use only cached weights, or set backbone.pretrained to a local file. "
                 f"Cause: {type(err).__name__}: {err}") from err
         raise
     model.eval().requires_grad_(False)
     return Backbone(model=model, preprocess=preprocess, tokenizer=oc.get_tokenizer(name), name=name,
-                    pretrained=pretrained if not is_local_file(pretrained) else Path(pretrained).name,
-                    weights_sha256=state_dict_sha256(model))
+                    pretrained=Path(pretrained).name if source == "file" else pretrained,
+                    weights_sha256=state_dict_sha256(model),
+                    quick_gelu=bool(force_quick_gelu or name.endswith("quickgelu")), source=source)
 
 
 def load_backbone_from_config(cfg: dict, device: str | torch.device = "cpu") -> Backbone:
@@ -145,17 +236,19 @@ class PromptedTextEncoder(nn.Module):
     positions returns (n, embed_dim) features; with the embeddings of a tokenized prompt it
     returns exactly ``model.encode_text``. With ``trim`` it runs the transformer over the first
     ``max(eot) + 1`` positions only: under the causal mask later positions cannot change the
-    pooled end-token feature, so the result is the same at a fraction of the cost.
+    pooled end-token feature, so the result is the same at a fraction of the cost (77 positions
+    against about 12 for a CoOp prompt; see ``benchmarks/text_encoder.py``).
     """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask"):
-            if not hasattr(model, attr):
+            if getattr(model, attr, None) is None:
                 raise BackboneError(f"{type(model).__name__} has no {attr!r}: only open_clip CLIP models "
-                                    "with the built-in text transformer support prompt learning")
+                                    "with the built-in causal text transformer support prompt learning")
         if getattr(model, "text_pool_type", "argmax") != "argmax":
-            raise BackboneError(f"text pooling {model.text_pool_type!r} is not supported (need 'argmax')")
+            raise BackboneError(f"text pooling {model.text_pool_type!r} is not supported (need 'argmax', "
+                                "the end token of the OpenAI/OpenCLIP layout)")
         self.token_embedding = model.token_embedding
         self.positional_embedding = model.positional_embedding
         self.transformer = model.transformer
@@ -175,17 +268,20 @@ class PromptedTextEncoder(nn.Module):
     def forward(self, x: torch.Tensor, eot: torch.Tensor, trim: bool = True) -> torch.Tensor:
         n, length, width = x.shape
         assert width == self.width and eot.shape == (n,), (x.shape, eot.shape)
+        assert length <= self.context_length, (length, self.context_length)
         if trim:
             length = int(eot.max()) + 1
-            x = x[:, :length]
+            x = x[:, :length]  # (n, max_eot + 1, width): later positions cannot reach the end token
         cast = self.transformer.get_cast_dtype()
         x = x.to(cast) + self.positional_embedding[:length].to(cast)
-        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
+        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])  # batch first (open_clip >= 2.24)
         x = self.ln_final(x)
         x = x[torch.arange(n, device=x.device), eot]  # (n, width) end-token feature
+        if self.text_projection is None:
+            return x
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
-        return x @ self.text_projection
+        return x @ self.text_projection  # (n, embed_dim)
 
     def encode(self, tokens: torch.Tensor, trim: bool = True) -> torch.Tensor:
         """Like ``model.encode_text(tokens)`` (unnormalised), trimmed to the longest prompt."""
@@ -193,12 +289,25 @@ class PromptedTextEncoder(nn.Module):
 
 
 def encode_prompts(backbone: Backbone, texts: list[str], batch_size: int = 1024) -> torch.Tensor:
-    """L2-normalised features of fixed prompts, computed once (zero-shot classifiers, anchors)."""
-    encoder = PromptedTextEncoder(backbone.model)
+    """L2-normalised features of fixed prompts (zero-shot classifiers, KgCoOp/ProGrad anchors).
+
+    Computed once per backbone and list of prompts: later calls with the same prompts (another
+    seed, evaluating the same classes again) return a copy of the cached features. Prompts are
+    encoded in order of length, so each batch is trimmed to its own longest prompt.
+    """
     device = next(backbone.model.parameters()).device
-    out = []
+    key = (tuple(texts), str(device))
+    cached = backbone.prompt_cache.get(key)
+    if cached is not None:
+        return cached.clone()
+    encoder = PromptedTextEncoder(backbone.model)
+    tokens = backbone.tokenizer(list(texts))  # (n, L)
+    order = torch.argsort(tokens.argmax(dim=-1), stable=True)
+    out = torch.empty(len(texts), backbone.embed_dim)
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
-            tokens = backbone.tokenizer(texts[i:i + batch_size]).to(device)
-            out.append(encoder.encode(tokens).float())
-    return nn.functional.normalize(torch.cat(out), dim=-1)
+            idx = order[i:i + batch_size]
+            out[idx] = encoder.encode(tokens[idx].to(device)).float().cpu()
+    features = nn.functional.normalize(out, dim=-1).to(device)
+    backbone.prompt_cache[key] = features
+    return features.clone()
