@@ -116,7 +116,7 @@ def _manual_instructions(name: str, entry: dict, path: Path) -> str:
     where = entry.get("page") or entry["url"]
     note = entry.get("note") or info(name).get("manual_note") or ""
     return (f"{name}: {entry['name']} must be downloaded by hand from {where} and put at {path}"
-            + (f" ({note})" if note else ""))
+            + (f"; {note}" if note else ""))
 
 
 def fetch_files(cfg: dict, name: str, progress: bool = True) -> list[tuple[dict, Path, bool]]:
@@ -154,32 +154,38 @@ def fetch_files(cfg: dict, name: str, progress: bool = True) -> list[tuple[dict,
 
 
 def fetch_split_file(cfg: dict, name: str) -> Path | None:
-    """The published split file (downloaded or given), or None when it is absent and opted out of."""
+    """The published split file (downloaded or given), or None when it is absent and opted out of.
+
+    ``download.split_files.<Name>`` gives it as a URL or a local path instead of the published link.
+    """
     split = info(name)["split"]
     path = downloads_dir(cfg, name) / split["file"]
     given = (_options(cfg).get("split_files") or {}).get(name)
-    if given is not None:
-        if dl.is_url(given):
-            dl.download(given, path, progress=False)
-        else:
-            src = dl._local_path(given)
-            if not src.is_file():
-                raise RealDatasetError(f"download.split_files.{name}: {src} does not exist")
-            path = src
-    elif not path.is_file():
+    source = given if given is not None else split["url"]
+    if given is not None and not dl.is_url(given):
+        path = dl._local_path(given)
+        problem = None if path.is_file() else f"{path} does not exist"
+    elif given is None and path.is_file():
+        problem = None
+    else:
+        if given is not None:  # a URL given by the user: fetch it afresh
+            path.unlink(missing_ok=True)
         try:
-            dl.download(split["url"], path, progress=False)
+            dl.download(source, path, progress=False)
+            problem = None
         except dl.DownloadError as err:
-            if name in (_options(cfg).get("allow_new_split") or []):
-                log.warning("%s: published split file unavailable (%s); making a new split as opted in "
-                            "(download.allow_new_split): results will not match published few-shot subsets",
-                            name, err)
-                return None
-            raise RealDatasetError(
-                f"{name}: the published split file {split['file']} is missing and could not be fetched "
-                f"({err}). Download it from {split['page']} and put it at {path} (or set "
-                f"download.split_files.{name} to its path or URL). To make a new random split instead "
-                f"(it will not match the papers' subsets), add {name} to download.allow_new_split.") from None
+            problem = str(err)
+    if problem is not None:
+        if name in (_options(cfg).get("allow_new_split") or []):
+            log.warning("%s: published split file unavailable (%s); making a new split as opted in "
+                        "(download.allow_new_split): results will not match published few-shot subsets",
+                        name, problem)
+            return None
+        raise RealDatasetError(
+            f"{name}: the published split file {split['file']} is missing ({problem}). Download it from "
+            f"{split['page']} and put it at {downloads_dir(cfg, name) / split['file']}, or set "
+            f"download.split_files.{name} to its path or URL. To make a new random split instead (it will "
+            f"not match the papers' few-shot subsets), add {name} to download.allow_new_split.")
     try:
         data = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError):
