@@ -58,6 +58,7 @@ class MethodContext:
     val_features: torch.Tensor | None = None  # (N_val, D)
     val_labels: torch.Tensor | None = None
     seed: int = 0
+    dataset: str | None = None  # the dataset's registry name (per-dataset prompt ensembles); None if unknown
 
     @property
     def logit_scale(self) -> float:
@@ -109,6 +110,9 @@ class Method(nn.Module):
 
     def fit(self, ctx: MethodContext) -> bool:
         return False
+
+    def after_training(self, ctx: MethodContext) -> None:
+        """Called once after the SGD loop, before evaluation (e.g. Tip-Adapter-F searches alpha, beta)."""
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The learned part (what a trained artefact stores): parameters that require grad."""
