@@ -1,0 +1,179 @@
+"""Tip-Adapter and Tip-Adapter-F (Zhang et al., "Tip-Adapter: Training-free Adaption of CLIP for Few-shot
+Classification", ECCV 2022, arXiv 2207.09519).
+
+Reference implementation read (not copied): gaopengcuhk/Tip-Adapter, main.py and utils.py
+(``build_cache_model``, ``search_hp``, ``run_tip_adapter``, ``run_tip_adapter_F``), configs/*.yaml.
+
+Cache model: keys K (N, D) = normalize(mean over the cached augmented views of f(x_n)) — the reference
+averages 10 augmented passes over the few-shot set before normalising; values V (N, C) = one_hot(y_n).
+With f̂ = normalize(f(x)) and the zero-shot classifier W (C, D) of the hand-crafted template:
+
+    A = f̂ · Kᵀ                                  (N affinities, cosine similarities)
+    logits(x) = s · f̂ · Wᵀ + α · exp(−β (1 − A)) · V
+
+α (residual ratio) and β (sharpness) are searched on the few-shot validation set over the reference's grid
+β_i = 0.1 + i (β_max − 0.1) / n_β, α_j = 0.1 + j (α_max − 0.1) / n_α (i < n_β = 200, j < n_α = 20; the
+first best in row-major order wins, as ``search_hp`` does). The reference sets (β_max, α_max) per dataset:
+ImageNet, OxfordPets, UCF101 (7, 3); Caltech101 (12, 5); DTD (13, 13); EuroSAT, SUN397 (12, 10);
+FGVCAircraft (30, 30); Food101 (10, 10); Flowers (50, 50); StanfordCars (20, 10). The default is
+ImageNet's; override per dataset from the config.
+
+Tip-Adapter-F makes K a parameter initialised from the cache and trains it with CE on the logits above,
+α, β fixed at their initial values (``init_alpha``, ``init_beta``), AdamW lr 1e-3, cosine to zero,
+20 epochs, batch 256, each batch a fresh augmented view (here: a random cached view); K is not
+renormalised. After training α, β are searched again with the trained keys (``after_training``).
+Deviation: the reference keeps the epoch with the best *test* accuracy; we keep the last epoch.
+
+New classes: the cache holds entries of training classes only, so the cache logits of a class without
+entries are zero and its logits reduce to zero-shot CLIP's. ``set_classes`` keeps the value columns of
+trained classes that reappear and zero columns for unseen ones; on a disjoint set of new classes the
+method is exactly zero-shot CLIP with the same template.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlprompt.backbone import encode_prompts
+from vlprompt.methods.base import Method, MethodContext, MethodError, TrainConfig, normalize, register
+
+
+@dataclasses.dataclass(frozen=True)
+class TipAdapterConfig:
+    template: str | None = None  # zero-shot classifier; None: the dataset's hand-crafted template
+    init_alpha: float = 1.17  # the reference's ImageNet value; used when there is no validation set
+    init_beta: float = 1.0
+    search: bool = True  # search alpha, beta on the few-shot validation set
+    beta_max: float = 7.0  # reference search_scale[0] (ImageNet's; per dataset in the reference configs)
+    alpha_max: float = 3.0  # reference search_scale[1]
+    beta_steps: int = 200
+    alpha_steps: int = 20
+
+
+def cache_logits(f_hat: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, beta: float) -> torch.Tensor:
+    """exp(−β(1 − f̂·Kᵀ))·V: (B, D), (N, D), (N, C) -> (B, C)."""
+    affinity = f_hat @ keys.T  # (B, N)
+    return torch.exp(-beta * (1 - affinity)) @ values
+
+
+def search_grid(cfg) -> tuple[list[float], list[float]]:
+    betas = [0.1 + i * (cfg.beta_max - 0.1) / cfg.beta_steps for i in range(cfg.beta_steps)]
+    alphas = [0.1 + j * (cfg.alpha_max - 0.1) / cfg.alpha_steps for j in range(cfg.alpha_steps)]
+    return betas, alphas
+
+
+@register
+class TipAdapter(Method):
+    name = "tip_adapter"
+    paper = "Zhang et al., Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classification, ECCV 2022"
+    description = "training-free key-value cache of the few-shot features added to zero-shot logits"
+    Config = TipAdapterConfig
+    train_keys = False
+
+    def __init__(self, config, ctx: MethodContext):
+        super().__init__(config, ctx)
+        self.backbone = ctx.backbone
+        self.template = config.template or ctx.template
+        self.trained_classes = list(ctx.classnames)
+        self.alpha, self.beta = config.init_alpha, config.init_beta
+        if ctx.train_features is not None:  # (V, N, D) -> keys (N, D), values (N, C)
+            keys = normalize(ctx.train_features.float().mean(dim=0))
+            values = F.one_hot(ctx.train_labels.long(), len(ctx.classnames)).float()
+        else:  # shapes come from the saved state (load_trainable_state)
+            keys = torch.zeros(0, ctx.backbone.embed_dim)
+            values = torch.zeros(0, len(ctx.classnames))
+        self.cache_keys = nn.Parameter(keys.to(ctx.device), requires_grad=self.train_keys)
+        self.register_buffer("cache_values", values.to(ctx.device))
+        self.set_classes(ctx.classnames)
+
+    def set_classes(self, classnames: list[str]) -> None:
+        texts = [self.template.format(c.replace("_", " ")) for c in classnames]
+        self.register_buffer("weights", encode_prompts(self.backbone, texts), persistent=False)
+        cols = torch.zeros(len(self.trained_classes), len(classnames))  # trained class -> current class
+        for j, c in enumerate(classnames):
+            if c in self.trained_classes:
+                cols[self.trained_classes.index(c), j] = 1
+        self.register_buffer("class_map", cols.to(self.weights.device), persistent=False)
+
+    def logits(self, image_features: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+        f_hat = normalize(image_features)
+        values = self.cache_values @ self.class_map  # (N, C_current): zero columns for unseen classes
+        return self.logit_scale * f_hat @ self.weights.T + alpha * cache_logits(f_hat, self.cache_keys, values, beta)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.logits(image_features, self.alpha, self.beta)
+
+    @torch.no_grad()
+    def search_alpha_beta(self, ctx: MethodContext) -> None:
+        """The reference's grid search on the validation set (first best wins)."""
+        if not self.config.search or ctx.val_features is None or len(ctx.val_features) == 0:
+            return
+        f = ctx.val_features.to(self.weights.device)
+        y = ctx.val_labels.to(self.weights.device)
+        f_hat = normalize(f)
+        clip_logits = self.logit_scale * f_hat @ self.weights.T
+        affinity = f_hat @ self.cache_keys.T
+        values = self.cache_values @ self.class_map
+        best = -1.0
+        betas, alphas = search_grid(self.config)
+        for beta in betas:
+            cache = torch.exp(-beta * (1 - affinity)) @ values
+            for alpha in alphas:
+                acc = ((clip_logits + alpha * cache).argmax(-1) == y).float().mean().item()
+                if acc > best:
+                    best, self.alpha, self.beta = acc, alpha, beta
+
+    def fit(self, ctx: MethodContext) -> bool:
+        self.search_alpha_beta(ctx)
+        return True
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The cache (keys, values) and the chosen alpha, beta: all a trained artefact needs."""
+        return {"cache_keys": self.cache_keys.detach().cpu(), "cache_values": self.cache_values.detach().cpu(),
+                "alpha": torch.tensor(self.alpha), "beta": torch.tensor(self.beta)}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.trainable_state()) - set(state)
+        if missing:
+            raise MethodError(f"checkpoint lacks {sorted(missing)} for method {self.name!r}")
+        device = self.weights.device
+        keys = state["cache_keys"].to(device)
+        with torch.no_grad():
+            if keys.shape == self.cache_keys.shape:  # in place: an optimizer holding the keys stays valid (resume)
+                self.cache_keys.copy_(keys)
+            else:
+                self.cache_keys = nn.Parameter(keys, requires_grad=self.train_keys)
+        self.cache_values = state["cache_values"].to(device)
+        self.alpha, self.beta = float(state["alpha"]), float(state["beta"])
+
+
+@dataclasses.dataclass(frozen=True)
+class TipAdapterFConfig(TrainConfig, TipAdapterConfig):
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 0.001
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01  # torch's AdamW default, which the reference uses
+    warmup_epochs: int = 0  # the reference anneals from the first step (CosineAnnealingLR, no warm-up)
+
+
+@register
+class TipAdapterF(TipAdapter):
+    name = "tip_adapter_f"
+    description = "Tip-Adapter with the cache keys fine-tuned (AdamW, 20 epochs), alpha/beta searched after"
+    Config = TipAdapterFConfig
+    train_keys = True
+
+    def fit(self, ctx: MethodContext) -> bool:
+        return False  # the shared loop trains the keys; after_training searches alpha, beta
+
+    def loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        loss = F.cross_entropy(self.logits(image_features, self.config.init_alpha, self.config.init_beta), labels)
+        return loss, {"ce": loss.item()}
+
+    def after_training(self, ctx: MethodContext) -> None:
+        self.search_alpha_beta(ctx)
