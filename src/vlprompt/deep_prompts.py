@@ -1,0 +1,207 @@
+"""Deep prompts inside open_clip's transformer towers (VPT-deep, IVLP, MaPLe, PromptSRC).
+
+A deep prompt of depth J gives block j (j = 0 .. J-1) of a tower its own learnable tokens P_j;
+blocks from J on carry the previous block's outputs at those positions along, as in the reference
+(muzairkhattak/multimodal-prompt-learning, clip/model.py: ``ResidualAttentionBlock_IVLP`` and
+``VisionTransformer_MaPLe``; read, not copied).
+
+Vision tower (open_clip ``VisionTransformer``), n prompt tokens::
+
+    input of ln_pre:   [CLS + pos, patches + pos]            -> [CLS, patches, P_0]   (P_0 is normalised by ln_pre too)
+    input of block j:  [CLS, patches, out_{j-1}(prompts)]    -> [CLS, patches, P_j]   for 1 <= j < J
+    output of the transformer: the n prompt positions are dropped before pooling, so class-token
+    (``tok``) and mean (``avg``) pooling see exactly the tokens they see without prompts.
+
+Text tower (fed with token embeddings by :class:`~vlprompt.backbone.PromptedTextEncoder`), n
+context tokens right after SOS::
+
+    input of block 0:  [SOS, P_0, class tokens, ., EOT]   (P_0 is the prompt learner's context)
+    input of block j:  positions 1 .. n replaced by P_j, for 1 <= j < J
+
+The text prompts *replace* context positions instead of inserting tokens, so the sequence length,
+the causal mask and the end-token index are those of the prompt as tokenized.
+
+No open_clip model code is copied: prompts enter through forward hooks on its modules
+(``visual.ln_pre``, ``visual.transformer``, ``transformer.resblocks[j]``), registered for the
+duration of a ``with`` block and removed after it, so the shared frozen backbone is never left
+modified. Every use of open_clip's internals for deep prompting lives in this module; the tests in
+``tests/test_deep_prompts.py`` guard it against the pinned open_clip version (depth 0 equals
+``encode_image``/``encode_text``; hooked forward equals a hand-written loop over the blocks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+_ACTIVE: weakref.WeakSet = weakref.WeakSet()  # towers with prompts hooked in right now (no nesting)
+
+
+class DeepPromptError(RuntimeError):
+    """The model cannot take deep prompts (not an open_clip ViT), or the prompts do not fit it."""
+
+
+def _visual(model: nn.Module) -> nn.Module:
+    visual = getattr(model, "visual", None)
+    missing = [a for a in ("conv1", "class_embedding", "ln_pre", "transformer") if not hasattr(visual, a)]
+    if missing or not hasattr(getattr(visual, "transformer", None), "resblocks"):
+        raise DeepPromptError(f"{type(visual).__name__} is not open_clip's VisionTransformer (lacks {missing}): "
+                              "deep vision prompts need a ViT image tower")
+    if getattr(visual, "attn_pool", None) is not None:
+        raise DeepPromptError("deep vision prompts do not support attentional pooling (CoCa-style towers)")
+    if getattr(visual, "pool_type", "tok") not in ("tok", "avg"):
+        raise DeepPromptError(f"deep vision prompts need 'tok' or 'avg' pooling, got {visual.pool_type!r}")
+    return visual
+
+
+def vision_width(model: nn.Module) -> int:
+    return int(_visual(model).conv1.out_channels)
+
+
+def vision_layers(model: nn.Module) -> int:
+    return len(_visual(model).transformer.resblocks)
+
+
+def text_width(model_or_encoder: nn.Module) -> int:
+    return int(model_or_encoder.token_embedding.weight.shape[1])
+
+
+def text_layers(model_or_encoder: nn.Module) -> int:
+    return len(model_or_encoder.transformer.resblocks)
+
+
+def cap_depth(depth: int, layers: int, tower: str) -> int:
+    """``depth`` limited to the tower's number of blocks (the papers' 12 or 9 on a 4-block pocket CLIP)."""
+    if depth < 0:
+        raise DeepPromptError(f"{tower} prompt depth must be >= 0, got {depth}")
+    if depth > layers:
+        log.info("%s prompt depth %d capped at the tower's %d blocks", tower, depth, layers)
+    return min(depth, layers)
+
+
+def _check(prompts: Sequence[torch.Tensor], layers: int, width: int, tower: str) -> int:
+    if len(prompts) > layers:
+        raise DeepPromptError(f"{len(prompts)} {tower} prompt layers for a tower of {layers} blocks")
+    shape = tuple(prompts[0].shape)
+    for j, p in enumerate(prompts):
+        if p.dim() != 2 or tuple(p.shape) != shape or p.shape[1] != width:
+            raise DeepPromptError(f"{tower} prompt {j} has shape {tuple(p.shape)}; every layer needs "
+                                  f"(n_tokens, {width}) with the same n_tokens")
+    return shape[0]
+
+
+def _tokens(p: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return p.to(like.dtype).unsqueeze(0).expand(like.shape[0], -1, -1)  # (B, n, width)
+
+
+@contextlib.contextmanager
+def _exclusive(tower: nn.Module) -> Iterator[None]:
+    if tower in _ACTIVE:
+        raise DeepPromptError("prompts are already hooked into this tower (nested prompt contexts)")
+    _ACTIVE.add(tower)
+    try:
+        yield
+    finally:
+        _ACTIVE.discard(tower)
+
+
+@contextlib.contextmanager
+def vision_prompts(model: nn.Module, prompts: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Within the block, ``model.visual`` / ``model.encode_image`` run with deep vision prompts.
+
+    ``prompts[j]`` (n, width) are the tokens of block j: ``prompts[0]`` is appended after the class
+    token and the patches (before ``ln_pre``), ``prompts[j]`` replaces the prompt positions at the
+    input of block j. An empty sequence changes nothing.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        yield
+        return
+    visual = _visual(model)
+    blocks = visual.transformer.resblocks
+    n = _check(prompts, len(blocks), vision_width(model), "vision")
+    batch_first = getattr(visual.transformer, "batch_first", True)
+
+    def insert(module, args):  # args[0]: (B, 1 + grid², width), embeddings + positions
+        x = args[0]
+        return (torch.cat([x, _tokens(prompts[0], x)], dim=1), *args[1:])
+
+    def replace(j: int):
+        def hook(module, args, kwargs):
+            x = args[0] if batch_first else args[0].transpose(0, 1)  # (B, L + n, width)
+            x = torch.cat([x[:, :-n], _tokens(prompts[j], x)], dim=1)
+            return (x if batch_first else x.transpose(0, 1), *args[1:]), kwargs
+        return hook
+
+    def drop(module, args, out):  # (B, L + n, width), batch first whatever the blocks use
+        return out[:, :-n]
+
+    with _exclusive(visual):
+        handles = [visual.ln_pre.register_forward_pre_hook(insert),
+                   visual.transformer.register_forward_hook(drop)]
+        handles += [blocks[j].register_forward_pre_hook(replace(j), with_kwargs=True)
+                    for j in range(1, len(prompts))]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
+@contextlib.contextmanager
+def text_prompts(tower: nn.Module, prompts: Sequence[torch.Tensor], start: int = 1) -> Iterator[None]:
+    """Within the block, the text transformer of ``tower`` (a CLIP model or a PromptedTextEncoder)
+    replaces positions ``start .. start + n`` at the input of block ``j + 1`` by ``prompts[j]``.
+
+    The context of block 0 is the input embedding itself (the prompt learner's ``ctx``), so
+    ``prompts`` holds the J - 1 deeper layers. An empty sequence changes nothing.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        yield
+        return
+    transformer = tower.transformer
+    blocks = transformer.resblocks
+    n = _check(prompts, len(blocks) - 1, text_width(tower), "deep text")
+    batch_first = getattr(transformer, "batch_first", True)
+
+    def replace(j: int):
+        def hook(module, args, kwargs):
+            x = args[0] if batch_first else args[0].transpose(0, 1)  # (n_cls, L, width)
+            if x.shape[1] < start + n + 1:
+                raise DeepPromptError(f"text of {x.shape[1]} tokens has no room for {n} prompts at {start}")
+            x = torch.cat([x[:, :start], _tokens(prompts[j], x), x[:, start + n:]], dim=1)
+            return (x if batch_first else x.transpose(0, 1), *args[1:]), kwargs
+        return hook
+
+    with _exclusive(transformer):
+        handles = [blocks[j + 1].register_forward_pre_hook(replace(j), with_kwargs=True)
+                   for j in range(len(prompts))]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def encode_image(model: nn.Module, images: torch.Tensor, prompts: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """``model.encode_image(images)`` (unnormalised) with deep vision prompts."""
+    with vision_prompts(model, prompts):
+        return model.encode_image(images)
+
+
+def encode_text(encoder: nn.Module, embeddings: torch.Tensor, eot: torch.Tensor,
+                deep: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """Text features (unnormalised) of prompt ``embeddings`` (n, L, width) through a
+    :class:`~vlprompt.backbone.PromptedTextEncoder`, with deep prompts at positions 1..n of blocks 1..J-1."""
+    if len(deep) and int(eot.min()) <= deep[0].shape[0]:
+        raise DeepPromptError("the end token must come after the context positions that deep prompts replace")
+    with text_prompts(encoder, deep):
+        return encoder(embeddings, eot)

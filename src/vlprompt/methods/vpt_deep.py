@@ -1,0 +1,119 @@
+"""VPT-deep: deep visual prompts in CLIP's image encoder, fixed hand-crafted text classifier.
+
+Jia et al., "Visual Prompt Tuning", ECCV 2022, in the CLIP form used as a baseline by MaPLe
+(Khattak et al., CVPR 2023). Reference implementation followed: muzairkhattak/multimodal-prompt-
+learning, trainers/vpt.py and clip/model.py (read, not copied).
+
+With J = depth (capped at the tower's blocks) and n tokens per block, P_j ∈ R^{n×d_v} ~ N(0, 0.02²):
+
+    block j input:  [CLS, patches, P_j]  for j < J (P_0 through ln_pre; see vlprompt.deep_prompts)
+    x̂ = normalize(f(x; P_0..P_{J-1})),   w_c = normalize(g(template(c)))  (frozen)
+    logits_c(x) = s · x̂ · w_cᵀ,   L = CE(logits(x), y)
+
+Only the P_j train. Preset: configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml (8 tokens, depth 12,
+SGD lr 0.0025, batch 4, 5 epochs, constant warm-up 1e-5 for one epoch). The reference's text prompt
+is "a photo of a {}."; here it is the dataset's hand-crafted template (the zero-shot baseline's), so
+that depth 0 is exactly zero-shot CLIP; set ``template`` to reproduce the reference.
+
+This module also holds what every encoder-in-the-loop prompt method shares (IVLP, MaPLe and PromptSRC
+derive from :class:`VPTDeep`): the frozen CLIP kept out of the module tree, image features through
+the prompted tower, logits, and the eval-time cache of the text classifier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from vlprompt import deep_prompts
+from vlprompt.backbone import encode_prompts
+from vlprompt.methods.base import Method, MethodContext, TrainConfig, normalize, register
+
+
+@dataclasses.dataclass(frozen=True)
+class VPTDeepConfig(TrainConfig):
+    epochs: int = 5
+    batch_size: int = 4
+    lr: float = 0.0025
+    n_ctx_vision: int = 8
+    depth_vision: int = 12  # blocks with their own prompts, capped at the tower's; 0: no prompts (zero-shot)
+    init_std: float = 0.02  # prompts ~ N(0, init_std²); 0 gives zero prompts
+    template: str | None = None  # fixed text prompt; None: the dataset's hand-crafted template
+
+
+class Frozen:
+    """The frozen CLIP pieces a method uses, held outside ``nn.Module`` registration so that they stay
+    out of the method's ``state_dict``, ``parameters()`` and ``train()``."""
+
+    def __init__(self, ctx: MethodContext):
+        self.backbone = ctx.backbone
+        self.model = ctx.backbone.model
+        self.encoder = ctx.encoder
+        self.tokenizer = ctx.backbone.tokenizer
+
+
+@register
+class VPTDeep(Method):
+    name = "vpt_deep"
+    paper = "Jia et al., Visual Prompt Tuning, ECCV 2022 (CLIP variant as in Khattak et al., MaPLe, CVPR 2023)"
+    description = "deep learnable tokens in every image-encoder block; fixed hand-crafted text prompts"
+    Config = VPTDeepConfig
+    inputs = "images"
+
+    def __init__(self, config, ctx: MethodContext):
+        super().__init__(config, ctx)
+        self.frozen = Frozen(ctx)
+        self.template = getattr(config, "template", None) or ctx.template
+        self._text_cache: tuple | None = None
+        gen = torch.Generator().manual_seed(ctx.seed)
+        self.build_prompts(config, ctx, gen)
+        self.set_classes(ctx.classnames)
+
+    # -- construction -------------------------------------------------------------------------
+    def build_prompts(self, config, ctx: MethodContext, gen: torch.Generator) -> None:
+        self.vision_ctx = self.make_vision_ctx(config.n_ctx_vision, config.depth_vision, config.init_std, gen)
+
+    def make_vision_ctx(self, n_ctx: int, depth: int, std: float, gen: torch.Generator) -> nn.Parameter | None:
+        """(J, n, d_v) prompts for the first J vision blocks, or None when J or n is 0."""
+        model = self.frozen.model
+        depth = deep_prompts.cap_depth(depth, deep_prompts.vision_layers(model), "vision")
+        if depth == 0 or n_ctx == 0:
+            return None
+        init = torch.randn(depth, n_ctx, deep_prompts.vision_width(model), generator=gen) * std
+        return nn.Parameter(init.to(next(model.parameters()).device))
+
+    def set_classes(self, classnames: list[str]) -> None:
+        self.classnames = list(classnames)
+        texts = [self.template.format(c.replace("_", " ")) for c in classnames]
+        self.register_buffer("fixed_text", encode_prompts(self.frozen.backbone, texts), persistent=False)
+        self._text_cache = None
+
+    # -- the model ----------------------------------------------------------------------------
+    def vision_prompts(self) -> list[torch.Tensor]:
+        return [] if self.vision_ctx is None else list(self.vision_ctx.unbind(0))
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, D) L2-normalised features of the images through the prompted image tower."""
+        return normalize(deep_prompts.encode_image(self.frozen.model, images, self.vision_prompts()))
+
+    def text_features(self) -> torch.Tensor:
+        """(n_cls, D) L2-normalised class embeddings."""
+        return self.fixed_text
+
+    def classifier(self) -> torch.Tensor:
+        """The text features, computed once per parameter state when no gradient is needed (evaluation)."""
+        if torch.is_grad_enabled():
+            return self.text_features()
+        key = tuple(p._version for p in self.parameters() if p.requires_grad)
+        if self._text_cache is None or self._text_cache[0] != key:
+            self._text_cache = (key, self.text_features().detach())
+        return self._text_cache[1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * self.image_features(images) @ self.classifier().T
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_trainable_state(state)
+        self._text_cache = None

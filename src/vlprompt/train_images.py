@@ -1,0 +1,193 @@
+"""Training and evaluation for methods with the image encoder in the loop (``inputs = "images"``).
+
+The same run as :func:`vlprompt.train.run` (one method × dataset × shots × seed, same outputs and
+metrics), but reading images instead of the feature bank: the few-shot training images of the
+training classes with CoOp's augmentation (random resized crop + flip), the test images with the
+backbone's test transform. The optimisation is :func:`vlprompt.train.sgd_loop`'s (SGD/AdamW, constant
+warm-up then cosine per epoch, fp16 autocast on CUDA, checkpoint every few epochs); the batch order
+and every image's augmentation in epoch e are drawn from (seed, e), so a resumed run continues
+exactly as an uninterrupted one. Methods may define ``epoch_end(epoch)`` and ``train_end()``
+(PromptSRC's prompt aggregation) and ``loop_state()``/``load_loop_state()`` for what the
+checkpoint must carry besides the trainable parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from vlprompt import grid
+from vlprompt.backbone import PromptedTextEncoder
+from vlprompt.config import method_config_hash
+from vlprompt.data import registry, splits
+from vlprompt.data.splits import subsample_classes
+from vlprompt.evaluate import accuracy, harmonic_mean
+from vlprompt.features import ImageList, pick_device, train_transform
+from vlprompt.io import atomic_path, atomic_write_json, provenance, read_json
+from vlprompt.methods import MethodContext, TrainConfig, get_method
+from vlprompt.train import _asdict, _cached_backbone, lr_at, make_optimizer, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def _epoch_view(seed: int, epoch: int) -> int:
+    """The augmentation stream of an epoch (ImageList seeds item k of view v from (v, k))."""
+    return 1_000_000 + seed * 100_003 + epoch
+
+
+def image_loop(method, ctx: MethodContext, cfg: TrainConfig, root: Path, rows: list, transform,
+               ckpt_path: Path, checkpoint_every: int, workers: int = 0, progress: bool = True,
+               stop_after: int | None = None) -> dict:
+    """Train ``method`` on the images ``rows`` ([relpath, label, name], labels of the training classes)."""
+    from tqdm import tqdm
+
+    params = [p for p in method.parameters() if p.requires_grad]
+    if not params:
+        raise RuntimeError(f"method {method.name!r} has nothing to train")
+    opt = make_optimizer(cfg, params)
+    device = ctx.device
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    relpaths, labels = [r[0] for r in rows], torch.tensor([r[1] for r in rows])
+    n = len(rows)
+    steps = max(cfg.min_steps_per_epoch, n // cfg.batch_size if n >= cfg.batch_size else 1)
+    start, history, seconds = 0, [], []
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        method.load_trainable_state(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        if hasattr(method, "load_loop_state"):
+            method.load_loop_state(state["loop"])
+        start, history, seconds = state["epoch"], state["history"], state.get("seconds", [])
+        log.info("resuming %s from epoch %d", ckpt_path, start)
+    method.train()
+    bar = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=f"train {method.name}",
+               disable=not progress, unit="epoch")
+    for epoch in bar:
+        t0 = time.time()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, epoch)
+        torch.manual_seed(ctx.seed * 1_000_003 + epoch)  # the whole epoch's randomness, resumable
+        gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=gen)
+        batches = [order[(s * cfg.batch_size) % n:][: cfg.batch_size].tolist() for s in range(steps)]
+        images = ImageList(root, relpaths, transform, view=_epoch_view(ctx.seed, epoch))
+        loader = torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers,
+                                             pin_memory=device.type == "cuda")
+        total = 0.0
+        for idx, x in zip(batches, loader, strict=True):
+            x, y = x.to(device, non_blocking=True), labels[idx].to(device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                loss, _ = method.loss(x, y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            total += loss.item()
+        if hasattr(method, "epoch_end"):
+            method.epoch_end(epoch)
+        history.append(total / steps)
+        seconds.append(round(time.time() - t0, 3))
+        bar.set_postfix(loss=f"{history[-1]:.4f}")
+        done = epoch + 1
+        if done % checkpoint_every == 0 and done < cfg.epochs:
+            with atomic_path(ckpt_path) as tmp:
+                torch.save({"model": method.trainable_state(), "optimizer": opt.state_dict(),
+                            "scaler": scaler.state_dict(), "epoch": done, "history": history, "seconds": seconds,
+                            "loop": method.loop_state() if hasattr(method, "loop_state") else None}, tmp)
+        if stop_after is not None and done >= stop_after:
+            raise KeyboardInterrupt(f"stopped after epoch {done} (stop_after)")
+    if hasattr(method, "train_end"):
+        method.train_end()
+    method.eval()
+    return {"loss_history": history, "steps_per_epoch": steps, "epoch_seconds": seconds}
+
+
+@torch.no_grad()
+def evaluate_images(method, test_rows: list, root: Path, transform, classes: dict, protocol: str,
+                    trained_on: list[str], device: torch.device, batch_size: int = 256,
+                    workers: int = 0) -> dict:
+    """:func:`vlprompt.evaluate.evaluate` on images: the same parts, closed sets and metrics."""
+    names = classes["classnames"]
+    method.eval()
+    out: dict = {}
+    parts = [("base", classes["base"]), ("new", classes["new"])] if protocol == "base2new" else \
+        [("all", list(range(len(names))))]
+    for part, keep in parts:
+        keep_names = [names[i] for i in keep]
+        rows = subsample_classes(test_rows, keep)
+        labels = torch.tensor([r[1] for r in rows], dtype=torch.long)
+        if keep_names != trained_on:
+            try:
+                method.set_classes(keep_names)
+            except NotImplementedError:
+                out[f"{part}_acc"] = float("nan")
+                continue
+        loader = torch.utils.data.DataLoader(ImageList(root, [r[0] for r in rows], transform),
+                                             batch_size=batch_size, num_workers=workers,
+                                             pin_memory=device.type == "cuda")
+        logits = []
+        for x in loader:
+            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                logits.append(method(x.to(device, non_blocking=True)).float().cpu())
+        logits = torch.cat(logits) if logits else torch.zeros(0, len(keep))
+        acc, per_class = accuracy(lambda z: z, logits, labels)  # argmax of the precomputed logits
+        out[f"{part}_acc"] = acc
+        out[f"{part}_per_class"] = per_class
+        out[f"{part}_n"] = len(rows)
+    if protocol == "base2new":
+        out["hm"] = harmonic_mean(out["base_acc"], out["new_acc"])
+    return out
+
+
+def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_dir: str | Path,
+        progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train and evaluate one run of an image-input method; write ``model.pt`` and ``metrics.json``."""
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg["train"]["threads"])
+    seed_everything(seed)
+    device = pick_device(cfg["train"]["device"])
+    cls = get_method(method_name)
+    mcfg = cls.make_config(cfg.get("method_overrides", {}).get(method_name))
+    backbone = _cached_backbone(cfg, device)
+    classes = read_json(grid.classes_path(cfg, dataset))
+    names = classes["classnames"]
+    train_labels = classes["base"] if cfg["protocol"] == "base2new" else list(range(len(names)))
+    train_names = [names[i] for i in train_labels]
+    ctx = MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=train_names,
+                        template=registry.get_dataset(dataset).template, device=device, seed=seed)
+    root = registry.dataset_dir(cfg, dataset)
+    fcfg = cfg["features"]
+    t_load = time.time() - t0
+    method = cls(mcfg, ctx).to(device)
+    train_info: dict = {}
+    ckpt = out_dir / "checkpoint.pt"
+    if cls.needs_training:
+        fewshot = read_json(grid.fewshot_path(cfg, dataset, shots, seed))
+        rows = subsample_classes(fewshot["train"], train_labels)
+        model = backbone.model
+        transform = train_transform(backbone.image_size, model.visual.image_mean, model.visual.image_std,
+                                    fcfg["crop_scale_min"])
+        train_info = image_loop(method, ctx, mcfg, root, rows, transform, ckpt, cfg["train"]["checkpoint_every"],
+                                fcfg["workers"], progress, stop_after)
+    t_train = time.time() - t0 - t_load
+    test_rows = splits.read_split(registry.split_path(cfg, dataset))["test"]
+    metrics = evaluate_images(method, test_rows, root, backbone.preprocess, classes, cfg["protocol"], train_names,
+                              device, fcfg["batch_size"], fcfg["workers"])
+    metrics.update(
+        method=method_name, dataset=dataset, train_dataset=dataset, shots=shots, seed=seed, protocol=cfg["protocol"],
+        experiment=cfg["experiment"], config_hash=method_config_hash(cfg, method_name),
+        hyperparameters=_asdict(mcfg), trained=cls.needs_training, train=train_info,
+        seconds={"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)},
+        provenance=provenance(**backbone.provenance(), device=str(device)))
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save({"method": method_name, "state": method.trainable_state(), "hyperparameters": _asdict(mcfg),
+                    "classnames": train_names, "provenance": metrics["provenance"]}, tmp)
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    ckpt.unlink(missing_ok=True)
+    return metrics
