@@ -56,8 +56,17 @@ class PromptLearner(nn.Module):
         placeholder = " ".join([PLACEHOLDER] * self.n_ctx)
         device = self.ctx.device
         tokens = self.tokenizer([f"{placeholder} {n}." for n in names]).to(device)  # (n_cls, L)
-        name_tokens = self.tokenizer(names)
+        name_tokens = self.tokenizer(names).to(device)
         self.name_lens = (name_tokens.argmax(-1) - 1).tolist()  # tokens per class name
+        length, eot = tokens.shape[1], tokens.argmax(-1)
+        for i, n in enumerate(self.name_lens):
+            if int(eot[i]) >= length - 1:
+                raise ValueError(f"the prompt for class {classnames[i]!r} ({self.n_ctx} context tokens + "
+                                 f"{n} name tokens) does not fit the text encoder's {length} tokens")
+            if self.position != "end" and not torch.equal(tokens[i, 1 + self.n_ctx:1 + self.n_ctx + n],
+                                                          name_tokens[i, 1:1 + n]):
+                raise ValueError(f"class name {classnames[i]!r} tokenizes differently inside the prompt; "
+                                 f"use class position 'end' or drop its trailing punctuation")
         with torch.no_grad():
             emb = self.encoder.embed(tokens)  # (n_cls, L, width)
         self.register_buffer("tokens", tokens, persistent=False)
