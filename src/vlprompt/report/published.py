@@ -1,21 +1,46 @@
-"""Our numbers next to the papers' (config/published/*.csv, each row with its source)."""
+"""Our numbers next to the papers' (``config/published/*.csv``, each row naming its source).
+
+Every published table there is ViT-B/16 with OpenAI weights, 16 shots, mean of seeds 1–3. Our cells are
+joined to them by (method, dataset); a cell is flagged when the published value lies outside our
+bootstrap interval over seeds.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-PUBLISHED_DIR = Path("config/published")
+from vlprompt import stats
+
+FILES = {"base2new": "published_base2novel.csv", "crossdataset": "published_crossdataset.csv",
+         "domain_generalization": "published_domain_generalization.csv"}
 METHOD_NAMES = {"zeroshot_clip": "zeroshot"}  # paper name -> our method name
-PAPER_BACKBONE = "ViT-B-16"  # every published table here is ViT-B/16 with OpenAI weights
+DATASET_ALIASES = {"oxfordflowers": "flowers102", "flowers": "flowers102", "sun": "sun397", "aircraft": "fgvcaircraft",
+                   "imagenetv2matchedfrequency": "imagenetv2"}
+PAPER_BACKBONE = "vitb16"  # normalised "ViT-B/16"; open_clip spells it ViT-B-16 or ViT-B-16-quickgelu
+PAPER_SHOTS = 16
 
 
-def load(protocol: str, directory: Path = PUBLISHED_DIR) -> pd.DataFrame | None:
+def default_dir() -> Path:
+    """``config/published`` of the working directory (where the DAG runs), else of the source checkout."""
+    here = Path("config/published")
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parents[3] / "config" / "published"
+
+
+def _key(name: str) -> str:
+    k = re.sub(r"[^a-z0-9]", "", str(name).lower())
+    return DATASET_ALIASES.get(k, k)
+
+
+def load(protocol: str, directory: Path | None = None) -> pd.DataFrame | None:
     """Published numbers of a protocol in long form: method, dataset, metric, published, source."""
-    name = {"base2new": "published_base2novel.csv", "crossdataset": "published_crossdataset.csv",
-            "domain_generalization": "published_domain_generalization.csv"}.get(protocol)
-    path = Path(directory) / name if name else None
+    name = FILES.get(protocol)
+    path = Path(directory or default_dir()) / name if name else None
     if path is None or not path.exists():
         return None
     df = pd.read_csv(path)
@@ -24,30 +49,83 @@ def load(protocol: str, directory: Path = PUBLISHED_DIR) -> pd.DataFrame | None:
                        var_name="metric", value_name="published")
         long["metric"] = long.metric.map({"base": "base_acc", "new": "new_acc", "hm": "hm"})
     else:
-        value_vars = [c for c in df.columns if c not in ("method", "source") and not c.startswith("Average")]
+        value_vars = [c for c in df.columns if c not in ("method", "source")]
         long = df.melt(id_vars=["method", "source"], value_vars=value_vars, var_name="dataset",
                        value_name="published")
+        long["dataset"] = long.dataset.replace({"Average_targets": "Average"})
         long["metric"] = "all_acc"
     long["method"] = long.method.replace(METHOD_NAMES)
-    return long
+    return long.dropna(subset=["published"]).reset_index(drop=True)
 
 
-def compare(cells: pd.DataFrame, summary: pd.DataFrame, cfg: dict, directory: Path = PUBLISHED_DIR):
-    """Our mean and 95% CI, the published value, the difference and whether it lies outside our CI."""
-    if not str(cfg["backbone"]["model"]).startswith(PAPER_BACKBONE):
+def backbones(summary: pd.DataFrame, cfg: dict) -> list[str]:
+    if "backbone" in summary and summary.backbone.notna().any():
+        return sorted(summary.backbone.dropna().astype(str).unique())
+    return [str(cfg.get("backbone", {}).get("model", "unknown"))]
+
+
+def why_not(summary: pd.DataFrame, cfg: dict, directory: Path | None = None) -> str | None:
+    """Why no published number applies to this experiment, or None when some may."""
+    bb = backbones(summary, cfg)
+    if any(b.lower().startswith("pocket") for b in bb) or summary.dataset.astype(str).str.startswith("pocket").all():
+        return ("The pocket benchmark is this project's own miniature world (its own tiny CLIP and procedural "
+                "datasets): no published numbers exist for it, so there is nothing to compare with.")
+    if not all(_key(b).startswith(PAPER_BACKBONE) for b in bb):
+        return (f"Published numbers are for ViT-B/16 (OpenAI weights); this experiment used {', '.join(bb)}, "
+                "so they are not comparable.")
+    protocol = summary.protocol.iloc[0] if "protocol" in summary and len(summary) else cfg.get("protocol")
+    if load(protocol, directory) is None:
+        return f"config/published/ has no table for the {protocol} protocol."
+    if PAPER_SHOTS not in set(summary.shots):
+        return f"Published numbers are {PAPER_SHOTS}-shot; this experiment has no {PAPER_SHOTS}-shot results."
+    return None
+
+
+def _our_average(summary: pd.DataFrame, method: str, metric: str, datasets: list[str], cfg: dict):
+    """The papers' Average row for our runs: per seed the mean over datasets (HM of the averaged base and
+    new), then mean and bootstrap CI over seeds."""
+    from vlprompt.report.figures import seed_averages
+
+    sub = summary[(summary.method == method) & (summary.shots == PAPER_SHOTS) & summary.dataset.isin(datasets)]
+    per_seed = seed_averages(sub, metric)[metric].to_numpy()
+    if len(per_seed) == 0:
         return None
-    pub = load(cfg["protocol"], directory)
-    if pub is None:
-        return None
-    top = cells[cells.shots == cells.shots.max()]
+    lo, hi = stats.bootstrap_ci(per_seed, cfg["bootstrap_resamples"], cfg["seed"], cfg["confidence_level"])
+    return float(np.mean(per_seed)), lo, hi
+
+
+def compare(cells: pd.DataFrame, summary: pd.DataFrame, cfg: dict, directory: Path | None = None) -> pd.DataFrame:
+    """Our mean and CI (16 shots), the published value, ours − published, and whether the published value
+    lies outside our interval; one row per (method, dataset, metric) found in both. Empty when none apply."""
+    columns = ["method", "dataset", "metric", "ours", "ci_low", "ci_high", "published", "difference", "outside",
+               "source"]
+    if why_not(summary, cfg, directory):
+        return pd.DataFrame(columns=columns)
+    scfg = stats.settings(cfg.get("stats"))
+    pub = load(summary.protocol.iloc[0], directory)
+    top = cells[cells.shots == PAPER_SHOTS]
+    ours_by_key = {(m, _key(d)): d for m, d in zip(top.method, top.dataset, strict=True)}
     rows = []
-    for _, p in pub.iterrows():
-        ours = top[(top.method == p.method) & (top.dataset == p.dataset)]
-        if ours.empty:
-            continue
-        o = ours.iloc[0]
-        mean, lo, hi = o[f"{p.metric}_mean"], o[f"{p.metric}_ci_low"], o[f"{p.metric}_ci_high"]
-        rows.append({"method": p.method, "dataset": p.dataset, "metric": p.metric, "ours": mean, "ci_low": lo,
-                     "ci_high": hi, "published": p.published, "difference": mean - p.published,
-                     "outside": not (lo <= p.published <= hi), "source": p.source})
-    return pd.DataFrame(rows) if rows else None
+    for method, group in pub.groupby("method", sort=True):
+        paper_datasets = [d for d in group.dataset.unique() if d != "Average"]
+        matched = [ours_by_key[(method, _key(d))] for d in paper_datasets if (method, _key(d)) in ours_by_key]
+        for _, p in group.iterrows():
+            if p.dataset == "Average":
+                if not paper_datasets or len(matched) < len(paper_datasets):
+                    continue  # our average would be over other datasets than the paper's
+                res = _our_average(summary, method, p.metric, matched, scfg)
+                if res is None:
+                    continue
+                mean, lo, hi = res
+            else:
+                ds = ours_by_key.get((method, _key(p.dataset)))
+                if ds is None:
+                    continue
+                o = top[(top.method == method) & (top.dataset == ds)].iloc[0]
+                mean, lo, hi = o[f"{p.metric}_mean"], o[f"{p.metric}_ci_low"], o[f"{p.metric}_ci_high"]
+            if np.isnan(mean):
+                continue
+            rows.append({"method": method, "dataset": p.dataset, "metric": p.metric, "ours": mean, "ci_low": lo,
+                         "ci_high": hi, "published": p.published, "difference": mean - p.published,
+                         "outside": not (lo <= p.published <= hi), "source": p.source})
+    return pd.DataFrame(rows, columns=columns)
