@@ -315,3 +315,14 @@ def test_train_images_resume_is_exact(mini):
     b = torch.load(root / "killed" / "model.pt", weights_only=False)["state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (resumed["base_acc"], resumed["new_acc"]) == (full["base_acc"], full["new_acc"])
+
+
+def test_transfer_evaluation_on_images(mini):
+    from vlprompt import grid, train
+    from vlprompt.train_images import evaluate_transfer
+
+    cfg, root = mini
+    cfg = {**cfg, "method_overrides": {"maple": {"epochs": 1}}}
+    train.run(cfg, "pocket_dark", "maple", 2, 1, grid.Run("pocket_dark", "maple", 2, 1).dir(cfg), progress=False)
+    metrics = evaluate_transfer(cfg, "pocket_dark", "maple", 2, 1, "pocket_dark", root / "transfer.json")
+    assert metrics["all_n"] == 8 and 0 <= metrics["all_acc"] <= 100 and (root / "transfer.json").exists()

@@ -191,3 +191,37 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
     atomic_write_json(out_dir / "metrics.json", metrics)
     ckpt.unlink(missing_ok=True)
     return metrics
+
+
+def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, target: str,
+                      out: str | Path) -> dict:
+    """The image variant of :func:`vlprompt.train.evaluate_transfer`: the model trained on ``dataset``
+    evaluated on every class of ``target`` (cross-dataset, domain generalisation); writes ``out``."""
+    torch.set_num_threads(cfg["train"]["threads"])
+    device = pick_device(cfg["train"]["device"])
+    cls = get_method(method_name)
+    mcfg = cls.make_config(cfg.get("method_overrides", {}).get(method_name))
+    seed_everything(seed)
+    backbone = _cached_backbone(cfg, device)
+    classes = read_json(grid.classes_path(cfg, dataset))
+    names = classes["classnames"]
+    train_names = [names[i] for i in (classes["base"] if cfg["protocol"] == "base2new" else range(len(names)))]
+    ctx = MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=train_names,
+                        template=registry.get_dataset(dataset).template, device=device, seed=seed)
+    method = cls(mcfg, ctx).to(device)
+    saved = torch.load(grid.Run(dataset, method_name, shots, seed).dir(cfg) / "model.pt", map_location=device,
+                       weights_only=False)
+    method.load_trainable_state(saved["state"])
+    method.template = registry.get_dataset(target).template  # fixed prompts (depth 0, VPT) use the target's
+    method.set_classes(train_names)
+    target_classes = read_json(grid.classes_path(cfg, target))
+    test_rows = splits.read_split(registry.split_path(cfg, target))["test"]
+    fcfg = cfg["features"]
+    metrics = evaluate_images(method, test_rows, registry.dataset_dir(cfg, target), backbone.preprocess,
+                              target_classes, "all", train_names, device, fcfg["batch_size"], fcfg["workers"])
+    metrics.update(method=method_name, dataset=target, train_dataset=dataset, shots=shots, seed=seed,
+                   protocol=cfg["protocol"], experiment=cfg["experiment"], trained=cls.needs_training,
+                   config_hash=method_config_hash(cfg, method_name),
+                   provenance=provenance(**backbone.provenance(), device=str(device)))
+    atomic_write_json(out, metrics)
+    return metrics
