@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def _epoch_view(seed: int, epoch: int) -> int:
-    """The augmentation stream of an epoch (ImageList seeds item k of view v from (v, k))."""
+    """The augmentation stream of an epoch (ImageList seeds each image from (view, relpath))."""
     return 1_000_000 + seed * 100_003 + epoch
 
 
