@@ -13,6 +13,14 @@ from vlprompt import backbone as bb_mod
 from vlprompt.backbone import POCKET_MODEL, BackboneError, load_backbone
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _leave_the_global_rng_alone():
+    """Models built here draw from torch's global generator: restore it, so that other modules'
+    randomly initialised fixtures (conftest's session backbone) do not depend on these tests."""
+    with torch.random.fork_rng(devices=[]):
+        yield
+
+
 def test_unknown_model_names_close_matches():
     with pytest.raises(BackboneError, match=r"unknown open_clip model 'ViT-B-61'.*did you mean.*ViT-B-16"):
         load_backbone("ViT-B-61", None)
@@ -95,8 +103,8 @@ def test_cached_weights_finds_a_hub_download_without_network(tmp_path):
     assert found == str(snap / "open_clip_model.safetensors")
 
 
-def test_frozen_prompts_are_encoded_once(pocket_random_backbone, monkeypatch):
-    b = pocket_random_backbone
+def test_frozen_prompts_are_encoded_once(monkeypatch):
+    b = load_backbone(POCKET_MODEL, None)  # not conftest's session backbone: see _leave_the_global_rng_alone
     texts = ["a photo of a red circle.", "a big blue square.", "a photo of a small faded green star."]
     calls = []
     forward = bb_mod.PromptedTextEncoder.forward

@@ -18,6 +18,14 @@ from vlprompt.data import pocket
 from vlprompt.features import ExtractionSpec, FeatureBank, extract_split
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _leave_the_global_rng_alone():
+    """Models built here draw from torch's global generator: restore it, so that other modules'
+    randomly initialised fixtures (conftest's session backbone) do not depend on these tests."""
+    with torch.random.fork_rng(devices=[]):
+        yield
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """8 classes (2 colours x 4 shapes), 2 train and 2 test images each."""

@@ -13,6 +13,14 @@ from vlprompt.prompting import PromptLearner
 CLASSNAMES = ["red circle", "airplane", "golden retriever", "sea or lake", "pink hexagon ring"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _leave_the_global_rng_alone():
+    """Models built here draw from torch's global generator: restore it, so that other modules'
+    randomly initialised fixtures (conftest's session backbone) do not depend on these tests."""
+    with torch.random.fork_rng(devices=[]):
+        yield
+
+
 @pytest.fixture(scope="module")
 def vit_b16():
     torch.manual_seed(0)
