@@ -151,7 +151,7 @@ def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: t
     train_labels = classes["base"] if cfg["protocol"] == "base2new" else list(range(len(names)))
     ctx = MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model),
                         classnames=[names[i] for i in train_labels], template=get_dataset(dataset).template,
-                        device=device, seed=seed)
+                        device=device, seed=seed, dataset=dataset)
     if cls.needs_training:
         fewshot = read_json(grid.fewshot_path(cfg, dataset, shots, seed))
         train_rows = subsample_classes(fewshot["train"], train_labels)
@@ -171,8 +171,9 @@ def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, see
     device = pick_device(cfg["train"]["device"])
     cls = get_method(method_name)
     if cls.inputs == "images":
-        raise NotImplementedError(f"transfer evaluation of {method_name!r} (image encoder in the loop) "
-                                  "is not supported yet")
+        from vlprompt.train_images import evaluate_transfer as evaluate_transfer_images
+
+        return evaluate_transfer_images(cfg, dataset, method_name, shots, seed, target, out)
     mcfg = cls.make_config(cfg.get("method_overrides", {}).get(method_name))
     seed_everything(seed)
     ctx, _, _ = build_context(cfg, dataset, cls, shots, seed, device)
@@ -216,6 +217,7 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
     ckpt = out_dir / "checkpoint.pt"
     if cls.needs_training and not method.fit(ctx):
         train_info = sgd_loop(method, ctx, mcfg, ckpt, cfg["train"]["checkpoint_every"], progress, stop_after)
+        method.after_training(ctx)
     t_train = time.time() - t0 - t_load
     test_rows = bank.rows("test")
     test_features = bank.take("test", [r[0] for r in test_rows])

@@ -47,10 +47,6 @@ class CoOp(Method):
             ctx_init=config.ctx_init, csc=config.csc, position=config.class_token_position,
             generator=gen)
 
-    @property
-    def supports_new(self) -> bool:
-        return not self.config.csc
-
     def set_classes(self, classnames: list[str]) -> None:
         self.prompt_learner.set_classes(classnames)
 
@@ -72,3 +68,8 @@ class CoOpCSC(CoOp):
     description = "CoOp with class-specific context (one set of context vectors per class)"
     Config = CoOpCSCConfig
     supports_new_classes = False
+
+    def set_classes(self, classnames: list[str]) -> None:
+        """Class-specific context exists only for the trained classes: unseen classes cannot be classified."""
+        if list(classnames) != self.prompt_learner.classnames:
+            raise NotImplementedError("class-specific context cannot classify classes it was not trained on")
