@@ -1,0 +1,129 @@
+"""The pocket DAG (reduced config) through the SLURM profile on a single-node cluster on localhost.
+
+scripts/slurm/start_local_cluster.sh starts the cluster (Debian's slurm-wlm and munge, as root; `make
+system-deps` installs them). The run uses workflow/profiles/slurm as a user would, with what this small
+cluster needs on top: no account, job states from squeue (no accounting database), resources that fit
+one small node. Checked: every job went through sbatch (the executor's per-job SLURM logs and the
+controller's allocations), the GPU rule asked the scheduler for a GPU, and the summary equals that of a
+local run.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "configs" / "pocket_tiny.yaml"
+START = REPO / "scripts" / "slurm" / "start_local_cluster.sh"
+CONTROLLER_LOG = Path("/var/log/slurm/slurmctld.log")
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+# sbatch passes this environment to the jobs: the rules call `python -m vlprompt`
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}:/usr/sbin"}
+ENV.pop("SNAKEMAKE_PROFILE", None)
+
+
+def start_cluster() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("SLURM test: needs root to start a local cluster (scripts/slurm/start_local_cluster.sh)")
+    if shutil.which("sbatch") is None or not Path("/usr/sbin/slurmctld").exists():
+        pytest.skip("SLURM test: slurm-wlm and munge are not installed (make system-deps)")
+    proc = subprocess.run(["bash", str(START)], capture_output=True, text=True, env=ENV)
+    if proc.returncode in (2, 3):  # prerequisites missing / a real cluster's config, left alone
+        pytest.skip(f"SLURM test: cannot start a local cluster here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, f"start_local_cluster.sh failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def workdir(path: Path) -> Path:
+    (path / "config").mkdir(parents=True)
+    shutil.copy(TINY, path / "config" / "config.yaml")
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    start_cluster()
+    tmp = tmp_path_factory.mktemp("slurm")
+    local, cluster = workdir(tmp / "local"), workdir(tmp / "cluster")
+    # the node's cores (a group of training runs asks for one core per run side by side)
+    sinfo = subprocess.run(["sinfo", "-h", "-N", "-n", "localhost", "-o", "%c"],
+                           capture_output=True, text=True, env=ENV)
+    cpus = int(sinfo.stdout.split()[0]) if sinfo.returncode == 0 and sinfo.stdout.strip() else 1
+    slurm_cmd = SNAKEMAKE + [
+        "-d", str(cluster), "--profile", str(REPO / "workflow" / "profiles" / "slurm"),
+        "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-keep-successful-logs",
+        "--slurm-init-seconds-before-status-checks", "3",
+        # the profile's requests are for a real cluster; this node has `cpus` cores and no real GPU
+        "--default-resources", "mem_mb=500", "runtime=10", "cpus_per_task=1",
+        "--set-resources", "extract_features:cpus_per_task=1", "extract_features:mem_mb=1000",
+        "--group-components", f"train={min(cpus, 16)}", "transfer=2",
+    ]
+    offset = CONTROLLER_LOG.stat().st_size if CONTROLLER_LOG.exists() else 0
+    # the cluster run mostly waits on the scheduler: the local reference run goes meanwhile
+    slurm = subprocess.Popen(slurm_cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    local_run = subprocess.run(SNAKEMAKE + ["-d", str(local), "--profile", str(REPO / "workflow/profiles/local"),
+                                            "--cores", "1", "--quiet"],
+                               env=ENV, capture_output=True, text=True)
+    try:
+        out, _ = slurm.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        slurm.terminate()
+        out, _ = slurm.communicate()
+        ids = slurm_job_ids(out)
+        if ids:  # only the jobs this run submitted
+            subprocess.run(["scancel", *ids], capture_output=True)
+        pytest.fail(f"the SLURM run did not finish in 10 minutes:\n{out[-4000:]}")
+    assert local_run.returncode == 0, local_run.stderr[-4000:]
+    assert slurm.returncode == 0, out[-6000:]
+    controller = CONTROLLER_LOG.read_text(errors="replace")[offset:] if CONTROLLER_LOG.exists() else ""
+    return {"local": local, "cluster": cluster, "log": out, "controller": controller}
+
+
+def slurm_job_ids(log: str) -> list[str]:
+    return re.findall(r"submitted with SLURM jobid (\d+)", log)
+
+
+@pytest.mark.slow
+def test_every_job_went_through_sbatch(runs):
+    log, cluster = runs["log"], runs["cluster"]
+    ids = slurm_job_ids(log)
+    # grouped by the profile: data (prepare+split), extract_features, train, report (aggregate+report)
+    assert len(ids) == 4, log[-4000:]
+    logs = list((cluster / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert {p.stem for p in logs} == set(ids)
+    # one directory per group (group_<name>_<its rules>) or ungrouped rule (rule_<name>)
+    dirs = sorted(p.relative_to(cluster / ".snakemake" / "slurm_logs").parts[0] for p in logs)
+    assert dirs == ["group_data_prepare_dataset_split_dataset", "group_report_aggregate_report",
+                    "group_train_train", "rule_extract_features"], dirs
+    text = "\n".join(p.read_text() for p in logs)
+    for rule in ["prepare_dataset", "split_dataset", "extract_features", "train", "aggregate", "report"]:
+        assert f"rule {rule}:" in text, f"{rule} did not run inside a SLURM job"
+    for job_id in ids:  # the controller started each (main scheduler or backfill)
+        assert re.search(rf"(Allocate|Started) JobId={job_id} ", runs["controller"]), job_id
+
+
+@pytest.mark.slow
+def test_gpu_rule_asks_the_scheduler_for_a_gpu(runs):
+    extract = list((runs["cluster"] / ".snakemake" / "slurm_logs" / "rule_extract_features").rglob("*.log"))
+    assert len(extract) == 1
+    shown = subprocess.run(["scontrol", "show", "job", extract[0].stem], capture_output=True, text=True, env=ENV)
+    if shown.returncode != 0:  # finished jobs leave the controller after MinJobAge (300 s)
+        pytest.skip(f"job {extract[0].stem} no longer known to the controller")
+    assert "gres:gpu:1" in shown.stdout or "gres/gpu=1" in shown.stdout, shown.stdout
+
+
+@pytest.mark.slow
+def test_same_summary_as_a_local_run(runs):
+    rel = Path("results") / "tiny" / "summary.csv"
+    assert (runs["cluster"] / rel).read_bytes() == (runs["local"] / rel).read_bytes()
+    assert (runs["cluster"] / "reports" / "tiny" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_nothing_to_do_afterwards(runs):
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(runs["cluster"]), "-n"], env=ENV, capture_output=True, text=True)
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
