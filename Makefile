@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # the rules call `python -m vlprompt`: make the project's environment the one on PATH
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test lint system-deps clean-results
+.PHONY: install run test lint system-deps clean-results pull
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,3 +40,9 @@ system-deps:
 
 clean-results:
 	rm -rf results reports/pocket .snakemake
+
+## fetch DVC-tracked results and mark them up to date for Snakemake (DVC does not keep file times)
+pull: install
+	$(BIN)/dvc pull
+	$(BIN)/dvc status --quiet || { echo "pull: outputs differ from dvc.lock; not touching them"; exit 1; }
+	$(BIN)/snakemake --cores 1 --touch --forceall --quiet
