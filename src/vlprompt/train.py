@@ -222,17 +222,26 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
     test_rows = bank.rows("test")
     test_features = bank.take("test", [r[0] for r in test_rows])
     metrics = evaluate(method, test_rows, test_features, classes, cfg["protocol"], train_names, device)
+    seconds = {"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)}
+    return save_run(cfg, out_dir, metrics, method, mcfg, dataset, shots, seed, train_names, train_info, seconds,
+                    provenance(**backbone.provenance(), device=str(device)))
+
+
+def save_run(cfg: dict, out_dir: Path, metrics: dict, method, mcfg, dataset: str, shots: int, seed: int,
+             train_names: list[str], train_info: dict, seconds: dict, prov: dict) -> dict:
+    """Complete a run's metrics with what identifies it, write ``model.pt`` then ``metrics.json`` (each
+    atomically: a finished run is one whose metrics.json exists) and drop the training checkpoint."""
+    hyperparameters = _asdict(mcfg)
     metrics.update(
-        method=method_name, dataset=dataset, train_dataset=dataset, shots=shots, seed=seed, protocol=cfg["protocol"],
-        experiment=cfg["experiment"], config_hash=method_config_hash(cfg, method_name),
-        hyperparameters=_asdict(mcfg), trained=cls.needs_training, train=train_info,
-        seconds={"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)},
-        provenance=provenance(**backbone.provenance(), device=str(device)))
+        method=method.name, dataset=dataset, train_dataset=dataset, shots=shots, seed=seed,
+        protocol=cfg["protocol"], experiment=cfg["experiment"], config_hash=method_config_hash(cfg, method.name),
+        hyperparameters=hyperparameters, trained=method.needs_training, train=train_info, seconds=seconds,
+        provenance=prov)
     with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save({"method": method_name, "state": method.trainable_state(), "hyperparameters": _asdict(mcfg),
-                    "classnames": train_names, "provenance": metrics["provenance"]}, tmp)
+        torch.save({"method": method.name, "state": method.trainable_state(), "hyperparameters": hyperparameters,
+                    "classnames": train_names, "provenance": prov}, tmp)
     atomic_write_json(out_dir / "metrics.json", metrics)
-    ckpt.unlink(missing_ok=True)
+    (out_dir / "checkpoint.pt").unlink(missing_ok=True)
     return metrics
 
 

@@ -24,11 +24,11 @@ from vlprompt.backbone import PromptedTextEncoder
 from vlprompt.config import method_config_hash
 from vlprompt.data import registry, splits
 from vlprompt.data.splits import subsample_classes
-from vlprompt.evaluate import accuracy, harmonic_mean
+from vlprompt.evaluate import evaluate_parts
 from vlprompt.features import ImageList, pick_device, train_transform
 from vlprompt.io import atomic_path, atomic_write_json, provenance, read_json
 from vlprompt.methods import MethodContext, TrainConfig, get_method
-from vlprompt.train import _asdict, _cached_backbone, lr_at, make_optimizer, seed_everything
+from vlprompt.train import _cached_backbone, lr_at, make_optimizer, save_run, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -106,41 +106,23 @@ def image_loop(method, ctx: MethodContext, cfg: TrainConfig, root: Path, rows: l
     return {"loss_history": history, "steps_per_epoch": steps, "epoch_seconds": seconds}
 
 
-@torch.no_grad()
 def evaluate_images(method, test_rows: list, root: Path, transform, classes: dict, protocol: str,
                     trained_on: list[str], device: torch.device, batch_size: int = 256,
                     workers: int = 0) -> dict:
     """:func:`vlprompt.evaluate.evaluate` on images: the same parts, closed sets and metrics."""
-    names = classes["classnames"]
-    method.eval()
-    out: dict = {}
-    parts = [("base", classes["base"]), ("new", classes["new"])] if protocol == "base2new" else \
-        [("all", list(range(len(names))))]
-    for part, keep in parts:
-        keep_names = [names[i] for i in keep]
-        rows = subsample_classes(test_rows, keep)
-        labels = torch.tensor([r[1] for r in rows], dtype=torch.long)
-        if keep_names != trained_on:
-            try:
-                method.set_classes(keep_names)
-            except NotImplementedError:
-                out[f"{part}_acc"] = float("nan")
-                continue
+
+    @torch.no_grad()
+    def predict(rows: list) -> torch.Tensor:
         loader = torch.utils.data.DataLoader(ImageList(root, [r[0] for r in rows], transform),
                                              batch_size=batch_size, num_workers=workers,
                                              pin_memory=device.type == "cuda")
-        logits = []
+        preds = []
         for x in loader:
             with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-                logits.append(method(x.to(device, non_blocking=True)).float().cpu())
-        logits = torch.cat(logits) if logits else torch.zeros(0, len(keep))
-        acc, per_class = accuracy(lambda z: z, logits, labels)  # argmax of the precomputed logits
-        out[f"{part}_acc"] = acc
-        out[f"{part}_per_class"] = per_class
-        out[f"{part}_n"] = len(rows)
-    if protocol == "base2new":
-        out["hm"] = harmonic_mean(out["base_acc"], out["new_acc"])
-    return out
+                preds.append(method(x.to(device, non_blocking=True)).argmax(-1).cpu())
+        return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+    return evaluate_parts(method, test_rows, classes, protocol, trained_on, predict)
 
 
 def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_dir: str | Path,
@@ -179,18 +161,9 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
     test_rows = splits.read_split(registry.split_path(cfg, dataset))["test"]
     metrics = evaluate_images(method, test_rows, root, backbone.preprocess, classes, cfg["protocol"], train_names,
                               device, fcfg["batch_size"], fcfg["workers"])
-    metrics.update(
-        method=method_name, dataset=dataset, train_dataset=dataset, shots=shots, seed=seed, protocol=cfg["protocol"],
-        experiment=cfg["experiment"], config_hash=method_config_hash(cfg, method_name),
-        hyperparameters=_asdict(mcfg), trained=cls.needs_training, train=train_info,
-        seconds={"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)},
-        provenance=provenance(**backbone.provenance(), device=str(device)))
-    with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save({"method": method_name, "state": method.trainable_state(), "hyperparameters": _asdict(mcfg),
-                    "classnames": train_names, "provenance": metrics["provenance"]}, tmp)
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    ckpt.unlink(missing_ok=True)
-    return metrics
+    seconds = {"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)}
+    return save_run(cfg, out_dir, metrics, method, mcfg, dataset, shots, seed, train_names, train_info, seconds,
+                    provenance(**backbone.provenance(), device=str(device)))
 
 
 def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, target: str,
