@@ -4,17 +4,22 @@ One row per method × dataset × shots × seed (for transfer protocols, per eval
 training dataset in ``train_dataset``). Methods that need no training data (zero-shot) run once
 per dataset; their row is repeated for every shots × seed of the grid (marked ``trained=False``) so
 that every comparison at every shots setting has its reference.
+
+``metrics.json`` beside it is the experiment in a few numbers, DVC's metrics file (``dvc metrics show``,
+``dvc metrics diff``): each metric's mean per method and shots over datasets and seeds.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
-from vlprompt.io import atomic_path, read_json
+from vlprompt.io import atomic_path, atomic_write_text, read_json
 
+METRICS = ["base_acc", "new_acc", "hm", "all_acc"]  # in the order metrics.json lists them
 COLUMNS = ["method", "protocol", "dataset", "train_dataset", "shots", "seed", "base_acc", "new_acc", "all_acc", "hm",
            "backbone", "weights_sha256", "config_hash", "trained"]
 
@@ -38,12 +43,36 @@ def summary_table(cfg: dict, metrics_files: list[Path]) -> pd.DataFrame:
     return df.sort_values(["method", "dataset", "shots", "seed"]).reset_index(drop=True)
 
 
-def aggregate(cfg: dict, metrics_files: list[Path], summary_csv: Path, stats_csv: Path) -> pd.DataFrame:
+def mean_metrics(summary: pd.DataFrame, decimals: int = 4) -> dict:
+    """``{method: {"<shots>shot": {metric: mean}}}``: each metric's mean over datasets and seeds.
+
+    Methods in the table's order (sorted), shots in increasing order, metrics in ``METRICS`` order, so
+    the file is the same for the same table; a metric with no value for a method and shots (new-class
+    accuracy of a linear probe, base/new accuracy under the all-classes protocols) is left out.
+    """
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    means = summary.groupby(["method", "shots"], sort=True)[METRICS].mean()
+    for (method, shots), row in means.iterrows():
+        values = {k: round(float(row[k]), decimals) for k in METRICS if not math.isnan(row[k])}
+        out.setdefault(method, {})[f"{int(shots)}shot"] = values
+    return out
+
+
+def write_metrics(summary: pd.DataFrame, path: Path) -> dict:
+    metrics = mean_metrics(summary)
+    atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def aggregate(cfg: dict, metrics_files: list[Path], summary_csv: Path, stats_csv: Path,
+              metrics_json: Path | None = None) -> pd.DataFrame:
     from vlprompt.stats import compute_stats
 
     df = summary_table(cfg, metrics_files)
     with atomic_path(summary_csv) as tmp:
         df.to_csv(tmp, index=False, float_format="%.4f")
+    if metrics_json is not None:
+        write_metrics(df, metrics_json)
     stats = compute_stats(df, cfg.get("stats", {}))
     with atomic_path(stats_csv) as tmp:
         stats.to_csv(tmp, index=False)

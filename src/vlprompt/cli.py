@@ -121,7 +121,8 @@ def cmd_evaluate_transfer(args) -> None:
 def cmd_aggregate(args) -> None:
     from vlprompt.aggregate import aggregate
 
-    aggregate(_cfg(args), [Path(p) for p in args.metrics], Path(args.summary), Path(args.stats))
+    aggregate(_cfg(args), [Path(p) for p in args.metrics], Path(args.summary), Path(args.stats),
+              Path(args.metrics_json) if args.metrics_json else None)
 
 
 def cmd_report(args) -> None:
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("aggregate", cmd_aggregate, "collect run metrics into summary.csv and run the statistics")
     s.add_argument("--summary", required=True)
     s.add_argument("--stats", required=True)
+    s.add_argument("--metrics-json", help="also write each metric's mean per method and shots (DVC's metrics)")
     s.add_argument("metrics", nargs="+")
     s = add("report", cmd_report, "render reports/<experiment>/ (report.md, index.html, figures)")
     for a in ("--summary", "--stats", "--out"):

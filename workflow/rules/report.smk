@@ -1,4 +1,5 @@
-# Aggregate every run into the tidy results table, run the statistics, render the report.
+# Aggregate every run into the tidy results table (and its means, DVC's metrics file), run the statistics,
+# render the report.
 
 
 rule aggregate:
@@ -7,6 +8,7 @@ rule aggregate:
     output:
         summary=grid.summary_path(CFG),
         stats=grid.stats_path(CFG),
+        metrics=grid.summary_path(CFG).with_name("metrics.json"),
     params:
         config=CONFIG_JSON,
         settings=grid.stage_hash(CFG, "report"),
@@ -16,7 +18,7 @@ rule aggregate:
         f"{LOGS}/aggregate.log",
     shell:
         "python -m vlprompt aggregate --config {params.config} --summary {output.summary} --stats {output.stats} "
-        "{input} > {log} 2>&1"
+        "--metrics-json {output.metrics} {input} > {log} 2>&1"
 
 
 rule report:
