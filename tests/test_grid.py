@@ -6,10 +6,12 @@ def test_runs_cover_the_grid_and_zero_shot_runs_once_per_dataset():
     cfg = load_config("config/config.yaml")
     runs = grid.runs(cfg)
     n_ds, n_k, n_s = len(cfg["datasets"]), len(cfg["shots"]), len(cfg["seeds"])
-    trained = [m for m in cfg["methods"] if m != "zeroshot"]
-    assert len(runs) == n_ds * (1 + len(trained) * n_k * n_s)
+    untrained = {"zeroshot", "zeroshot_ensemble"}
+    assert untrained <= set(cfg["methods"])
+    trained = [m for m in cfg["methods"] if m not in untrained]
+    assert len(runs) == n_ds * (len(untrained) + len(trained) * n_k * n_s)
     assert len(set(runs)) == len(runs)
-    zs = [r for r in runs if r.method == "zeroshot"]
+    zs = [r for r in runs if r.method in untrained]
     assert {(r.shots, r.seed) for r in zs} == {(0, 0)}
 
 
