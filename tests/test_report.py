@@ -1,6 +1,7 @@
 import math
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -174,3 +175,20 @@ def test_html_report_renders_in_headless_chromium(rendered, tmp_path):
     assert (grey < 128).mean() > 0.01  # text and figures were drawn, not a blank page
     colourful = (img.max(axis=2) - img.min(axis=2)) > 80
     assert colourful.mean() > 0.002  # the seaborn figures (coloured) were loaded, not broken images
+
+
+def test_notes_file_is_added_after_the_notes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("findings.md").write_text("## Findings\n\nCoOp loses *new* accuracy on dark.\n")
+    df = synthetic()
+    df.to_csv(tmp_path / "summary.csv", index=False)
+    compute_stats(df, FAST).to_csv(tmp_path / "stats.csv", index=False)
+    cfg = {"experiment": "synthetic", "protocol": "base2new", "backbone": {"model": "PocketCLIP-ViT-T8"},
+           "report": {"title": "t", "notes": "Inline note.", "notes_file": "findings.md"}, "stats": FAST}
+    render(tmp_path / "summary.csv", tmp_path / "stats.csv", tmp_path / "report", cfg)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert md.index("Inline note.") < md.index("CoOp loses *new* accuracy on dark.")
+    assert "CoOp loses" in (tmp_path / "report" / "index.html").read_text()
+    cfg["report"]["notes_file"] = "missing.md"
+    with pytest.raises(FileNotFoundError, match="report.notes_file: 'missing.md'"):
+        render(tmp_path / "summary.csv", tmp_path / "stats.csv", tmp_path / "report2", cfg)

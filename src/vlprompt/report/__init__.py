@@ -237,6 +237,17 @@ def _figures_section(summary: pd.DataFrame, cells: pd.DataFrame, out: Path, scfg
     return s
 
 
+def read_notes_file(path: str | None) -> str | None:
+    """The markdown of ``report.notes_file`` (relative to the working directory, the repository root)."""
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"report.notes_file: {path!r} does not exist (relative to {Path.cwd()}); "
+                                "fix the path in the config or remove the key") from None
+
+
 def _versions() -> dict[str, str]:
     info = provenance()
     versions = dict(info["versions"])
@@ -277,7 +288,7 @@ def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict) -> None
     cells.to_csv(out / "cells.csv", index=False, float_format="%.4f")
     sections = []
 
-    notes = report_cfg.get("notes")
+    notes = "\n\n".join(filter(None, [report_cfg.get("notes"), read_notes_file(report_cfg.get("notes_file"))]))
     if notes:
         sections.append(Section("Notes", "notes").raw(notes, markdown_to_html(notes)))
 
