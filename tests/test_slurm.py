@@ -4,8 +4,10 @@ scripts/slurm/start_local_cluster.sh starts the cluster (Debian's slurm-wlm and 
 system-deps` installs them). The run uses workflow/profiles/slurm as a user would, with what this small
 cluster needs on top: no account, job states from squeue (no accounting database), resources that fit
 one small node. Checked: every job went through sbatch (the executor's per-job SLURM logs and the
-controller's allocations), the GPU rule asked the scheduler for a GPU, and the summary equals that of a
-local run.
+controller's allocations), the GPU jobs (feature extraction, a method with the image encoder in the loop)
+asked the scheduler for one GPU and the grouped training job for none, and the summary equals that of a
+local run. Without a cluster, a dry run through the profile checks which jobs ask for a GPU and which are
+grouped.
 """
 
 import os
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "pocket_tiny.yaml"
@@ -38,9 +41,61 @@ def start_cluster() -> None:
     assert proc.returncode == 0, f"start_local_cluster.sh failed:\n{proc.stdout}\n{proc.stderr}"
 
 
+def planned_jobs(log: str) -> list[dict]:
+    """The jobs a dry run prints: rule, SLURM group (None when a job of its own), wildcards, resources."""
+    jobs, group = [], None
+    for line in log.splitlines():
+        if m := re.search(r"Group job (\w+) ", line):
+            group = m.group(1)
+        elif m := re.match(r"( *)rule (\w+):$", line):
+            group = group if m.group(1) else None  # members of a group are indented
+            jobs.append({"rule": m.group(2), "group": group, "wildcards": "", "resources": {}})
+        elif jobs and (m := re.match(r" *(wildcards|resources): (.*)$", line)):
+            if m.group(1) == "wildcards":
+                jobs[-1]["wildcards"] = m.group(2)
+            else:
+                jobs[-1]["resources"] = dict(kv.split("=", 1) for kv in m.group(2).split(", "))
+    return jobs
+
+
+@pytest.mark.parametrize("granularity", ["run", "dataset"])
+def test_profile_gives_image_methods_one_gpu_and_groups_only_cpu_jobs(tmp_path, granularity):
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg.update(methods=["zeroshot", "coop", "kgcoop", "maple", "vpt_deep"], seeds=[1, 2])
+    cfg["train"]["job_granularity"] = granularity
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    # the profile as a cluster run uses it, with the local executor: a dry run needs no cluster
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "-n", "--profile", str(REPO / "workflow/profiles/slurm"),
+                                       "--executor", "local", "--cores", "2"],
+                          env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    image_rule = {"run": "train_images", "dataset": "train_images_group"}[granularity]
+    feature_rule = {"run": "train", "dataset": "train_group"}[granularity]
+    images = [j for j in jobs if j["rule"] == image_rule]
+    # run: maple and vpt_deep x 2 seeds; dataset: one job per method
+    assert len(images) == {"run": 4, "dataset": 2}[granularity], jobs
+    for job in images:
+        assert re.search(r"method=(maple|vpt_deep)\b", job["wildcards"]), job
+        assert job["resources"].get("gpu") == "1" and job["group"] is None, job
+    feature_jobs = [j for j in jobs if j["rule"] in (feature_rule, "train_zeroshot")]
+    assert len(feature_jobs) == {"run": 5, "dataset": 3}[granularity], jobs  # zeroshot once, coop/kgcoop
+    for job in feature_jobs:
+        assert re.search(r"method=(zeroshot|coop|kgcoop)\b", job["wildcards"]), job
+        assert "gpu" not in job["resources"] and job["group"] == "train", job
+    # a GPU only where one is used; every grouped job is a CPU job
+    assert {j["rule"] for j in jobs if "gpu" in j["resources"]} == {"extract_features", image_rule}
+    assert all("gpu" not in j["resources"] for j in jobs if j["group"]), jobs
+
+
 def workdir(path: Path) -> Path:
+    """The reduced pocket config plus one method with the image encoder in the loop (a GPU job on a cluster)."""
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["methods"] = [*cfg["methods"], "vpt_deep"]
+    cfg["method_overrides"]["vpt_deep"] = {"epochs": 1}
     (path / "config").mkdir(parents=True)
-    shutil.copy(TINY, path / "config" / "config.yaml")
+    (path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     return path
 
 
@@ -60,6 +115,7 @@ def runs(tmp_path_factory):
         # the profile's requests are for a real cluster; this node has `cpus` cores and no real GPU
         "--default-resources", "mem_mb=500", "runtime=10", "cpus_per_task=1",
         "--set-resources", "extract_features:cpus_per_task=1", "extract_features:mem_mb=1000",
+        "train_images:cpus_per_task=1", "train_images:mem_mb=1000",
         "--group-components", f"train={min(cpus, 16)}", "transfer=2",
     ]
     offset = CONTROLLER_LOG.stat().st_size if CONTROLLER_LOG.exists() else 0
@@ -91,29 +147,35 @@ def slurm_job_ids(log: str) -> list[str]:
 def test_every_job_went_through_sbatch(runs):
     log, cluster = runs["log"], runs["cluster"]
     ids = slurm_job_ids(log)
-    # grouped by the profile: data (prepare+split), extract_features, train, report (aggregate+report)
-    assert len(ids) == 4, log[-4000:]
+    # grouped by the profile: data (prepare+split), extract_features, train (zeroshot, coop), train_images
+    # (vpt_deep, a job of its own), report (aggregate+report)
+    assert len(ids) == 5, log[-4000:]
     logs = list((cluster / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert {p.stem for p in logs} == set(ids)
     # one directory per group (group_<name>_<its rules>) or ungrouped rule (rule_<name>)
     dirs = sorted(p.relative_to(cluster / ".snakemake" / "slurm_logs").parts[0] for p in logs)
     assert dirs == ["group_data_prepare_dataset_split_dataset", "group_report_aggregate_report",
-                    "group_train_train", "rule_extract_features"], dirs
+                    "group_train_train", "rule_extract_features", "rule_train_images"], dirs
     text = "\n".join(p.read_text() for p in logs)
-    for rule in ["prepare_dataset", "split_dataset", "extract_features", "train", "aggregate", "report"]:
+    for rule in ["prepare_dataset", "split_dataset", "extract_features", "train", "train_images", "aggregate",
+                 "report"]:
         assert f"rule {rule}:" in text, f"{rule} did not run inside a SLURM job"
     for job_id in ids:  # the controller started each (main scheduler or backfill)
         assert re.search(rf"(Allocate|Started) JobId={job_id} ", runs["controller"]), job_id
 
 
 @pytest.mark.slow
-def test_gpu_rule_asks_the_scheduler_for_a_gpu(runs):
-    extract = list((runs["cluster"] / ".snakemake" / "slurm_logs" / "rule_extract_features").rglob("*.log"))
-    assert len(extract) == 1
-    shown = subprocess.run(["scontrol", "show", "job", extract[0].stem], capture_output=True, text=True, env=ENV)
+@pytest.mark.parametrize("job, gpus", [("rule_extract_features", 1), ("rule_train_images", 1),
+                                       ("group_train_train", 0)])
+def test_gpu_jobs_ask_the_scheduler_for_one_gpu_cpu_jobs_for_none(runs, job, gpus):
+    logs = list((runs["cluster"] / ".snakemake" / "slurm_logs" / job).rglob("*.log"))
+    assert len(logs) == 1
+    shown = subprocess.run(["scontrol", "show", "job", logs[0].stem], capture_output=True, text=True, env=ENV)
     if shown.returncode != 0:  # finished jobs leave the controller after MinJobAge (300 s)
-        pytest.skip(f"job {extract[0].stem} no longer known to the controller")
-    assert "gres:gpu:1" in shown.stdout or "gres/gpu=1" in shown.stdout, shown.stdout
+        pytest.skip(f"job {logs[0].stem} ({job}) no longer known to the controller")
+    # TresPerJob=gres:gpu:1 (what sbatch asked for), TRES=...,gres/gpu=1 (what the job got)
+    asked = set(re.findall(r"gres[:/]gpu[:=](\d+)", shown.stdout))
+    assert asked == ({str(gpus)} if gpus else set()), shown.stdout
 
 
 @pytest.mark.slow

@@ -1,6 +1,14 @@
 # Training: one job per method x dataset x shots x seed (train.job_granularity: run), or one job per
 # method x dataset running all of its shots x seeds in one process (job_granularity: dataset).
 # Either way each run trains, checkpoints, evaluates and writes its own run directory.
+#
+# Two rules of each kind, told apart by the method wildcard: methods that train on the cached feature bank
+# (train, train_group: seconds to minutes on a CPU, no GPU; the SLURM profile groups many into one job)
+# and methods with the image encoder in the loop (train_images, train_images_group: vpt_deep, ivlp, maple,
+# promptsrc; one GPU each, never grouped, or a group of them would ask for as many GPUs).
+
+from vlprompt.methods import list_methods
+
 
 RUN_DIR = grid.RUN.format(
     results=CFG["results_root"],
@@ -10,6 +18,8 @@ RUN_DIR = grid.RUN.format(
     shots="{shots}",
     seed="{seed}",
 )
+FEATURE_METHODS = "|".join(m for m in list_methods() if not grid.needs_gpu(m))
+IMAGE_METHODS = "|".join(m for m in list_methods() if grid.needs_gpu(m))
 
 
 if CFG["train"]["job_granularity"] == "run":
@@ -24,8 +34,8 @@ if CFG["train"]["job_granularity"] == "run":
             config=CONFIG_JSON,
             config_hash=lambda wildcards: grid.method_config_hash(CFG, wildcards.method),
             out=RUN_DIR,
-        resources:
-            gpu=lambda wildcards: grid.needs_gpu(wildcards.method),
+        wildcard_constraints:
+            method=FEATURE_METHODS,
         conda:
             "../envs/vlprompt.yaml"
         log:
@@ -34,6 +44,12 @@ if CFG["train"]["job_granularity"] == "run":
             "python -m vlprompt train --config {params.config} --dataset {wildcards.dataset} "
             "--method {wildcards.method} --shots {wildcards.shots} --seed {wildcards.seed} "
             "--out {params.out} --quiet > {log} 2>&1"
+
+    use rule train as train_images with:
+        wildcard_constraints:
+            method=IMAGE_METHODS,
+        resources:
+            gpu=1,
 
 else:
 
@@ -48,8 +64,8 @@ else:
             config_hash=lambda wildcards: grid.method_config_hash(CFG, wildcards.method),
             shots=" ".join(str(k) for k in CFG["shots"]),
             seeds=" ".join(str(s) for s in CFG["seeds"]),
-        resources:
-            gpu=lambda wildcards: grid.needs_gpu(wildcards.method),
+        wildcard_constraints:
+            method=FEATURE_METHODS,
         conda:
             "../envs/vlprompt.yaml"
         log:
@@ -57,6 +73,12 @@ else:
         shell:
             "python -m vlprompt train-group --config {params.config} --dataset {wildcards.dataset} "
             "--method {wildcards.method} --shots {params.shots} --seeds {params.seeds} --quiet > {log} 2>&1"
+
+    use rule train_group as train_images_group with:
+        wildcard_constraints:
+            method=IMAGE_METHODS,
+        resources:
+            gpu=1,
 
     rule train_zeroshot:
         input:
