@@ -17,7 +17,9 @@ configfile: "config/config.yaml"
 
 
 validate(config, str(SCHEMA_PATH))
-CFG, CONFIG_JSON = resolve_config(config)
+CFG, _config_paths = resolve_config(config)
+CONFIG_JSON = _config_paths["shared"]  # read by the shared stages: prepare, split, extract
+EXPERIMENT_JSON = _config_paths["experiment"]  # read by the experiment's jobs: train, evaluate, report
 LOGS = f"{CFG['results_root']}/{CFG['experiment']}/logs"
 
 

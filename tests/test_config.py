@@ -44,3 +44,23 @@ def test_unknown_dataset_method_and_hyperparameter_list_alternatives():
     cfg["method_overrides"] = {"coop": {"epoch": 3}}
     with pytest.raises(Exception, match="unknown hyperparameter.*epoch.*valid"):
         validate(cfg)
+
+
+def test_each_experiment_reads_its_own_config_file(tmp_path):
+    """Resolving another experiment (a dry run, say) while a pipeline runs must not change what that
+    pipeline's training and report jobs read; shared stages read one path for every experiment."""
+    import json
+
+    from vlprompt.workflow import resolve_config
+
+    first, second = base(), base()
+    first["results_root"] = second["results_root"] = str(tmp_path)
+    second["experiment"], second["method_overrides"] = "other", {"coop": {"epochs": 3}}
+    _, paths_first = resolve_config(first)
+    _, paths_second = resolve_config(second)
+    assert paths_first["shared"] == paths_second["shared"] == str(tmp_path / "config.json")
+    assert paths_first["experiment"] != paths_second["experiment"]
+    assert json.loads(open(paths_first["experiment"]).read())["experiment"] == "pocket"
+    assert "coop" not in json.loads(open(paths_first["experiment"]).read())["method_overrides"] or \
+        json.loads(open(paths_first["experiment"]).read())["method_overrides"]["coop"] != {"epochs": 3}
+    assert json.loads(open(paths_second["experiment"]).read())["method_overrides"]["coop"] == {"epochs": 3}

@@ -8,22 +8,27 @@ from pathlib import Path
 from vlprompt.config import validate
 
 
-def resolve_config(config: dict) -> tuple[dict, str]:
-    """Validate and complete ``config``; write it where the jobs read it; return (config, path).
+def resolve_config(config: dict) -> tuple[dict, dict[str, str]]:
+    """Validate and complete ``config``; write it where the jobs read it; return (config, paths).
 
-    Rules pass ``<results_root>/config.json`` to the CLI, so every job sees exactly the config that
-    Snakemake resolved (``--configfile`` and ``--config`` overrides included). The path is the same
-    for every experiment, so moving between experiments re-runs nothing by itself: what re-runs a
-    job is its params' hash of the settings that change its outputs (``config.stage_hash``,
-    ``config.method_config_hash``). A copy goes to ``<results_root>/<experiment>/config.json`` for
-    the record. Files are rewritten only when their content changes.
+    Jobs read the config Snakemake resolved (``--configfile`` and ``--config`` overrides included) from a
+    JSON file. Jobs of the experiment (train, evaluate, aggregate, report) read
+    ``<results_root>/<experiment>/config.json``: another experiment resolved meanwhile (even by a dry
+    run) cannot change what a running pipeline's later jobs read. Jobs whose outputs experiments share
+    (prepare, split, extract) read ``<results_root>/config.json``, the same path for every experiment, so
+    moving between experiments re-runs none of them by itself: what re-runs one is its params' hash of
+    the settings that change its outputs (``config.stage_hash``), and experiments that share its outputs
+    agree on those settings. Files are rewritten only when their content changes.
+
+    Returns ``(config, {"shared": path, "experiment": path})``.
     """
     from vlprompt.io import atomic_write_text
 
     cfg = validate(dict(config))
     text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
-    shared = Path(cfg["results_root"]) / "config.json"
-    for path in (shared, Path(cfg["results_root"]) / cfg["experiment"] / "config.json"):
+    paths = {"shared": Path(cfg["results_root"]) / "config.json",
+             "experiment": Path(cfg["results_root"]) / cfg["experiment"] / "config.json"}
+    for path in paths.values():
         if not path.exists() or path.read_text() != text:
             atomic_write_text(path, text)
-    return cfg, str(shared)
+    return cfg, {k: str(v) for k, v in paths.items()}

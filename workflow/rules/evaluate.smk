@@ -10,7 +10,7 @@ rule evaluate_transfer:
     output:
         f"{RUN_DIR}/transfer/{{target}}.json",
     params:
-        config=CONFIG_JSON,
+        config=EXPERIMENT_JSON,
         config_hash=lambda wildcards: grid.method_config_hash(CFG, wildcards.method),
     conda:
         "../envs/vlprompt.yaml"
