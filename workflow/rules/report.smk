@@ -10,7 +10,7 @@ rule aggregate:
         stats=grid.stats_path(CFG),
         metrics=grid.summary_path(CFG).with_name("metrics.json"),
     params:
-        config=CONFIG_JSON,
+        config=EXPERIMENT_JSON,
         settings=grid.stage_hash(CFG, "report"),
     conda:
         "../envs/vlprompt.yaml"
@@ -33,7 +33,7 @@ rule report:
             category="Report",
         ),
     params:
-        config=CONFIG_JSON,
+        config=EXPERIMENT_JSON,
         settings=grid.stage_hash(CFG, "report"),
         out=grid.report_dir(CFG),
     conda:

@@ -31,7 +31,7 @@ if CFG["train"]["job_granularity"] == "run":
             metrics=f"{RUN_DIR}/metrics.json",
             model=f"{RUN_DIR}/model.pt",
         params:
-            config=CONFIG_JSON,
+            config=EXPERIMENT_JSON,
             config_hash=lambda wildcards: grid.method_config_hash(CFG, wildcards.method),
             out=RUN_DIR,
         wildcard_constraints:
@@ -60,7 +60,7 @@ else:
             [f"{RUN_DIR}/{name}".format(dataset="{dataset}", method="{method}", shots=k, seed=s)
              for k, s in grid.group_runs(CFG) for name in ("metrics.json", "model.pt")],
         params:
-            config=CONFIG_JSON,
+            config=EXPERIMENT_JSON,
             config_hash=lambda wildcards: grid.method_config_hash(CFG, wildcards.method),
             shots=" ".join(str(k) for k in CFG["shots"]),
             seeds=" ".join(str(s) for s in CFG["seeds"]),
@@ -87,7 +87,7 @@ else:
             metrics=f"{CFG['results_root']}/{CFG['experiment']}/runs/{{dataset}}/{{method}}/0shot/seed0/metrics.json",
             model=f"{CFG['results_root']}/{CFG['experiment']}/runs/{{dataset}}/{{method}}/0shot/seed0/model.pt",
         params:
-            config=CONFIG_JSON,
+            config=EXPERIMENT_JSON,
             config_hash=lambda wildcards: grid.method_config_hash(CFG, wildcards.method),
         conda:
             "../envs/vlprompt.yaml"
