@@ -4,7 +4,7 @@
 from snakemake.utils import min_version, validate
 
 from vlprompt import grid
-from vlprompt.config import SCHEMA_PATH
+from vlprompt.config import SCHEMA_PATH, coerce_strings
 from vlprompt.workflow import resolve_config
 
 min_version("9.0")
@@ -16,6 +16,7 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+config.update(coerce_strings(config))  # --config shots=[1,4,16] gives strings; the schema says integers
 validate(config, str(SCHEMA_PATH))
 CFG, _config_paths = resolve_config(config)
 CONFIG_JSON = _config_paths["shared"]  # read by the shared stages: prepare, split, extract

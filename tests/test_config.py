@@ -63,3 +63,19 @@ def test_each_experiment_reads_its_own_config_file(tmp_path):
     assert json.loads(open(paths_first["experiment"]).read())["experiment"] == "pocket"
     assert json.loads(open(paths_first["experiment"]).read())["method_overrides"]["coop"] == {"epochs": 20}
     assert json.loads(open(paths_second["experiment"]).read())["method_overrides"]["coop"] == {"epochs": 3}
+
+
+def test_command_line_strings_become_the_schema_types():
+    """`snakemake --config 'shots=[1,4,16]' train='{threads: 2}'` passes strings (YAML BaseLoader)."""
+    from vlprompt.config import coerce_strings
+
+    cfg = base()
+    cfg.update(shots=["1", "4", "16"], seeds=["7"], train={"threads": "2", "device": "cpu"},
+               method_overrides={"coop": {"epochs": "5"}}, experiment="123")
+    out = validate(coerce_strings(cfg))
+    assert out["shots"] == [1, 4, 16] and out["seeds"] == [7]
+    assert out["train"]["threads"] == 2 and out["train"]["device"] == "cpu"
+    assert out["experiment"] == "123"  # a string where the schema wants one
+    assert out["method_overrides"]["coop"] == {"epochs": "5"}  # free-form: the method's Config judges
+    with pytest.raises(ConfigError, match="shots"):
+        validate(coerce_strings({**cfg, "shots": ["four"]}))

@@ -60,6 +60,20 @@ def test_make_config_rejects_unknown_keys(name):
         get_method(name).make_config({"no_such_key": 1})
 
 
+def test_make_config_types_overrides_like_the_preset():
+    coop = get_method("coop")
+    cfg = coop.make_config({"epochs": "5", "lr": 1, "ctx_init": None, "warmup_epochs": 0.0})
+    assert (cfg.epochs, cfg.lr, cfg.ctx_init, cfg.warmup_epochs) == (5, 1.0, None, 0)
+    assert type(cfg.epochs) is int and type(cfg.lr) is float
+    assert get_method("dvmi").make_config({"mi_symmetric": "false"}).mi_symmetric is False
+    with pytest.raises(MethodError, match="'epochs' must be of type int.*got 'ten'"):
+        coop.make_config({"epochs": "ten"})
+    with pytest.raises(MethodError, match="'epochs' must be of type int.*got 2.5"):
+        coop.make_config({"epochs": 2.5})
+    with pytest.raises(MethodError, match="'mi_symmetric' must be of type bool"):
+        get_method("dvmi").make_config({"mi_symmetric": 1})
+
+
 def test_presets_follow_the_reference_configs():
     def cfg(name):
         return get_method(name).make_config()

@@ -38,6 +38,31 @@ def _fill_defaults(cfg: dict, schema: dict) -> None:
             _fill_defaults(cfg[key], schema["properties"][key])
 
 
+def coerce_strings(value: Any, schema: dict | None = None) -> Any:
+    """Values given as ``snakemake --config key=value`` arrive as strings (Snakemake parses them with
+    YAML's BaseLoader: ``shots=[1,4,16]`` is ``['1', '4', '16']``). Convert the strings that the schema
+    types as integer, number or boolean; leave everything else for :func:`validate` to judge."""
+    schema = load_schema() if schema is None else schema
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: coerce_strings(v, props.get(k, extra if isinstance(extra, dict) else {}))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [coerce_strings(v, schema.get("items", {})) for v in value]
+    if isinstance(value, str):
+        for kind, parse in (("integer", int), ("number", float)):
+            if kind in types:
+                try:
+                    return parse(value)
+                except ValueError:
+                    pass
+        if "boolean" in types and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    return value
+
+
 def validate(cfg: dict[str, Any], check_names: bool = True) -> dict[str, Any]:
     """Return a copy of ``cfg`` with defaults filled in, or raise :class:`ConfigError`."""
     import jsonschema

@@ -95,7 +95,36 @@ class Method(nn.Module):
         if unknown:
             raise MethodError(f"unknown hyperparameter(s) {unknown} for method {cls.name!r}; "
                               f"valid: {sorted(fields)}")
-        return cls.Config(**overrides)
+        defaults = {f.name: f.default for f in dataclasses.fields(cls.Config)}
+        return cls.Config(**{k: cls._typed(k, defaults[k], v) for k, v in overrides.items()})
+
+    @classmethod
+    def _typed(cls, name: str, default, value):
+        """``value`` as the type of the preset's ``default`` (strings from ``--config`` parsed), or a
+        MethodError naming the hyperparameter; fields whose preset is None or a string take any value."""
+        if default is None or default is dataclasses.MISSING or value is None or isinstance(default, str):
+            return value
+        kind = type(default)
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+        elif kind in (int, float) and not isinstance(value, bool):
+            number = value
+            if isinstance(value, str):
+                try:
+                    number = float(value)
+                except ValueError:
+                    pass
+            if isinstance(number, (int, float)) and (kind is float or float(number).is_integer()):
+                return kind(number)
+        elif kind is tuple and isinstance(value, (list, tuple)):
+            return tuple(value)
+        else:
+            return value
+        raise MethodError(f"method {cls.name!r}: hyperparameter {name!r} must be of type {kind.__name__} like its "
+                          f"preset {default!r}, got {value!r}")
 
     def set_classes(self, classnames: list[str]) -> None:
         """Switch to another set of classes (evaluation on new classes)."""
