@@ -13,13 +13,18 @@ import hashlib
 import http.server
 import io
 import json
+import socket
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
+from vlprompt import cli
 from vlprompt.data import download as dl
 from vlprompt.data import real, registry
 
@@ -493,3 +498,91 @@ def test_unknown_override_file_is_an_error(tmp_path):
     cfg = cfg_for(tmp_path, files={"DTD": {"dtd.zip": {"url": "http://127.0.0.1:9/x"}}})
     with pytest.raises(registry.DatasetError, match="unknown files"):
         registry.prepare(cfg, "DTD", progress=False)
+
+
+# ---- `python -m vlprompt prepare`: expected failures are one clear paragraph, no traceback ------------------
+
+def write_config(tmp_path: Path, dataset: str, **download) -> Path:
+    """An experiment config for ``vlprompt prepare``: data under tmp_path, the given ``download`` block."""
+    cfg = {"experiment": "real", "protocol": "base2new", "data_root": str(tmp_path / "data"),
+           "results_root": str(tmp_path / "results"), "backbone": {"model": "ViT-B-16", "pretrained": "openai"},
+           "datasets": [dataset], "methods": ["zeroshot"], "shots": [16], "seeds": [1], "download": download}
+    path = tmp_path / "real.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on: the connection is refused at once, as a dead host would be."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def prepare_error(capsys, config: Path, dataset: str) -> str:
+    """Run ``vlprompt prepare`` in process; return its error message (it must exit 2 and print no traceback)."""
+    rc = cli.main(["prepare", "--config", str(config), "--dataset", dataset, "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [line for line in err.splitlines() if line.startswith("vlprompt prepare: error:")]
+    assert len(lines) == 1 and "Traceback" not in err
+    return err[err.index(lines[0]):].strip()
+
+
+def test_prepare_cli_offline_names_dataset_file_and_fix(tmp_path):
+    """A mirror (or publisher) that cannot be reached: a subprocess, to see exactly what a user sees."""
+    config = write_config(tmp_path, "Food101", mirror=closed_port_url(), retries=0)
+    proc = subprocess.run([sys.executable, "-m", "vlprompt", "prepare", "--config", str(config), "--dataset",
+                           "Food101", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == ""
+    error = proc.stderr[proc.stderr.index("vlprompt prepare: error:"):].strip()
+    assert "\n" not in error  # one paragraph
+    assert error.startswith("vlprompt prepare: error: Food101: cannot download http://127.0.0.1:")
+    assert "/Food101/food-101.tar.gz after 1 attempt(s)" in error
+    where = tmp_path / "data" / "downloads" / "Food101" / "food-101.tar.gz"
+    assert f"download food-101.tar.gz by hand from http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz and put it " \
+           f"at {where}" in error
+    assert not (tmp_path / "data" / "Food101").exists()
+
+
+def test_prepare_cli_checksum_error(server, tmp_path, capsys):
+    split = subset_of_published("split_zhou_DescribableTextures.json")
+    good = tar_bytes({f"dtd/images/{rel}": img(rel) for part in split.values() for rel, _, _ in part})
+    url = server.add("/DTD/dtd-r1.0.1.tar.gz", good[:-100] + b"x" * 100)
+    config = write_config(tmp_path, "DTD", files={"DTD": {"dtd-r1.0.1.tar.gz": {"url": url, "sha256": sha256(good)}}},
+                          split_files={"DTD": server.add("/s.json", json.dumps(split).encode())})
+    error = prepare_error(capsys, config, "DTD")
+    assert error.startswith("vlprompt prepare: error: DTD: dtd-r1.0.1.tar.gz is not the published file")
+    assert f"expected {sha256(good)}" in error and "run prepare again to download it afresh" in error
+    assert not (tmp_path / "data" / "DTD").exists()
+
+
+def test_prepare_cli_unsafe_archive(server, tmp_path, capsys):
+    split = subset_of_published("split_zhou_DescribableTextures.json")
+    archive = tar_bytes({f"dtd/images/{rel}": img(rel) for part in split.values() for rel, _, _ in part}
+                        | {"dtd/../../evil.txt": b"evil"})
+    config = write_config(tmp_path, "DTD", files={"DTD": serve_file(server, "DTD", "dtd-r1.0.1.tar.gz", archive)},
+                          split_files={"DTD": server.add("/s.json", json.dumps(split).encode())})
+    error = prepare_error(capsys, config, "DTD")
+    fetched = tmp_path / "data" / "downloads" / "DTD" / "dtd-r1.0.1.tar.gz"
+    assert error.startswith("vlprompt prepare: error: DTD: ") and "contains '..'; refusing to extract" in error
+    assert f"dtd-r1.0.1.tar.gz is not the archive DTD publishes: delete {fetched} and run prepare again" in error
+    assert not list(tmp_path.rglob("evil.txt"))
+
+
+def test_prepare_cli_manual_dataset(tmp_path, capsys):
+    error = prepare_error(capsys, write_config(tmp_path, "StanfordCars"), "StanfordCars")
+    assert error.startswith("vlprompt prepare: error: StanfordCars: 4 missing file(s), then run prepare again:")
+    assert "cars_train.tgz must be downloaded by hand from" in error
+    assert str(tmp_path / "data" / "downloads" / "StanfordCars" / "cars_train.tgz") in error
+    error = prepare_error(capsys, write_config(tmp_path, "ImageNet"), "ImageNet")
+    assert "ImageNet cannot be downloaded automatically" in error
+    assert str(tmp_path / "data" / "ImageNet" / "images" / "train") in error
+
+
+def test_prepare_cli_download_block_is_checked(tmp_path, capsys):
+    error = prepare_error(capsys, write_config(tmp_path, "DTD", allow_new_split=["Eurosat"]), "DTD")
+    assert "download.allow_new_split names 'Eurosat', not a real dataset" in error
+    error = prepare_error(capsys, write_config(tmp_path, "DTD", mirorr="http://example.org"), "DTD")
+    assert "download: Additional properties are not allowed ('mirorr' was unexpected)" in error

@@ -44,9 +44,11 @@ def cmd_datasets(args) -> None:
 
 
 def cmd_prepare(args) -> None:
+    """Generate a pocket dataset, or fetch, verify, extract and split a real one as the config's
+    ``download`` block says (mirror, downloads_root, split files, retries); print its split file."""
     from vlprompt.data.registry import prepare
 
-    print(prepare(_cfg(args), args.dataset))
+    print(prepare(_cfg(args), args.dataset, progress=not args.quiet))
 
 
 def cmd_split(args) -> None:
@@ -215,13 +217,17 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from vlprompt.backbone import BackboneError
     from vlprompt.config import ConfigError
+    from vlprompt.data.download import DownloadError
     from vlprompt.data.registry import DatasetError
     from vlprompt.data.splits import SplitError
     from vlprompt.methods.base import MethodError
 
+    # expected failures (bad config, missing or corrupt data, dead link, unsafe archive) get their message,
+    # which names the file and the fix, and no traceback; ChecksumError and UnsafeArchiveError are DownloadErrors
+    expected = (ConfigError, DatasetError, SplitError, MethodError, BackboneError, DownloadError, FileNotFoundError)
     try:
         args.fn(args)
-    except (ConfigError, DatasetError, SplitError, MethodError, BackboneError, FileNotFoundError) as err:
+    except expected as err:
         print(f"vlprompt {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

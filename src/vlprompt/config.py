@@ -79,7 +79,7 @@ def validate(cfg: dict[str, Any], check_names: bool = True) -> dict[str, Any]:
         raise ConfigError("invalid config:\n" + "\n".join(lines))
     _fill_defaults(cfg, schema)
     if check_names:
-        from vlprompt.data.registry import get_dataset
+        from vlprompt.data.registry import get_dataset, list_datasets
         from vlprompt.methods import get_method
 
         for name in cfg["datasets"] + cfg.get("targets", []):
@@ -87,6 +87,11 @@ def validate(cfg: dict[str, Any], check_names: bool = True) -> dict[str, Any]:
         if cfg["protocol"] in ("crossdataset", "domain_generalization") and not cfg.get("targets"):
             raise ConfigError(f"protocol {cfg['protocol']!r} needs `targets`: the datasets to evaluate the "
                               "trained models on")
+        for key in ("allow_new_split", "split_files", "files"):  # a typo here would silently do nothing
+            for name in cfg["download"][key]:
+                if name not in list_datasets("real"):
+                    raise ConfigError(f"download.{key} names {name!r}, not a real dataset; real datasets: "
+                                      f"{list_datasets('real')}")
         for name in cfg["methods"]:
             get_method(name)
         for name, overrides in cfg.get("method_overrides", {}).items():

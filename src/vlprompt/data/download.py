@@ -126,10 +126,11 @@ def download(source: str, dest: str | Path, *, progress: bool = True, retries: i
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as err:
             last_error = err
         got = part.stat().st_size if part.exists() else 0
-        log.warning("download of %s interrupted at %d bytes (%s); attempt %d of %d",
-                    source, got, last_error, attempt + 1, retries + 1)
-    raise DownloadError(f"cannot download {source} after {retries + 1} attempts ({last_error}); "
-                        f"the partial file {part} is kept and the next run resumes it")
+        log.warning("download of %s %s (%s); attempt %d of %d", source,
+                    f"interrupted at {got} bytes" if got else "failed", last_error, attempt + 1, retries + 1)
+    got = part.stat().st_size if part.exists() else 0
+    kept = f"; the partial file {part} ({got} bytes) is kept and the next run resumes it" if got else ""
+    raise DownloadError(f"cannot download {source} after {retries + 1} attempt(s) ({last_error}){kept}")
 
 
 def file_digest(path: str | Path, algorithm: str, chunk: int = 1 << 20) -> str:

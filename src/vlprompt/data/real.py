@@ -18,8 +18,14 @@ the staging folder, so an interrupted or failed preparation leaves no half-prepa
 the exception: its licence means the user puts the extracted images in place and only the split file
 is written there.
 
-Overrides, all under the config's ``download`` mapping (documented in :func:`resolve_files`):
-``mirror``, ``files``, ``split_files``, ``allow_new_split``, ``downloads_root``.
+Overrides, all under the config's ``download`` mapping (described in the config schema and in
+:func:`resolve_files`): ``mirror``, ``files``, ``split_files``, ``allow_new_split``, ``downloads_root``,
+``retries``, ``timeout``.
+
+Every error names the dataset, the file and the fix: :class:`RealDatasetError` for what is missing or
+unusable, and the downloader's :class:`~vlprompt.data.download.ChecksumError` /
+:class:`~vlprompt.data.download.UnsafeArchiveError` (re-raised with the dataset's name) for a file that
+arrived but is not the published one.
 """
 
 from __future__ import annotations
@@ -98,7 +104,7 @@ def resolve_files(cfg: dict, name: str) -> list[dict]:
                                f"{name} has {[f['name'] for f in info(name)['files']]}")
     out = []
     for entry in info(name)["files"]:
-        entry = dict(entry)
+        entry = dict(entry, official_url=entry["url"])  # where to send a user who downloads by hand
         if mirror:
             entry["url"] = f"{mirror.rstrip('/')}/{name}/{entry['name']}"
             entry["manual"] = False
@@ -112,11 +118,21 @@ def resolve_files(cfg: dict, name: str) -> list[dict]:
     return out
 
 
+def _by_hand(entry: dict) -> str:
+    """Where a person downloads the file: its publisher's page, else its official URL."""
+    return entry.get("page") or entry.get("official_url") or entry["url"]
+
+
 def _manual_instructions(name: str, entry: dict, path: Path) -> str:
-    where = entry.get("page") or entry["url"]
+    where = _by_hand(entry)
     note = entry.get("note") or info(name).get("manual_note") or ""
     return (f"{name}: {entry['name']} must be downloaded by hand from {where} and put at {path}"
             + (f"; {note}" if note else ""))
+
+
+def _fetch_settings(cfg: dict) -> dict:
+    opts = _options(cfg)
+    return {k: opts[k] for k in ("retries", "timeout") if opts.get(k) is not None}
 
 
 def fetch_files(cfg: dict, name: str, progress: bool = True) -> list[tuple[dict, Path, bool]]:
@@ -130,22 +146,29 @@ def fetch_files(cfg: dict, name: str, progress: bool = True) -> list[tuple[dict,
                 missing.append(_manual_instructions(name, entry, path))
                 continue
             try:
-                dl.download(entry["url"], path, progress=progress)
+                dl.download(entry["url"], path, progress=progress, **_fetch_settings(cfg))
             except dl.DownloadError as err:
-                raise RealDatasetError(f"{err}. Alternatively download it by hand from "
-                                       f"{entry.get('page') or entry['url']} and put it at {path}") from None
+                mirror = ("check download.mirror" if _options(cfg).get("mirror")
+                          else "set download.mirror to a server holding a copy")
+                raise RealDatasetError(f"{name}: {err}. Alternatively download {entry['name']} by hand from "
+                                       f"{_by_hand(entry)} and put it at {path}, or {mirror}") from None
         out.append((entry, path))
     if missing:
-        raise RealDatasetError("missing files:\n  " + "\n  ".join(missing))
+        raise RealDatasetError(f"{name}: {len(missing)} missing file(s), then run prepare again:\n  "
+                               + "\n  ".join(missing))
     checked = []
     for entry, path in out:
         try:
             ok = dl.is_verified(path) or dl.verify(path, sha256=entry.get("sha256"), md5=entry.get("md5"),
                                                    size_bytes=entry.get("size_bytes"))
-        except dl.ChecksumError:
-            if not entry.get("manual"):  # ours: remove so that the next run fetches it afresh
+        except dl.ChecksumError as err:
+            if entry.get("manual"):
+                fix = f"replace it with the file published at {_by_hand(entry)}"
+            else:  # ours: remove so that the next run fetches it afresh
                 path.unlink(missing_ok=True)
-            raise
+                fix = ("it was deleted; run prepare again to download it afresh (if it fails again, the server "
+                       "sends a different file: check download.mirror / download.files)")
+            raise dl.ChecksumError(f"{name}: {entry['name']} is not the published file ({err}); {fix}") from None
         if not ok:
             log.warning("%s: no checksum or size recorded for %s; trusting it as long as it extracts",
                         name, entry["name"])
@@ -171,7 +194,7 @@ def fetch_split_file(cfg: dict, name: str) -> Path | None:
         if given is not None:  # a URL given by the user: fetch it afresh
             path.unlink(missing_ok=True)
         try:
-            dl.download(source, path, progress=False)
+            dl.download(source, path, progress=False, **_fetch_settings(cfg))
             problem = None
         except dl.DownloadError as err:
             problem = str(err)
@@ -320,18 +343,28 @@ def _check_split(name: str, root: Path, split: dict) -> None:
 
 # ---- preparation -----------------------------------------------------------------------------------
 
+def _safe_extract(name: str, entry: dict, archive: Path, staging: Path, progress: bool, fetched: Path) -> None:
+    """Extract, naming the dataset and the fix when the archive is damaged or unsafe."""
+    try:
+        dl.safe_extract(archive, staging, progress=progress)
+    except dl.DownloadError as err:
+        raise type(err)(f"{name}: {err}. {entry['name']} is not the archive {name} publishes: delete {fetched} "
+                        f"and run prepare again, or download it by hand from "
+                        f"{_by_hand(entry)}") from None
+
+
 def _extract_all(cfg: dict, name: str, files: list, staging: Path, progress: bool) -> None:
     for entry, path, _ in files:
         if not entry.get("extract", True):
             shutil.copyfile(path, staging / entry["name"])
             continue
-        dl.safe_extract(path, staging, progress=progress)
+        _safe_extract(name, entry, path, staging, progress, path)
         for inner in entry.get("inner_archives", []):
             inner_path = staging / inner
             if not inner_path.is_file():
                 raise RealDatasetError(f"{name}: {entry['name']} should contain {inner}; it does not "
                                        f"(a different release?)")
-            dl.safe_extract(inner_path, staging, progress=progress)
+            _safe_extract(name, entry, inner_path, staging, progress, path)
             inner_path.unlink()
     image_dir = info(name)["image_dir"]
     if image_dir and not (staging / image_dir).is_dir():
