@@ -89,6 +89,25 @@ def test_profile_gives_image_methods_one_gpu_and_groups_only_cpu_jobs(tmp_path, 
     assert all("gpu" not in j["resources"] for j in jobs if j["group"]), jobs
 
 
+def test_transfer_evaluation_of_image_methods_asks_for_a_gpu(tmp_path):
+    cfg = yaml.safe_load((REPO / "config/pocket_crossdataset.yaml").read_text())
+    cfg.update(methods=["coop", "vpt_deep"], seeds=[1], shots=[16], targets=cfg["targets"][:2])
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "-n", "--profile", str(REPO / "workflow/profiles/slurm"),
+                                       "--executor", "local", "--cores", "2"],
+                          env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = [j for j in planned_jobs(proc.stdout + proc.stderr) if j["rule"].startswith("evaluate_transfer")]
+    rules = ("evaluate_transfer", "evaluate_transfer_images")
+    by_rule = {rule: [j for j in jobs if j["rule"] == rule] for rule in rules}
+    assert len(by_rule["evaluate_transfer"]) == len(by_rule["evaluate_transfer_images"]) == 2, jobs
+    for job in by_rule["evaluate_transfer_images"]:
+        assert "method=vpt_deep" in job["wildcards"] and job["resources"].get("gpu") == "1" and job["group"] is None
+    for job in by_rule["evaluate_transfer"]:
+        assert "method=coop" in job["wildcards"] and "gpu" not in job["resources"] and job["group"] == "transfer"
+
+
 def workdir(path: Path) -> Path:
     """The reduced pocket config plus one method with the image encoder in the loop (a GPU job on a cluster)."""
     cfg = yaml.safe_load(TINY.read_text())

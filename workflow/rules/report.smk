@@ -25,6 +25,7 @@ rule report:
     input:
         summary=rules.aggregate.output.summary,
         stats=rules.aggregate.output.stats,
+        notes=CFG.get("report", {}).get("notes_file", []),  # findings written by hand, shown in the report
     output:
         md=grid.report_dir(CFG) / "report.md",
         html=report(
