@@ -13,6 +13,7 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -586,3 +587,27 @@ def test_prepare_cli_download_block_is_checked(tmp_path, capsys):
     assert "download.allow_new_split names 'Eurosat', not a real dataset" in error
     error = prepare_error(capsys, write_config(tmp_path, "DTD", mirorr="http://example.org"), "DTD")
     assert "download: Additional properties are not allowed ('mirorr' was unexpected)" in error
+
+
+def test_snakemake_prepares_and_splits_a_real_dataset(server, tmp_path):
+    """The DAG's own rules on a real dataset, offline: prepare (fetch, verify, extract, published split)
+    then split (base/new classes, few-shot subsets). Snakemake creates the output's folder before the job
+    runs; preparing must accept that empty folder."""
+    archive, split = eurosat_archive()
+    config = write_config(tmp_path, "EuroSAT", files={"EuroSAT": serve_file(server, "EuroSAT", "EuroSAT.zip", archive)},
+                          split_files={"EuroSAT": server.add("/s.json", json.dumps(split).encode())})
+    cfg = yaml.safe_load(config.read_text()) | {"shots": [2], "seeds": [1, 2]}
+    config.write_text(yaml.safe_dump(cfg))
+    targets = [str(tmp_path / "data/EuroSAT/split_zhou_EuroSAT.json"),
+               str(tmp_path / "results/splits/EuroSAT/shot2_seed2.json")]
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--cores", "1",
+                           "-d", str(tmp_path), "--configfile", str(config), "--", *targets],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_prepared(cfg, "EuroSAT", tmp_path / "data" / "EuroSAT" / "split_zhou_EuroSAT.json")
+    classes = json.loads((tmp_path / "results" / "splits" / "EuroSAT" / "classes.json").read_text())
+    assert classes["base"] == [0, 1, 2, 3, 4] and classes["classnames"][0] == "Annual Crop Land"
+    subset = json.loads((tmp_path / targets[1]).read_text())
+    assert len(subset["train"]) == 2 * 10 and len(subset["val"]) == 2 * 10

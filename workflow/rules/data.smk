@@ -1,5 +1,8 @@
 # Data: prepare (download/verify/extract, or generate the pocket world), then split into base/new
 # classes and few-shot subsets per (shots, seed), sampled once and stored.
+# A real dataset that cannot be prepared (manual download, dead link, checksum) fails its job with a
+# message naming the file and the fix; the job prints the end of its log so that it shows up in
+# Snakemake's own output, not only in the log file.
 
 
 wildcard_constraints:
@@ -21,7 +24,8 @@ rule prepare_dataset:
     log:
         f"{LOGS}/prepare/{{dataset}}.log",
     shell:
-        "python -m vlprompt prepare --config {params.config} --dataset {wildcards.dataset} --quiet > {log} 2>&1"
+        "python -m vlprompt prepare --config {params.config} --dataset {wildcards.dataset} --quiet > {log} 2>&1 "
+        "|| (tail -n 20 {log} >&2; exit 1)"
 
 
 rule split_dataset:

@@ -388,6 +388,8 @@ def prepare(cfg: dict, name: str, progress: bool = True) -> Path:
     kind = info(name)["split"]["kind"]
     if kind == "imagenet_folders":
         return _prepare_imagenet(cfg, name)
+    if final.is_dir() and not any(final.iterdir()):
+        final.rmdir()  # Snakemake creates the output's folder before the job runs; the rename below needs it gone
     if final.exists():
         raise RealDatasetError(f"{name}: {final} exists but holds no {split_path.name}, so it is not a "
                                f"prepared dataset (left by hand or by another tool); move it away and re-run")
