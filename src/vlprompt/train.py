@@ -53,20 +53,26 @@ def make_optimizer(cfg: TrainConfig, params):
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adamw")
 
 
+def loop_setup(method, cfg: TrainConfig, device: torch.device, n: int):
+    """Optimizer over the method's trainable parameters, fp16 grad scaler (CUDA only) and steps per epoch
+    (Dassl: N // batch size, at least one) for ``n`` training images."""
+    params = [p for p in method.parameters() if p.requires_grad]
+    if not params:
+        raise RuntimeError(f"method {method.name!r} has nothing to train")
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    steps = max(cfg.min_steps_per_epoch, n // cfg.batch_size if n >= cfg.batch_size else 1)
+    return make_optimizer(cfg, params), scaler, steps
+
+
 def sgd_loop(method, ctx: MethodContext, cfg: TrainConfig, ckpt_path: Path, checkpoint_every: int,
              progress: bool = True, stop_after: int | None = None) -> dict:
     """Train the method's parameters on ``ctx.train_features``; resumable from ``ckpt_path``."""
     from tqdm import tqdm
 
-    params = [p for p in method.parameters() if p.requires_grad]
-    if not params:
-        raise RuntimeError(f"method {method.name!r} has nothing to train")
-    opt = make_optimizer(cfg, params)
     device = ctx.device
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     feats, labels = ctx.train_features, ctx.train_labels  # (V, N, D), (N,)
     views, n = feats.shape[0], feats.shape[1]
-    steps = max(cfg.min_steps_per_epoch, n // cfg.batch_size if n >= cfg.batch_size else 1)
+    opt, scaler, steps = loop_setup(method, cfg, device, n)
     start, history = 0, []
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)

@@ -28,7 +28,7 @@ from vlprompt.evaluate import evaluate_parts
 from vlprompt.features import ImageList, pick_device, train_transform
 from vlprompt.io import atomic_path, atomic_write_json, provenance, read_json
 from vlprompt.methods import MethodContext, TrainConfig, get_method
-from vlprompt.train import _cached_backbone, lr_at, make_optimizer, save_run, seed_everything
+from vlprompt.train import _cached_backbone, loop_setup, lr_at, save_run, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +44,10 @@ def image_loop(method, ctx: MethodContext, cfg: TrainConfig, root: Path, rows: l
     """Train ``method`` on the images ``rows`` ([relpath, label, name], labels of the training classes)."""
     from tqdm import tqdm
 
-    params = [p for p in method.parameters() if p.requires_grad]
-    if not params:
-        raise RuntimeError(f"method {method.name!r} has nothing to train")
-    opt = make_optimizer(cfg, params)
     device = ctx.device
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     relpaths, labels = [r[0] for r in rows], torch.tensor([r[1] for r in rows])
     n = len(rows)
-    steps = max(cfg.min_steps_per_epoch, n // cfg.batch_size if n >= cfg.batch_size else 1)
+    opt, scaler, steps = loop_setup(method, cfg, device, n)
     start, history, seconds = 0, [], []
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
