@@ -183,6 +183,19 @@ def test_status_table_lists_all_real_and_pocket_datasets(tmp_path):
     assert {"ImageNet", "UCF101", "StanfordCars", "ImageNetSketch"} == manual
 
 
+def test_datasets_command_reads_the_config_roots(tmp_path, capsys):
+    cfg = yaml.safe_load(open("config/base2novel.yaml"))
+    cfg.update(data_root=str(tmp_path / "prepared"), download={"downloads_root": str(tmp_path / "archives")})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    cli.main(["datasets", "--config", str(tmp_path / "c.yaml")])
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert len([n for n in lines if n in REAL]) == 15
+    assert lines["EuroSAT"][1:3] == ["missing", str(tmp_path / "prepared" / "EuroSAT")]
+    assert str(tmp_path / "archives") in " ".join(lines["EuroSAT"][3:])  # where its archives would go
+    cli.main(["datasets", "--data-root", str(tmp_path / "other")])
+    assert str(tmp_path / "other" / "EuroSAT") in capsys.readouterr().out
+
+
 def test_catalogue_is_complete():
     classes = {"ImageNet": 1000, "Caltech101": 100, "OxfordPets": 37, "StanfordCars": 196, "Flowers102": 102,
                "Food101": 101, "FGVCAircraft": 100, "SUN397": 397, "DTD": 47, "EuroSAT": 10, "UCF101": 101,

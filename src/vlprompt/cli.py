@@ -32,15 +32,16 @@ def cmd_methods(args) -> None:
 def cmd_datasets(args) -> None:
     from vlprompt.data import registry
 
-    cfg = {"data_root": args.data_root}
-    if hasattr(registry, "status_table"):
-        rows = registry.status_table(cfg)
-        for r in rows:
-            print(f"{r['name']:22s} {r['status']:11s} {r['path']}")
+    if args.config:  # where that experiment puts data and downloads (data_root, download block)
+        from vlprompt.config import load_config
+
+        cfg = load_config(args.config)
+        if args.data_root:
+            cfg["data_root"] = args.data_root
     else:
-        for name in registry.list_datasets():
-            path = registry.split_path(cfg, name)
-            print(f"{name:22s} {'prepared' if path.exists() else 'missing':11s} {path.parent}")
+        cfg = {"data_root": args.data_root or "data"}
+    for r in registry.status_table(cfg):
+        print(f"{r['name']:22s} {r['status']:11s} {r['path']}  ({r['detail']})")
 
 
 def cmd_prepare(args) -> None:
@@ -169,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("methods", cmd_methods, "list the methods with a one-line description and paper", config=False)
     s = add("datasets", cmd_datasets, "list every dataset and its status on this machine", config=False)
-    s.add_argument("--data-root", default="data")
+    s.add_argument("--config", help="read data_root and the download block (downloads_root) from this config")
+    s.add_argument("--data-root", help="where prepared datasets go (default: the config's, else data)")
     s = add("prepare", cmd_prepare, "download/generate, verify and prepare one dataset")
     s.add_argument("--dataset", required=True)
     s = add("split", cmd_split, "write the base/new classes and the few-shot subsets of one dataset")
