@@ -18,7 +18,7 @@ configfile: "config/config.yaml"
 
 config.update(coerce_strings(config))  # --config shots=[1,4,16] gives strings; the schema says integers
 validate(config, str(SCHEMA_PATH))
-CFG, _config_paths = resolve_config(config)
+CFG, _config_paths = resolve_config(config, base_dir=workflow.basedir)
 CONFIG_JSON = _config_paths["shared"]  # read by the shared stages: prepare, split, extract
 EXPERIMENT_JSON = _config_paths["experiment"]  # read by the experiment's jobs: train, evaluate, report
 LOGS = f"{CFG['results_root']}/{CFG['experiment']}/logs"

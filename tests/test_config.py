@@ -79,3 +79,19 @@ def test_command_line_strings_become_the_schema_types():
     assert out["method_overrides"]["coop"] == {"epochs": "5"}  # free-form: the method's Config judges
     with pytest.raises(ConfigError, match="shots"):
         validate(coerce_strings({**cfg, "shots": ["four"]}))
+
+
+def test_notes_file_is_found_in_the_workflow_folder_when_run_elsewhere(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from vlprompt.workflow import resolve_config
+
+    repo = Path.cwd()
+    cfg = base()
+    cfg["results_root"] = str(tmp_path / "results")
+    assert cfg["report"]["notes_file"] == "docs/pocket_findings.md"
+    monkeypatch.chdir(tmp_path)  # snakemake -d tmp_path: the notes are not in the working directory
+    resolved, _ = resolve_config(cfg, base_dir=repo)
+    assert resolved["report"]["notes_file"] == str(repo / "docs/pocket_findings.md")
+    resolved, _ = resolve_config(cfg)  # no workflow folder: left as written (the report names it if missing)
+    assert resolved["report"]["notes_file"] == "docs/pocket_findings.md"

@@ -8,7 +8,7 @@ from pathlib import Path
 from vlprompt.config import validate
 
 
-def resolve_config(config: dict) -> tuple[dict, dict[str, str]]:
+def resolve_config(config: dict, base_dir: str | Path | None = None) -> tuple[dict, dict[str, str]]:
     """Validate and complete ``config``; write it where the jobs read it; return (config, paths).
 
     Jobs read the config Snakemake resolved (``--configfile`` and ``--config`` overrides included) from a
@@ -20,11 +20,17 @@ def resolve_config(config: dict) -> tuple[dict, dict[str, str]]:
     the settings that change its outputs (``config.stage_hash``), and experiments that share its outputs
     agree on those settings. Files are rewritten only when their content changes.
 
+    ``report.notes_file`` is a path from the working directory; one that is not there but is in
+    ``base_dir`` (the workflow's folder, for ``snakemake -d elsewhere``) is made absolute.
+
     Returns ``(config, {"shared": path, "experiment": path})``.
     """
     from vlprompt.io import atomic_write_text
 
     cfg = validate(dict(config))
+    notes = cfg.get("report", {}).get("notes_file")
+    if notes and base_dir is not None and not Path(notes).exists() and (Path(base_dir) / notes).exists():
+        cfg["report"]["notes_file"] = str((Path(base_dir) / notes).resolve())
     text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
     paths = {"shared": Path(cfg["results_root"]) / "config.json",
              "experiment": Path(cfg["results_root"]) / cfg["experiment"] / "config.json"}
