@@ -58,19 +58,24 @@ def planned_jobs(log: str) -> list[dict]:
     return jobs
 
 
+def dry_run_through_profile(workdir: Path, cfg: dict) -> list[dict]:
+    """The jobs a dry run plans with ``cfg`` through the SLURM profile, with the local executor (the
+    profile as a cluster run uses it; a dry run needs no cluster)."""
+    (workdir / "config").mkdir()
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(workdir), "-n", "--profile", str(REPO / "workflow/profiles/slurm"),
+                                       "--executor", "local", "--cores", "2"],
+                          env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return planned_jobs(proc.stdout + proc.stderr)
+
+
 @pytest.mark.parametrize("granularity", ["run", "dataset"])
 def test_profile_gives_image_methods_one_gpu_and_groups_only_cpu_jobs(tmp_path, granularity):
     cfg = yaml.safe_load(TINY.read_text())
     cfg.update(methods=["zeroshot", "coop", "kgcoop", "maple", "vpt_deep"], seeds=[1, 2])
     cfg["train"]["job_granularity"] = granularity
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    # the profile as a cluster run uses it, with the local executor: a dry run needs no cluster
-    proc = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "-n", "--profile", str(REPO / "workflow/profiles/slurm"),
-                                       "--executor", "local", "--cores", "2"],
-                          env=ENV, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    jobs = planned_jobs(proc.stdout + proc.stderr)
+    jobs = dry_run_through_profile(tmp_path, cfg)
     image_rule = {"run": "train_images", "dataset": "train_images_group"}[granularity]
     feature_rule = {"run": "train", "dataset": "train_group"}[granularity]
     images = [j for j in jobs if j["rule"] == image_rule]
@@ -92,13 +97,7 @@ def test_profile_gives_image_methods_one_gpu_and_groups_only_cpu_jobs(tmp_path, 
 def test_transfer_evaluation_of_image_methods_asks_for_a_gpu(tmp_path):
     cfg = yaml.safe_load((REPO / "config/pocket_crossdataset.yaml").read_text())
     cfg.update(methods=["coop", "vpt_deep"], seeds=[1], shots=[16], targets=cfg["targets"][:2])
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "-n", "--profile", str(REPO / "workflow/profiles/slurm"),
-                                       "--executor", "local", "--cores", "2"],
-                          env=ENV, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    jobs = [j for j in planned_jobs(proc.stdout + proc.stderr) if j["rule"].startswith("evaluate_transfer")]
+    jobs = [j for j in dry_run_through_profile(tmp_path, cfg) if j["rule"].startswith("evaluate_transfer")]
     rules = ("evaluate_transfer", "evaluate_transfer_images")
     by_rule = {rule: [j for j in jobs if j["rule"] == rule] for rule in rules}
     assert len(by_rule["evaluate_transfer"]) == len(by_rule["evaluate_transfer_images"]) == 2, jobs
