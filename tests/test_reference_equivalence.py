@@ -1,0 +1,201 @@
+"""vlprompt against the official code of each method (issue 13 item 7).
+
+The numbers come from ``tests/reference/fixtures/*.pt``, written by ``tests/reference/regenerate.py`` from the
+official repositories (their commits are recorded in each fixture) on a tiny OpenAI-layout CLIP with fixed
+weights (``tests/reference/tiny_clip.py``). Here the same weights go through vlprompt's own loading path (a local
+weights file into open_clip), and each method is compared with its reference: initial parameters where the
+initialisation is deterministic (random ones are copied from the reference), text features, logits, every loss
+term, the gradient and the parameters after one optimiser step of the shared training loop. Tolerance: 1e-5
+relative (fp32). Where vlprompt deviates on purpose the test asserts the documented deviation; where it differs
+today for a reason another item of issue 13 fixes, the test is a strict xfail naming that item.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import tiny_clip
+
+from vlprompt.backbone import PromptedTextEncoder, load_backbone, open_clip
+from vlprompt.data.registry import get_dataset
+from vlprompt.methods import MethodContext, get_method
+from vlprompt.train import loop_setup, lr_at, sgd_loop
+
+RTOL = 1e-5
+# name in vlprompt's registry of the Dassl dataset names the fixtures use
+DATASETS = {"Caltech101": "Caltech101", "OxfordPets": "OxfordPets", "DescribableTextures": "DTD"}
+
+
+def fixture(name: str) -> dict:
+    return torch.load(tiny_clip.FIXTURES / f"{name}.pt", map_location="cpu", weights_only=True)
+
+
+def close(actual, expected, rtol: float = RTOL, what: str = "") -> None:
+    """|actual − expected| <= rtol · max|expected| elementwise (relative to the tensor's scale)."""
+    expected = torch.as_tensor(expected, dtype=torch.float32)
+    actual = torch.as_tensor(actual, dtype=torch.float32).detach()
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    scale = float(expected.abs().max()) or 1.0
+    err = float((actual - expected).abs().max())
+    assert err <= rtol * scale, f"{what}: max |difference| {err:.3g} > {rtol:g} x {scale:.3g}"
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    """The tiny CLIP loaded by vlprompt as a user's checkpoint: an open_clip config and a local weights file."""
+    tmp = tmp_path_factory.mktemp("tiny_clip")
+    oc = open_clip()
+    if tiny_clip.MODEL_NAME not in oc.list_models():
+        config = tmp / f"{tiny_clip.MODEL_NAME}.json"
+        config.write_text(json.dumps(tiny_clip.OPEN_CLIP_CONFIG))
+        oc.add_model_config(config)
+    weights = tmp / "tiny_clip_openai_layout.pt"
+    torch.save(tiny_clip.state_dict(), weights)
+    return load_backbone(tiny_clip.MODEL_NAME, str(weights), force_quick_gelu=True)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return tiny_clip.inputs()
+
+
+def context(backbone, fix: dict, dataset: str = "Caltech101", **kwargs) -> MethodContext:
+    name = DATASETS[fix["settings"].get("dataset", dataset)]
+    return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=fix["classnames"],
+                         template=get_dataset(name).template, device=torch.device("cpu"), seed=0, dataset=name,
+                         **kwargs)
+
+
+def build(name: str, ctx: MethodContext, **overrides):
+    cls = get_method(name)
+    return cls(cls.make_config(overrides), ctx)
+
+
+def trainable(method) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in method.named_parameters() if p.requires_grad}
+
+
+def load_init(method, fix: dict) -> None:
+    """The reference's initial values of every trained parameter (names as vlprompt's)."""
+    params = trainable(method)
+    assert set(params) == set(fix["init"]), (sorted(params), sorted(fix["init"]))
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(fix["init"][n])
+
+
+def check_step(method, fix: dict, grad_rtol: float = RTOL) -> None:
+    """Gradient and parameters after one optimiser step against the reference's."""
+    for n, p in trainable(method).items():
+        close(p.grad, fix["grad"][n], grad_rtol, f"gradient of {n}")
+        close(p, fix["after"][n], RTOL, f"{n} after one step")
+
+
+def feature_step(method, ctx: MethodContext, features, labels, tmp_path) -> None:
+    """One step of the shared loop (``sgd_loop``) on one batch: one view, all images in the batch."""
+    # the lr of epoch 0 does not depend on the schedule's length; the batch is the fixture's (CoCoOp's preset is 1)
+    cfg = dataclasses.replace(method.config, epochs=1, batch_size=len(labels))
+    step_ctx = dataclasses.replace(ctx, train_features=features.unsqueeze(0), train_labels=labels)
+    sgd_loop(method, step_ctx, cfg, tmp_path / "checkpoint.pt", checkpoint_every=10**6, progress=False)
+
+
+def image_step(method, images, labels) -> float:
+    """One step as ``train_images.image_loop`` takes it (same optimiser, lr and order of calls)."""
+    opt, _, _ = loop_setup(method, method.config, torch.device("cpu"), len(labels))
+    for group in opt.param_groups:
+        group["lr"] = lr_at(method.config, 0)
+    method.train()
+    loss, _ = method.loss(images, labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+# ---------------------------------------------------------------- the backbone itself
+
+
+def test_fixtures_record_their_references():
+    for path in sorted(tiny_clip.FIXTURES.glob("*.pt")):
+        if path.name == tiny_clip.WEIGHTS.name:
+            continue
+        fix = torch.load(path, weights_only=True)
+        assert fix["references"] and all(len(r["commit"]) == 40 for r in fix["references"]), path.name
+        assert any("_" in c for c in fix["classnames"]), "class names must carry underscores"
+
+
+def test_open_clip_loading_equals_the_reference_clip(backbone, inputs):
+    """OpenAI's image tower (CoOp's clip/model.py) and open_clip's, loaded from the same file."""
+    fix = fixture("coop")
+    close(backbone.model.encode_image(inputs["images"]), fix["image_features"], what="image features")
+    # ln 100 stored in fp16 (as in OpenAI's checkpoints): exp gives 100.03, not 100
+    assert backbone.model.logit_scale.item() == tiny_clip.state_dict()["logit_scale"].item()
+
+
+# ---------------------------------------------------------------- zero-shot CLIP
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 item 1: zeroshot keeps the underscores of class names")
+def test_zeroshot(backbone, inputs):
+    fix = fixture("zeroshot")
+    method = build("zeroshot", context(backbone, fix))
+    assert fix["settings"]["template"] == method.template
+    close(method.weights, fix["text_features"], what="text features")
+    close(method(backbone.model.encode_image(inputs["images"])), fix["logits"], what="logits")
+
+
+def test_zeroshot_without_underscores(backbone, inputs):
+    """The zero-shot path itself matches once the class names are spelled as the reference spells them."""
+    fix = fixture("zeroshot")
+    ctx = context(backbone, fix)
+    ctx.classnames = [c.replace("_", " ") for c in fix["classnames"]]
+    method = build("zeroshot", ctx)
+    close(method.weights, fix["text_features"], what="text features")
+    close(method(backbone.model.encode_image(inputs["images"])), fix["logits"], what="logits")
+
+
+# ---------------------------------------------------------------- CoOp, CoCoOp
+
+
+@pytest.mark.parametrize("name", ["coop", "coop_csc_middle"])
+def test_coop(backbone, inputs, name, tmp_path):
+    fix = fixture(name)
+    ctx = context(backbone, fix)
+    if name == "coop":
+        method = build("coop", ctx)
+        close(method.prompt_learner.ctx, fix["init"]["prompt_learner.ctx"], what="context from 'a photo of a'")
+    else:  # random class-specific context, class name in the middle
+        method = build("coop_csc", ctx, ctx_init=None, class_token_position="middle")
+        load_init(method, fix)
+    n_ctx = method.prompt_learner.n_ctx  # the tokens around the context (SOS; class name, ".", EOS) as tokenized
+    tokens = method.prompt_learner.tokens
+    assert torch.equal(tokens[:, 0], fix["tokenized_prompts"][:, 0])
+    assert torch.equal(tokens[:, 1 + n_ctx:], fix["tokenized_prompts"][:, 1 + n_ctx:])
+    features = backbone.model.encode_image(inputs["images"])
+    close(method.text_features(), fix["text_features"], what="text features")
+    close(method(features), fix["logits"], what="logits")
+    loss, parts = method.loss(features, fix["labels"])
+    close(loss, fix["loss"]["ce"], what="loss")
+    assert lr_at(method.config, 0) == pytest.approx(fix["lr"])
+    feature_step(method, ctx, features, fix["labels"], tmp_path)
+    check_step(method, fix)
+
+
+def test_cocoop(backbone, inputs, tmp_path):
+    fix = fixture("cocoop")
+    ctx = context(backbone, fix)
+    method = build("cocoop", ctx)
+    close(method.prompt_learner.ctx, fix["init"]["prompt_learner.ctx"], what="context from 'a photo of a'")
+    load_init(method, fix)
+    features = backbone.model.encode_image(inputs["images"])
+    close(method.instance_text_features(F.normalize(features, dim=-1)), fix["text_features"],
+          what="instance-conditioned text features")
+    close(method(features), fix["logits"], what="logits")
+    close(method.loss(features, fix["labels"])[0], fix["loss"]["ce"], what="loss")
+    assert lr_at(method.config, 0) == pytest.approx(fix["lr"])
+    feature_step(method, ctx, features, fix["labels"], tmp_path)
+    check_step(method, fix)
