@@ -363,18 +363,24 @@ def gen_prograd(name: str, data: dict, repo: Path) -> dict:
         out["teacher_features"] = t.zs_clip.text_features.clone()
         out["logits"] = m(data["images"])
         teacher = t.zs_clip(data["images"])
-    # labels against the teacher's prediction, so that the CE gradient conflicts with the KL one and the
-    # projection runs (checked below)
-    labels = teacher.argmin(-1)
+    # labels for which the CE gradient conflicts with the KL one, so that the projection runs (required for the
+    # Caltech101 fixture; the OxfordPets one is about the template): against the teacher's prediction first,
+    # then draws from a fixed generator, else the batch's labels
+    params = list(m.prompt_learner.parameters())
+    logits = m(data["images"])
+    g_kl = torch.autograd.grad(t.criterion(logits, teacher, teacher.argmax(-1))[1], params, retain_graph=True)[0]
+    gen = torch.Generator().manual_seed(0)
+    candidates = [teacher.argmin(-1)] + [torch.randint(len(data["classnames"]), (len(teacher),), generator=gen)
+                                         for _ in range(200)]
+    for labels in [*candidates, data["labels"]]:
+        g_ce = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, labels), params, retain_graph=True)[0]
+        out["conflict"] = bool(torch.dot(g_ce.flatten(), g_kl.flatten()) < 0)
+        if out["conflict"]:
+            break
+    assert out["conflict"] or name != "prograd", "no labels make the gradients conflict"
     out["labels"] = labels
     ce, kl = t.criterion(out["logits"], teacher, labels)
     out["loss"] = {"ce": ce.item(), "kl": kl.item()}
-    params = [p for p in m.prompt_learner.parameters()]
-    logits = m(data["images"])
-    g_ce = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, labels), params, retain_graph=True)[0]
-    g_kl = torch.autograd.grad(t.criterion(logits, teacher, labels)[1], params)[0]
-    out["conflict"] = bool(torch.dot(g_ce.flatten(), g_kl.flatten()) < 0)
-    assert out["conflict"], "choose labels for which the gradients conflict"
     out["grad_ce"] = g_ce.clone()
     out["lr"] = current_lr(t)
     step(t, data["images"], labels)
