@@ -18,8 +18,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import tiny_clip
 
+from reference import tiny_clip
 from vlprompt.backbone import PromptedTextEncoder, load_backbone, open_clip
 from vlprompt.data.registry import get_dataset
 from vlprompt.methods import MethodContext, get_method
@@ -269,3 +269,126 @@ def test_clip_adapter(backbone, inputs, tmp_path):
     assert lr_at(method.config, 0) == pytest.approx(fix["lr"])
     feature_step(method, ctx, features, fix["labels"], tmp_path)
     check_step(method, fix)
+
+
+def tip_context(backbone, fix: dict, inputs) -> MethodContext:
+    encode = backbone.model.encode_image
+    return context(backbone, fix, dataset="OxfordPets", train_features=torch.stack([encode(v) for v in
+                                                                                    inputs["views"][:2]]),
+                   train_labels=inputs["labels"], val_features=encode(inputs["val_images"]),
+                   val_labels=inputs["val_labels"])
+
+
+def test_tip_adapter(backbone, inputs):
+    """Cache (keys from two augmented views, one-hot values), classifier and the alpha/beta grid search."""
+    fix = fixture("tip_adapter")
+    ctx = tip_context(backbone, fix, inputs)
+    method = build("tip_adapter", ctx)
+    s = fix["settings"]
+    assert [method.template] == s["template"]
+    assert (method.config.beta_max, method.config.alpha_max) == tuple(s["search_scale"])
+    assert (method.config.beta_steps, method.config.alpha_steps) == tuple(s["search_step"])
+    assert (method.config.init_alpha, method.config.init_beta) == (s["init_alpha"], s["init_beta"])
+    close(method.weights, fix["text_features"], what="zero-shot classifier")
+    close(method.cache_keys, fix["cache_keys"], what="cache keys")
+    assert torch.equal(method.cache_values, fix["cache_values"])
+    method.fit(ctx)
+    assert (method.alpha, method.beta) == pytest.approx((fix["alpha"], fix["beta"]))
+
+
+@pytest.mark.xfail(strict=True, reason="the reference hard-codes 100 for CLIP's logit scale (Tip-Adapter main.py, "
+                                       "utils.py: '100. * features @ clip_weights'); vlprompt uses the model's "
+                                       "exp(logit_scale), 100.03 for ln 100 stored in fp16 as in OpenAI's weights")
+def test_tip_adapter_logits(backbone, inputs):
+    fix = fixture("tip_adapter")
+    method = build("tip_adapter", tip_context(backbone, fix, inputs))
+    close(method.logits(backbone.model.encode_image(inputs["val_images"]), fix["alpha"], fix["beta"]), fix["logits"],
+          what="Tip-Adapter logits")
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 item 4 (AdamW eps 1e-4 in the reference) and the hard-coded "
+                                       "logit scale 100 (see test_tip_adapter_logits)")
+def test_tip_adapter_f(backbone, inputs, tmp_path):
+    fix = fixture("tip_adapter")
+    ctx = tip_context(backbone, fix, inputs)
+    method = build("tip_adapter_f", ctx)
+    assert method.config.lr == fix["settings"]["lr"]
+    features = backbone.model.encode_image(inputs["views"][2])  # the fine-tuning batch: a third view
+    close(method.loss(features, inputs["labels"])[0], fix["f_loss"]["ce"], what="Tip-Adapter-F loss")
+    feature_step(method, ctx, features, inputs["labels"], tmp_path)
+    close(method.cache_keys, fix["f_after"]["cache_keys"], what="cache keys after one AdamW step")
+
+
+# ---------------------------------------------------------------- linear probe (CoOp's lpclip)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 item 5: lpclip fits scikit-learn's LogisticRegression with a C "
+                                       "search; vlprompt's probe is an L-BFGS fit over an L2 grid")
+def test_linear_probe(backbone):
+    """lpclip's 16-shot run on a fixed feature set (all of its 16 train and 4 val features per class, of the tiny
+    CLIP's width): the same predictions on the test features."""
+    fix = fixture("linear_probe")
+    n_cls = int(fix["train_labels"].max()) + 1
+    ctx = MethodContext(backbone=backbone, encoder=None, classnames=[f"class_{i}" for i in range(n_cls)],
+                        template="{}", device=torch.device("cpu"), train_features=fix["train_features"][None],
+                        train_labels=fix["train_labels"], val_features=fix["val_features"],
+                        val_labels=fix["val_labels"])
+    method = build("linear_probe", ctx)
+    method.fit(ctx)
+    with torch.no_grad():
+        pred = method(fix["test_features"]).argmax(-1)
+    assert torch.equal(pred, fix["test_pred"].long())
+    assert 100 * (pred == fix["test_labels"]).float().mean().item() == pytest.approx(fix["test_acc"])
+
+
+# ------------------------------------------------------- image encoder in the loop: IVLP, VPT, MaPLe, PromptSRC
+
+DEEP = {"ivlp": ("ivlp", {"n_ctx_vision": 2, "n_ctx_text": 2, "depth_vision": 2, "depth_text": 2}),
+        "vpt": ("vpt_deep", {"n_ctx_vision": 4, "depth_vision": 2, "template": "a photo of a {}."}),
+        "maple": ("maple", {"n_ctx": 2, "depth": 2}),
+        "promptsrc": ("promptsrc", {"n_ctx_vision": 4, "n_ctx_text": 4, "depth_vision": 2, "depth_text": 2})}
+
+
+@pytest.mark.parametrize("name", sorted(DEEP))
+def test_deep_prompts(backbone, inputs, name):
+    fix = fixture(name)
+    method_name, overrides = DEEP[name]
+    method = build(method_name, context(backbone, fix), **overrides)
+    if "prompt_learner.ctx" in fix["init"]:  # deterministic: the first tokens of "a photo of a"
+        close(method.prompt_learner.ctx, fix["init"]["prompt_learner.ctx"], what="text context init")
+    load_init(method, fix)
+    images, labels = inputs["images"], fix["labels"]
+    close(method.image_features(images), fix["image_features"], what="prompted image features")
+    close(method.text_features(), fix["text_features"], what="prompted text features")
+    close(method(images), fix["logits"], what="logits")
+    loss, parts = method.loss(images, labels)
+    for term, value in fix["loss"].items():
+        # PromptSRC's KL term (0.06 here) is a sum of products of nearly equal log-probabilities: fp32 rounding of
+        # the logits (about 100 · 1e-7) moves it by about 1e-6, so its tolerance is relative to the CE term's scale
+        rtol = RTOL * fix["loss"]["ce"] / value if term == "logits" else RTOL
+        close(loss if term == "total" else parts[term], value, rtol, what=f"loss term {term}")
+    assert lr_at(method.config, 0) == pytest.approx(fix["lr"])
+    image_step(method, images, labels)
+    # PromptSRC's gradient (L1 terms weighted 25 and 10, KL) has an fp32 noise floor of about 1e-5: measured, the
+    # fp32 gradient differs from an fp64 one by 9e-6 (vlprompt) and 1.2e-5 (the reference) relative
+    check_step(method, fix, grad_rtol=5e-5 if name == "promptsrc" else RTOL)
+
+
+def test_promptsrc_teacher_and_aggregation(backbone):
+    from vlprompt.methods.promptsrc import gaussian_weights
+
+    fix = fixture("promptsrc")
+    method = build("promptsrc", context(backbone, fix), **DEEP["promptsrc"][1])
+    close(method.teacher_text(), fix["teacher_text"], what="frozen text features averaged over 60 templates")
+    cfg = method.config
+    close(torch.tensor(gaussian_weights(cfg.epochs, cfg.gpa_mean, cfg.gpa_std)), fix["gpa_weights"],
+          what="Gaussian prompt aggregation weights")
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 item 3: VPT's text side is 'a photo of a {}.' for every dataset "
+                                       "in the reference; vlprompt uses the dataset template")
+def test_vpt_default_template(backbone):
+    fix = fixture("vpt")
+    overrides = {k: v for k, v in DEEP["vpt"][1].items() if k != "template"}
+    method = build("vpt_deep", context(backbone, fix), **overrides)
+    close(method.text_features(), fix["text_features"], what="fixed text classifier")
