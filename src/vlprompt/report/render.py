@@ -220,9 +220,9 @@ def _stats_section(st: pd.DataFrame, summary: pd.DataFrame, scfg: dict, stats_cs
             "pratt": "zero differences ranked with the others, then dropped (Pratt's method)",
             "zsplit": "the ranks of zero differences split between the two signs"}[scfg["zero_method"]]
     s.subtitle("Pre-registered comparisons")
-    s.text(f"The family, fixed in the config's `stats` block before the results: {metrics}; every method "
-           + (f"of {', '.join(scfg['methods'])} " if scfg["methods"] else "")
-           + f"against {', '.join(scfg['reference_methods'])}. Datasets are the unit of replication: each "
+    s.text(f"The family, pre-registered in the config's `stats` block: {metrics}; "
+           + (", ".join(scfg["methods"]) if scfg["methods"] else "every method")
+           + f" against {' and '.join(scfg['reference_methods'])}. Datasets are the unit of replication: each "
            f"comparison pairs seed-averaged scores over datasets (for HM, each dataset's HM). Exact two-sided "
            f"Wilcoxon signed-rank test on the differences method − reference rounded to {scfg['resolution']:g} "
            f"points, {zero}; {scfg['correction'].capitalize()}'s correction (alpha = {scfg['alpha']:g}) over the "

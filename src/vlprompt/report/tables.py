@@ -113,8 +113,10 @@ def paper_table(summary: pd.DataFrame, shots=None, level: float = 0.95, datasets
     return table
 
 
-def _chunks(groups: list[tuple[str, list[str]]], limit: int = MAX_COLUMNS) -> list[list[tuple[str, list[str]]]]:
-    """Whole groups per table, at most ``limit`` value columns each (a larger group gets a table of its own)."""
+def _chunks(groups: list[tuple[str, list[str]]], limit: int | None = None) -> list[list[tuple[str, list[str]]]]:
+    """Whole groups per table, at most ``limit`` (``MAX_COLUMNS``) value columns each (a larger group gets a
+    table of its own)."""
+    limit = limit or MAX_COLUMNS
     chunks, current, width = [], [], 0
     for g in groups:
         if current and width + len(g[1]) > limit:
