@@ -198,6 +198,8 @@ def per_dataset(summary: pd.DataFrame, cells: pd.DataFrame, metric: str, path: P
                 ax.scatter(g.value, [y[method]] * len(g), s=10, color="black", alpha=0.5, lw=0, zorder=3)
             ax.scatter([mean], [y[method]], s=36, color=colours[method], marker="s" if method in single else "o",
                        zorder=4, edgecolor="white", lw=0.5)
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(max(lo, 0.0), min(hi, 100.0))  # an interval may reach past what an accuracy can be
         ax.set_yticks(range(len(methods)), labels=methods)
         ax.set_ylim(len(methods) - 0.5, -0.5)
         ax.set_title(name, fontweight="bold" if name == average else "normal")

@@ -43,8 +43,9 @@ def _metrics(summary: pd.DataFrame) -> list[str]:
 
 
 def _families(methods) -> dict[str, str]:
-    from vlprompt.methods import registry
+    from vlprompt.methods import list_methods, registry
 
+    list_methods()  # imports every method module, so that the registry is complete
     return {m: registry[m].family if m in registry else "" for m in methods}
 
 

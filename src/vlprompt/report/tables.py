@@ -134,6 +134,14 @@ def _tooltip(table: PaperTable, key) -> str:
     return f"mean of {runs} runs; {table.level:.0%} t-interval [{table.low[key]:.2f}, {table.high[key]:.2f}]"
 
 
+def _cell_text(table: PaperTable, key) -> tuple[str, str] | None:
+    """(mean, half-width of the interval, "" without one) at two decimals; None for an empty cell."""
+    if key not in table.mean:
+        return None
+    half = "" if math.isnan(table.low[key]) else f"{(table.high[key] - table.low[key]) / 2:.2f}"
+    return f"{table.mean[key]:.2f}", half
+
+
 def to_html(table: PaperTable, families: dict[str, str] | None = None) -> str:
     """The table as HTML: grouped header, best value per column in bold, the interval's half-width below the
     mean (blank for a single run), the interval in the cell's tooltip; a family's first row has a rule above."""
@@ -157,12 +165,12 @@ def to_html(table: PaperTable, families: dict[str, str] | None = None) -> str:
             for g, cols in chunk:
                 for c in cols:
                     key = (m, g, c)
-                    if key not in table.mean:
+                    text = _cell_text(table, key)
+                    if text is None:
                         cells.append("<td class='na'>—</td>")
                         continue
-                    value = f"{table.mean[key]:.2f}"
-                    value = f"<strong>{value}</strong>" if key in best else value
-                    half = "" if math.isnan(table.low[key]) else f"±{(table.high[key] - table.low[key]) / 2:.2f}"
+                    value = f"<strong>{text[0]}</strong>" if key in best else text[0]
+                    half = f"±{text[1]}" if text[1] else ""
                     cells.append(f"<td title='{html.escape(_tooltip(table, key))}'>{value}<small>{half}</small></td>")
             body.append(f"<tr{css}>" + "".join(cells) + "</tr>")
         out.append(f"<div class='scroll'><table class='table paper'><thead>{head}</thead><tbody>{''.join(body)}"
@@ -176,21 +184,18 @@ def to_markdown(table: PaperTable) -> str:
     out = []
     for chunk in _chunks(table.groups):
         cols = [(g, c) for g, cs in chunk for c in cs]
-        header = ["Method"] + [g if len(cs) == 1 and c in (NAMES["all_acc"],) else f"{g} {c}"
+        header = ["Method"] + [g if len(cs) == 1 and c == NAMES["all_acc"] else f"{g} {c}"
                                for g, cs in chunk for c in cs]
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["--:"] * len(cols)) + "|"]
         for m in table.methods:
             row = [m]
             for g, c in cols:
-                key = (m, g, c)
-                if key not in table.mean:
+                text = _cell_text(table, (m, g, c))
+                if text is None:
                     row.append("—")
                     continue
-                value = f"{table.mean[key]:.2f}"
-                value = f"**{value}**" if key in best else value
-                if not math.isnan(table.low[key]):
-                    value += f" ± {(table.high[key] - table.low[key]) / 2:.2f}"
-                row.append(value)
+                value = f"**{text[0]}**" if (m, g, c) in best else text[0]
+                row.append(f"{value} ± {text[1]}" if text[1] else value)
             lines.append("| " + " | ".join(row) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
