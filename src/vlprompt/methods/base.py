@@ -12,6 +12,9 @@ from torch import nn
 from vlprompt.backbone import Backbone, PromptedTextEncoder
 
 registry: dict[str, type[Method]] = {}
+# Method families in the order the report lists them (zero-shot first, as the papers' tables do). A method
+# inherits its parent's ``family``; a family not listed here comes after these, and so does a method without one.
+FAMILIES = ("zero-shot", "linear probe", "adapter", "text prompt", "deep prompt")
 
 
 class MethodError(ValueError):
@@ -77,6 +80,7 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    family: ClassVar[str] = ""  # one of FAMILIES (inherited by subclasses); orders the report's tables
     Config: ClassVar[type] = TrainConfig
     needs_training: ClassVar[bool] = True
     supports_new_classes: ClassVar[bool] = True

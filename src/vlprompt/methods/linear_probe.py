@@ -44,6 +44,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_cls: int, l2: float, max_it
 @register
 class LinearProbe(Method):
     name = "linear_probe"
+    family = "linear probe"
     paper = "Radford et al., ICML 2021 (linear-probe CLIP); CoOp's baseline (Zhou et al., IJCV 2022)"
     description = "logistic regression on frozen image features, L2 strength chosen on validation"
     Config = LinearProbeConfig
