@@ -99,8 +99,8 @@ def test_pattern_prompts_with_word_slots_equal_the_written_prompt(pocket_random_
     q = PatternPrompts(PromptedTextEncoder(b.model), b.tokenizer, ["red circle", "orange"], "{before} {} {after}.",
                        {"before": 1, "after": 1}, {"before": "a", "after": "texture"})
     assert q.pos_after.tolist() == [[4], [3]]
-    torch.testing.assert_close(F.normalize(q(), dim=-1), encode_prompts(b, ["a red circle texture.", "a orange texture."]),
-                               atol=1e-5, rtol=1e-5)
+    written = ["a red circle texture.", "a orange texture."]
+    torch.testing.assert_close(F.normalize(q(), dim=-1), encode_prompts(b, written), atol=1e-5, rtol=1e-5)
 
 
 def test_pattern_prompts_reject_bad_patterns(pocket_random_backbone):
@@ -423,7 +423,8 @@ def test_kapt_mixes_the_discrete_and_continuous_classifiers(ctx):
     loss, _ = m.loss(x, ctx.train_labels[:5])
     assert loss.item() == pytest.approx(hand_ce(expected, ctx.train_labels[:5]).item(), rel=1e-4)
     m.set_classes(NEW)
-    assert m.discrete_texts == ["a photo of a cyan cross, cyan, cross.", "a photo of a orange diamond, orange, diamond."]
+    assert m.discrete_texts == ["a photo of a cyan cross, cyan, cross.",
+                                "a photo of a orange diamond, orange, diamond."]
     assert {"prompt_learner.ctx", "head.up.weight"} <= set(m.trainable_state())
 
 
