@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from test_methods import context as methods_context
 from vlprompt.backbone import PromptedTextEncoder, encode_prompts
 from vlprompt.data import descriptions as store
 from vlprompt.methods import MethodContext, MethodError, get_method, list_methods
@@ -29,18 +30,9 @@ FAST = {"epochs": 6, "batch_size": 8, "lr": 0.02, "warmup_epochs": 0}
 FIXTURES = json.loads((Path(__file__).parent / "data" / "wave2_reference_fixtures.json").read_text())
 
 
-def context(backbone, names=NAMES, views=2, per_class=6, seed=0, **extra):
-    """Random features with class structure (a random centre per class plus noise), in V views."""
-    gen = torch.Generator().manual_seed(seed)
-    dim = backbone.embed_dim
-    centres = torch.randn(len(names), dim, generator=gen) * 2
-    y = torch.arange(len(names)).repeat_interleave(per_class)
-    train = centres[y] + 0.5 * torch.randn(views, len(y), dim, generator=gen)
-    val_y = torch.arange(len(names)).repeat(2)
-    val = centres[val_y] + 0.5 * torch.randn(len(val_y), dim, generator=gen)
-    return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=list(names),
-                         template="a photo of a {}.", device=torch.device("cpu"), train_features=train,
-                         train_labels=y, val_features=val, val_labels=val_y, seed=seed, dataset="pocket_dark", **extra)
+def context(backbone, names=NAMES, **extra):
+    """test_methods' random class-structured features, for four pocket classes of the dataset pocket_dark."""
+    return methods_context(backbone, names, **{"dataset": "pocket_dark", **extra})
 
 
 def build(name, ctx, **overrides):
