@@ -62,6 +62,12 @@ class MethodContext:
     val_labels: torch.Tensor | None = None
     seed: int = 0
     dataset: str | None = None  # the dataset's registry name (per-dataset prompt ensembles); None if unknown
+    # Class descriptions (class name -> sentences, CuPL's format) for MSGCoOp, KAPT, ...; None: the description
+    # store's file for ``dataset`` (vlprompt.data.descriptions), read when a method asks for it.
+    descriptions: dict[str, list[str]] | None = None
+    # Names of classes that the protocol lets a method see as text only during training (OGEN's unknown
+    # classes); None: none (the default: the training loop gives the training classes' names only).
+    unseen_classnames: list[str] | None = None
 
     @property
     def logit_scale(self) -> float:
