@@ -92,6 +92,7 @@ def text_to_text_loss(expert_text: torch.Tensor, prototypes: torch.Tensor) -> to
 @register
 class MoCoOp(Method):
     name = "mocoop"
+    family = "text prompt"
     paper = "Du et al., Mixture of Prompt Learning for Vision Language Models, arXiv 2409.12011"
     description = "mixture of soft prompts, routed per image (top-2) by hard-prompt prototypes, text-to-text loss"
     Config = MoCoOpConfig
