@@ -1,6 +1,7 @@
 """End-to-end: the whole Snakemake DAG on a reduced pocket config in a temporary directory."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,36 @@ def test_bad_config_fails_at_once_naming_the_key(tmp_path):
     proc = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "-n"], capture_output=True, text=True, env=ENV)
     assert proc.returncode != 0
     assert "sheds" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_a_new_shots_setting_adds_jobs_and_reruns_nothing(workdir, tmp_path):
+    """Another shots grid in the same folder: only the new subsets, their features and their training runs
+    are planned; the new subsets' features are copied from the banks that already hold their images (the
+    16-shot subset here holds every training image); nothing done before is rewritten."""
+    import json
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(workdir, work, symlinks=True)
+    cfg = reduced_config(shots=[2, 4, 16])
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    before = {p: p.stat().st_mtime_ns for p in (work / "results").rglob("*") if p.is_file() and "logs" not in p.parts}
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(work), "-n", "--quiet", "rules"], capture_output=True, text=True,
+                          env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", text[text.index("Job stats:"):], re.M))
+    # 2 datasets x 2 seeds new subsets; linear_probe and coop x 2 datasets at 4 shots
+    assert jobs == {"sample_fewshot": "4", "extract_fewshot": "4", "train_group": "4", "aggregate": "1",
+                    "report": "1", "all": "1", "total": "15"}, jobs
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(work), "--cores", "2"], capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for sidecar in (work / "results" / "features").rglob("shot4_seed*.train.json"):
+        meta = json.loads(sidecar.read_text())
+        assert meta["copied_rows"] == len(meta["rows"]) > 0, sidecar  # not one image encoded again
+    tables = {work / "results" / "e2e" / name for name in ("summary.csv", "stats.csv", "metrics.json", "config.json")}
+    changed = [p for p, t in before.items() if p not in tables and (not p.exists() or p.stat().st_mtime_ns != t)]
+    assert changed == [], changed
+    summary = pd.read_csv(work / "results" / "e2e" / "summary.csv")
+    assert sorted(summary.shots.unique()) == [2, 4, 16]

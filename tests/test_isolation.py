@@ -274,12 +274,21 @@ def test_a_second_experiment_needing_the_same_new_files_stops_at_once_naming_the
         deadline = time.monotonic() + 120
         while not list((work / ".snakemake" / "vlprompt-runs").glob("*.json")) and time.monotonic() < deadline:
             time.sleep(0.2)
-        start = time.monotonic()
-        second = snakemake(work, "--cores", "1", "--configfile", str(second_cfg), check=False)
-        took = time.monotonic() - start
-        assert second.returncode != 0
-        assert "experiment 'first'" in second.stderr and "cannot be locked" in second.stdout + second.stderr
-        assert took < 60 and not (work / "results" / "second" / "runs").exists()
+        # as plain snakemake and as `make run` would (stale-lock removal leaves a live run's lock alone, then
+        # snakemake --rerun-incomplete): Snakemake refuses the first's lock or its files being written
+        unlock = subprocess.run([sys.executable, "-m", "vlprompt", "unlock-stale"], cwd=work, env=ENV,
+                                capture_output=True, text=True)
+        assert "removed" not in unlock.stdout and "experiment 'first'" in unlock.stdout, unlock.stdout
+        for extra in ([], ["--rerun-incomplete"]):
+            start = time.monotonic()
+            second = snakemake(work, "--cores", "1", "--configfile", str(second_cfg), *extra, check=False)
+            took = time.monotonic() - start
+            assert second.returncode != 0, extra
+            assert "another Snakemake run works in this folder: experiment 'first'" in second.stderr, extra
+            said = second.stdout + second.stderr  # which of Snakemake's refusals comes first depends on timing
+            assert "cannot be locked" in said or "Incomplete files" in said, (extra, said[-2000:])
+            assert took < 60 and not (work / "results" / "second" / "runs").exists(), extra
+        assert first.poll() is None  # the first goes on
     finally:
         first.kill()
         first.wait()

@@ -15,7 +15,7 @@ FEWSHOT_STEM = grid.FEWSHOT_FEATURES.format(
 
 rule extract_test:
     input:
-        split_file_of,
+        lambda wildcards: grid.split_file(CFG, DATASET_OF[wildcards.dkey]),
     output:
         multiext(f"{FEATURES_DIR}/test", ".npy", ".json"),
     params:
@@ -32,7 +32,7 @@ rule extract_test:
 
 rule extract_fewshot:
     input:
-        split=split_file_of,
+        split=lambda wildcards: grid.split_file(CFG, DATASET_OF[wildcards.dkey]),
         fewshot=rules.sample_fewshot.output,
     output:
         multiext(FEWSHOT_STEM, ".train.npy", ".train.json", ".val.npy", ".val.json"),
