@@ -39,6 +39,7 @@ class IVLPConfig(VPTDeepConfig):
     n_ctx_text: int = 2
     depth_text: int = 12  # text blocks with their own context, capped; 0: the hand-crafted prompt
     ctx_init: str | None = "a photo of a"  # the first n_ctx_text tokens initialise the context
+    template: str | None = None  # hand-crafted prompt at depth_text 0: the dataset's (CoOp's)
 
 
 def split_ctx_init(tokenizer, ctx_init: str | None, n_ctx: int) -> tuple[str | None, str]:

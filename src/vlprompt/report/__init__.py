@@ -259,6 +259,26 @@ def _versions() -> dict[str, str]:
     return {"git commit": info["git_commit"], **versions}
 
 
+def _overrides(s: Section, cfg: dict) -> None:
+    """The hyperparameter overrides in force (config ``method_overrides``), per method and scope."""
+    from vlprompt.config import method_settings, override_rows
+
+    rows = override_rows(cfg)
+    if not rows:
+        s.text("Every method ran with its preset hyperparameters (no `method_overrides`).")
+        return
+    s.text("Hyperparameters overriding the methods' presets (`method_overrides`); for a run, later rows of its "
+           "method take precedence (every run < shots < dataset < dataset and shots). Each run's complete "
+           "hyperparameters are in its metrics.json.")
+    s.table(pd.DataFrame({"method": [r[0] for r in rows], "applies to": [r[1] for r in rows],
+                          "hyperparameters": [json.dumps(r[2]) for r in rows]}))
+    on_test = sorted({f"{m} on {d}" for m in cfg.get("methods", []) for d in cfg.get("datasets", [])
+                      for k in cfg.get("shots", []) if method_settings(cfg, m, d, k).get("search_split") == "test"})
+    if on_test:
+        s.note(f"{', '.join(on_test)}: hyperparameters chosen on the test set, as the reference does "
+               "(Tip-Adapter's main_imagenet.py); these accuracies are optimistic.")
+
+
 def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict) -> None:
     """Write ``out_dir/report.md``, ``out_dir/index.html``, ``out_dir/figures/*.png`` and ``out_dir/cells.csv``
     from the experiment's ``summary.csv`` and ``stats.csv``."""
@@ -355,6 +375,7 @@ def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict) -> None
             if "config_hash" in summary else "unknown",
             **{f"stats.{k}": json.dumps(v) for k, v in sorted(scfg.items())}, **_versions()}
     s.table(pd.DataFrame({"item": list(prov), "value": list(prov.values())}))
+    _overrides(s, cfg)
     sections.append(s)
 
     atomic_write_text(out / "report.md", to_markdown(title, intro, sections))

@@ -1,0 +1,85 @@
+"""Issue 13, item 3: each method's hand-crafted templates are part of its preset, from the reference's own
+table (data/method_templates.json, with its source): ProGrad's for its teacher and context, KgCoOp's DTD
+anchor, VPT's "a photo of a {}." on every dataset, Tip-Adapter's 7 ImageNet templates."""
+
+import torch
+
+from vlprompt.backbone import PromptedTextEncoder, encode_prompts
+from vlprompt.data.registry import get_dataset, list_datasets
+from vlprompt.methods import MethodContext, get_method
+
+
+def context(backbone, names, dataset):
+    return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=list(names),
+                         template=get_dataset(dataset).template, device=torch.device("cpu"), seed=0, dataset=dataset)
+
+
+def build(name, ctx, **overrides):
+    cls = get_method(name)
+    return cls(cls.make_config(overrides), ctx)
+
+
+def test_tables_name_their_source_and_known_datasets():
+    from vlprompt.prompting import method_templates, template_tables
+
+    coop_names = {get_dataset(d).coop_name for d in list_datasets("real")}
+    for name, table in template_tables().items():
+        assert "@" in table["_source"] and ".py" in table["_source"], name  # repository@commit, file
+        assert set(table) - {"_source", "*"} <= coop_names, name
+    assert method_templates("kgcoop", "pocket_noisy", "a noisy photo of a {}.") == ["a noisy photo of a {}."]
+    assert method_templates(None, "DTD", "{} texture.") == ["{} texture."]
+    assert method_templates("a {} here.", "DTD", "{} texture.") == ["a {} here."]
+
+
+def test_kgcoop_anchor_on_dtd_is_its_own_template(pocket_random_backbone):
+    m = build("kgcoop", context(pocket_random_backbone, ["banded", "woven"], "DTD"))
+    expected = encode_prompts(pocket_random_backbone, ["a photo of a banded, a type of texture.",
+                                                       "a photo of a woven, a type of texture."])
+    torch.testing.assert_close(m.anchors, expected)
+
+
+def test_vpt_text_side_is_a_photo_of_a_on_every_dataset(pocket_random_backbone):
+    for dataset in ("DTD", "EuroSAT", "pocket_noisy"):
+        m = build("vpt_deep", context(pocket_random_backbone, ["banded"], dataset), depth_vision=1)
+        torch.testing.assert_close(m.fixed_text, encode_prompts(pocket_random_backbone, ["a photo of a banded."]))
+    zero_shot_like = build("vpt_deep", context(pocket_random_backbone, ["banded"], "DTD"), template=None)
+    torch.testing.assert_close(zero_shot_like.fixed_text, encode_prompts(pocket_random_backbone, ["banded texture."]))
+
+
+def test_prograd_teacher_and_context_follow_its_table(pocket_random_backbone):
+    """OxfordPets: "a type of pet, a photo of a {}." — 8 words, 9 tokens (the comma); the reference's context is
+    n_ctx − 8 zeros and the first 8 tokens, the 9th ("a") stays fixed text before the class name."""
+    bb = pocket_random_backbone
+    m = build("prograd", context(bb, ["pug"], "OxfordPets"), n_ctx=10)
+    torch.testing.assert_close(m.teacher_weights, encode_prompts(bb, ["a type of pet, a photo of a pug."]))
+    pl = m.prompt_learner
+    words = bb.tokenizer(["a type of pet, a photo of a"])
+    with torch.no_grad():
+        emb = pl.encoder.embed(words)[0, 1:9]
+    assert (pl.ctx[:2] == 0).all()
+    torch.testing.assert_close(pl.ctx[2:], emb)
+    assert torch.equal(pl.tokens, bb.tokenizer(["X X a type of pet, a photo of a pug."]))
+    assert torch.equal(pl.tokens[0, 11:13], bb.tokenizer(["a pug"])[0, 1:3])  # the fixed "a", then the class
+    m.set_classes(["beagle"])  # new classes keep the structure
+    assert torch.equal(pl.tokens, bb.tokenizer(["X X a type of pet, a photo of a beagle."]))
+
+
+def test_prograd_on_a_dataset_without_a_table_entry_uses_its_template(pocket_random_backbone):
+    bb = pocket_random_backbone
+    m = build("prograd", context(bb, ["red circle"], "pocket_noisy"), n_ctx=8)
+    torch.testing.assert_close(m.teacher_weights, encode_prompts(bb, ["a noisy photo of a red circle."]))
+    assert (m.prompt_learner.ctx[:3] == 0).all() and (m.prompt_learner.ctx[3:].abs().sum(-1) > 0).all()
+
+
+def test_tip_adapter_uses_the_seven_imagenet_templates(pocket_random_backbone):
+    from vlprompt.methods.zeroshot_ensemble import ensemble_weights, template_sets
+
+    bb = pocket_random_backbone
+    names = ["tench", "goldfish"]
+    seven = template_sets()["ImageNet7"]  # CLIP's notebook's selection, as Tip-Adapter's datasets/imagenet.py
+    assert len(seven) == 7
+    m = build("tip_adapter", context(bb, names, "ImageNet"))
+    torch.testing.assert_close(m.weights, ensemble_weights(bb, names, seven))
+    assert not torch.allclose(m.weights, encode_prompts(bb, ["a photo of a tench.", "a photo of a goldfish."]))
+    pets = build("tip_adapter", context(bb, ["pug"], "OxfordPets"))
+    torch.testing.assert_close(pets.weights, encode_prompts(bb, ["a photo of a pug, a type of pet."]))
