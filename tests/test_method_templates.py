@@ -39,9 +39,12 @@ def test_kgcoop_anchor_on_dtd_is_its_own_template(pocket_random_backbone):
 
 
 def test_vpt_text_side_is_a_photo_of_a_on_every_dataset(pocket_random_backbone):
-    for dataset in ("DTD", "EuroSAT", "pocket_noisy"):
+    for dataset in ("DTD", "EuroSAT", "ImageNetR"):
         m = build("vpt_deep", context(pocket_random_backbone, ["banded"], dataset), depth_vision=1)
         torch.testing.assert_close(m.fixed_text, encode_prompts(pocket_random_backbone, ["a photo of a banded."]))
+    pocket = build("vpt_deep", context(pocket_random_backbone, ["banded"], "pocket_noisy"), depth_vision=1)
+    expected = encode_prompts(pocket_random_backbone, ["a noisy photo of a banded."])  # no reference: its own
+    torch.testing.assert_close(pocket.fixed_text, expected)
     zero_shot_like = build("vpt_deep", context(pocket_random_backbone, ["banded"], "DTD"), template=None)
     torch.testing.assert_close(zero_shot_like.fixed_text, encode_prompts(pocket_random_backbone, ["banded texture."]))
 
@@ -83,3 +86,39 @@ def test_tip_adapter_uses_the_seven_imagenet_templates(pocket_random_backbone):
     assert not torch.allclose(m.weights, encode_prompts(bb, ["a photo of a tench.", "a photo of a goldfish."]))
     pets = build("tip_adapter", context(bb, ["pug"], "OxfordPets"))
     torch.testing.assert_close(pets.weights, encode_prompts(bb, ["a photo of a pug, a type of pet."]))
+
+
+def test_transfer_evaluation_uses_the_targets_templates(tmp_path, monkeypatch):
+    """Evaluated on another dataset, a model's hand-crafted prompts are the target's (the references build
+    the model for the target dataset): zero-shot CLIP trained on pocket_photo, evaluated on pocket_noisy,
+    writes "a noisy photo of a ...", not pocket_photo's "a photo of a ..."."""
+    import json
+
+    import yaml
+
+    import vlprompt.train as train
+    from vlprompt import grid
+    from vlprompt.cli import main as cli
+    from vlprompt.config import validate
+
+    cfg = yaml.safe_load(open("config/pocket_crossdataset.yaml"))
+    cfg.update(experiment="xd", data_root=str(tmp_path / "data"), results_root=str(tmp_path / "results"),
+               reports_root=str(tmp_path / "reports"), targets=["pocket_noisy"], shots=[2], seeds=[1],
+               methods=["zeroshot"], method_overrides={})
+    cfg["pocket"] = {"per_class": {"train": 2, "val": 2, "test": 1}}
+    cfg = validate(cfg)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    for dataset in ("pocket_photo", "pocket_noisy"):
+        for cmd in ("prepare", "split", "extract"):
+            assert cli([cmd, "--config", str(path), "--dataset", dataset, "--quiet"]) == 0
+    run = grid.Run("pocket_photo", "zeroshot", 0, 0).dir(cfg)
+    assert cli(["train", "--config", str(path), "--dataset", "pocket_photo", "--method", "zeroshot", "--shots", "0",
+                "--seed", "0", "--out", str(run), "--quiet"]) == 0
+    backbone = train._cached_backbone(cfg, torch.device("cpu"))
+    seen: list[str] = []
+    tokenize = backbone.tokenizer
+    monkeypatch.setattr(backbone, "tokenizer", lambda texts, *a, **k: seen.extend(texts) or tokenize(texts, *a, **k))
+    backbone.prompt_cache.clear()
+    train.evaluate_transfer(cfg, "pocket_photo", "zeroshot", 0, 0, "pocket_noisy", tmp_path / "noisy.json")
+    assert seen and all(t.startswith("a noisy photo of a ") for t in seen)

@@ -62,8 +62,8 @@ def method_templates(spec: str | None, dataset: str | None, default: str) -> lis
 
     - ``None`` or ``"coop"``: the dataset's hand-crafted template ``default`` (CoOp's table);
     - a template with ``{}``: that template, on every dataset;
-    - a table name of ``data/method_templates.json``: the table's entry for the dataset's CoOp name (or its
-      ``"*"`` entry); a dataset the table does not list (the pocket datasets) uses ``default``.
+    - a table name of ``data/method_templates.json``: the table's entry for the dataset's CoOp name, or its
+      ``"*"`` entry (every real dataset); a pocket dataset, which no reference knows, uses ``default``.
     """
     if spec is None or spec == "coop":
         return [default]
@@ -78,8 +78,8 @@ def method_templates(spec: str | None, dataset: str | None, default: str) -> lis
     if dataset is not None:
         from vlprompt.data.registry import get_dataset
 
-        key = get_dataset(dataset).coop_name
-    value = table.get(key, table.get("*", default)) if key else table.get("*", default)
+        key = get_dataset(dataset).coop_name  # None for a pocket dataset
+    value = table.get(key, table.get("*", default)) if key else default
     return [value] if isinstance(value, str) else list(value)
 
 

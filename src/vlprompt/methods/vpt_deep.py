@@ -13,8 +13,9 @@ With J = depth (capped at the tower's blocks) and n tokens per block, P_j ∈ R^
 Only the P_j train. Preset: configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml (8 tokens, depth 12,
 SGD lr 0.0025, batch 4, 5 epochs, constant warm-up 1e-5 for one epoch). The text prompt is the reference's,
 "a photo of a {}." for every dataset (trainers/vpt.py ``FixedEmbeddings``; ``template="vpt"``, the table in
-data/method_templates.json); ``template=None`` takes the dataset's hand-crafted template instead (CoOp's, the
-zero-shot baseline's), with which depth 0 is exactly zero-shot CLIP. IVLP, MaPLe and PromptSRC keep the
+data/method_templates.json; the pocket datasets, unknown to the reference, keep their own);
+``template=None`` takes the dataset's hand-crafted template instead (CoOp's, the zero-shot baseline's),
+with which depth 0 is exactly zero-shot CLIP. IVLP, MaPLe and PromptSRC keep the
 dataset's template (used at depth 0 and by PromptSRC's ``teacher_templates="dataset"``).
 
 This module also holds what every encoder-in-the-loop prompt method shares (IVLP, MaPLe and PromptSRC
