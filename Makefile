@@ -1,6 +1,10 @@
 # Two commands a user needs: `make run` (the default pipeline) and `make test` (the test suite).
 # Both create .venv and install the project on first use, and reinstall when pyproject.toml changes.
-PYTHON ?= python3
+# The interpreter: PYTHON if given, else the newest of python3.13, python3.12, python3.11 and python3 that is
+# a version the pinned dependencies ship wheels for (pyproject.toml's requires-python; checked by
+# scripts/check_python_versions.py).
+SUPPORTED := 3.11 3.12 3.13
+PYTHON ?= $(shell sh scripts/find_python.sh $(SUPPORTED))
 VENV   := .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
@@ -8,27 +12,41 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # the rules call `python -m vlprompt`: make the project's environment the one on PATH
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test lint system-deps clean-results pull
+.PHONY: install run test lint system-deps clean-results pull examples
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if [ ! -x $(BIN)/python ]; then \
+	  if [ -z "$(PYTHON)" ]; then echo "make: no Python $(SUPPORTED) found (python3.13, python3.12, python3.11, python3); install one or pass PYTHON=/path/to/python" >&2; exit 1; fi; \
+	  echo "make: creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"; \
+	  $(PYTHON) -m venv $(VENV); fi
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
 
-## run the default pipeline (the pocket benchmark) end to end
+## run the default pipeline (the pocket benchmark) end to end; after an interrupted run (Ctrl-C, a killed
+## snakemake, a power loss) the same command clears the stale lock and re-runs the unfinished jobs
 run: install
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/python -m vlprompt unlock-stale
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
 
 ## run the test suite (unit tests and end-to-end DAG runs on reduced pocket configs)
 test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/snakemake --lint
+
+## refresh the example reports (reports/examples/<experiment>/) from reports/<experiment>/ of the experiments
+## run here: make examples EXPERIMENTS="pocket pocket_deep_prompts"
+EXPERIMENTS ?= pocket
+examples:
+	@for e in $(EXPERIMENTS); do \
+	  test -f reports/$$e/index.html || { echo "examples: reports/$$e/ does not exist; run its experiment first" >&2; exit 1; }; \
+	  rm -rf reports/examples/$$e && mkdir -p reports/examples && cp -r reports/$$e reports/examples/$$e && \
+	  echo "examples: reports/examples/$$e/ refreshed"; done
 
 ## optional system packages for the browser-rendered report test and the local SLURM cluster test
 ## (Debian/Ubuntu, as root); without them those tests are skipped with the reason

@@ -1,27 +1,62 @@
 # vlprompt: benchmark -> splits -> frozen features -> train every run -> aggregate -> report.
 # Rules are thin: each calls `python -m vlprompt <command>`; paths and the run grid come from
 # vlprompt.grid (pure, tested functions). Run: snakemake --cores N [--configfile config/<protocol>.yaml]
+import os
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
-from vlprompt import grid
+from vlprompt import grid, integrity
 from vlprompt.config import SCHEMA_PATH, coerce_strings
-from vlprompt.workflow import resolve_config
+from vlprompt.workflow import describe, job_environment, register_run, resolve_config, running, unregister_run
 
 min_version("9.0")
 
 # Rules call `python -m vlprompt`: run Snakemake with the project's environment active (`make run` does);
 # workflow/envs/vlprompt.yaml lists the same software for --use-conda.
 
+# A config given with --configfile is the whole experiment: its own keys plus the schema's defaults, nothing
+# from this default file (Snakemake would otherwise merge the two). The default experiment applies only
+# when no config file is given; --config key=value overrides apply either way.
+if not workflow.overwrite_configfiles:
 
-configfile: "config/config.yaml"
+    configfile: "config/config.yaml"
 
 
 config.update(coerce_strings(config))  # --config shots=[1,4,16] gives strings; the schema says integers
 validate(config, str(SCHEMA_PATH))
-CFG, _config_paths = resolve_config(config, base_dir=workflow.basedir)
-CONFIG_JSON = _config_paths["shared"]  # read by the shared stages: prepare, split, extract
-EXPERIMENT_JSON = _config_paths["experiment"]  # read by the experiment's jobs: train, evaluate, report
+CFG, CONFIG_PATH = resolve_config(config, base_dir=workflow.basedir)
+# Every job reads this experiment's resolved config from $VLPROMPT_CONFIG (a file named by its content), and
+# stops if this snakemake process dies (vlprompt.watchdog).
+os.environ.update(job_environment(CONFIG_PATH, workflow.overwrite_configfiles))
 LOGS = f"{CFG['results_root']}/{CFG['experiment']}/logs"
+
+if workflow.is_main_process:
+    for _other in running():
+        print(f"vlprompt: another Snakemake run works in this folder: {describe(_other)}. Artefacts they "
+              "share are built once; if Snakemake refuses to lock the folder, wait for that run or stop it.",
+              file=sys.stderr)
+    # an artefact that no longer matches its record (truncated, overwritten) is rebuilt, with what follows it
+    for _path, _why in integrity.check(grid.all_outputs(CFG), skip_under=Path(CFG["data_root"])):
+        if workflow.dryrun:
+            print(f"vlprompt: corrupt artefact {_path}: {_why}; a run (without -n) rebuilds it", file=sys.stderr)
+        else:
+            _moved = integrity.move_aside(_path)
+            print(f"vlprompt: corrupt artefact {_path}: {_why}; moved to {_moved.name}, this run rebuilds it",
+                  file=sys.stderr)
+
+
+onstart:
+    register_run(CFG, sys.argv)
+
+
+onsuccess:
+    unregister_run()
+
+
+onerror:
+    unregister_run()
 
 
 include: "workflow/rules/data.smk"
@@ -32,8 +67,10 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/pretrain.smk"
 
 
+# Every artefact, not only the report: a deleted feature bank or run is rebuilt and the tables follow.
 rule all:
     input:
+        grid.all_outputs(CFG),
         grid.report_dir(CFG) / "report.md",
         grid.report_dir(CFG) / "index.html",
     default_target: True

@@ -47,8 +47,9 @@ def test_unknown_dataset_method_and_hyperparameter_list_alternatives():
 
 
 def test_each_experiment_reads_its_own_config_file(tmp_path):
-    """Resolving another experiment (a dry run, say) while a pipeline runs must not change what that
-    pipeline's training and report jobs read; shared stages read one path for every experiment."""
+    """Resolving another experiment, or the same one with other overrides (a dry run, say), while a
+    pipeline runs must not change what that pipeline's jobs read; nothing is written outside the
+    experiment's own folder."""
     import json
 
     from vlprompt.workflow import resolve_config
@@ -56,13 +57,19 @@ def test_each_experiment_reads_its_own_config_file(tmp_path):
     first, second = base(), base()
     first["results_root"] = second["results_root"] = str(tmp_path)
     second["experiment"], second["method_overrides"] = "other", {"coop": {"epochs": 3}}
-    _, paths_first = resolve_config(first)
-    _, paths_second = resolve_config(second)
-    assert paths_first["shared"] == paths_second["shared"] == str(tmp_path / "config.json")
-    assert paths_first["experiment"] != paths_second["experiment"]
-    assert json.loads(open(paths_first["experiment"]).read())["experiment"] == "pocket"
-    assert json.loads(open(paths_first["experiment"]).read())["method_overrides"]["coop"] == {"epochs": 20}
-    assert json.loads(open(paths_second["experiment"]).read())["method_overrides"]["coop"] == {"epochs": 3}
+    _, path_first = resolve_config(first)
+    _, path_second = resolve_config(second)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "pocket"]  # no shared results/config.json
+    assert path_first.startswith(str(tmp_path / "pocket" / "configs"))
+    assert path_second.startswith(str(tmp_path / "other" / "configs"))
+    assert json.loads(open(path_first).read())["method_overrides"]["coop"] == {"epochs": 20}
+    assert json.loads(open(path_second).read())["method_overrides"]["coop"] == {"epochs": 3}
+    before = open(path_first).read()
+    changed = {**first, "method_overrides": {"coop": {"epochs": 7}}}  # the same experiment, re-planned
+    _, path_changed = resolve_config(changed)
+    assert path_changed != path_first and open(path_first).read() == before  # the running jobs' file
+    latest = json.loads((tmp_path / "pocket" / "config.json").read_text())  # for people and DVC
+    assert latest["method_overrides"] == {"coop": {"epochs": 7}}
 
 
 def test_command_line_strings_become_the_schema_types():

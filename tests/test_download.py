@@ -14,6 +14,7 @@ import http.server
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -178,7 +179,9 @@ def test_status_table_lists_all_real_and_pocket_datasets(tmp_path):
     assert set(registry.list_datasets(kind="pocket")) <= set(names)
     for r in rows:
         assert r["status"] == "missing"
-        assert r["path"] == str(tmp_path / r["name"])
+        key = registry.dataset_key({}, r["name"])  # real: the name; pocket: name + hash of the world settings
+        assert r["path"] == str(tmp_path / key)
+        assert key == r["name"] if r["kind"] == "real" else re.fullmatch(rf"{r['name']}-[0-9a-f]{{8}}", key)
     manual = {r["name"] for r in rows if r["kind"] == "real" and not r["automatic"]}
     assert {"ImageNet", "UCF101", "StanfordCars", "ImageNetSketch"} == manual
 
@@ -604,7 +607,7 @@ def test_prepare_cli_download_block_is_checked(tmp_path, capsys):
 
 def test_snakemake_prepares_and_splits_a_real_dataset(server, tmp_path):
     """The DAG's own rules on a real dataset, offline: prepare (fetch, verify, extract, published split)
-    then split (base/new classes, few-shot subsets). Snakemake creates the output's folder before the job
+    then the base/new classes and a few-shot subset. Snakemake creates the output's folder before the job
     runs; preparing must accept that empty folder."""
     archive, split = eurosat_archive()
     config = write_config(tmp_path, "EuroSAT", files={"EuroSAT": serve_file(server, "EuroSAT", "EuroSAT.zip", archive)},
@@ -612,7 +615,8 @@ def test_snakemake_prepares_and_splits_a_real_dataset(server, tmp_path):
     cfg = yaml.safe_load(config.read_text()) | {"shots": [2], "seeds": [1, 2]}
     config.write_text(yaml.safe_dump(cfg))
     targets = [str(tmp_path / "data/EuroSAT/split_zhou_EuroSAT.json"),
-               str(tmp_path / "results/splits/EuroSAT/shot2_seed2.json")]
+               str(tmp_path / "results/splits/EuroSAT/shot2_seed2.json"),
+               str(tmp_path / "results/splits/EuroSAT/classes.json")]
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--cores", "1",
                            "-d", str(tmp_path), "--configfile", str(config), "--", *targets],

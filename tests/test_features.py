@@ -153,3 +153,53 @@ def test_augmentation_leaves_the_global_generator_alone(tiny, shipped):
     first = ds[2]
     assert torch.equal(torch.rand(3), expected)
     assert torch.equal(ds[2], first) and not torch.equal(ds[3], first)
+
+
+def test_a_new_subset_encodes_only_the_images_it_adds(tiny, shipped, tmp_path, monkeypatch):
+    """The store grows by subset: rows held by a sibling bank (same backbone and transform) are copied, only
+    the others go through the encoder, and the result equals a bank extracted from scratch."""
+    root, split = tiny
+    first = ExtractionSpec("train_views", split["train"][:6], 2, name="shot1_seed1.train")
+    second = ExtractionSpec("train_views", split["train"][3:10], 2, name="shot2_seed1.train")  # 3 shared, 4 new
+    extract_split(shipped, root, first, tmp_path, batch_size=16, progress=False, reuse=True)
+    encoded = []
+    original = shipped.model.encode_image
+    monkeypatch.setattr(shipped.model, "encode_image", lambda x: encoded.append(len(x)) or original(x))
+    extract_split(shipped, root, second, tmp_path, batch_size=16, progress=False, reuse=True)
+    monkeypatch.undo()
+    assert sum(encoded) == 4 * 2  # 4 new images x 2 views
+    meta = json.loads((tmp_path / "shot2_seed1.train.json").read_text())
+    assert meta["copied_rows"] == 3 and [r[0] for r in meta["rows"]] == [r[0] for r in second.rows]
+    scratch = np.load(extract_split(shipped, root, ExtractionSpec("train_views", second.rows, 2), tmp_path / "s",
+                                    batch_size=16, progress=False))
+    np.testing.assert_allclose(np.load(tmp_path / "shot2_seed1.train.npy").astype(np.float32),
+                               scratch.astype(np.float32), atol=2e-3, rtol=0)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        "shot1_seed1.train.json", "shot1_seed1.train.npy", "shot2_seed1.train.json", "shot2_seed1.train.npy"]
+    # another transform (here: the test transform of the val banks) is never a source
+    val = ExtractionSpec("val", split["train"][:6], 1, name="shot1_seed1.val")
+    extract_split(shipped, root, val, tmp_path, batch_size=16, progress=False, reuse=True)
+    assert json.loads((tmp_path / "shot1_seed1.val.json").read_text())["copied_rows"] == 0
+
+
+def test_a_damaged_bank_is_named_with_the_command_that_rebuilds_it(tiny, pocket_random_backbone, tmp_path):
+    from vlprompt.io import CorruptArtefactError
+
+    root, split = tiny
+    extract_split(pocket_random_backbone, root, ExtractionSpec("test", split["test"], 1), tmp_path, progress=False)
+    npy = tmp_path / "test.npy"
+    data = npy.read_bytes()
+    npy.write_bytes(data[:-100])  # truncated
+    with pytest.raises(CorruptArtefactError) as err:
+        FeatureBank(tmp_path).rows("test")
+    message = str(err.value)
+    assert "\n" not in message and str(npy) in message and "bytes" in message
+    assert f"snakemake --cores all --force {npy}" in message
+    npy.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, one bit flipped
+    with pytest.raises(CorruptArtefactError, match="sha256"):
+        FeatureBank(tmp_path).array("test")
+    npy.write_bytes(data)
+    assert FeatureBank(tmp_path).array("test").shape == (16, 64)
+    (tmp_path / "test.json").unlink()
+    with pytest.raises(FileNotFoundError, match="missing or incomplete"):
+        FeatureBank(tmp_path).rows("test")

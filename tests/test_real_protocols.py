@@ -35,20 +35,26 @@ DG_TARGETS = ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
 EXPECTED = {
     # 11 datasets; zeroshot + 5 feature methods (coop, cocoop, kgcoop, prograd, dvmi) + 4 image methods;
     # 16 shots; seeds 1-3
-    "base2novel.yaml": {"prepare_dataset": 11, "split_dataset": 11, "extract_features": 11,
+    # (few-shot subsets and their features: one job per dataset x shots x seed; test features per dataset)
+    "base2novel.yaml": {"prepare_dataset": 11, "split_classes": 11, "sample_fewshot": 11 * 3, "extract_test": 11,
+                        "extract_fewshot": 11 * 3,
                         "train": 11 + 11 * 5 * 1 * 3, "train_images": 11 * 4 * 1 * 3,
                         "aggregate": 1, "report": 1, "all": 1},
     # 11 datasets; zeroshot + 7 feature methods; shots 1, 2, 4, 8, 16; seeds 1-3
-    "fewshot.yaml": {"prepare_dataset": 11, "split_dataset": 11, "extract_features": 11,
+    "fewshot.yaml": {"prepare_dataset": 11, "split_classes": 11, "sample_fewshot": 11 * 5 * 3, "extract_test": 11,
+                     "extract_fewshot": 11 * 5 * 3,
                      "train": 11 + 11 * 7 * 5 * 3, "aggregate": 1, "report": 1, "all": 1},
-    # ImageNet + 10 targets prepared, split and extracted; zeroshot + 4 feature methods + 2 image methods
+    # ImageNet + 10 targets prepared and their test features extracted (ImageNet's few-shot subsets too);
+    # zeroshot + 4 feature methods + 2 image methods
     # trained on ImageNet (16 shots, seeds 1-3); each run evaluated on the 10 targets
-    "crossdataset.yaml": {"prepare_dataset": 11, "split_dataset": 11, "extract_features": 11,
+    "crossdataset.yaml": {"prepare_dataset": 11, "split_classes": 11, "sample_fewshot": 3, "extract_test": 11,
+                          "extract_fewshot": 3,
                           "train": 1 + 4 * 3, "train_images": 2 * 3,
                           "evaluate_transfer": (1 + 4 * 3) * 10, "evaluate_transfer_images": 2 * 3 * 10,
                           "aggregate": 1, "report": 1, "all": 1},
     # the same models evaluated on the 4 ImageNet variants
-    "domain_generalization.yaml": {"prepare_dataset": 5, "split_dataset": 5, "extract_features": 5,
+    "domain_generalization.yaml": {"prepare_dataset": 5, "split_classes": 5, "sample_fewshot": 3, "extract_test": 5,
+                                   "extract_fewshot": 3,
                                    "train": 1 + 4 * 3, "train_images": 2 * 3,
                                    "evaluate_transfer": (1 + 4 * 3) * 4, "evaluate_transfer_images": 2 * 3 * 4,
                                    "aggregate": 1, "report": 1, "all": 1},
@@ -80,7 +86,9 @@ def test_real_protocol_dry_run_has_the_protocols_jobs(tmp_path, name):
         assert cfg["targets"] == (COOP_11[1:] if cfg["protocol"] == "crossdataset" else DG_TARGETS)
     assert not (tmp_path / "data").exists()
     assert dry_run_jobs(config, tmp_path) == EXPECTED[name]
-    assert (tmp_path / cfg["results_root"] / "config.json").is_file()  # the DAG resolved its config here
+    # the DAG resolved its config into the experiment's folder, and wrote nothing else outside it
+    assert (tmp_path / cfg["results_root"] / cfg["experiment"] / "config.json").is_file()
+    assert sorted(p.name for p in (tmp_path / cfg["results_root"]).iterdir()) == [cfg["experiment"]]
     assert not (tmp_path / "data").exists()  # a dry run needs no data and fetches none
 
 

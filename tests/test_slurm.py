@@ -70,27 +70,27 @@ def dry_run_through_profile(workdir: Path, cfg: dict) -> list[dict]:
     return planned_jobs(proc.stdout + proc.stderr)
 
 
-@pytest.mark.parametrize("granularity", ["run", "dataset"])
+@pytest.mark.parametrize("granularity", ["run", "shots"])
 def test_profile_gives_image_methods_one_gpu_and_groups_only_cpu_jobs(tmp_path, granularity):
     cfg = yaml.safe_load(TINY.read_text())
     cfg.update(methods=["zeroshot", "coop", "kgcoop", "maple", "vpt_deep"], seeds=[1, 2])
     cfg["train"]["job_granularity"] = granularity
     jobs = dry_run_through_profile(tmp_path, cfg)
-    image_rule = {"run": "train_images", "dataset": "train_images_group"}[granularity]
-    feature_rule = {"run": "train", "dataset": "train_group"}[granularity]
+    image_rule = {"run": "train_images", "shots": "train_images_group"}[granularity]
+    feature_rule = {"run": "train", "shots": "train_group"}[granularity]
     images = [j for j in jobs if j["rule"] == image_rule]
-    # run: maple and vpt_deep x 2 seeds; dataset: one job per method
-    assert len(images) == {"run": 4, "dataset": 2}[granularity], jobs
+    # run: maple and vpt_deep x 2 seeds; shots: one job per method (one shots setting)
+    assert len(images) == {"run": 4, "shots": 2}[granularity], jobs
     for job in images:
         assert re.search(r"method=(maple|vpt_deep)\b", job["wildcards"]), job
         assert job["resources"].get("gpu") == "1" and job["group"] is None, job
     feature_jobs = [j for j in jobs if j["rule"] in (feature_rule, "train_zeroshot")]
-    assert len(feature_jobs) == {"run": 5, "dataset": 3}[granularity], jobs  # zeroshot once, coop/kgcoop
+    assert len(feature_jobs) == {"run": 5, "shots": 3}[granularity], jobs  # zeroshot once, coop/kgcoop
     for job in feature_jobs:
         assert re.search(r"method=(zeroshot|coop|kgcoop)\b", job["wildcards"]), job
         assert "gpu" not in job["resources"] and job["group"] == "train", job
     # a GPU only where one is used; every grouped job is a CPU job
-    assert {j["rule"] for j in jobs if "gpu" in j["resources"]} == {"extract_features", image_rule}
+    assert {j["rule"] for j in jobs if "gpu" in j["resources"]} == {"extract_test", "extract_fewshot", image_rule}
     assert all("gpu" not in j["resources"] for j in jobs if j["group"]), jobs
 
 
@@ -132,7 +132,8 @@ def runs(tmp_path_factory):
         "--slurm-init-seconds-before-status-checks", "3",
         # the profile's requests are for a real cluster; this node has `cpus` cores and no real GPU
         "--default-resources", "mem_mb=500", "runtime=10", "cpus_per_task=1",
-        "--set-resources", "extract_features:cpus_per_task=1", "extract_features:mem_mb=1000",
+        "--set-resources", "extract_test:cpus_per_task=1", "extract_test:mem_mb=1000",
+        "extract_fewshot:cpus_per_task=1", "extract_fewshot:mem_mb=1000",
         "train_images:cpus_per_task=1", "train_images:mem_mb=1000",
         "--group-components", f"train={min(cpus, 16)}", "transfer=2",
     ]
@@ -165,25 +166,26 @@ def slurm_job_ids(log: str) -> list[str]:
 def test_every_job_went_through_sbatch(runs):
     log, cluster = runs["log"], runs["cluster"]
     ids = slurm_job_ids(log)
-    # grouped by the profile: data (prepare+split), extract_features, train (zeroshot, coop), train_images
-    # (vpt_deep, a job of its own), report (aggregate+report)
-    assert len(ids) == 5, log[-4000:]
+    # grouped by the profile: data (prepare, classes, few-shot subset), extract_test, extract_fewshot,
+    # train (zeroshot, coop), train_images (vpt_deep, a job of its own), report (aggregate+report)
+    assert len(ids) == 6, log[-4000:]
     logs = list((cluster / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert {p.stem for p in logs} == set(ids)
     # one directory per group (group_<name>_<its rules>) or ungrouped rule (rule_<name>)
     dirs = sorted(p.relative_to(cluster / ".snakemake" / "slurm_logs").parts[0] for p in logs)
-    assert dirs == ["group_data_prepare_dataset_split_dataset", "group_report_aggregate_report",
-                    "group_train_train", "rule_extract_features", "rule_train_images"], dirs
+    assert dirs[0].startswith("group_data_") and dirs[1:] == [
+        "group_report_aggregate_report", "group_train_train", "rule_extract_fewshot", "rule_extract_test",
+        "rule_train_images"], dirs
     text = "\n".join(p.read_text() for p in logs)
-    for rule in ["prepare_dataset", "split_dataset", "extract_features", "train", "train_images", "aggregate",
-                 "report"]:
+    for rule in ["prepare_dataset", "split_classes", "sample_fewshot", "extract_test", "extract_fewshot", "train",
+                 "train_images", "aggregate", "report"]:
         assert f"rule {rule}:" in text, f"{rule} did not run inside a SLURM job"
     for job_id in ids:  # the controller started each (main scheduler or backfill)
         assert re.search(rf"(Allocate|Started) JobId={job_id} ", runs["controller"]), job_id
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("job, gpus", [("rule_extract_features", 1), ("rule_train_images", 1),
+@pytest.mark.parametrize("job, gpus", [("rule_extract_test", 1), ("rule_extract_fewshot", 1), ("rule_train_images", 1),
                                        ("group_train_train", 0)])
 def test_gpu_jobs_ask_the_scheduler_for_one_gpu_cpu_jobs_for_none(runs, job, gpus):
     logs = list((runs["cluster"] / ".snakemake" / "slurm_logs" / job).rglob("*.log"))

@@ -26,8 +26,9 @@ def mini(tmp_path_factory):
     cfg["train"]["checkpoint_every"] = 2
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    for cmd in ("prepare", "split", "extract"):
-        assert cli([cmd, "--config", str(path), "--dataset", "pocket_noisy", "--quiet"]) == 0
+    for cmd in (["prepare"], ["classes"], ["fewshot", "--shots", "2", "--seed", "1"], ["extract"],
+                ["extract", "--shots", "2", "--seed", "1"]):
+        assert cli([*cmd, "--config", str(path), "--dataset", "pocket_noisy", "--quiet"]) == 0
     return root, path
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vlprompt.io import atomic_path, atomic_write_text, read_json
+from vlprompt.io import atomic_path, atomic_write_text, read_artefact_json, verify_file
 
 METRICS = ["base_acc", "new_acc", "hm", "all_acc"]  # in the order metrics.json lists them
 COLUMNS = ["method", "protocol", "dataset", "train_dataset", "shots", "seed", "base_acc", "new_acc", "all_acc", "hm",
@@ -25,9 +25,13 @@ COLUMNS = ["method", "protocol", "dataset", "train_dataset", "shots", "seed", "b
 
 
 def summary_table(cfg: dict, metrics_files: list[Path]) -> pd.DataFrame:
+    """The tidy table of ``metrics_files``; each run's model is checked against the checksum its metrics
+    recorded, so a damaged run stops the table with the command that rebuilds it."""
     rows = []
     for path in metrics_files:
-        m = read_json(path)
+        m = read_artefact_json(path)
+        for name, record in m.get("artefacts", {}).items():
+            verify_file(Path(path).with_name(name), record)
         prov = m.get("provenance", {})
         base = {"method": m["method"], "protocol": m["protocol"], "dataset": m["dataset"],
                 "train_dataset": m.get("train_dataset", m["dataset"]),

@@ -1,19 +1,20 @@
 """The extra feature sets a method may ask its context for (``MethodContext.load_split``), read from the
-feature bank through :class:`~vlprompt.features.FeatureBank`'s public methods only.
+dataset's feature bank (``grid.features_dir``) through :class:`~vlprompt.features.FeatureBank`'s public
+methods only.
 
-A run's context always carries the few-shot training views and the few-shot validation subset. Some
-references need more: Tip-Adapter searches α, β on the whole validation split (on ImageNet, on the test
-set), CoOp's linear probe fits un-augmented training features. What the bank holds today:
+A run's context always carries its few-shot subset's features (``<views key>/shot<K>_seed<S>.train``: V
+augmented views; ``.val``: the validation images). Some references need more: Tip-Adapter searches α, β on
+the whole validation split (on ImageNet, on the test set), CoOp's linear probe fits un-augmented training
+features. What the bank can give, by stem of the dataset's folder:
 
-- ``test``: every test image (un-augmented) — always available;
-- ``val_full``: the whole validation split, only if the bank's ``val`` holds every validation image of the
-  training classes (it holds the union of the experiment's few-shot validation subsets, which is the whole
-  split only when the subsets cover it); otherwise None;
-- ``train_plain``: un-augmented features of the run's few-shot training images, only if the bank has a
-  ``train`` split holding them (it has none yet: the training images are stored as augmented views);
-  otherwise None.
+- ``test``: every test image (un-augmented) — always there;
+- ``val_full``: the whole validation split (of the training classes), from a ``val`` stem holding all of
+  its images — the bank has none yet, so this is None;
+- ``train_plain``: the run's few-shot training images un-augmented (test transform), from a ``train`` stem
+  holding them — none yet either, so None.
 
-A method that gets None falls back and records the fallback in its ``run_info``.
+A method that gets None falls back (the few-shot validation subset, the augmented views) and records the
+fallback in its ``run_info``; a bank that adds those stems is used without further change.
 """
 
 from __future__ import annotations
@@ -58,10 +59,3 @@ class BankSplits:
             return None
         return self.bank.take(split, [r[0] for r in rows]), torch.tensor([r[1] for r in rows])
 
-
-def train_crop_scale_min(bank) -> float | None:
-    """The random-resized-crop scale the bank's training views were made with (None if not recorded)."""
-    try:
-        return bank.meta("train_views").get("scale_min")
-    except FileNotFoundError:
-        return None

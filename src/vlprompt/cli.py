@@ -15,9 +15,26 @@ log = logging.getLogger("vlprompt")
 
 
 def _cfg(args):
-    from vlprompt.config import load_config
+    """The experiment's config: ``--config``, else the one the running Snakemake resolved ($VLPROMPT_CONFIG)."""
+    import os
 
-    return load_config(args.config)
+    from vlprompt.config import ConfigError, load_config
+    from vlprompt.workflow import CONFIG_ENV
+
+    path = args.config or os.environ.get(CONFIG_ENV)
+    if not path:
+        raise ConfigError(f"no config: pass --config <file> (a YAML config or an experiment's resolved "
+                          f"results/<experiment>/config.json), or run through snakemake, which sets ${CONFIG_ENV}")
+    cfg = load_config(path)
+    key = getattr(args, "key", None)
+    if key is not None:
+        from vlprompt.grid import dataset_key
+
+        if dataset_key(cfg, args.dataset) != key:
+            raise ConfigError(f"this job was planned for {key!r} but {path} gives dataset {args.dataset!r} the "
+                              f"key {dataset_key(cfg, args.dataset)!r}: the config changed under a running "
+                              f"pipeline; run snakemake again")
+    return cfg
 
 
 def cmd_methods(args) -> None:
@@ -52,47 +69,74 @@ def cmd_prepare(args) -> None:
     print(prepare(_cfg(args), args.dataset, progress=not args.quiet))
 
 
-def cmd_split(args) -> None:
-    """Write the base/new class file and every few-shot subset (shots × seeds) of one dataset."""
+def cmd_classes(args) -> None:
+    """Write the base/new class file of one prepared dataset."""
     from vlprompt import grid
     from vlprompt.data import registry, splits
 
     cfg = _cfg(args)
     split = splits.read_split(registry.split_path(cfg, args.dataset))
-    splits.write_classes(grid.classes_path(cfg, args.dataset), split)
-    strict = not cfg["fewshot"].get("allow_fewer", False)
-    for shots in cfg["shots"]:
-        for seed in cfg["seeds"]:
-            path = grid.fewshot_path(cfg, args.dataset, shots, seed)
-            if path.exists():  # sampled once per (dataset, shots, seed), never re-drawn
-                continue
-            splits.write_fewshot(path, splits.fewshot_sample(split, shots, seed, strict), shots, seed)
+    splits.write_classes(args.out or grid.classes_path(cfg, args.dataset), split)
+
+
+def cmd_fewshot(args) -> None:
+    """Sample one few-shot subset (shots, seed) of one dataset, once: an existing subset is never re-drawn."""
+    from vlprompt import grid
+    from vlprompt.data import registry, splits
+
+    cfg = _cfg(args)
+    path = Path(args.out) if args.out else grid.fewshot_path(cfg, args.dataset, args.shots, args.seed)
+    allow_fewer = cfg["fewshot"].get("allow_fewer", False)
+    if path.exists():
+        splits.read_fewshot(path, allow_fewer)  # checks it
+        return
+    split = splits.read_split(registry.split_path(cfg, args.dataset))
+    subset = splits.fewshot_sample(split, args.shots, args.seed, strict=not allow_fewer)
+    splits.write_fewshot(path, subset, args.shots, args.seed)
 
 
 def cmd_extract(args) -> None:
+    """Extract the test features of one dataset, or (with --shots and --seed) a few-shot subset's."""
     import torch
 
     from vlprompt import features, grid
     from vlprompt.backbone import load_backbone_from_config
     from vlprompt.data import registry, splits
-    from vlprompt.io import read_json
 
     cfg = _cfg(args)
     fcfg = cfg["features"]
     torch.set_num_threads(cfg["train"]["threads"])
+    if (args.shots is None) != (args.seed is None):
+        raise SystemExit("extract: give both --shots and --seed, or neither (the test features)")
+    if args.shots is None:
+        split = splits.read_split(registry.split_path(cfg, args.dataset))
+        specs = [features.ExtractionSpec("test", split["test"], 1)]
+        out = grid.features_dir(cfg, args.dataset)
+    else:
+        subset = splits.read_fewshot(grid.fewshot_path(cfg, args.dataset, args.shots, args.seed),
+                                     cfg["fewshot"].get("allow_fewer", False))
+        stem = grid.fewshot_features(cfg, args.dataset, args.shots, args.seed)
+        out = stem.parent
+        specs = [features.ExtractionSpec("val", sorted(subset["val"]), 1, name=f"{stem.name}.val"),
+                 features.ExtractionSpec("train_views", sorted(subset["train"]), fcfg["train_views"],
+                                         name=f"{stem.name}.train")]
     device = features.pick_device(fcfg["device"])
     backbone = load_backbone_from_config(cfg, device)
-    split = splits.read_split(registry.split_path(cfg, args.dataset))
-    subsets = [read_json(p) for p in grid.fewshot_paths(cfg, args.dataset)]
-    specs = [features.ExtractionSpec("test", split["test"], 1),
-             features.ExtractionSpec("val", features.union_rows([s["val"] for s in subsets]), 1),
-             features.ExtractionSpec("train_views", features.union_rows([s["train"] for s in subsets]),
-                                     fcfg["train_views"])]
-    out = grid.features_dir(cfg, args.dataset)
     for spec in specs:
         features.extract_split(backbone, registry.dataset_dir(cfg, args.dataset), spec, out,
                                batch_size=fcfg["batch_size"], workers=fcfg["workers"], device=device,
-                               scale_min=fcfg["crop_scale_min"], progress=not args.quiet)
+                               scale_min=fcfg["crop_scale_min"], progress=not args.quiet, reuse=True)
+
+
+def cmd_unlock_stale(args) -> None:
+    """Remove a stale Snakemake lock (left by a run that was killed) if no snakemake works here any more."""
+    from vlprompt.workflow import describe, running, unlock_stale
+
+    done = unlock_stale(args.directory)
+    if done:
+        print(f"vlprompt: {done}")
+    for rec in running(args.directory):
+        print(f"vlprompt: still running in this folder: {describe(rec)}")
 
 
 def cmd_train(args) -> None:
@@ -164,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help, description=help)
         s.set_defaults(fn=fn)
         if config:
-            s.add_argument("--config", required=True, help="experiment config (YAML or the DAG's resolved JSON)")
+            s.add_argument("--config", help="experiment config (YAML, or an experiment's resolved "
+                                            "results/<experiment>/config.json); default: $VLPROMPT_CONFIG, which "
+                                            "snakemake sets for its jobs")
         s.add_argument("--quiet", action="store_true", help="no progress bars")
         return s
 
@@ -174,10 +220,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", help="where prepared datasets go (default: the config's, else data)")
     s = add("prepare", cmd_prepare, "download/generate, verify and prepare one dataset")
     s.add_argument("--dataset", required=True)
-    s = add("split", cmd_split, "write the base/new classes and the few-shot subsets of one dataset")
+    s.add_argument("--key", help=argparse.SUPPRESS)  # the DAG's dataset key: checked against the config
+    s = add("classes", cmd_classes, "write the base/new classes of one prepared dataset")
     s.add_argument("--dataset", required=True)
-    s = add("extract", cmd_extract, "extract the frozen image features of one dataset")
+    s.add_argument("--out", help="default: the experiment's results/splits/<dataset key>/classes.json")
+    s.add_argument("--key", help=argparse.SUPPRESS)
+    s = add("fewshot", cmd_fewshot, "sample one few-shot subset (shots, seed) of one dataset")
     s.add_argument("--dataset", required=True)
+    s.add_argument("--shots", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", help="default: results/splits/<dataset key>/shot<K>_seed<S>.json")
+    s.add_argument("--key", help=argparse.SUPPRESS)
+    s = add("extract", cmd_extract, "extract frozen image features: a dataset's test images, or with --shots "
+                                    "and --seed a few-shot subset's validation images and training views")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--shots", type=int)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--key", help=argparse.SUPPRESS)
     s = add("train", cmd_train, "train and evaluate one method × dataset × shots × seed")
     for a in ("--dataset", "--method", "--out"):
         s.add_argument(a, required=True)
@@ -207,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int)
     s.add_argument("--seed", type=int)
     s.add_argument("--threads", type=int, default=1)
+    s = add("unlock-stale", cmd_unlock_stale, "remove a stale Snakemake lock left by a killed run", config=False)
+    s.add_argument("--directory", default=".", help="the workflow's working directory")
     s = add("fetch-weights", cmd_fetch_weights, "download open_clip weights into the cache", config=False)
     s.add_argument("--model", required=True)
     s.add_argument("--pretrained", required=True)
@@ -215,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from vlprompt.watchdog import start_from_environment
+
+    start_from_environment()  # a job stops when the snakemake that runs it is gone
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from vlprompt.backbone import BackboneError
@@ -222,11 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     from vlprompt.data.download import DownloadError
     from vlprompt.data.registry import DatasetError
     from vlprompt.data.splits import SplitError
+    from vlprompt.io import CorruptArtefactError
     from vlprompt.methods.base import MethodError
 
     # expected failures (bad config, missing or corrupt data, dead link, unsafe archive) get their message,
     # which names the file and the fix, and no traceback; ChecksumError and UnsafeArchiveError are DownloadErrors
-    expected = (ConfigError, DatasetError, SplitError, MethodError, BackboneError, DownloadError, FileNotFoundError)
+    expected = (ConfigError, DatasetError, SplitError, MethodError, BackboneError, DownloadError, FileNotFoundError,
+                CorruptArtefactError)
     try:
         args.fn(args)
     except expected as err:

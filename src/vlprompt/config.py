@@ -141,18 +141,10 @@ def _features_settings(cfg: dict) -> dict:
 
 
 def stage_hash(cfg: dict, stage: str) -> str:
-    """Hash of the settings that change a stage's outputs (a Snakemake param: a change re-runs the stage).
-
-    Data, split and feature outputs are shared by experiments, so their hash covers only what
-    changes them, not the experiment's name, methods or grid.
-    """
-    if stage == "prepare":
-        relevant = {"pocket": cfg.get("pocket")}
-    elif stage == "split":
-        relevant = {"fewshot": cfg.get("fewshot")}
-    elif stage == "extract":
-        relevant = {"backbone": cfg.get("backbone"), "features": _features_settings(cfg)}
-    elif stage == "report":
+    """Hash of the settings that change an experiment-level stage's outputs (a Snakemake param: a change
+    re-runs the stage). Shared stages (prepare, split, extract) need none: their paths are keyed by what
+    defines their content (``grid``)."""
+    if stage == "report":
         relevant = {k: cfg.get(k) for k in ("stats", "report", "shots", "seeds", "protocol")}
     else:
         raise ValueError(f"unknown stage {stage!r}")

@@ -1,24 +1,29 @@
-"""The feature bank: frozen CLIP image features, extracted once per backbone × dataset × split × view.
+"""The feature bank: frozen CLIP image features, extracted once per backbone × view transform × image.
 
-On disk, in ``<results>/features/<backbone key>/<dataset>/`` (``config.backbone_key``: model,
-weights tag or file hash, QuickGELU):
+On disk, under ``<results>/features/<backbone key>/<dataset key>/`` (``grid.features_dir``; the backbone
+key names the model, weights tag or file hash and QuickGELU, the dataset key the prepared dataset):
 
 - ``test.npy`` (N, D) fp16: every test image, test transform (resize + centre crop);
-- ``val.npy`` (N, D) fp16: the union of the few-shot validation subsets, test transform;
-- ``train_views.npy`` (V, N, D) fp16: the union of the few-shot training subsets, V augmented views
-  (random resized crop + flip, as CoOp trains), so methods on cached features still see augmentation;
-- ``<split>.json``: the rows (relpath, label, classname) in bank order and the provenance
-  (backbone, weights hash, transform, views).
+- ``<views key>/shot<K>_seed<S>.val.npy`` (N, D) fp16: the few-shot subset's validation images, test
+  transform; ``<views key>/shot<K>_seed<S>.train.npy`` (V, N, D) fp16: its training images in V augmented
+  views (random resized crop + flip, as CoOp trains), so methods on cached features still see
+  augmentation. The views key (``grid.views_key``) names V, the crop scale and the augmentation format;
+- beside every ``.npy`` its sidecar ``.json``: the rows (relpath, label, classname) in bank order, what
+  the features depend on (backbone, weights hash, transform, views) and the file's size and sha256.
 
-Arrays are ``.npy`` files, opened memory-mapped. Extraction runs batched through a DataLoader
-(``workers`` processes decode and transform), under fp16 autocast on a GPU, into
-``<split>.partial.npy``; every ``checkpoint_s`` seconds it flushes the array and records how many
-images are done in ``<split>.progress``. A killed run resumes at the first unrecorded batch and,
-because view ``v`` of an image is augmented with a generator seeded by (AUG_SEED, v, relpath) —
-independent of workers, batches and which other images are in the bank — gives identical
-features. The final file appears by rename only when complete and its ``.json`` is written last,
-so a second run with the same inputs finds both and touches nothing; a run with other inputs
-(rows, backbone, transform, views) re-extracts.
+The store grows by subset and never rewrites a file: a new (shots, seed) subset's job copies the rows
+that a sibling bank of the same folder already holds (same backbone and transform: identical features,
+since view ``v`` of an image is augmented with a generator seeded by (AUG_SEED, v, relpath), independent
+of workers, batches and which other images are in the bank) and encodes only the images it adds.
+
+Arrays are ``.npy`` files, opened memory-mapped; a reader checks them against their sidecar (size and
+sha256) and names a corrupt file with the command that rebuilds it. Extraction runs batched through a
+DataLoader (``workers`` processes decode and transform), under fp16 autocast on a GPU, into
+``<stem>.partial.npy``; every ``checkpoint_s`` seconds it flushes the array and records how many images
+are done in ``<stem>.progress``. A killed run resumes at the first unrecorded batch with identical
+features. The final file appears by rename only when complete and its ``.json`` is written last, so a
+second run with the same inputs finds both and touches nothing; a run with other inputs (rows, backbone,
+transform, views) re-extracts.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlprompt.io import atomic_write_json, atomic_write_text, read_json
+from vlprompt.io import CorruptArtefactError, atomic_write_json, atomic_write_text, file_record, read_json, verify_file
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +149,14 @@ def _flush(arr: np.ndarray) -> None:
 
 @dataclasses.dataclass
 class ExtractionSpec:
-    split: str  # test | val | train_views
+    split: str  # test | val | train_views: which transform (train_views: V augmented views)
     rows: list  # [relpath, label, classname] in bank order
     views: int  # 1 for test/val
+    name: str | None = None  # file stem in the output folder (default: the split)
+
+    @property
+    def stem(self) -> str:
+        return self.name or self.split
 
 
 def extraction_meta(backbone, spec: ExtractionSpec, transform, scale_min: float) -> dict:
@@ -161,36 +171,117 @@ def extraction_meta(backbone, spec: ExtractionSpec, transform, scale_min: float)
 def extract_split(backbone, root: Path, spec: ExtractionSpec, out_dir: Path, batch_size: int = 256,
                   workers: int = 0, device: torch.device | None = None, scale_min: float = 0.08,
                   progress: bool = True, checkpoint_s: float = 2.0,
-                  stop_after_batches: int | None = None) -> Path:
-    """Extract one split into ``out_dir/<split>.npy`` unless it is already complete with the same inputs.
+                  stop_after_batches: int | None = None, reuse: bool = False) -> Path:
+    """Extract one bank into ``out_dir/<stem>.npy`` unless it is already complete with the same inputs.
 
-    ``stop_after_batches`` is a test hook: raise :class:`ExtractionInterrupted` after that many
-    batches of this call (each followed by a checkpoint when ``checkpoint_s`` is 0), as a kill would.
+    ``reuse``: copy the rows that other complete banks of ``out_dir`` with the same inputs but other rows
+    hold (their features are identical) and encode only the rest. ``stop_after_batches`` is a test hook:
+    raise :class:`ExtractionInterrupted` after that many batches of this call (each followed by a
+    checkpoint when ``checkpoint_s`` is 0), as a kill would.
     """
     out_dir = Path(out_dir)
-    final = out_dir / f"{spec.split}.npy"
-    meta_path = out_dir / f"{spec.split}.json"
-    model = backbone.model
+    final = out_dir / f"{spec.stem}.npy"
+    meta_path = out_dir / f"{spec.stem}.json"
     augmented = spec.split == "train_views"
-    if augmented:
-        transform = train_transform(backbone.image_size, model.visual.image_mean, model.visual.image_std,
-                                    scale_min)
-    else:
-        if spec.views != 1:
-            raise ValueError(f"split {spec.split!r} is not augmented: views must be 1, got {spec.views}")
-        transform = backbone.preprocess
+    transform = _transform(backbone, spec, scale_min)
     meta = extraction_meta(backbone, spec, transform, scale_min)
     if final.exists() and meta_path.exists():
-        if read_json(meta_path) == meta:
+        if _inputs(read_json(meta_path)) == meta:
             log.info("%s is complete, nothing to do", final)
             return final
         log.warning("%s was extracted from other inputs (rows, backbone or transform): re-extracting", final)
         meta_path.unlink()  # from here on the old array no longer looks complete
     out_dir.mkdir(parents=True, exist_ok=True)
+    known = _known_rows(out_dir, spec, meta) if reuse else {}
+    missing = [r for r in spec.rows if r[0] not in known]
+    if known:
+        log.info("%s: %d of %d images are in sibling banks; encoding %d", final, len(spec.rows) - len(missing),
+                 len(spec.rows), len(missing))
+    if known and missing:  # encode the new images into a bank of their own, then assemble
+        part = ExtractionSpec(spec.split, missing, spec.views, name=f"{spec.stem}.new")
+        extract_split(backbone, root, part, out_dir, batch_size, workers, device, scale_min, progress,
+                      checkpoint_s, stop_after_batches, reuse=False)
+        known.update(_known_rows(out_dir, part, extraction_meta(backbone, part, transform, scale_min),
+                                 stems=[part.stem]))
+    if known:
+        _assemble(spec, meta, known, final, augmented)
+    else:
+        _encode(backbone, root, spec, meta, transform, out_dir, batch_size, workers, device, progress,
+                checkpoint_s, stop_after_batches)
+    copied = len(spec.rows) - len(missing) if known else 0
+    atomic_write_json(meta_path, {**meta, "file": file_record(final), "copied_rows": copied})  # last: marks it complete
+    for extra in (out_dir / f"{spec.stem}.new.npy", out_dir / f"{spec.stem}.new.json"):
+        extra.unlink(missing_ok=True)
+    return final
+
+
+def _transform(backbone, spec: ExtractionSpec, scale_min: float):
+    if spec.split == "train_views":
+        model = backbone.model
+        return train_transform(backbone.image_size, model.visual.image_mean, model.visual.image_std, scale_min)
+    if spec.views != 1:
+        raise ValueError(f"split {spec.split!r} is not augmented: views must be 1, got {spec.views}")
+    return backbone.preprocess
+
+
+def _inputs(meta: dict) -> dict:
+    """A sidecar without what is recorded after extraction (the file's size and checksum, rows copied)."""
+    return {k: v for k, v in meta.items() if k not in ("file", "copied_rows")}
+
+
+def _known_rows(out_dir: Path, spec: ExtractionSpec, meta: dict, stems: list[str] | None = None) -> dict:
+    """``{relpath: (array, index)}`` for the images that complete banks in ``out_dir`` with the same
+    inputs as ``meta`` (all but the rows) already hold; ``stems`` limits the search to those banks."""
+    same = {k: v for k, v in meta.items() if k not in ("rows", "shape")}
+    known: dict = {}
+    paths = [out_dir / f"{s}.json" for s in stems] if stems else sorted(out_dir.glob("*.json"))
+    for path in paths:
+        if not stems and (path.name.endswith(".partial.json") or path.stem == spec.stem):
+            continue
+        try:
+            other = read_json(path)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(other, dict) or "file" not in other:
+            continue
+        if {k: v for k, v in _inputs(other).items() if k not in ("rows", "shape")} != same:
+            continue
+        npy = path.with_suffix(".npy")
+        try:
+            verify_file(npy, other["file"])
+        except (CorruptArtefactError, FileNotFoundError):
+            log.warning("ignoring %s for reuse: it does not match its sidecar", npy)
+            continue
+        arr = np.load(npy, mmap_mode="r")
+        for i, row in enumerate(other["rows"]):
+            known.setdefault(row[0], (arr, i))
+    return known
+
+
+def _assemble(spec: ExtractionSpec, meta: dict, known: dict, final: Path, augmented: bool) -> None:
+    """Write the bank from rows held by other banks (memmaps), atomically."""
+    from vlprompt.io import atomic_path
+
+    with atomic_path(final) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=tuple(meta["shape"]))
+        for j, row in enumerate(spec.rows):
+            src, i = known[row[0]]
+            if augmented:
+                arr[:, j] = src[:, i]
+            else:
+                arr[j] = src[i]
+        arr.flush()
+        del arr
+
+
+def _encode(backbone, root: Path, spec: ExtractionSpec, meta: dict, transform, out_dir: Path, batch_size: int,
+            workers: int, device, progress: bool, checkpoint_s: float, stop_after_batches: int | None) -> None:
+    """Encode every row of ``spec`` into ``out_dir/<stem>.npy`` (resumable through ``<stem>.partial.npy``)."""
+    model = backbone.model
     device = device or next(model.parameters()).device
-    partial = out_dir / f"{spec.split}.partial.npy"
-    partial_meta = out_dir / f"{spec.split}.partial.json"
-    progress_path = out_dir / f"{spec.split}.progress"
+    partial = out_dir / f"{spec.stem}.partial.npy"
+    partial_meta = out_dir / f"{spec.stem}.partial.json"
+    progress_path = out_dir / f"{spec.stem}.progress"
     if partial.exists() and (not partial_meta.exists() or read_json(partial_meta) != meta):
         log.warning("discarding stale partial extraction %s (different inputs)", partial)
         partial.unlink()
@@ -202,22 +293,20 @@ def extract_split(backbone, root: Path, spec: ExtractionSpec, out_dir: Path, bat
         atomic_write_json(partial_meta, meta)
         arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=tuple(meta["shape"]))
     relpaths = [r[0] for r in spec.rows]
-    if augmented:  # one flat pass over (view, image): one DataLoader, one progress marker
+    if spec.split == "train_views":  # one flat pass over (view, image): one DataLoader, one progress marker
         dataset = torch.utils.data.ConcatDataset(
             [ImageList(root, relpaths, transform, view=v) for v in range(spec.views)])
     else:
         dataset = ImageList(root, relpaths, transform)
     flat = arr.reshape(-1, arr.shape[-1])  # (V * N, D) view of the memmap
-    desc = f"features {out_dir.name}/{spec.split}" + (f" ({spec.views} views)" if augmented else "")
+    desc = f"features {out_dir.name}/{spec.stem}" + (f" ({spec.views} views)" if spec.views > 1 else "")
     encode_images(model, dataset, flat, progress_path, batch_size, workers, device, desc, progress,
                   checkpoint_s=checkpoint_s, stop_after_batches=stop_after_batches)
     arr.flush()
     del arr, flat
-    os.replace(partial, final)
-    atomic_write_json(meta_path, meta)  # written last: its presence marks a complete bank
+    os.replace(partial, out_dir / f"{spec.stem}.npy")
     for p in (progress_path, partial_meta):
         p.unlink(missing_ok=True)
-    return final
 
 
 def _jsonable(obj):
@@ -233,31 +322,57 @@ def union_rows(subsets: Sequence[Sequence[list]]) -> list:
     return [seen[k] for k in sorted(seen)]
 
 
+def load_bank(stem: str | Path, rebuild: str | None = None) -> tuple[np.ndarray, dict]:
+    """The memory-mapped array ``<stem>.npy`` and its sidecar ``<stem>.json``, checked against each other.
+
+    A missing sidecar means an incomplete or never-run extraction; a size or checksum that differs from
+    the sidecar's record raises :class:`~vlprompt.io.CorruptArtefactError` naming the file and ``rebuild``.
+    """
+    npy, meta_path = Path(f"{stem}.npy"), Path(f"{stem}.json")
+    if not meta_path.exists() or not npy.exists():
+        raise FileNotFoundError(f"feature bank {npy} is missing or incomplete (no {meta_path.name}); run the "
+                                f"pipeline (snakemake) to extract it")
+    try:
+        meta = read_json(meta_path)
+    except ValueError as err:
+        raise CorruptArtefactError(meta_path, f"unreadable JSON ({err})") from None
+    if "file" not in meta:
+        raise CorruptArtefactError(meta_path, "no size and checksum recorded (written by an older version)")
+    verify_file(npy, meta["file"])
+    try:
+        arr = np.load(npy, mmap_mode="r")
+    except ValueError as err:
+        raise CorruptArtefactError(npy, f"not a readable .npy file ({err})") from None
+    if list(arr.shape) != list(meta["shape"]):
+        raise CorruptArtefactError(npy, f"shape {list(arr.shape)}, its sidecar says {meta['shape']}")
+    return arr, meta
+
+
 class FeatureBank:
-    """Read access to one dataset's extracted features (memory-mapped)."""
+    """Read access to banks in one folder by stem (``test``; ``<views key>/shot16_seed1.train``), each
+    checked against its sidecar on first use."""
 
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
-        self._meta: dict[str, dict] = {}
+        self._banks: dict[str, tuple[np.ndarray, dict]] = {}
         self._index: dict[str, dict[str, int]] = {}
 
+    def _bank(self, split: str) -> tuple[np.ndarray, dict]:
+        if split not in self._banks:
+            self._banks[split] = load_bank(self.dir / split)
+        return self._banks[split]
+
     def meta(self, split: str) -> dict:
-        if split not in self._meta:
-            path = self.dir / f"{split}.json"
-            if not path.exists():
-                raise FileNotFoundError(f"feature bank {self.dir} has no {split!r} features; run the "
-                                        f"`extract_features` rule (snakemake) first")
-            self._meta[split] = read_json(path)
-        return self._meta[split]
+        return self._bank(split)[1]
 
     def array(self, split: str) -> np.ndarray:
-        return np.load(self.dir / f"{split}.npy", mmap_mode="r")
+        return self._bank(split)[0]
 
     def rows(self, split: str) -> list:
         return self.meta(split)["rows"]
 
     def take(self, split: str, relpaths: Sequence[str]) -> torch.Tensor:
-        """Features of the given images (in that order) as float32; train_views gives (V, n, D)."""
+        """Features of the given images (in that order) as float32; an augmented bank gives (V, n, D)."""
         if split not in self._index:
             self._index[split] = {r[0]: i for i, r in enumerate(self.rows(split))}
         index = self._index[split]
@@ -267,5 +382,5 @@ class FeatureBank:
                            f"the feature bank is older than the few-shot subsets: re-run extraction")
         idx = np.array([index[p] for p in relpaths], dtype=np.int64)
         arr = self.array(split)
-        sel = arr[:, idx] if split == "train_views" else arr[idx]
+        sel = arr[:, idx] if arr.ndim == 3 else arr[idx]
         return torch.from_numpy(np.ascontiguousarray(sel, dtype=np.float32))

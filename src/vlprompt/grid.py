@@ -1,7 +1,18 @@
 """Where every artefact lives and which runs an experiment needs: pure functions the DAG calls.
 
-The run identity is spelled out in its path, as CoOp does (``{dataset}/{method}/{shots}shot/seed{seed}``),
-so the path patterns double as Snakemake wildcard patterns.
+Two kinds of artefacts, two kinds of paths:
+
+- **Shared** by every experiment that needs them, and keyed by everything that defines their content, so
+  two experiments never write one path with different content: a prepared dataset
+  (``<data>/<dataset key>/``, see :func:`vlprompt.data.registry.dataset_key`), its base/new classes and
+  its few-shot subsets per (shots, seed) (``<results>/splits/<dataset key>/``), its frozen features per
+  backbone (``<results>/features/<backbone key>/<dataset key>/``: the test images, and per few-shot
+  subset its validation images and augmented training views under the view transform's key). A new
+  shots grid adds files; it never rewrites one.
+- **Owned** by one experiment, under ``<results>/<experiment>/``: its runs, spelled out in their path as
+  CoOp does (``{dataset}/{method}/{shots}shot/seed{seed}``), its tables, logs and resolved config.
+
+The path patterns double as Snakemake wildcard patterns.
 """
 
 from __future__ import annotations
@@ -11,14 +22,18 @@ from pathlib import Path
 
 from vlprompt.config import backbone_key, method_config_hash, stage_hash
 
-FEWSHOT = "{results}/splits/{dataset}/shot{shots}_seed{seed}.json"
-CLASSES = "{results}/splits/{dataset}/classes.json"
-FEATURES = "{results}/features/{backbone}/{dataset}"
+DATA = "{data}/{dkey}"
+CLASSES = "{results}/splits/{dkey}/classes.json"
+FEWSHOT = "{results}/splits/{dkey}/shot{shots}_seed{seed}.json"
+FEATURES = "{results}/features/{backbone}/{dkey}"  # test.npy + test.json
+# per few-shot subset: <stem>.train.npy/.json (V augmented views), <stem>.val.npy/.json
+FEWSHOT_FEATURES = FEATURES + "/{views}/shot{shots}_seed{seed}"
 RUN = "{results}/{experiment}/runs/{dataset}/{method}/{shots}shot/seed{seed}"
 TRANSFER = RUN + "/transfer/{target}.json"
 SUMMARY = "{results}/{experiment}/summary.csv"
 STATS = "{results}/{experiment}/stats.csv"
 REPORT = "{reports}/{experiment}"
+RUN_FILES = ("metrics.json", "model.pt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +72,19 @@ def all_datasets(cfg: dict) -> list[str]:
     return list(dict.fromkeys(cfg["datasets"] + transfer_targets(cfg)))
 
 
+def dataset_keys(cfg: dict) -> dict[str, str]:
+    """``{dataset key: dataset name}`` for every dataset of the experiment (the DAG's ``dkey`` wildcard)."""
+    from vlprompt.data.registry import dataset_key
+
+    return {dataset_key(cfg, name): name for name in all_datasets(cfg)}
+
+
+def dataset_key(cfg: dict, name: str) -> str:
+    from vlprompt.data.registry import dataset_key as key
+
+    return key(cfg, name)
+
+
 def transfer_targets(cfg: dict) -> list[str]:
     return list(cfg.get("targets", [])) if cfg["protocol"] in ("crossdataset", "domain_generalization") else []
 
@@ -68,20 +96,44 @@ def transfer_paths(cfg: dict) -> list[Path]:
             for run in runs(cfg) for t in transfer_targets(cfg)]
 
 
+def split_file(cfg: dict, dataset: str) -> Path:
+    """The prepared dataset's split file (``split_zhou_<name>.json``), written last by ``prepare``."""
+    from vlprompt.data.registry import split_path
+
+    return split_path(cfg, dataset)
+
+
 def fewshot_path(cfg: dict, dataset: str, shots: int, seed: int) -> Path:
-    return Path(FEWSHOT.format(results=cfg["results_root"], dataset=dataset, shots=shots, seed=seed))
-
-
-def fewshot_paths(cfg: dict, dataset: str) -> list[Path]:
-    return [fewshot_path(cfg, dataset, k, s) for k in cfg["shots"] for s in cfg["seeds"]]
+    return Path(FEWSHOT.format(results=cfg["results_root"], dkey=dataset_key(cfg, dataset), shots=shots, seed=seed))
 
 
 def classes_path(cfg: dict, dataset: str) -> Path:
-    return Path(CLASSES.format(results=cfg["results_root"], dataset=dataset))
+    return Path(CLASSES.format(results=cfg["results_root"], dkey=dataset_key(cfg, dataset)))
 
 
 def features_dir(cfg: dict, dataset: str) -> Path:
-    return Path(FEATURES.format(results=cfg["results_root"], backbone=backbone_key(cfg), dataset=dataset))
+    return Path(FEATURES.format(results=cfg["results_root"], backbone=backbone_key(cfg),
+                                dkey=dataset_key(cfg, dataset)))
+
+
+def views_key(cfg: dict) -> str:
+    """The training-view transform's identity: views per image, crop scale, augmentation format."""
+    from vlprompt.features import FORMAT
+
+    f = cfg["features"]
+    return f"views{f['train_views']}_crop{f['crop_scale_min']:g}_f{FORMAT}"
+
+
+def fewshot_features(cfg: dict, dataset: str, shots: int, seed: int) -> Path:
+    """Stem of a few-shot subset's features: ``<stem>.train.npy`` (V, N, D) and ``<stem>.val.npy`` (N, D)."""
+    return Path(FEWSHOT_FEATURES.format(results=cfg["results_root"], backbone=backbone_key(cfg),
+                                        dkey=dataset_key(cfg, dataset), views=views_key(cfg), shots=shots,
+                                        seed=seed))
+
+
+def fewshot_feature_files(cfg: dict, dataset: str, shots: int, seed: int) -> list[Path]:
+    stem = fewshot_features(cfg, dataset, shots, seed)
+    return [Path(f"{stem}.{part}.{ext}") for part in ("train", "val") for ext in ("npy", "json")]
 
 
 def summary_path(cfg: dict) -> Path:
@@ -103,41 +155,69 @@ def needs_gpu(method: str) -> int:
     return int(get_method(method).inputs == "images")
 
 
-
 def train_inputs(cfg: dict, dataset: str, method: str, shots: int | str, seed: int | str) -> list[Path]:
     """Files a training run reads: the feature bank, or the images for encoder-in-the-loop methods."""
-    from vlprompt.data.registry import split_path
-
     shots, seed = int(shots), int(seed)
     inputs = [classes_path(cfg, dataset)]
     if shots > 0:
         inputs.append(fewshot_path(cfg, dataset, shots, seed))
     if needs_gpu(method):
-        return [split_path(cfg, dataset), *inputs]
+        return [split_file(cfg, dataset), *inputs]
     feats = features_dir(cfg, dataset)
     inputs += [feats / "test.npy", feats / "test.json"]
     if shots > 0:
-        inputs += [feats / "train_views.npy", feats / "val.npy"]
+        inputs += fewshot_feature_files(cfg, dataset, shots, seed)
     return inputs
 
 
-def group_runs(cfg: dict) -> list[tuple[int, int]]:
-    """The (shots, seed) runs one grouped training job holds (``train.job_granularity: dataset``)."""
-    return [(k, s) for k in cfg["shots"] for s in cfg["seeds"]]
+def group_runs(cfg: dict) -> list[int]:
+    """The seeds one grouped training job runs (``train.job_granularity: shots``: one job per method ×
+    dataset × shots): a new shots setting adds jobs and re-runs none of the others."""
+    return list(cfg["seeds"])
 
 
-def group_inputs(cfg: dict, dataset: str, method: str) -> list[Path]:
+def group_inputs(cfg: dict, dataset: str, method: str, shots: int | str) -> list[Path]:
     """Inputs of a grouped training job: the union of its runs' inputs."""
     paths: dict[Path, None] = {}
-    for shots, seed in group_runs(cfg):
+    for seed in group_runs(cfg):
         paths.update(dict.fromkeys(train_inputs(cfg, dataset, method, shots, seed)))
+    return list(paths)
+
+
+def transfer_inputs(cfg: dict, target: str, method: str) -> list[Path]:
+    """What evaluating a trained model on ``target`` reads besides the model: its test features or images."""
+    if needs_gpu(method):
+        return [split_file(cfg, target), classes_path(cfg, target)]
+    feats = features_dir(cfg, target)
+    return [feats / "test.npy", feats / "test.json", classes_path(cfg, target)]
+
+
+def all_outputs(cfg: dict) -> list[Path]:
+    """Every artefact the experiment needs, shared and owned, up to its tables.
+
+    ``rule all`` asks for all of them, not only for the report: Snakemake does not re-create a missing
+    intermediate file whose consumers are up to date, so without this a deleted feature bank or run
+    would stay deleted (and a stale row would stay in ``summary.csv``).
+    """
+    paths: dict[Path, None] = {}
+    for run in runs(cfg):
+        paths.update(dict.fromkeys(train_inputs(cfg, run.dataset, run.method, run.shots, run.seed)))
+        paths.update(dict.fromkeys(run.dir(cfg) / name for name in RUN_FILES))
+    for run in runs(cfg):
+        for target in transfer_targets(cfg):
+            paths.update(dict.fromkeys(transfer_inputs(cfg, target, run.method)))
+    paths.update(dict.fromkeys(transfer_paths(cfg)))
+    paths.update(dict.fromkeys([summary_path(cfg), stats_path(cfg), summary_path(cfg).with_name("metrics.json")]))
     return list(paths)
 
 
 __all__ = [
     "Run",
     "all_datasets",
+    "all_outputs",
     "backbone_key",
+    "dataset_key",
+    "dataset_keys",
     "group_inputs",
     "group_runs",
     "method_config_hash",
@@ -146,4 +226,5 @@ __all__ = [
     "stage_hash",
     "train_inputs",
     "transfer_paths",
+    "views_key",
 ]

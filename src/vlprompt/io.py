@@ -51,6 +51,56 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
+class CorruptArtefactError(RuntimeError):
+    """An artefact does not match what was recorded when it was written (truncated, overwritten, unreadable).
+
+    The message is one line: the file, what is wrong, and the command that rebuilds it.
+    """
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        super().__init__(f"corrupt artefact {path}: {problem}; rebuild it with: {rebuild_command(path)}")
+
+
+def rebuild_command(path: str | Path) -> str:
+    """The Snakemake command that re-creates ``path`` (and, on the next run, everything that reads it).
+
+    Inside a Snakemake job the experiment's config files are in ``VLPROMPT_CONFIGFILES`` (set by the
+    Snakefile), so the command names them.
+    """
+    configs = os.environ.get("VLPROMPT_CONFIGFILES", "")
+    given = "".join(f" --configfile {c}" for c in configs.split(os.pathsep) if c)
+    return f"snakemake --cores all{given} --force {path}"
+
+
+def file_record(path: str | Path) -> dict:
+    """Size and sha256 of a file, as sidecars record them."""
+    return {"bytes": Path(path).stat().st_size, "sha256": sha256_file(path)}
+
+
+def verify_file(path: str | Path, record: dict) -> None:
+    """Check ``path`` against a :func:`file_record`; raise :class:`CorruptArtefactError` on a mismatch."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; rebuild it with: {rebuild_command(path)}")
+    size = path.stat().st_size
+    if size != record["bytes"]:
+        raise CorruptArtefactError(path, f"{size} bytes, {record['bytes']} when it was written")
+    if sha256_file(path) != record["sha256"]:
+        raise CorruptArtefactError(path, "its sha256 differs from the one recorded when it was written")
+
+
+def read_artefact_json(path: str | Path) -> Any:
+    """A JSON artefact of the pipeline; unreadable (truncated, overwritten) is a :class:`CorruptArtefactError`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; rebuild it with: {rebuild_command(path)}")
+    try:
+        return read_json(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CorruptArtefactError(path, f"not valid JSON ({err})") from None
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -9,6 +9,7 @@ run continues exactly as an uninterrupted one and ends with identical metrics.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -21,13 +22,21 @@ import torch
 
 from vlprompt import grid
 from vlprompt.backbone import PromptedTextEncoder, load_backbone_from_config
-from vlprompt.bank_splits import BankSplits, train_crop_scale_min
+from vlprompt.bank_splits import BankSplits
 from vlprompt.config import method_config_hash, method_settings
 from vlprompt.data.registry import get_dataset, split_path
-from vlprompt.data.splits import subsample_classes
+from vlprompt.data.splits import read_fewshot, subsample_classes
 from vlprompt.evaluate import evaluate
 from vlprompt.features import FeatureBank, pick_device
-from vlprompt.io import atomic_path, atomic_write_json, provenance, read_json
+from vlprompt.io import (
+    CorruptArtefactError,
+    atomic_path,
+    atomic_write_json,
+    file_record,
+    provenance,
+    read_artefact_json,
+    verify_file,
+)
 from vlprompt.methods import MethodContext, TrainConfig, get_method
 
 log = logging.getLogger(__name__)
@@ -149,11 +158,31 @@ def run_many(cfg: dict, dataset: str, method_name: str, runs: list[tuple[int, in
     out = []
     for shots, seed in runs:
         run_dir = grid.Run(dataset, method_name, shots, seed).dir(cfg)
-        if (run_dir / "metrics.json").exists() and (run_dir / "model.pt").exists():
+        if is_complete(cfg, run_dir, method_name, dataset, shots):
             log.info("%s is complete, skipping", run_dir)
             continue
         out.append(run(cfg, dataset, method_name, shots, seed, run_dir, progress))
     return out
+
+
+def is_complete(cfg: dict, run_dir: Path, method_name: str, dataset: str, shots: int) -> bool:
+    """A run directory whose metrics, with this config's settings for the run, and intact model are there."""
+    try:
+        metrics = read_artefact_json(run_dir / "metrics.json")
+        verify_file(run_dir / "model.pt", metrics["artefacts"]["model.pt"])
+    except (FileNotFoundError, CorruptArtefactError, KeyError):
+        return False
+    return metrics.get("config_hash") == method_config_hash(cfg, method_name, dataset, shots)
+
+
+def load_model_state(run_dir: Path, device: torch.device) -> dict:
+    """A finished run's ``model.pt``, checked against the size and checksum its ``metrics.json`` recorded."""
+    metrics = read_artefact_json(run_dir / "metrics.json")
+    record = metrics.get("artefacts", {}).get("model.pt")
+    if record is None:
+        raise CorruptArtefactError(run_dir / "metrics.json", "no record of model.pt (written by an older version)")
+    verify_file(run_dir / "model.pt", record)
+    return torch.load(run_dir / "model.pt", map_location=device, weights_only=False)
 
 
 def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: torch.device):
@@ -164,21 +193,23 @@ def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: t
     """
     backbone = _cached_backbone(cfg, device)
     bank = FeatureBank(grid.features_dir(cfg, dataset))
-    classes = read_json(grid.classes_path(cfg, dataset))
+    classes = read_artefact_json(grid.classes_path(cfg, dataset))
     names = classes["classnames"]
     train_labels = classes["base"] if cfg["protocol"] == "base2new" else list(range(len(names)))
     ctx = MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model),
                         classnames=[names[i] for i in train_labels], template=get_dataset(dataset).template,
                         device=device, seed=seed, dataset=dataset)
     if cls.needs_training:
-        fewshot = read_json(grid.fewshot_path(cfg, dataset, shots, seed))
+        fewshot = read_fewshot(grid.fewshot_path(cfg, dataset, shots, seed), cfg["fewshot"].get("allow_fewer", False))
         train_rows = subsample_classes(fewshot["train"], train_labels)
         val_rows = subsample_classes(fewshot["val"], train_labels)
-        ctx.train_features = bank.take("train_views", [r[0] for r in train_rows])
+        stem = grid.fewshot_features(cfg, dataset, shots, seed)
+        subset_bank = FeatureBank(stem.parent)
+        ctx.train_features = subset_bank.take(f"{stem.name}.train", [r[0] for r in train_rows])
         ctx.train_labels = torch.tensor([r[1] for r in train_rows])
-        ctx.val_features = bank.take("val", [r[0] for r in val_rows])
+        ctx.val_features = subset_bank.take(f"{stem.name}.val", [r[0] for r in val_rows])
         ctx.val_labels = torch.tensor([r[1] for r in val_rows])
-        ctx.train_crop_scale_min = train_crop_scale_min(bank)
+        ctx.train_crop_scale_min = subset_bank.meta(f"{stem.name}.train").get("scale_min")
         ctx.load_split = BankSplits(bank, train_labels, train_rows, split_path(cfg, dataset))
     return ctx, bank, classes
 
@@ -199,11 +230,10 @@ def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, see
     ctx, _, _ = build_context(cfg, dataset, cls, shots, seed, device)
     ctx.template, ctx.dataset = get_dataset(target).template, target  # hand-crafted prompts: the target's
     method = cls(mcfg, ctx).to(device)
-    run_dir = grid.Run(dataset, method_name, shots, seed).dir(cfg)
-    saved = torch.load(run_dir / "model.pt", map_location=device, weights_only=False)
+    saved = load_model_state(grid.Run(dataset, method_name, shots, seed).dir(cfg), device)
     method.load_trainable_state(saved["state"])
     target_bank = FeatureBank(grid.features_dir(cfg, target))
-    target_classes = read_json(grid.classes_path(cfg, target))
+    target_classes = read_artefact_json(grid.classes_path(cfg, target))
     rows = target_bank.rows("test")
     metrics = evaluate(method, rows, target_bank.take("test", [r[0] for r in rows]), target_classes, "all",
                        ctx.classnames, device)
@@ -259,9 +289,12 @@ def save_run(cfg: dict, out_dir: Path, metrics: dict, method, mcfg, dataset: str
         config_hash=method_config_hash(cfg, method.name, dataset, shots), hyperparameters=hyperparameters,
         overrides=method_settings(cfg, method.name, dataset, shots), method_info=method.run_info(),
         trained=method.needs_training, train=train_info, seconds=seconds, provenance=prov)
+    buffer = io.BytesIO()  # saved through a buffer: the archive is named after the file, a temporary name here
+    torch.save({"method": method.name, "state": method.trainable_state(), "hyperparameters": hyperparameters,
+                "classnames": train_names, "provenance": prov}, buffer)
     with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save({"method": method.name, "state": method.trainable_state(), "hyperparameters": hyperparameters,
-                    "classnames": train_names, "provenance": prov}, tmp)
+        tmp.write_bytes(buffer.getvalue())
+    metrics["artefacts"] = {"model.pt": file_record(out_dir / "model.pt")}  # checked by every reader of model.pt
     atomic_write_json(out_dir / "metrics.json", metrics)
     (out_dir / "checkpoint.pt").unlink(missing_ok=True)
     return metrics

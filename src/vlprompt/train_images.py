@@ -26,9 +26,9 @@ from vlprompt.data import registry, splits
 from vlprompt.data.splits import subsample_classes
 from vlprompt.evaluate import evaluate_parts
 from vlprompt.features import ImageList, pick_device, train_transform
-from vlprompt.io import atomic_path, atomic_write_json, provenance, read_json
+from vlprompt.io import atomic_path, atomic_write_json, provenance, read_artefact_json
 from vlprompt.methods import MethodContext, TrainConfig, get_method
-from vlprompt.train import _cached_backbone, loop_setup, lr_at, save_run, seed_everything
+from vlprompt.train import _cached_backbone, load_model_state, loop_setup, lr_at, save_run, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
     cls = get_method(method_name)
     mcfg = cls.make_config(method_settings(cfg, method_name, dataset, shots))
     backbone = _cached_backbone(cfg, device)
-    classes = read_json(grid.classes_path(cfg, dataset))
+    classes = read_artefact_json(grid.classes_path(cfg, dataset))
     names = classes["classnames"]
     train_labels = classes["base"] if cfg["protocol"] == "base2new" else list(range(len(names)))
     train_names = [names[i] for i in train_labels]
@@ -146,7 +146,8 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
     train_info: dict = {}
     ckpt = out_dir / "checkpoint.pt"
     if cls.needs_training:
-        fewshot = read_json(grid.fewshot_path(cfg, dataset, shots, seed))
+        fewshot = splits.read_fewshot(grid.fewshot_path(cfg, dataset, shots, seed),
+                                      cfg["fewshot"].get("allow_fewer", False))
         rows = subsample_classes(fewshot["train"], train_labels)
         model = backbone.model
         transform = train_transform(backbone.image_size, model.visual.image_mean, model.visual.image_std,
@@ -172,17 +173,16 @@ def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, see
     mcfg = cls.make_config(method_settings(cfg, method_name, dataset, shots))
     seed_everything(seed)
     backbone = _cached_backbone(cfg, device)
-    classes = read_json(grid.classes_path(cfg, dataset))
+    classes = read_artefact_json(grid.classes_path(cfg, dataset))
     names = classes["classnames"]
     train_names = [names[i] for i in (classes["base"] if cfg["protocol"] == "base2new" else range(len(names)))]
     # hand-crafted prompts (VPT's, depth 0) are the target's, as the references build the model for the target
     ctx = MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=train_names,
                         template=registry.get_dataset(target).template, device=device, seed=seed, dataset=target)
     method = cls(mcfg, ctx).to(device)
-    saved = torch.load(grid.Run(dataset, method_name, shots, seed).dir(cfg) / "model.pt", map_location=device,
-                       weights_only=False)
+    saved = load_model_state(grid.Run(dataset, method_name, shots, seed).dir(cfg), device)
     method.load_trainable_state(saved["state"])
-    target_classes = read_json(grid.classes_path(cfg, target))
+    target_classes = read_artefact_json(grid.classes_path(cfg, target))
     test_rows = splits.read_split(registry.split_path(cfg, target))["test"]
     fcfg = cfg["features"]
     metrics = evaluate_images(method, test_rows, registry.dataset_dir(cfg, target), backbone.preprocess,

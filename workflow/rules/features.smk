@@ -1,32 +1,49 @@
-# Frozen image features, extracted once per backbone x dataset (test, few-shot val, augmented train views).
+# Frozen image features, extracted once per backbone x image x view transform: the test images of a
+# dataset, and per few-shot subset its validation images and augmented training views. A subset's job
+# copies what sibling subsets already hold and encodes only the images it adds (vlprompt.features).
 
-FEATURES_DIR = grid.FEATURES.format(
-    results=CFG["results_root"], backbone=grid.backbone_key(CFG), dataset="{dataset}"
+FEATURES_DIR = grid.FEATURES.format(results=CFG["results_root"], backbone=grid.backbone_key(CFG), dkey="{dkey}")
+FEWSHOT_STEM = grid.FEWSHOT_FEATURES.format(
+    results=CFG["results_root"],
+    backbone=grid.backbone_key(CFG),
+    dkey="{dkey}",
+    views=grid.views_key(CFG),
+    shots="{shots}",
+    seed="{seed}",
 )
 
 
-rule extract_features:
+rule extract_test:
     input:
-        split=rules.prepare_dataset.output,
-        fewshot=rules.split_dataset.output.fewshot,
+        split_file_of,
     output:
-        multiext(
-            f"{FEATURES_DIR}/",
-            "test.npy",
-            "test.json",
-            "val.npy",
-            "val.json",
-            "train_views.npy",
-            "train_views.json",
-        ),
+        multiext(f"{FEATURES_DIR}/test", ".npy", ".json"),
     params:
-        config=CONFIG_JSON,
-        settings=grid.stage_hash(CFG, "extract"),
+        dataset=lambda wildcards: DATASET_OF[wildcards.dkey],
     resources:
         gpu=1,
     conda:
         "../envs/vlprompt.yaml"
     log:
-        f"{LOGS}/features/{{dataset}}.log",
+        f"{LOGS}/features/{{dkey}}_test.log",
     shell:
-        "python -m vlprompt extract --config {params.config} --dataset {wildcards.dataset} --quiet > {log} 2>&1"
+        "python -m vlprompt extract --dataset {params.dataset} --key {wildcards.dkey} --quiet > {log} 2>&1"
+
+
+rule extract_fewshot:
+    input:
+        split=split_file_of,
+        fewshot=rules.sample_fewshot.output,
+    output:
+        multiext(FEWSHOT_STEM, ".train.npy", ".train.json", ".val.npy", ".val.json"),
+    params:
+        dataset=lambda wildcards: DATASET_OF[wildcards.dkey],
+    resources:
+        gpu=1,
+    conda:
+        "../envs/vlprompt.yaml"
+    log:
+        f"{LOGS}/features/{{dkey}}_shot{{shots}}_seed{{seed}}.log",
+    shell:
+        "python -m vlprompt extract --dataset {params.dataset} --key {wildcards.dkey} --shots {wildcards.shots} "
+        "--seed {wildcards.seed} --quiet > {log} 2>&1"

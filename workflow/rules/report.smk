@@ -10,15 +10,14 @@ rule aggregate:
         stats=grid.stats_path(CFG),
         metrics=grid.summary_path(CFG).with_name("metrics.json"),
     params:
-        config=EXPERIMENT_JSON,
         settings=grid.stage_hash(CFG, "report"),
     conda:
         "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/aggregate.log",
     shell:
-        "python -m vlprompt aggregate --config {params.config} --summary {output.summary} --stats {output.stats} "
-        "--metrics-json {output.metrics} {input} > {log} 2>&1"
+        "python -m vlprompt aggregate --summary {output.summary} --stats {output.stats} "
+        "--metrics-json {output.metrics} {input} > {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
 
 
 rule report:
@@ -34,7 +33,6 @@ rule report:
             category="Report",
         ),
     params:
-        config=EXPERIMENT_JSON,
         settings=grid.stage_hash(CFG, "report"),
         out=grid.report_dir(CFG),
     conda:
@@ -42,6 +40,6 @@ rule report:
     log:
         f"{LOGS}/report.log",
     shell:
-        "python -m vlprompt report --config {params.config} --summary {input.summary} --stats {input.stats} "
+        "python -m vlprompt report --summary {input.summary} --stats {input.stats} "
         "--out {params.out} > {log} 2>&1"
 

@@ -59,6 +59,7 @@ STYLES: dict[str, tuple[str, str]] = {
 }
 
 SUPERSAMPLE = 4  # draw at 4x and downsample with a box filter, for anti-aliased edges
+FORMAT = 2  # version of the drawing code: a change that alters pixels bumps it (and the datasets' folder key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,7 +271,7 @@ def generate(dataset: PocketDataset, world: World, root: Path, strength: float =
     root = Path(root)
     classes = world.classes
     manifest = {"style": dataset.style, "strength": strength, "seed": world.seed,
-                "image_size": world.image_size, "format": 2}
+                "image_size": world.image_size, "format": FORMAT}
     manifest_path = root / "pocket.json"
     if (root / "images").exists() and (
             not manifest_path.exists() or json.loads(manifest_path.read_text()) != manifest):

@@ -72,8 +72,36 @@ def get_dataset(name: str) -> DatasetSpec:
         raise DatasetError(f"unknown dataset {name!r}; available: {list_datasets()}") from None
 
 
+POCKET_PER_CLASS = {"train": 24, "val": 8, "test": 20}
+
+
+def pocket_settings(cfg: dict) -> dict:
+    """Everything that defines a pocket dataset's images and split file besides its style."""
+    p = cfg.get("pocket", {})
+    world = pocket_world(cfg)
+    return {"n_colours": world.n_colours, "n_shapes": world.n_shapes, "image_size": world.image_size,
+            "seed": world.seed, "label_order": world.label_order,
+            "per_class": {**POCKET_PER_CLASS, **p.get("per_class", {})}, "format": pocket.FORMAT}
+
+
+def dataset_key(cfg: dict, name: str) -> str:
+    """The folder name of a prepared dataset (and of its splits and feature banks): what defines its content.
+
+    A real dataset is its publisher's files and published split: its name. A pocket dataset is generated
+    from the config's ``pocket`` block, so its key adds a hash of those settings
+    (``pocket_dark-1f2e3d4c``): experiments with other pocket settings get their own copy, never the
+    same folder with other content.
+    """
+    from vlprompt.io import config_hash
+
+    spec = get_dataset(name)
+    if spec.kind == "pocket":
+        return f"{name}-{config_hash(pocket_settings(cfg))[:8]}"
+    return name
+
+
 def dataset_dir(cfg: dict, name: str) -> Path:
-    return Path(cfg.get("data_root", "data")) / name
+    return Path(cfg.get("data_root", "data")) / dataset_key(cfg, name)
 
 
 def split_path(cfg: dict, name: str) -> Path:
@@ -90,8 +118,7 @@ def prepare(cfg: dict, name: str, progress: bool = True) -> Path:
     """Make the dataset ready on disk; return its split file."""
     spec = get_dataset(name)
     if spec.kind == "pocket":
-        per_class = {"train": 24, "val": 8, "test": 20, **cfg.get("pocket", {}).get("per_class", {})}
-        ds = pocket.PocketDataset(name=name, style=spec.style, per_class=per_class)
+        ds = pocket.PocketDataset(name=name, style=spec.style, per_class=pocket_settings(cfg)["per_class"])
         return pocket.generate(ds, pocket_world(cfg), dataset_dir(cfg, name), progress=progress)
     if spec.kind == "real":
         try:

@@ -100,7 +100,29 @@ def subsample_classes(rows: Sequence[Row], keep: Sequence[int]) -> list[Row]:
 
 
 def write_fewshot(path: str | Path, subset: dict[str, list[Row]], shots: int, seed: int) -> None:
-    atomic_write_json(path, {"shots": shots, "seed": seed, **subset})
+    """Write a subset with the classes that got fewer than ``shots`` images (only with ``allow_fewer``)."""
+    counts: dict[str, int] = {}
+    for row in subset["train"]:
+        counts[row[2]] = counts.get(row[2], 0) + 1
+    short = sorted(name for name, n in counts.items() if n < shots)
+    atomic_write_json(path, {"shots": shots, "seed": seed, "short_classes": short, **subset})
+
+
+def read_fewshot(path: str | Path, allow_fewer: bool = False) -> dict:
+    """A stored few-shot subset; one sampled with ``allow_fewer`` is refused by an experiment without it."""
+    from vlprompt.io import read_artefact_json
+
+    subset = read_artefact_json(path)
+    missing = [k for k in ("shots", "seed", "train", "val") if k not in subset]
+    if missing:
+        from vlprompt.io import CorruptArtefactError
+
+        raise CorruptArtefactError(path, f"lacks {missing}")
+    if subset.get("short_classes") and not allow_fewer:
+        raise SplitError(f"{path} keeps fewer than {subset['shots']} images for {len(subset['short_classes'])} "
+                         f"classes (e.g. {subset['short_classes'][0]!r}; sampled by an experiment with "
+                         f"fewshot.allow_fewer: true); lower `shots` or set `fewshot.allow_fewer: true`")
+    return subset
 
 
 def write_classes(path: str | Path, split: dict[str, list[Row]]) -> dict:
