@@ -11,14 +11,15 @@ NAMES = ["car_side", "dollar_bill", "Apply_Eye_Makeup"]
 SMALL = {"prograd": {"n_ctx": 8}, "cocoop": {"max_prompts_per_pass": 64}}  # pocket CLIP: 20-token context
 
 
-def context(backbone, names, template="a photo of a {}."):
+def context(backbone, names, template="a photo of a {}.", dataset=None, descriptions=None):
     gen = torch.Generator().manual_seed(0)
     dim, n = backbone.embed_dim, len(names)
     y = torch.arange(n).repeat(2)
     return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=list(names),
                          template=template, device=torch.device("cpu"), seed=0,
                          train_features=torch.randn(2, len(y), dim, generator=gen), train_labels=y,
-                         val_features=torch.randn(len(y), dim, generator=gen), val_labels=y)
+                         val_features=torch.randn(len(y), dim, generator=gen), val_labels=y, dataset=dataset,
+                         descriptions=descriptions)
 
 
 def test_prompt_name_and_class_prompts():
@@ -51,13 +52,17 @@ def test_no_method_puts_an_underscore_into_a_prompt(name, pocket_random_backbone
 
     monkeypatch.setattr(backbone, "tokenizer", spy)
     cls = get_method(name)
-    method = cls(cls.make_config(SMALL.get(name)), context(backbone, [f"{n}_{name}" for n in NAMES]))
+    names, new = [f"{n}_{name}" for n in NAMES], [f"water_lilly_{name}", f"stop_sign_{name}"]
+    # Caltech101 (its template is "a photo of a {}."): the methods with per-dataset data files have its entries
+    descriptions = {c: ["a thing seen from the side.", "an object."] for c in names + new}
+    method = cls(cls.make_config(SMALL.get(name)), context(backbone, names, dataset="Caltech101",
+                                                           descriptions=descriptions))
     method.eval()
     shape = (2, 3, backbone.image_size, backbone.image_size) if cls.inputs == "images" else (2, backbone.embed_dim)
     with torch.no_grad():
         method(torch.randn(shape))
         if cls.supports_new_classes:
-            method.set_classes([f"water_lilly_{name}", f"stop_sign_{name}"])
+            method.set_classes(new)
             method(torch.randn(shape))
     assert not [t for t in seen if "_" in t]
     if name == "linear_probe":

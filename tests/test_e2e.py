@@ -64,6 +64,28 @@ def test_report_is_rendered(workdir):
 
 
 @pytest.mark.slow
+def test_snakemakes_packed_report_embeds_every_figure_with_its_caption(workdir, tmp_path):
+    import base64
+    import re
+
+    packed = tmp_path / "report.html"
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(workdir), "--report", str(packed)], capture_output=True, text=True,
+                          env=ENV)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = packed.read_text()
+    pngs = sorted((workdir / "reports" / "e2e" / "figures").glob("*.png"))
+    assert pngs
+    for png in pngs:  # open the packed report: each figure is there, with its caption, byte for byte
+        entry = re.search(rf'"reports/e2e/figures/{png.name}": {{(.*?)"data_uri": "data:image/png;[^"]*?base64,'
+                          r'([A-Za-z0-9+/=]+)"', text, re.S)
+        assert entry, png.name
+        caption = re.search(r'"caption": "(.*?)", "mime_type"', entry.group(1), re.S)
+        assert caption and len(caption.group(1)) > 80 and "Figure " not in caption.group(1), png.name
+        assert base64.b64decode(entry.group(2)) == png.read_bytes(), png.name
+    assert '"reports/e2e/index.html"' in text
+
+
+@pytest.mark.slow
 def test_second_run_does_nothing(workdir):
     cmd = SNAKEMAKE + ["-d", str(workdir), "--cores", "2", "-n"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV)

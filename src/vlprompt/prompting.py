@@ -169,3 +169,107 @@ class PromptLearner(nn.Module):
     def forward(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised text features (n_cls, embed_dim) of the current prompts."""
         return self.encoder(self.prompts(ctx), self.eot)
+
+
+def format_tokens(tokenizer, text: str) -> int:
+    """Number of BPE tokens of ``text`` between SOS and EOS."""
+    if not text.strip():
+        return 0
+    return int(tokenizer([text.strip()])[0].argmax()) - 1
+
+
+class PatternPrompts(nn.Module):
+    """Prompts that mix hard words, learnable slots and the class name anywhere (ATPrompt, MoCoOp, KAPT).
+
+    ``pattern`` is written like a format string: ``{}`` is the class name and ``{name}`` a learnable slot
+    of ``slots[name]`` tokens, e.g. ATPrompt's ``"{att0} colour {att1} shape {ctx} {}."`` or a MoCoOp
+    expert's ``"{before} {} {after}."``. A slot is initialised from the embedding of ``init[name]`` when
+    that is a phrase (its token count must equal the slot's size) or from N(0, std²) when it is a float
+    std. The frozen token embeddings are non-persistent buffers; each slot is one ``nn.Parameter``
+    (n_tokens, width) shared by all classes. ``forward()`` returns the unnormalised text features (n_cls, D).
+    """
+
+    def __init__(self, encoder: PromptedTextEncoder, tokenizer, classnames: list[str], pattern: str,
+                 slots: dict[str, int], init: dict[str, str | float], generator: torch.Generator | None = None):
+        super().__init__()
+        import string
+
+        self.encoder, self.tokenizer, self.pattern = encoder, tokenizer, pattern
+        pieces = list(string.Formatter().parse(pattern))  # (literal, field, spec, conversion)
+        fields = [f for _, f, _, _ in pieces if f is not None]
+        if fields.count("") != 1 or set(fields) - {""} != set(slots) or len(set(fields)) != len(fields):
+            raise ValueError(f"prompt pattern {pattern!r} must hold '{{}}' (the class name) once and each slot of "
+                             f"{sorted(slots)} once")
+        self.pieces = [(lit, f) for lit, f, _, _ in pieces]
+        device = encoder.token_embedding.weight.device
+        self.slots = nn.ParameterDict()
+        for name, n in slots.items():
+            value = init[name]
+            if isinstance(value, str):
+                tokens = tokenizer([prompt_name(value)]).to(device)
+                if format_tokens(tokenizer, value) != n:
+                    raise ValueError(f"slot {name!r} has {n} tokens but its initial words {value!r} have "
+                                     f"{format_tokens(tokenizer, value)}")
+                with torch.no_grad():
+                    vec = encoder.embed(tokens)[0, 1:1 + n].float()
+            else:
+                vec = torch.randn(n, encoder.width, generator=generator) * float(value)
+            self.slots[name] = nn.Parameter(vec.to(device))  # (n, width)
+        self.set_classes(classnames)
+
+    def text(self, classname: str) -> str:
+        """The prompt's words for a class, slots written as placeholder tokens."""
+        out = []
+        for lit, field in self.pieces:
+            out.append(lit)
+            if field == "":
+                out.append(prompt_name(classname))
+            elif field is not None:
+                out.append(" ".join([PLACEHOLDER] * self.slots[field].shape[0]))
+        return "".join(out)
+
+    def set_classes(self, classnames: list[str]) -> None:
+        """Rebuild the frozen token buffers and the slot positions for ``classnames``."""
+        self.classnames = list(classnames)
+        device = next(iter(self.slots.values())).device if len(self.slots) else \
+            self.encoder.token_embedding.weight.device
+        tokens = self.tokenizer([self.text(c) for c in classnames]).to(device)  # (n_cls, L)
+        length, eot = tokens.shape[1], tokens.argmax(-1)
+        placeholder = int(self.tokenizer([PLACEHOLDER])[0, 1])
+        positions = {name: [] for name in self.slots}
+        for i, c in enumerate(classnames):
+            if int(eot[i]) >= length - 1:
+                raise ValueError(f"the prompt {self.text(c)!r} does not fit the text encoder's {length} tokens")
+            at = 1  # after SOS
+            for lit, field in self.pieces:
+                at += format_tokens(self.tokenizer, lit)
+                if field == "":
+                    at += format_tokens(self.tokenizer, prompt_name(c))
+                elif field is not None:
+                    n = self.slots[field].shape[0]
+                    positions[field].append(list(range(at, at + n)))
+                    at += n
+            if at != int(eot[i]) or any(not bool((tokens[i, p[-1]] == placeholder).all())
+                                        for p in (positions[f][-1] for f in self.slots)):
+                raise ValueError(f"prompt pattern {self.pattern!r} tokenizes differently in pieces than whole for "
+                                 f"class {c!r}; separate slots from words and punctuation by spaces")
+        with torch.no_grad():
+            emb = self.encoder.embed(tokens)  # (n_cls, L, width)
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("embedding", emb, persistent=False)
+        self.register_buffer("eot", eot, persistent=False)
+        for name in self.slots:
+            self.register_buffer(f"pos_{name}", torch.tensor(positions[name], dtype=torch.long, device=device)
+                                 .view(len(classnames), -1), persistent=False)
+
+    def prompts(self, values: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """(n_cls, L, width) prompt embeddings; ``values`` replaces slots (e.g. reparameterised ones)."""
+        x = self.embedding.clone()
+        rows = torch.arange(x.shape[0], device=x.device)[:, None]  # (n_cls, 1)
+        for name, p in self.slots.items():
+            v = (values or {}).get(name, p)
+            x[rows, getattr(self, f"pos_{name}")] = v.to(x.dtype).expand(x.shape[0], -1, -1)
+        return x
+
+    def forward(self, values: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.encoder(self.prompts(values), self.eot)

@@ -13,6 +13,9 @@ from torch import nn
 from vlprompt.backbone import Backbone, PromptedTextEncoder
 
 registry: dict[str, type[Method]] = {}
+# Method families in the order the report lists them (zero-shot first, as the papers' tables do). A method
+# inherits its parent's ``family``; a family not listed here comes after these, and so does a method without one.
+FAMILIES = ("zero-shot", "linear probe", "adapter", "text prompt", "deep prompt")
 
 
 class MethodError(ValueError):
@@ -69,6 +72,12 @@ class MethodContext:
     # transform), "val_full" (the whole validation split), "test" (the test split); training classes only,
     # labels as train_labels.
     load_split: Callable[[str], tuple[torch.Tensor, torch.Tensor] | None] | None = None
+    # Class descriptions (class name -> sentences, CuPL's format) for MSGCoOp, KAPT, ...; None: the description
+    # store's file for ``dataset`` (vlprompt.data.descriptions), read when a method asks for it.
+    descriptions: dict[str, list[str]] | None = None
+    # Names of classes that the protocol lets a method see as text only during training (OGEN's unknown
+    # classes); None: none (the default: the training loop gives the training classes' names only).
+    unseen_classnames: list[str] | None = None
 
     @property
     def logit_scale(self) -> float:
@@ -97,6 +106,7 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    family: ClassVar[str] = ""  # one of FAMILIES (inherited by subclasses); orders the report's tables
     Config: ClassVar[type] = TrainConfig
     needs_training: ClassVar[bool] = True
     supports_new_classes: ClassVar[bool] = True

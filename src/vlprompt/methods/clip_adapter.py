@@ -40,6 +40,7 @@ class Adapter(nn.Sequential):
 @register
 class CLIPAdapter(Method):
     name = "clip_adapter"
+    family = "adapter"
     paper = "Gao et al., CLIP-Adapter: Better Vision-Language Models with Feature Adapters, IJCV 2024"
     description = "residual bottleneck MLP on the image feature, zero-shot text classifier"
     Config = CLIPAdapterConfig

@@ -74,6 +74,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, max_iter: int):
 @register
 class LinearProbe(Method):
     name = "linear_probe"
+    family = "linear probe"
     paper = "Radford et al., ICML 2021 (linear-probe CLIP); CoOp's baseline (Zhou et al., IJCV 2022)"
     description = "logistic regression (scikit-learn) on un-normalised frozen image features, C chosen on validation"
     Config = LinearProbeConfig

@@ -83,6 +83,7 @@ def search_grid(cfg) -> tuple[list[float], list[float]]:
 @register
 class TipAdapter(Method):
     name = "tip_adapter"
+    family = "adapter"
     paper = "Zhang et al., Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classification, ECCV 2022"
     description = "training-free key-value cache of the few-shot features added to zero-shot logits"
     Config = TipAdapterConfig

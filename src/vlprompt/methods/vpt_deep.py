@@ -60,6 +60,7 @@ class Frozen:
 @register
 class VPTDeep(Method):
     name = "vpt_deep"
+    family = "deep prompt"
     paper = "Jia et al., Visual Prompt Tuning, ECCV 2022 (CLIP variant as in Khattak et al., MaPLe, CVPR 2023)"
     description = "deep learnable tokens in every image-encoder block; fixed hand-crafted text prompts"
     Config = VPTDeepConfig

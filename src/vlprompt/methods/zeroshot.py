@@ -26,6 +26,7 @@ class ZeroShotConfig:
 @register
 class ZeroShot(Method):
     name = "zeroshot"
+    family = "zero-shot"
     paper = "Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021"
     description = "zero-shot CLIP with the dataset's hand-crafted prompt"
     Config = ZeroShotConfig
