@@ -35,6 +35,7 @@ from vlprompt.data.descriptions import descriptions_for
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
 from vlprompt.methods.restore import ResidualAdapter
+from vlprompt.prompting import prompt_name
 
 STOP_WORDS = frozenset(
     "a an the of in on at to for from by with and or but is are was were be been being it its this that these "
@@ -62,7 +63,7 @@ def keywords(sentences: list[str], k: int) -> list[str]:
 
 def discrete_prompt(template: str, classname: str, words: list[str]) -> str:
     """The template filled with the class, then the keywords: "a photo of a red circle, red, circle."."""
-    text = template.format(classname.replace("_", " ")).rstrip()
+    text = template.format(prompt_name(classname)).rstrip()
     text = text[:-1] if text.endswith(".") else text
     return ", ".join([text, *words]) + "."
 

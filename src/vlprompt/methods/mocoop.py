@@ -45,7 +45,7 @@ from torch import nn
 from vlprompt.backbone import encode_prompts
 from vlprompt.methods.atprompt import per_dataset
 from vlprompt.methods.base import Method, MethodContext, MethodError, TrainConfig, normalize, register
-from vlprompt.prompting import PatternPrompts, format_tokens
+from vlprompt.prompting import PatternPrompts, class_prompts, format_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +136,7 @@ class MoCoOp(Method):
 
     def set_prototypes(self, classnames: list[str]) -> None:
         """p^e_c: the mean normalised feature of group e's templates for class c, renormalised; (G, C, D)."""
-        names = [c.replace("_", " ") for c in classnames]
-        per_template = torch.stack([encode_prompts(self.backbone, [t.format(c) for c in names])
+        per_template = torch.stack([encode_prompts(self.backbone, class_prompts(t, classnames))
                                     for t in self.templates])  # (n, C, D)
         protos = torch.stack([normalize(g.mean(0)) for g in torch.split(per_template, list(self.groups))])
         self.register_buffer("prototypes", protos, persistent=False)

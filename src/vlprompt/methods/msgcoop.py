@@ -40,6 +40,7 @@ from vlprompt.backbone import encode_prompts
 from vlprompt.data.descriptions import descriptions_for
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.kgcoop import KgCoOp, KgCoOpConfig, knowledge_loss
+from vlprompt.prompting import prompt_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +92,7 @@ class MSGCoOp(KgCoOp):
         descs = descriptions_for(self.descriptions, self.dataset, classnames)
         rows = []
         for c in classnames:
-            feats = encode_prompts(self.backbone, [self.config.anchor_format.format(c.replace("_", " "), d)
+            feats = encode_prompts(self.backbone, [self.config.anchor_format.format(prompt_name(c), d)
                                                    for d in descs[c]])
             rows.append(feats.mean(0))
         self.anchor_classes = list(classnames)

@@ -36,6 +36,7 @@ from torch import nn
 from vlprompt.backbone import encode_prompts
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
+from vlprompt.prompting import class_prompts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +87,7 @@ class RESTORE(CoOp):
         self.set_hand_crafted(classnames)
 
     def set_hand_crafted(self, classnames: list[str]) -> None:
-        texts = [self.template.format(c.replace("_", " ")) for c in classnames]
+        texts = class_prompts(self.template, classnames)
         self.register_buffer("hand_crafted", encode_prompts(self.backbone, texts), persistent=False)  # (C, D)
 
     def text_features(self) -> torch.Tensor:

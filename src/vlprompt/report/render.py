@@ -369,6 +369,26 @@ def _provenance_section(summary: pd.DataFrame, protocol: str, backbone: str, scf
     return s
 
 
+def _overrides(s: Section, cfg: dict) -> None:
+    """The hyperparameter overrides in force (config ``method_overrides``), per method and scope."""
+    from vlprompt.config import method_settings, override_rows
+
+    rows = override_rows(cfg)
+    if not rows:
+        s.text("Every method ran with its preset hyperparameters (no `method_overrides`).")
+        return
+    s.text("Hyperparameters overriding the methods' presets (`method_overrides`); for a run, later rows of its "
+           "method take precedence (every run < shots < dataset < dataset and shots). Each run's complete "
+           "hyperparameters are in its metrics.json.")
+    s.table(pd.DataFrame({"method": [r[0] for r in rows], "applies to": [r[1] for r in rows],
+                          "hyperparameters": [json.dumps(r[2]) for r in rows]}), css="wrap")
+    on_test = sorted({f"{m} on {d}" for m in cfg.get("methods", []) for d in cfg.get("datasets", [])
+                      for k in cfg.get("shots", []) if method_settings(cfg, m, d, k).get("search_split") == "test"})
+    if on_test:
+        s.note(f"{', '.join(on_test)}: hyperparameters chosen on the test set, as the reference does "
+               "(Tip-Adapter's main_imagenet.py); these accuracies are optimistic.")
+
+
 def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict) -> None:
     """Write ``out_dir/report.md``, ``out_dir/index.html``, ``out_dir/figures/*.png`` and ``out_dir/cells.csv``
     from the experiment's ``summary.csv`` and ``stats.csv``."""
@@ -409,7 +429,9 @@ def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict) -> None
                      f"<div class='notes'>{markdown_to_html(notes)}</div></details>")
         sections.append(s)
     sections.append(_cells_section(cells, summary, scfg))
-    sections.append(_provenance_section(summary, protocol, backbone, scfg))
+    s = _provenance_section(summary, protocol, backbone, scfg)
+    _overrides(s, cfg)
+    sections.append(s)
 
     atomic_write_text(out / "report.md", to_markdown(title, intro, sections))
     atomic_write_text(out / "index.html", to_html(title, intro, sections))
