@@ -297,9 +297,6 @@ def test_tip_adapter(backbone, inputs):
     assert (method.alpha, method.beta) == pytest.approx((fix["alpha"], fix["beta"]))
 
 
-@pytest.mark.xfail(strict=True, reason="the reference hard-codes 100 for CLIP's logit scale (Tip-Adapter main.py, "
-                                       "utils.py: '100. * features @ clip_weights'); vlprompt uses the model's "
-                                       "exp(logit_scale), 100.03 for ln 100 stored in fp16 as in OpenAI's weights")
 def test_tip_adapter_logits(backbone, inputs):
     fix = fixture("tip_adapter")
     method = build("tip_adapter", tip_context(backbone, fix, inputs))
@@ -307,8 +304,6 @@ def test_tip_adapter_logits(backbone, inputs):
           what="Tip-Adapter logits")
 
 
-@pytest.mark.xfail(strict=True, reason="the hard-coded logit scale 100 (see test_tip_adapter_logits); AdamW's "
-                                       "eps 1e-4 is the reference's since issue 13 item 4")
 def test_tip_adapter_f(backbone, inputs, tmp_path):
     fix = fixture("tip_adapter")
     ctx = tip_context(backbone, fix, inputs)

@@ -66,6 +66,9 @@ class TipAdapterConfig:
     beta_steps: int = 200
     alpha_steps: int = 20
     cache_views: int = 10  # augmented views averaged into each key (the reference's augment_epoch)
+    # the reference hard-codes CLIP's logit scale as 100 (main.py, utils.py: `100. * features @ clip_weights`);
+    # None: the model's exp(logit_scale) (100.03 for OpenAI's fp16-stored ln 100)
+    logit_scale: float | None = 100.0
 
 
 def cache_logits(f_hat: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, beta: float) -> torch.Tensor:
@@ -98,6 +101,8 @@ class TipAdapter(Method):
         self.templates = ctx.templates(config.template)
         self.trained_classes = list(ctx.classnames)
         self.alpha, self.beta = config.init_alpha, config.init_beta
+        if config.logit_scale is not None:
+            self.logit_scale = config.logit_scale
         self.info: dict = {"deviations": []}
         if ctx.train_features is not None:  # (V, N, D) -> keys (N, D), values (N, C)
             keys = normalize(ctx.train_features[:config.cache_views].float().mean(dim=0))
