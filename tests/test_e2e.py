@@ -48,6 +48,11 @@ def test_summary_has_every_row_with_sane_values(workdir):
     zs = df[df.method == "zeroshot"]
     assert (zs.new_acc >= 5 * chance).all(), zs
     assert df[df.method == "linear_probe"].new_acc.isna().all()  # cannot classify unseen classes
+    import json
+
+    for path in (workdir / "results" / "e2e" / "runs").rglob("linear_probe/*/seed*/metrics.json"):
+        # fitted on un-augmented training features, as CoOp's lpclip (the bank's .plain part)
+        assert json.loads(path.read_text())["method_info"]["features"] == "plain", path
     coop = df[(df.method == "coop") & (df.shots == 16)]
     zs16 = zs[zs.shots == 16]
     assert coop.base_acc.mean() > zs16.base_acc.mean(), (coop.base_acc.mean(), zs16.base_acc.mean())

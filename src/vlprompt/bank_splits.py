@@ -8,13 +8,12 @@ the whole validation split (on ImageNet, on the test set), CoOp's linear probe f
 features. What the bank can give, by stem of the dataset's folder:
 
 - ``test``: every test image (un-augmented) — always there;
-- ``val_full``: the whole validation split (of the training classes), from a ``val`` stem holding all of
-  its images — the bank has none yet, so this is None;
-- ``train_plain``: the run's few-shot training images un-augmented (test transform), from a ``train`` stem
-  holding them — none yet either, so None.
+- ``val_full``: the whole validation split (of the training classes), from the dataset's ``val`` bank;
+- ``train_plain``: the run's few-shot training images un-augmented (test transform), from the subset's
+  ``<views key>/shot<K>_seed<S>.plain`` bank.
 
-A method that gets None falls back (the few-shot validation subset, the augmented views) and records the
-fallback in its ``run_info``; a bank that adds those stems is used without further change.
+A method that gets None (an older bank without them) falls back (the few-shot validation subset, the
+augmented views) and records the fallback in its ``run_info``.
 """
 
 from __future__ import annotations
@@ -34,9 +33,12 @@ NAMES = ("train_plain", "val_full", "test")
 class BankSplits:
     """``load_split(name) -> (features, labels) | None`` for one run (training classes, relabelled)."""
 
-    def __init__(self, bank, train_labels: list[int], train_rows: list, split_file: str | Path | None = None):
+    def __init__(self, bank, train_labels: list[int], train_rows: list, split_file: str | Path | None = None,
+                 plain: tuple | None = None):
+        """``plain``: (bank, stem) of the subset's un-augmented training features."""
         self.bank, self.keep, self.train_rows = bank, list(train_labels), train_rows
         self.split_file = Path(split_file) if split_file else None
+        self.plain = plain
 
     def __call__(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         if name == "test":
@@ -46,16 +48,19 @@ class BankSplits:
                 return None
             return self._take("val", subsample_classes(read_split(self.split_file)["val"], self.keep))
         if name == "train_plain":
-            return self._take("train", self.train_rows)
+            if self.plain is None:
+                return self._take("train", self.train_rows)
+            return self._take(self.plain[1], self.train_rows, self.plain[0])
         raise ValueError(f"unknown split {name!r}; available: {NAMES}")
 
-    def _take(self, split: str, rows: list) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _take(self, split: str, rows: list, bank=None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        bank = self.bank if bank is None else bank
         try:
-            held = {r[0] for r in self.bank.rows(split)}
+            held = {r[0] for r in bank.rows(split)}
         except FileNotFoundError:
             return None
         if not rows or any(r[0] not in held for r in rows):
             log.info("the feature bank's %r split lacks some of the %d images asked for", split, len(rows))
             return None
-        return self.bank.take(split, [r[0] for r in rows]), torch.tensor([r[1] for r in rows])
+        return bank.take(split, [r[0] for r in rows]), torch.tensor([r[1] for r in rows])
 

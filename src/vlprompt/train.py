@@ -210,7 +210,8 @@ def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: t
         ctx.val_features = subset_bank.take(f"{stem.name}.val", [r[0] for r in val_rows])
         ctx.val_labels = torch.tensor([r[1] for r in val_rows])
         ctx.train_crop_scale_min = subset_bank.meta(f"{stem.name}.train").get("scale_min")
-        ctx.load_split = BankSplits(bank, train_labels, train_rows, split_path(cfg, dataset))
+        ctx.load_split = BankSplits(bank, train_labels, train_rows, split_path(cfg, dataset),
+                                    plain=(subset_bank, f"{stem.name}.plain"))
     return ctx, bank, classes
 
 
