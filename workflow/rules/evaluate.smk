@@ -8,7 +8,9 @@ rule evaluate_transfer:
     input:
         model=f"{RUN_DIR}/model.pt",
         metrics=f"{RUN_DIR}/metrics.json",
-        target=lambda wildcards: grid.transfer_inputs(CFG, wildcards.target, wildcards.method),
+        target=lambda wildcards: grid.transfer_inputs(
+            CFG, wildcards.target, wildcards.method, wildcards.dataset, wildcards.shots
+        ),
     output:
         f"{RUN_DIR}/transfer/{{target}}.json",
     params:
