@@ -14,11 +14,11 @@ from vlprompt.backbone import Backbone, PromptedTextEncoder
 
 registry: dict[str, type[Method]] = {}
 # Method families in the order the report lists them (zero-shot first, as the papers' tables do): methods without
-# training data (zero-shot, class descriptions), with unlabelled data only (training-free), then the few-shot learners
-# from the lightest to the heaviest, the test-time tuners last but one. A method inherits its parent's ``family``; a
-# family not listed here comes after these, and so does a method without one.
-FAMILIES = ("zero-shot", "training-free", "linear probe", "adapter", "discrete prompt", "text prompt", "test-time",
-            "deep prompt")
+# training data (zero-shot CLIP, classifiers from class descriptions), with unlabelled data only (training-free), then
+# the few-shot learners from the lightest to the heaviest, the test-time tuners last but one. A method inherits its
+# parent's ``family``; a family not listed here comes after these, and so does a method without one.
+FAMILIES = ("zero-shot", "class descriptions", "training-free", "linear probe", "adapter", "discrete prompt",
+            "text prompt", "test-time", "deep prompt")
 
 
 class MethodError(ValueError):

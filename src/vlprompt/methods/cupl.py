@@ -50,6 +50,7 @@ def pooled_classifier(backbone, sentences: list[list[str]]) -> torch.Tensor:
 @register
 class CuPL(ZeroShot):
     name = "cupl"
+    family = "class descriptions"
     paper = ("Pratt et al., What does a platypus look like? Generating customized prompts for zero-shot image "
              "classification, ICCV 2023")
     description = "zero-shot classifier from the mean of class descriptions written by a language model"

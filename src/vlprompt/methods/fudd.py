@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from vlprompt.backbone import encode_prompts
 from vlprompt.data.descriptions import differential_descriptions
-from vlprompt.methods.base import Method, MethodContext, MethodError, normalize, register
-from vlprompt.prompting import text_classifier
+from vlprompt.methods.base import MethodContext, MethodError, normalize, register
+from vlprompt.methods.zeroshot import ZeroShot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,28 +41,25 @@ class FuDDConfig:
 
 
 @register
-class FuDD(Method):
+class FuDD(ZeroShot):
     name = "fudd"
-    family = "zero-shot"
+    family = "class descriptions"
     paper = ("Esfandiarpoor & Bach, Follow-Up Differential Descriptions: Language Models Resolve Ambiguities for "
              "Image Classification, ICLR 2024")
     description = "zero-shot top-k classes, then re-ranked with descriptions that tell those classes apart"
     Config = FuDDConfig
-    needs_training = False
 
     def __init__(self, config: FuDDConfig, ctx: MethodContext):
-        super().__init__(config, ctx)
         if config.top_k < 2:
             raise MethodError(f"fudd: top_k must be at least 2 (the ambiguous classes), got {config.top_k}")
-        self.backbone, self.dataset = ctx.backbone, ctx.dataset
-        self.templates = ctx.templates(config.template)
+        self.dataset = ctx.dataset
         self.sentence_features: dict[str, torch.Tensor] = {}  # every differential sentence encoded once
-        self.set_classes(ctx.classnames)
+        super().__init__(config, ctx)  # step one: zero-shot CLIP with the template
 
     def set_classes(self, classnames: list[str]) -> None:
         self.classnames = list(classnames)
         self.store = differential_descriptions(self.dataset, self.classnames)
-        self.register_buffer("weights", text_classifier(self.backbone, self.templates, classnames), persistent=False)
+        super().set_classes(classnames)
 
     def follow_up_sentences(self, ambiguous: list[int]) -> list[list[str]]:
         """S_c for each ambiguous class c (index into the current classes), each sentence once, in a fixed order."""

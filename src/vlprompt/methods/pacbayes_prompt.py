@@ -24,7 +24,7 @@ R the 0-1 error on the training distribution (under base-to-new: the base classe
 the base accuracy; few-shot: all classes). Which of these two the paper reports is an assumption (the first,
 reported as ``accuracy_bound``; the second as ``accuracy_bound_kl``). The prior: the paper's is a language model
 (LLaMA-7B); no package here ships one offline, so the prior is uniform over V at each of the L positions (L fixed
-in advance), ln 1/P(θ̂) = L · ln |V| (43.3 nats for L = 4): a looser but valid bound. The run records it
+in advance), ln 1/P(θ̂) = L · ln |V| (43.2 nats for L = 4): a looser but valid bound. The run records it
 (``method_info.bound``), the experiment's summary.csv carries ``acc_bound`` and the report lists the bound beside
 the test accuracy. Caveat: few-shot subsets are class-balanced draws, not i.i.d. draws of the test distribution; the
 pocket test sets are balanced too.
@@ -92,8 +92,8 @@ class PACBayesPrompt(Method):
         if config.n_tokens < 1 or config.candidates < 0:
             raise MethodError("pacbayes_prompt: n_tokens >= 1 and candidates >= 0")
         self.backbone, self.encoder, self.seed = ctx.backbone, PromptedTextEncoder(ctx.backbone.model), ctx.seed
-        tok = ctx.backbone.tokenizer
-        self.sot, self.eot = int(tok.sot_token_id), int(tok.eot_token_id)
+        empty = ctx.backbone.tokenizer([""])[0]  # [SOT, EOT, 0, ...]
+        self.sot, self.eot = int(empty[0]), int(empty[1])
         self.vocabulary = int(ctx.backbone.model.token_embedding.weight.shape[0]) - 2  # all but SOT and EOT
         if {self.sot, self.eot} != {self.vocabulary, self.vocabulary + 1}:
             raise MethodError("pacbayes_prompt: expects the start and end tokens last in the vocabulary (CLIP's BPE)")
