@@ -156,7 +156,7 @@ def test_fudd_reranks_the_top_k_with_the_differential_sentences(ctx):
     for i in range(len(x)):
         top = zs[i].topk(3).indices.tolist()
         assert sorted(torch.isfinite(logits[i]).nonzero().flatten().tolist()) == sorted(top)
-        for j, c in enumerate(top):
+        for c in top:
             sentences = []
             for other in top:
                 if other != c:

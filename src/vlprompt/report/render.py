@@ -97,8 +97,8 @@ def _bounds_section(summary: pd.DataFrame) -> Section | None:
     rows = summary[summary.acc_bound.notna() & (summary.shots == top)]
     test = "base_acc" if rows.base_acc.notna().any() else "all_acc"
     table = rows.groupby(["method", "dataset"], sort=True).agg(
-        test=(test, "mean"), train=("train_acc", "mean"), bound=("acc_bound", "mean"), bound_kl=("acc_bound_kl", "mean"),
-        seeds=("seed", "nunique")).reset_index()
+        test=(test, "mean"), train=("train_acc", "mean"), bound=("acc_bound", "mean"),
+        bound_kl=("acc_bound_kl", "mean"), seeds=("seed", "nunique")).reset_index()
     table.columns = ["Method", "Dataset", f"Test ({NAMES[test]})", "Training", "Bound", "Bound (kl)", "Seeds"]
     s = Section("Generalisation bounds", "bounds")
     s.text(f"PAC-Bayes lower bounds on the test accuracy ({top} shots, means over seeds): with probability 1 − δ over "
