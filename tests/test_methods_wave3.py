@@ -502,3 +502,37 @@ def test_the_bound_reaches_the_summary(mini, tmp_path):
     assert m["method_info"]["bound"]["n"] == 32 * 2  # the un-augmented few-shot images of the base classes
     assert "training_features" not in m["method_info"]  # the bank's plain part was there
     assert df[df.method == "zeroshot"].acc_bound.isna().all()
+
+
+@pytest.mark.slow
+def test_transfer_reads_the_targets_unlabelled_images_and_views(tmp_path):
+    """Cross-dataset transfer through Snakemake: TFUP caches the target's unlabelled images, TPT + CoOp tunes on the
+    target's test views, MVLPT trains from its multitask prompt; every job the DAG plans for them runs."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    repo = grid.Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "config" / "pocket_crossdataset.yaml").read_text())
+    cfg.update(targets=["pocket_dark"], shots=[2], seeds=[1], methods=["zeroshot", "tfup", "tpt_coop", "mvlpt"],
+               unlabelled="train", sources=["pocket_sketch"],
+               method_overrides={"tpt_coop": {"epochs": 2, "views": 4, "view_crop_scale_min": 0.5},
+                                 "mvlpt": {"n_ctx": 4, "epochs": 2, "source_epochs": 2}})
+    cfg["pocket"] = {"per_class": {"train": 3, "val": 2, "test": 2}}
+    cfg["features"]["train_views"] = 2
+    (tmp_path / "xd.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PATH": f"{grid.Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(tmp_path),
+                           "--cores", "2", "--configfile", str(tmp_path / "xd.yaml"), "--",
+                           f"results/{cfg['experiment']}/summary.csv"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    df = pd.read_csv(tmp_path / "results" / cfg["experiment"] / "summary.csv")
+    assert set(df.method) == {"zeroshot", "tfup", "tpt_coop", "mvlpt"} and df.all_acc.between(0, 100).all()
+    assert set(df.dataset) == {"pocket_photo", "pocket_dark"}
+    out = tmp_path / "results" / cfg["experiment"] / "runs" / "pocket_photo"
+    assert (out / "tfup" / "0shot" / "seed0" / "transfer" / "pocket_dark.json").exists()
+    feats = tmp_path / "results" / "features"
+    assert sorted(p.name for p in feats.rglob("test_views*.npy")) == ["test_views4_crop0.5.npy"] * 2  # source, target
+    assert len(list(feats.rglob("train.npy"))) == 2

@@ -43,6 +43,10 @@ def cmd_methods(args) -> None:
     for name in list_methods():
         m = get_method(name)
         kind = "cached features" if m.inputs == "features" else "image encoder in the loop"
+        kind += "".join(f" + {what}" for flag, what in ((m.reads_unlabelled, "unlabelled images"),
+                                                         (m.reads_test_views, "test views"),
+                                                         (m.reads_multitask_prompt, "multitask prompt"))
+                        if flag)
         print(f"{name:22s} {m.description}  [{kind}]\n{'':22s} {m.paper}")
 
 
@@ -180,7 +184,9 @@ def cmd_train_multitask(args) -> None:
     from vlprompt.train import train_multitask
 
     m = train_multitask(_cfg(args), args.method, args.shots, args.seed, args.out, progress=not args.quiet)
-    print(f"{args.method} multitask prompt on {', '.join(m['sources'])}: {m['train']['loss_history'][-1:]} (last loss)")
+    losses = m["train"]["loss_history"]
+    print(f"{args.method}: multitask prompt on {', '.join(m['sources'])} ({m['classes']} classes, {m['images']} images)"
+          + (f", last epoch's loss {losses[-1]:.4f}" if losses else ""))
 
 
 def cmd_evaluate_transfer(args) -> None:
