@@ -70,8 +70,9 @@ def main() -> None:
     method = pb(pb.make_config({"n_tokens": 1, "candidates": args.candidates}), ctx)
     t = time.perf_counter()
     method.fit(ctx)
+    whole = method.vocabulary / args.candidates
     rows.append((f"PAC-Bayes search, one position ({args.candidates} tokens x {len(ctx.classnames)} classes)",
-                 f"{time.perf_counter() - t:7.1f} s (the whole vocabulary: x {method.vocabulary / args.candidates:.0f})"))
+                 f"{time.perf_counter() - t:7.1f} s (the whole vocabulary: x {whole:.0f})"))
 
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("cupl", "fudd", "tfup"):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from test_methods import context as methods_context
+from test_methods_wave2 import NAMES, build, context
 from vlprompt import grid
 from vlprompt.backbone import encode_prompts
 from vlprompt.cli import main as cli
@@ -28,19 +28,7 @@ from vlprompt.methods.tfup import semantic_similarity, typicality
 from vlprompt.methods.tpt import average_entropy, select_confident
 
 WAVE3 = ["cupl", "cupl_ensemble", "fudd", "tfup", "tpt", "tpt_coop", "mvlpt", "pacbayes_prompt"]
-NAMES = ["red circle", "blue square", "green star", "pink ring"]
-NEW = ["cyan cross", "orange diamond", "red square"]
-
-
-def context(backbone, names=NAMES, **extra):
-    """test_methods' random class-structured features, for pocket classes of the dataset pocket_dark."""
-    return methods_context(backbone, names, **{"dataset": "pocket_dark", **extra})
-
-
-def build(name, ctx, **overrides):
-    cls = get_method(name)
-    return cls(cls.make_config(overrides), ctx)
-
+NEW = ["cyan cross", "orange diamond", "red square"]  # context(): test_methods' random class-structured features
 
 @pytest.fixture(scope="module")
 def ctx(pocket_random_backbone):

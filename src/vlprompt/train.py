@@ -266,10 +266,7 @@ def train_multitask(cfg: dict, method_name: str, shots: int, seed: int, out_dir:
     t0 = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg["train"]["threads"])
-    seed_everything(seed)
-    device = pick_device(cfg["train"]["device"])
-    cls = get_method(method_name)
+    device, cls = start_job(cfg, method_name, seed)
     sources = grid.multitask_sources(cfg)
     if not cls.reads_multitask_prompt or not sources:
         raise ValueError(f"{method_name} has no multitask stage, or the config lists no `sources`")
@@ -279,11 +276,8 @@ def train_multitask(cfg: dict, method_name: str, shots: int, seed: int, out_dir:
     method = cls(mcfg, ctx).to(device)
     info = sgd_loop(method, ctx, mcfg, out_dir / "checkpoint.pt", cfg["train"]["checkpoint_every"], progress)
     prov = provenance(**ctx.backbone.provenance(), device=str(device))
-    buffer = io.BytesIO()
-    torch.save({"method": method_name, "state": method.trainable_state(), "classnames": ctx.classnames,
-                "sources": sources, "provenance": prov}, buffer)
-    with atomic_path(out_dir / "model.pt") as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    write_model(out_dir / "model.pt", {"method": method_name, "state": method.trainable_state(),
+                                       "classnames": ctx.classnames, "sources": sources, "provenance": prov})
     metrics = {"method": method_name, "stage": "multitask", "sources": sources, "shots": shots, "seed": seed,
                "classes": len(ctx.classnames), "images": int(ctx.train_features.shape[1]),
                "config_hash": method_config_hash(cfg, method_name, None, shots), "hyperparameters": _asdict(mcfg),
@@ -337,10 +331,7 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
         from vlprompt.train_images import run as run_on_images
 
         return run_on_images(cfg, dataset, method_name, shots, seed, out_dir, progress, stop_after)
-    torch.set_num_threads(cfg["train"]["threads"])
-    seed_everything(seed)
-    device = pick_device(cfg["train"]["device"])
-    cls = get_method(method_name)
+    device, cls = start_job(cfg, method_name, seed)
     mcfg = cls.make_config(method_settings(cfg, method_name, dataset, shots))
     ctx, bank, classes = build_context(cfg, dataset, cls, shots, seed, device)
     backbone, train_names = ctx.backbone, ctx.classnames
@@ -371,15 +362,29 @@ def save_run(cfg: dict, out_dir: Path, metrics: dict, method, mcfg, dataset: str
         config_hash=method_config_hash(cfg, method.name, dataset, shots), hyperparameters=hyperparameters,
         overrides=method_settings(cfg, method.name, dataset, shots), method_info=method.run_info(),
         trained=method.needs_training, train=train_info, seconds=seconds, provenance=prov)
-    buffer = io.BytesIO()  # saved through a buffer: the archive is named after the file, a temporary name here
-    torch.save({"method": method.name, "state": method.trainable_state(), "hyperparameters": hyperparameters,
-                "classnames": train_names, "provenance": prov}, buffer)
-    with atomic_path(out_dir / "model.pt") as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    write_model(out_dir / "model.pt", {"method": method.name, "state": method.trainable_state(),
+                                       "hyperparameters": hyperparameters, "classnames": train_names,
+                                       "provenance": prov})
     metrics["artefacts"] = {"model.pt": file_record(out_dir / "model.pt")}  # checked by every reader of model.pt
     atomic_write_json(out_dir / "metrics.json", metrics)
     (out_dir / "checkpoint.pt").unlink(missing_ok=True)
     return metrics
+
+
+def start_job(cfg: dict, method_name: str, seed: int):
+    """A job's start: one thread per job (``train.threads``), every generator seeded; returns (device, method class)."""
+    torch.set_num_threads(cfg["train"]["threads"])
+    seed_everything(seed)
+    return pick_device(cfg["train"]["device"]), get_method(method_name)
+
+
+def write_model(path: Path, payload: dict) -> None:
+    """``torch.save`` the payload to ``path`` atomically, through a buffer: the archive is named after the file, a
+    temporary name here."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
 
 
 def _asdict(obj) -> dict:
