@@ -164,7 +164,10 @@ def test_tip_adapter_affinity_formula_by_hand():
 
 
 def test_tip_adapter_logits_are_zero_shot_plus_alpha_cache(ctx):
+    # zero-shot at the reference's hard-coded logit scale 100 (Tip-Adapter main.py), not this model's
     tip, zs = build("tip_adapter", ctx), build("zeroshot", ctx)
+    assert tip.logit_scale == 100.0 and zs.logit_scale != 100.0
+    zs.logit_scale = 100.0
     tip.alpha, tip.beta = 2.0, 3.0
     x = torch.randn(4, ctx.backbone.embed_dim)
     keys = F.normalize(ctx.train_features.mean(0), dim=-1)
@@ -270,6 +273,7 @@ def test_set_classes_evaluates_new_classes(name, ctx):
 
 def test_tip_adapter_on_new_classes_is_zero_shot(ctx):
     tip, zs = build("tip_adapter", ctx), build("zeroshot", ctx)
+    zs.logit_scale = tip.logit_scale  # the reference's 100 (see above)
     tip.fit(ctx)
     x = torch.randn(4, ctx.backbone.embed_dim)
     tip.set_classes(NEW)
