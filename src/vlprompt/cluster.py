@@ -454,11 +454,11 @@ def read_settings(profiles: list[str], args: list[str]) -> Settings:
         cores=ns.cores if isinstance(ns.cores, int) else None)
 
 
-def plan(settings: Settings, snakemake: list[str] | None = None) -> list[PlannedJob]:
+def plan(settings: Settings, cwd: str | None = None) -> list[PlannedJob]:
     """Every job of the experiment as the profile plans it: a dry run of the whole DAG (``-n --forceall``)."""
-    cmd = (snakemake or [sys.executable, "-m", "snakemake"]) + ["-n", "--forceall"]
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--forceall"]
     cmd += [a for p in settings.profiles for a in ("--profile", p)] + settings.args
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:
         raise ClusterError(f"the dry run `{shlex.join(cmd[cmd.index('-n'):])}` failed:\n"
                            f"{(proc.stderr or proc.stdout)[-3000:]}")
