@@ -244,7 +244,7 @@ def test_cluster_check_names_what_does_not_fit_and_the_fix(runs, mode):
     assert check.returncode == 0, check.stdout + check.stderr
     text = check.stdout
     assert "accounting storage is disabled" in text and "fix: --slurm-status-command squeue" in text, text
-    assert "fix: --slurm-no-account" in text
+    assert "note: account: no accounting database" in text
     for rule in GPU_RULES:  # 4 CPUs on a 2-CPU node (getconf: this machine's CPUs, the node's)
         cpus = os.cpu_count()
         assert (f"fix: {rule}:cpus_per_task={cpus}" in text) == (cpus < 4), text
@@ -326,5 +326,8 @@ def test_nothing_to_do_afterwards_and_git_status_clean(runs, mode):
 
 
 @pytest.mark.slow
-def test_the_cluster_stops(runs):
+def test_the_cluster_stops_and_leaves_no_config(runs):
     assert runs["stopped"].returncode == 0, runs["stopped"].stderr
+    assert subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 1
+    # a config naming a controller that is gone makes every SLURM command (and snakemake) wait for it
+    assert not Path("/etc/slurm/slurm.conf").exists()

@@ -101,19 +101,14 @@ NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb $node_gres S
 PartitionName=local Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
 )
-changed=0
-if [ ! -e "$CONF" ] || [ "$(cat "$CONF")" != "$new_conf" ]; then
-  printf '%s\n' "$new_conf" > "$CONF"
-  printf '%s\n' "$gres_conf" > "$GRES"
-  changed=1
-fi
-
-if [ "$changed" = 0 ] && healthy; then
+if [ -e "$CONF" ] && [ "$(cat "$CONF")" = "$new_conf" ] && healthy; then
   echo "start_local_cluster: already running"; sinfo; exit 0
 fi
-if [ "$changed" = 1 ]; then  # a new config: restart what runs with the old one
-  "$(dirname "$0")/stop_local_cluster.sh" >/dev/null 2>&1 || true
-fi
+# a new config (or daemons that are not running): stop what runs with the old one, which also removes the
+# old config, then write this one
+"$(dirname "$0")/stop_local_cluster.sh" >/dev/null 2>&1 || true
+printf '%s\n' "$new_conf" > "$CONF"
+printf '%s\n' "$gres_conf" > "$GRES"
 
 pgrep -x slurmctld >/dev/null || slurmctld || die 1 "slurmctld did not start (see $LOGS/slurmctld.log)"
 pgrep -x slurmd >/dev/null || slurmd -N localhost || die 1 "slurmd did not start (see $LOGS/slurmd.log)"

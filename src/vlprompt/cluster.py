@@ -11,8 +11,6 @@ What will not fit, and the flag that fixes it:
 - the executor polls ``sacct`` for job states whenever the command exists; without an accounting database it
   answers "accounting storage is disabled" and Snakemake waits for states that never come:
   ``--slurm-status-command squeue`` (and a first status check early enough for ``MinJobAge``);
-- no account in the profile and no accounting database: ``--slurm-no-account`` (instead of a guess through
-  sacct that fails with a warning);
 - a job that asks for a GPU where its partition has none: the partition that has one
   (``<rule>:slurm_partition=...``), else ``<rule>:gpu=0``, which runs it on the CPUs;
 - a job larger than the largest node of its partition: ``<rule>:cpus_per_task``, ``mem_mb`` or ``runtime``
@@ -419,7 +417,6 @@ class Settings:
     executor: str = "slurm"
     status_command: str | None = None  # None: the plugin's default (sacct where the command exists)
     init_seconds: int = 40  # --slurm-init-seconds-before-status-checks
-    no_account: bool = False
     set_resources: dict[str, dict[str, str]] = field(default_factory=dict)  # raw values, as snakemake parses
     resources: dict[str, str] = field(default_factory=dict)  # --resources
     group_components: dict[str, int] = field(default_factory=dict)
@@ -448,7 +445,6 @@ def read_settings(profiles: list[str], args: list[str]) -> Settings:
         profiles=list(profiles), args=list(args), executor=ns.executor or "local",
         status_command=plugin("status_command", None), init_seconds=int(plugin("init_seconds_before_status_checks",
                                                                              40)),
-        no_account=bool(plugin("no_account", False)),
         set_resources={rule: raw(res) for rule, res in (ns.set_resources or {}).items()},
         resources=raw(ns.resources), group_components=dict(ns.group_components or {}),
         cores=ns.cores if isinstance(ns.cores, int) else None)
@@ -475,7 +471,6 @@ def plan(settings: Settings, cwd: str | None = None) -> list[PlannedJob]:
 class Fixes:
     status_command: str | None = None
     init_seconds: int | None = None
-    no_account: bool = False
     set_resources: dict[str, dict[str, object]] = field(default_factory=dict)
     cores: int | None = None
     mem_mb: int | None = None  # --resources mem_mb: the memory of a group job
@@ -492,8 +487,6 @@ class Fixes:
             out += ["--slurm-status-command", self.status_command]
         if self.init_seconds:
             out += ["--slurm-init-seconds-before-status-checks", str(self.init_seconds)]
-        if self.no_account:
-            out.append("--slurm-no-account")
         if self.set_resources:
             merged = {rule: dict(res) for rule, res in settings.set_resources.items()}
             for rule, res in self.set_resources.items():
@@ -544,15 +537,8 @@ def _mem_limit(settings: Settings) -> dict[str, int]:
     return {"mem_mb": int(mem)} if mem and mem.isdigit() else {}
 
 
-def check(jobs: list[PlannedJob], cluster: Cluster, settings: Settings, which=shutil.which) -> Report:
-    """Compare the plan with the cluster; return what does not fit and the fixes."""
-    findings: list[Finding] = []
-    notes: list[str] = []
-    fixes = Fixes()
-    limits = _mem_limit(settings)
-    before = requests(jobs, settings.cores, limits)
-
-    # --- job states and account
+def _job_states_and_account(jobs, cluster, settings, fixes, which) -> tuple[list[Finding], list[str]]:
+    findings, notes = [], []
     status = settings.status_command or ("sacct" if which("sacct") else "squeue")
     if status == "sacct" and cluster.sacct_error:
         fixes.status_command = status = "squeue"
@@ -563,17 +549,24 @@ def check(jobs: list[PlannedJob], cluster: Cluster, settings: Settings, which=sh
         findings.append(Finding(f"job states: squeue forgets a finished job after MinJobAge = {cluster.min_job_age}"
                                 f" s, before the executor's first look after {settings.init_seconds} s could be "
                                 "repeated", f"--slurm-init-seconds-before-status-checks {fixes.init_seconds}"))
-    if not settings.no_account and not any("slurm_account" in j.resources for j in jobs):
+    if not any("slurm_account" in j.resources for j in jobs):
         if not cluster.has_accounting:
-            fixes.no_account = True
-            findings.append(Finding("account: none in the profile, and no accounting database to guess one from "
-                                    "(the executor would try sacct and warn)", "--slurm-no-account"))
+            # plugin 2.8.0 declares --slurm-no-account but never reads it; a slurm_account would fail its check
+            # through sacctmgr/sshare, which need the accounting database
+            notes.append("account: no accounting database, so jobs go without one; the executor still tries to "
+                         "guess one through sacct and says \"Unable to guess SLURM account. Trying to proceed "
+                         "without.\" (harmless)")
         else:
             mine = f" (yours by default: {cluster.default_account})" if cluster.default_account else ""
             notes.append(f"account: set slurm_account under default-resources in the profile{mine}; without it "
                          "the executor guesses one through sacct, with a warning")
+    return findings, notes
 
-    # --- each rule's jobs on their own: GPUs, then the largest node and the time limit of their partition
+
+def _each_rule(jobs, cluster, fixes) -> list[Finding]:
+    """Each rule's largest job on its own (a group's members too): GPUs, then the largest node and the time
+    limit of its partition."""
+    findings = []
     for rule in sorted({j.rule for j in jobs}):
         req = _largest([job_request(j) for j in _apply(jobs, fixes.set_resources) if j.rule == rule])
         part = cluster.partition(req.partition)
@@ -609,18 +602,19 @@ def check(jobs: list[PlannedJob], cluster: Cluster, settings: Settings, which=sh
             findings.append(Finding(f"{rule}: asks for {req.minutes} min, partition {part.name} allows "
                                     f"{part.max_minutes} (a job still running then is stopped)",
                                     fixes.set(rule, "runtime", part.max_minutes)))
+    return findings
 
-    # --- group jobs: fewer members side by side where a node is too small, fewer members where too slow
-    fixed_jobs = _apply(jobs, fixes.set_resources)
+
+def _group_jobs(jobs, cluster, settings, fixes, limits) -> list[Finding]:
+    """Group jobs: fewer members side by side where the largest node is too small (--cores, --resources
+    mem_mb), fewer members per group where a group job outlasts the time limit (--group-components).
+    ``limits`` (the --resources a group job must fit) gets the memory cap."""
+    findings = []
     cores = settings.cores
-    groups = [r for r in requests(fixed_jobs, cores, limits) if r.group]
+    groups = [r for r in requests(jobs, cores, limits) if r.group]
     for attr, unit in (("cpus", "CPUs"), ("mem_mb", "MB")):
-        too_big = []
-        for r in groups:
-            part = cluster.partition(r.partition)
-            node = part.largest(r.gpus) if part else None
-            if node and getattr(r, attr) > getattr(node, attr):
-                too_big.append((r, node))
+        too_big = [(r, node) for r in groups if (part := cluster.partition(r.partition))
+                   and (node := part.largest(r.gpus)) and getattr(r, attr) > getattr(node, attr)]
         if not too_big:
             continue
         cap = min(getattr(node, attr) for _, node in too_big)
@@ -630,39 +624,52 @@ def check(jobs: list[PlannedJob], cluster: Cluster, settings: Settings, which=sh
             fix = f"--cores {cores}"
         else:
             fixes.mem_mb = cap
-            limits = {**limits, "mem_mb": cap}
+            limits["mem_mb"] = cap
             fix = f"--resources mem_mb={cap}"
         findings.append(Finding(f"{r.kind}: a group job of {r.members} members asks for {getattr(r, attr)} {unit}, "
                                 f"the largest node has {cap}: fewer members run side by side", fix))
-        groups = [r for r in requests(fixed_jobs, cores, limits) if r.group]
+        groups = [r for r in requests(jobs, cores, limits) if r.group]
     for name in sorted({r.group for r in groups}):
         slow = [r for r in groups if r.group == name and (p := cluster.partition(r.partition))
                 and p.max_minutes is not None and (r.minutes or 0) > p.max_minutes]
         if not slow:
             continue
-        limit = cluster.partition(slow[0].partition).max_minutes
-        current = settings.group_components.get(name, 1)
-        k = current - 1
-        while k >= 1 and any(r.group == name and (r.minutes or 0) > limit
-                             for r in requests(fixed_jobs, cores, limits, {name: k})):
-            k -= 1
         worst = max(slow, key=lambda r: r.minutes or 0)
-        problem = (f"group {name}: a group job takes {worst.minutes} min in rounds, partition "
-                   f"{worst.partition or cluster.default_partition.name} allows {limit}")
+        part = cluster.partition(worst.partition)
+        k = settings.group_components.get(name, 1) - 1
+        while k >= 1 and any(r.group == name and (r.minutes or 0) > part.max_minutes
+                             for r in requests(jobs, cores, limits, {name: k})):
+            k -= 1
+        problem = (f"group {name}: a group job takes {worst.minutes} min in rounds, partition {part.name} allows "
+                   f"{part.max_minutes}")
         if k >= 1:
             fixes.group_components[name] = k
             findings.append(Finding(problem, f"--group-components {name}={k}"))
         else:
             findings.append(Finding(problem + "; even one component is too long: lower its rules' runtime"))
+    return findings
+
+
+def check(jobs: list[PlannedJob], cluster: Cluster, settings: Settings, which=shutil.which) -> Report:
+    """Compare the plan with the cluster; return what does not fit and the fixes."""
+    fixes = Fixes()
+    limits = _mem_limit(settings)
+    before = requests(jobs, settings.cores, limits)
+    findings, notes = _job_states_and_account(jobs, cluster, settings, fixes, which)
+    findings += _each_rule(jobs, cluster, fixes)
+    fixed_jobs = _apply(jobs, fixes.set_resources)
+    findings += _group_jobs(fixed_jobs, cluster, settings, fixes, limits)
 
     after = requests(fixed_jobs, fixes.cores or settings.cores, limits, fixes.group_components or None)
-    for r in after:  # what is left after the fixes (a finding above names its cause)
+    for r in after:  # what is left after the fixes, where no finding above names it
         part = cluster.partition(r.partition)
-        if part is not None and not part.fits(r.cpus, r.mem_mb, r.gpus, r.minutes):
-            if not any(f.fix is None and (r.kind in f.problem) for f in findings):
-                findings.append(Finding(f"{r.kind}: {r.cpus} CPUs, {r.mem_mb} MB, {r.gpus} GPU, {r.minutes} min "
-                                        f"still fits no node of partition {part.name}"))
-        if part is not None and not part.up:
+        if part is None:
+            continue
+        if not part.fits(r.cpus, r.mem_mb, r.gpus, r.minutes) and not any(
+                f.fix is None and r.kind in f.problem for f in findings):
+            findings.append(Finding(f"{r.kind}: {r.cpus} CPUs, {r.mem_mb} MB, {r.gpus} GPU, {r.minutes} min "
+                                    f"still fits no node of partition {part.name}"))
+        if not part.up:
             notes.append(f"partition {part.name} is not up: its jobs wait until it is")
     return Report(cluster, settings, before, after, findings, fixes, sorted(set(notes)))
 
