@@ -551,8 +551,8 @@ def _job_states_and_account(jobs, cluster, settings, fixes, which) -> tuple[list
                                 "repeated", f"--slurm-init-seconds-before-status-checks {fixes.init_seconds}"))
     if not any("slurm_account" in j.resources for j in jobs):
         if not cluster.has_accounting:
-            # plugin 2.8.0 declares --slurm-no-account but never reads it; a slurm_account would fail its check
-            # through sacctmgr/sshare, which need the accounting database
+            # plugin 2.8.0 declares --slurm-no-account but never reads it; a slurm_account only gets another
+            # warning (its check through sacctmgr and sshare finds no accounts without the database)
             notes.append("account: no accounting database, so jobs go without one; the executor still tries to "
                          "guess one through sacct and says \"Unable to guess SLURM account. Trying to proceed "
                          "without.\" (harmless)")
