@@ -103,7 +103,7 @@ def test_a_stale_lock_is_removed_only_when_no_snakemake_works_there(tmp_path):
     # a process named snakemake working in that folder: the lock is left alone
     fake = tmp_path / "bin" / "snakemake"
     fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\nsleep 60\n")
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")  # exec: no forked child that briefly shares its command line
     fake.chmod(0o755)
     proc = subprocess.Popen([str(fake), "--cores", "1"], cwd=tmp_path)
     try:

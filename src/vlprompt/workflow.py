@@ -115,7 +115,7 @@ def snakemake_processes(root: str | Path = ".") -> list[int]:
             cwd = (proc / "cwd").resolve()
         except OSError:
             continue
-        if int(proc.name) == os.getpid() or not any(b"snakemake" in part for part in cmd[:3]):
+        if int(proc.name) in (os.getpid(), os.getppid()) or not any(b"snakemake" in part for part in cmd[:3]):
             continue
         args = [a.decode(errors="replace") for a in cmd]
         workdir = cwd

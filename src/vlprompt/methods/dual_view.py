@@ -44,10 +44,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vlprompt.backbone import encode_prompts
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
-from vlprompt.methods.zeroshot_ensemble import ensemble_weights, resolve_templates
+from vlprompt.methods.zeroshot_ensemble import resolve_templates
+from vlprompt.prompting import text_classifier
 
 AUGMENTS = ("none", "mix", "mean_noise")
 
@@ -90,11 +90,9 @@ class DVMI(CoOp):
         if config.hand_crafted not in ("template", "ensemble"):
             raise ValueError(f"dvmi: hand_crafted must be 'template' or 'ensemble', got {config.hand_crafted!r}")
         super().__init__(config, ctx)
-        names = [c.replace("_", " ") for c in ctx.classnames]
-        if config.hand_crafted == "template":
-            views = encode_prompts(ctx.backbone, [ctx.template.format(c) for c in names])
-        else:
-            views = ensemble_weights(ctx.backbone, names, resolve_templates("auto", ctx.backbone, ctx.dataset))
+        templates = ([ctx.template] if config.hand_crafted == "template"
+                     else resolve_templates("auto", ctx.backbone, ctx.dataset))
+        views = text_classifier(ctx.backbone, templates, ctx.classnames)
         self.register_buffer("hand_crafted", views, persistent=False)  # (C_train, D)
         self.temperature = config.mi_temperature or 1.0 / self.logit_scale
         if ctx.train_features is not None and config.augment != "none":
