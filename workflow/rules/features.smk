@@ -23,6 +23,9 @@ rule extract_test:
         dataset=lambda wildcards: DATASET_OF[wildcards.dkey],
     resources:
         gpu=1,
+        cpus_per_task=4,
+        mem_mb=16000,
+        runtime=60,
     conda:
         "../envs/vlprompt.yaml"
     log:
@@ -41,6 +44,9 @@ rule extract_fewshot:
         dataset=lambda wildcards: DATASET_OF[wildcards.dkey],
     resources:
         gpu=1,
+        cpus_per_task=4,
+        mem_mb=16000,
+        runtime=60,
     conda:
         "../envs/vlprompt.yaml"
     log:
