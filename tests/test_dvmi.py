@@ -15,8 +15,8 @@ from vlprompt.methods import MethodError, get_method
 from vlprompt.methods.dual_view import (
     CANDIDATES,
     READINGS,
+    Critic,
     choose_default,
-    info_nce,
     jsd_bound,
     mix,
     nce_from_scores,
@@ -39,10 +39,11 @@ def test_info_nce_on_3x2_features_by_hand():
     e = math.exp
     rows = [-2 + math.log(e(2) + e(1.2) + 1), -1.6 + math.log(1 + e(1.6) + e(2)), math.log(e(-2) + e(-1.2) + 1)]
     cols = [-2 + math.log(e(2) + 1 + e(-2)), -1.6 + math.log(e(1.2) + e(1.6) + e(-1.2)), math.log(2 + e(2))]
-    assert info_nce(a, b, 0.5, symmetric=False).item() == pytest.approx(sum(rows) / 3, abs=1e-6)
-    assert info_nce(a, b, 0.5).item() == pytest.approx((sum(rows) + sum(cols)) / 6, abs=1e-6)
+    scores = Critic("infonce", 2, 0.5, hidden=4, lr_scale=1.0)(a, b)  # the fixed cosine critic
+    assert nce_from_scores(scores, symmetric=False).item() == pytest.approx(sum(rows) / 3, abs=1e-6)
+    assert nce_from_scores(scores).item() == pytest.approx((sum(rows) + sum(cols)) / 6, abs=1e-6)
     # the estimate log C − L is below its bound log C, and reaches it only as the pairs become separable
-    assert 0 < math.log(3) - info_nce(a, b, 0.5).item() < math.log(3)
+    assert 0 < math.log(3) - nce_from_scores(scores).item() < math.log(3)
     separable = nce_from_scores(torch.eye(3) * 100)
     assert math.log(3) - separable.item() == pytest.approx(math.log(3), abs=1e-6)
 
@@ -72,7 +73,7 @@ def test_text_mi_is_log_c_minus_info_nce_with_its_own_temperature(ctx):
     x, y = ctx.train_features[0, :6], ctx.train_labels[:6]
     text = m.text_features()
     hand = encode_prompts(ctx.backbone, [f"a photo of a {c}." for c in NAMES])
-    estimate = math.log(3) - info_nce(text, hand, 0.2)
+    estimate = math.log(3) - nce_from_scores(F.normalize(text, dim=-1) @ hand.T / 0.2)  # hand: normalised
     assert m.mi_estimate(text, text[:0], text[:0]).item() == pytest.approx(estimate.item(), rel=1e-5)
     loss, parts = m.loss(x, y)
     assert loss.item() == pytest.approx((F.cross_entropy(m(x), y) - 0.5 * estimate).item(), rel=1e-5)

@@ -61,9 +61,10 @@ inert term shows in the run's ``metrics.json``.
 The preset (``DVMIConfig``) is CoOp's base-to-new preset (4 tokens from "a photo of a", batch 32, SGD lr
 0.002, 200 epochs) plus the reading chosen on validation data only, by a criterion fixed before the runs:
 the highest mean over the four pocket datasets and three seeds of the harmonic mean of validation base and
-new accuracy (the few-shot val split, never test), among the readings registered below; ties go to the
-first in ``READINGS``. ``scripts/select_dvmi_default.py`` recomputes the choice from the runs' recorded
-validation accuracies; the table is in ``docs/dvmi.md``.
+new accuracy (the few-shot val split, never test), among ``CANDIDATES`` (the registered readings that keep
+both an MI term and an augmentation); ties go to the first of them. It is ``dvmi_text_nce``;
+``scripts/select_dvmi_default.py`` recomputes the choice from the runs' recorded validation accuracies, and
+``docs/dvmi.md`` has the table.
 """
 
 from __future__ import annotations
@@ -108,14 +109,9 @@ class DVMIConfig(CoOpConfig):
     noise_std: float = 0.1  # σ for "mean_noise": assumption
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, symmetric: bool = True) -> torch.Tensor:
-    """InfoNCE loss of the fixed cosine critic between row-aligned (C, D) views; row c of ``a`` and ``b`` is
-    the positive pair. The MI estimate is log C minus it."""
-    return nce_from_scores(normalize(a) @ normalize(b).T / temperature, symmetric)
-
-
 def nce_from_scores(scores: torch.Tensor, symmetric: bool = True) -> torch.Tensor:
-    """InfoNCE loss of a (C, C) critic score matrix whose diagonal holds the positive pairs."""
+    """InfoNCE loss of a (C, C) critic score matrix whose diagonal holds the positive pairs (row-aligned views);
+    the MI estimate is log C minus it."""
     target = torch.arange(len(scores), device=scores.device)
     loss = F.cross_entropy(scores, target)
     return 0.5 * (loss + F.cross_entropy(scores.T, target)) if symmetric else loss
