@@ -28,7 +28,8 @@ def collect(experiment_dir: Path, methods) -> dict[str, dict[str, dict[str, list
             continue
         for key in ("val_hm", "val_base_acc", "val_new_acc", "hm", "base_acc", "new_acc"):
             out.setdefault(key, {}).setdefault(m["method"], {}).setdefault(m["dataset"], []).append(m[key])
-        for key, value in m.get("diagnostics", {}).items():
+        # DVMI's diagnostics: metrics.json's method_info (``diagnostics`` in runs made before the hook existed)
+        for key, value in (m.get("method_info") or m.get("diagnostics") or {}).items():
             if isinstance(value, float):
                 out.setdefault(key, {}).setdefault(m["method"], {}).setdefault(m["dataset"], []).append(value)
     return out

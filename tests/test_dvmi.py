@@ -229,7 +229,7 @@ def test_a_run_records_diagnostics_and_validation_accuracy(tmp_path):
         assert cli(["train", "--config", str(path), "--dataset", "pocket_noisy", "--method", method, "--shots", "2",
                     "--seed", "1", "--out", str(out), "--quiet"]) == 0
         metrics = json.loads((out / "metrics.json").read_text())
-        diag = metrics["diagnostics"]
+        diag = metrics["method_info"]
         n_base = 32  # the pocket world's 64 classes, half of them base
         bound = math.log(min(FAST["batch_size"], n_base)) if method == "dvmi_pred" else math.log(n_base)
         assert diag["mi_bound"] == pytest.approx(bound)
@@ -253,7 +253,7 @@ def test_selection_script_recomputes_the_choice_from_recorded_metrics(tmp_path):
                 val_hm = 90.0 if method == "coop" else 40.0 + (i == 3) * 5 + seed  # coop is no candidate
                 metrics = {"method": method, "dataset": dataset, "val_hm": val_hm, "val_base_acc": 50.0,
                            "val_new_acc": 50.0, "hm": 1.0, "base_acc": 1.0, "new_acc": 1.0,
-                           "diagnostics": {"mi_estimate": 1.0, "mi_bound": 2.0, "cos_soft_hand": 0.5}}
+                           "method_info": {"mi_estimate": 1.0, "mi_bound": 2.0, "cos_soft_hand": 0.5}}
                 (run / "metrics.json").write_text(json.dumps(metrics))
     out = subprocess.run([sys.executable, "scripts/select_dvmi_default.py", str(tmp_path)], capture_output=True,
                          text=True, check=True).stdout

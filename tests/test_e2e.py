@@ -1,6 +1,7 @@
 """End-to-end: the whole Snakemake DAG on a reduced pocket config in a temporary directory."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,11 @@ def test_summary_has_every_row_with_sane_values(workdir):
     zs = df[df.method == "zeroshot"]
     assert (zs.new_acc >= 5 * chance).all(), zs
     assert df[df.method == "linear_probe"].new_acc.isna().all()  # cannot classify unseen classes
+    import json
+
+    for path in (workdir / "results" / "e2e" / "runs").rglob("linear_probe/*/seed*/metrics.json"):
+        # fitted on un-augmented training features, as CoOp's lpclip (the bank's .plain part)
+        assert json.loads(path.read_text())["method_info"]["features"] == "plain", path
     coop = df[(df.method == "coop") & (df.shots == 16)]
     zs16 = zs[zs.shots == 16]
     assert coop.base_acc.mean() > zs16.base_acc.mean(), (coop.base_acc.mean(), zs16.base_acc.mean())
@@ -61,6 +67,28 @@ def test_report_is_rendered(workdir):
     assert "coop" in md and "pocket_dark" in md
     assert (report / "index.html").stat().st_size > 1000
     assert list((report / "figures").glob("*.png"))
+
+
+@pytest.mark.slow
+def test_snakemakes_packed_report_embeds_every_figure_with_its_caption(workdir, tmp_path):
+    import base64
+    import re
+
+    packed = tmp_path / "report.html"
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(workdir), "--report", str(packed)], capture_output=True, text=True,
+                          env=ENV)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = packed.read_text()
+    pngs = sorted((workdir / "reports" / "e2e" / "figures").glob("*.png"))
+    assert pngs
+    for png in pngs:  # open the packed report: each figure is there, with its caption, byte for byte
+        entry = re.search(rf'"reports/e2e/figures/{png.name}": {{(.*?)"data_uri": "data:image/png;[^"]*?base64,'
+                          r'([A-Za-z0-9+/=]+)"', text, re.S)
+        assert entry, png.name
+        caption = re.search(r'"caption": "(.*?)", "mime_type"', entry.group(1), re.S)
+        assert caption and len(caption.group(1)) > 80 and "Figure " not in caption.group(1), png.name
+        assert base64.b64decode(entry.group(2)) == png.read_bytes(), png.name
+    assert '"reports/e2e/index.html"' in text
 
 
 @pytest.mark.slow
@@ -83,3 +111,36 @@ def test_bad_config_fails_at_once_naming_the_key(tmp_path):
     proc = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "-n"], capture_output=True, text=True, env=ENV)
     assert proc.returncode != 0
     assert "sheds" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_a_new_shots_setting_adds_jobs_and_reruns_nothing(workdir, tmp_path):
+    """Another shots grid in the same folder: only the new subsets, their features and their training runs
+    are planned; the new subsets' features are copied from the banks that already hold their images (the
+    16-shot subset here holds every training image); nothing done before is rewritten."""
+    import json
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(workdir, work, symlinks=True)
+    cfg = reduced_config(shots=[2, 4, 16])
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    before = {p: p.stat().st_mtime_ns for p in (work / "results").rglob("*") if p.is_file() and "logs" not in p.parts}
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(work), "-n", "--quiet", "rules"], capture_output=True, text=True,
+                          env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", text[text.index("Job stats:"):], re.M))
+    # 2 datasets x 2 seeds new subsets; linear_probe and coop x 2 datasets at 4 shots
+    assert jobs == {"sample_fewshot": "4", "extract_fewshot": "4", "train_group": "4", "aggregate": "1",
+                    "report": "1", "all": "1", "total": "15"}, jobs
+    proc = subprocess.run(SNAKEMAKE + ["-d", str(work), "--cores", "2"], capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for sidecar in (work / "results" / "features").rglob("shot4_seed*.train.json"):
+        meta = json.loads(sidecar.read_text())
+        assert meta["copied_rows"] == len(meta["rows"]) > 0, sidecar  # not one image encoded again
+    tables = {work / "results" / "e2e" / name for name in ("summary.csv", "stats.csv", "metrics.json", "config.json")}
+    changed = [p for p, t in before.items() if p not in tables and (not p.exists() or p.stat().st_mtime_ns != t)]
+    assert changed == [], changed
+    summary = pd.read_csv(work / "results" / "e2e" / "summary.csv")
+    assert sorted(summary.shots.unique()) == [2, 4, 16]

@@ -26,8 +26,9 @@ FAST = {"epochs": 8, "batch_size": 8, "lr": 0.02, "warmup_epochs": 0}  # a few q
 POCKET = {"prograd": {"n_ctx": 8}}
 
 
-def context(backbone, names=NAMES, views=2, per_class=6, seed=0):
-    """Random features with class structure: a random centre per class plus noise, in V views."""
+def context(backbone, names=NAMES, views=2, per_class=6, seed=0, **extra):
+    """Random features with class structure: a random centre per class plus noise, in V views; ``extra``:
+    further MethodContext fields."""
     gen = torch.Generator().manual_seed(seed)
     dim = backbone.embed_dim
     centres = torch.randn(len(names), dim, generator=gen) * 2
@@ -37,7 +38,7 @@ def context(backbone, names=NAMES, views=2, per_class=6, seed=0):
     val = centres[val_y] + 0.5 * torch.randn(len(val_y), dim, generator=gen)
     return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=list(names),
                          template="a photo of a {}.", device=torch.device("cpu"), train_features=train,
-                         train_labels=y, val_features=val, val_labels=val_y, seed=seed)
+                         train_labels=y, val_features=val, val_labels=val_y, seed=seed, **extra)
 
 
 def build(name, ctx, **overrides):

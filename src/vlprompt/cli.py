@@ -108,16 +108,17 @@ def cmd_extract(args) -> None:
     torch.set_num_threads(cfg["train"]["threads"])
     if (args.shots is None) != (args.seed is None):
         raise SystemExit("extract: give both --shots and --seed, or neither (the test features)")
-    if args.shots is None:
+    if args.shots is None:  # the evaluation splits: every test image, and the whole validation split
         split = splits.read_split(registry.split_path(cfg, args.dataset))
-        specs = [features.ExtractionSpec("test", split["test"], 1)]
+        specs = [features.ExtractionSpec("test", split["test"], 1), features.ExtractionSpec("val", split["val"], 1)]
         out = grid.features_dir(cfg, args.dataset)
-    else:
+    else:  # a few-shot subset: its validation images, its training images in V views and un-augmented
         subset = splits.read_fewshot(grid.fewshot_path(cfg, args.dataset, args.shots, args.seed),
                                      cfg["fewshot"].get("allow_fewer", False))
         stem = grid.fewshot_features(cfg, args.dataset, args.shots, args.seed)
         out = stem.parent
         specs = [features.ExtractionSpec("val", sorted(subset["val"]), 1, name=f"{stem.name}.val"),
+                 features.ExtractionSpec("plain", sorted(subset["train"]), 1, name=f"{stem.name}.plain"),
                  features.ExtractionSpec("train_views", sorted(subset["train"]), fcfg["train_views"],
                                          name=f"{stem.name}.train")]
     device = features.pick_device(fcfg["device"])

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from vlprompt.io import config_hash
+from vlprompt.overrides import OverridesError, check_method_overrides, method_settings, override_rows  # noqa: F401
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
@@ -94,8 +95,10 @@ def validate(cfg: dict[str, Any], check_names: bool = True) -> dict[str, Any]:
                                       f"{list_datasets('real')}")
         for name in cfg["methods"]:
             get_method(name)
-        for name, overrides in cfg.get("method_overrides", {}).items():
-            get_method(name).make_config(overrides)
+        try:
+            check_method_overrides(cfg)
+        except OverridesError as err:
+            raise ConfigError(str(err)) from None
     return cfg
 
 
@@ -148,9 +151,17 @@ def stage_hash(cfg: dict, stage: str) -> str:
     return config_hash(relevant)
 
 
-def method_config_hash(cfg: dict, method: str) -> str:
-    """Hash of everything that changes a training run of ``method`` (a Snakemake param)."""
+def method_config_hash(cfg: dict, method: str, dataset: str | None = None, shots: int | None = None) -> str:
+    """Hash of everything that changes a training run of ``method`` on ``dataset`` with ``shots`` (a
+    Snakemake param): the overrides in force for that run (:func:`method_settings`), so that changing
+    ImageNet's epochs re-runs only ImageNet's runs. Without ``shots`` it covers every shots setting of the
+    experiment on ``dataset`` (a job training all of them); without ``dataset``, the method's whole block."""
     relevant = {k: cfg.get(k) for k in ("backbone", "protocol", "fewshot", "pocket")}
     relevant["features"] = _features_settings(cfg)
-    relevant["method"] = cfg.get("method_overrides", {}).get(method, {})
+    if dataset is None:
+        relevant["method"] = (cfg.get("method_overrides") or {}).get(method, {})
+    elif shots is None:
+        relevant["method"] = {k: method_settings(cfg, method, dataset, k) for k in cfg.get("shots", [])}
+    else:
+        relevant["method"] = method_settings(cfg, method, dataset, int(shots))
     return config_hash(relevant)

@@ -149,7 +149,7 @@ def _flush(arr: np.ndarray) -> None:
 
 @dataclasses.dataclass
 class ExtractionSpec:
-    split: str  # test | val | train_views: which transform (train_views: V augmented views)
+    split: str  # test | val | plain (the test transform) | train_views (V augmented views)
     rows: list  # [relpath, label, classname] in bank order
     views: int  # 1 for test/val
     name: str | None = None  # file stem in the output folder (default: the split)
@@ -232,7 +232,7 @@ def _inputs(meta: dict) -> dict:
 def _known_rows(out_dir: Path, spec: ExtractionSpec, meta: dict, stems: list[str] | None = None) -> dict:
     """``{relpath: (array, index)}`` for the images that complete banks in ``out_dir`` with the same
     inputs as ``meta`` (all but the rows) already hold; ``stems`` limits the search to those banks."""
-    same = {k: v for k, v in meta.items() if k not in ("rows", "shape")}
+    same = {k: v for k, v in meta.items() if k not in ("rows", "shape", "split")}  # same backbone and transform
     known: dict = {}
     paths = [out_dir / f"{s}.json" for s in stems] if stems else sorted(out_dir.glob("*.json"))
     for path in paths:
@@ -244,7 +244,7 @@ def _known_rows(out_dir: Path, spec: ExtractionSpec, meta: dict, stems: list[str
             continue
         if not isinstance(other, dict) or "file" not in other:
             continue
-        if {k: v for k, v in _inputs(other).items() if k not in ("rows", "shape")} != same:
+        if {k: v for k, v in _inputs(other).items() if k not in ("rows", "shape", "split")} != same:
             continue
         npy = path.with_suffix(".npy")
         try:
@@ -279,6 +279,9 @@ def _encode(backbone, root: Path, spec: ExtractionSpec, meta: dict, transform, o
     """Encode every row of ``spec`` into ``out_dir/<stem>.npy`` (resumable through ``<stem>.partial.npy``)."""
     model = backbone.model
     device = device or next(model.parameters()).device
+    if not spec.rows:  # e.g. ImageNet's validation split (CoOp's ImageNet has none): an empty bank
+        np.save(out_dir / f"{spec.stem}.npy", np.zeros(tuple(meta["shape"]), dtype=np.float16))
+        return
     partial = out_dir / f"{spec.stem}.partial.npy"
     partial_meta = out_dir / f"{spec.stem}.partial.json"
     progress_path = out_dir / f"{spec.stem}.progress"

@@ -25,8 +25,8 @@ from vlprompt.config import backbone_key, method_config_hash, stage_hash
 DATA = "{data}/{dkey}"
 CLASSES = "{results}/splits/{dkey}/classes.json"
 FEWSHOT = "{results}/splits/{dkey}/shot{shots}_seed{seed}.json"
-FEATURES = "{results}/features/{backbone}/{dkey}"  # test.npy + test.json
-# per few-shot subset: <stem>.train.npy/.json (V augmented views), <stem>.val.npy/.json
+FEATURES = "{results}/features/{backbone}/{dkey}"  # test.npy/.json, val.npy/.json (the whole validation split)
+# per few-shot subset: <stem>.train.npy/.json (V augmented views), .plain (un-augmented), .val (its val images)
 FEWSHOT_FEATURES = FEATURES + "/{views}/shot{shots}_seed{seed}"
 RUN = "{results}/{experiment}/runs/{dataset}/{method}/{shots}shot/seed{seed}"
 TRANSFER = RUN + "/transfer/{target}.json"
@@ -131,9 +131,18 @@ def fewshot_features(cfg: dict, dataset: str, shots: int, seed: int) -> Path:
                                         seed=seed))
 
 
+FEWSHOT_PARTS = ("train", "plain", "val")  # augmented views, un-augmented training images, validation images
+EVAL_PARTS = ("test", "val")  # every test image, the whole validation split
+
+
 def fewshot_feature_files(cfg: dict, dataset: str, shots: int, seed: int) -> list[Path]:
     stem = fewshot_features(cfg, dataset, shots, seed)
-    return [Path(f"{stem}.{part}.{ext}") for part in ("train", "val") for ext in ("npy", "json")]
+    return [Path(f"{stem}.{part}.{ext}") for part in FEWSHOT_PARTS for ext in ("npy", "json")]
+
+
+def eval_feature_files(cfg: dict, dataset: str) -> list[Path]:
+    feats = features_dir(cfg, dataset)
+    return [feats / f"{part}.{ext}" for part in EVAL_PARTS for ext in ("npy", "json")]
 
 
 def summary_path(cfg: dict) -> Path:
@@ -163,8 +172,7 @@ def train_inputs(cfg: dict, dataset: str, method: str, shots: int | str, seed: i
         inputs.append(fewshot_path(cfg, dataset, shots, seed))
     if needs_gpu(method):
         return [split_file(cfg, dataset), *inputs]
-    feats = features_dir(cfg, dataset)
-    inputs += [feats / "test.npy", feats / "test.json"]
+    inputs += eval_feature_files(cfg, dataset)
     if shots > 0:
         inputs += fewshot_feature_files(cfg, dataset, shots, seed)
     return inputs
@@ -188,8 +196,7 @@ def transfer_inputs(cfg: dict, target: str, method: str) -> list[Path]:
     """What evaluating a trained model on ``target`` reads besides the model: its test features or images."""
     if needs_gpu(method):
         return [split_file(cfg, target), classes_path(cfg, target)]
-    feats = features_dir(cfg, target)
-    return [feats / "test.npy", feats / "test.json", classes_path(cfg, target)]
+    return [*eval_feature_files(cfg, target), classes_path(cfg, target)]
 
 
 def all_outputs(cfg: dict) -> list[Path]:

@@ -1,4 +1,12 @@
-"""Learnable prompts for the CLIP text tower (CoOp's prompt learner, written against our encoder).
+"""Prompts for the CLIP text tower: class names into text, template tables, and CoOp's prompt learner.
+
+Every class name goes into a prompt through :func:`prompt_name` (underscores become spaces, as every
+reference does: "car_side" is written "car side"), by :func:`class_prompts` for hand-crafted prompts and by
+:class:`PromptLearner` for learned ones, so no method formats class names itself. A method's hand-crafted
+templates are part of its preset: a Config field names a table of ``data/method_templates.json`` (copied
+from the reference, with its source) or gives a template, resolved per dataset by :func:`method_templates`.
+
+Learnable prompts (CoOp's prompt learner, written against our encoder):
 
 A prompt for class c is ``[SOS] [ctx_1 .. ctx_M] [class tokens] [.] [EOS]`` (class position
 ``end``), ``[SOS] [class] [ctx] [.] [EOS]`` (``front``) or with the context split around the class
@@ -8,23 +16,85 @@ token embeddings are non-persistent buffers, so saving and loading stay strict a
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from vlprompt.backbone import PromptedTextEncoder
+from vlprompt.backbone import Backbone, PromptedTextEncoder, encode_prompts
 
 PLACEHOLDER = "X"
+METHOD_TEMPLATES_FILE = Path(__file__).resolve().parent / "data" / "method_templates.json"
+
+
+def prompt_name(classname: str) -> str:
+    """A class name as it is written in a prompt: underscores become spaces ("car_side" -> "car side"), as in
+    the references (KaiyangZhou/CoOp trainers/zsclip.py and coop.py: ``name.replace("_", " ")``)."""
+    return classname.replace("_", " ")
+
+
+def class_prompts(template: str, classnames: Sequence[str]) -> list[str]:
+    """The hand-crafted prompt of every class: ``template`` with the class's :func:`prompt_name`."""
+    return [template.format(prompt_name(c)) for c in classnames]
+
+
+def text_classifier(backbone: Backbone, templates: Sequence[str], classnames: Sequence[str]) -> torch.Tensor:
+    """(C, D) L2-normalised hand-crafted classifier: the prompts' features for one template, the normalised
+    mean of the normalised features over several (CLIP's prompt ensemble, as Tip-Adapter's ``clip_classifier``)."""
+    if len(templates) == 1:
+        return encode_prompts(backbone, class_prompts(templates[0], classnames))
+    feats = encode_prompts(backbone, [t.format(prompt_name(c)) for c in classnames for t in templates])
+    return F.normalize(feats.view(len(classnames), len(templates), -1).mean(dim=1), dim=-1)
+
+
+@lru_cache(maxsize=1)
+def template_tables() -> dict[str, dict]:
+    """The per-method template tables of ``data/method_templates.json`` (each with its ``_source``)."""
+    return json.loads(METHOD_TEMPLATES_FILE.read_text())["tables"]
+
+
+def method_templates(spec: str | None, dataset: str | None, default: str) -> list[str]:
+    """The templates a method uses on ``dataset`` (a registry name), from its Config's template field:
+
+    - ``None`` or ``"coop"``: the dataset's hand-crafted template ``default`` (CoOp's table);
+    - a template with ``{}``: that template, on every dataset;
+    - a table name of ``data/method_templates.json``: the table's entry for the dataset's CoOp name, or its
+      ``"*"`` entry (every real dataset); a pocket dataset, which no reference knows, uses ``default``.
+    """
+    if spec is None or spec == "coop":
+        return [default]
+    if "{}" in spec:
+        return [spec]
+    tables = template_tables()
+    if spec not in tables:
+        raise ValueError(f"unknown template table {spec!r}; tables: {sorted(tables)}, 'coop' (the dataset's "
+                         "hand-crafted template), or a template with '{}'")
+    table = tables[spec]
+    key = None
+    if dataset is not None:
+        from vlprompt.data.registry import get_dataset
+
+        key = get_dataset(dataset).coop_name  # None for a pocket dataset
+    value = table.get(key, table.get("*", default)) if key else default
+    return [value] if isinstance(value, str) else list(value)
 
 
 class PromptLearner(nn.Module):
     def __init__(self, encoder: PromptedTextEncoder, tokenizer, classnames: list[str], n_ctx: int = 4,
                  ctx_init: str | None = "a photo of a", csc: bool = False, position: str = "end",
-                 init_std: float = 0.02, generator: torch.Generator | None = None):
+                 init_std: float = 0.02, generator: torch.Generator | None = None, placeholder: str | None = None):
+        """``placeholder``: the text before the class name whose first ``n_ctx`` tokens the context replaces
+        (default: ``n_ctx`` "X"); tokens after them stay fixed text (ProGrad's initialisation, see there)."""
         super().__init__()
         if position not in ("end", "front", "middle"):
             raise ValueError(f"class token position must be end, front or middle, got {position!r}")
-        if ctx_init and position != "end":
-            raise ValueError("ctx_init is only supported with class position 'end' (as in CoOp)")
+        if (ctx_init or placeholder) and position != "end":
+            raise ValueError("ctx_init and placeholder need class position 'end' (as in CoOp)")
+        self.placeholder = placeholder
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.position = position
@@ -32,7 +102,7 @@ class PromptLearner(nn.Module):
         width = encoder.width
         device = encoder.token_embedding.weight.device
         if ctx_init:
-            words = ctx_init.strip().replace("_", " ")
+            words = prompt_name(ctx_init.strip())
             tokens = tokenizer([words]).to(device)
             n_ctx = int(tokens.argmax(-1).item()) - 1  # tokens between SOS and EOS
             with torch.no_grad():
@@ -52,9 +122,11 @@ class PromptLearner(nn.Module):
         if self.csc and hasattr(self, "token_prefix") and len(classnames) != self.ctx.shape[0]:
             raise ValueError("class-specific context cannot be applied to other classes")
         self.classnames = list(classnames)
-        names = [n.replace("_", " ") for n in classnames]
-        placeholder = " ".join([PLACEHOLDER] * self.n_ctx)
+        names = [prompt_name(n) for n in classnames]
+        placeholder = self.placeholder or " ".join([PLACEHOLDER] * self.n_ctx)
         device = self.ctx.device
+        if int(self.tokenizer([placeholder]).argmax(-1).item()) - 1 < self.n_ctx:
+            raise ValueError(f"placeholder {placeholder!r} has fewer than n_ctx={self.n_ctx} tokens")
         tokens = self.tokenizer([f"{placeholder} {n}." for n in names]).to(device)  # (n_cls, L)
         name_tokens = self.tokenizer(names).to(device)
         self.name_lens = (name_tokens.argmax(-1) - 1).tolist()  # tokens per class name
@@ -97,3 +169,107 @@ class PromptLearner(nn.Module):
     def forward(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised text features (n_cls, embed_dim) of the current prompts."""
         return self.encoder(self.prompts(ctx), self.eot)
+
+
+def format_tokens(tokenizer, text: str) -> int:
+    """Number of BPE tokens of ``text`` between SOS and EOS."""
+    if not text.strip():
+        return 0
+    return int(tokenizer([text.strip()])[0].argmax()) - 1
+
+
+class PatternPrompts(nn.Module):
+    """Prompts that mix hard words, learnable slots and the class name anywhere (ATPrompt, MoCoOp, KAPT).
+
+    ``pattern`` is written like a format string: ``{}`` is the class name and ``{name}`` a learnable slot
+    of ``slots[name]`` tokens, e.g. ATPrompt's ``"{att0} colour {att1} shape {ctx} {}."`` or a MoCoOp
+    expert's ``"{before} {} {after}."``. A slot is initialised from the embedding of ``init[name]`` when
+    that is a phrase (its token count must equal the slot's size) or from N(0, std²) when it is a float
+    std. The frozen token embeddings are non-persistent buffers; each slot is one ``nn.Parameter``
+    (n_tokens, width) shared by all classes. ``forward()`` returns the unnormalised text features (n_cls, D).
+    """
+
+    def __init__(self, encoder: PromptedTextEncoder, tokenizer, classnames: list[str], pattern: str,
+                 slots: dict[str, int], init: dict[str, str | float], generator: torch.Generator | None = None):
+        super().__init__()
+        import string
+
+        self.encoder, self.tokenizer, self.pattern = encoder, tokenizer, pattern
+        pieces = list(string.Formatter().parse(pattern))  # (literal, field, spec, conversion)
+        fields = [f for _, f, _, _ in pieces if f is not None]
+        if fields.count("") != 1 or set(fields) - {""} != set(slots) or len(set(fields)) != len(fields):
+            raise ValueError(f"prompt pattern {pattern!r} must hold '{{}}' (the class name) once and each slot of "
+                             f"{sorted(slots)} once")
+        self.pieces = [(lit, f) for lit, f, _, _ in pieces]
+        device = encoder.token_embedding.weight.device
+        self.slots = nn.ParameterDict()
+        for name, n in slots.items():
+            value = init[name]
+            if isinstance(value, str):
+                tokens = tokenizer([prompt_name(value)]).to(device)
+                if format_tokens(tokenizer, value) != n:
+                    raise ValueError(f"slot {name!r} has {n} tokens but its initial words {value!r} have "
+                                     f"{format_tokens(tokenizer, value)}")
+                with torch.no_grad():
+                    vec = encoder.embed(tokens)[0, 1:1 + n].float()
+            else:
+                vec = torch.randn(n, encoder.width, generator=generator) * float(value)
+            self.slots[name] = nn.Parameter(vec.to(device))  # (n, width)
+        self.set_classes(classnames)
+
+    def text(self, classname: str) -> str:
+        """The prompt's words for a class, slots written as placeholder tokens."""
+        out = []
+        for lit, field in self.pieces:
+            out.append(lit)
+            if field == "":
+                out.append(prompt_name(classname))
+            elif field is not None:
+                out.append(" ".join([PLACEHOLDER] * self.slots[field].shape[0]))
+        return "".join(out)
+
+    def set_classes(self, classnames: list[str]) -> None:
+        """Rebuild the frozen token buffers and the slot positions for ``classnames``."""
+        self.classnames = list(classnames)
+        device = next(iter(self.slots.values())).device if len(self.slots) else \
+            self.encoder.token_embedding.weight.device
+        tokens = self.tokenizer([self.text(c) for c in classnames]).to(device)  # (n_cls, L)
+        length, eot = tokens.shape[1], tokens.argmax(-1)
+        placeholder = int(self.tokenizer([PLACEHOLDER])[0, 1])
+        positions = {name: [] for name in self.slots}
+        for i, c in enumerate(classnames):
+            if int(eot[i]) >= length - 1:
+                raise ValueError(f"the prompt {self.text(c)!r} does not fit the text encoder's {length} tokens")
+            at = 1  # after SOS
+            for lit, field in self.pieces:
+                at += format_tokens(self.tokenizer, lit)
+                if field == "":
+                    at += format_tokens(self.tokenizer, prompt_name(c))
+                elif field is not None:
+                    n = self.slots[field].shape[0]
+                    positions[field].append(list(range(at, at + n)))
+                    at += n
+            if at != int(eot[i]) or any(not bool((tokens[i, p[-1]] == placeholder).all())
+                                        for p in (positions[f][-1] for f in self.slots)):
+                raise ValueError(f"prompt pattern {self.pattern!r} tokenizes differently in pieces than whole for "
+                                 f"class {c!r}; separate slots from words and punctuation by spaces")
+        with torch.no_grad():
+            emb = self.encoder.embed(tokens)  # (n_cls, L, width)
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("embedding", emb, persistent=False)
+        self.register_buffer("eot", eot, persistent=False)
+        for name in self.slots:
+            self.register_buffer(f"pos_{name}", torch.tensor(positions[name], dtype=torch.long, device=device)
+                                 .view(len(classnames), -1), persistent=False)
+
+    def prompts(self, values: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """(n_cls, L, width) prompt embeddings; ``values`` replaces slots (e.g. reparameterised ones)."""
+        x = self.embedding.clone()
+        rows = torch.arange(x.shape[0], device=x.device)[:, None]  # (n_cls, 1)
+        for name, p in self.slots.items():
+            v = (values or {}).get(name, p)
+            x[rows, getattr(self, f"pos_{name}")] = v.to(x.dtype).expand(x.shape[0], -1, -1)
+        return x
+
+    def forward(self, values: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.encoder(self.prompts(values), self.eot)

@@ -22,8 +22,9 @@ import torch
 
 from vlprompt import grid
 from vlprompt.backbone import PromptedTextEncoder, load_backbone_from_config
-from vlprompt.config import method_config_hash
-from vlprompt.data.registry import get_dataset
+from vlprompt.bank_splits import BankSplits
+from vlprompt.config import method_config_hash, method_settings
+from vlprompt.data.registry import get_dataset, split_path
 from vlprompt.data.splits import read_fewshot, subsample_classes
 from vlprompt.evaluate import evaluate
 from vlprompt.features import FeatureBank, pick_device
@@ -47,10 +48,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """Constant warm-up for ``warmup_epochs``, then cosine annealing over ``epochs`` (stepped per epoch)."""
+def lr_at(cfg: TrainConfig, epoch: int, step: int = 0, steps: int = 1) -> float:
+    """Constant warm-up for ``warmup_epochs``, then cosine annealing over ``epochs``: stepped per epoch
+    (Dassl), or with ``lr_schedule="step"`` per iteration ``step`` of ``steps`` (CosineAnnealingLR over
+    epochs × steps iterations, as Tip-Adapter-F)."""
     if epoch < cfg.warmup_epochs:
         return cfg.warmup_lr
+    if cfg.lr_schedule == "step":
+        t = (epoch - cfg.warmup_epochs) * steps + step
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * t / (cfg.epochs * steps)))
+    if cfg.lr_schedule != "epoch":
+        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; use epoch or step")
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / cfg.epochs))
 
 
@@ -58,18 +66,19 @@ def make_optimizer(cfg: TrainConfig, params):
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adamw")
 
 
 def loop_setup(method, cfg: TrainConfig, device: torch.device, n: int):
     """Optimizer over the method's trainable parameters, fp16 grad scaler (CUDA only) and steps per epoch
-    (Dassl: N // batch size, at least one) for ``n`` training images."""
+    for ``n`` training images (Dassl: N // batch size, at least one; ``drop_last=False``: ceil(N / batch))."""
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
         raise RuntimeError(f"method {method.name!r} has nothing to train")
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    steps = max(cfg.min_steps_per_epoch, n // cfg.batch_size if n >= cfg.batch_size else 1)
+    steps = max(cfg.min_steps_per_epoch, n // cfg.batch_size if n >= cfg.batch_size else 1,
+                0 if cfg.drop_last else math.ceil(n / cfg.batch_size))
     return make_optimizer(cfg, params), scaler, steps
 
 
@@ -102,6 +111,9 @@ def sgd_loop(method, ctx: MethodContext, cfg: TrainConfig, ckpt_path: Path, chec
         view = torch.randint(views, (n,), generator=gen)
         total = 0.0
         for step in range(steps):
+            if cfg.lr_schedule == "step":
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(cfg, epoch, step, steps)
             idx = order[(step * cfg.batch_size) % n:][: cfg.batch_size]
             x = feats[view[idx], idx].to(device)
             y = labels[idx].to(device)
@@ -146,21 +158,21 @@ def run_many(cfg: dict, dataset: str, method_name: str, runs: list[tuple[int, in
     out = []
     for shots, seed in runs:
         run_dir = grid.Run(dataset, method_name, shots, seed).dir(cfg)
-        if is_complete(cfg, run_dir, method_name):
+        if is_complete(cfg, run_dir, method_name, dataset, shots):
             log.info("%s is complete, skipping", run_dir)
             continue
         out.append(run(cfg, dataset, method_name, shots, seed, run_dir, progress))
     return out
 
 
-def is_complete(cfg: dict, run_dir: Path, method_name: str) -> bool:
-    """A run directory whose metrics, with this config's settings, and intact model are there."""
+def is_complete(cfg: dict, run_dir: Path, method_name: str, dataset: str, shots: int) -> bool:
+    """A run directory whose metrics, with this config's settings for the run, and intact model are there."""
     try:
         metrics = read_artefact_json(run_dir / "metrics.json")
         verify_file(run_dir / "model.pt", metrics["artefacts"]["model.pt"])
     except (FileNotFoundError, CorruptArtefactError, KeyError):
         return False
-    return metrics.get("config_hash") == method_config_hash(cfg, method_name)
+    return metrics.get("config_hash") == method_config_hash(cfg, method_name, dataset, shots)
 
 
 def load_model_state(run_dir: Path, device: torch.device) -> dict:
@@ -197,6 +209,9 @@ def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: t
         ctx.train_labels = torch.tensor([r[1] for r in train_rows])
         ctx.val_features = subset_bank.take(f"{stem.name}.val", [r[0] for r in val_rows])
         ctx.val_labels = torch.tensor([r[1] for r in val_rows])
+        ctx.train_crop_scale_min = subset_bank.meta(f"{stem.name}.train").get("scale_min")
+        ctx.load_split = BankSplits(bank, train_labels, train_rows, split_path(cfg, dataset),
+                                    plain=(subset_bank, f"{stem.name}.plain"))
     return ctx, bank, classes
 
 
@@ -211,9 +226,10 @@ def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, see
         from vlprompt.train_images import evaluate_transfer as evaluate_transfer_images
 
         return evaluate_transfer_images(cfg, dataset, method_name, shots, seed, target, out)
-    mcfg = cls.make_config(cfg.get("method_overrides", {}).get(method_name))
+    mcfg = cls.make_config(method_settings(cfg, method_name, dataset, shots))
     seed_everything(seed)
     ctx, _, _ = build_context(cfg, dataset, cls, shots, seed, device)
+    ctx.template, ctx.dataset = get_dataset(target).template, target  # hand-crafted prompts: the target's
     method = cls(mcfg, ctx).to(device)
     saved = load_model_state(grid.Run(dataset, method_name, shots, seed).dir(cfg), device)
     method.load_trainable_state(saved["state"])
@@ -224,7 +240,7 @@ def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, see
                        ctx.classnames, device)
     metrics.update(method=method_name, dataset=target, train_dataset=dataset, shots=shots, seed=seed,
                    protocol=cfg["protocol"], experiment=cfg["experiment"], trained=cls.needs_training,
-                   config_hash=method_config_hash(cfg, method_name),
+                   config_hash=method_config_hash(cfg, method_name, dataset, shots),
                    provenance=provenance(**ctx.backbone.provenance(), device=str(device)))
     atomic_write_json(out, metrics)
     return metrics
@@ -244,7 +260,7 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
     seed_everything(seed)
     device = pick_device(cfg["train"]["device"])
     cls = get_method(method_name)
-    mcfg = cls.make_config(cfg.get("method_overrides", {}).get(method_name))
+    mcfg = cls.make_config(method_settings(cfg, method_name, dataset, shots))
     ctx, bank, classes = build_context(cfg, dataset, cls, shots, seed, device)
     backbone, train_names = ctx.backbone, ctx.classnames
     t_load = time.time() - t0
@@ -287,11 +303,10 @@ def save_run(cfg: dict, out_dir: Path, metrics: dict, method, mcfg, dataset: str
     hyperparameters = _asdict(mcfg)
     metrics.update(
         method=method.name, dataset=dataset, train_dataset=dataset, shots=shots, seed=seed,
-        protocol=cfg["protocol"], experiment=cfg["experiment"], config_hash=method_config_hash(cfg, method.name),
-        hyperparameters=hyperparameters, trained=method.needs_training, train=train_info, seconds=seconds,
-        provenance=prov)
-    if hasattr(method, "diagnostics"):  # e.g. DVMI's MI estimate, its bound and the text views' cosine
-        metrics["diagnostics"] = method.diagnostics()
+        protocol=cfg["protocol"], experiment=cfg["experiment"],
+        config_hash=method_config_hash(cfg, method.name, dataset, shots), hyperparameters=hyperparameters,
+        overrides=method_settings(cfg, method.name, dataset, shots), method_info=method.run_info(),
+        trained=method.needs_training, train=train_info, seconds=seconds, provenance=prov)
     buffer = io.BytesIO()  # saved through a buffer: the archive is named after the file, a temporary name here
     torch.save({"method": method.name, "state": method.trainable_state(), "hyperparameters": hyperparameters,
                 "classnames": train_names, "provenance": prov}, buffer)

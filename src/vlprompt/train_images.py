@@ -21,7 +21,7 @@ import torch
 
 from vlprompt import grid
 from vlprompt.backbone import PromptedTextEncoder
-from vlprompt.config import method_config_hash
+from vlprompt.config import method_config_hash, method_settings
 from vlprompt.data import registry, splits
 from vlprompt.data.splits import subsample_classes
 from vlprompt.evaluate import evaluate_parts
@@ -130,14 +130,15 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
     seed_everything(seed)
     device = pick_device(cfg["train"]["device"])
     cls = get_method(method_name)
-    mcfg = cls.make_config(cfg.get("method_overrides", {}).get(method_name))
+    mcfg = cls.make_config(method_settings(cfg, method_name, dataset, shots))
     backbone = _cached_backbone(cfg, device)
     classes = read_artefact_json(grid.classes_path(cfg, dataset))
     names = classes["classnames"]
     train_labels = classes["base"] if cfg["protocol"] == "base2new" else list(range(len(names)))
     train_names = [names[i] for i in train_labels]
     ctx = MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=train_names,
-                        template=registry.get_dataset(dataset).template, device=device, seed=seed)
+                        template=registry.get_dataset(dataset).template, device=device, seed=seed,
+                        dataset=dataset)
     root = registry.dataset_dir(cfg, dataset)
     fcfg = cfg["features"]
     t_load = time.time() - t0
@@ -169,19 +170,18 @@ def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, see
     torch.set_num_threads(cfg["train"]["threads"])
     device = pick_device(cfg["train"]["device"])
     cls = get_method(method_name)
-    mcfg = cls.make_config(cfg.get("method_overrides", {}).get(method_name))
+    mcfg = cls.make_config(method_settings(cfg, method_name, dataset, shots))
     seed_everything(seed)
     backbone = _cached_backbone(cfg, device)
     classes = read_artefact_json(grid.classes_path(cfg, dataset))
     names = classes["classnames"]
     train_names = [names[i] for i in (classes["base"] if cfg["protocol"] == "base2new" else range(len(names)))]
+    # hand-crafted prompts (VPT's, depth 0) are the target's, as the references build the model for the target
     ctx = MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=train_names,
-                        template=registry.get_dataset(dataset).template, device=device, seed=seed)
+                        template=registry.get_dataset(target).template, device=device, seed=seed, dataset=target)
     method = cls(mcfg, ctx).to(device)
     saved = load_model_state(grid.Run(dataset, method_name, shots, seed).dir(cfg), device)
     method.load_trainable_state(saved["state"])
-    method.template = registry.get_dataset(target).template  # fixed prompts (depth 0, VPT) use the target's
-    method.set_classes(train_names)
     target_classes = read_artefact_json(grid.classes_path(cfg, target))
     test_rows = splits.read_split(registry.split_path(cfg, target))["test"]
     fcfg = cfg["features"]
@@ -189,7 +189,7 @@ def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, see
                               target_classes, "all", train_names, device, fcfg["batch_size"], fcfg["workers"])
     metrics.update(method=method_name, dataset=target, train_dataset=dataset, shots=shots, seed=seed,
                    protocol=cfg["protocol"], experiment=cfg["experiment"], trained=cls.needs_training,
-                   config_hash=method_config_hash(cfg, method_name),
+                   config_hash=method_config_hash(cfg, method_name, dataset, shots),
                    provenance=provenance(**backbone.provenance(), device=str(device)))
     atomic_write_json(out, metrics)
     return metrics

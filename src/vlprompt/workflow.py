@@ -56,7 +56,8 @@ def job_environment(config_path: str, configfiles: list[str]) -> dict[str, str]:
 
 # --- several Snakemake runs in one folder --------------------------------------------------------------
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with that pid exists (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -93,7 +94,7 @@ def running(root: str | Path = ".") -> list[dict]:
             continue
         if rec.get("host") == host and rec.get("pid") == os.getpid():
             continue
-        if rec.get("host") == host and not _alive(int(rec.get("pid", -1))):
+        if rec.get("host") == host and not process_alive(int(rec.get("pid", -1))):
             path.unlink(missing_ok=True)
             continue
         out.append(rec)
@@ -115,7 +116,7 @@ def snakemake_processes(root: str | Path = ".") -> list[int]:
             cwd = (proc / "cwd").resolve()
         except OSError:
             continue
-        if int(proc.name) == os.getpid() or not any(b"snakemake" in part for part in cmd[:3]):
+        if int(proc.name) in (os.getpid(), os.getppid()) or not any(b"snakemake" in part for part in cmd[:3]):
             continue
         args = [a.decode(errors="replace") for a in cmd]
         workdir = cwd

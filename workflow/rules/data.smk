@@ -19,10 +19,6 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def split_file_of(wildcards):
-    return grid.split_file(CFG, DATASET_OF[wildcards.dkey])
-
-
 rule prepare_dataset:
     output:
         f"{CFG['data_root']}/{{dkey}}/split_zhou_{{dataset}}.json",
@@ -37,7 +33,7 @@ rule prepare_dataset:
 
 rule split_classes:
     input:
-        split_file_of,
+        lambda wildcards: grid.split_file(CFG, DATASET_OF[wildcards.dkey]),
     output:
         grid.CLASSES.format(results=CFG["results_root"], dkey="{dkey}"),
     params:
@@ -52,7 +48,7 @@ rule split_classes:
 
 rule sample_fewshot:
     input:
-        split_file_of,
+        lambda wildcards: grid.split_file(CFG, DATASET_OF[wildcards.dkey]),
     output:
         grid.FEWSHOT.format(results=CFG["results_root"], dkey="{dkey}", shots="{shots}", seed="{seed}"),
     params:

@@ -12,7 +12,7 @@ rule evaluate_transfer:
     output:
         f"{RUN_DIR}/transfer/{{target}}.json",
     params:
-        config_hash=lambda wildcards: grid.method_config_hash(CFG, wildcards.method),
+        config_hash=lambda wildcards: grid.method_config_hash(CFG, wildcards.method, wildcards.dataset, int(wildcards.shots)),
     wildcard_constraints:
         method=FEATURE_METHODS,
     conda:

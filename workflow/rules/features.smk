@@ -1,5 +1,6 @@
-# Frozen image features, extracted once per backbone x image x view transform: the test images of a
-# dataset, and per few-shot subset its validation images and augmented training views. A subset's job
+# Frozen image features, extracted once per backbone x image x view transform: the evaluation splits of a
+# dataset (every test image, the whole validation split), and per few-shot subset its validation images,
+# its training images un-augmented and in augmented views. A subset's job
 # copies what sibling subsets already hold and encodes only the images it adds (vlprompt.features).
 
 FEATURES_DIR = grid.FEATURES.format(results=CFG["results_root"], backbone=grid.backbone_key(CFG), dkey="{dkey}")
@@ -15,9 +16,9 @@ FEWSHOT_STEM = grid.FEWSHOT_FEATURES.format(
 
 rule extract_test:
     input:
-        split_file_of,
+        lambda wildcards: grid.split_file(CFG, DATASET_OF[wildcards.dkey]),
     output:
-        multiext(f"{FEATURES_DIR}/test", ".npy", ".json"),
+        multiext(f"{FEATURES_DIR}/", "test.npy", "test.json", "val.npy", "val.json"),
     params:
         dataset=lambda wildcards: DATASET_OF[wildcards.dkey],
     resources:
@@ -32,10 +33,10 @@ rule extract_test:
 
 rule extract_fewshot:
     input:
-        split=split_file_of,
+        split=lambda wildcards: grid.split_file(CFG, DATASET_OF[wildcards.dkey]),
         fewshot=rules.sample_fewshot.output,
     output:
-        multiext(FEWSHOT_STEM, ".train.npy", ".train.json", ".val.npy", ".val.json"),
+        multiext(FEWSHOT_STEM, ".train.npy", ".train.json", ".plain.npy", ".plain.json", ".val.npy", ".val.json"),
     params:
         dataset=lambda wildcards: DATASET_OF[wildcards.dkey],
     resources:

@@ -32,6 +32,14 @@ rule report:
             caption="../report/caption.rst",
             category="Report",
         ),
+        # every figure embedded in `snakemake --report` with its caption (index.html links them from here)
+        figures=report(
+            directory(grid.report_dir(CFG) / "figures"),
+            patterns=["{name}.png"],
+            caption="../report/figure.rst",
+            category="Figures",
+            labels={"figure": "{name}"},
+        ),
     params:
         settings=grid.stage_hash(CFG, "report"),
         out=grid.report_dir(CFG),

@@ -32,7 +32,7 @@ if CFG["train"]["job_granularity"] == "run":
             metrics=f"{RUN_DIR}/metrics.json",
             model=f"{RUN_DIR}/model.pt",
         params:
-            config_hash=lambda wildcards: grid.method_config_hash(CFG, wildcards.method),
+            config_hash=lambda wildcards: grid.method_config_hash(CFG, wildcards.method, wildcards.dataset, int(wildcards.shots)),
             out=RUN_DIR,
         wildcard_constraints:
             method=FEATURE_METHODS,
@@ -62,7 +62,7 @@ else:
                 for name in grid.RUN_FILES
             ],
         params:
-            config_hash=lambda wildcards: grid.method_config_hash(CFG, wildcards.method),
+            config_hash=lambda wildcards: grid.method_config_hash(CFG, wildcards.method, wildcards.dataset, int(wildcards.shots)),
             seeds=" ".join(str(s) for s in grid.group_runs(CFG)),
         wildcard_constraints:
             method=FEATURE_METHODS,
@@ -88,7 +88,7 @@ else:
         output:
             [f"{RUN_DIR}/{name}".format(dataset="{dataset}", method="{method}", shots=0, seed=0) for name in grid.RUN_FILES],
         params:
-            config_hash=lambda wildcards: grid.method_config_hash(CFG, wildcards.method),
+            config_hash=lambda wildcards: grid.method_config_hash(CFG, wildcards.method, wildcards.dataset, 0),
         conda:
             "../envs/vlprompt.yaml"
         log:

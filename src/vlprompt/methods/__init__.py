@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from vlprompt.methods.base import Method, MethodContext, MethodError, TrainConfig, register, registry
+from vlprompt.methods.base import FAMILIES, Method, MethodContext, MethodError, TrainConfig, register, registry
 
 _LOADED = False
 
@@ -37,4 +37,22 @@ def get_method(name: str) -> type[Method]:
         raise MethodError(f"unknown method {name!r}; available: {sorted(registry)}") from None
 
 
-__all__ = ["Method", "MethodContext", "MethodError", "TrainConfig", "get_method", "list_methods", "register"]
+def method_order(names) -> list[str]:
+    """``names`` in the report's order: by family (``FAMILIES``: zero-shot first), a family's root method before
+    the methods derived from it, then alphabetically; unknown families, then unregistered names, come last."""
+    _load_all()
+
+    def key(name: str):
+        cls = registry.get(name)
+        if cls is None:
+            return (len(FAMILIES) + 2, "", 0, name)
+        known = cls.family in FAMILIES
+        rank = FAMILIES.index(cls.family) if known else len(FAMILIES) + (0 if cls.family else 1)
+        depth = sum(1 for c in cls.__mro__ if issubclass(c, Method) and c is not Method)
+        return (rank, "" if known else cls.family, depth, name)
+
+    return sorted(set(names), key=key)
+
+
+__all__ = ["FAMILIES", "Method", "MethodContext", "MethodError", "TrainConfig", "get_method", "list_methods",
+           "method_order", "register"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -12,6 +13,9 @@ from torch import nn
 from vlprompt.backbone import Backbone, PromptedTextEncoder
 
 registry: dict[str, type[Method]] = {}
+# Method families in the order the report lists them (zero-shot first, as the papers' tables do). A method
+# inherits its parent's ``family``; a family not listed here comes after these, and so does a method without one.
+FAMILIES = ("zero-shot", "linear probe", "adapter", "text prompt", "deep prompt")
 
 
 class MethodError(ValueError):
@@ -42,6 +46,9 @@ class TrainConfig:
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
     min_steps_per_epoch: int = 1
+    adam_eps: float = 1e-8  # AdamW's epsilon (torch's default; Tip-Adapter-F uses 1e-4)
+    lr_schedule: str = "epoch"  # epoch: cosine stepped per epoch (Dassl) | step: per iteration (CosineAnnealingLR)
+    drop_last: bool = True  # steps per epoch N // batch (Dassl); False: ceil(N / batch), the last batch smaller
 
 
 @dataclasses.dataclass
@@ -58,11 +65,33 @@ class MethodContext:
     val_features: torch.Tensor | None = None  # (N_val, D)
     val_labels: torch.Tensor | None = None
     seed: int = 0
-    dataset: str | None = None  # the dataset's registry name (per-dataset prompt ensembles); None if unknown
+    dataset: str | None = None  # the dataset's registry name (per-dataset templates); None if unknown
+    train_crop_scale_min: float | None = None  # random-resized-crop scale of the train views; None if unknown
+    # More features from the feature bank, loaded on demand: load_split(name) -> (features, labels) or None when
+    # the bank does not hold them. Names: "train_plain" (the few-shot training images, un-augmented, test
+    # transform), "val_full" (the whole validation split), "test" (the test split); training classes only,
+    # labels as train_labels.
+    load_split: Callable[[str], tuple[torch.Tensor, torch.Tensor] | None] | None = None
+    # Class descriptions (class name -> sentences, CuPL's format) for MSGCoOp, KAPT, ...; None: the description
+    # store's file for ``dataset`` (vlprompt.data.descriptions), read when a method asks for it.
+    descriptions: dict[str, list[str]] | None = None
+    # Names of classes that the protocol lets a method see as text only during training (OGEN's unknown
+    # classes); None: none (the default: the training loop gives the training classes' names only).
+    unseen_classnames: list[str] | None = None
 
     @property
     def logit_scale(self) -> float:
         return float(self.backbone.model.logit_scale.exp().item())
+
+    def templates(self, spec: str | None) -> list[str]:
+        """The templates a method's Config field ``spec`` means on this dataset (see prompting.method_templates)."""
+        from vlprompt.prompting import method_templates
+
+        return method_templates(spec, self.dataset, self.template)
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``load_split(name)``, or None without a loader."""
+        return None if self.load_split is None else self.load_split(name)
 
 
 class Method(nn.Module):
@@ -77,6 +106,7 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    family: ClassVar[str] = ""  # one of FAMILIES (inherited by subclasses); orders the report's tables
     Config: ClassVar[type] = TrainConfig
     needs_training: ClassVar[bool] = True
     supports_new_classes: ClassVar[bool] = True
@@ -142,6 +172,11 @@ class Method(nn.Module):
 
     def after_training(self, ctx: MethodContext) -> None:
         """Called once after the SGD loop, before evaluation (e.g. Tip-Adapter-F searches alpha, beta)."""
+
+    def run_info(self) -> dict:
+        """What a run records about the fit beyond its hyperparameters (metrics.json ``method_info``): values
+        chosen on data, the data they were chosen on, deviations from the reference forced by the inputs."""
+        return {}
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The learned part (what a trained artefact stores): parameters that require grad."""

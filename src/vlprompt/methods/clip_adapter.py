@@ -20,15 +20,15 @@ import dataclasses
 import torch
 from torch import nn
 
-from vlprompt.backbone import encode_prompts
 from vlprompt.methods.base import Method, MethodContext, TrainConfig, normalize, register
+from vlprompt.prompting import text_classifier
 
 
 @dataclasses.dataclass(frozen=True)
 class CLIPAdapterConfig(TrainConfig):
     reduction: int = 4  # bottleneck D -> D / reduction -> D
     ratio: float = 0.2  # residual ratio r: weight of the adapted feature
-    template: str | None = None  # None: the dataset's hand-crafted template
+    template: str | None = None  # None: the dataset's hand-crafted template (CoOp's, as clip_adapter.py)
 
 
 class Adapter(nn.Sequential):
@@ -40,6 +40,7 @@ class Adapter(nn.Sequential):
 @register
 class CLIPAdapter(Method):
     name = "clip_adapter"
+    family = "adapter"
     paper = "Gao et al., CLIP-Adapter: Better Vision-Language Models with Feature Adapters, IJCV 2024"
     description = "residual bottleneck MLP on the image feature, zero-shot text classifier"
     Config = CLIPAdapterConfig
@@ -49,15 +50,14 @@ class CLIPAdapter(Method):
         if not 0 <= config.ratio <= 1 or config.reduction < 1:
             raise ValueError(f"clip_adapter: ratio must lie in [0, 1] and reduction be >= 1, got {config}")
         self.backbone = ctx.backbone
-        self.template = config.template or ctx.template
+        self.templates = ctx.templates(config.template)
         with torch.random.fork_rng(devices=[]):  # the adapter's init depends on the run seed only
             torch.manual_seed(ctx.seed)
             self.adapter = Adapter(ctx.backbone.embed_dim, config.reduction).to(ctx.device)
         self.set_classes(ctx.classnames)
 
     def set_classes(self, classnames: list[str]) -> None:
-        texts = [self.template.format(c.replace("_", " ")) for c in classnames]
-        self.register_buffer("weights", encode_prompts(self.backbone, texts), persistent=False)
+        self.register_buffer("weights", text_classifier(self.backbone, self.templates, classnames), persistent=False)
 
     def adapt(self, image_features: torch.Tensor) -> torch.Tensor:
         """f' = r·A(f) + (1 − r)·f on unnormalised (B, D) features."""

@@ -35,6 +35,7 @@ class CoOpConfig(TrainConfig):
 @register
 class CoOp(Method):
     name = "coop"
+    family = "text prompt"
     paper = "Zhou et al., Learning to Prompt for Vision-Language Models, IJCV 2022"
     description = "learned continuous context shared by all classes"
     Config = CoOpConfig

@@ -54,7 +54,7 @@ The loss, with the synthetic features in the batch and Î the estimate of the co
 
     L = CE(s · normalize([X; Z]) · Wᵀ, [e_y; q]) − λ_mi · Î,   λ_mi = ``mi_weight``
 
-Prediction is CoOp's (soft prompts only). After training the method records in ``diagnostics()`` the MI estimate,
+Prediction is CoOp's (soft prompts only). After training the method records in ``run_info()`` the MI estimate,
 the bound that an estimate from so many pairs cannot exceed, and mean_c cos(w_c, h_c), so that a saturated or
 inert term shows in the run's ``metrics.json``.
 
@@ -76,10 +76,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlprompt.backbone import encode_prompts
 from vlprompt.methods.base import MethodContext, MethodError, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
-from vlprompt.methods.zeroshot_ensemble import ensemble_weights, resolve_templates
+from vlprompt.methods.zeroshot_ensemble import resolve_templates
+from vlprompt.prompting import text_classifier
 
 TARGETS = ("text", "predictions", "image_text")
 ESTIMATORS = ("infonce", "bilinear", "mlp", "jsd", "plugin")
@@ -175,13 +175,11 @@ class DVMI(CoOp):
     def __init__(self, config: DVMIConfig, ctx: MethodContext):
         check_config(config)
         super().__init__(config, ctx)
-        names = [c.replace("_", " ") for c in ctx.classnames]
-        if config.hand_crafted == "template":
-            views = encode_prompts(ctx.backbone, [ctx.template.format(c) for c in names])
-        else:
-            views = ensemble_weights(ctx.backbone, names, resolve_templates("auto", ctx.backbone, ctx.dataset))
+        templates = ([ctx.template] if config.hand_crafted == "template"
+                     else resolve_templates("auto", ctx.backbone, ctx.dataset))
+        views = text_classifier(ctx.backbone, templates, ctx.classnames)
         self.register_buffer("hand_crafted", views, persistent=False)  # (C_train, D)
-        self.n_classes = len(names)
+        self.n_classes = len(ctx.classnames)
         self.critic = Critic(config.mi_estimator, views.shape[1], config.mi_temperature, config.critic_hidden,
                              config.critic_lr_scale)
         self._diagnostics: dict = {}
@@ -272,8 +270,8 @@ class DVMI(CoOp):
             out["mi_saturation"] = out["mi_estimate"] / out["mi_bound"]
         self._diagnostics = out
 
-    def diagnostics(self) -> dict:
-        """What the MI term did, recorded after training (``metrics.json``'s ``diagnostics``): the MI estimate
+    def run_info(self) -> dict:
+        """What the MI term did, recorded after training (``metrics.json``'s ``method_info``): the MI estimate
         (nats; InfoNCE with the run's critic, or the plug-in estimate for "predictions"), the bound that an
         estimate from so many pairs cannot exceed (log C, or log min(B, C)), their ratio, and mean_c
         cos(w_c, h_c) of the two text views."""

@@ -29,7 +29,7 @@ from torch import nn
 from vlprompt import deep_prompts
 from vlprompt.methods.base import MethodContext, MethodError, normalize, register
 from vlprompt.methods.vpt_deep import VPTDeep, VPTDeepConfig
-from vlprompt.prompting import PromptLearner
+from vlprompt.prompting import PromptLearner, prompt_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +39,7 @@ class IVLPConfig(VPTDeepConfig):
     n_ctx_text: int = 2
     depth_text: int = 12  # text blocks with their own context, capped; 0: the hand-crafted prompt
     ctx_init: str | None = "a photo of a"  # the first n_ctx_text tokens initialise the context
+    template: str | None = None  # hand-crafted prompt at depth_text 0: the dataset's (CoOp's)
 
 
 def split_ctx_init(tokenizer, ctx_init: str | None, n_ctx: int) -> tuple[str | None, str]:
@@ -48,7 +49,7 @@ def split_ctx_init(tokenizer, ctx_init: str | None, n_ctx: int) -> tuple[str | N
     """
     if not ctx_init:
         return None, ""
-    words = ctx_init.replace("_", " ").split()
+    words = prompt_name(ctx_init).split()
 
     def count(text: str) -> int:
         return int(tokenizer([text]).argmax(-1).item()) - 1 if text else 0

@@ -6,7 +6,9 @@ configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml and scripts/base2new_train.sh (
 "a photo of a", batch 128, 100 epochs, SGD lr 0.002, cosine, 1 constant warm-up epoch, weight W = 8.0).
 
 With w_c = normalize(g(t_c)) the learned-prompt text feature (CoOp) and w_c^clip = normalize(E_text(
-template.format(classname_c))) the hand-crafted prompt's feature with the dataset's template, computed once:
+template.format(classname_c))) the hand-crafted prompt's feature, computed once. The template is KgCoOp's own
+table (``anchor_template="kgcoop"``, the reference's ``CUSTOM_TEMPLATES`` in data/method_templates.json): CoOp's,
+except DTD's "a photo of a {}, a type of texture." where CoOp has "{} texture.".
 
     L = CE(s · x̂ · Wᵀ, y) + λ · (1 − (1/C) Σ_c cos(w_c, w_c^clip)),   λ = 8.0
 
@@ -21,9 +23,9 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from vlprompt.backbone import encode_prompts
 from vlprompt.methods.base import MethodContext, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
+from vlprompt.prompting import text_classifier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +33,7 @@ class KgCoOpConfig(CoOpConfig):
     epochs: int = 100
     batch_size: int = 128
     kg_weight: float = 8.0  # λ
-    anchor_template: str | None = None  # hand-crafted prompt; None: the dataset's template
+    anchor_template: str | None = "kgcoop"  # template table (method_templates.json) or template; None: CoOp's
 
 
 def knowledge_loss(text: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -49,7 +51,7 @@ class KgCoOp(CoOp):
     def __init__(self, config: KgCoOpConfig, ctx: MethodContext):
         super().__init__(config, ctx)
         self.backbone = ctx.backbone
-        self.anchor_template = config.anchor_template or ctx.template
+        self.anchor_templates = ctx.templates(config.anchor_template)
         self.set_anchors(ctx.classnames)
 
     def set_classes(self, classnames: list[str]) -> None:
@@ -58,8 +60,8 @@ class KgCoOp(CoOp):
 
     def set_anchors(self, classnames: list[str]) -> None:
         """The hand-crafted prompts' normalised features w^clip, computed once per class set."""
-        texts = [self.anchor_template.format(c.replace("_", " ")) for c in classnames]
-        self.register_buffer("anchors", encode_prompts(self.backbone, texts), persistent=False)  # (C, D)
+        anchors = text_classifier(self.backbone, self.anchor_templates, classnames)  # (C, D)
+        self.register_buffer("anchors", anchors, persistent=False)
 
     def loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         text = self.text_features()  # (C, D), once for both terms

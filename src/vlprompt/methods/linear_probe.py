@@ -1,62 +1,95 @@
-"""Linear probe: multinomial logistic regression on frozen CLIP image features.
+"""Linear probe: multinomial logistic regression on frozen CLIP image features, CoOp's ``lpclip`` baseline.
 
-As in CLIP and CoOp's linear-probe baseline: minimise
-    (1/N) Σ_i CE(W·x̂_i + b, y_i) + λ ||W||²,   x̂ = normalize(f(x)),
-with L-BFGS, and choose λ on the few-shot validation set from a log-spaced grid (CoOp searches
-the inverse regularisation C of scikit-learn's LogisticRegression the same way). Cannot classify
-classes unseen in training: new-class accuracy is not defined for it.
+Radford et al., ICML 2021 (linear-probe CLIP, appendix A.3), as CoOp's few-shot baseline (Zhou et al., IJCV
+2022). Reference implementation followed (read, not copied): KaiyangZhou/CoOp, lpclip/linear_probe.py,
+lpclip/linear_probe.sh and lpclip/feat_extractor.py.
+
+Features: the image encoder's output f(x) of the few-shot training images, un-augmented (test transform)
+and *not* L2-normalised (``clip_model.visual(x)``). Classifier: scikit-learn's ``LogisticRegression``
+(L2 penalty, lbfgs, ``max_iter`` 1000) of inverse regularisation C:
+
+    logits(x) = W · f(x) + b,   (W, b) = argmin  Σ_i CE(W f_i + b, y_i) + ||W||² / (2C)
+
+C is chosen on the few-shot validation set (min(K, 4) images per class, as lpclip's ``val_shot_list``):
+first the grid 1e6, 1e4, …, 1e-6 (the first best wins), then ``search_steps`` rounds of the reference's binary
+search in log space between C_peak/10 and 10·C_peak: fit both ends, keep the better (the left one on a tie)
+and halve the interval towards it. The final classifier is the last round's choice, as in the reference.
+
+Un-augmented training features come from the feature bank's ``train_plain`` split when it holds them
+(``MethodContext.load_split``); otherwise the probe is fitted on every cached augmented view of the training
+images and the run records that deviation in ``method_info``. Cannot classify classes unseen in training:
+new-class accuracy is not defined for it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
+import warnings
+from collections.abc import Callable
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
-from vlprompt.methods.base import Method, MethodContext, normalize, register
+from vlprompt.methods.base import Method, MethodContext, MethodError, register
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class LinearProbeConfig:
-    l2_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
-    max_iter: int = 100
-    use_all_views: bool = True  # train on every cached augmented view, not only the first
+    c_grid: tuple[float, ...] = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)  # lpclip's search_list
+    search_steps: int = 8  # binary-search rounds after the grid (lpclip/linear_probe.sh --num_step 8)
+    max_iter: int = 1000  # lbfgs iterations (the reference's)
+    features: str = "plain"  # plain: un-augmented training features (views without them) | views: all views
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_cls: int, l2: float, max_iter: int):
-    """L-BFGS on the L2-regularised multinomial logistic loss; returns (W, b)."""
-    w = torch.zeros(n_cls, x.shape[1], requires_grad=True)
-    b = torch.zeros(n_cls, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
+def search_c(score: Callable[[float], float], grid: tuple[float, ...], steps: int) -> float:
+    """The reference's choice of C: the grid's first best, then ``steps`` rounds of binary search in log10
+    space between peak/10 and 10·peak, each keeping the better end (the left one on a tie); returns the
+    last round's choice (the peak without rounds)."""
+    accs = [score(c) for c in grid]
+    peak = grid[int(np.argmax(accs))]
+    left, right, chosen = math.log10(peak) - 1, math.log10(peak) + 1, peak
+    for _ in range(steps):
+        middle = (left + right) / 2
+        if score(10 ** left) < score(10 ** right):
+            chosen, left = 10 ** right, middle
+        else:
+            chosen, right = 10 ** left, middle
+    return chosen
 
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ w.T + b, y) + l2 * (w * w).sum()
-        loss.backward()
-        return loss
 
-    opt.step(closure)
-    return w.detach(), b.detach()
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, max_iter: int):
+    """scikit-learn's L2 logistic regression (lbfgs) of inverse regularisation ``c``."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the reference runs with the same cap, silently
+        return LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter).fit(x, y)
 
 
 @register
 class LinearProbe(Method):
     name = "linear_probe"
+    family = "linear probe"
     paper = "Radford et al., ICML 2021 (linear-probe CLIP); CoOp's baseline (Zhou et al., IJCV 2022)"
-    description = "logistic regression on frozen image features, L2 strength chosen on validation"
+    description = "logistic regression (scikit-learn) on un-normalised frozen image features, C chosen on validation"
     Config = LinearProbeConfig
     supports_new_classes = False
 
     def __init__(self, config: LinearProbeConfig, ctx: MethodContext):
         super().__init__(config, ctx)
+        if config.features not in ("plain", "views"):
+            raise MethodError(f"linear_probe: features must be 'plain' or 'views', got {config.features!r}")
         n_cls, dim = len(ctx.classnames), ctx.backbone.embed_dim
         self.weight = torch.nn.Parameter(torch.zeros(n_cls, dim))
         self.bias = torch.nn.Parameter(torch.zeros(n_cls))
-        self.l2 = float("nan")
         self.trained_classes = list(ctx.classnames)
         self.active: list[int] | None = None  # rows of the current classes (None: all trained classes)
+        self.info: dict = {}
 
     def set_classes(self, classnames: list[str]) -> None:
         """A subset of the trained classes (e.g. ImageNet-A's 200 of ImageNet's 1000) selects their rows;
@@ -67,26 +100,51 @@ class LinearProbe(Method):
         self.active = [self.trained_classes.index(c) for c in classnames]
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        logits = normalize(image_features) @ self.weight.T + self.bias
+        logits = image_features.float() @ self.weight.T + self.bias  # un-normalised features, as the reference
         return logits if self.active is None else logits[:, self.active]
 
+    def training_set(self, ctx: MethodContext) -> tuple[np.ndarray, np.ndarray]:
+        """Un-augmented training features when the bank has them (``features="plain"``), else every view."""
+        plain = ctx.split("train_plain") if self.config.features == "plain" else None
+        if plain is not None:
+            x, y = plain
+            self.info["features"] = "plain"
+        else:
+            x = ctx.train_features.flatten(0, 1)  # (V·N, D)
+            y = ctx.train_labels.repeat(ctx.train_features.shape[0])
+            self.info["features"] = f"views ({ctx.train_features.shape[0]} augmented views per image)"
+            if self.config.features == "plain":
+                self.info["deviations"] = ["fitted on augmented views: the feature bank holds no un-augmented "
+                                           "training features"]
+        return x.float().numpy(), y.numpy()
+
     def fit(self, ctx: MethodContext) -> bool:
-        feats = ctx.train_features if self.config.use_all_views else ctx.train_features[:1]
-        views = feats.shape[0]
-        x = normalize(feats.reshape(-1, feats.shape[-1]))
-        y = ctx.train_labels.repeat(views)
-        n_cls = len(ctx.classnames)
-        best = None
-        for l2 in self.config.l2_grid:
-            w, b = fit_logistic(x, y, n_cls, l2, self.config.max_iter)
-            if ctx.val_features is None or len(self.config.l2_grid) == 1:
-                best = (0.0, l2, w, b)
-                break
-            acc = ((normalize(ctx.val_features) @ w.T + b).argmax(-1) == ctx.val_labels).float().mean().item()
-            if best is None or acc > best[0]:
-                best = (acc, l2, w, b)
-        _, self.l2, w, b = best
+        if ctx.val_features is None or len(ctx.val_features) == 0:
+            raise MethodError("linear_probe chooses C on validation features; the context has none")
+        x, y = self.training_set(ctx)
+        xv, yv = ctx.val_features.float().numpy(), ctx.val_labels.numpy()
+        fits: dict[float, object] = {}
+
+        def fitted(c: float):
+            if c not in fits:
+                fits[c] = fit_logistic(x, y, c, self.config.max_iter)
+            return fits[c]
+
+        c = search_c(lambda c: float((fitted(c).predict(xv) == yv).mean()), self.config.c_grid,
+                     self.config.search_steps)
+        clf = fitted(c)
+        rows = torch.as_tensor(clf.classes_, dtype=torch.long)
+        coef, intercept = torch.as_tensor(clf.coef_).float(), torch.as_tensor(clf.intercept_).float()
+        if coef.shape[0] == 1:  # two classes: sklearn keeps one row, the logit of classes_[1]
+            coef, intercept = torch.cat([torch.zeros_like(coef), coef]), torch.cat([torch.zeros(1), intercept])
         with torch.no_grad():
-            self.weight.copy_(w)
-            self.bias.copy_(b)
+            self.weight.zero_()
+            self.bias.fill_(-1e4)  # a class absent from the training set is never predicted
+            self.weight[rows] = coef
+            self.bias[rows] = intercept
+        self.info.update(C=c, val_acc=round(100 * float((clf.predict(xv) == yv).mean()), 4), fits=len(fits))
+        log.info("linear_probe: C = %.3g after %d fits", c, len(fits))
         return True
+
+    def run_info(self) -> dict:
+        return dict(self.info)

@@ -3,11 +3,16 @@ arXiv 2205.14865). CoOp whose update never conflicts with the zero-shot predicti
 
 Reference implementation read (not copied): BeierZhu/Prompt-align, ProGrad.public/trainers/prograd.py
 (``ProGradLoss``, ``PromptLearner``), Dassl.ProGrad.pytorch/dassl/engine/trainer.py
-(``prograd_backward_and_update``), configs/trainers/ProGrad/*.yaml and scripts (16 tokens, class at the
-end, batch 32, SGD lr 0.002, cosine, 1 constant warm-up epoch; λ = 1, 0.8 for 8/16 shots on Flowers, DTD,
-EuroSAT; T = 1; RN50 only in the repository).
+(``prograd_backward_and_update``), configs/trainers/ProGrad/*.yaml, scripts and README (16 tokens, class at
+the end, batch 32, SGD lr 0.002, cosine, 1 constant warm-up epoch; λ = 1, 0.8 for 8/16 shots on Flowers, DTD,
+EuroSAT; T = 1; few-shot epochs 50/100/100/200/200 for 1/2/4/8/16 shots, base-to-new 100 (ImageNet 50): set
+per shots and dataset in the experiment's config; RN50 only in the repository).
 
-Teacher: zero-shot CLIP with the dataset's hand-crafted template, z^zs = s · x̂ · W_clipᵀ (frozen).
+Templates: ProGrad's own table (``teacher_template="prograd"``: the reference's ``CUSTOM_TEMPLATES``, in
+data/method_templates.json), which differs from CoOp's ("a type of pet, a photo of a {}." for OxfordPets,
+"a texture of {}." for DTD, ...), for the teacher and the context initialisation.
+
+Teacher: zero-shot CLIP with that template, z^zs = s · x̂ · W_clipᵀ (frozen).
 Student: CoOp's logits z = s · x̂ · Wᵀ. Losses (the reference's ``ProGradLoss``, a cross-entropy against the
 teacher's soft labels, whose gradient equals the KL divergence's):
 
@@ -20,8 +25,11 @@ teacher's soft labels, whose gradient equals the KL divergence's):
 and the optimiser steps with g. The reference does *not* mix the two losses: L_kl only supplies the
 direction g_kl and the update is the (projected) CE gradient; the logged loss is L_ce.
 
-Context init as the reference: the template's words before the class name ("a photo of a") fill the last
-tokens of the 16, the first ones are zeros (``ctx_init="template"``); ``ctx_init=None`` is random N(0, 0.02²).
+Context init as the reference (``ctx_init="template"``): the template without its " {}." gives the words
+(e.g. "a type of pet, a photo of a"); with w of them (split at spaces), the context is n_ctx − w zeros then the
+embeddings of the words' first w tokens, and any further tokens of the words stay fixed text before the class
+name (the reference tokenizes "X … X <words> <class>." and replaces its first n_ctx tokens: for OxfordPets the
+comma makes 9 tokens of 8 words, so the last "a" stays fixed). ``ctx_init=None`` is random N(0, 0.02²).
 
 Implementation: ``loss`` returns L_ce and keeps g_kl (``torch.autograd.grad`` with the graph retained, the
 same two backward passes as the reference); the shared loop calls ``adjust_gradients`` after the backward
@@ -35,18 +43,18 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from vlprompt.backbone import encode_prompts
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
+from vlprompt.prompting import PLACEHOLDER, prompt_name, text_classifier
 
 
 @dataclasses.dataclass(frozen=True)
 class ProGradConfig(CoOpConfig):
     n_ctx: int = 16
-    ctx_init: str | None = "template"  # "template": words of the dataset template before "{}"; a phrase; None
+    ctx_init: str | None = "template"  # "template": the teacher template's words before " {}."; a phrase; None
     prograd_lambda: float = 1.0  # λ
     kd_temperature: float = 1.0  # T
-    teacher_template: str | None = None  # None: the dataset's hand-crafted template
+    teacher_template: str | None = "prograd"  # ProGrad's table (method_templates.json), a template; None: CoOp's
 
 
 def project_conflicting(g: torch.Tensor, g_ref: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
@@ -64,7 +72,8 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 
 def init_words(ctx_init: str | None, template: str) -> str | None:
-    """The context words: the template's text before the class slot when it ends with "{}." (ProGrad)."""
+    """The context words: with ``"template"``, the template's text before a final "{}." (the reference's
+    ``template.replace(" {}.", "")``; "a photo of a" when the class is not at the end); else ``ctx_init``."""
     if ctx_init != "template":
         return ctx_init
     head, _, tail = template.partition("{}")
@@ -81,34 +90,36 @@ class ProGrad(CoOp):
     def __init__(self, config: ProGradConfig, ctx: MethodContext):
         super().__init__(dataclasses.replace(config, ctx_init=None), ctx)  # random init, replaced below
         self.config = config
-        words = init_words(config.ctx_init, ctx.template)
+        self.backbone, self.teacher_templates = ctx.backbone, ctx.templates(config.teacher_template)
+        words = init_words(config.ctx_init, self.teacher_templates[0])
         if words:
-            self.init_context_tail(ctx, words)
-        template = config.teacher_template or ctx.template
-        self.backbone, self.teacher_template = ctx.backbone, template
+            self.init_context(ctx, prompt_name(words))
         self.set_teacher(ctx.classnames)
         self._g_kl: list[torch.Tensor] | None = None
 
-    def init_context_tail(self, ctx: MethodContext, words: str) -> None:
-        """Zeros, then the embeddings of ``words`` in the last positions of the context."""
+    def init_context(self, ctx: MethodContext, words: str) -> None:
+        """The reference's initialisation from ``words`` (w of them): n_ctx − w zeros, then the embeddings of
+        the words' first w tokens; the prompt text is "X … X <words>", its first n_ctx tokens the context."""
         pl = self.prompt_learner
+        w = len(words.split(" "))
+        if w > pl.n_ctx:
+            raise ValueError(f"prograd: ctx_init {words!r} has {w} words, more than n_ctx={pl.n_ctx}")
         tokens = ctx.backbone.tokenizer([words]).to(pl.ctx.device)
-        k = int(tokens.argmax(-1).item()) - 1
-        if k > pl.n_ctx:
-            raise ValueError(f"prograd: ctx_init {words!r} has {k} tokens, more than n_ctx={pl.n_ctx}")
         with torch.no_grad():
-            emb = pl.encoder.embed(tokens)[0, 1:1 + k].float()
+            emb = pl.encoder.embed(tokens)[0, 1:1 + w].float()  # (w, width)
             pl.ctx.zero_()
-            pl.ctx[..., pl.n_ctx - k:, :] = emb
+            pl.ctx[..., pl.n_ctx - w:, :] = emb
+        pl.placeholder = " ".join([PLACEHOLDER] * (pl.n_ctx - w) + [words])
+        pl.set_classes(pl.classnames)
 
     def set_classes(self, classnames: list[str]) -> None:
         super().set_classes(classnames)
-        if hasattr(self, "teacher_template"):
+        if hasattr(self, "teacher_templates"):
             self.set_teacher(classnames)
 
     def set_teacher(self, classnames: list[str]) -> None:
-        texts = [self.teacher_template.format(c.replace("_", " ")) for c in classnames]
-        self.register_buffer("teacher_weights", encode_prompts(self.backbone, texts), persistent=False)
+        weights = text_classifier(self.backbone, self.teacher_templates, classnames)
+        self.register_buffer("teacher_weights", weights, persistent=False)
 
     def loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         x_hat = normalize(image_features)

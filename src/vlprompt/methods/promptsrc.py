@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from vlprompt.methods.base import MethodContext, MethodError, normalize, register
 from vlprompt.methods.ivlp import IVLP, IVLPConfig
+from vlprompt.prompting import class_prompts
 
 # The 60 ImageNet prompts of CLIP's prompt-engineering notebook, which the reference averages over.
 IMAGENET_TEMPLATES = (
@@ -121,7 +122,7 @@ class PromptSRC(IVLP):
 
     def teacher_templates(self) -> list[str]:
         mode = self.config.teacher_templates
-        return (list(IMAGENET_TEMPLATES) if "imagenet" in mode else []) + ([self.template] if "dataset" in mode
+        return (list(IMAGENET_TEMPLATES) if "imagenet" in mode else []) + (list(self.templates) if "dataset" in mode
                                                                          else [])
 
     @torch.no_grad()
@@ -130,10 +131,9 @@ class PromptSRC(IVLP):
         if self._teacher_text is None:
             encoder, tokenizer = self.frozen.encoder, self.frozen.tokenizer
             device = self.fixed_text.device
-            names = [c.replace("_", " ") for c in self.classnames]
             total = 0
             for template in self.teacher_templates():
-                tokens = tokenizer([template.format(c) for c in names]).to(device)
+                tokens = tokenizer(class_prompts(template, self.classnames)).to(device)
                 total = total + encoder.encode(tokens).float()
             self._teacher_text = normalize(total / len(self.teacher_templates()))
         return self._teacher_text

@@ -11,9 +11,12 @@ With J = depth (capped at the tower's blocks) and n tokens per block, P_j ∈ R^
     logits_c(x) = s · x̂ · w_cᵀ,   L = CE(logits(x), y)
 
 Only the P_j train. Preset: configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml (8 tokens, depth 12,
-SGD lr 0.0025, batch 4, 5 epochs, constant warm-up 1e-5 for one epoch). The reference's text prompt
-is "a photo of a {}."; here it is the dataset's hand-crafted template (the zero-shot baseline's), so
-that depth 0 is exactly zero-shot CLIP; set ``template`` to reproduce the reference.
+SGD lr 0.0025, batch 4, 5 epochs, constant warm-up 1e-5 for one epoch). The text prompt is the reference's,
+"a photo of a {}." for every dataset (trainers/vpt.py ``FixedEmbeddings``; ``template="vpt"``, the table in
+data/method_templates.json; the pocket datasets, unknown to the reference, keep their own);
+``template=None`` takes the dataset's hand-crafted template instead (CoOp's, the zero-shot baseline's),
+with which depth 0 is exactly zero-shot CLIP. IVLP, MaPLe and PromptSRC keep the
+dataset's template (used at depth 0 and by PromptSRC's ``teacher_templates="dataset"``).
 
 This module also holds what every encoder-in-the-loop prompt method shares (IVLP, MaPLe and PromptSRC
 derive from :class:`VPTDeep`): the frozen CLIP kept out of the module tree, image features through
@@ -28,8 +31,8 @@ import torch
 from torch import nn
 
 from vlprompt import deep_prompts
-from vlprompt.backbone import encode_prompts
 from vlprompt.methods.base import Method, MethodContext, TrainConfig, normalize, register
+from vlprompt.prompting import text_classifier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +43,7 @@ class VPTDeepConfig(TrainConfig):
     n_ctx_vision: int = 8
     depth_vision: int = 12  # blocks with their own prompts, capped at the tower's; 0: no prompts (zero-shot)
     init_std: float = 0.02  # prompts ~ N(0, init_std²); 0 gives zero prompts
-    template: str | None = None  # fixed text prompt; None: the dataset's hand-crafted template
+    template: str | None = "vpt"  # fixed text prompt: a template table, a template; None: the dataset's (CoOp's)
 
 
 class Frozen:
@@ -57,6 +60,7 @@ class Frozen:
 @register
 class VPTDeep(Method):
     name = "vpt_deep"
+    family = "deep prompt"
     paper = "Jia et al., Visual Prompt Tuning, ECCV 2022 (CLIP variant as in Khattak et al., MaPLe, CVPR 2023)"
     description = "deep learnable tokens in every image-encoder block; fixed hand-crafted text prompts"
     Config = VPTDeepConfig
@@ -65,7 +69,7 @@ class VPTDeep(Method):
     def __init__(self, config, ctx: MethodContext):
         super().__init__(config, ctx)
         self.frozen = Frozen(ctx)
-        self.template = getattr(config, "template", None) or ctx.template
+        self.templates = ctx.templates(getattr(config, "template", None))
         self._text_cache: tuple | None = None
         gen = torch.Generator().manual_seed(ctx.seed)
         self.build_prompts(config, ctx, gen)
@@ -86,8 +90,8 @@ class VPTDeep(Method):
 
     def set_classes(self, classnames: list[str]) -> None:
         self.classnames = list(classnames)
-        texts = [self.template.format(c.replace("_", " ")) for c in classnames]
-        self.register_buffer("fixed_text", encode_prompts(self.frozen.backbone, texts), persistent=False)
+        fixed = text_classifier(self.frozen.backbone, self.templates, classnames)
+        self.register_buffer("fixed_text", fixed, persistent=False)
         self._text_cache = None
 
     # -- the model ----------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Zero-shot CLIP with the dataset's hand-crafted template (Radford et al., ICML 2021).
 
+Reference: KaiyangZhou/CoOp, trainers/zsclip.py (``ZeroshotCLIP``, read, not copied): the dataset's template
+from CoOp's table (``vlprompt/data/templates.json``), class names with "_" written as spaces.
+
     w_c = normalize(E_text(template.format(classname_c)))
     logits(x) = s · normalize(f(x)) · w_cᵀ,   s = CLIP's logit scale (exp of the learned temperature)
 """
@@ -10,18 +13,20 @@ import dataclasses
 
 import torch
 
-from vlprompt.backbone import encode_prompts
 from vlprompt.methods.base import Method, MethodContext, normalize, register
+from vlprompt.prompting import text_classifier
 
 
 @dataclasses.dataclass(frozen=True)
 class ZeroShotConfig:
-    template: str | None = None  # None: the dataset's hand-crafted template
+    # None: the dataset's hand-crafted template (CoOp's); a table of data/method_templates.json; or a template
+    template: str | None = None
 
 
 @register
 class ZeroShot(Method):
     name = "zeroshot"
+    family = "zero-shot"
     paper = "Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021"
     description = "zero-shot CLIP with the dataset's hand-crafted prompt"
     Config = ZeroShotConfig
@@ -30,12 +35,11 @@ class ZeroShot(Method):
     def __init__(self, config: ZeroShotConfig, ctx: MethodContext):
         super().__init__(config, ctx)
         self.backbone = ctx.backbone
-        self.template = config.template or ctx.template
+        self.templates = ctx.templates(config.template)
         self.set_classes(ctx.classnames)
 
     def set_classes(self, classnames: list[str]) -> None:
-        texts = [self.template.format(c) for c in classnames]
-        self.register_buffer("weights", encode_prompts(self.backbone, texts), persistent=False)
+        self.register_buffer("weights", text_classifier(self.backbone, self.templates, classnames), persistent=False)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * normalize(image_features) @ self.weights.T

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from vlprompt.backbone import POCKET_MODEL, Backbone, encode_prompts
-from vlprompt.methods.base import Method, MethodContext, MethodError, normalize, register
+from vlprompt.backbone import POCKET_MODEL, Backbone
+from vlprompt.methods.base import Method, MethodContext, MethodError, register
 from vlprompt.methods.zeroshot import ZeroShot
+from vlprompt.prompting import text_classifier
 
 ENSEMBLES_FILE = Path(__file__).resolve().parent.parent / "data" / "prompt_ensembles.json"
 
@@ -58,9 +59,7 @@ def resolve_templates(spec: str | tuple | list, backbone: Backbone, dataset: str
 
 def ensemble_weights(backbone: Backbone, classnames: list[str], templates: list[str]) -> torch.Tensor:
     """(n_cls, D) normalised mean of the normalised features of every template."""
-    names = [c.replace("_", " ") for c in classnames]
-    feats = encode_prompts(backbone, [t.format(c) for c in names for t in templates])  # (n_cls * T, D)
-    return normalize(feats.view(len(names), len(templates), -1).mean(dim=1))
+    return text_classifier(backbone, templates, classnames)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +79,3 @@ class ZeroShotEnsemble(ZeroShot):
         self.backbone = ctx.backbone
         self.templates = resolve_templates(config.templates, ctx.backbone, ctx.dataset)
         self.set_classes(ctx.classnames)
-
-    def set_classes(self, classnames: list[str]) -> None:
-        self.register_buffer("weights", ensemble_weights(self.backbone, classnames, self.templates),
-                             persistent=False)

@@ -51,12 +51,13 @@ class Section:
         self.html.append(f"<h3>{html.escape(text)}</h3>")
         return self
 
-    def table(self, df: pd.DataFrame, floatfmt: str = ".2f", collapsed: str | None = None) -> Section:
-        """A table; ``collapsed`` (a summary line) folds it away in the HTML."""
+    def table(self, df: pd.DataFrame, floatfmt: str = ".2f", collapsed: str | None = None, css: str = "") -> Section:
+        """A table; ``collapsed`` (a summary line) folds it away in the HTML; ``css="wrap"`` lets long cells
+        wrap (hashes, sources) so that the table stays within the page."""
         self.md.append(df.to_markdown(index=False, floatfmt=floatfmt, missingval="—") + "\n")
         table = df.to_html(index=False, na_rep="—", float_format=lambda v: format(v, floatfmt), border=0,
-                           classes="table", escape=True)
-        table = f'<div class="scroll">{table}</div>'
+                           classes=" ".join(filter(None, ["table", css])), escape=True)
+        table = f'<div class="scroll">{table}</div>'  # a safety net: the browser test checks nothing scrolls
         if collapsed:
             table = f"<details><summary>{html.escape(collapsed)}</summary>{table}</details>"
         self.html.append(table)
@@ -80,9 +81,9 @@ def to_markdown(title: str, intro: list[str], sections: list[Section]) -> str:
 
 
 def to_html(title: str, intro: list[str], sections: list[Section]) -> str:
-    toc = "".join(f'<li><a href="#{s.anchor}">{html.escape(s.title)}</a></li>' for s in sections)
+    toc = " · ".join(f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in sections)
     body = "".join(f"<p>{_inline(line)}</p>" for line in intro)
-    body += f'<nav><ol>{toc}</ol></nav>' + "\n".join("\n".join(s.html) for s in sections)
+    body += f"<nav>{toc}</nav>" + "\n".join("\n".join(s.html) for s in sections)
     return PAGE.format(title=html.escape(title), body=body)
 
 
@@ -91,23 +92,33 @@ PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
 <style>
-body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1180px;
+body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.2em auto; max-width: 1180px;
        padding: 0 1em; color: #222; line-height: 1.45; }}
-h1 {{ font-size: 1.7em; margin-bottom: 0.3em; }}
-h2 {{ border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }}
-nav ol {{ columns: 3; font-size: 0.9em; }}
+h1 {{ font-size: 1.6em; margin: 0 0 0.2em; }}
+h2 {{ border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.8em; }}
+h2#results {{ margin-top: 0.6em; }}
+nav {{ font-size: 0.88em; color: #777; }}
 .scroll {{ overflow-x: auto; }}
-table.table {{ border-collapse: collapse; font-size: 0.82em; margin: 0.8em 0; font-variant-numeric: tabular-nums; }}
-table.table th, table.table td {{ padding: 0.22em 0.6em; border-bottom: 1px solid #e3e3e3; text-align: right;
+table.table {{ border-collapse: collapse; font-size: 0.82em; margin: 0.8em 0; font-variant-numeric: tabular-nums;
+               max-width: 100%; }}
+table.table th, table.table td {{ padding: 0.22em 0.55em; border-bottom: 1px solid #e3e3e3; text-align: right;
                                    white-space: nowrap; }}
 table.table th {{ background: #f3f5f7; text-align: center; }}
 table.table td:first-child, table.table td:nth-child(2) {{ text-align: left; }}
 table.table tr:hover td {{ background: #fafbfc; }}
+table.wrap td {{ white-space: normal; overflow-wrap: anywhere; }}
+table.paper td {{ line-height: 1.15; padding: 0.25em 0.5em; }}
+table.paper td small {{ display: block; font-size: 0.78em; color: #777; min-height: 1em; }}
+table.paper td.method {{ font-weight: 600; vertical-align: middle; }}
+table.paper th.group {{ border-left: 2px solid #fff; }}
+table.paper tr.family-start td {{ border-top: 2px solid #c8ccd0; }}
+p.legend {{ font-size: 0.85em; color: #555; }}
 figure {{ margin: 1.2em 0; }} figure img {{ max-width: 100%; }}
-figcaption {{ font-size: 0.85em; color: #555; max-width: 60em; }}
+figcaption {{ font-size: 0.88em; color: #555; max-width: 62em; }}
 p.note {{ background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.4em 0.8em; font-size: 0.9em; }}
 details summary {{ cursor: pointer; color: #0b5cad; margin: 0.5em 0; }}
-code {{ background: #f3f3f3; padding: 0 0.25em; border-radius: 3px; }}
+div.notes {{ border-left: 3px solid #ddd; padding-left: 1em; }}
+code {{ background: #f3f3f3; padding: 0 0.25em; border-radius: 3px; overflow-wrap: anywhere; }}
 </style></head>
 <body><h1>{title}</h1>
 {body}

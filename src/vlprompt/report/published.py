@@ -2,7 +2,7 @@
 
 Every published table there is ViT-B/16 with OpenAI weights, 16 shots, mean of seeds 1–3. Our cells are
 joined to them by (method, dataset); a cell is flagged when the published value lies outside our
-bootstrap interval over seeds.
+Student-t interval over seeds (a method that does not depend on the seed is one run, without interval).
 """
 
 from __future__ import annotations
@@ -83,20 +83,21 @@ def why_not(summary: pd.DataFrame, cfg: dict, directory: Path | None = None) -> 
 
 def _our_average(summary: pd.DataFrame, method: str, metric: str, datasets: list[str], cfg: dict):
     """The papers' Average row for our runs: per seed the mean over datasets (HM of the averaged base and
-    new), then mean and bootstrap CI over seeds."""
-    from vlprompt.report.figures import seed_averages
-
+    new), then mean and t-interval over seeds (one run for a method that does not depend on the seed)."""
     sub = summary[(summary.method == method) & (summary.shots == PAPER_SHOTS) & summary.dataset.isin(datasets)]
-    per_seed = seed_averages(sub, metric)[metric].to_numpy()
+    per_seed = stats.seed_averages(sub, metric)[metric].to_numpy()
+    if method in stats.single_run_methods(summary):
+        per_seed = per_seed[:1]
     if len(per_seed) == 0:
         return None
-    lo, hi = stats.bootstrap_ci(per_seed, cfg["bootstrap_resamples"], cfg["seed"], cfg["confidence_level"])
+    lo, hi = stats.t_interval(per_seed, cfg["confidence_level"])
     return float(np.mean(per_seed)), lo, hi
 
 
 def compare(cells: pd.DataFrame, summary: pd.DataFrame, cfg: dict, directory: Path | None = None) -> pd.DataFrame:
     """Our mean and CI (16 shots), the published value, ours − published, and whether the published value
-    lies outside our interval; one row per (method, dataset, metric) found in both. Empty when none apply."""
+    lies outside our interval (None for a single run); one row per (method, dataset, metric) found in both.
+    Empty when none apply."""
     columns = ["method", "dataset", "metric", "ours", "ci_low", "ci_high", "published", "difference", "outside",
                "source"]
     if why_not(summary, cfg, directory):
@@ -125,7 +126,8 @@ def compare(cells: pd.DataFrame, summary: pd.DataFrame, cfg: dict, directory: Pa
                 mean, lo, hi = o[f"{p.metric}_mean"], o[f"{p.metric}_ci_low"], o[f"{p.metric}_ci_high"]
             if np.isnan(mean):
                 continue
+            outside = None if np.isnan(lo) else not (lo <= p.published <= hi)  # None: one run, no interval
             rows.append({"method": method, "dataset": p.dataset, "metric": p.metric, "ours": mean, "ci_low": lo,
                          "ci_high": hi, "published": p.published, "difference": mean - p.published,
-                         "outside": not (lo <= p.published <= hi), "source": p.source})
+                         "outside": outside, "source": p.source})
     return pd.DataFrame(rows, columns=columns)

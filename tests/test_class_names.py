@@ -1,0 +1,71 @@
+"""Issue 13, item 1: class names with underscores ("car_side", Caltech101's folder names) are written with
+spaces in every prompt, as the references do (CoOp trainers/zsclip.py: ``c.replace("_", " ")``)."""
+
+import pytest
+import torch
+
+from vlprompt.backbone import PromptedTextEncoder, encode_prompts
+from vlprompt.methods import MethodContext, get_method, list_methods
+
+NAMES = ["car_side", "dollar_bill", "Apply_Eye_Makeup"]
+SMALL = {"prograd": {"n_ctx": 8}, "cocoop": {"max_prompts_per_pass": 64}}  # pocket CLIP: 20-token context
+
+
+def context(backbone, names, template="a photo of a {}.", dataset=None, descriptions=None):
+    gen = torch.Generator().manual_seed(0)
+    dim, n = backbone.embed_dim, len(names)
+    y = torch.arange(n).repeat(2)
+    return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=list(names),
+                         template=template, device=torch.device("cpu"), seed=0,
+                         train_features=torch.randn(2, len(y), dim, generator=gen), train_labels=y,
+                         val_features=torch.randn(len(y), dim, generator=gen), val_labels=y, dataset=dataset,
+                         descriptions=descriptions)
+
+
+def test_prompt_name_and_class_prompts():
+    from vlprompt.prompting import class_prompts, prompt_name
+
+    assert prompt_name("car_side") == "car side"
+    assert class_prompts("a photo of a {}, a type of pet.", ["great_pyrenees"]) == \
+        ["a photo of a great pyrenees, a type of pet."]
+
+
+def test_zeroshot_writes_class_names_with_spaces(pocket_random_backbone):
+    cls = get_method("zeroshot")
+    zs = cls(cls.make_config(), context(pocket_random_backbone, NAMES))
+    expected = encode_prompts(pocket_random_backbone, ["a photo of a car side.", "a photo of a dollar bill.",
+                                                       "a photo of a Apply Eye Makeup."])
+    torch.testing.assert_close(zs.weights, expected)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_no_method_puts_an_underscore_into_a_prompt(name, pocket_random_backbone, monkeypatch):
+    """Every registered method (a new one too), built, evaluated and switched to other classes, tokenizes
+    no text with an underscore. Class names are unique per method, so no cached prompt hides a call."""
+    backbone = pocket_random_backbone
+    seen: list[str] = []
+    tokenize = backbone.tokenizer
+
+    def spy(texts, *args, **kwargs):
+        seen.extend([texts] if isinstance(texts, str) else list(texts))
+        return tokenize(texts, *args, **kwargs)
+
+    monkeypatch.setattr(backbone, "tokenizer", spy)
+    cls = get_method(name)
+    names, new = [f"{n}_{name}" for n in NAMES], [f"water_lilly_{name}", f"stop_sign_{name}"]
+    # Caltech101 (its template is "a photo of a {}."): the methods with per-dataset data files have its entries
+    descriptions = {c: ["a thing seen from the side.", "an object."] for c in names + new}
+    method = cls(cls.make_config(SMALL.get(name)), context(backbone, names, dataset="Caltech101",
+                                                           descriptions=descriptions))
+    method.eval()
+    shape = (2, 3, backbone.image_size, backbone.image_size) if cls.inputs == "images" else (2, backbone.embed_dim)
+    with torch.no_grad():
+        method(torch.randn(shape))
+        if cls.supports_new_classes:
+            method.set_classes(new)
+            method(torch.randn(shape))
+    assert not [t for t in seen if "_" in t]
+    if name == "linear_probe":
+        assert seen == []  # no text at all
+    else:
+        assert any(f"car side {name.replace('_', ' ')}" in t for t in seen)  # the class names did go in
