@@ -161,6 +161,20 @@ def cmd_unlock_stale(args) -> None:
         print(f"vlprompt: still running in this folder: {describe(rec)}")
 
 
+def cmd_cluster_check(args) -> None:
+    """Check a SLURM profile against the cluster; print what does not fit and the flags that fix it."""
+    from vlprompt.cluster import ClusterError, main
+
+    extra = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
+    try:
+        code = main(args.profile, extra, flags_only=args.flags)
+    except ClusterError as err:
+        print(f"vlprompt cluster-check: error: {err}", file=sys.stderr)
+        code = 2
+    if code:
+        raise SystemExit(code)
+
+
 def cmd_train(args) -> None:
     from vlprompt.train import run
 
@@ -311,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s = add("unlock-stale", cmd_unlock_stale, "remove a stale Snakemake lock left by a killed run", config=False)
     s.add_argument("--directory", default=".", help="the workflow's working directory")
+    s = add("cluster-check", cmd_cluster_check, "check a SLURM profile against the cluster: what each job asks "
+                                                "for, what will not fit, the flags that fix it", config=False)
+    s.add_argument("--profile", action="append", required=True, help="the profile snakemake will use "
+                   "(workflow/profiles/slurm); repeat for profiles given one after another")
+    s.add_argument("--flags", action="store_true", help="print only the flags to append to `snakemake --profile "
+                   "...` (the report goes to stderr)")
+    s.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: the other arguments you give "
+                   "snakemake (--configfile, --set-resources, ...), checked with the profile")
     s = add("fetch-weights", cmd_fetch_weights, "download open_clip weights into the cache", config=False)
     s.add_argument("--model", required=True)
     s.add_argument("--pretrained", required=True)

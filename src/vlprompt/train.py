@@ -346,9 +346,26 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
     test_rows = bank.rows("test")
     test_features = eval_features(cfg, bank, test_rows, cls, dataset, shots)
     metrics = evaluate(method, test_rows, test_features, classes, cfg["protocol"], train_names, device)
+    if cls.needs_training:  # accuracy on the few-shot val split, the only data defaults are chosen on
+        metrics.update(validation_metrics(cfg, dataset, shots, seed, method, classes, train_names, device))
     seconds = {"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)}
     return save_run(cfg, out_dir, metrics, method, mcfg, dataset, shots, seed, train_names, train_info, seconds,
                     provenance(**backbone.provenance(), device=str(device)))
+
+
+def validation_metrics(cfg: dict, dataset: str, shots: int, seed: int, method, classes: dict,
+                       train_names: list[str], device: torch.device) -> dict:
+    """The run's metrics on its few-shot validation images (every class: base and new under base2new), each
+    key prefixed ``val_``; the method is switched back to its training classes first."""
+    try:
+        method.set_classes(train_names)
+    except NotImplementedError:
+        pass
+    rows = read_fewshot(grid.fewshot_path(cfg, dataset, shots, seed), cfg["fewshot"].get("allow_fewer", False))["val"]
+    stem = grid.fewshot_features(cfg, dataset, shots, seed)
+    features = FeatureBank(stem.parent).take(f"{stem.name}.val", [r[0] for r in rows])
+    metrics = evaluate(method, rows, features, classes, cfg["protocol"], train_names, device)
+    return {f"val_{k}": v for k, v in metrics.items() if not k.endswith("_per_class")}
 
 
 def save_run(cfg: dict, out_dir: Path, metrics: dict, method, mcfg, dataset: str, shots: int, seed: int,

@@ -32,3 +32,6 @@ use rule evaluate_transfer as evaluate_transfer_images with:
         method=IMAGE_METHODS,
     resources:
         gpu=1,
+        cpus_per_task=4,
+        mem_mb=16000,
+        runtime=60,

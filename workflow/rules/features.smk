@@ -25,6 +25,9 @@ rule extract_test:
         dataset=lambda wildcards: DATASET_OF[wildcards.dkey],
     resources:
         gpu=1,
+        cpus_per_task=4,
+        mem_mb=16000,
+        runtime=60,
     conda:
         "../envs/vlprompt.yaml"
     log:
@@ -43,6 +46,9 @@ rule extract_fewshot:
         dataset=lambda wildcards: DATASET_OF[wildcards.dkey],
     resources:
         gpu=1,
+        cpus_per_task=4,
+        mem_mb=16000,
+        runtime=60,
     conda:
         "../envs/vlprompt.yaml"
     log:

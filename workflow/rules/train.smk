@@ -74,6 +74,9 @@ if CFG["train"]["job_granularity"] == "run":
             method=IMAGE_METHODS,
         resources:
             gpu=1,
+            cpus_per_task=4,
+            mem_mb=16000,
+            runtime=120,
 
 else:
 
@@ -106,6 +109,9 @@ else:
             shots=r"[1-9]\d*",
         resources:
             gpu=1,
+            cpus_per_task=4,
+            mem_mb=16000,
+            runtime=1440,
 
     rule train_zeroshot:
         input:
