@@ -67,6 +67,9 @@ rule extract_unlabelled:
         dataset=lambda wildcards: DATASET_OF[wildcards.dkey],
     resources:
         gpu=1,
+        cpus_per_task=4,
+        mem_mb=16000,
+        runtime=120,
     conda:
         "../envs/vlprompt.yaml"
     log:
@@ -87,6 +90,9 @@ rule extract_test_views:
         crop=r"[0-9.e+-]+",
     resources:
         gpu=1,
+        cpus_per_task=4,
+        mem_mb=16000,
+        runtime=240,  # many views of every test image
     conda:
         "../envs/vlprompt.yaml"
     log:
