@@ -59,7 +59,8 @@ system-deps:
 clean-results:
 	rm -rf results reports/pocket .snakemake
 
-## fetch DVC-tracked results and mark them up to date for Snakemake (DVC does not keep file times)
+## fetch DVC-tracked results and mark them up to date for Snakemake (DVC does not keep file times); like run
+## and test it installs first (a fresh clone: .venv and the pinned dependencies, a few minutes)
 pull: install
 	$(BIN)/dvc pull
 	$(BIN)/dvc status --quiet || { echo "pull: outputs differ from dvc.lock; not touching them"; exit 1; }

@@ -3,7 +3,7 @@
 Prints the wall time of: a bare interpreter, `import torch`, `import open_clip`, `import vlprompt.train`
 (everything a training job imports), loading the pocket backbone, and one zero-shot and one CoOp run
 done in-process. This is what `train.job_granularity` trades: one process per run pays the start-up
-once per run; one process per method x dataset pays it once per group of shots x seeds.
+once per run; one process per method x dataset x shots (`job_granularity: shots`) pays it once per group of seeds.
 
 Usage (after `make run` has prepared the features, or any config whose features exist):
     .venv/bin/python benchmarks/job_startup.py [--config results/pocket/config.json] [--dataset pocket_dark]

@@ -8,18 +8,30 @@ from vlprompt.backbone import PromptedTextEncoder, encode_prompts
 from vlprompt.methods import MethodContext, get_method, list_methods
 
 NAMES = ["car_side", "dollar_bill", "Apply_Eye_Makeup"]
-SMALL = {"prograd": {"n_ctx": 8}, "cocoop": {"max_prompts_per_pass": 64}}  # pocket CLIP: 20-token context
+SMALL = {"prograd": {"n_ctx": 8}, "cocoop": {"max_prompts_per_pass": 64}, "mvlpt": {"n_ctx": 4}}  # 20-token context
 
 
 def context(backbone, names, template="a photo of a {}.", dataset=None, descriptions=None):
     gen = torch.Generator().manual_seed(0)
     dim, n = backbone.embed_dim, len(names)
     y = torch.arange(n).repeat(2)
+    unlabelled = torch.randn(12, dim, generator=gen)
     return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=list(names),
                          template=template, device=torch.device("cpu"), seed=0,
                          train_features=torch.randn(2, len(y), dim, generator=gen), train_labels=y,
                          val_features=torch.randn(len(y), dim, generator=gen), val_labels=y, dataset=dataset,
-                         descriptions=descriptions)
+                         descriptions=descriptions, unlabelled=lambda: unlabelled)
+
+
+def differential_files(folder, names):
+    """FuDD's files for ``names`` (Caltech101), one sentence pair for the first two classes, in its format."""
+    import json
+
+    (folder / "differential").mkdir()
+    (folder / "differential" / "Caltech101_class_names.json").write_text(json.dumps(names))
+    pairs = {"0_1": {"classes": [0, 1], "prompt_pairs": [{"prompt_pair": ["a photo of a thing, long.",
+                                                                            "a photo of a thing, flat."]}]}}
+    (folder / "differential" / "Caltech101_prompt_pairs.json").write_text(json.dumps(pairs))
 
 
 def test_prompt_name_and_class_prompts():
@@ -39,7 +51,7 @@ def test_zeroshot_writes_class_names_with_spaces(pocket_random_backbone):
 
 
 @pytest.mark.parametrize("name", list_methods())
-def test_no_method_puts_an_underscore_into_a_prompt(name, pocket_random_backbone, monkeypatch):
+def test_no_method_puts_an_underscore_into_a_prompt(name, pocket_random_backbone, monkeypatch, tmp_path):
     """Every registered method (a new one too), built, evaluated and switched to other classes, tokenizes
     no text with an underscore. Class names are unique per method, so no cached prompt hides a call."""
     backbone = pocket_random_backbone
@@ -54,7 +66,10 @@ def test_no_method_puts_an_underscore_into_a_prompt(name, pocket_random_backbone
     cls = get_method(name)
     names, new = [f"{n}_{name}" for n in NAMES], [f"water_lilly_{name}", f"stop_sign_{name}"]
     # Caltech101 (its template is "a photo of a {}."): the methods with per-dataset data files have its entries
-    descriptions = {c: ["a thing seen from the side.", "an object."] for c in names + new}
+    # (descriptions name their class, as CuPL's do: a method that reads only them still writes the class name)
+    descriptions = {c: [f"a {c.replace('_', ' ')} seen from the side.", "an object."] for c in names + new}
+    differential_files(tmp_path, names + new)  # FuDD's differential descriptions
+    monkeypatch.setenv("VLPROMPT_DESCRIPTIONS", str(tmp_path))
     method = cls(cls.make_config(SMALL.get(name)), context(backbone, names, dataset="Caltech101",
                                                            descriptions=descriptions))
     method.eval()

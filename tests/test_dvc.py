@@ -1,9 +1,11 @@
-"""DVC round trip on a reduced pocket config, in temporary git clones of this repository.
+"""DVC round trip on a reduced pocket config, in temporary git clones of this repository, with the commands of
+docs/dvc_and_slurm.md (tests/doc_commands.py reads them; example paths become temporary ones).
 
-`dvc repro` gives the report `snakemake` gives; a second `dvc repro` does nothing; `dvc push` to a
-local-directory remote and `dvc pull` into a fresh clone restore data, splits, feature banks, trained
-prompts and metrics bit for bit; after the pull (and `snakemake --touch --forceall`, which gives the pulled
-files consistent times) Snakemake has nothing to do.
+`snakemake` and `dvc repro` leave `git status` clean but for `dvc.lock`; `dvc repro` gives the report
+`snakemake` gives; a second `dvc repro` does nothing; `dvc push` to a local-directory remote and `make pull`
+(or its three commands) in a fresh clone restore data, splits, feature banks, trained prompts and metrics bit
+for bit, after which Snakemake has nothing to do. The remote examples (S3, SSH, Google Drive, a remote of
+one's own) are run for their configuration: credentials land in the git-ignored `.dvc/config.local`.
 """
 
 import hashlib
@@ -15,10 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from doc_commands import blocks, commands, unmarked_blocks
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "pocket_tiny.yaml"
 EXPERIMENT = "tiny"
 BIN = Path(sys.executable).parent
+VENV = BIN.parent
 # DVC's stage commands call `snakemake`, the rules `python -m vlprompt`: the test's environment on PATH
 ENV = {
     **os.environ,
@@ -33,7 +38,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 # what DVC versions (relative to a clone), compared file by file after the pull
 TRACKED = ["data", "results/splits", "results/features", f"results/{EXPERIMENT}/runs",
            f"results/{EXPERIMENT}/summary.csv", f"results/{EXPERIMENT}/stats.csv",
-           f"results/{EXPERIMENT}/metrics.json"]
+           f"results/{EXPERIMENT}/metrics.json", f"reports/{EXPERIMENT}"]
 
 
 def run(cmd, cwd, check=True):
@@ -41,6 +46,15 @@ def run(cmd, cwd, check=True):
     if check:
         assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
+
+
+def shell(line: str, cwd: Path, check=True):
+    """A command line of the docs, as a user's shell runs it."""
+    return run(["bash", "-c", line], cwd, check)
+
+
+def porcelain(path: Path) -> str:
+    return run(["git", "status", "--porcelain"], path).stdout.strip()
 
 
 def clone(src: Path, dst: Path) -> Path:
@@ -60,6 +74,24 @@ def digests(root: Path) -> dict[str, str]:
     return out
 
 
+def test_every_command_block_of_the_docs_names_the_test_that_runs_it():
+    assert unmarked_blocks() == []
+    named = blocks()
+    assert {"commands", "make_pull", "pull_steps", "running", "local_cluster"} <= set(named)
+    for name, (path, lines) in named.items():
+        assert lines, name
+        text = (REPO / path).read_text()  # the block's name, passed to commands() there
+        assert f'"{name}"' in text and "commands(" in text, f"{path} does not run the docs' block {name!r}"
+
+
+def test_make_pull_runs_the_commands_the_docs_list():
+    prerequisites, *recipe = (REPO / "Makefile").read_text().split("\npull:", 1)[1].split("\n\n")[0].splitlines()
+    assert prerequisites.split() == ["install"]  # make pull installs first, as the docs say
+    assert [line.strip().split(" ||")[0] for line in recipe] == [
+        "$(BIN)/" + line + {"dvc status": " --quiet", "snakemake": " --quiet"}.get(line.split(" -")[0], "")
+        for line in commands("pull_steps")]
+
+
 @pytest.fixture(scope="module")
 def clones(tmp_path_factory):
     if shutil.which("git") is None or not (REPO / ".git").exists():
@@ -72,35 +104,61 @@ def clones(tmp_path_factory):
     origin = clone(REPO, tmp / "origin")
     shutil.copy(TINY, origin / "config" / "config.yaml")
     run(["git", "commit", "--quiet", "-am", "test: tiny pocket config"], origin)
+    out = {}
 
     reference = clone(origin, tmp / "snakemake")
     run(SNAKEMAKE + ["--cores", "2", "--quiet"], reference)
+    out["after snakemake"] = porcelain(reference)
 
+    # the docs' directory remote (committed to .dvc/config, so clones use it), then the docs' commands
     work = clone(origin, tmp / "work")
-    first = run(DVC + ["repro"], work)
-    second = run(DVC + ["repro"], work)
-    # what a user commits after a run: the lock file, the ignore entries DVC wrote, metrics and report
-    run(["git", "add", "-A"], work)
-    run(["git", "commit", "--quiet", "-m", "test: dvc repro"], work)
     remote = tmp / "remote"
-    run(DVC + ["remote", "add", "--local", "-d", "test", remote], work)
-    run(DVC + ["push"], work)
+    for line in commands("remote_directory", {"/mnt/shared/vlprompt-dvc": str(remote)}):
+        shell(line, work)
+    first, *rest = commands("commands")
+    assert first == "dvc repro"
+    out["first"] = shell(first, work)
+    out["after dvc repro"] = porcelain(work)
+    out["second"] = shell(first, work)
+    for line in rest:
+        out[line] = shell(line, work)
 
-    fresh = clone(work, tmp / "fresh")
-    run(DVC + ["remote", "add", "--local", "-d", "test", remote], fresh)
-    pulled = run(DVC + ["pull"], fresh)
-    run(SNAKEMAKE + ["--cores", "1", "--touch", "--forceall", "--quiet"], fresh)
-    return {"reference": reference, "work": work, "fresh": fresh, "first": first, "second": second,
-            "pulled": pulled, "remote": remote}
+    # a fresh clone, `make pull` (its install step is done: the test runs in the project's environment)
+    (tmp / "pull").mkdir()
+    clone_line, make_line = commands("make_pull", {"https://example.org/vlprompt.git": str(work)})
+    shell(clone_line, tmp / "pull")
+    fresh = tmp / "pull" / "vlprompt"
+    stamp = VENV / f".installed-{run(['cksum', 'pyproject.toml'], fresh).stdout.split()[0]}"
+    out["make pull"] = shell(f"{make_line} VENV={VENV} -o {stamp}", fresh)
+
+    # another fresh clone, the three commands of `make pull` by hand
+    by_hand = clone(work, tmp / "by_hand")
+    out["pull steps"] = [shell(line, by_hand) for line in commands("pull_steps")]
+
+    # a config key changed since the commit: what `dvc params diff` is for
+    edited = clone(work, tmp / "edited")
+    config = edited / "config" / "config.yaml"
+    config.write_text(config.read_text().replace("bootstrap_resamples: 200", "bootstrap_resamples: 300"))
+    out["params diff after an edit"] = shell("dvc params diff HEAD~1", edited)
+    return {"reference": reference, "work": work, "fresh": fresh, "by_hand": by_hand, "remote": remote, **out}
+
+
+@pytest.mark.slow
+def test_git_status_is_clean_after_snakemake_and_shows_only_the_lock_after_dvc_repro(clones):
+    assert clones["after snakemake"] == ""
+    assert clones["after dvc repro"] == "?? dvc.lock"  # the one file to commit: what the results are
 
 
 @pytest.mark.slow
 def test_repro_gives_the_report_snakemake_gives(clones):
     ref, work = clones["reference"], clones["work"]
     assert "Running stage 'train'" in clones["first"].stdout
-    for rel in [f"results/{EXPERIMENT}/summary.csv", f"results/{EXPERIMENT}/stats.csv",
-                f"reports/{EXPERIMENT}/report.md"]:
+    for rel in [f"results/{EXPERIMENT}/summary.csv", f"results/{EXPERIMENT}/stats.csv"]:
         assert (work / rel).read_bytes() == (ref / rel).read_bytes(), rel
+    # the report also records the commit it was made at: the work clone has one more (the DVC remote)
+    lines = [(p / "reports" / EXPERIMENT / "report.md").read_text().splitlines() for p in (work, ref)]
+    assert [[line for line in r if "| git commit " not in line] for r in lines] == [
+        [line for line in lines[1] if "| git commit " not in line]] * 2
     assert "coop" in (work / "reports" / EXPERIMENT / "report.md").read_text()
 
 
@@ -114,41 +172,70 @@ def test_second_repro_does_nothing(clones):
 
 
 @pytest.mark.slow
-def test_metrics_and_plots_show(clones, tmp_path):
-    work = clones["work"]
-    shown = run(DVC + ["metrics", "show", "--json"], work).stdout
+def test_metrics_params_and_plots_show(clones):
+    shown = clones["dvc metrics show"].stdout
     assert "coop" in shown and "base_acc" in shown, shown
-    run(DVC + ["plots", "show", "--out", tmp_path / "plots"], work)
-    html = (tmp_path / "plots" / "index.html").read_text()
+    diff = clones["dvc metrics diff HEAD~1"].stdout
+    assert "coop" in diff and "base_acc" in diff, diff
+    assert clones["dvc params diff HEAD~1"].stdout == ""  # the config is the one of that commit
+    edited = clones["params diff after an edit"].stdout
+    assert "stats.bootstrap_resamples" in edited and "200" in edited and "300" in edited, edited
+    html = (clones["work"] / "dvc_plots" / "index.html").read_text()
     assert "summary.csv" in html and ".png" in html
 
 
 @pytest.mark.slow
-def test_dvc_outputs_are_not_in_git_ignored_folders(clones):
+def test_only_the_lock_and_the_remote_are_committed(clones):
     work = clones["work"]
-    assert run(["git", "status", "--porcelain"], work).stdout.strip() == ""  # nothing left uncommitted
-    tracked = run(["git", "ls-files"], work).stdout.split()
-    assert {"dvc.lock", "results/.gitignore", f"results/{EXPERIMENT}/.gitignore",
-            f"results/{EXPERIMENT}/metrics.json", f"reports/{EXPERIMENT}/report.md"} <= set(tracked)
-    for folder in ["results", f"results/{EXPERIMENT}"]:
-        # the folders holding DVC's outputs and ignore files are not ignored (check-ignore exits 1)
-        assert run(["git", "check-ignore", "-q", folder + "/"], work, check=False).returncode == 1, folder
-    for out in ["data", "results/features", f"results/{EXPERIMENT}/runs"]:
+    assert porcelain(work) == ""  # dvc_plots/ and everything the run wrote are ignored
+    committed = run(["git", "show", "--name-only", "--format=", "HEAD"], work).stdout.split()
+    assert committed == ["dvc.lock"]
+    assert str(clones["remote"]) in (work / ".dvc" / "config").read_text()
+    for out in ["data", "results/features", f"results/{EXPERIMENT}/runs", f"reports/{EXPERIMENT}", "dvc_plots"]:
         assert run(["git", "check-ignore", "-q", out], work, check=False).returncode == 0, out
 
 
 @pytest.mark.slow
-def test_pull_restores_everything_bit_for_bit(clones):
+@pytest.mark.parametrize("clone_name", ["fresh", "by_hand"])
+def test_pull_restores_everything_bit_for_bit(clones, clone_name):
     assert any(clones["remote"].rglob("*")), "nothing was pushed"
-    assert digests(clones["fresh"]) == digests(clones["work"])
-    for model in (clones["fresh"] / "results" / EXPERIMENT / "runs").rglob("model.pt"):
+    assert digests(clones[clone_name]) == digests(clones["work"])
+    for model in (clones[clone_name] / "results" / EXPERIMENT / "runs").rglob("model.pt"):
         assert model.stat().st_size > 0
 
 
 @pytest.mark.slow
-def test_nothing_to_do_after_pull(clones):
-    fresh = clones["fresh"]
+@pytest.mark.parametrize("clone_name", ["fresh", "by_hand"])
+def test_nothing_to_do_after_pull(clones, clone_name):
+    fresh = clones[clone_name]
     dry = run(SNAKEMAKE + ["-n"], fresh)
     assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
     assert "Data and pipelines are up to date" in run(DVC + ["status"], fresh).stdout
-    assert run(["git", "status", "--porcelain"], fresh).stdout.strip() == ""
+    assert porcelain(fresh) == ""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, url, local_keys, shared_keys", [
+    ("remote_s3", "s3://my-bucket/vlprompt", ["profile", "access_key_id", "secret_access_key"], ["endpointurl"]),
+    ("remote_ssh", "ssh://login.cluster.example.org/", ["user", "keyfile", "ask_password"], []),
+    ("remote_gdrive", "gdrive://", ["gdrive_use_service_account", "gdrive_service_account_json_file_path"], []),
+])
+def test_remote_examples_keep_credentials_out_of_the_committed_config(tmp_path, name, url, local_keys, shared_keys):
+    repo = clone(REPO, tmp_path / "repo")
+    for line in commands(name):
+        shell(line, repo)
+    shared = (repo / ".dvc" / "config").read_text()
+    local = (repo / ".dvc" / "config.local").read_text()
+    assert url in shared and "remote = storage" in shared
+    assert all(f"{k} = " in local and f"{k} = " not in shared for k in local_keys), (shared, local)
+    assert all(f"{k} = " in shared for k in shared_keys), shared
+    assert run(["git", "check-ignore", "-q", ".dvc/config.local"], repo, check=False).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_remote_of_ones_own(tmp_path):
+    repo = clone(REPO, tmp_path / "repo")
+    add, listed, config = [shell(line, repo) for line in commands("remote_local",
+                                                                   {"/scratch/me/dvc": str(tmp_path / "dvc")})]
+    assert "mine" in listed.stdout and str(tmp_path / "dvc") in listed.stdout
+    assert ".dvc/config.local\tremote.mine.url" in config.stdout and porcelain(repo) == ""

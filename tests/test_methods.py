@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from vlprompt.backbone import PromptedTextEncoder, encode_prompts
 from vlprompt.methods import MethodContext, MethodError, get_method
-from vlprompt.methods.dual_view import info_nce, mix_same_class
 from vlprompt.methods.kgcoop import knowledge_loss
 from vlprompt.methods.prograd import distillation_loss, init_words, project_conflicting
 from vlprompt.methods.tip_adapter import cache_logits, search_grid
@@ -110,16 +109,6 @@ def test_kgcoop_loss_is_ce_plus_weighted_cosine_distance(ctx):
     assert parts["kg"] == pytest.approx(0.0, abs=1e-5)  # initialised from the template itself
 
 
-def test_info_nce_on_a_2x2_example_by_hand():
-    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    b = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
-    # a·bᵀ/τ with τ = 0.5: [[2, 1.2], [0, 1.6]]; each row's CE with the diagonal as the positive
-    rows = (math.log(1 + math.exp(-0.8)) + math.log(1 + math.exp(-1.6))) / 2
-    cols = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(-0.4))) / 2
-    assert info_nce(a, b, 0.5, symmetric=False).item() == pytest.approx(rows, abs=1e-6)
-    assert info_nce(a, b, 0.5, symmetric=True).item() == pytest.approx((rows + cols) / 2, abs=1e-6)
-
-
 def test_prograd_projection_on_2d_gradients():
     g_kl = torch.tensor([-1.0, 1.0])
     # conflicting (negative cosine): g − (g·g_kl / |g_kl|²) g_kl = [1, 0] + ½ [−1, 1]
@@ -164,7 +153,10 @@ def test_tip_adapter_affinity_formula_by_hand():
 
 
 def test_tip_adapter_logits_are_zero_shot_plus_alpha_cache(ctx):
+    # zero-shot at the reference's hard-coded logit scale 100 (Tip-Adapter main.py), not this model's
     tip, zs = build("tip_adapter", ctx), build("zeroshot", ctx)
+    assert tip.logit_scale == 100.0 and zs.logit_scale != 100.0
+    zs.logit_scale = 100.0
     tip.alpha, tip.beta = 2.0, 3.0
     x = torch.randn(4, ctx.backbone.embed_dim)
     keys = F.normalize(ctx.train_features.mean(0), dim=-1)
@@ -227,35 +219,6 @@ def test_template_sets_and_auto(ctx):
         resolve_templates("nope", real, None)
 
 
-def test_dvmi_augmentation_stays_within_the_class(ctx):
-    lam = torch.tensor([0.25])
-    torch.testing.assert_close(mix_same_class(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), lam),
-                               torch.tensor([[0.25, 0.75]]))
-    m = build("dvmi", ctx)
-    x = F.normalize(ctx.train_features[0], dim=-1)
-    torch.manual_seed(0)
-    z, y = m.synthesize(x, ctx.train_labels)
-    assert torch.equal(y, ctx.train_labels) and z.shape == x.shape
-    # each synthetic feature lies on a segment between x_i and a feature of its own class: closest class mean
-    assert (F.normalize(z, dim=-1) @ m.class_means.T).argmax(-1).eq(y).float().mean() > 0.9
-    means = build("dvmi", ctx, augment="mean_noise", noise_std=0.0, augment_ratio=2.0)
-    z, y = means.synthesize(x, ctx.train_labels)
-    assert len(y) == 2 * len(x)
-    torch.testing.assert_close(z, means.class_means[y])
-    assert len(build("dvmi", ctx, augment="none").synthesize(x, ctx.train_labels)[1]) == 0
-
-
-def test_dvmi_loss_is_ce_on_the_augmented_batch_plus_weighted_info_nce(ctx):
-    m = build("dvmi", ctx, mi_weight=0.5, augment="none")
-    x, y = ctx.train_features[0, :6], ctx.train_labels[:6]
-    loss, parts = m.loss(x, y)
-    text = m.text_features()
-    hand = encode_prompts(ctx.backbone, [f"a photo of a {c}." for c in NAMES])
-    expected = F.cross_entropy(m(x), y) + 0.5 * info_nce(text, hand, 1 / m.logit_scale)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert parts["n_synthetic"] == 0
-
-
 # ---------------------------------------------------------------- new classes
 
 
@@ -270,6 +233,7 @@ def test_set_classes_evaluates_new_classes(name, ctx):
 
 def test_tip_adapter_on_new_classes_is_zero_shot(ctx):
     tip, zs = build("tip_adapter", ctx), build("zeroshot", ctx)
+    zs.logit_scale = tip.logit_scale  # the reference's 100 (see above)
     tip.fit(ctx)
     x = torch.randn(4, ctx.backbone.embed_dim)
     tip.set_classes(NEW)

@@ -1,18 +1,27 @@
-"""The pocket DAG (reduced config) through the SLURM profile on a single-node cluster on localhost.
+"""The pocket DAG through the SLURM profile on a single-node cluster on localhost, with the commands of
+docs/dvc_and_slurm.md (tests/doc_commands.py reads them).
 
 scripts/slurm/start_local_cluster.sh starts the cluster (Debian's slurm-wlm and munge, as root; `make
-system-deps` installs them). The run uses workflow/profiles/slurm as a user would, with what this small
-cluster needs on top: no account, job states from squeue (no accounting database), resources that fit
-one small node. Checked: every job went through sbatch (the executor's per-job SLURM logs and the
-controller's allocations), the GPU jobs (feature extraction, a method with the image encoder in the loop)
-asked the scheduler for one GPU and the grouped training job for none, and the summary equals that of a
-local run. Without a cluster, a dry run through the profile checks which jobs ask for a GPU and which are
-grouped.
+system-deps` installs them): one node with this machine's CPUs (2 here), no accounting database, and one
+placeholder GPU or (`--gpus 0`) none. In a clone of the repository whose config is a reduced pocket config
+plus vpt_deep (a method with the image encoder in the loop), the docs' commands run as a user runs them:
+`cluster-check`, then `snakemake --profile workflow/profiles/slurm $(... cluster-check --flags)`, then `dvc
+repro`. Only flags that make the run observable and quicker are added to the snakemake line
+(TEST_FLAGS: keep SLURM's logs, print the sbatch calls, first status check after 3 s).
+
+Checked, with and without the GPU: cluster-check finds what does not fit (job states with sacct, the
+account, the GPU where there is none, 4 CPUs on a 2-CPU node); every job goes through sbatch (the per-job
+SLURM logs and the controller's allocations); each sbatch call asks for what cluster-check predicted (GPU jobs
+for one GPU where there is one, none where there is not; group jobs no larger than the node); summary.csv
+equals a local run's; afterwards `snakemake -n` and `dvc repro` run nothing and `git status` shows only
+dvc.lock. Without a cluster, dry runs through the profile check which jobs ask for a GPU, that only CPU jobs
+are grouped, and that a --set-resources on the command line changes one value and keeps the others.
 """
 
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,25 +29,21 @@ from pathlib import Path
 import pytest
 import yaml
 
+from doc_commands import commands
+from vlprompt import cluster as cc
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "pocket_tiny.yaml"
-START = REPO / "scripts" / "slurm" / "start_local_cluster.sh"
 CONTROLLER_LOG = Path("/var/log/slurm/slurmctld.log")
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+VENV = Path(sys.executable).parent.parent
 # sbatch passes this environment to the jobs: the rules call `python -m vlprompt`
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}:/usr/sbin"}
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}:/usr/sbin",
+       "GIT_AUTHOR_NAME": "vlprompt-test", "GIT_AUTHOR_EMAIL": "test@localhost",
+       "GIT_COMMITTER_NAME": "vlprompt-test", "GIT_COMMITTER_EMAIL": "test@localhost", "DVC_NO_ANALYTICS": "1"}
 ENV.pop("SNAKEMAKE_PROFILE", None)
-
-
-def start_cluster() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("SLURM test: needs root to start a local cluster (scripts/slurm/start_local_cluster.sh)")
-    if shutil.which("sbatch") is None or not Path("/usr/sbin/slurmctld").exists():
-        pytest.skip("SLURM test: slurm-wlm and munge are not installed (make system-deps)")
-    proc = subprocess.run(["bash", str(START)], capture_output=True, text=True, env=ENV)
-    if proc.returncode in (2, 3):  # prerequisites missing / a real cluster's config, left alone
-        pytest.skip(f"SLURM test: cannot start a local cluster here: {proc.stderr.strip()}")
-    assert proc.returncode == 0, f"start_local_cluster.sh failed:\n{proc.stdout}\n{proc.stderr}"
+TEST_FLAGS = "--slurm-keep-successful-logs --verbose --slurm-init-seconds-before-status-checks 3"
+GPU_RULES = {"extract_test", "extract_fewshot", "train_images"}
 
 
 def planned_jobs(log: str) -> list[dict]:
@@ -58,13 +63,13 @@ def planned_jobs(log: str) -> list[dict]:
     return jobs
 
 
-def dry_run_through_profile(workdir: Path, cfg: dict) -> list[dict]:
+def dry_run_through_profile(workdir: Path, cfg: dict, *args: str) -> list[dict]:
     """The jobs a dry run plans with ``cfg`` through the SLURM profile, with the local executor (the
     profile as a cluster run uses it; a dry run needs no cluster)."""
     (workdir / "config").mkdir()
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     proc = subprocess.run(SNAKEMAKE + ["-d", str(workdir), "-n", "--profile", str(REPO / "workflow/profiles/slurm"),
-                                       "--executor", "local", "--cores", "2"],
+                                       "--executor", "local", *args],
                           env=ENV, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return planned_jobs(proc.stdout + proc.stderr)
@@ -107,72 +112,167 @@ def test_transfer_evaluation_of_image_methods_asks_for_a_gpu(tmp_path):
         assert "method=coop" in job["wildcards"] and "gpu" not in job["resources"] and job["group"] == "transfer"
 
 
-def workdir(path: Path) -> Path:
-    """The reduced pocket config plus one method with the image encoder in the loop (a GPU job on a cluster)."""
+def test_a_set_resources_on_the_command_line_changes_one_value_and_keeps_the_rest(tmp_path):
     cfg = yaml.safe_load(TINY.read_text())
     cfg["methods"] = [*cfg["methods"], "vpt_deep"]
-    cfg["method_overrides"]["vpt_deep"] = {"epochs": 1}
-    (path / "config").mkdir(parents=True)
-    (path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    return path
+    jobs = dry_run_through_profile(tmp_path, cfg, "--set-resources", "extract_test:runtime=5",
+                                   "train_images:gpu=0")
+    res = {j["rule"]: j["resources"] for j in jobs}
+    # the rule's own needs, one value changed; the profile's defaults for the rest
+    assert {k: res["extract_test"][k] for k in ("gpu", "cpus_per_task", "mem_mb", "runtime")} == {
+        "gpu": "1", "cpus_per_task": "4", "mem_mb": "16000", "runtime": "5"}
+    assert {k: res["extract_fewshot"][k] for k in ("gpu", "cpus_per_task", "mem_mb", "runtime")} == {
+        "gpu": "1", "cpus_per_task": "4", "mem_mb": "16000", "runtime": "60"}
+    assert {k: res["train_images"][k] for k in ("gpu", "cpus_per_task", "mem_mb", "runtime")} == {
+        "gpu": "0", "cpus_per_task": "4", "mem_mb": "16000", "runtime": "120"}
+    assert {k: res["train"][k] for k in ("cpus_per_task", "mem_mb", "runtime")} == {
+        "cpus_per_task": "1", "mem_mb": "4000", "runtime": "30"}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    start_cluster()
-    tmp = tmp_path_factory.mktemp("slurm")
-    local, cluster = workdir(tmp / "local"), workdir(tmp / "cluster")
-    # the node's cores (a group of training runs asks for one core per run side by side)
-    sinfo = subprocess.run(["sinfo", "-h", "-N", "-n", "localhost", "-o", "%c"],
-                           capture_output=True, text=True, env=ENV)
-    cpus = int(sinfo.stdout.split()[0]) if sinfo.returncode == 0 and sinfo.stdout.strip() else 1
-    slurm_cmd = SNAKEMAKE + [
-        "-d", str(cluster), "--profile", str(REPO / "workflow" / "profiles" / "slurm"),
-        "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-keep-successful-logs",
-        "--slurm-init-seconds-before-status-checks", "3",
-        # the profile's requests are for a real cluster; this node has `cpus` cores and no real GPU
-        "--default-resources", "mem_mb=500", "runtime=10", "cpus_per_task=1",
-        "--set-resources", "extract_test:cpus_per_task=1", "extract_test:mem_mb=1000",
-        "extract_fewshot:cpus_per_task=1", "extract_fewshot:mem_mb=1000",
-        "train_images:cpus_per_task=1", "train_images:mem_mb=1000",
-        "--group-components", f"train={min(cpus, 16)}", "transfer=2",
-    ]
-    offset = CONTROLLER_LOG.stat().st_size if CONTROLLER_LOG.exists() else 0
-    # the cluster run mostly waits on the scheduler: the local reference run goes meanwhile
-    slurm = subprocess.Popen(slurm_cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    local_run = subprocess.run(SNAKEMAKE + ["-d", str(local), "--profile", str(REPO / "workflow/profiles/local"),
-                                            "--cores", "1", "--quiet"],
-                               env=ENV, capture_output=True, text=True)
-    try:
-        out, _ = slurm.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        slurm.terminate()
-        out, _ = slurm.communicate()
-        ids = slurm_job_ids(out)
-        if ids:  # only the jobs this run submitted
-            subprocess.run(["scancel", *ids], capture_output=True)
-        pytest.fail(f"the SLURM run did not finish in 10 minutes:\n{out[-4000:]}")
-    assert local_run.returncode == 0, local_run.stderr[-4000:]
-    assert slurm.returncode == 0, out[-6000:]
-    controller = CONTROLLER_LOG.read_text(errors="replace")[offset:] if CONTROLLER_LOG.exists() else ""
-    return {"local": local, "cluster": cluster, "log": out, "controller": controller}
+# --- on the local cluster -----------------------------------------------------------------------------------
+
+
+def shell(line: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
+    """A line of the docs as a user runs it (`sudo` dropped: the test runs as root)."""
+    return subprocess.run(["bash", "-c", re.sub(r"^sudo ", "", line)], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, **kw)
 
 
 def slurm_job_ids(log: str) -> list[str]:
     return re.findall(r"submitted with SLURM jobid (\d+)", log)
 
 
+def sbatch_calls(log: str) -> list[dict]:
+    """What each sbatch call asked for: the job's kind (rule_<rule> or group_<name>_...), CPUs, MB, minutes, GPUs."""
+    calls = []
+    for line in log.splitlines():
+        if "sbatch call: sbatch " not in line:
+            continue
+        head = line.split(" --wrap=")[0]
+        kind = re.search(r"slurm_logs/([^/]+)/", head).group(1)
+        number = {key: re.search(pattern, head) for key, pattern in (
+            ("cpus", r"--cpus-per-task=(\d+)"), ("mem_mb", r"--mem (\d+)"), ("minutes", r" -t '?(\d+)"),
+            ("gpus", r"--gpus=(\d+)"))}
+        calls.append({"kind": kind, **{k: int(m.group(1)) if m else 0 for k, m in number.items()}})
+    return calls
+
+
+def clone_with_tiny_config(tmp: Path) -> Path:
+    """A clone of the repository whose config is the reduced pocket config plus vpt_deep, committed."""
+    work = tmp / "work"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(work)], check=True, env=ENV)
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["methods"] = [*cfg["methods"], "vpt_deep"]
+    cfg["method_overrides"]["vpt_deep"] = {"epochs": 1}
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    subprocess.run(["git", "commit", "--quiet", "-am", "test: tiny pocket config"], cwd=work, check=True, env=ENV)
+    (work / ".venv").symlink_to(VENV)  # `source .venv/bin/activate`: the test's environment
+    return work
+
+
+def run_the_docs_commands(work: Path) -> dict:
+    """The docs' Running block in ``work``: cluster-check, the run through its flags, dvc repro."""
+    activate, check_line, run_line, repro_line = commands("running")
+    out = {"check": shell(f"{activate} && {check_line}", work)}
+    proc = subprocess.Popen(["bash", "-c", f"{activate} && {run_line} {TEST_FLAGS}"], cwd=work, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        log, _ = proc.communicate()
+        if ids := slurm_job_ids(log):  # only the jobs this run submitted
+            subprocess.run(["scancel", *ids], capture_output=True, env=ENV)
+        log += "\n[test] the SLURM run did not finish in 15 minutes"
+    out.update(run=log, run_rc=proc.returncode, status_after_run=shell("git status --porcelain", work).stdout)
+    out["repro"] = shell(f"{activate} && {repro_line}", work)
+    out["status_after_repro"] = shell("git status --porcelain", work).stdout
+    out["dry"] = shell(f"{activate} && snakemake -n", work)
+    # what cluster-check predicts each SLURM job asks for (the same computation, in this process)
+    settings = cc.read_settings([str(work / "workflow/profiles/slurm")], [])
+    out["report"] = cc.check(cc.plan(settings, cwd=str(work)), cc.query_cluster(), settings)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("SLURM test: needs root to start a local cluster (scripts/slurm/start_local_cluster.sh)")
+    if shutil.which("sbatch") is None or not Path("/usr/sbin/slurmctld").exists():
+        pytest.skip("SLURM test: slurm-wlm and munge are not installed (make system-deps)")
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("SLURM test: needs git and a git checkout of the project (it runs in a clone)")
+    start_gpu, start_cpu, stop = commands("local_cluster")
+    tmp = tmp_path_factory.mktemp("slurm")
+    local = tmp / "local"
+    (local / "config").mkdir(parents=True)
+    results = {}
+    try:
+        for mode, start in (("cpu", start_cpu), ("gpu", start_gpu)):
+            proc = shell(start, REPO)
+            if proc.returncode in (2, 3):  # prerequisites missing / a real cluster's config, left alone
+                pytest.skip(f"SLURM test: cannot start a local cluster here: {proc.stderr.strip()}")
+            assert proc.returncode == 0, f"{start} failed:\n{proc.stdout}\n{proc.stderr}"
+            work = clone_with_tiny_config(tmp / mode)
+            offset = CONTROLLER_LOG.stat().st_size if CONTROLLER_LOG.exists() else 0
+            local_run = None
+            if mode == "cpu":  # the cluster run mostly waits on the scheduler: the local reference run goes meanwhile
+                shutil.copy(work / "config" / "config.yaml", local / "config" / "config.yaml")
+                local_run = subprocess.Popen(SNAKEMAKE + ["-d", str(local), "--profile",
+                                                          str(REPO / "workflow/profiles/local"), "--cores", "1",
+                                                          "--quiet"], env=ENV, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.PIPE, text=True)
+            results[mode] = run_the_docs_commands(work)
+            results[mode]["work"] = work
+            results[mode]["controller"] = (CONTROLLER_LOG.read_text(errors="replace")[offset:]
+                                           if CONTROLLER_LOG.exists() else "")
+            if local_run is not None:
+                assert local_run.wait(timeout=900) == 0, local_run.stderr.read()[-4000:]
+        # with a user's own --set-resources given to cluster-check: its flags carry it, with the fixes
+        results["extended"] = shell(f"{commands('running')[1]} --flags -- --set-resources train_images:runtime=240",
+                                    results["gpu"]["work"])
+    finally:
+        results["stopped"] = shell(stop, REPO)
+    results["local"] = local
+    return results
+
+
 @pytest.mark.slow
-def test_every_job_went_through_sbatch(runs):
-    log, cluster = runs["log"], runs["cluster"]
+@pytest.mark.parametrize("mode", ["cpu", "gpu"])
+def test_cluster_check_names_what_does_not_fit_and_the_fix(runs, mode):
+    check = runs[mode]["check"]
+    assert check.returncode == 0, check.stdout + check.stderr
+    text = check.stdout
+    assert "accounting storage is disabled" in text and "fix: --slurm-status-command squeue" in text, text
+    assert "note: account: no accounting database" in text
+    for rule in GPU_RULES:  # 4 CPUs on a 2-CPU node (getconf: this machine's CPUs, the node's)
+        cpus = os.cpu_count()
+        assert (f"fix: {rule}:cpus_per_task={cpus}" in text) == (cpus < 4), text
+        assert (f"fix: {rule}:gpu=0" in text) == (mode == "cpu"), text
+
+
+@pytest.mark.slow
+def test_cluster_check_flags_extend_the_users_own(runs):
+    flags = runs["extended"].stdout.split()
+    entries = flags[flags.index("--set-resources") + 1:]
+    assert "train_images:runtime=240" in entries and "--slurm-status-command" in flags, flags
+    if os.cpu_count() < 4:
+        assert "train_images:cpus_per_task=" + str(os.cpu_count()) in entries, flags
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["cpu", "gpu"])
+def test_every_job_went_through_sbatch(runs, mode):
+    log, work = runs[mode]["run"], runs[mode]["work"]
+    assert runs[mode]["run_rc"] == 0, log[-6000:]
     ids = slurm_job_ids(log)
     # grouped by the profile: data (prepare, classes, few-shot subset), extract_test, extract_fewshot,
     # train (zeroshot, coop), train_images (vpt_deep, a job of its own), report (aggregate+report)
     assert len(ids) == 6, log[-4000:]
-    logs = list((cluster / ".snakemake" / "slurm_logs").rglob("*.log"))
+    logs = list((work / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert {p.stem for p in logs} == set(ids)
     # one directory per group (group_<name>_<its rules>) or ungrouped rule (rule_<name>)
-    dirs = sorted(p.relative_to(cluster / ".snakemake" / "slurm_logs").parts[0] for p in logs)
+    dirs = sorted(p.relative_to(work / ".snakemake" / "slurm_logs").parts[0] for p in logs)
     assert dirs[0].startswith("group_data_") and dirs[1:] == [
         "group_report_aggregate_report", "group_train_train", "rule_extract_fewshot", "rule_extract_test",
         "rule_train_images"], dirs
@@ -181,31 +281,53 @@ def test_every_job_went_through_sbatch(runs):
                  "train_images", "aggregate", "report"]:
         assert f"rule {rule}:" in text, f"{rule} did not run inside a SLURM job"
     for job_id in ids:  # the controller started each (main scheduler or backfill)
-        assert re.search(rf"(Allocate|Started) JobId={job_id} ", runs["controller"]), job_id
+        assert re.search(rf"(Allocate|Started) JobId={job_id} ", runs[mode]["controller"]), job_id
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("job, gpus", [("rule_extract_test", 1), ("rule_extract_fewshot", 1), ("rule_train_images", 1),
-                                       ("group_train_train", 0)])
-def test_gpu_jobs_ask_the_scheduler_for_one_gpu_cpu_jobs_for_none(runs, job, gpus):
-    logs = list((runs["cluster"] / ".snakemake" / "slurm_logs" / job).rglob("*.log"))
-    assert len(logs) == 1
-    shown = subprocess.run(["scontrol", "show", "job", logs[0].stem], capture_output=True, text=True, env=ENV)
-    if shown.returncode != 0:  # finished jobs leave the controller after MinJobAge (300 s)
-        pytest.skip(f"job {logs[0].stem} ({job}) no longer known to the controller")
-    # TresPerJob=gres:gpu:1 (what sbatch asked for), TRES=...,gres/gpu=1 (what the job got)
-    asked = set(re.findall(r"gres[:/]gpu[:=](\d+)", shown.stdout))
-    assert asked == ({str(gpus)} if gpus else set()), shown.stdout
+@pytest.mark.parametrize("mode", ["cpu", "gpu"])
+def test_each_job_asked_for_what_cluster_check_predicted(runs, mode):
+    calls = sbatch_calls(runs[mode]["run"])
+    assert len(calls) == 6, runs[mode]["run"][-4000:]
+    report = runs[mode]["report"]
+    predicted = {}
+    for r in report.after:
+        kind = f"group_{r.group}" if r.group else f"rule_{r.kind}"
+        predicted[kind] = {"cpus": r.cpus, "mem_mb": r.mem_mb, "minutes": r.minutes, "gpus": r.gpus}
+    node_cpus = os.cpu_count()
+    for call in calls:
+        # a rule's directory is rule_<rule>, a group's group_<name>_<its rules>
+        kind = next(k for k in predicted if call["kind"] == k or k.startswith("group_") and
+                    call["kind"].startswith(k + "_"))
+        assert {k: call[k] for k in ("cpus", "mem_mb", "minutes", "gpus")} == predicted[kind], call
+        assert call["cpus"] <= node_cpus  # fits the node: groups run at most `cores` members side by side
+        rule = call["kind"].removeprefix("rule_")
+        assert call["gpus"] == (1 if mode == "gpu" and rule in GPU_RULES else 0), call
 
 
 @pytest.mark.slow
-def test_same_summary_as_a_local_run(runs):
+@pytest.mark.parametrize("mode", ["cpu", "gpu"])
+def test_same_summary_as_a_local_run(runs, mode):
     rel = Path("results") / "tiny" / "summary.csv"
-    assert (runs["cluster"] / rel).read_bytes() == (runs["local"] / rel).read_bytes()
-    assert (runs["cluster"] / "reports" / "tiny" / "report.md").exists()
+    assert (runs[mode]["work"] / rel).read_bytes() == (runs["local"] / rel).read_bytes()
+    assert (runs[mode]["work"] / "reports" / "tiny" / "report.md").exists()
 
 
 @pytest.mark.slow
-def test_nothing_to_do_afterwards(runs):
-    proc = subprocess.run(SNAKEMAKE + ["-d", str(runs["cluster"]), "-n"], env=ENV, capture_output=True, text=True)
-    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+@pytest.mark.parametrize("mode", ["cpu", "gpu"])
+def test_nothing_to_do_afterwards_and_git_status_clean(runs, mode):
+    r = runs[mode]
+    assert r["status_after_run"] == "", r["status_after_run"]
+    assert "Nothing to be done" in r["dry"].stdout + r["dry"].stderr, r["dry"].stdout[-3000:]
+    assert r["repro"].returncode == 0, r["repro"].stdout[-3000:] + r["repro"].stderr[-3000:]
+    out = r["repro"].stdout + r["repro"].stderr
+    assert out.count("Nothing to be done") == 4 and "Running stage 'report'" in out, out  # four stages, no job
+    assert r["status_after_repro"].strip() == "?? dvc.lock"
+
+
+@pytest.mark.slow
+def test_the_cluster_stops_and_leaves_no_config(runs):
+    assert runs["stopped"].returncode == 0, runs["stopped"].stderr
+    assert subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 1
+    # a config naming a controller that is gone makes every SLURM command (and snakemake) wait for it
+    assert not Path("/etc/slurm/slurm.conf").exists()

@@ -101,11 +101,10 @@ def test_a_stale_lock_is_removed_only_when_no_snakemake_works_there(tmp_path):
     assert workflow.unlock_stale(tmp_path) is None  # nothing to do
     (locks / "0.input.lock").write_text("x")
     # a process named snakemake working in that folder: the lock is left alone
-    fake = tmp_path / "bin" / "snakemake"
+    fake = tmp_path / "bin" / "snakemake"  # a python script: one process, no forked child sharing its name
     fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\nexec sleep 60\n")  # exec: no forked child that briefly shares its command line
-    fake.chmod(0o755)
-    proc = subprocess.Popen([str(fake), "--cores", "1"], cwd=tmp_path)
+    fake.write_text("import time\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, str(fake), "--cores", "1"], cwd=tmp_path)
     try:
         deadline = time.monotonic() + 10
         while not workflow.snakemake_processes(tmp_path) and time.monotonic() < deadline:

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Start a single-node SLURM cluster on this machine (Debian/Ubuntu slurm-wlm + munge, as root):
-# one node "localhost" with this machine's CPUs and memory, one partition "local", one placeholder GPU
-# (gres gpu:1 backed by /dev/null, so that jobs asking for a GPU are scheduled; they run on the CPU),
-# no accounting database (query job states with squeue: --slurm-status-command squeue).
+# one node "localhost" with this machine's CPUs and memory, one partition "local", no accounting database
+# (sacct exists but answers "accounting storage is disabled"), and one placeholder GPU (gres gpu:1 backed by
+# /dev/null, so that jobs asking for a GPU are scheduled; they run on the CPU) unless --gpus 0.
 #
-#   sudo scripts/slurm/start_local_cluster.sh     # idempotent: a running, healthy cluster is left alone
-#   scripts/slurm/stop_local_cluster.sh
+#   sudo scripts/slurm/start_local_cluster.sh             # idempotent: a running, healthy cluster is left alone
+#   sudo scripts/slurm/start_local_cluster.sh --gpus 0    # a CPU-only cluster (restarts one with a GPU)
+#   sudo scripts/slurm/stop_local_cluster.sh
 #
 # Exit status: 0 when the cluster answers (sinfo shows the node idle), 2 when it cannot be started
 # here (not root, slurm-wlm or munge missing), 3 when /etc/slurm/slurm.conf belongs to a real cluster
@@ -19,6 +20,16 @@ STATE=/var/lib/slurm/vlprompt
 LOGS=/var/log/slurm
 
 die() { echo "start_local_cluster: $2" >&2; exit "$1"; }
+
+gpus=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --gpus) [ $# -ge 2 ] || die 1 "--gpus needs 0 or 1"; gpus=$2; shift 2 ;;
+    --gpus=*) gpus=${1#--gpus=}; shift ;;
+    *) die 1 "unknown argument '$1' (usage: start_local_cluster.sh [--gpus 0|1])" ;;
+  esac
+done
+case "$gpus" in 0|1) ;; *) die 1 "--gpus takes 0 (a CPU-only cluster) or 1 (one placeholder GPU), not '$gpus'" ;; esac
 
 [ "$(id -u)" = 0 ] || die 2 "needs root (it writes $CONF and starts munged, slurmctld, slurmd)"
 for exe in munged slurmctld slurmd sbatch squeue sinfo scontrol; do
@@ -53,6 +64,11 @@ fi
 cpus=$(getconf _NPROCESSORS_ONLN)  # not nproc: it follows OMP_NUM_THREADS
 mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 512 ))
 mkdir -p "$STATE/ctld" "$STATE/d" "$LOGS"
+node_gres=""; gres_conf="$MARK"
+if [ "$gpus" = 1 ]; then  # a placeholder: a job asking for a GPU is scheduled and runs on the CPU
+  node_gres="Gres=gpu:1"
+  gres_conf=$(printf '%s\n%s' "$MARK" "NodeName=localhost Name=gpu Count=1 File=/dev/null")
+fi
 new_conf=$(cat <<CONF
 $MARK
 ClusterName=vlprompt-local
@@ -81,23 +97,18 @@ SlurmctldLogFile=$LOGS/slurmctld.log
 SlurmdLogFile=$LOGS/slurmd.log
 SlurmctldDebug=info
 GresTypes=gpu
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb Gres=gpu:1 State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb $node_gres State=UNKNOWN
 PartitionName=local Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
 )
-changed=0
-if [ ! -e "$CONF" ] || [ "$(cat "$CONF")" != "$new_conf" ]; then
-  printf '%s\n' "$new_conf" > "$CONF"
-  printf '%s\n%s\n' "$MARK" "NodeName=localhost Name=gpu Count=1 File=/dev/null" > "$GRES"
-  changed=1
-fi
-
-if [ "$changed" = 0 ] && healthy; then
+if [ -e "$CONF" ] && [ "$(cat "$CONF")" = "$new_conf" ] && healthy; then
   echo "start_local_cluster: already running"; sinfo; exit 0
 fi
-if [ "$changed" = 1 ]; then  # a new config: restart what runs with the old one
-  "$(dirname "$0")/stop_local_cluster.sh" >/dev/null 2>&1 || true
-fi
+# a new config (or daemons that are not running): stop what runs with the old one, which also removes the
+# old config, then write this one
+"$(dirname "$0")/stop_local_cluster.sh" >/dev/null 2>&1 || true
+printf '%s\n' "$new_conf" > "$CONF"
+printf '%s\n' "$gres_conf" > "$GRES"
 
 pgrep -x slurmctld >/dev/null || slurmctld || die 1 "slurmctld did not start (see $LOGS/slurmctld.log)"
 pgrep -x slurmd >/dev/null || slurmd -N localhost || die 1 "slurmd did not start (see $LOGS/slurmd.log)"

@@ -22,6 +22,10 @@ from vlprompt.io import atomic_path, atomic_write_text, read_artefact_json, veri
 METRICS = ["base_acc", "new_acc", "hm", "all_acc"]  # in the order metrics.json lists them
 COLUMNS = ["method", "protocol", "dataset", "train_dataset", "shots", "seed", "base_acc", "new_acc", "all_acc", "hm",
            "backbone", "weights_sha256", "config_hash", "trained"]
+# A run whose method reports a generalisation bound (``method_info.bound``: PAC-Bayes prompt search) adds these
+# columns to the table (absent otherwise): the training accuracy, the bound's lower bounds on test accuracy, its prior.
+BOUND_COLUMNS = {"train_acc": "train_accuracy", "acc_bound": "accuracy_bound", "acc_bound_kl": "accuracy_bound_kl",
+                 "bound_prior": "prior"}
 
 
 def summary_table(cfg: dict, metrics_files: list[Path]) -> pd.DataFrame:
@@ -39,11 +43,14 @@ def summary_table(cfg: dict, metrics_files: list[Path]) -> pd.DataFrame:
                 "all_acc": m.get("all_acc", math.nan), "hm": m.get("hm", math.nan),
                 "backbone": prov.get("backbone"), "weights_sha256": prov.get("weights_sha256"),
                 "config_hash": m.get("config_hash"), "trained": bool(m.get("trained", True))}
+        bound = (m.get("method_info") or {}).get("bound") or {}
+        base.update({col: bound[key] for col, key in BOUND_COLUMNS.items() if key in bound})
         if m.get("trained", True):
             rows.append({**base, "shots": m["shots"], "seed": m["seed"]})
         else:
             rows.extend({**base, "shots": k, "seed": s} for k in cfg["shots"] for s in cfg["seeds"])
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    extra = [c for c in BOUND_COLUMNS if any(c in r for r in rows)]
+    df = pd.DataFrame(rows, columns=COLUMNS + extra)
     return df.sort_values(["method", "dataset", "shots", "seed"]).reset_index(drop=True)
 
 

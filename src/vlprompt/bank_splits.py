@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vlprompt.data.splits import read_split, subsample_classes
@@ -64,3 +65,14 @@ class BankSplits:
             return None
         return bank.take(split, [r[0] for r in rows]), torch.tensor([r[1] for r in rows])
 
+
+
+class UnlabelledFeatures:
+    """``() -> (N, D)`` features of every image of one bank, the target's unlabelled images (config ``unlabelled``):
+    the array only; the bank's rows, which hold the labels, never reach the method."""
+
+    def __init__(self, bank, split: str):
+        self.bank, self.split = bank, split
+
+    def __call__(self) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.bank.array(self.split), dtype=np.float32))

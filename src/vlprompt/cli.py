@@ -43,6 +43,10 @@ def cmd_methods(args) -> None:
     for name in list_methods():
         m = get_method(name)
         kind = "cached features" if m.inputs == "features" else "image encoder in the loop"
+        kind += "".join(f" + {what}" for flag, what in ((m.reads_unlabelled, "unlabelled images"),
+                                                         (m.reads_test_views, "test views"),
+                                                         (m.reads_multitask_prompt, "multitask prompt"))
+                        if flag)
         print(f"{name:22s} {m.description}  [{kind}]\n{'':22s} {m.paper}")
 
 
@@ -96,7 +100,8 @@ def cmd_fewshot(args) -> None:
 
 
 def cmd_extract(args) -> None:
-    """Extract the test features of one dataset, or (with --shots and --seed) a few-shot subset's."""
+    """Extract the test features of one dataset, or (with --shots and --seed) a few-shot subset's, or (--part) the
+    whole training split or the test images in views."""
     import torch
 
     from vlprompt import features, grid
@@ -105,10 +110,26 @@ def cmd_extract(args) -> None:
 
     cfg = _cfg(args)
     fcfg = cfg["features"]
+    scale_min = fcfg["crop_scale_min"]
     torch.set_num_threads(cfg["train"]["threads"])
     if (args.shots is None) != (args.seed is None):
         raise SystemExit("extract: give both --shots and --seed, or neither (the test features)")
-    if args.shots is None:  # the evaluation splits: every test image, and the whole validation split
+    if args.part != "eval" and args.shots is not None:
+        raise SystemExit(f"extract: --part {args.part} is a part of the dataset's bank; it takes no --shots, --seed")
+    if (args.part == "test_views") != (args.views is not None and args.crop is not None):
+        raise SystemExit("extract: --part test_views needs --views and --crop (and only it takes them)")
+    if args.part == "train":  # the whole training split, un-augmented (the unlabelled images of `unlabelled: train`)
+        split = splits.read_split(registry.split_path(cfg, args.dataset))
+        specs = [features.ExtractionSpec("train", split["train"], 1)]
+        out = grid.features_dir(cfg, args.dataset)
+    elif args.part == "test_views":  # every test image: the original and views - 1 augmented views
+        split = splits.read_split(registry.split_path(cfg, args.dataset))
+        stem = Path(grid.TEST_VIEWS.format(results=cfg["results_root"], backbone=grid.backbone_key(cfg),
+                                           dkey=grid.dataset_key(cfg, args.dataset), views=args.views,
+                                           crop=f"{args.crop:g}"))
+        specs = [features.ExtractionSpec("test_views", split["test"], args.views, name=stem.name)]
+        out, scale_min = stem.parent, args.crop
+    elif args.shots is None:  # the evaluation splits: every test image, and the whole validation split
         split = splits.read_split(registry.split_path(cfg, args.dataset))
         specs = [features.ExtractionSpec("test", split["test"], 1), features.ExtractionSpec("val", split["val"], 1)]
         out = grid.features_dir(cfg, args.dataset)
@@ -126,7 +147,7 @@ def cmd_extract(args) -> None:
     for spec in specs:
         features.extract_split(backbone, registry.dataset_dir(cfg, args.dataset), spec, out,
                                batch_size=fcfg["batch_size"], workers=fcfg["workers"], device=device,
-                               scale_min=fcfg["crop_scale_min"], progress=not args.quiet, reuse=True)
+                               scale_min=scale_min, progress=not args.quiet, reuse=True)
 
 
 def cmd_unlock_stale(args) -> None:
@@ -138,6 +159,20 @@ def cmd_unlock_stale(args) -> None:
         print(f"vlprompt: {done}")
     for rec in running(args.directory):
         print(f"vlprompt: still running in this folder: {describe(rec)}")
+
+
+def cmd_cluster_check(args) -> None:
+    """Check a SLURM profile against the cluster; print what does not fit and the flags that fix it."""
+    from vlprompt.cluster import ClusterError, main
+
+    extra = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
+    try:
+        code = main(args.profile, extra, flags_only=args.flags)
+    except ClusterError as err:
+        print(f"vlprompt cluster-check: error: {err}", file=sys.stderr)
+        code = 2
+    if code:
+        raise SystemExit(code)
 
 
 def cmd_train(args) -> None:
@@ -157,6 +192,15 @@ def cmd_train_group(args) -> None:
     for m in run_many(cfg, args.dataset, args.method, runs, progress=not args.quiet):
         keys = [k for k in ("base_acc", "new_acc", "hm", "all_acc") if k in m]
         print(f"{m['shots']}shot seed{m['seed']}: " + " ".join(f"{k}={m[k]:.2f}" for k in keys))
+
+
+def cmd_train_multitask(args) -> None:
+    from vlprompt.train import train_multitask
+
+    m = train_multitask(_cfg(args), args.method, args.shots, args.seed, args.out, progress=not args.quiet)
+    losses = m["train"]["loss_history"]
+    print(f"{args.method}: multitask prompt on {', '.join(m['sources'])} ({m['classes']} classes, {m['images']} images)"
+          + (f", last epoch's loss {losses[-1]:.4f}" if losses else ""))
 
 
 def cmd_evaluate_transfer(args) -> None:
@@ -238,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shots", type=int)
     s.add_argument("--seed", type=int)
     s.add_argument("--key", help=argparse.SUPPRESS)
+    s.add_argument("--part", choices=["eval", "train", "test_views"], default="eval",
+                   help="eval: the test images and the validation split (default); train: the whole training split; "
+                        "test_views: every test image in --views views (the original first) cropped with scale "
+                        "(--crop, 1)")
+    s.add_argument("--views", type=int)
+    s.add_argument("--crop", type=float)
     s = add("train", cmd_train, "train and evaluate one method × dataset × shots × seed")
     for a in ("--dataset", "--method", "--out"):
         s.add_argument(a, required=True)
@@ -249,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(a, required=True)
     s.add_argument("--shots", type=int, nargs="+", required=True)
     s.add_argument("--seeds", type=int, nargs="+", required=True)
+    s = add("train-multitask", cmd_train_multitask, "train a multitask method's prompt on the config's sources "
+                                                        "(one shots × seed)")
+    for a in ("--method", "--out"):
+        s.add_argument(a, required=True)
+    s.add_argument("--shots", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
     s = add("evaluate-transfer", cmd_evaluate_transfer, "evaluate a trained run on another dataset")
     for a in ("--dataset", "--method", "--target", "--out"):
         s.add_argument(a, required=True)
@@ -269,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s = add("unlock-stale", cmd_unlock_stale, "remove a stale Snakemake lock left by a killed run", config=False)
     s.add_argument("--directory", default=".", help="the workflow's working directory")
+    s = add("cluster-check", cmd_cluster_check, "check a SLURM profile against the cluster: what each job asks "
+                                                "for, what will not fit, the flags that fix it", config=False)
+    s.add_argument("--profile", action="append", required=True, help="the profile snakemake will use "
+                   "(workflow/profiles/slurm); repeat for profiles given one after another")
+    s.add_argument("--flags", action="store_true", help="print only the flags to append to `snakemake --profile "
+                   "...` (the report goes to stderr)")
+    s.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: the other arguments you give "
+                   "snakemake (--configfile, --set-resources, ...), checked with the profile")
     s = add("fetch-weights", cmd_fetch_weights, "download open_clip weights into the cache", config=False)
     s.add_argument("--model", required=True)
     s.add_argument("--pretrained", required=True)

@@ -96,11 +96,33 @@ def validate(cfg: dict[str, Any], check_names: bool = True) -> dict[str, Any]:
                                       f"{list_datasets('real')}")
         for name in cfg["methods"]:
             get_method(name)
+        for name in cfg["sources"]:
+            get_dataset(name)
+        check_declared_inputs(cfg)
         try:
             check_method_overrides(cfg)
         except OverridesError as err:
             raise ConfigError(str(err)) from None
     return cfg
+
+
+def check_declared_inputs(cfg: dict) -> None:
+    """The inputs the experiment's methods declare exist in the config: the unlabelled images (``unlabelled``) for
+    methods that read them, source datasets (``sources``) apart from the evaluated ones for multitask methods."""
+    from vlprompt.methods import get_method
+
+    needing = [m for m in cfg["methods"] if get_method(m).reads_unlabelled]
+    if needing and cfg.get("unlabelled", "none") == "none":
+        raise ConfigError(f"{', '.join(needing)} need(s) the target's unlabelled images: set `unlabelled: train` (the "
+                          "training split without labels) or `unlabelled: test` (transductive), or drop the method")
+    multitask = [m for m in cfg["methods"] if get_method(m).reads_multitask_prompt]
+    if multitask and not cfg.get("sources"):
+        raise ConfigError(f"{', '.join(multitask)} start(s) from a multitask prompt: list its source datasets under "
+                          "`sources` (datasets other than `datasets` and `targets`)")
+    evaluated = set(cfg["datasets"]) | set(cfg.get("targets") or [])
+    overlap = sorted(set(cfg.get("sources") or []) & evaluated)
+    if overlap:
+        raise ConfigError(f"`sources` must not hold a dataset that is trained on or evaluated: {overlap}")
 
 
 def load_config(path: str | Path, check_names: bool = True) -> dict[str, Any]:
@@ -151,6 +173,22 @@ def _features_settings(cfg: dict) -> dict:
     return {"train_views": f.get("train_views"), "crop_scale_min": f.get("crop_scale_min")}
 
 
+def _declared_settings(cfg: dict, method: str) -> dict:
+    """The config keys behind a method's declared inputs (none for the others, so their hash never changes)."""
+    from vlprompt.methods import MethodError, get_method
+
+    try:
+        cls = get_method(method)
+    except MethodError:
+        return {}
+    out = {}
+    if cls.reads_unlabelled:
+        out["unlabelled"] = cfg.get("unlabelled", "none")
+    if cls.reads_multitask_prompt:
+        out["sources"] = list(cfg.get("sources") or [])
+    return out
+
+
 def stage_hash(cfg: dict, stage: str) -> str:
     """Hash of the settings that change an experiment-level stage's outputs (a Snakemake param: a change
     re-runs the stage). Shared stages (prepare, split, extract) need none: their paths are keyed by what
@@ -169,6 +207,7 @@ def method_config_hash(cfg: dict, method: str, dataset: str | None = None, shots
     experiment on ``dataset`` (a job training all of them); without ``dataset``, the method's whole block."""
     relevant = {k: cfg.get(k) for k in ("backbone", "protocol", "fewshot", "pocket")}
     relevant["features"] = _features_settings(cfg)
+    relevant.update(_declared_settings(cfg, method))
     if dataset is None:
         relevant["method"] = (cfg.get("method_overrides") or {}).get(method, {})
     elif shots is None:

@@ -11,6 +11,12 @@ key names the model, weights tag or file hash and QuickGELU, the dataset key the
 - beside every ``.npy`` its sidecar ``.json``: the rows (relpath, label, classname) in bank order, what
   the features depend on (backbone, weights hash, transform, views) and the file's size and sha256.
 
+Two parts exist only where a method of the experiment declares it reads them (``vlprompt.grid``): ``train.npy``
+(N, D), the whole training split under the test transform (the unlabelled images of ``unlabelled: train``), and
+``test_views<V>_crop<s>.npy`` (V, N, D), every test image in V views: view 0 the original (test transform), views
+1 … V−1 random resized crops with scale (s, 1) and flips (TPT's views; :func:`test_view_transform`), each seeded by
+(view, relpath) as the training views are.
+
 The store grows by subset and never rewrites a file: a new (shots, seed) subset's job copies the rows
 that a sibling bank of the same folder already holds (same backbone and transform: identical features,
 since view ``v`` of an image is augmented with a generator seeded by (AUG_SEED, v, relpath), independent
@@ -44,7 +50,8 @@ from vlprompt.io import CorruptArtefactError, atomic_write_json, atomic_write_te
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("test", "val", "train_views")
+SPLITS = ("test", "val", "train_views", "test_views")
+AUGMENTED = ("train_views", "test_views")  # (V, N, D) banks
 AUG_SEED = 20240601
 FORMAT = 2  # 2: augmentation seeded by relpath (1: by row index)
 
@@ -65,6 +72,19 @@ def train_transform(image_size: int, mean, std, scale_min: float = 0.08):
 
     return T.Compose([
         T.RandomResizedCrop(image_size, scale=(scale_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def test_view_transform(image_size: int, mean, std, scale_min: float = 0.08):
+    """TPT's test views (azshue/TPT data/datautils.py ``get_preaugment`` then ``preprocess``): random resized crop
+    (torchvision's default bilinear interpolation) + horizontal flip + CLIP normalisation."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.RandomResizedCrop(image_size, scale=(scale_min, 1.0)),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
         T.Normalize(mean, std),
@@ -149,7 +169,7 @@ def _flush(arr: np.ndarray) -> None:
 
 @dataclasses.dataclass
 class ExtractionSpec:
-    split: str  # test | val | plain (the test transform) | train_views (V augmented views)
+    split: str  # test | val | plain | train (the test transform) | train_views (V augmented views) | test_views
     rows: list  # [relpath, label, classname] in bank order
     views: int  # 1 for test/val
     name: str | None = None  # file stem in the output folder (default: the split)
@@ -161,11 +181,12 @@ class ExtractionSpec:
 
 def extraction_meta(backbone, spec: ExtractionSpec, transform, scale_min: float) -> dict:
     """What the features of ``spec`` depend on; a bank whose ``.json`` differs is re-extracted."""
-    augmented = spec.split == "train_views"
+    augmented = spec.split in AUGMENTED
     shape = (spec.views, len(spec.rows), backbone.embed_dim) if augmented else (len(spec.rows), backbone.embed_dim)
+    extra = {"original_view": repr(backbone.preprocess)} if spec.split == "test_views" else {}
     return _jsonable({"split": spec.split, "rows": spec.rows, "shape": list(shape), "dtype": "float16",
                       "transform": repr(transform), "views": spec.views, "aug_seed": AUG_SEED,
-                      "scale_min": scale_min, "format": FORMAT, **backbone.provenance()})
+                      "scale_min": scale_min, "format": FORMAT, **backbone.provenance(), **extra})
 
 
 def extract_split(backbone, root: Path, spec: ExtractionSpec, out_dir: Path, batch_size: int = 256,
@@ -182,7 +203,7 @@ def extract_split(backbone, root: Path, spec: ExtractionSpec, out_dir: Path, bat
     out_dir = Path(out_dir)
     final = out_dir / f"{spec.stem}.npy"
     meta_path = out_dir / f"{spec.stem}.json"
-    augmented = spec.split == "train_views"
+    augmented = spec.split in AUGMENTED
     transform = _transform(backbone, spec, scale_min)
     meta = extraction_meta(backbone, spec, transform, scale_min)
     if final.exists() and meta_path.exists():
@@ -216,9 +237,13 @@ def extract_split(backbone, root: Path, spec: ExtractionSpec, out_dir: Path, bat
 
 
 def _transform(backbone, spec: ExtractionSpec, scale_min: float):
+    model = backbone.model
     if spec.split == "train_views":
-        model = backbone.model
         return train_transform(backbone.image_size, model.visual.image_mean, model.visual.image_std, scale_min)
+    if spec.split == "test_views":
+        if spec.views < 2:
+            raise ValueError(f"test views: the original and at least one augmented view, got views={spec.views}")
+        return test_view_transform(backbone.image_size, model.visual.image_mean, model.visual.image_std, scale_min)
     if spec.views != 1:
         raise ValueError(f"split {spec.split!r} is not augmented: views must be 1, got {spec.views}")
     return backbone.preprocess
@@ -299,6 +324,10 @@ def _encode(backbone, root: Path, spec: ExtractionSpec, meta: dict, transform, o
     if spec.split == "train_views":  # one flat pass over (view, image): one DataLoader, one progress marker
         dataset = torch.utils.data.ConcatDataset(
             [ImageList(root, relpaths, transform, view=v) for v in range(spec.views)])
+    elif spec.split == "test_views":  # view 0 the original, then the augmented views
+        dataset = torch.utils.data.ConcatDataset(
+            [ImageList(root, relpaths, backbone.preprocess)]
+            + [ImageList(root, relpaths, transform, view=v) for v in range(1, spec.views)])
     else:
         dataset = ImageList(root, relpaths, transform)
     flat = arr.reshape(-1, arr.shape[-1])  # (V * N, D) view of the memmap

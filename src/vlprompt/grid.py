@@ -9,8 +9,14 @@ Two kinds of artefacts, two kinds of paths:
   backbone (``<results>/features/<backbone key>/<dataset key>/``: the test images, and per few-shot
   subset its validation images and augmented training views under the view transform's key). A new
   shots grid adds files; it never rewrites one.
+  Two parts of a bank exist only for experiments with a method that declares it reads them
+  (``Method.reads_unlabelled``, ``reads_test_views``): the whole training split (``train``, the unlabelled images
+  of the config's ``unlabelled: train``) and the test images in V views (``test_views<V>_crop<s>``, view 0 the
+  original, keyed by the views and their crop scale).
 - **Owned** by one experiment, under ``<results>/<experiment>/``: its runs, spelled out in their path as
-  CoOp does (``{dataset}/{method}/{shots}shot/seed{seed}``), its tables, logs and resolved config.
+  CoOp does (``{dataset}/{method}/{shots}shot/seed{seed}``), its tables, logs and resolved config, and the
+  multitask prompts of methods that start from one (``reads_multitask_prompt``:
+  ``multitask/{method}/{shots}shot/seed{seed}/``, trained on the config's ``sources``).
 
 The path patterns double as Snakemake wildcard patterns.
 """
@@ -28,7 +34,10 @@ FEWSHOT = "{results}/splits/{dkey}/shot{shots}_seed{seed}.json"
 FEATURES = "{results}/features/{backbone}/{dkey}"  # test.npy/.json, val.npy/.json (the whole validation split)
 # per few-shot subset: <stem>.train.npy/.json (V augmented views), .plain (un-augmented), .val (its val images)
 FEWSHOT_FEATURES = FEATURES + "/{views}/shot{shots}_seed{seed}"
+TEST_VIEWS = FEATURES + "/test_views{views}_crop{crop}"  # .npy (V, N, D) and .json: V views of every test image
 RUN = "{results}/{experiment}/runs/{dataset}/{method}/{shots}shot/seed{seed}"
+MULTITASK = "{results}/{experiment}/multitask/{method}/{shots}shot/seed{seed}"  # model.pt (the prompt), metrics.json
+MULTITASK_FILES = ("metrics.json", "model.pt")
 TRANSFER = RUN + "/transfer/{target}.json"
 SUMMARY = "{results}/{experiment}/summary.csv"
 STATS = "{results}/{experiment}/stats.csv"
@@ -68,8 +77,15 @@ def runs(cfg: dict) -> list[Run]:
 
 
 def all_datasets(cfg: dict) -> list[str]:
-    """Training datasets and transfer targets: every dataset the experiment prepares."""
-    return list(dict.fromkeys(cfg["datasets"] + transfer_targets(cfg)))
+    """Training datasets, transfer targets and multitask sources: every dataset the experiment prepares."""
+    return list(dict.fromkeys(cfg["datasets"] + transfer_targets(cfg) + multitask_sources(cfg)))
+
+
+def multitask_sources(cfg: dict) -> list[str]:
+    """The config's ``sources`` when a method of the experiment starts from a multitask prompt, else none."""
+    from vlprompt.methods import get_method
+
+    return list(cfg.get("sources", [])) if any(get_method(m).reads_multitask_prompt for m in cfg["methods"]) else []
 
 
 def dataset_keys(cfg: dict) -> dict[str, str]:
@@ -157,6 +173,60 @@ def report_dir(cfg: dict) -> Path:
     return Path(REPORT.format(reports=cfg["reports_root"], experiment=cfg["experiment"]))
 
 
+def unlabelled_feature_files(cfg: dict, dataset: str) -> list[Path]:
+    """The features of ``dataset``'s unlabelled images (config ``unlabelled``): its training split (``train``) or
+    its test images (``test``); none when the option is off."""
+    split = cfg.get("unlabelled", "none")
+    if split == "none":
+        return []
+    return [features_dir(cfg, dataset) / f"{split}.{ext}" for ext in ("npy", "json")]
+
+
+def test_views_stem(cfg: dict, dataset: str, method: str, shots: int | str, trained_on: str | None = None) -> Path:
+    """Stem of the test views a ``reads_test_views`` method reads on ``dataset``: its Config's ``views`` (the
+    original and views - 1 augmented views) and ``view_crop_scale_min``, as its settings for the run (trained on
+    ``trained_on``, default ``dataset``, with ``shots``) give them."""
+    from vlprompt.config import method_settings
+    from vlprompt.methods import get_method
+
+    mcfg = get_method(method).make_config(method_settings(cfg, method, trained_on or dataset, int(shots)))
+    return Path(TEST_VIEWS.format(results=cfg["results_root"], backbone=backbone_key(cfg),
+                                  dkey=dataset_key(cfg, dataset), views=mcfg.views,
+                                  crop=f"{mcfg.view_crop_scale_min:g}"))
+
+
+def multitask_dir(cfg: dict, method: str, shots: int | str, seed: int | str) -> Path:
+    return Path(MULTITASK.format(results=cfg["results_root"], experiment=cfg["experiment"], method=method,
+                                 shots=shots, seed=seed))
+
+
+def multitask_inputs(cfg: dict, method: str, shots: int | str, seed: int | str) -> list[Path]:
+    """What the multitask stage reads: every source's classes, few-shot subset and its features."""
+    paths = []
+    for source in multitask_sources(cfg):
+        paths += [classes_path(cfg, source), fewshot_path(cfg, source, int(shots), int(seed)),
+                  *fewshot_feature_files(cfg, source, int(shots), int(seed))]
+    return paths
+
+
+def declared_inputs(cfg: dict, dataset: str, method: str, shots: int | str, seed: int | str | None,
+                    trained_on: str | None = None) -> list[Path]:
+    """The further inputs a method declares (``Method.reads_*``) for a run on ``dataset``, or for evaluating on
+    ``dataset`` a model trained on ``trained_on`` (``seed`` None: no multitask prompt)."""
+    from vlprompt.methods import get_method
+
+    cls = get_method(method)
+    paths = []
+    if cls.reads_unlabelled:
+        paths += unlabelled_feature_files(cfg, dataset)
+    if cls.reads_test_views:
+        stem = test_views_stem(cfg, dataset, method, shots, trained_on)
+        paths += [Path(f"{stem}.npy"), Path(f"{stem}.json")]
+    if cls.reads_multitask_prompt and int(shots) > 0 and seed is not None:
+        paths += [multitask_dir(cfg, method, shots, seed) / name for name in MULTITASK_FILES]
+    return paths
+
+
 def needs_gpu(method: str) -> int:
     """1 for methods with the image encoder in the loop (GPU jobs on a cluster), else 0."""
     from vlprompt.methods import get_method
@@ -175,7 +245,7 @@ def train_inputs(cfg: dict, dataset: str, method: str, shots: int | str, seed: i
     inputs += eval_feature_files(cfg, dataset)
     if shots > 0:
         inputs += fewshot_feature_files(cfg, dataset, shots, seed)
-    return inputs
+    return list(dict.fromkeys(inputs + declared_inputs(cfg, dataset, method, shots, seed)))
 
 
 def group_runs(cfg: dict) -> list[int]:
@@ -192,11 +262,14 @@ def group_inputs(cfg: dict, dataset: str, method: str, shots: int | str) -> list
     return list(paths)
 
 
-def transfer_inputs(cfg: dict, target: str, method: str) -> list[Path]:
-    """What evaluating a trained model on ``target`` reads besides the model: its test features or images."""
+def transfer_inputs(cfg: dict, target: str, method: str, dataset: str | None = None,
+                    shots: int | str = 0) -> list[Path]:
+    """What evaluating a model trained on ``dataset`` with ``shots`` on ``target`` reads besides the model: the
+    target's test features or images, and what the method declares it reads there (unlabelled images, test views)."""
     if needs_gpu(method):
         return [split_file(cfg, target), classes_path(cfg, target)]
-    return [*eval_feature_files(cfg, target), classes_path(cfg, target)]
+    inputs = [*eval_feature_files(cfg, target), classes_path(cfg, target)]
+    return list(dict.fromkeys(inputs + declared_inputs(cfg, target, method, shots, None, dataset)))
 
 
 def all_outputs(cfg: dict) -> list[Path]:
@@ -212,7 +285,7 @@ def all_outputs(cfg: dict) -> list[Path]:
         paths.update(dict.fromkeys(run.dir(cfg) / name for name in RUN_FILES))
     for run in runs(cfg):
         for target in transfer_targets(cfg):
-            paths.update(dict.fromkeys(transfer_inputs(cfg, target, run.method)))
+            paths.update(dict.fromkeys(transfer_inputs(cfg, target, run.method, run.dataset, run.shots)))
     paths.update(dict.fromkeys(transfer_paths(cfg)))
     paths.update(dict.fromkeys([summary_path(cfg), stats_path(cfg), summary_path(cfg).with_name("metrics.json")]))
     return list(paths)
@@ -228,10 +301,15 @@ __all__ = [
     "group_inputs",
     "group_runs",
     "method_config_hash",
+    "multitask_dir",
+    "multitask_inputs",
+    "multitask_sources",
     "needs_gpu",
     "runs",
     "stage_hash",
+    "test_views_stem",
     "train_inputs",
     "transfer_paths",
+    "unlabelled_feature_files",
     "views_key",
 ]

@@ -22,7 +22,7 @@ import torch
 
 from vlprompt import grid
 from vlprompt.backbone import PromptedTextEncoder, load_backbone_from_config
-from vlprompt.bank_splits import BankSplits
+from vlprompt.bank_splits import BankSplits, UnlabelledFeatures
 from vlprompt.config import method_config_hash, method_settings
 from vlprompt.data.registry import get_dataset, split_path
 from vlprompt.data.splits import read_fewshot, subsample_classes
@@ -185,8 +185,11 @@ def load_model_state(run_dir: Path, device: torch.device) -> dict:
     return torch.load(run_dir / "model.pt", map_location=device, weights_only=False)
 
 
-def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: torch.device):
-    """The method's context for a run: backbone, training classes, few-shot features (if trained).
+def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: torch.device,
+                  for_training: bool = True):
+    """The method's context for a run: backbone, training classes, few-shot features (if trained), and what the
+    method declares it reads: the unlabelled images' features, the multitask prompt it starts from (when
+    ``for_training``; a trained model's evaluation loads its own state instead).
 
     Returns (context, feature bank, classes.json content). Training classes are the base classes
     under base2new and all classes under the other protocols.
@@ -212,7 +215,77 @@ def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: t
         ctx.train_crop_scale_min = subset_bank.meta(f"{stem.name}.train").get("scale_min")
         ctx.load_split = BankSplits(bank, train_labels, train_rows, split_path(cfg, dataset),
                                     plain=(subset_bank, f"{stem.name}.plain"))
+    if cls.reads_unlabelled:
+        ctx.unlabelled = unlabelled_features(cfg, dataset)
+    if cls.reads_multitask_prompt and shots > 0 and for_training:
+        ctx.multitask_prompt = load_multitask_prompt(cfg, cls.name, shots, seed, device)
     return ctx, bank, classes
+
+
+def unlabelled_features(cfg: dict, dataset: str) -> UnlabelledFeatures:
+    """The features, without labels, of ``dataset``'s images of the split the config's ``unlabelled`` names."""
+    split = cfg.get("unlabelled", "none")
+    if split == "none":
+        from vlprompt.config import ConfigError
+
+        raise ConfigError("a method reads the target's unlabelled images but the config's `unlabelled` is none")
+    return UnlabelledFeatures(FeatureBank(grid.features_dir(cfg, dataset)), split)
+
+
+def test_view_features(cfg: dict, dataset: str, method: str, shots: int, rows: list,
+                       trained_on: str | None = None) -> torch.Tensor:
+    """(N, V, D) features of the test images ``rows`` in V views (view 0 the original), for ``reads_test_views``."""
+    stem = grid.test_views_stem(cfg, dataset, method, shots, trained_on)
+    views = FeatureBank(stem.parent).take(stem.name, [r[0] for r in rows])  # (V, N, D)
+    return views.transpose(0, 1).contiguous()
+
+
+def eval_features(cfg: dict, bank: FeatureBank, rows: list, cls, dataset: str, shots: int,
+                  trained_on: str | None = None) -> torch.Tensor:
+    """What the method classifies for the test images ``rows``: their features, or their views."""
+    if cls.reads_test_views:
+        return test_view_features(cfg, dataset, cls.name, shots, rows, trained_on)
+    return bank.take("test", [r[0] for r in rows])
+
+
+def load_multitask_prompt(cfg: dict, method: str, shots: int, seed: int, device: torch.device) -> dict:
+    """The multitask stage's state for (shots, seed), checked against its record; ``source`` names the file."""
+    folder = grid.multitask_dir(cfg, method, shots, seed)
+    state = load_model_state(folder, device)["state"]
+    return {**state, "source": str(folder / "model.pt")}
+
+
+def train_multitask(cfg: dict, method_name: str, shots: int, seed: int, out_dir: str | Path,
+                    progress: bool = True) -> dict:
+    """The multitask stage of a ``reads_multitask_prompt`` method: one prompt trained on the few-shot data of every
+    source dataset (config ``sources``) at once, written to ``out_dir/model.pt`` with ``metrics.json`` (resumable
+    from ``out_dir/checkpoint.pt``). The method class merges the sources (``merge_sources``) and gives the stage's
+    settings (``source_config``)."""
+    import importlib
+
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device, cls = start_job(cfg, method_name, seed)
+    sources = grid.multitask_sources(cfg)
+    if not cls.reads_multitask_prompt or not sources:
+        raise ValueError(f"{method_name} has no multitask stage, or the config lists no `sources`")
+    mcfg = cls.source_config(cls.make_config(method_settings(cfg, method_name, None, shots)))
+    contexts = [build_context(cfg, source, cls, shots, seed, device, for_training=False)[0] for source in sources]
+    ctx = importlib.import_module(cls.__module__).merge_sources(contexts)
+    method = cls(mcfg, ctx).to(device)
+    info = sgd_loop(method, ctx, mcfg, out_dir / "checkpoint.pt", cfg["train"]["checkpoint_every"], progress)
+    prov = provenance(**ctx.backbone.provenance(), device=str(device))
+    write_model(out_dir / "model.pt", {"method": method_name, "state": method.trainable_state(),
+                                       "classnames": ctx.classnames, "sources": sources, "provenance": prov})
+    metrics = {"method": method_name, "stage": "multitask", "sources": sources, "shots": shots, "seed": seed,
+               "classes": len(ctx.classnames), "images": int(ctx.train_features.shape[1]),
+               "config_hash": method_config_hash(cfg, method_name, None, shots), "hyperparameters": _asdict(mcfg),
+               "train": info, "seconds": round(time.time() - t0, 2), "provenance": prov,
+               "artefacts": {"model.pt": file_record(out_dir / "model.pt")}}
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    (out_dir / "checkpoint.pt").unlink(missing_ok=True)
+    return metrics
 
 
 def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, target: str,
@@ -228,16 +301,18 @@ def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, see
         return evaluate_transfer_images(cfg, dataset, method_name, shots, seed, target, out)
     mcfg = cls.make_config(method_settings(cfg, method_name, dataset, shots))
     seed_everything(seed)
-    ctx, _, _ = build_context(cfg, dataset, cls, shots, seed, device)
+    ctx, _, _ = build_context(cfg, dataset, cls, shots, seed, device, for_training=False)
     ctx.template, ctx.dataset = get_dataset(target).template, target  # hand-crafted prompts: the target's
+    if cls.reads_unlabelled:  # the target's unlabelled images
+        ctx.unlabelled = unlabelled_features(cfg, target)
     method = cls(mcfg, ctx).to(device)
     saved = load_model_state(grid.Run(dataset, method_name, shots, seed).dir(cfg), device)
     method.load_trainable_state(saved["state"])
     target_bank = FeatureBank(grid.features_dir(cfg, target))
     target_classes = read_artefact_json(grid.classes_path(cfg, target))
     rows = target_bank.rows("test")
-    metrics = evaluate(method, rows, target_bank.take("test", [r[0] for r in rows]), target_classes, "all",
-                       ctx.classnames, device)
+    metrics = evaluate(method, rows, eval_features(cfg, target_bank, rows, cls, target, shots, trained_on=dataset),
+                       target_classes, "all", ctx.classnames, device)
     metrics.update(method=method_name, dataset=target, train_dataset=dataset, shots=shots, seed=seed,
                    protocol=cfg["protocol"], experiment=cfg["experiment"], trained=cls.needs_training,
                    config_hash=method_config_hash(cfg, method_name, dataset, shots),
@@ -256,10 +331,7 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
         from vlprompt.train_images import run as run_on_images
 
         return run_on_images(cfg, dataset, method_name, shots, seed, out_dir, progress, stop_after)
-    torch.set_num_threads(cfg["train"]["threads"])
-    seed_everything(seed)
-    device = pick_device(cfg["train"]["device"])
-    cls = get_method(method_name)
+    device, cls = start_job(cfg, method_name, seed)
     mcfg = cls.make_config(method_settings(cfg, method_name, dataset, shots))
     ctx, bank, classes = build_context(cfg, dataset, cls, shots, seed, device)
     backbone, train_names = ctx.backbone, ctx.classnames
@@ -272,11 +344,28 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
         method.after_training(ctx)
     t_train = time.time() - t0 - t_load
     test_rows = bank.rows("test")
-    test_features = bank.take("test", [r[0] for r in test_rows])
+    test_features = eval_features(cfg, bank, test_rows, cls, dataset, shots)
     metrics = evaluate(method, test_rows, test_features, classes, cfg["protocol"], train_names, device)
+    if cls.needs_training:  # accuracy on the few-shot val split, the only data defaults are chosen on
+        metrics.update(validation_metrics(cfg, dataset, shots, seed, method, classes, train_names, device))
     seconds = {"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)}
     return save_run(cfg, out_dir, metrics, method, mcfg, dataset, shots, seed, train_names, train_info, seconds,
                     provenance(**backbone.provenance(), device=str(device)))
+
+
+def validation_metrics(cfg: dict, dataset: str, shots: int, seed: int, method, classes: dict,
+                       train_names: list[str], device: torch.device) -> dict:
+    """The run's metrics on its few-shot validation images (every class: base and new under base2new), each
+    key prefixed ``val_``; the method is switched back to its training classes first."""
+    try:
+        method.set_classes(train_names)
+    except NotImplementedError:
+        pass
+    rows = read_fewshot(grid.fewshot_path(cfg, dataset, shots, seed), cfg["fewshot"].get("allow_fewer", False))["val"]
+    stem = grid.fewshot_features(cfg, dataset, shots, seed)
+    features = FeatureBank(stem.parent).take(f"{stem.name}.val", [r[0] for r in rows])
+    metrics = evaluate(method, rows, features, classes, cfg["protocol"], train_names, device)
+    return {f"val_{k}": v for k, v in metrics.items() if not k.endswith("_per_class")}
 
 
 def save_run(cfg: dict, out_dir: Path, metrics: dict, method, mcfg, dataset: str, shots: int, seed: int,
@@ -290,15 +379,29 @@ def save_run(cfg: dict, out_dir: Path, metrics: dict, method, mcfg, dataset: str
         config_hash=method_config_hash(cfg, method.name, dataset, shots), hyperparameters=hyperparameters,
         overrides=method_settings(cfg, method.name, dataset, shots), method_info=method.run_info(),
         trained=method.needs_training, train=train_info, seconds=seconds, provenance=prov)
-    buffer = io.BytesIO()  # saved through a buffer: the archive is named after the file, a temporary name here
-    torch.save({"method": method.name, "state": method.trainable_state(), "hyperparameters": hyperparameters,
-                "classnames": train_names, "provenance": prov}, buffer)
-    with atomic_path(out_dir / "model.pt") as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    write_model(out_dir / "model.pt", {"method": method.name, "state": method.trainable_state(),
+                                       "hyperparameters": hyperparameters, "classnames": train_names,
+                                       "provenance": prov})
     metrics["artefacts"] = {"model.pt": file_record(out_dir / "model.pt")}  # checked by every reader of model.pt
     atomic_write_json(out_dir / "metrics.json", metrics)
     (out_dir / "checkpoint.pt").unlink(missing_ok=True)
     return metrics
+
+
+def start_job(cfg: dict, method_name: str, seed: int):
+    """A job's start: one thread per job (``train.threads``), every generator seeded; returns (device, method class)."""
+    torch.set_num_threads(cfg["train"]["threads"])
+    seed_everything(seed)
+    return pick_device(cfg["train"]["device"]), get_method(method_name)
+
+
+def write_model(path: Path, payload: dict) -> None:
+    """``torch.save`` the payload to ``path`` atomically, through a buffer: the archive is named after the file, a
+    temporary name here."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
 
 
 def _asdict(obj) -> dict:

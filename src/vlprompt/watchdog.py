@@ -18,26 +18,16 @@ import socket
 import threading
 import time
 
-from vlprompt.workflow import PARENT_ENV
+from vlprompt.workflow import PARENT_ENV, process_alive
 
 log = logging.getLogger(__name__)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def watch(pid: int, interval_s: float = 1.0, grace_s: float = 10.0) -> threading.Thread:
     """Start a daemon thread that stops this process once ``pid`` no longer exists."""
 
     def loop():
-        while not _gone(pid):
+        while process_alive(pid):
             time.sleep(interval_s)
         log.warning("snakemake (pid %d) is gone: stopping this job", pid)
         os.kill(os.getpid(), signal.SIGINT)  # a real signal also interrupts a blocking call

@@ -56,7 +56,8 @@ def job_environment(config_path: str, configfiles: list[str]) -> dict[str, str]:
 
 # --- several Snakemake runs in one folder --------------------------------------------------------------
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with that pid exists (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -93,7 +94,7 @@ def running(root: str | Path = ".") -> list[dict]:
             continue
         if rec.get("host") == host and rec.get("pid") == os.getpid():
             continue
-        if rec.get("host") == host and not _alive(int(rec.get("pid", -1))):
+        if rec.get("host") == host and not process_alive(int(rec.get("pid", -1))):
             path.unlink(missing_ok=True)
             continue
         out.append(rec)

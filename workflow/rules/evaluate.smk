@@ -8,7 +8,9 @@ rule evaluate_transfer:
     input:
         model=f"{RUN_DIR}/model.pt",
         metrics=f"{RUN_DIR}/metrics.json",
-        target=lambda wildcards: grid.transfer_inputs(CFG, wildcards.target, wildcards.method),
+        target=lambda wildcards: grid.transfer_inputs(
+            CFG, wildcards.target, wildcards.method, wildcards.dataset, wildcards.shots
+        ),
     output:
         f"{RUN_DIR}/transfer/{{target}}.json",
     params:
@@ -30,3 +32,6 @@ use rule evaluate_transfer as evaluate_transfer_images with:
         method=IMAGE_METHODS,
     resources:
         gpu=1,
+        cpus_per_task=4,
+        mem_mb=16000,
+        runtime=60,

@@ -2,6 +2,8 @@
 # dataset (every test image, the whole validation split), and per few-shot subset its validation images,
 # its training images un-augmented and in augmented views. A subset's job
 # copies what sibling subsets already hold and encodes only the images it adds (vlprompt.features).
+# Two parts are extracted only when a method of the experiment declares it reads them (vlprompt.grid): the whole
+# training split (`unlabelled: train`, TFUP) and the test images in views (TPT: test_views<V>_crop<s>).
 
 FEATURES_DIR = grid.FEATURES.format(results=CFG["results_root"], backbone=grid.backbone_key(CFG), dkey="{dkey}")
 FEWSHOT_STEM = grid.FEWSHOT_FEATURES.format(
@@ -23,6 +25,9 @@ rule extract_test:
         dataset=lambda wildcards: DATASET_OF[wildcards.dkey],
     resources:
         gpu=1,
+        cpus_per_task=4,
+        mem_mb=16000,
+        runtime=60,
     conda:
         "../envs/vlprompt.yaml"
     log:
@@ -41,6 +46,9 @@ rule extract_fewshot:
         dataset=lambda wildcards: DATASET_OF[wildcards.dkey],
     resources:
         gpu=1,
+        cpus_per_task=4,
+        mem_mb=16000,
+        runtime=60,
     conda:
         "../envs/vlprompt.yaml"
     log:
@@ -48,3 +56,47 @@ rule extract_fewshot:
     shell:
         "python -m vlprompt extract --dataset {params.dataset} --key {wildcards.dkey} --shots {wildcards.shots} "
         "--seed {wildcards.seed} --quiet > {log} 2>&1"
+
+
+rule extract_unlabelled:
+    input:
+        lambda wildcards: grid.split_file(CFG, DATASET_OF[wildcards.dkey]),
+    output:
+        multiext(f"{FEATURES_DIR}/", "train.npy", "train.json"),
+    params:
+        dataset=lambda wildcards: DATASET_OF[wildcards.dkey],
+    resources:
+        gpu=1,
+        cpus_per_task=4,
+        mem_mb=16000,
+        runtime=120,
+    conda:
+        "../envs/vlprompt.yaml"
+    log:
+        f"{LOGS}/features/{{dkey}}_train.log",
+    shell:
+        "python -m vlprompt extract --dataset {params.dataset} --key {wildcards.dkey} --part train --quiet > {log} 2>&1"
+
+
+rule extract_test_views:
+    input:
+        lambda wildcards: grid.split_file(CFG, DATASET_OF[wildcards.dkey]),
+    output:
+        multiext(f"{FEATURES_DIR}/test_views{{views}}_crop{{crop}}", ".npy", ".json"),
+    params:
+        dataset=lambda wildcards: DATASET_OF[wildcards.dkey],
+    wildcard_constraints:
+        views=r"\d+",
+        crop=r"[0-9.e+-]+",
+    resources:
+        gpu=1,
+        cpus_per_task=4,
+        mem_mb=16000,
+        runtime=240,  # many views of every test image
+    conda:
+        "../envs/vlprompt.yaml"
+    log:
+        f"{LOGS}/features/{{dkey}}_test_views{{views}}_crop{{crop}}.log",
+    shell:
+        "python -m vlprompt extract --dataset {params.dataset} --key {wildcards.dkey} --part test_views "
+        "--views {wildcards.views} --crop {wildcards.crop} --quiet > {log} 2>&1"

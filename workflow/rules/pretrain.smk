@@ -10,5 +10,8 @@ rule pretrain_pocket_clip:
     log:
         f"{CFG['results_root']}/pocket_clip/pretrain.log",
     threads: 1
+    resources:
+        cpus_per_task=4,
+        runtime=60,
     shell:
         "python -m vlprompt pretrain-pocket --out {output} --threads {threads} --quiet > {log} 2>&1"

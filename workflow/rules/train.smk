@@ -8,7 +8,7 @@
 # and methods with the image encoder in the loop (train_images, train_images_group: vpt_deep, ivlp, maple,
 # promptsrc; one GPU each, never grouped, or a group of them would ask for as many GPUs).
 
-from vlprompt.methods import list_methods
+from vlprompt.methods import get_method, list_methods
 
 
 RUN_DIR = grid.RUN.format(
@@ -21,6 +21,31 @@ RUN_DIR = grid.RUN.format(
 )
 FEATURE_METHODS = "|".join(m for m in list_methods() if not grid.needs_gpu(m))
 IMAGE_METHODS = "|".join(m for m in list_methods() if grid.needs_gpu(m))
+MULTITASK_METHODS = "|".join(m for m in list_methods() if get_method(m).reads_multitask_prompt)
+MULTITASK_DIR = grid.MULTITASK.format(
+    results=CFG["results_root"], experiment=CFG["experiment"], method="{method}", shots="{shots}", seed="{seed}"
+)
+
+
+# The multitask stage of the methods that start from a prompt trained on several source datasets (MVLPT): one
+# job per method x shots x seed, reading every source's few-shot features (config `sources`).
+rule train_multitask:
+    input:
+        lambda wildcards: grid.multitask_inputs(CFG, wildcards.method, wildcards.shots, wildcards.seed),
+    output:
+        [f"{MULTITASK_DIR}/{name}" for name in grid.MULTITASK_FILES],
+    params:
+        config_hash=lambda wildcards: grid.method_config_hash(CFG, wildcards.method),
+        out=MULTITASK_DIR,
+    wildcard_constraints:
+        method=MULTITASK_METHODS,
+    conda:
+        "../envs/vlprompt.yaml"
+    log:
+        f"{LOGS}/multitask/{{method}}/{{shots}}shot_seed{{seed}}.log",
+    shell:
+        "python -m vlprompt train-multitask --method {wildcards.method} --shots {wildcards.shots} "
+        "--seed {wildcards.seed} --out {params.out} --quiet > {log} 2>&1"
 
 
 if CFG["train"]["job_granularity"] == "run":
@@ -49,6 +74,9 @@ if CFG["train"]["job_granularity"] == "run":
             method=IMAGE_METHODS,
         resources:
             gpu=1,
+            cpus_per_task=4,
+            mem_mb=16000,
+            runtime=120,
 
 else:
 
@@ -81,6 +109,9 @@ else:
             shots=r"[1-9]\d*",
         resources:
             gpu=1,
+            cpus_per_task=4,
+            mem_mb=16000,
+            runtime=1440,
 
     rule train_zeroshot:
         input:

@@ -13,9 +13,12 @@ from torch import nn
 from vlprompt.backbone import Backbone, PromptedTextEncoder
 
 registry: dict[str, type[Method]] = {}
-# Method families in the order the report lists them (zero-shot first, as the papers' tables do). A method
-# inherits its parent's ``family``; a family not listed here comes after these, and so does a method without one.
-FAMILIES = ("zero-shot", "linear probe", "adapter", "text prompt", "deep prompt")
+# Method families in the order the report lists them (zero-shot first, as the papers' tables do): methods without
+# training data (zero-shot CLIP, classifiers from class descriptions), with unlabelled data only (training-free), then
+# the few-shot learners from the lightest to the heaviest, the test-time tuners last but one. A method inherits its
+# parent's ``family``; a family not listed here comes after these, and so does a method without one.
+FAMILIES = ("zero-shot", "class descriptions", "training-free", "linear probe", "adapter", "discrete prompt",
+            "text prompt", "test-time", "deep prompt")
 
 
 class MethodError(ValueError):
@@ -78,6 +81,12 @@ class MethodContext:
     # Names of classes that the protocol lets a method see as text only during training (OGEN's unknown
     # classes); None: none (the default: the training loop gives the training classes' names only).
     unseen_classnames: list[str] | None = None
+    # Methods with ``reads_unlabelled`` (TFUP): () -> (N, D) features of the target's unlabelled images, every image
+    # of the split that the config's ``unlabelled`` option names, whatever its class, and no label (None elsewhere).
+    unlabelled: Callable[[], torch.Tensor] | None = None
+    # Methods with ``reads_multitask_prompt`` (MVLPT): the state the multitask stage trained on the config's
+    # ``sources`` for this run's shots and seed, to start from (None elsewhere, and when building that stage).
+    multitask_prompt: dict[str, torch.Tensor] | None = None
 
     @property
     def logit_scale(self) -> float:
@@ -111,6 +120,10 @@ class Method(nn.Module):
     needs_training: ClassVar[bool] = True
     supports_new_classes: ClassVar[bool] = True
     inputs: ClassVar[str] = "features"  # "features" (cached bank) or "images" (encoder in the loop)
+    # Further inputs a method declares; vlprompt.grid turns them into the run's input files (and the DAG's jobs):
+    reads_unlabelled: ClassVar[bool] = False  # the target's unlabelled images (config `unlabelled`; ctx.unlabelled)
+    reads_test_views: ClassVar[bool] = False  # forward gets (B, V, D): V views per test image, view 0 the original
+    reads_multitask_prompt: ClassVar[bool] = False  # starts from a prompt trained on the config's `sources`
 
     def __init__(self, config: Any, ctx: MethodContext):
         super().__init__()

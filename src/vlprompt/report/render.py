@@ -89,6 +89,26 @@ def _results_section(summary: pd.DataFrame, cfg: dict, scfg: dict) -> Section:
     return s
 
 
+def _bounds_section(summary: pd.DataFrame) -> Section | None:
+    """Generalisation bounds beside the test accuracy, for methods that report one (``acc_bound``), or None."""
+    if "acc_bound" not in summary or summary.acc_bound.isna().all():
+        return None
+    top = summary.shots.max()
+    rows = summary[summary.acc_bound.notna() & (summary.shots == top)]
+    test = "base_acc" if rows.base_acc.notna().any() else "all_acc"
+    table = rows.groupby(["method", "dataset"], sort=True).agg(
+        test=(test, "mean"), train=("train_acc", "mean"), bound=("acc_bound", "mean"),
+        bound_kl=("acc_bound_kl", "mean"), seeds=("seed", "nunique")).reset_index()
+    table.columns = ["Method", "Dataset", f"Test ({NAMES[test]})", "Training", "Bound", "Bound (kl)", "Seeds"]
+    s = Section("Generalisation bounds", "bounds")
+    s.text(f"PAC-Bayes lower bounds on the test accuracy ({top} shots, means over seeds): with probability 1 − δ over "
+           "the training sample, accuracy on the training distribution (base classes under base-to-new) is at least "
+           "the bound. Bound: McAllester's form; Bound (kl): the kl-inverse form; δ, n and the KL term are in each "
+           f"run's metrics.json (`method_info.bound`). Prior: {'; '.join(sorted(rows.bound_prior.dropna().unique()))}.")
+    s.table(table.round(2))
+    return s
+
+
 def _figure(s: Section, name: str, caption: str, note: str | None) -> None:
     s.figure(f"figures/{name}.png", caption + (f" Note: {note}." if note else ""))
 
@@ -415,6 +435,9 @@ def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict) -> None
     cells.to_csv(out / "cells.csv", index=False, float_format="%.4f")
 
     sections = [_results_section(summary, cfg, scfg)]
+    bounds = _bounds_section(summary)
+    if bounds is not None:
+        sections.append(bounds)
     if "hm" in _metrics(summary) and len(all_shots) > 1:
         s = Section("Average over datasets by shots", "shots")
         s.table(shots_table(summary, scfg["confidence_level"]))
