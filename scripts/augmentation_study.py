@@ -1,14 +1,15 @@
 """The table of docs/augmentation.md (issue 13, item 6): fixed feature-bank views against fresh augmentation.
 
 Reads the runs of the three experiments of ``config/explore/augmentation*.yaml`` (run them first, in one
-folder). Test accuracy (base, new, HM: the result) is each run's own, as in the experiments' summary.csv;
-validation accuracy (what a choice may look at) is computed here: every CoOp and KgCoOp model evaluated on the
-bank's features of the whole validation split. A model trained with the image encoder in the loop
-(``coop_in_loop``, ``kgcoop_in_loop``) holds the feature method's parameters and is evaluated by it, through the
-same features as the others (its own test run encoded the test images in fp32, the bank holds fp16: the script
-prints how far the two evaluations differ). Per condition it prints the mean over seeds of the
-4-dataset average and, after ±, the standard deviation of that average over the 3 seeds; then the training
-seconds per run and the training views each condition encoded.
+folder). Test accuracy (base, new, HM: the result) is each run's own, as in the experiments' summary.csv.
+Validation accuracy (what a choice may look at) is computed here: every CoOp and KgCoOp model evaluated on the
+bank's features of its few-shot validation images (up to 4 per class, base and new classes: what every run's
+metrics.json reports as ``val_*``) and, as a check, of the whole validation split (``fullval``). A model
+trained with the image encoder in the loop (``coop_in_loop``, ``kgcoop_in_loop``) holds the feature method's
+parameters and is evaluated by it, through the same features as the others (its own test run encoded the
+test images in fp32, the bank holds fp16: the script prints how far the two evaluations differ). Per
+condition it prints the mean over seeds of the 4-dataset average and, after ±, the standard deviation of that
+average over the 3 seeds; then the training seconds per run and the training views each condition encoded.
 
 Usage: python scripts/augmentation_study.py [--workdir /tmp/aug]
 """
@@ -31,10 +32,12 @@ ORDER = {"views 1": 0, "views 10": 1, "views 50": 2, "fresh (in the loop)": 3}  
 
 
 def evaluate_run(cfg: dict, run, device: torch.device) -> dict:
-    """Validation and test accuracy of one run's model, evaluated by its feature method on the bank."""
+    """Validation and test accuracy of one run's model, evaluated by its feature method on the bank: ``val_*`` on
+    the run's few-shot validation images (as every run's metrics.json), ``fullval_*`` on the whole validation
+    split, ``bank_test_*`` on the test split."""
     from vlprompt.evaluate import evaluate
     from vlprompt.methods import get_method
-    from vlprompt.train import build_context, load_model_state
+    from vlprompt.train import build_context, load_model_state, validation_metrics
 
     cls = get_method(run.method)
     feature_cls = getattr(cls, "method", cls)  # an in-loop method's wrapped feature method
@@ -43,8 +46,9 @@ def evaluate_run(cfg: dict, run, device: torch.device) -> dict:
     method = feature_cls(feature_cls.make_config(saved["hyperparameters"]), ctx).to(device)
     method.load_trainable_state(saved["state"])
     method.eval()
-    out = {}
-    for part, name in (("val", "val"), ("test", "bank_test")):
+    val = validation_metrics(cfg, run.dataset, run.shots, run.seed, method, classes, ctx.classnames, device)
+    out = {f"val_{m}": val[f"val_{m}"] for m in METRICS}
+    for part, name in (("val", "fullval"), ("test", "bank_test")):
         method.set_classes(ctx.classnames)  # evaluate() leaves the method on the new classes; it expects the trained
         rows = bank.rows(part)
         metrics = evaluate(method, rows, bank.take(part, [r[0] for r in rows]), classes, "base2new",
@@ -98,8 +102,8 @@ def per_dataset(df: pd.DataFrame, metric: str = "test_hm") -> pd.DataFrame:
 def gaps(df: pd.DataFrame) -> pd.DataFrame:
     """Fresh augmentation minus views 10, per method and metric: the mean over seeds of the paired difference
     of dataset averages, its standard deviation over seeds, and the larger seed spread of the two conditions."""
-    per_seed = df.groupby(["method", "condition", "seed"])[[f"{p}_{m}" for p in ("val", "test")
-                                                             for m in METRICS]].mean()
+    columns = [f"{p}_{m}" for p in ("val", "test") for m in METRICS] + ["fullval_hm"]
+    per_seed = df.groupby(["method", "condition", "seed"])[columns].mean()
     rows = []
     for method in sorted(df.method.unique()):
         fresh, ten = per_seed.loc[(method, "fresh (in the loop)")], per_seed.loc[(method, "views 10")]
@@ -133,7 +137,7 @@ def main() -> None:
         print(table(df).to_markdown())
         print()
         print(gaps(df).to_markdown(index=False))
-        for metric in ("val_hm", "test_hm"):
+        for metric in ("val_hm", "fullval_hm", "test_hm"):
             print(f"\n{metric} per dataset")
             print(per_dataset(df, metric).to_markdown())
     summary_gap = (df.test_hm - df.bank_test_hm).abs()
