@@ -102,3 +102,27 @@ def test_notes_file_is_found_in_the_workflow_folder_when_run_elsewhere(tmp_path,
     assert resolved["report"]["notes_file"] == str(repo / "docs/pocket_findings.md")
     resolved, _ = resolve_config(cfg)  # no workflow folder: left as written (the report names it if missing)
     assert resolved["report"]["notes_file"] == "docs/pocket_findings.md"
+
+
+def test_backbone_key_of_a_weights_file_hashes_it_once_and_follows_its_content(tmp_path, monkeypatch):
+    """The DAG asks for the key of every path it plans: a local weights file is hashed once per process (a
+    600 MB file hashed for each of base2novel's 916 paths took minutes), yet replaced weights get a new key."""
+    import hashlib
+    import os
+
+    from vlprompt import config, io
+
+    weights = tmp_path / "my_clip.pt"
+    weights.write_bytes(b"weights one")
+    calls, real_hash = [], io.sha256_file
+    monkeypatch.setattr(io, "sha256_file", lambda path: calls.append(path) or real_hash(path))
+    cfg = {"backbone": {"model": "ViT-B-16", "pretrained": str(weights), "quick_gelu": True}}
+    first = config.backbone_key(cfg)
+    assert first == f"ViT-B-16__my_clip-{hashlib.sha256(b'weights one').hexdigest()[:8]}__quickgelu"
+    assert [config.backbone_key(cfg) for _ in range(50)] == [first] * 50 and len(calls) == 1
+    weights.write_bytes(b"weights two")  # same size, new content and time
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    second = config.backbone_key(cfg)
+    assert second == f"ViT-B-16__my_clip-{hashlib.sha256(b'weights two').hexdigest()[:8]}__quickgelu"
+    assert len(calls) == 2

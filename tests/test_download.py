@@ -1,8 +1,8 @@
 """Real-dataset download, verification, extraction and preparation, with no network.
 
-A loopback HTTP server (``http.server`` on 127.0.0.1, a free port, Range support, and a switch that
-drops the connection part-way) serves miniature archives that the tests build in each dataset's real
-layout. The registry entries are pointed at it through the documented config overrides
+A loopback HTTP server (``tests/mirror.py``: ``http.server`` on 127.0.0.1, a free port, Range support, and a
+switch that drops the connection part-way) serves miniature archives that the tests build in each dataset's
+real layout. The registry entries are pointed at it through the documented config overrides
 (``download.files`` / ``download.mirror`` / ``download.split_files``), so the real code path runs:
 fetch -> verify -> safe extraction into a staging folder -> split -> one rename.
 """
@@ -10,7 +10,6 @@ fetch -> verify -> safe extraction into a staging folder -> split -> one rename.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import json
 import os
@@ -19,13 +18,13 @@ import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
+from mirror import Server, eurosat_archive, img, serve_file, sha256, tar_bytes, zip_bytes
 from vlprompt import cli
 from vlprompt.data import download as dl
 from vlprompt.data import real, registry
@@ -35,66 +34,6 @@ REAL = ["ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "F
 ANCHORS = Path(__file__).parent / "data"
 
 
-# ---- the loopback server ---------------------------------------------------------------------------
-
-class Server:
-    """Serves ``files[path] = bytes``; ``drop_after[path] = n`` cuts the next response after n bytes."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.drop_after: dict[str, int] = {}
-        self.ignore_range = False
-        self.log: list[tuple[str, str | None]] = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-            def do_GET(self):
-                rng = self.headers.get("Range")
-                server.log.append((self.path, rng))
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                start = 0
-                if rng and not server.ignore_range:
-                    start = int(rng.removeprefix("bytes=").split("-")[0])
-                    if start >= len(body):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(body)}")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                payload = body[start:]
-                cut = server.drop_after.pop(self.path, None)
-                if cut is not None:  # promise the whole body, send part, hang up
-                    self.wfile.write(payload[:cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(payload)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def add(self, path: str, body: bytes) -> str:
-        self.files[path] = body
-        return self.url + path
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server():
     s = Server()
@@ -102,33 +41,7 @@ def server():
     s.close()
 
 
-# ---- miniature archives ------------------------------------------------------------------------------
-
-def tar_bytes(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode) as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def img(rel: str) -> bytes:
-    return b"\xff\xd8 miniature image " + rel.encode()
-
+# ---- miniature archives (builders in tests/mirror.py) -------------------------------------------------
 
 def subset_of_published(coop_file: str, per_class: int = 1) -> dict:
     """``per_class`` rows per class and part of a real published split file."""
@@ -146,11 +59,6 @@ def subset_of_published(coop_file: str, per_class: int = 1) -> dict:
 
 def cfg_for(tmp_path: Path, **download) -> dict:
     return {"data_root": str(tmp_path / "data"), "download": download}
-
-
-def serve_file(server: Server, name: str, filename: str, body: bytes) -> dict:
-    """Serve one archive; return its ``download.files`` override (URL and SHA-256)."""
-    return {filename: {"url": server.add(f"/{name}/{filename}", body), "sha256": sha256(body)}}
 
 
 def rows_of(split_file: Path) -> dict:
@@ -261,18 +169,6 @@ def test_dtd_tar_gz_with_split_file_from_a_local_path(server, tmp_path):
     out = assert_prepared(cfg, "DTD", registry.prepare(cfg, "DTD", progress=False))
     assert out["train"][0] == ["dtd/images/banded/banded_0133.jpg", 0, "banded"]
     assert len({r[1] for r in out["test"]}) == 47
-
-
-def eurosat_archive(per_class: int = 10) -> tuple[bytes, dict]:
-    rename = real.info("EuroSAT")["class_folders"]["rename"]
-    files, split = {}, {"train": [], "val": [], "test": []}
-    for label, folder in enumerate(sorted(rename)):
-        for i in range(1, per_class + 1):
-            rel = f"{folder}/{folder}_{i}.jpg"
-            files[f"2750/{rel}"] = img(rel)
-            part = "train" if i <= 5 else "val" if i <= 7 else "test"
-            split[part].append([rel, label, rename[folder]])
-    return zip_bytes(files), split
 
 
 def test_eurosat_zip_through_a_mirror(server, tmp_path):

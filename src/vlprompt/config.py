@@ -7,6 +7,7 @@ The schema (``schemas/config.schema.yaml``) is the single description of every k
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -145,16 +146,26 @@ def backbone_key(cfg: dict) -> str:
     invalidates the cached features; for an open_clip tag the tag names the weights.
     """
     from vlprompt.backbone import is_local_file, resolve_pretrained
-    from vlprompt.io import sha256_file
 
     b = cfg["backbone"]
     pretrained = resolve_pretrained(b["pretrained"])
     if is_local_file(pretrained) and Path(pretrained).is_file():
-        tag = Path(pretrained).stem + "-" + sha256_file(pretrained)[:8]
+        stat = Path(pretrained).stat()
+        tag = Path(pretrained).stem + "-" + _file_sha256(str(Path(pretrained).resolve()), stat.st_size,
+                                                          stat.st_mtime_ns)[:8]
     else:
         tag = str(pretrained)
     key = f"{b['model']}__{tag}" + ("__quickgelu" if b.get("quick_gelu") else "")
     return key.replace("/", "_").replace(":", "_")
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A weights file's SHA-256, hashed once per process while its size and time stay the same: the DAG asks
+    for the backbone key of every path it plans (hashing a 600 MB ViT-B/16 file each time took minutes)."""
+    from vlprompt.io import sha256_file
+
+    return sha256_file(path)
 
 
 def _features_settings(cfg: dict) -> dict:
