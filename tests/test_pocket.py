@@ -67,3 +67,68 @@ def test_pixels_do_not_depend_on_label_order_and_changed_settings_redraw(tmp_pat
     pocket.generate(ds, pocket.World(2, 2), tmp_path / "a", strength=0.5, progress=False)
     after = np.asarray(__import__("PIL.Image").Image.open(img))
     assert np.abs(before.astype(int) - after.astype(int)).sum() > 0  # other strength: redrawn, not mixed
+
+
+# --- the v2 world (docs/pocket_world.md) --------------------------------------------------------------------
+
+def test_v1_drawing_is_frozen():
+    """Pixels of v1 images, hashed with the drawing code as it was before the v2 world existed (9b3022b3)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for style in pocket.STYLES:
+        for c, s in [("red", "circle"), ("pink", "ring"), ("blue", "star")]:
+            h.update(np.asarray(pocket.render(c, s, style, pocket._rng(0, style, "test", c, s, 1))).tobytes())
+    assert h.hexdigest() == "14f1038b39637942f23a0324ed4c22552f8e4836907bc0c6545ae65ef8c0a4bd"
+
+
+def test_disjoint_world_shares_no_colour_or_shape_between_base_and_new():
+    world = pocket.world("v2")
+    assert (world.n_colours, world.n_shapes, world.label_order) == (12, 12, "disjoint")
+    base, new = world.classes[:world.n_base], world.classes[world.n_base:]
+    assert len(base) == len(new) == 36 and len(set(world.classes)) == 72
+    assert not {c for c, _ in base} & {c for c, _ in new} and not {s for _, s in base} & {s for _, s in new}
+    held = [cs for cs in world.grid if pocket.held_out_in_pretraining(*cs)]
+    assert len(held) == 18 and set(held) <= set(new)  # half of the new classes were never captioned
+    seen = [cs for cs in world.grid if cs not in held]
+    assert {c for c, _ in seen} == set(pocket.COLOURS) and {s for _, s in seen} == set(pocket.SHAPES)
+    assert pocket.world("v2", label_order="alphabetical").classnames == sorted(f"{c} {s}" for c, s in world.grid)
+
+
+def test_spurious_cue_only_in_base_training_images():
+    world = pocket.world("v2", spurious="texture")
+
+    def textures(label, split):
+        return {world.nuisance(label, split, np.random.default_rng(i))[0] for i in range(60)}
+
+    assert textures(7, "train") == {pocket.TEXTURES[7 % len(pocket.TEXTURES)]}  # base class: its cue, always
+    assert textures(7, "test") == textures(7, "val") == set(pocket.TEXTURES)  # random elsewhere
+    assert textures(world.n_base + 3, "train") == set(pocket.TEXTURES)  # new classes' training images too
+    position = pocket.world("v2", spurious="position", spurious_p=0.5)
+    quadrants = [position.nuisance(5, "train", np.random.default_rng(i))[1] for i in range(2000)]
+    assert 0.59 < quadrants.count(5 % 4) / 2000 < 0.66  # p = 0.5 of the cue, plus a quarter of the random rest
+    assert pocket.world("v2").nuisance(5, "train", np.random.default_rng(0))[1] is None  # no cue: no quadrant
+    with pytest.raises(ValueError, match="need the v2 world"):
+        pocket.world("v1", spurious="texture")
+    with pytest.raises(ValueError, match="unknown pocket world 'v3'"):
+        pocket.world("v3")
+
+
+def test_v2_images_differ_by_texture_and_v1_refuses_v2_options():
+    a = np.asarray(pocket.render("white", "heart", "photo", np.random.default_rng(0), version=2, texture="plain"))
+    b = np.asarray(pocket.render("white", "heart", "photo", np.random.default_rng(0), version=2, texture="checkered"))
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 3
+    with pytest.raises(ValueError, match="v2 drawing"):
+        pocket.render("red", "circle", "photo", np.random.default_rng(0), texture="striped")
+
+
+def test_v2_dataset_with_cues_generates_and_redraws_when_the_cue_changes(tmp_path):
+    ds = pocket.PocketDataset("pocket_test", "noisy", {"train": 2, "val": 1, "test": 1})
+    world = pocket.world("v2", n_colours=4, n_shapes=4, spurious="texture")
+    split = json.loads(pocket.generate(ds, world, tmp_path, progress=False).read_text())
+    assert len(split["train"]) == 2 * 8 and {r[2] for r in split["train"]} == set(world.classnames)
+    img = tmp_path / split["train"][0][0]  # a base class's training image
+    before = np.asarray(__import__("PIL.Image").Image.open(img))
+    pocket.generate(ds, pocket.world("v2", n_colours=4, n_shapes=4), tmp_path, progress=False)
+    after = np.asarray(__import__("PIL.Image").Image.open(img))
+    assert np.abs(before.astype(int) - after.astype(int)).sum() > 0  # other cue settings: redrawn

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 MODEL_CONFIG_DIR = PACKAGE_DIR / "model_configs"
 POCKET_MODEL = "PocketCLIP-ViT-T8"
-POCKET_WEIGHTS = PACKAGE_DIR / "assets" / "pocket_clip_fp16.pt"
+POCKET_WEIGHTS = PACKAGE_DIR / "assets" / "pocket_clip_fp16.pt"  # the pocket_v1 CLIP (its first file name)
+#: Shipped pocket CLIPs by name (``backbone.pretrained``), one per pocket world; ``pocket`` is ``pocket_v1``.
+POCKET_ASSETS = {"pocket_v1": POCKET_WEIGHTS, "pocket_v2": PACKAGE_DIR / "assets" / "pocket_clip_v2_fp16.pt"}
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 
 
@@ -43,9 +45,12 @@ def open_clip():
 
 
 def resolve_pretrained(pretrained: str | None) -> str | None:
-    """Map the shipped-weights alias ``pocket`` to its file; leave tags and paths as they are."""
+    """Map the shipped pocket CLIPs' names (``pocket_v1``, ``pocket_v2``; ``pocket`` = ``pocket_v1``) to
+    their files; leave tags and paths as they are."""
     if pretrained == "pocket":
-        return str(POCKET_WEIGHTS)
+        pretrained = "pocket_v1"
+    if pretrained in POCKET_ASSETS:
+        return str(POCKET_ASSETS[pretrained])
     return pretrained
 
 
@@ -166,7 +171,7 @@ def _check_request(oc, name: str, pretrained: str | None, cache_dir: str | None)
     if is_local_file(pretrained):
         if not Path(pretrained).is_file():
             raise BackboneError(f"weights file {pretrained!r} does not exist; fix backbone.pretrained "
-                                f"in the config (for the pocket CLIP use 'pocket')")
+                                f"in the config (for the shipped pocket CLIPs use 'pocket_v1' or 'pocket_v2')")
         return "file"
     if not oc.get_pretrained_cfg(name, pretrained):
         known = oc.list_pretrained_tags_by_model(name)

@@ -229,11 +229,12 @@ def cmd_pretrain(args) -> None:
 
     import torch
 
-    from vlprompt.pretrain import PretrainConfig, pretrain
+    from vlprompt.pretrain import PRESETS, pretrain
 
     torch.set_num_threads(args.threads)
+    cfg, world = PRESETS[args.world]
     overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
-    pretrain(Path(args.out), dataclasses.replace(PretrainConfig(), **overrides))
+    pretrain(Path(args.out), dataclasses.replace(cfg, **overrides), world)
 
 
 def cmd_fetch_weights(args) -> None:
@@ -320,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(a, required=True)
     s = add("pretrain-pocket", cmd_pretrain, "pretrain the tiny pocket CLIP", config=False)
     s.add_argument("--out", required=True)
-    s.add_argument("--steps", type=int)
+    s.add_argument("--world", choices=["v1", "v2"], default="v1",
+                   help="the pocket world and recipe of a shipped checkpoint (vlprompt.pretrain.PRESETS)")
+    s.add_argument("--steps", type=int, help="override the preset's number of steps")
     s.add_argument("--seed", type=int)
     s.add_argument("--threads", type=int, default=1)
     s = add("unlock-stale", cmd_unlock_stale, "remove a stale Snakemake lock left by a killed run", config=False)

@@ -8,6 +8,16 @@ downstream pocket datasets (full-strength styles) are a real domain shift for th
 Loss: CLIP's symmetric cross-entropy over the batch's image-text similarities, with targets that
 treat every pair of the same class and style as a positive (a batch of 128 drawn from 512
 class-style pairs has duplicates; plain CLIP targets would push those apart).
+
+One preset per pocket world (:data:`PRESETS`; ``python -m vlprompt pretrain-pocket --world v1|v2``,
+rule ``pretrain_pocket_clip``), each the recipe of a shipped checkpoint (``backbone.POCKET_ASSETS``):
+
+- ``v1``: 2000 steps on the 8 x 8 world. Its pool draws class labels in the seeded shuffled order the
+  world had when the checkpoint was made (``label_order="shuffled"``), so the rule re-draws the same
+  images and captions.
+- ``v2``: the 12 x 12 world, textured backgrounds; half of the captions of a textured image name the
+  texture ("... on a striped background."); 18 compositions are never shown
+  (:func:`vlprompt.data.pocket.held_out_in_pretraining`), while every colour and shape word is.
 """
 
 from __future__ import annotations
@@ -46,6 +56,21 @@ class PretrainConfig:
     photo_fraction: float = 0.4  # the rest is spread over the other styles
     style_strength: float = 0.5  # downstream datasets use 1.0
     seed: int = 0
+    texture_caption_p: float = 0.0  # v2: how often the caption of a textured image names the texture
+
+
+PRESETS: dict[str, tuple[PretrainConfig, pocket.World]] = {
+    "v1": (PretrainConfig(steps=2000), pocket.World(label_order="shuffled")),
+    "v2": (PretrainConfig(steps=3000, pool_size=36000, texture_caption_p=0.5), pocket.world("v2")),
+}
+
+
+def pretraining_classes(world: pocket.World) -> list[tuple[str, str]]:
+    """The compositions the captions show: every class of a v1 world (in its label order); in v2 the
+    colour-major grid without the held-out compositions."""
+    if world.version == 1:
+        return world.classes
+    return [cs for cs in world.grid if not pocket.held_out_in_pretraining(*cs)]
 
 
 def caption(classname: str, style: str, rng: np.random.Generator) -> str:
@@ -57,19 +82,29 @@ def caption(classname: str, style: str, rng: np.random.Generator) -> str:
     return options[rng.integers(len(options))].format(s=adj, c=classname)
 
 
+def name_texture(text: str, texture: str) -> str:
+    """"a photo of a red circle." -> "a photo of a red circle on a striped background." """
+    return f"{text.rstrip('.')} on a {texture} background."
+
+
 def _render_pool(world: pocket.World, cfg: PretrainConfig):
+    """``pool_size`` images with their class index (into :func:`pretraining_classes`), style and texture."""
     rng = np.random.default_rng(cfg.seed)
     others = [s for s in pocket.STYLES if s != "photo"]
     styles = np.where(rng.random(cfg.pool_size) < cfg.photo_fraction, "photo",
                       rng.choice(others, size=cfg.pool_size))
-    labels = rng.integers(len(world.classes), size=cfg.pool_size)
+    classes = pretraining_classes(world)
+    labels = rng.integers(len(classes), size=cfg.pool_size)
+    textures = (rng.integers(len(pocket.TEXTURES), size=cfg.pool_size) if world.version > 1
+                else np.zeros(cfg.pool_size, int))  # index into pocket.TEXTURES (v1: all plain)
     images = np.empty((cfg.pool_size, world.image_size, world.image_size, 3), np.uint8)
     from tqdm import tqdm
     for i in tqdm(range(cfg.pool_size), desc="render pretraining pool", unit="img", mininterval=5):
-        c, s = world.classes[labels[i]]
+        c, s = classes[labels[i]]
+        extra = {} if world.version == 1 else {"version": world.version, "texture": pocket.TEXTURES[textures[i]]}
         images[i] = np.asarray(pocket.render(c, s, styles[i], pocket._rng(world.seed, "pretrain", i),
-                                             world.image_size, cfg.style_strength))
-    return images, labels, styles
+                                             world.image_size, cfg.style_strength, **extra))
+    return images, labels, styles, textures
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -88,21 +123,24 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def pretrain(out: Path, cfg: PretrainConfig | None = None, world: pocket.World | None = None):
+    """Pretrain a pocket CLIP on ``world`` with ``cfg`` (default: the v1 preset) and save it as fp16."""
     from tqdm import tqdm
 
     from vlprompt.backbone import POCKET_MODEL, open_clip
 
-    cfg, world = cfg or PretrainConfig(), world or pocket.World()
+    cfg, world = cfg or PRESETS["v1"][0], world or PRESETS["v1"][1]
     torch.manual_seed(cfg.seed)
     oc = open_clip()
     model, _, _ = oc.create_model_and_transforms(POCKET_MODEL, pretrained=None)
     tokenizer = oc.get_tokenizer(POCKET_MODEL)
     mean = torch.tensor(model.visual.image_mean or (0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
     std = torch.tensor(model.visual.image_std or (0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
-    images, labels, styles = _render_pool(world, cfg)
+    t0 = time.time()
+    images, labels, styles, textures = _render_pool(world, cfg)
+    pool_seconds = time.time() - t0
     images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     style_ids = np.unique(styles, return_inverse=True)[1]
-    names = world.classnames
+    names = [f"{c} {s}" for c, s in pretraining_classes(world)]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (
         1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
@@ -115,7 +153,13 @@ def pretrain(out: Path, cfg: PretrainConfig | None = None, world: pocket.World |
         idx = torch.randint(len(images), (cfg.batch_size,), generator=gen).numpy()
         x = (_augment(images[idx], gen) - mean) / std
         texts = [caption(names[labels[i]], styles[i], rng) for i in idx]
-        key = torch.as_tensor(labels[idx] * 100 + style_ids[idx])
+        named = np.zeros(len(idx), int)  # 1 + the texture a caption names, 0 if none
+        if cfg.texture_caption_p > 0:
+            for j, i in enumerate(idx):
+                if textures[i] > 0 and rng.random() < cfg.texture_caption_p:
+                    texts[j], named[j] = name_texture(texts[j], pocket.TEXTURES[textures[i]]), 1 + textures[i]
+        # positives: same class, style and named texture (v1: class and style, as shipped)
+        key = torch.as_tensor((labels[idx] * 100 + style_ids[idx]) * 10 + named)
         target = (key[:, None] == key[None, :]).float()
         target = target / target.sum(1, keepdim=True)
         img_f = F.normalize(model.encode_image(x), dim=-1)
@@ -137,6 +181,7 @@ def pretrain(out: Path, cfg: PretrainConfig | None = None, world: pocket.World |
         torch.save(state, tmp)
     atomic_write_json(Path(out).with_suffix(".json"), provenance(
         config=dataclasses.asdict(cfg), world=dataclasses.asdict(world), model=POCKET_MODEL,
-        seconds=round(time.time() - start, 1)))
+        compositions=len(pretraining_classes(world)), threads=torch.get_num_threads(),
+        seconds=round(time.time() - start, 1), pool_seconds=round(pool_seconds, 1)))
     log.info("saved %s after %.0f s", out, time.time() - start)
     return out

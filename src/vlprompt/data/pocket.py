@@ -6,6 +6,18 @@ distribution the way the 11 real benchmarks differ from CLIP's web photos: a *pr
 (``photo``) and downstream styles (sketch, noisy, dark, pixelated, blurry, cluttered, faded) that
 the tiny CLIP sees only mildly during pretraining and in a stronger form downstream.
 
+Two versions of the world exist (``World.version``; config ``pocket.world``; docs/pocket_world.md):
+
+- ``v1`` (``pocket_v1``): 8 colours x 8 shapes on plain pale backgrounds, the world of the first
+  shipped pocket CLIP. Its drawing code is frozen: every v1 image keeps its pixels.
+- ``v2``: 12 colours x 12 shapes; backgrounds keep a contrast with the object (white and grey shapes
+  stay visible) and carry a texture (plain, striped, dotted, checkered, wavy) that captions mention
+  in pretraining only sometimes. Its options are the mechanisms that the literature names as causes
+  of base-class overfitting: new classes that differ from base classes in kind
+  (``label_order="disjoint"``: colours and shapes no base class has, and compositions that the v2
+  pocket CLIP never saw in pretraining) and spurious cues among base classes (``spurious``: a
+  background texture or a position tied to the class in the few-shot training images only).
+
 A pocket dataset is written in the same on-disk form as a prepared real dataset:
 ``<root>/images/<style>/<split>/<label>_<index>.png`` plus ``split_zhou_<Name>.json`` holding
 ``{"train"|"val"|"test": [[relpath, label, classname], ...]}``, CoOp's split-file format.
@@ -58,20 +70,44 @@ STYLES: dict[str, tuple[str, str]] = {
     "faded": ("faded", "a faded photo of a {}."),
 }
 
+#: v2 background textures ("plain" first); v2 pretraining captions name them sometimes
+TEXTURES: tuple[str, ...] = ("plain", "striped", "dotted", "checkered", "wavy")
+#: v2 position cue: the object's centre moves towards one quadrant (x, y offsets in units of the image)
+QUADRANTS: tuple[tuple[float, float], ...] = ((-1, -1), (1, -1), (-1, 1), (1, 1))
+SPURIOUS_CUES = ("none", "texture", "position")
+LABEL_ORDERS = ("alphabetical", "shuffled", "disjoint")
+
 SUPERSAMPLE = 4  # draw at 4x and downsample with a box filter, for anti-aliased edges
-FORMAT = 2  # version of the drawing code: a change that alters pixels bumps it (and the datasets' folder key)
+# Versions of the drawing code: a change that alters pixels bumps the world's number (and with it the
+# datasets' folder key). FORMAT is v1's (frozen), FORMAT_V2 the v2 world's.
+FORMAT = 2
+FORMAT_V2 = 1
 
 
 @dataclasses.dataclass(frozen=True)
 class World:
-    """Which classes exist and how they are ordered.
+    """Which classes exist, how they are numbered, and how their images are drawn.
 
-    ``label_order="alphabetical"`` (default) numbers the classes by sorted class name, as the real
-    benchmarks do (Dassl's labels are the indices of the sorted class folders). Names are
-    "<colour> <shape>", so the base half (first half of the labels) holds the first colours and the
-    new classes have colours never seen in few-shot training: like the real benchmarks' new classes,
-    they are new concepts, not new combinations of trained ones. ``"shuffled"`` numbers them by a
-    permutation drawn from ``seed``, so base and new both mix every colour and shape.
+    ``label_order`` numbers the classes, and CoCoOp's split makes the first half of the labels base
+    classes and the rest new, so it also says how new classes differ from base classes:
+
+    - ``"alphabetical"`` (v1's default) numbers the colour x shape grid by sorted class name, as the real
+      benchmarks do (Dassl's labels are the indices of the sorted class folders). Names are
+      "<colour> <shape>", so the base half holds the first colours and the new classes have colours
+      never seen in few-shot training: new concepts, not new combinations of trained ones.
+    - ``"shuffled"`` numbers the grid by a permutation drawn from ``seed``: base and new both mix
+      every colour and shape.
+    - ``"disjoint"`` (v2's default) keeps two blocks of the grid: base classes are the colours and
+      shapes of even index (``COLOURS``, ``SHAPES`` order), new classes those of odd index, each block
+      sorted by name. New classes share neither colour nor shape with any base class, and half of them
+      (:func:`held_out_in_pretraining`) are compositions the v2 pocket CLIP never saw in pretraining.
+
+    ``version`` is the drawing code (1: ``pocket_v1``, frozen; 2: textured, contrast-keeping
+    backgrounds). ``spurious`` (v2) ties a cue to each base class in the *training* split only: the
+    background texture (``"texture"``) or the quadrant the object sits in (``"position"``), shown with
+    probability ``spurious_p`` (otherwise a random one, as in every val and test image and in the new
+    classes' training images). Soft prompts fitted to few-shot training images can latch onto it;
+    hand-crafted prompts never name it.
     """
 
     n_colours: int = 8
@@ -79,26 +115,94 @@ class World:
     image_size: int = 32
     seed: int = 0
     label_order: str = "alphabetical"
+    version: int = 1
+    spurious: str = "none"
+    spurious_p: float = 1.0
 
     def __post_init__(self):
         if not 2 <= self.n_colours <= len(COLOURS):
             raise ValueError(f"n_colours must be in [2, {len(COLOURS)}], got {self.n_colours}")
         if not 2 <= self.n_shapes <= len(SHAPES):
             raise ValueError(f"n_shapes must be in [2, {len(SHAPES)}], got {self.n_shapes}")
-        if self.label_order not in ("alphabetical", "shuffled"):
-            raise ValueError(f"label_order must be 'alphabetical' or 'shuffled', got {self.label_order!r}")
+        if self.label_order not in LABEL_ORDERS:
+            raise ValueError(f"label_order must be one of {LABEL_ORDERS}, got {self.label_order!r}")
+        if self.version not in (1, 2):
+            raise ValueError(f"world version must be 1 or 2 (pocket.world: v1 or v2), got {self.version!r}")
+        if self.spurious not in SPURIOUS_CUES:
+            raise ValueError(f"spurious must be one of {SPURIOUS_CUES}, got {self.spurious!r}")
+        if self.spurious != "none" and self.version < 2:
+            raise ValueError(f"spurious cues ({self.spurious!r}) need the v2 world's drawing code: set "
+                             "pocket.world: v2, or spurious: none")
+        if not 0.0 <= self.spurious_p <= 1.0:
+            raise ValueError(f"spurious_p must be in [0, 1], got {self.spurious_p}")
+
+    @property
+    def grid(self) -> list[tuple[str, str]]:
+        """Every colour x shape pair of the world, colour-major in ``COLOURS``/``SHAPES`` order."""
+        return [(c, s) for c in list(COLOURS)[: self.n_colours] for s in SHAPES[: self.n_shapes]]
 
     @property
     def classes(self) -> list[tuple[str, str]]:
-        grid = [(c, s) for c in list(COLOURS)[: self.n_colours] for s in SHAPES[: self.n_shapes]]
+        def by_name(pairs):
+            return sorted(pairs, key=lambda cs: f"{cs[0]} {cs[1]}")
+
         if self.label_order == "alphabetical":
-            return sorted(grid, key=lambda cs: f"{cs[0]} {cs[1]}")
+            return by_name(self.grid)
+        if self.label_order == "disjoint":
+            colours, shapes = list(COLOURS)[: self.n_colours], SHAPES[: self.n_shapes]
+            block = [by_name((c, s) for c in colours[i::2] for s in shapes[i::2]) for i in (0, 1)]
+            return block[0] + block[1]
+        grid = self.grid
         order = np.random.default_rng(self.seed).permutation(len(grid))
         return [grid[i] for i in order]
 
     @property
     def classnames(self) -> list[str]:
         return [f"{c} {s}" for c, s in self.classes]
+
+    @property
+    def n_base(self) -> int:
+        """Base classes are the first ceil(n / 2) labels (CoCoOp's split, ``splits.base_new_labels``)."""
+        return math.ceil(len(self.classes) / 2)
+
+    def nuisance(self, label: int, split: str, rng: np.random.Generator) -> tuple[str, int | None]:
+        """(texture, quadrant) of one v2 image: random, or the base class's cue in its training images.
+
+        Draws from ``rng`` (the image's own generator) before anything else is drawn. The cue of base
+        label ``k``: texture ``TEXTURES[k % 5]``, quadrant ``k % 4``.
+        """
+        texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
+        quadrant = int(rng.integers(len(QUADRANTS))) if self.spurious == "position" else None
+        if self.spurious != "none" and split == "train" and label < self.n_base and rng.random() < self.spurious_p:
+            if self.spurious == "texture":
+                texture = TEXTURES[label % len(TEXTURES)]
+            else:
+                quadrant = label % len(QUADRANTS)
+        return texture, quadrant
+
+
+def held_out_in_pretraining(colour: str, shape: str) -> bool:
+    """Whether the v2 pocket CLIP's pretraining captions never show this composition.
+
+    Half of the odd-colour x odd-shape block (the new classes of ``label_order="disjoint"``), in a
+    checkerboard: 18 of the 144 compositions. Every colour and every shape word still appears in
+    pretraining, with other partners.
+    """
+    ci, si = list(COLOURS).index(colour), SHAPES.index(shape)
+    return ci % 2 == 1 and si % 2 == 1 and (ci // 2 + si // 2) % 2 == 0
+
+
+WORLD_PRESETS: dict[str, dict] = {
+    "v1": {"version": 1, "n_colours": 8, "n_shapes": 8, "label_order": "alphabetical"},
+    "v2": {"version": 2, "n_colours": 12, "n_shapes": 12, "label_order": "disjoint"},
+}
+
+
+def world(name: str = "v1", **overrides) -> World:
+    """The world named ``name`` (``v1``, ``v2``) with some fields overridden (``None`` keeps the preset's)."""
+    if name not in WORLD_PRESETS:
+        raise ValueError(f"unknown pocket world {name!r}; available: {sorted(WORLD_PRESETS)}")
+    return World(**{**WORLD_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
 
 
 def _shape_polygon(shape: str, rng: np.random.Generator) -> list[np.ndarray]:
@@ -170,10 +274,19 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, colour, bg_colour, centre
 
 
 def render(colour: str, shape: str, style: str, rng: np.random.Generator, size: int = 32,
-           strength: float = 1.0) -> Image.Image:
-    """Draw one image of a ``colour shape`` in ``style``; ``strength`` scales the style's shift."""
+           strength: float = 1.0, *, version: int = 1, texture: str = "plain",
+           quadrant: int | None = None) -> Image.Image:
+    """Draw one image of a ``colour shape`` in ``style``; ``strength`` scales the style's shift.
+
+    ``version`` 2 draws the v2 world: a background that keeps a contrast with the object, with
+    ``texture``, and the object near ``quadrant`` (an index of ``QUADRANTS``) when one is given.
+    """
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; available: {sorted(STYLES)}")
+    if version == 2:
+        return _render_v2(colour, shape, style, rng, size, strength, texture, quadrant)
+    if version != 1 or texture != "plain" or quadrant is not None:
+        raise ValueError("textures and quadrants are v2 drawing (version=2); v1 draws plain, centred images")
     big = size * SUPERSAMPLE
     rgb = _jitter(COLOURS[colour], rng)
     radius = big * rng.uniform(0.26, 0.38)
@@ -192,6 +305,87 @@ def render(colour: str, shape: str, style: str, rng: np.random.Generator, size: 
         draw = ImageDraw.Draw(img)
         bg = tuple(int(v) for v in np.asarray(img)[int(centre[1]), int(centre[0])])
         if style == "cluttered":  # small distractor blobs of random colours
+            n = int(round(rng.integers(3, 7) * strength))
+            for _ in range(n):
+                c = _jitter(list(COLOURS.values())[rng.integers(0, len(COLOURS))], rng)
+                r = big * rng.uniform(0.04, 0.09)
+                x, y = rng.uniform(0, big, size=2)
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=c)
+        _draw_shape(draw, shape, rgb, bg, centre, radius, angle, rng)
+    img = img.resize((size, size), Image.BOX)
+    return _apply_style(img, style, rng, strength)
+
+
+def _luminance(rgb) -> float:
+    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+
+
+def _texture_mask(texture: str, rng: np.random.Generator, big: int) -> np.ndarray:
+    """A (big, big) 0/1 pattern of ``texture`` with a random phase; periods of 5-8 output pixels."""
+    yy, xx = np.mgrid[0:big, 0:big].astype(np.float32)
+    period = big / rng.uniform(4.5, 6.0)
+    px, py = rng.uniform(0, period, size=2)
+    if texture == "plain":
+        return np.zeros((big, big), np.float32)
+    if texture == "striped":  # diagonal stripes
+        return (((xx + yy + px) % period) < period / 2).astype(np.float32)
+    if texture == "dotted":
+        dx = (xx + px) % period - period / 2
+        dy = (yy + py) % period - period / 2
+        return (dx ** 2 + dy ** 2 < (period * 0.28) ** 2).astype(np.float32)
+    if texture == "checkered":
+        return ((np.floor((xx + px) / period) + np.floor((yy + py) / period)) % 2).astype(np.float32)
+    if texture == "wavy":  # horizontal waves
+        wave = yy + 0.3 * period * np.sin(2 * np.pi * (xx + px) / period)
+        return (((wave + py) % period) < period * 0.4).astype(np.float32)
+    raise ValueError(f"unknown texture {texture!r}; available: {TEXTURES}")
+
+
+def _background_v2(rng: np.random.Generator, size: int, object_luminance: float, texture: str) -> Image.Image:
+    """v1's pale gradient, with a brightness at least 55 levels from the object's and a texture.
+
+    The brightness is drawn from [60, 245] until it is far enough from the object's luminance, so
+    white, grey and black shapes stay visible; the texture is a shade 30 levels lighter or darker.
+    """
+    base = rng.uniform(60, 245)
+    while abs(base - object_luminance) < 55:
+        base = rng.uniform(60, 245)
+    tint = rng.uniform(-12, 12, size=3)
+    grad = rng.uniform(-25, 25, size=2)
+    yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
+    img = base + tint[None, None, :] + (grad[0] * xx + grad[1] * yy)[..., None]
+    shade = -30.0 if base > 150 else 30.0
+    img = img + shade * _texture_mask(texture, rng, size)[..., None]
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _render_v2(colour: str, shape: str, style: str, rng: np.random.Generator, size: int, strength: float,
+               texture: str, quadrant: int | None) -> Image.Image:
+    big = size * SUPERSAMPLE
+    rgb = _jitter(COLOURS[colour], rng)
+    radius = big * rng.uniform(0.26, 0.38)
+    if quadrant is None:
+        centre = big / 2 + rng.uniform(-0.12, 0.12, size=2) * big
+    else:  # near one quadrant, slightly smaller so that the shape stays in the picture
+        radius *= 0.8
+        centre = big / 2 + (0.14 * np.asarray(QUADRANTS[quadrant]) + rng.uniform(-0.04, 0.04, size=2)) * big
+    angle = rng.uniform(-0.35, 0.35)
+    if style == "sketch":  # paper with a pencil texture, stray strokes, the outline in colour
+        paper = np.asarray(_jitter((240, 238, 230), rng, 8), np.float32)
+        img = paper - 40.0 * _texture_mask(texture, rng, big)[..., None]
+        img = Image.fromarray(np.broadcast_to(img, (big, big, 3)).clip(0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        for _ in range(rng.integers(2, 6)):
+            p = rng.uniform(0, big, size=4)
+            draw.line(list(p), fill=_jitter((150, 150, 150), rng, 30), width=SUPERSAMPLE)
+        width = int(SUPERSAMPLE * rng.uniform(1.2, 2.2))
+        _draw_shape(draw, shape, rgb, None, centre, radius, angle, rng, outline_width=width)
+    else:
+        img = _background_v2(rng, big, _luminance(rgb), texture)
+        draw = ImageDraw.Draw(img)
+        cy, cx = np.clip(centre.astype(int), 0, big - 1)[::-1]
+        bg = tuple(int(v) for v in np.asarray(img)[cy, cx])
+        if style == "cluttered":
             n = int(round(rng.integers(3, 7) * strength))
             for _ in range(n):
                 c = _jitter(list(COLOURS.values())[rng.integers(0, len(COLOURS))], rng)
@@ -260,9 +454,10 @@ def generate(dataset: PocketDataset, world: World, root: Path, strength: float =
 
     Images live in one folder per class (``images/<split>/<colour>_<shape>/<i>.png``, like the real
     datasets' class folders) and every pixel depends only on (world seed, style, split, class name,
-    index), never on label order. Idempotent: existing images are kept when ``pocket.json`` says they
-    were drawn with the same settings (otherwise they are all redrawn), and the split file is written
-    last and atomically, so its presence marks a complete dataset.
+    index), never on label order (except, in a v2 world with spurious cues, whether a training image's
+    class is a base class and which cue its label gets). Idempotent: existing images are kept when
+    ``pocket.json`` says they were drawn with the same settings (otherwise they are all redrawn), and the
+    split file is written last and atomically, so its presence marks a complete dataset.
     """
     import shutil
 
@@ -272,6 +467,10 @@ def generate(dataset: PocketDataset, world: World, root: Path, strength: float =
     classes = world.classes
     manifest = {"style": dataset.style, "strength": strength, "seed": world.seed,
                 "image_size": world.image_size, "format": FORMAT}
+    if world.version > 1:  # v2 pixels of base-class training images depend on the cue, hence on the labels
+        manifest.update(format=FORMAT_V2, version=world.version, spurious=world.spurious,
+                        spurious_p=world.spurious_p, label_order=world.label_order,
+                        n_colours=world.n_colours, n_shapes=world.n_shapes)
     manifest_path = root / "pocket.json"
     if (root / "images").exists() and (
             not manifest_path.exists() or json.loads(manifest_path.read_text()) != manifest):
@@ -290,7 +489,12 @@ def generate(dataset: PocketDataset, world: World, root: Path, strength: float =
                 path = folder / f"{i:03d}.png"
                 if not path.exists():
                     rng = _rng(world.seed, dataset.style, split_name, c, s, i)
-                    img = render(c, s, dataset.style, rng, world.image_size, strength)
+                    if world.version == 1:
+                        img = render(c, s, dataset.style, rng, world.image_size, strength)
+                    else:
+                        texture, quadrant = world.nuisance(label, split_name, rng)
+                        img = render(c, s, dataset.style, rng, world.image_size, strength, version=world.version,
+                                     texture=texture, quadrant=quadrant)
                     tmp = path.with_suffix(".tmp.png")
                     img.save(tmp)
                     tmp.replace(path)

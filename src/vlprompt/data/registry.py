@@ -76,12 +76,20 @@ POCKET_PER_CLASS = {"train": 24, "val": 8, "test": 20}
 
 
 def pocket_settings(cfg: dict) -> dict:
-    """Everything that defines a pocket dataset's images and split file besides its style."""
+    """Everything that defines a pocket dataset's images and split file besides its style.
+
+    A v1 world's settings are those v1 always had (its datasets keep their folders); a v2 world adds
+    its version, its cues and the v2 drawing code's format.
+    """
     p = cfg.get("pocket", {})
     world = pocket_world(cfg)
-    return {"n_colours": world.n_colours, "n_shapes": world.n_shapes, "image_size": world.image_size,
-            "seed": world.seed, "label_order": world.label_order,
-            "per_class": {**POCKET_PER_CLASS, **p.get("per_class", {})}, "format": pocket.FORMAT}
+    settings = {"n_colours": world.n_colours, "n_shapes": world.n_shapes, "image_size": world.image_size,
+                "seed": world.seed, "label_order": world.label_order,
+                "per_class": {**POCKET_PER_CLASS, **p.get("per_class", {})}, "format": pocket.FORMAT}
+    if world.version > 1:
+        settings.update(world=f"v{world.version}", spurious=world.spurious, spurious_p=world.spurious_p,
+                        format=pocket.FORMAT_V2)
+    return settings
 
 
 def dataset_key(cfg: dict, name: str) -> str:
@@ -109,9 +117,14 @@ def split_path(cfg: dict, name: str) -> Path:
 
 
 def pocket_world(cfg: dict) -> pocket.World:
+    """The config's pocket world: the preset ``pocket.world`` (v1 if absent) with the block's keys over it."""
     p = cfg.get("pocket", {})
-    return pocket.World(n_colours=p.get("n_colours", 8), n_shapes=p.get("n_shapes", 8),
-                        seed=p.get("seed", 0), label_order=p.get("label_order", "alphabetical"))
+    try:
+        return pocket.world(p.get("world", "v1"), n_colours=p.get("n_colours"), n_shapes=p.get("n_shapes"),
+                            seed=p.get("seed"), label_order=p.get("label_order"), spurious=p.get("spurious"),
+                            spurious_p=p.get("spurious_p"))
+    except ValueError as err:
+        raise DatasetError(f"config pocket block: {err}") from None
 
 
 def prepare(cfg: dict, name: str, progress: bool = True) -> Path:
