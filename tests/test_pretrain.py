@@ -16,7 +16,7 @@ from vlprompt.data import pocket
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["v1", "v2"])
+@pytest.mark.parametrize("name", ["v1"])  # v2 ships once the design study of docs/pocket_world.md has run
 def test_each_preset_is_the_recipe_its_shipped_checkpoint_records(name):
     """The rule re-creates a shipped checkpoint only if its preset is the recipe the checkpoint was made with."""
     weights = backbone.resolve_pretrained(f"pocket_{name}")
@@ -31,6 +31,13 @@ def test_pocket_names_resolve_to_the_shipped_files():
         backbone.POCKET_WEIGHTS)
     assert backbone.resolve_pretrained("pocket_v2").endswith("pocket_clip_v2_fp16.pt")
     assert backbone.resolve_pretrained("openai") == "openai"
+
+
+def test_an_unshipped_pocket_clip_names_the_rule_that_creates_it(monkeypatch, tmp_path):
+    monkeypatch.setitem(backbone.POCKET_ASSETS, "pocket_v2", tmp_path / "pocket_clip_v2_fp16.pt")
+    with pytest.raises(backbone.BackboneError, match="pocket_v2 CLIP is not shipped.*pretrain_pocket_clip"):
+        backbone._check_request(backbone.open_clip(), backbone.POCKET_MODEL, backbone.resolve_pretrained("pocket_v2"),
+                                None)
 
 
 def test_v2_pretraining_names_every_word_but_not_the_held_out_compositions():
@@ -57,7 +64,8 @@ def test_pretraining_is_deterministic(tmp_path, name):
 
 def test_the_rule_pretrains_the_experiments_world(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for config, world in (("config/pocket_v1.yaml", "v1"), ("config/config.yaml", "v2")):
+    for config, world in (("config/pocket_v1.yaml", "v1"), ("config/config.yaml", "v1"),
+                          ("config/explore/pocket_world/disjoint.yaml", "v2")):
         proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
                                "--configfile", str(REPO / config), "-n", "-p", "pretrain_pocket_clip"],
                               capture_output=True, text=True, env=env)
