@@ -304,16 +304,21 @@ def render(colour: str, shape: str, style: str, rng: np.random.Generator, size: 
         img = _background(rng, big)
         draw = ImageDraw.Draw(img)
         bg = tuple(int(v) for v in np.asarray(img)[int(centre[1]), int(centre[0])])
-        if style == "cluttered":  # small distractor blobs of random colours
-            n = int(round(rng.integers(3, 7) * strength))
-            for _ in range(n):
-                c = _jitter(list(COLOURS.values())[rng.integers(0, len(COLOURS))], rng)
-                r = big * rng.uniform(0.04, 0.09)
-                x, y = rng.uniform(0, big, size=2)
-                draw.ellipse([x - r, y - r, x + r, y + r], fill=c)
+        if style == "cluttered":
+            _draw_distractors(draw, rng, big, strength)
         _draw_shape(draw, shape, rgb, bg, centre, radius, angle, rng)
     img = img.resize((size, size), Image.BOX)
     return _apply_style(img, style, rng, strength)
+
+
+def _draw_distractors(draw, rng: np.random.Generator, big: int, strength: float) -> None:
+    """The cluttered style's small distractor blobs of random colours (both worlds draw them alike)."""
+    n = int(round(rng.integers(3, 7) * strength))
+    for _ in range(n):
+        c = _jitter(list(COLOURS.values())[rng.integers(0, len(COLOURS))], rng)
+        r = big * rng.uniform(0.04, 0.09)
+        x, y = rng.uniform(0, big, size=2)
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=c)
 
 
 def _luminance(rgb) -> float:
@@ -386,12 +391,7 @@ def _render_v2(colour: str, shape: str, style: str, rng: np.random.Generator, si
         cy, cx = np.clip(centre.astype(int), 0, big - 1)[::-1]
         bg = tuple(int(v) for v in np.asarray(img)[cy, cx])
         if style == "cluttered":
-            n = int(round(rng.integers(3, 7) * strength))
-            for _ in range(n):
-                c = _jitter(list(COLOURS.values())[rng.integers(0, len(COLOURS))], rng)
-                r = big * rng.uniform(0.04, 0.09)
-                x, y = rng.uniform(0, big, size=2)
-                draw.ellipse([x - r, y - r, x + r, y + r], fill=c)
+            _draw_distractors(draw, rng, big, strength)
         _draw_shape(draw, shape, rgb, bg, centre, radius, angle, rng)
     img = img.resize((size, size), Image.BOX)
     return _apply_style(img, style, rng, strength)
