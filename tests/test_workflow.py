@@ -125,20 +125,24 @@ def test_a_job_stops_when_its_snakemake_is_killed(tmp_path):
     """`kill -9` of Snakemake leaves its jobs orphaned; a vlprompt job watches the process named in
     $VLPROMPT_SNAKEMAKE and stops (KeyboardInterrupt first, so temporary files are cleaned up)."""
     parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    marker = tmp_path / "interrupted"
+    marker, ready = tmp_path / "interrupted", tmp_path / "watching"
     code = textwrap.dedent(f"""
         import time
         from vlprompt.watchdog import watch
         watch({parent.pid}, interval_s=0.1, grace_s=5)
         try:
+            open({str(ready)!r}, "w").write("yes")
             time.sleep(60)
         except KeyboardInterrupt:
             open({str(marker)!r}, "w").write("yes")
             raise
     """)
     child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
-    time.sleep(1.0)
-    assert child.poll() is None  # still running while its parent lives
+    deadline = time.monotonic() + 60  # the child's imports take seconds on a loaded machine
+    while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    assert ready.exists() and child.poll() is None  # watching, and still running while its parent lives
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     child.wait(timeout=15)
