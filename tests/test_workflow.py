@@ -121,9 +121,12 @@ def test_a_stale_lock_is_removed_only_when_no_snakemake_works_there(tmp_path):
     assert workflow.unlock_stale(tmp_path) is None and (locks / "0.input.lock").exists()
 
 
-def test_a_job_stops_when_its_snakemake_is_killed(tmp_path):
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_a_job_stops_when_its_snakemake_is_killed(tmp_path, sigint):
     """`kill -9` of Snakemake leaves its jobs orphaned; a vlprompt job watches the process named in
-    $VLPROMPT_SNAKEMAKE and stops (KeyboardInterrupt first, so temporary files are cleaned up)."""
+    $VLPROMPT_SNAKEMAKE and stops (KeyboardInterrupt first, so temporary files are cleaned up), also when it
+    inherited SIGINT ignored (a snakemake started with `&` from a script)."""
+    disposition = signal.SIG_IGN if sigint == "ignored" else signal.SIG_DFL
     parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     marker, ready = tmp_path / "interrupted", tmp_path / "watching"
     code = textwrap.dedent(f"""
@@ -137,7 +140,8 @@ def test_a_job_stops_when_its_snakemake_is_killed(tmp_path):
             open({str(marker)!r}, "w").write("yes")
             raise
     """)
-    child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+    child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, disposition))
     deadline = time.monotonic() + 60  # the child's imports take seconds on a loaded machine
     while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)

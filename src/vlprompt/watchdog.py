@@ -24,7 +24,14 @@ log = logging.getLogger(__name__)
 
 
 def watch(pid: int, interval_s: float = 1.0, grace_s: float = 10.0) -> threading.Thread:
-    """Start a daemon thread that stops this process once ``pid`` no longer exists."""
+    """Start a daemon thread that stops this process once ``pid`` no longer exists.
+
+    A process started in the background of a non-interactive shell (``nohup snakemake ... &`` in a script, a
+    CI runner) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt: called from the main
+    thread, this restores Python's handler so that the stop is still clean.
+    """
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def loop():
         while process_alive(pid):
