@@ -16,7 +16,7 @@ from vlprompt.data import pocket
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["v1"])  # v2 ships once the design study of docs/pocket_world.md has run
+@pytest.mark.parametrize("name", ["v1", "v2"])
 def test_each_preset_is_the_recipe_its_shipped_checkpoint_records(name):
     """The rule re-creates a shipped checkpoint only if its preset is the recipe the checkpoint was made with."""
     weights = backbone.resolve_pretrained(f"pocket_{name}")
