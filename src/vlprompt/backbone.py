@@ -169,15 +169,15 @@ def _check_request(oc, name: str, pretrained: str | None, cache_dir: str | None)
     if not pretrained:
         return "random"
     if is_local_file(pretrained):
-        unshipped = [n for n, f in POCKET_ASSETS.items() if str(f) == str(pretrained)]
-        if unshipped and not Path(pretrained).is_file():
-            world = unshipped[0].removeprefix("pocket_")
-            raise BackboneError(
-                f"the {unshipped[0]} CLIP is not shipped with this version ({pretrained} is missing). Fix: create "
-                f"it with `snakemake pretrain_pocket_clip --cores 1 --configfile <a config with pocket.world: "
-                f"{world}>` and set backbone.pretrained to the file it writes "
-                f"(results/pocket_clip/pocket_clip_{world}_fp16.pt)")
         if not Path(pretrained).is_file():
+            asset = next((n for n, f in POCKET_ASSETS.items() if str(f) == str(pretrained)), None)
+            if asset:
+                world = asset.removeprefix("pocket_")
+                raise BackboneError(
+                    f"the {asset} CLIP is not shipped with this version ({pretrained} is missing). Fix: create "
+                    f"it with `snakemake pretrain_pocket_clip --cores 1 --configfile <a config with pocket.world: "
+                    f"{world}>` and set backbone.pretrained to the file it writes "
+                    f"(results/pocket_clip/pocket_clip_{world}_fp16.pt)")
             raise BackboneError(f"weights file {pretrained!r} does not exist; fix backbone.pretrained "
                                 f"in the config (for the shipped pocket CLIPs use 'pocket_v1' or 'pocket_v2')")
         return "file"
