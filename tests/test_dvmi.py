@@ -212,7 +212,7 @@ def test_choose_default_takes_the_best_mean_validation_hm():
 def test_a_run_records_diagnostics_and_validation_accuracy(tmp_path):
     from vlprompt.cli import main as cli
 
-    cfg = yaml.safe_load(open("config/config.yaml"))
+    cfg = yaml.safe_load(open("config/pocket_v1.yaml"))  # the world of the DVMI ablation: 64 classes
     cfg.update(experiment="mini_dvmi", data_root=str(tmp_path / "data"), results_root=str(tmp_path / "results"),
                reports_root=str(tmp_path / "reports"), datasets=["pocket_noisy"], shots=[2], seeds=[1],
                methods=["dvmi_pred", "dvmi_text_bilinear"],

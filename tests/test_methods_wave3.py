@@ -367,7 +367,7 @@ def test_greedy_search_takes_the_best_token_of_each_position(ctx):
 def mini(tmp_path_factory):
     """pocket_noisy (target) and pocket_sketch (MVLPT's source), extracted as the DAG's jobs do."""
     root = tmp_path_factory.mktemp("wave3")
-    cfg = yaml.safe_load(open("config/config.yaml"))
+    cfg = yaml.safe_load(open("config/pocket_v1.yaml"))  # the world config/pocket_wave3.yaml runs on (64 classes)
     cfg.update(experiment="wave3", data_root=str(root / "data"), results_root=str(root / "results"),
                reports_root=str(root / "reports"), datasets=["pocket_noisy"], shots=[2], seeds=[1],
                methods=["zeroshot", "tfup", "tpt", "mvlpt", "pacbayes_prompt"], unlabelled="train",

@@ -64,7 +64,7 @@ def test_pretraining_is_deterministic(tmp_path, name):
 
 def test_the_rule_pretrains_the_experiments_world(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for config, world in (("config/pocket_v1.yaml", "v1"), ("config/config.yaml", "v1"),
+    for config, world in (("config/pocket_v1.yaml", "v1"), ("config/config.yaml", "v2"),
                           ("config/explore/pocket_world/disjoint.yaml", "v2")):
         proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
                                "--configfile", str(REPO / config), "-n", "-p", "pretrain_pocket_clip"],
