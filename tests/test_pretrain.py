@@ -60,6 +60,19 @@ def test_pretraining_is_deterministic(tmp_path, name):
     b = torch.load(pretrain.pretrain(tmp_path / "b.pt", cfg, world))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert all(v.dtype == torch.float16 for v in a.values() if v.is_floating_point())
+    # and the same file, so a re-created checkpoint has the shipped one's sha256 (and its feature-store key)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["pocket_v1", "pocket_v2"])
+def test_the_shipped_checkpoints_are_in_the_form_the_rule_writes(tmp_path, name):
+    """Equal weights give an equal file: the shipped checkpoint is byte for byte what pretrain() writes for its
+    tensors, so `sha256sum` compares a re-created checkpoint with it."""
+    from vlprompt.io import atomic_torch_save
+
+    shipped = Path(backbone.resolve_pretrained(name))
+    atomic_torch_save(tmp_path / shipped.name, torch.load(shipped))
+    assert (tmp_path / shipped.name).read_bytes() == shipped.read_bytes()
 
 
 def test_the_rule_pretrains_the_experiments_world(tmp_path):

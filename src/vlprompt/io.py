@@ -46,6 +46,20 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically and byte for byte reproducibly: saved through a buffer, the
+    archive's inner folder is always ``archive``, never the random temporary file name (equal tensors, equal
+    bytes, equal sha256)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
 def read_json(path: str | Path) -> Any:
     with open(path) as f:
         return json.load(f)

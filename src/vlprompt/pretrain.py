@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.data import pocket
-from vlprompt.io import atomic_path, atomic_write_json, provenance
+from vlprompt.io import atomic_torch_save, atomic_write_json, provenance
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,7 @@ def pretrain(out: Path, cfg: PretrainConfig | None = None, world: pocket.World |
             bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
     model.eval()
     state = {k: v.half() for k, v in model.state_dict().items()}
-    with atomic_path(out) as tmp:
-        torch.save(state, tmp)
+    atomic_torch_save(out, state)  # the same weights give the same file, sha256 included
     atomic_write_json(Path(out).with_suffix(".json"), provenance(
         config=dataclasses.asdict(cfg), world=dataclasses.asdict(world), model=POCKET_MODEL,
         compositions=len(pretraining_classes(world)), threads=torch.get_num_threads(),

@@ -9,7 +9,6 @@ run continues exactly as an uninterrupted one and ends with identical metrics.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ from vlprompt.features import FeatureBank, pick_device
 from vlprompt.io import (
     CorruptArtefactError,
     atomic_path,
+    atomic_torch_save,
     atomic_write_json,
     file_record,
     provenance,
@@ -276,7 +276,7 @@ def train_multitask(cfg: dict, method_name: str, shots: int, seed: int, out_dir:
     method = cls(mcfg, ctx).to(device)
     info = sgd_loop(method, ctx, mcfg, out_dir / "checkpoint.pt", cfg["train"]["checkpoint_every"], progress)
     prov = provenance(**ctx.backbone.provenance(), device=str(device))
-    write_model(out_dir / "model.pt", {"method": method_name, "state": method.trainable_state(),
+    atomic_torch_save(out_dir / "model.pt", {"method": method_name, "state": method.trainable_state(),
                                        "classnames": ctx.classnames, "sources": sources, "provenance": prov})
     metrics = {"method": method_name, "stage": "multitask", "sources": sources, "shots": shots, "seed": seed,
                "classes": len(ctx.classnames), "images": int(ctx.train_features.shape[1]),
@@ -379,7 +379,7 @@ def save_run(cfg: dict, out_dir: Path, metrics: dict, method, mcfg, dataset: str
         config_hash=method_config_hash(cfg, method.name, dataset, shots), hyperparameters=hyperparameters,
         overrides=method_settings(cfg, method.name, dataset, shots), method_info=method.run_info(),
         trained=method.needs_training, train=train_info, seconds=seconds, provenance=prov)
-    write_model(out_dir / "model.pt", {"method": method.name, "state": method.trainable_state(),
+    atomic_torch_save(out_dir / "model.pt", {"method": method.name, "state": method.trainable_state(),
                                        "hyperparameters": hyperparameters, "classnames": train_names,
                                        "provenance": prov})
     metrics["artefacts"] = {"model.pt": file_record(out_dir / "model.pt")}  # checked by every reader of model.pt
@@ -393,15 +393,6 @@ def start_job(cfg: dict, method_name: str, seed: int):
     torch.set_num_threads(cfg["train"]["threads"])
     seed_everything(seed)
     return pick_device(cfg["train"]["device"]), get_method(method_name)
-
-
-def write_model(path: Path, payload: dict) -> None:
-    """``torch.save`` the payload to ``path`` atomically, through a buffer: the archive is named after the file, a
-    temporary name here."""
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
 
 
 def _asdict(obj) -> dict:
