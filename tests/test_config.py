@@ -102,6 +102,10 @@ def test_notes_file_is_found_in_the_workflow_folder_when_run_elsewhere(tmp_path,
     assert resolved["report"]["notes_file"] == str(repo / "docs/pocket_findings.md")
     resolved, _ = resolve_config(cfg)  # no workflow folder: left as written (the report names it if missing)
     assert resolved["report"]["notes_file"] == "docs/pocket_findings.md"
+    # in neither folder: a config error naming the key and the fix, before any job (not Snakemake's
+    # MissingInputException for the report rule)
+    with pytest.raises(ConfigError, match=r"report.notes_file: 'docs/missing.md' does not exist .* write it"):
+        resolve_config({**cfg, "report": {**cfg["report"], "notes_file": "docs/missing.md"}}, base_dir=repo)
 
 
 def test_backbone_key_of_a_weights_file_hashes_it_once_and_follows_its_content(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import socket
 import time
 from pathlib import Path
 
-from vlprompt.config import validate
+from vlprompt.config import ConfigError, validate
 from vlprompt.io import atomic_write_text, config_hash
 
 CONFIG_ENV = "VLPROMPT_CONFIG"  # the resolved config a job reads (set by the Snakefile)
@@ -32,11 +32,15 @@ def resolve_config(config: dict, base_dir: str | Path | None = None) -> tuple[di
     outside the experiment's folder. Files are rewritten only when their content changes.
 
     ``report.notes_file`` is a path from the working directory; one that is not there but is in
-    ``base_dir`` (the workflow's folder, for ``snakemake -d elsewhere``) is made absolute.
+    ``base_dir`` (the workflow's folder, for ``snakemake -d elsewhere``) is made absolute. With a ``base_dir``
+    (the Snakefile), one that is in neither is a config error, said before any job runs.
     """
     cfg = validate(dict(config))
     notes = cfg.get("report", {}).get("notes_file")
-    if notes and base_dir is not None and not Path(notes).exists() and (Path(base_dir) / notes).exists():
+    if notes and base_dir is not None and not Path(notes).exists():
+        if not (Path(base_dir) / notes).exists():
+            raise ConfigError(f"report.notes_file: {notes!r} does not exist (looked in {Path.cwd()} and "
+                              f"{Path(base_dir).resolve()}); write it, or remove the key from the config")
         cfg["report"]["notes_file"] = str((Path(base_dir) / notes).resolve())
     text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
     folder = Path(cfg["results_root"]) / cfg["experiment"]
