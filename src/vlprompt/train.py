@@ -277,7 +277,7 @@ def train_multitask(cfg: dict, method_name: str, shots: int, seed: int, out_dir:
     info = sgd_loop(method, ctx, mcfg, out_dir / "checkpoint.pt", cfg["train"]["checkpoint_every"], progress)
     prov = provenance(**ctx.backbone.provenance(), device=str(device))
     atomic_torch_save(out_dir / "model.pt", {"method": method_name, "state": method.trainable_state(),
-                                       "classnames": ctx.classnames, "sources": sources, "provenance": prov})
+                                             "classnames": ctx.classnames, "sources": sources, "provenance": prov})
     metrics = {"method": method_name, "stage": "multitask", "sources": sources, "shots": shots, "seed": seed,
                "classes": len(ctx.classnames), "images": int(ctx.train_features.shape[1]),
                "config_hash": method_config_hash(cfg, method_name, None, shots), "hyperparameters": _asdict(mcfg),
@@ -380,8 +380,8 @@ def save_run(cfg: dict, out_dir: Path, metrics: dict, method, mcfg, dataset: str
         overrides=method_settings(cfg, method.name, dataset, shots), method_info=method.run_info(),
         trained=method.needs_training, train=train_info, seconds=seconds, provenance=prov)
     atomic_torch_save(out_dir / "model.pt", {"method": method.name, "state": method.trainable_state(),
-                                       "hyperparameters": hyperparameters, "classnames": train_names,
-                                       "provenance": prov})
+                                             "hyperparameters": hyperparameters, "classnames": train_names,
+                                             "provenance": prov})
     metrics["artefacts"] = {"model.pt": file_record(out_dir / "model.pt")}  # checked by every reader of model.pt
     atomic_write_json(out_dir / "metrics.json", metrics)
     (out_dir / "checkpoint.pt").unlink(missing_ok=True)
