@@ -14,3 +14,14 @@ def pocket_random_backbone():
 
     torch.manual_seed(0)  # random weights independent of test order
     return load_backbone(POCKET_MODEL, None)
+
+
+def tiny_pocket(root, n_colours: int, n_shapes: int, per_class: dict) -> tuple:
+    """A small pocket_noisy-style dataset generated under ``root``: (root, its split in CoOp's format)."""
+    import json
+
+    from vlprompt.data import pocket
+
+    ds = pocket.PocketDataset(name="Tiny", style="noisy", per_class=per_class)
+    world = pocket.World(n_colours=n_colours, n_shapes=n_shapes)
+    return root, json.loads(pocket.generate(ds, world, root, progress=False).read_text())

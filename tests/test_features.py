@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_pocket
 from vlprompt import features
 from vlprompt.backbone import POCKET_MODEL, load_backbone
-from vlprompt.data import pocket
 from vlprompt.features import ExtractionSpec, FeatureBank, extract_split
 
 
@@ -29,10 +29,7 @@ def _leave_the_global_rng_alone():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """8 classes (2 colours x 4 shapes), 2 train and 2 test images each."""
-    root = tmp_path_factory.mktemp("tiny")
-    ds = pocket.PocketDataset(name="Tiny", style="noisy", per_class={"train": 2, "test": 2})
-    split = json.loads(pocket.generate(ds, pocket.World(n_colours=2, n_shapes=4), root, progress=False).read_text())
-    return root, split
+    return tiny_pocket(tmp_path_factory.mktemp("tiny"), 2, 4, {"train": 2, "test": 2})
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,9 @@ pytestmark = [pytest.mark.gpu,
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from vlprompt.data import pocket
+    from conftest import tiny_pocket
 
-    root = tmp_path_factory.mktemp("gpu_tiny")
-    ds = pocket.PocketDataset(name="Tiny", style="noisy", per_class={"train": 2, "test": 4})
-    split = json.loads(pocket.generate(ds, pocket.World(n_colours=4, n_shapes=4), root, progress=False).read_text())
-    return root, split
+    return tiny_pocket(tmp_path_factory.mktemp("gpu_tiny"), 4, 4, {"train": 2, "test": 4})
 
 
 def test_fp16_autocast_extraction_on_the_gpu_agrees_with_the_cpu(tiny, tmp_path):
