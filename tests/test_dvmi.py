@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from conftest import prepare_run_inputs
 from test_methods import FAST, NAMES, build, context  # the method tests' toy context
 from vlprompt.backbone import encode_prompts
 from vlprompt.methods import MethodError, get_method
@@ -221,9 +222,7 @@ def test_a_run_records_diagnostics_and_validation_accuracy(tmp_path):
     cfg["features"]["train_views"] = 2
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    for cmd in (["prepare"], ["classes"], ["fewshot", "--shots", "2", "--seed", "1"], ["extract"],
-                ["extract", "--shots", "2", "--seed", "1"]):
-        assert cli([*cmd, "--config", str(path), "--dataset", "pocket_noisy", "--quiet"]) == 0
+    prepare_run_inputs(path, "pocket_noisy", shots=2)
     for method in ("dvmi_pred", "dvmi_text_bilinear"):
         out = tmp_path / method
         assert cli(["train", "--config", str(path), "--dataset", "pocket_noisy", "--method", method, "--shots", "2",

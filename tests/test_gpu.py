@@ -48,6 +48,7 @@ def test_fp16_autocast_extraction_on_the_gpu_agrees_with_the_cpu(tiny, tmp_path)
 def coop_pipeline(device: str, work) -> dict:
     """prepare, classes, few-shot, extract and train zero-shot CLIP and CoOp on pocket_dark, as the DAG's jobs do,
     everything on ``device``; the runs' metrics by method."""
+    from conftest import prepare_run_inputs
     from vlprompt.cli import main as cli
 
     cfg = yaml.safe_load(open("config/config.yaml"))
@@ -60,9 +61,7 @@ def coop_pipeline(device: str, work) -> dict:
     work.mkdir(parents=True)
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    for cmd in (["prepare"], ["classes"], ["fewshot", "--shots", "4", "--seed", "1"], ["extract"],
-                ["extract", "--shots", "4", "--seed", "1"]):
-        assert cli([*cmd, "--config", str(path), "--dataset", "pocket_dark", "--quiet"]) == 0
+    prepare_run_inputs(path, "pocket_dark", shots=4)
     metrics = {}
     for method, shots, seed in (("zeroshot", "0", "0"), ("coop", "4", "1")):
         out = work / method

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import vlprompt.config as config
+from conftest import prepare_run_inputs
 from vlprompt.config import ConfigError, method_config_hash, validate
 
 SCOPED = {"coop": {"epochs": 200, "lr": 0.1,
@@ -112,9 +113,7 @@ def test_training_records_the_settings_of_its_run(tmp_path):
     cfg["features"]["train_views"] = 1
     path = tmp_path / "config.json"
     path.write_text(json.dumps(validate(cfg)))  # as the DAG's jobs read it: by_shots keys become strings
-    for cmd in (["prepare"], ["classes"], ["fewshot", "--shots", "2", "--seed", "1"], ["extract"],
-                ["extract", "--shots", "2", "--seed", "1"]):
-        assert cli([*cmd, "--config", str(path), "--dataset", "pocket_noisy", "--quiet"]) == 0
+    prepare_run_inputs(path, "pocket_noisy", shots=2)
     out = tmp_path / "run"
     assert cli(["train", "--config", str(path), "--dataset", "pocket_noisy", "--method", "coop", "--shots", "2",
                 "--seed", "1", "--out", str(out), "--quiet"]) == 0

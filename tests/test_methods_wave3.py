@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from conftest import prepare_run_inputs
 from test_methods_wave2 import NAMES, build, context
 from vlprompt import grid
 from vlprompt.backbone import encode_prompts
@@ -380,9 +381,7 @@ def mini(tmp_path_factory):
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     for dataset in ("pocket_noisy", "pocket_sketch"):
-        for cmd in (["prepare"], ["classes"], ["fewshot", "--shots", "2", "--seed", "1"],
-                    ["extract", "--shots", "2", "--seed", "1"]):
-            assert cli([*cmd, "--config", str(path), "--dataset", dataset, "--quiet"]) == 0
+        prepare_run_inputs(path, dataset, shots=2, test_bank=False)
     for extra in ([], ["--part", "train"], ["--part", "test_views", "--views", "6", "--crop", "0.5"]):
         assert cli(["extract", *extra, "--config", str(path), "--dataset", "pocket_noisy", "--quiet"]) == 0
     return root, path, load_config(path)

@@ -11,6 +11,7 @@ import time
 import pytest
 import yaml
 
+from conftest import prepare_run_inputs
 from vlprompt.cli import main as cli
 
 
@@ -26,9 +27,7 @@ def mini(tmp_path_factory):
     cfg["train"]["checkpoint_every"] = 2
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    for cmd in (["prepare"], ["classes"], ["fewshot", "--shots", "2", "--seed", "1"], ["extract"],
-                ["extract", "--shots", "2", "--seed", "1"]):
-        assert cli([*cmd, "--config", str(path), "--dataset", "pocket_noisy", "--quiet"]) == 0
+    prepare_run_inputs(path, "pocket_noisy", shots=2)
     return root, path
 
 
