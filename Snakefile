@@ -1,15 +1,18 @@
 # vlprompt: benchmark -> splits -> frozen features -> train every run -> aggregate -> report.
 # Rules are thin: each calls `python -m vlprompt <command>`; paths and the run grid come from
-# vlprompt.grid (pure, tested functions). Run: snakemake --cores N [--configfile config/<protocol>.yaml]
+# vlprompt.experiment.grid (pure, tested functions). Run: snakemake --cores N [--configfile config/<protocol>.yaml]
 import os
 import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
-from vlprompt import grid, integrity
-from vlprompt.config import SCHEMA_PATH, coerce_strings
-from vlprompt.workflow import describe, job_environment, register_run, resolve_config, running, unregister_run
+from vlprompt.experiment import grid
+
+from vlprompt.pipeline import integrity
+from vlprompt.experiment.config import SCHEMA_PATH, coerce_strings
+from vlprompt.pipeline.run_registry import describe, register_run, running, unregister_run
+from vlprompt.pipeline.workflow import job_environment, resolve_config
 
 min_version("9.0")
 
@@ -28,7 +31,7 @@ config.update(coerce_strings(config))  # --config shots=[1,4,16] gives strings; 
 validate(config, str(SCHEMA_PATH))
 CFG, CONFIG_PATH = resolve_config(config, base_dir=workflow.basedir)
 # Every job reads this experiment's resolved config from $VLPROMPT_CONFIG (a file named by its content), and
-# stops if this snakemake process dies (vlprompt.watchdog).
+# stops if this snakemake process dies (vlprompt.pipeline.watchdog).
 os.environ.update(job_environment(CONFIG_PATH, workflow.overwrite_configfiles))
 LOGS = f"{CFG['results_root']}/{CFG['experiment']}/logs"
 

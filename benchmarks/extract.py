@@ -83,7 +83,7 @@ def bench(backbone, root: Path, rows: list, batch_size: int, workers: int, devic
           matmul: float, repeat: int) -> None:
     from PIL import Image
 
-    from vlprompt import features
+    from vlprompt.clip import features
 
     model = backbone.model.to(device)
     cuda = device.type == "cuda"
@@ -142,8 +142,8 @@ def main() -> None:
     p.add_argument("--vit-b-16", type=int, default=0, metavar="N", help="also ViT-B/16 (random weights) on N images")
     args = p.parse_args()
 
-    from vlprompt.backbone import POCKET_MODEL, load_backbone
-    from vlprompt.features import pick_device
+    from vlprompt.clip.backbone import POCKET_MODEL, load_backbone
+    from vlprompt.clip.features import pick_device
 
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)

@@ -1,6 +1,6 @@
 """Per-job start-up cost of a training job, against the work of one pocket run.
 
-Prints the wall time of: a bare interpreter, `import torch`, `import open_clip`, `import vlprompt.train`
+Prints the wall time of: a bare interpreter, `import torch`, `import open_clip`, `import vlprompt.training.runs`
 (everything a training job imports), loading the pocket backbone, and one zero-shot and one CoOp run
 done in-process. This is what `train.job_granularity` trades: one process per run pays the start-up
 once per run; one process per method x dataset x shots (`job_granularity: shots`) pays it once per group of seeds.
@@ -38,13 +38,14 @@ def main() -> None:
     rows = [("python (bare)", wall("pass")),
             ("import torch", wall("import torch")),
             ("import open_clip", wall("import open_clip")),
-            ("import vlprompt.train (a job's imports)", wall("import vlprompt.train, vlprompt.methods; "
+            ("import vlprompt.training.runs (a job's imports)", wall("import vlprompt.training.runs, vlprompt.methods; "
                                                               "vlprompt.methods.list_methods()"))]
     import torch
 
     torch.set_num_threads(1)
-    from vlprompt.config import load_config
-    from vlprompt.train import _cached_backbone, run
+    from vlprompt.experiment.config import load_config
+    from vlprompt.training.context import cached_backbone as _cached_backbone
+    from vlprompt.training.runs import run
 
     cfg = load_config(args.config)
     t = time.perf_counter()

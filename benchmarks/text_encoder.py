@@ -45,9 +45,9 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     args = p.parse_args()
 
-    from vlprompt.backbone import PromptedTextEncoder, load_backbone
-    from vlprompt.features import pick_device
-    from vlprompt.prompting import PromptLearner
+    from vlprompt.clip.backbone import PromptedTextEncoder, load_backbone
+    from vlprompt.clip.features import pick_device
+    from vlprompt.clip.prompting import PromptLearner
 
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlprompt.backbone import POCKET_MODEL, POCKET_WEIGHTS, PromptedTextEncoder, load_backbone
+from vlprompt.clip.backbone import POCKET_MODEL, POCKET_WEIGHTS, PromptedTextEncoder, load_backbone
+from vlprompt.clip.features import pick_device, train_transform
 from vlprompt.data import pocket
-from vlprompt.features import pick_device, train_transform
 from vlprompt.methods import MethodContext, get_method
-from vlprompt.train import make_optimizer
+from vlprompt.training.loop import make_optimizer
 
 
 def sync(device: torch.device) -> None:

@@ -30,11 +30,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from vlprompt import features
-    from vlprompt.config import load_config
+    from vlprompt.clip import features
     from vlprompt.data import registry, splits
+    from vlprompt.experiment.config import load_config
     from vlprompt.methods import get_method
-    from vlprompt.train import _cached_backbone, build_context, run
+    from vlprompt.training.context import build_context
+    from vlprompt.training.context import cached_backbone as _cached_backbone
+    from vlprompt.training.runs import run
 
     cfg = load_config(args.config)
     device = torch.device("cpu")

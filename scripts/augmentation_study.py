@@ -35,9 +35,11 @@ def evaluate_run(cfg: dict, run, device: torch.device) -> dict:
     """Validation and test accuracy of one run's model, evaluated by its feature method on the bank: ``val_*`` on
     the run's few-shot validation images (as every run's metrics.json), ``fullval_*`` on the whole validation
     split, ``bank_test_*`` on the test split."""
-    from vlprompt.evaluate import evaluate
     from vlprompt.methods import get_method
-    from vlprompt.train import build_context, load_model_state, validation_metrics
+    from vlprompt.training.context import build_context
+    from vlprompt.training.evaluate import evaluate
+    from vlprompt.training.feature_runs import validation_metrics
+    from vlprompt.training.records import load_model_state
 
     cls = get_method(run.method)
     feature_cls = getattr(cls, "method", cls)  # an in-loop method's wrapped feature method
@@ -58,8 +60,8 @@ def evaluate_run(cfg: dict, run, device: torch.device) -> dict:
 
 
 def collect(workdir: Path) -> pd.DataFrame:
-    from vlprompt import grid
-    from vlprompt.config import load_config
+    from vlprompt.experiment import grid
+    from vlprompt.experiment.config import load_config
 
     device = torch.device("cpu")
     rows = []

@@ -26,11 +26,12 @@ def val_summary(cfg: dict) -> list[dict]:
     """Every run of the experiment evaluated on its dataset's whole validation split."""
     import torch
 
-    from vlprompt import grid
-    from vlprompt.evaluate import evaluate
+    from vlprompt.experiment import grid
+    from vlprompt.experiment.overrides import method_settings
     from vlprompt.methods import get_method
-    from vlprompt.overrides import method_settings
-    from vlprompt.train import build_context, load_model_state
+    from vlprompt.training.context import build_context
+    from vlprompt.training.evaluate import evaluate
+    from vlprompt.training.records import load_model_state
 
     if cfg["protocol"] != "base2new":
         raise SystemExit(f"the study is about base-to-new generalisation; this experiment is {cfg['protocol']!r}")
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "val":
-        from vlprompt.config import load_config
+        from vlprompt.experiment.config import load_config
 
         cfg = load_config(args.config)
         out = Path(args.out or Path(cfg["results_root"]) / cfg["experiment"] / "val_summary.csv")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vlprompt.aggregate import mean_metrics, write_metrics
+from vlprompt.analysis.aggregate import mean_metrics, write_metrics
 from vlprompt.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from vlprompt import backbone as bb_mod
-from vlprompt.backbone import POCKET_MODEL, BackboneError, load_backbone
+from vlprompt.clip import backbone as bb_mod
+from vlprompt.clip.backbone import POCKET_MODEL, BackboneError, load_backbone
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -75,7 +75,7 @@ def test_offline_without_cached_weights_fails_fast_and_says_how_to_fix(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_CACHE"))}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(hf_home), HOME=str(tmp_path), OMP_NUM_THREADS="1")
     code = textwrap.dedent("""
-        from vlprompt.backbone import BackboneError, load_backbone
+        from vlprompt.clip.backbone import BackboneError, load_backbone
         try:
             load_backbone("ViT-B-32", "openai")
         except BackboneError as err:

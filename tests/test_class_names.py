@@ -4,7 +4,7 @@ spaces in every prompt, as the references do (CoOp trainers/zsclip.py: ``c.repla
 import pytest
 import torch
 
-from vlprompt.backbone import PromptedTextEncoder, encode_prompts
+from vlprompt.clip.backbone import PromptedTextEncoder, encode_prompts
 from vlprompt.methods import MethodContext, get_method, list_methods
 
 NAMES = ["car_side", "dollar_bill", "Apply_Eye_Makeup"]
@@ -35,7 +35,7 @@ def differential_files(folder, names):
 
 
 def test_prompt_name_and_class_prompts():
-    from vlprompt.prompting import class_prompts, prompt_name
+    from vlprompt.clip.prompting import class_prompts, prompt_name
 
     assert prompt_name("car_side") == "car side"
     assert class_prompts("a photo of a {}, a type of pet.", ["great_pyrenees"]) == \

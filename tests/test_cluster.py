@@ -1,9 +1,9 @@
 """cluster-check without a cluster: SLURM's answers recorded from clusters of other shapes, plans built by hand
-or printed by a dry run, and what vlprompt.cluster makes of them (tests/test_slurm.py runs it on a live one)."""
+or printed by a dry run, and what vlprompt.pipeline.cluster makes of them (tests/test_slurm.py runs it on a live one)."""
 
 import pytest
 
-from vlprompt import cluster as cc
+from vlprompt.pipeline import cluster as cc
 
 # sinfo -h -N -o '%N|%P|%c|%m|%G|%t', scontrol show partition -o, scontrol show config (excerpts)
 SMALL = {  # the local test cluster: one 2-CPU node, no GPU, no accounting

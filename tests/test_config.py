@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from vlprompt.config import ConfigError, load_config, validate
+from vlprompt.experiment.config import ConfigError, load_config, validate
 
 
 def base():
@@ -52,7 +52,7 @@ def test_each_experiment_reads_its_own_config_file(tmp_path):
     experiment's own folder."""
     import json
 
-    from vlprompt.workflow import resolve_config
+    from vlprompt.pipeline.workflow import resolve_config
 
     first, second = base(), base()
     first["results_root"] = second["results_root"] = str(tmp_path)
@@ -74,7 +74,7 @@ def test_each_experiment_reads_its_own_config_file(tmp_path):
 
 def test_command_line_strings_become_the_schema_types():
     """`snakemake --config 'shots=[1,4,16]' train='{threads: 2}'` passes strings (YAML BaseLoader)."""
-    from vlprompt.config import coerce_strings
+    from vlprompt.experiment.config import coerce_strings
 
     cfg = base()
     cfg.update(shots=["1", "4", "16"], seeds=["7"], train={"threads": "2", "device": "cpu"},
@@ -91,7 +91,7 @@ def test_command_line_strings_become_the_schema_types():
 def test_notes_file_is_found_in_the_workflow_folder_when_run_elsewhere(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from vlprompt.workflow import resolve_config
+    from vlprompt.pipeline.workflow import resolve_config
 
     repo = Path.cwd()
     cfg = base()
@@ -114,7 +114,8 @@ def test_backbone_key_of_a_weights_file_hashes_it_once_and_follows_its_content(t
     import hashlib
     import os
 
-    from vlprompt import config, io
+    from vlprompt import io
+    from vlprompt.experiment import config
 
     weights = tmp_path / "my_clip.pt"
     weights.write_bytes(b"weights one")

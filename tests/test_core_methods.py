@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from vlprompt.methods import MethodContext, TrainConfig, get_method
-from vlprompt.train import lr_at
+from vlprompt.training.loop import lr_at
 
 
 def context(backbone, names, template="a photo of a {}."):
-    from vlprompt.backbone import PromptedTextEncoder
+    from vlprompt.clip.backbone import PromptedTextEncoder
 
     return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=names,
                          template=template, device=torch.device("cpu"), seed=0)

@@ -1,6 +1,6 @@
 """Deep prompts in open_clip's towers and the encoder-in-the-loop methods (VPT-deep, IVLP, MaPLe, PromptSRC).
 
-These tests guard every open_clip internal that ``vlprompt.deep_prompts`` relies on: with no prompts the
+These tests guard every open_clip internal that ``vlprompt.clip.deep_prompts`` relies on: with no prompts the
 hooked towers are ``encode_image``/``encode_text``, and with prompts they equal a hand-written loop over
 the blocks of the pinned open_clip version.
 """
@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlprompt import deep_prompts
-from vlprompt.backbone import PromptedTextEncoder, encode_prompts
+from vlprompt.clip import deep_prompts
+from vlprompt.clip.backbone import PromptedTextEncoder, encode_prompts
 from vlprompt.methods import MethodContext, get_method
 
 CLASSES = ["red circle", "blue square", "green star"]
@@ -256,9 +256,9 @@ def test_eval_caches_the_text_classifier_until_the_prompts_change(ctx, images):
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory):
     """A 4-class pocket dataset (2 base, 2 new), its class file and a 2-shot subset, and a config."""
-    from vlprompt import grid
-    from vlprompt.config import validate
     from vlprompt.data import pocket, registry, splits
+    from vlprompt.experiment import grid
+    from vlprompt.experiment.config import validate
 
     root = tmp_path_factory.mktemp("mini")
     cfg = validate({"experiment": "mini", "protocol": "base2new", "data_root": str(root / "data"),
@@ -280,13 +280,14 @@ TINY = {"epochs": 2, "batch_size": 2}
 
 @pytest.mark.parametrize("name", IMAGE_METHODS)
 def test_train_images_run_end_to_end(mini, name):
-    from vlprompt import grid, train
+    from vlprompt.experiment import grid
     from vlprompt.io import read_json
+    from vlprompt.training import runs
 
     cfg, root = mini
     cfg = {**cfg, "method_overrides": {name: TINY}}
     out = root / "runs" / name
-    metrics = train.run(cfg, "pocket_dark", name, 2, 1, out, progress=False)  # dispatched to train_images
+    metrics = runs.run(cfg, "pocket_dark", name, 2, 1, out, progress=False)  # dispatched to image_runs
     assert (out / "metrics.json").exists() and (out / "model.pt").exists()
     assert not (out / "checkpoint.pt").exists()
     for key in ("base_acc", "new_acc", "hm", "base_per_class", "new_per_class", "method", "dataset", "shots",
@@ -301,7 +302,7 @@ def test_train_images_run_end_to_end(mini, name):
 
 
 def test_train_images_resume_is_exact(mini):
-    from vlprompt.train_images import run
+    from vlprompt.training.image_runs import run
 
     cfg, root = mini
     cfg = {**cfg, "method_overrides": {"promptsrc": {"epochs": 3, "batch_size": 2}}}
@@ -318,11 +319,12 @@ def test_train_images_resume_is_exact(mini):
 
 
 def test_transfer_evaluation_on_images(mini):
-    from vlprompt import grid, train
-    from vlprompt.train_images import evaluate_transfer
+    from vlprompt.experiment import grid
+    from vlprompt.training import runs
+    from vlprompt.training.image_runs import evaluate_transfer
 
     cfg, root = mini
     cfg = {**cfg, "method_overrides": {"maple": {"epochs": 1}}}
-    train.run(cfg, "pocket_dark", "maple", 2, 1, grid.Run("pocket_dark", "maple", 2, 1).dir(cfg), progress=False)
+    runs.run(cfg, "pocket_dark", "maple", 2, 1, grid.Run("pocket_dark", "maple", 2, 1).dir(cfg), progress=False)
     metrics = evaluate_transfer(cfg, "pocket_dark", "maple", 2, 1, "pocket_dark", root / "transfer.json")
     assert metrics["all_n"] == 8 and 0 <= metrics["all_acc"] <= 100 and (root / "transfer.json").exists()

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import prepare_run_inputs
 from test_methods import FAST, NAMES, build, context  # the method tests' toy context
-from vlprompt.backbone import encode_prompts
+from vlprompt.clip.backbone import encode_prompts
 from vlprompt.methods import MethodError, get_method
 from vlprompt.methods.dual_view import (
     CANDIDATES,

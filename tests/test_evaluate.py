@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vlprompt.evaluate import evaluate, evaluate_parts, harmonic_mean, score
+from vlprompt.training.evaluate import evaluate, evaluate_parts, harmonic_mean, score
 
 CLASSES = {"classnames": ["a", "b", "c", "d"], "base": [0, 1], "new": [2, 3]}
 # path, label, classname: two test images per class

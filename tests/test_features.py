@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import tiny_pocket
-from vlprompt import features
-from vlprompt.backbone import POCKET_MODEL, load_backbone
-from vlprompt.features import ExtractionSpec, FeatureBank, extract_split
+from vlprompt.clip import features
+from vlprompt.clip.backbone import POCKET_MODEL, load_backbone
+from vlprompt.clip.features import ExtractionSpec, FeatureBank, extract_split
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -99,8 +99,8 @@ def test_killed_process_resumes_identically(tiny, shipped, tmp_path):
     code = textwrap.dedent(f"""
         import json, time, torch
         torch.set_num_threads(1)
-        from vlprompt.backbone import load_backbone
-        from vlprompt.features import ExtractionSpec, extract_split
+        from vlprompt.clip.backbone import load_backbone
+        from vlprompt.clip.features import ExtractionSpec, extract_split
         b = load_backbone({POCKET_MODEL!r}, "pocket")
         encode = b.model.encode_image
         b.model.encode_image = lambda x: (time.sleep(0.25), encode(x))[1]

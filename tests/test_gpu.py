@@ -25,8 +25,8 @@ def tiny(tmp_path_factory):
 
 
 def test_fp16_autocast_extraction_on_the_gpu_agrees_with_the_cpu(tiny, tmp_path):
-    from vlprompt.backbone import POCKET_MODEL, load_backbone
-    from vlprompt.features import ExtractionSpec, extract_split
+    from vlprompt.clip.backbone import POCKET_MODEL, load_backbone
+    from vlprompt.clip.features import ExtractionSpec, extract_split
 
     root, split = tiny
     banks = {}

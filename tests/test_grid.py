@@ -1,5 +1,5 @@
-from vlprompt import grid
-from vlprompt.config import load_config
+from vlprompt.experiment import grid
+from vlprompt.experiment.config import load_config
 
 
 def test_runs_cover_the_grid_and_zero_shot_runs_once_per_dataset():
@@ -59,7 +59,7 @@ def test_declared_inputs_are_checked_when_the_config_is_read(tmp_path):
     import pytest
     import yaml
 
-    from vlprompt.config import ConfigError, method_config_hash
+    from vlprompt.experiment.config import ConfigError, method_config_hash
 
     base = yaml.safe_load(open("config/pocket_wave3.yaml"))
 

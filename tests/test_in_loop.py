@@ -45,13 +45,14 @@ def test_only_methods_of_the_shared_feature_loop_can_be_wrapped(name):
 def test_in_loop_run_sees_a_fresh_augmentation_every_step(mini, monkeypatch):  # noqa: F811 (a fixture)
     """Through the shared run (dispatched to the image loop): every training image arrives differently augmented
     in every epoch, and the saved model, loaded by the feature method, scores the run's test metrics."""
-    from vlprompt import grid, train
-    from vlprompt.backbone import PromptedTextEncoder
+    from vlprompt.clip.backbone import PromptedTextEncoder
+    from vlprompt.clip.features import ImageList
     from vlprompt.data import registry, splits
-    from vlprompt.evaluate import evaluate
-    from vlprompt.features import ImageList
+    from vlprompt.experiment import grid
     from vlprompt.io import read_json
     from vlprompt.methods import MethodContext
+    from vlprompt.training import context, runs
+    from vlprompt.training.evaluate import evaluate
 
     cfg, root = mini
     cfg = {**cfg, "method_overrides": {"kgcoop_in_loop": {"epochs": 3, "batch_size": 2}}}
@@ -65,7 +66,7 @@ def test_in_loop_run_sees_a_fresh_augmentation_every_step(mini, monkeypatch):  #
 
     monkeypatch.setattr(InLoop, "encode", spy)
     out = root / "runs" / "kgcoop_in_loop"
-    metrics = train.run(cfg, "pocket_dark", "kgcoop_in_loop", 2, 1, out, progress=False)
+    metrics = runs.run(cfg, "pocket_dark", "kgcoop_in_loop", 2, 1, out, progress=False)
     assert metrics["train"]["steps_per_epoch"] == 2 and len(metrics["train"]["loss_history"]) == 3
     assert metrics["method_info"]["augmentation"].startswith("fresh")
     batches = torch.cat(seen)  # 3 epochs x 4 base-class images (2 classes x 2 shots)
@@ -73,7 +74,7 @@ def test_in_loop_run_sees_a_fresh_augmentation_every_step(mini, monkeypatch):  #
     # the saved model is KgCoOp's: evaluated by KgCoOp on the encoded test images it gives the run's metrics
     model = torch.load(out / "model.pt", weights_only=False)
     assert set(model["state"]) == {"prompt_learner.ctx"}
-    backbone = train._cached_backbone(cfg, torch.device("cpu"))  # the run's (random) backbone
+    backbone = context.cached_backbone(cfg, torch.device("cpu"))  # the run's (random) backbone
     classes = read_json(grid.classes_path(cfg, "pocket_dark"))
     names = [classes["classnames"][i] for i in classes["base"]]
     kg = get_method("kgcoop")

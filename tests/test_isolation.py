@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from vlprompt.config import load_config
+from vlprompt.experiment.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "pocket_tiny.yaml"

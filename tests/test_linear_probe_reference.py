@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from vlprompt.backbone import PromptedTextEncoder
+from vlprompt.clip.backbone import PromptedTextEncoder
 from vlprompt.methods import MethodContext, MethodError, get_method
 
 NAMES = ["red circle", "blue square", "green star", "pink ring"]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-import vlprompt.config as config
+import vlprompt.experiment.config as config
 from conftest import prepare_run_inputs
-from vlprompt.config import ConfigError, method_config_hash, validate
+from vlprompt.experiment.config import ConfigError, method_config_hash, validate
 
 SCOPED = {"coop": {"epochs": 200, "lr": 0.1,
                    "by_shots": {1: {"epochs": 50, "lr": 0.3}, 2: {"epochs": 100}},
@@ -73,8 +73,8 @@ def test_hash_changes_only_for_the_runs_whose_settings_change():
 def test_report_provenance_lists_the_overrides_in_force(tmp_path):
     import pandas as pd
 
-    from vlprompt.report import render
-    from vlprompt.stats import compute_stats
+    from vlprompt.analysis.report import render
+    from vlprompt.analysis.stats import compute_stats
 
     fast = {"bootstrap_resamples": 200, "bayesian_samples": 1000}
     rows = [{"method": m, "protocol": "fewshot", "dataset": d, "train_dataset": d, "shots": k, "seed": s,

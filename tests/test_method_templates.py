@@ -4,7 +4,7 @@ anchor, VPT's "a photo of a {}." on every dataset, Tip-Adapter's 7 ImageNet temp
 
 import torch
 
-from vlprompt.backbone import PromptedTextEncoder, encode_prompts
+from vlprompt.clip.backbone import PromptedTextEncoder, encode_prompts
 from vlprompt.data.registry import get_dataset, list_datasets
 from vlprompt.methods import MethodContext, get_method
 
@@ -20,7 +20,7 @@ def build(name, ctx, **overrides):
 
 
 def test_tables_name_their_source_and_known_datasets():
-    from vlprompt.prompting import method_templates, template_tables
+    from vlprompt.clip.prompting import method_templates, template_tables
 
     coop_names = {get_dataset(d).coop_name for d in list_datasets("real")}
     for name, table in template_tables().items():
@@ -96,10 +96,10 @@ def test_transfer_evaluation_uses_the_targets_templates(tmp_path, monkeypatch):
 
     import yaml
 
-    import vlprompt.train as train
-    from vlprompt import grid
     from vlprompt.cli import main as cli
-    from vlprompt.config import validate
+    from vlprompt.experiment import grid
+    from vlprompt.experiment.config import validate
+    from vlprompt.training import context, runs
 
     cfg = yaml.safe_load(open("config/pocket_crossdataset.yaml"))
     cfg.update(experiment="xd", data_root=str(tmp_path / "data"), results_root=str(tmp_path / "results"),
@@ -115,10 +115,10 @@ def test_transfer_evaluation_uses_the_targets_templates(tmp_path, monkeypatch):
     run = grid.Run("pocket_photo", "zeroshot", 0, 0).dir(cfg)
     assert cli(["train", "--config", str(path), "--dataset", "pocket_photo", "--method", "zeroshot", "--shots", "0",
                 "--seed", "0", "--out", str(run), "--quiet"]) == 0
-    backbone = train._cached_backbone(cfg, torch.device("cpu"))
+    backbone = context.cached_backbone(cfg, torch.device("cpu"))
     seen: list[str] = []
     tokenize = backbone.tokenizer
     monkeypatch.setattr(backbone, "tokenizer", lambda texts, *a, **k: seen.extend(texts) or tokenize(texts, *a, **k))
     backbone.prompt_cache.clear()
-    train.evaluate_transfer(cfg, "pocket_photo", "zeroshot", 0, 0, "pocket_noisy", tmp_path / "noisy.json")
+    runs.evaluate_transfer(cfg, "pocket_photo", "zeroshot", 0, 0, "pocket_noisy", tmp_path / "noisy.json")
     assert seen and all(t.startswith("a noisy photo of a ") for t in seen)

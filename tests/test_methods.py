@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlprompt.backbone import PromptedTextEncoder, encode_prompts
+from vlprompt.clip.backbone import PromptedTextEncoder, encode_prompts
 from vlprompt.methods import MethodContext, MethodError, get_method
 from vlprompt.methods.kgcoop import knowledge_loss
 from vlprompt.methods.prograd import distillation_loss, init_words, project_conflicting
 from vlprompt.methods.tip_adapter import cache_logits, search_grid
 from vlprompt.methods.zeroshot_ensemble import resolve_templates, template_sets
-from vlprompt.train import sgd_loop
+from vlprompt.training.feature_runs import feature_loop
 
 NAMES = ["red circle", "blue square", "green star"]
 NEW = ["pink ring", "black cross"]
@@ -253,7 +253,7 @@ def test_trains_through_the_shared_loop_and_loss_decreases(name, pocket_random_b
     ctx = context(pocket_random_backbone)
     m = build(name, ctx, **FAST)
     assert m.fit(ctx) is False
-    info = sgd_loop(m, ctx, m.config, tmp_path / "ckpt.pt", checkpoint_every=100, progress=False)
+    info = feature_loop(m, ctx, m.config, tmp_path / "ckpt.pt", checkpoint_every=100, progress=False)
     m.after_training(ctx)
     hist = info["loss_history"]
     assert len(hist) == FAST["epochs"] and all(math.isfinite(v) for v in hist)
@@ -265,7 +265,7 @@ def test_tip_adapter_f_resumes_exactly_and_round_trips_its_state(pocket_random_b
     def run(stop_after=None):
         m = build("tip_adapter_f", context(pocket_random_backbone), epochs=4, batch_size=8)
         try:
-            sgd_loop(m, ctx, m.config, tmp_path / "ckpt.pt", checkpoint_every=2, progress=False, stop_after=stop_after)
+            feature_loop(m, ctx, m.config, tmp_path / "ckpt.pt", checkpoint_every=2, progress=False, stop_after=stop_after)
         except KeyboardInterrupt:
             return None
         m.after_training(ctx)
@@ -274,7 +274,7 @@ def test_tip_adapter_f_resumes_exactly_and_round_trips_its_state(pocket_random_b
     ctx = context(pocket_random_backbone)
     with pytest.raises(KeyboardInterrupt):
         m = build("tip_adapter_f", ctx, epochs=4, batch_size=8)
-        sgd_loop(m, ctx, m.config, tmp_path / "ckpt.pt", checkpoint_every=2, progress=False, stop_after=2)
+        feature_loop(m, ctx, m.config, tmp_path / "ckpt.pt", checkpoint_every=2, progress=False, stop_after=2)
     resumed = run()
     (tmp_path / "ckpt.pt").unlink()
     full = run()

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from test_methods import context as methods_context
-from vlprompt.backbone import PromptedTextEncoder, encode_prompts
+from vlprompt.clip.backbone import PromptedTextEncoder, encode_prompts
+from vlprompt.clip.prompting import PatternPrompts
 from vlprompt.data import descriptions as store
 from vlprompt.methods import MethodContext, MethodError, get_method, list_methods
 from vlprompt.methods.kapt import discrete_prompt, keywords
@@ -20,8 +21,7 @@ from vlprompt.methods.mocoop import expert_pattern, routing_targets, text_to_tex
 from vlprompt.methods.msgcoop import diversity_loss
 from vlprompt.methods.pre import ReparameterizationEncoder
 from vlprompt.methods.restore import shift_consistency
-from vlprompt.prompting import PatternPrompts
-from vlprompt.train import sgd_loop
+from vlprompt.training.feature_runs import feature_loop
 
 WAVE2 = ["pre", "atprompt", "mocoop", "msgcoop", "restore", "ogen", "kapt"]
 NAMES = ["red circle", "blue square", "green star", "pink ring"]
@@ -437,15 +437,15 @@ def test_trains_through_the_shared_loop_and_resumes_exactly(name, pocket_random_
     c = context(pocket_random_backbone)
     overrides = {**FAST, **({"warm_fraction": 0.0} if name == "ogen" else {})}
     full = build(name, c, **overrides)
-    info = sgd_loop(full, c, full.config, tmp_path / "full.pt", checkpoint_every=100, progress=False)
+    info = feature_loop(full, c, full.config, tmp_path / "full.pt", checkpoint_every=100, progress=False)
     hist = info["loss_history"]
     assert len(hist) == FAST["epochs"] and all(math.isfinite(v) for v in hist) and hist[-1] < hist[0], hist
     ckpt = tmp_path / "killed.pt"
     killed = build(name, c, **overrides)
     with pytest.raises(KeyboardInterrupt):
-        sgd_loop(killed, c, killed.config, ckpt, checkpoint_every=4, progress=False, stop_after=5)
+        feature_loop(killed, c, killed.config, ckpt, checkpoint_every=4, progress=False, stop_after=5)
     resumed = build(name, c, **overrides)  # a fresh process: a new model, the checkpoint of epoch 4
-    sgd_loop(resumed, c, resumed.config, ckpt, checkpoint_every=4, progress=False)
+    feature_loop(resumed, c, resumed.config, ckpt, checkpoint_every=4, progress=False)
     torch.testing.assert_close(resumed(c.val_features), full(c.val_features), atol=1e-5, rtol=1e-5)
     fresh = build(name, MethodContext(**{**c.__dict__, "train_features": None, "train_labels": None}), **overrides)
     fresh.load_trainable_state(full.trainable_state())

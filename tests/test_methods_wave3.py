@@ -17,11 +17,11 @@ import yaml
 
 from conftest import prepare_run_inputs
 from test_methods_wave2 import NAMES, build, context
-from vlprompt import grid
-from vlprompt.backbone import encode_prompts
 from vlprompt.cli import main as cli
-from vlprompt.config import load_config
+from vlprompt.clip.backbone import encode_prompts
 from vlprompt.data import descriptions as store
+from vlprompt.experiment import grid
+from vlprompt.experiment.config import load_config
 from vlprompt.methods import FAMILIES, MethodContext, MethodError, get_method, list_methods, method_order
 from vlprompt.methods.mvlpt import merge_sources
 from vlprompt.methods.pacbayes_prompt import kl_inverse_bound, mcallester_bound
@@ -230,7 +230,7 @@ def reference_tpt(model, views, lr=5e-3, share=0.1):
 @pytest.fixture(scope="module")
 def trained_ctx():
     """The shipped pocket CLIP (the random one's text features hardly move with the context) and random views."""
-    from vlprompt.backbone import POCKET_MODEL, load_backbone
+    from vlprompt.clip.backbone import POCKET_MODEL, load_backbone
 
     return context(load_backbone(POCKET_MODEL, "pocket"))
 
@@ -395,7 +395,7 @@ def train(path, method, out, shots=2, seed=1):
 def test_tfup_reads_no_label(mini, tmp_path):
     """The run's context hands TFUP features only; with the unlabelled bank's labels shuffled, or its rows removed
     altogether, every prediction is the same."""
-    from vlprompt.train import build_context
+    from vlprompt.training.context import build_context
 
     root, path, cfg = mini
     ctx, _, _ = build_context(cfg, "pocket_noisy", get_method("tfup"), 0, 0, torch.device("cpu"))
@@ -425,7 +425,7 @@ def test_tfup_reads_no_label(mini, tmp_path):
 
 
 def test_test_views_hold_the_original_first(mini):
-    from vlprompt.features import FeatureBank
+    from vlprompt.clip.features import FeatureBank
 
     root, path, cfg = mini
     stem = grid.test_views_stem(cfg, "pocket_noisy", "tpt", 0)
@@ -477,7 +477,7 @@ def test_mvlpt_targets_start_from_the_multitask_prompt(mini, tmp_path):
 
 
 def test_the_bound_reaches_the_summary(mini, tmp_path):
-    from vlprompt.aggregate import summary_table
+    from vlprompt.analysis.aggregate import summary_table
 
     root, path, cfg = mini
     assert train(path, "pacbayes_prompt", tmp_path / "pb") == 0

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlprompt import backbone, pretrain
+from vlprompt.clip import backbone
 from vlprompt.data import pocket
+from vlprompt.training import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 

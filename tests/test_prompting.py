@@ -7,8 +7,8 @@ OpenAI ViT-B/16 layout (QuickGELU, 77 positions, built with random weights: no d
 import pytest
 import torch
 
-from vlprompt.backbone import PromptedTextEncoder, load_backbone
-from vlprompt.prompting import PromptLearner
+from vlprompt.clip.backbone import PromptedTextEncoder, load_backbone
+from vlprompt.clip.prompting import PromptLearner
 
 CLASSNAMES = ["red circle", "airplane", "golden retriever", "sea or lake", "pink hexagon ring"]
 

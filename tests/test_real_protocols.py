@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlprompt.config import load_config
+from vlprompt.clip.prompting import PromptedTextEncoder
 from vlprompt.data import real, registry, splits
-from vlprompt.evaluate import evaluate
+from vlprompt.experiment.config import load_config
 from vlprompt.methods import get_method
 from vlprompt.methods.base import MethodContext, normalize
-from vlprompt.prompting import PromptedTextEncoder
+from vlprompt.training.evaluate import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]

@@ -48,7 +48,7 @@ VIEWS = 2
 
 def write_random_vit_b16(path) -> None:
     """ViT-B/16 (QuickGELU) with random weights, saved as a state dict in fp16 as a local weights file."""
-    from vlprompt.backbone import open_clip
+    from vlprompt.clip.backbone import open_clip
 
     torch.manual_seed(0)
     model = open_clip().create_model("ViT-B-16", pretrained=None, force_quick_gelu=True)

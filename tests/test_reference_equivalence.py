@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from reference import tiny_clip
-from vlprompt.backbone import PromptedTextEncoder, load_backbone, open_clip
+from vlprompt.clip.backbone import PromptedTextEncoder, load_backbone, open_clip
 from vlprompt.data.registry import get_dataset
 from vlprompt.methods import MethodContext, get_method
-from vlprompt.train import loop_setup, lr_at, sgd_loop
+from vlprompt.training.feature_runs import feature_loop
+from vlprompt.training.loop import loop_setup, lr_at
 
 RTOL = 1e-5
 # name in vlprompt's registry of the Dassl dataset names the fixtures use
@@ -96,11 +97,11 @@ def check_step(method, fix: dict, grad_rtol: float = RTOL) -> None:
 
 
 def feature_step(method, ctx: MethodContext, features, labels, tmp_path) -> None:
-    """One step of the shared loop (``sgd_loop``) on one batch: one view, all images in the batch."""
+    """One step of the shared loop (``feature_loop``) on one batch: one view, all images in the batch."""
     # the lr of epoch 0 does not depend on the schedule's length; the batch is the fixture's (CoCoOp's preset is 1)
     cfg = dataclasses.replace(method.config, epochs=1, batch_size=len(labels))
     step_ctx = dataclasses.replace(ctx, train_features=features.unsqueeze(0), train_labels=labels)
-    sgd_loop(method, step_ctx, cfg, tmp_path / "checkpoint.pt", checkpoint_every=10**6, progress=False)
+    feature_loop(method, step_ctx, cfg, tmp_path / "checkpoint.pt", checkpoint_every=10**6, progress=False)
 
 
 def step_and_check(method, ctx: MethodContext, features, fix: dict, tmp_path) -> None:
@@ -117,7 +118,7 @@ def check_forward(method, features, fix: dict) -> None:
 
 
 def image_step(method, images, labels) -> float:
-    """One step as ``train_images.image_loop`` takes it (same optimiser, lr and order of calls)."""
+    """One step as ``image_runs.image_loop`` takes it (same optimiser, lr and order of calls)."""
     opt, _, _ = loop_setup(method, method.config, torch.device("cpu"), len(labels))
     for group in opt.param_groups:
         group["lr"] = lr_at(method.config, 0)

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vlprompt.report import figures, paper_table, published, render, shots_table, tables
-from vlprompt.report.render import CAPTIONS, what_n_allows
-from vlprompt.stats import compute_stats, settings
+from vlprompt.analysis.report import figures, paper_table, published, render, shots_table, tables
+from vlprompt.analysis.report.render import CAPTIONS, what_n_allows
+from vlprompt.analysis.stats import compute_stats, settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -222,7 +222,7 @@ def published_like(values: dict) -> pd.DataFrame:
 
 
 def test_published_comparison_flags_values_outside_our_interval():
-    from vlprompt.stats import cell_summary
+    from vlprompt.analysis.stats import cell_summary
 
     pub = published.load("base2new")
     coop = pub[(pub.method == "coop") & (pub.metric != "hm")].pivot(index="dataset", columns="metric",

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from doc_commands import commands
-from vlprompt import cluster as cc
+from vlprompt.pipeline import cluster as cc
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "pocket_tiny.yaml"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from vlprompt import stats
+from vlprompt.analysis import stats
 
 # Hollander & Wolfe (1999), Table 3.1: Hamilton depression scale before (x) and after (y) tranquilizer, n = 9.
 # Textbook: T+ = 5 for y - x (all |differences| distinct, no zeros), exact two-sided p = 0.039.
@@ -181,7 +181,7 @@ def test_unknown_setting_is_an_error_naming_it():
 
 
 def test_schema_defaults_are_the_module_defaults():
-    from vlprompt.config import load_schema
+    from vlprompt.experiment.config import load_schema
 
     block = load_schema()["properties"]["stats"]
     assert block["additionalProperties"] is False

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from vlprompt.backbone import PromptedTextEncoder
+from vlprompt.clip.backbone import PromptedTextEncoder
 from vlprompt.methods import MethodContext, get_method
-from vlprompt.train import loop_setup, lr_at, make_optimizer, sgd_loop
+from vlprompt.training.feature_runs import feature_loop
+from vlprompt.training.loop import loop_setup, lr_at, make_optimizer
 
 NAMES = ["red circle", "blue square", "green star"]
 
@@ -107,7 +108,7 @@ def test_tip_adapter_f_optimiser_and_schedule_follow_the_reference():
 
 def test_the_loop_steps_the_schedule_per_iteration_and_keeps_the_last_batch(pocket_random_backbone, tmp_path,
                                                                              monkeypatch):
-    import vlprompt.train as train
+    import vlprompt.training.loop as train
 
     ctx = context(pocket_random_backbone)  # 12 training images
     tip = build("tip_adapter_f", ctx, epochs=2, batch_size=5)
@@ -128,5 +129,5 @@ def test_the_loop_steps_the_schedule_per_iteration_and_keeps_the_last_batch(pock
         return opt
 
     monkeypatch.setattr(train, "make_optimizer", recording)
-    sgd_loop(tip, ctx, tip.config, tmp_path / "ckpt.pt", checkpoint_every=100, progress=False)
+    feature_loop(tip, ctx, tip.config, tmp_path / "ckpt.pt", checkpoint_every=100, progress=False)
     assert seen == pytest.approx([lr_at(tip.config, e, s, 3) for e in range(2) for s in range(3)])

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vlprompt import grid, integrity, workflow
 from vlprompt.data import registry, splits
+from vlprompt.experiment import grid
 from vlprompt.io import CorruptArtefactError
+from vlprompt.pipeline import integrity, run_registry, workflow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,23 +73,23 @@ def test_a_subset_sampled_with_allow_fewer_is_refused_without_it(tmp_path):
 
 def test_running_pipelines_are_recorded_and_stale_records_dropped(tmp_path):
     cfg = {"experiment": "first"}
-    path = workflow.register_run(cfg, ["snakemake", "--cores", "2"], root=tmp_path)
+    path = run_registry.register_run(cfg, ["snakemake", "--cores", "2"], root=tmp_path)
     assert path.exists()
-    assert workflow.running(tmp_path) == []  # our own record is not "another run"
+    assert run_registry.running(tmp_path) == []  # our own record is not "another run"
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         host = socket.gethostname()
         record = {"experiment": "second", "pid": other.pid, "host": host, "started": "now", "command": "snakemake"}
-        (tmp_path / workflow.RUNS_DIR / f"{host}-{other.pid}.json").write_text(json.dumps(record))
-        found = workflow.running(tmp_path)
+        (tmp_path / run_registry.RUNS_DIR / f"{host}-{other.pid}.json").write_text(json.dumps(record))
+        found = run_registry.running(tmp_path)
         assert [r["experiment"] for r in found] == ["second"]
-        assert "experiment 'second'" in workflow.describe(found[0]) and str(other.pid) in workflow.describe(found[0])
+        assert "experiment 'second'" in run_registry.describe(found[0]) and str(other.pid) in run_registry.describe(found[0])
     finally:
         other.kill()
         other.wait()
-    assert workflow.running(tmp_path) == []  # its process is gone: the record is removed
-    assert not (tmp_path / workflow.RUNS_DIR / f"{host}-{other.pid}.json").exists()
-    workflow.unregister_run(tmp_path)
+    assert run_registry.running(tmp_path) == []  # its process is gone: the record is removed
+    assert not (tmp_path / run_registry.RUNS_DIR / f"{host}-{other.pid}.json").exists()
+    run_registry.unregister_run(tmp_path)
     assert not path.exists()
 
 
@@ -96,9 +97,9 @@ def test_a_stale_lock_is_removed_only_when_no_snakemake_works_there(tmp_path):
     locks = tmp_path / ".snakemake" / "locks"
     locks.mkdir(parents=True)
     (locks / "0.output.lock").write_text("x")
-    assert workflow.unlock_stale(tmp_path).startswith("removed the stale Snakemake lock")
+    assert run_registry.unlock_stale(tmp_path).startswith("removed the stale Snakemake lock")
     assert list(locks.iterdir()) == []
-    assert workflow.unlock_stale(tmp_path) is None  # nothing to do
+    assert run_registry.unlock_stale(tmp_path) is None  # nothing to do
     (locks / "0.input.lock").write_text("x")
     # a process named snakemake working in that folder: the lock is left alone
     fake = tmp_path / "bin" / "snakemake"  # a python script: one process, no forked child sharing its name
@@ -107,18 +108,18 @@ def test_a_stale_lock_is_removed_only_when_no_snakemake_works_there(tmp_path):
     proc = subprocess.Popen([sys.executable, str(fake), "--cores", "1"], cwd=tmp_path)
     try:
         deadline = time.monotonic() + 10
-        while not workflow.snakemake_processes(tmp_path) and time.monotonic() < deadline:
+        while not run_registry.snakemake_processes(tmp_path) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert workflow.snakemake_processes(tmp_path) == [proc.pid]
-        assert workflow.unlock_stale(tmp_path) is None and (locks / "0.input.lock").exists()
+        assert run_registry.snakemake_processes(tmp_path) == [proc.pid]
+        assert run_registry.unlock_stale(tmp_path) is None and (locks / "0.input.lock").exists()
     finally:
         proc.kill()
         proc.wait()
     # a run recorded by another host (a shared file system) cannot be checked: left alone too
-    (tmp_path / workflow.RUNS_DIR).mkdir(parents=True)
+    (tmp_path / run_registry.RUNS_DIR).mkdir(parents=True)
     record = {"experiment": "x", "pid": 1, "host": "another-node", "started": "now", "command": "snakemake"}
-    (tmp_path / workflow.RUNS_DIR / "another-node-1.json").write_text(json.dumps(record))
-    assert workflow.unlock_stale(tmp_path) is None and (locks / "0.input.lock").exists()
+    (tmp_path / run_registry.RUNS_DIR / "another-node-1.json").write_text(json.dumps(record))
+    assert run_registry.unlock_stale(tmp_path) is None and (locks / "0.input.lock").exists()
 
 
 @pytest.mark.parametrize("sigint", ["default", "ignored"])
@@ -131,7 +132,7 @@ def test_a_job_stops_when_its_snakemake_is_killed(tmp_path, sigint):
     marker, ready = tmp_path / "interrupted", tmp_path / "watching"
     code = textwrap.dedent(f"""
         import time
-        from vlprompt.watchdog import watch
+        from vlprompt.pipeline.watchdog import watch
         watch({parent.pid}, interval_s=0.1, grace_s=5)
         try:
             open({str(ready)!r}, "w").write("yes")
@@ -154,7 +155,7 @@ def test_a_job_stops_when_its_snakemake_is_killed(tmp_path, sigint):
 
 
 def test_the_watchdog_watches_only_a_snakemake_of_this_host(monkeypatch):
-    from vlprompt import watchdog
+    from vlprompt.pipeline import watchdog
 
     monkeypatch.setenv(workflow.PARENT_ENV, f"another-node:{os.getppid()}")
     assert watchdog.start_from_environment() is None
@@ -194,7 +195,7 @@ def test_a_damaged_model_is_refused_with_the_rebuild_command(tmp_path):
     import torch
 
     from vlprompt.io import file_record
-    from vlprompt.train import load_model_state
+    from vlprompt.training.records import load_model_state
 
     torch.save({"state": {}}, tmp_path / "model.pt")
     (tmp_path / "metrics.json").write_text(json.dumps({"artefacts": {"model.pt": file_record(tmp_path / "model.pt")}}))

@@ -18,8 +18,8 @@ def _cfg(args):
     """The experiment's config: ``--config``, else the one the running Snakemake resolved ($VLPROMPT_CONFIG)."""
     import os
 
-    from vlprompt.config import ConfigError, load_config
-    from vlprompt.workflow import CONFIG_ENV
+    from vlprompt.experiment.config import ConfigError, load_config
+    from vlprompt.pipeline.workflow import CONFIG_ENV
 
     path = args.config or os.environ.get(CONFIG_ENV)
     if not path:
@@ -28,7 +28,7 @@ def _cfg(args):
     cfg = load_config(path)
     key = getattr(args, "key", None)
     if key is not None:
-        from vlprompt.grid import dataset_key
+        from vlprompt.experiment.grid import dataset_key
 
         if dataset_key(cfg, args.dataset) != key:
             raise ConfigError(f"this job was planned for {key!r} but {path} gives dataset {args.dataset!r} the "
@@ -54,7 +54,7 @@ def cmd_datasets(args) -> None:
     from vlprompt.data import registry
 
     if args.config:  # where that experiment puts data and downloads (data_root, download block)
-        from vlprompt.config import load_config
+        from vlprompt.experiment.config import load_config
 
         cfg = load_config(args.config)
         if args.data_root:
@@ -75,8 +75,8 @@ def cmd_prepare(args) -> None:
 
 def cmd_classes(args) -> None:
     """Write the base/new class file of one prepared dataset."""
-    from vlprompt import grid
     from vlprompt.data import registry, splits
+    from vlprompt.experiment import grid
 
     cfg = _cfg(args)
     split = splits.read_split(registry.split_path(cfg, args.dataset))
@@ -85,8 +85,8 @@ def cmd_classes(args) -> None:
 
 def cmd_fewshot(args) -> None:
     """Sample one few-shot subset (shots, seed) of one dataset, once: an existing subset is never re-drawn."""
-    from vlprompt import grid
     from vlprompt.data import registry, splits
+    from vlprompt.experiment import grid
 
     cfg = _cfg(args)
     path = Path(args.out) if args.out else grid.fewshot_path(cfg, args.dataset, args.shots, args.seed)
@@ -104,9 +104,10 @@ def cmd_extract(args) -> None:
     whole training split or the test images in views."""
     import torch
 
-    from vlprompt import features, grid
-    from vlprompt.backbone import load_backbone_from_config
+    from vlprompt.clip import features
+    from vlprompt.clip.backbone import load_backbone_from_config
     from vlprompt.data import registry, splits
+    from vlprompt.experiment import grid
 
     cfg = _cfg(args)
     fcfg = cfg["features"]
@@ -152,7 +153,7 @@ def cmd_extract(args) -> None:
 
 def cmd_unlock_stale(args) -> None:
     """Remove a stale Snakemake lock (left by a run that was killed) if no snakemake works here any more."""
-    from vlprompt.workflow import describe, running, unlock_stale
+    from vlprompt.pipeline.run_registry import describe, running, unlock_stale
 
     done = unlock_stale(args.directory)
     if done:
@@ -163,7 +164,7 @@ def cmd_unlock_stale(args) -> None:
 
 def cmd_cluster_check(args) -> None:
     """Check a SLURM profile against the cluster; print what does not fit and the flags that fix it."""
-    from vlprompt.cluster import ClusterError, main
+    from vlprompt.pipeline.cluster import ClusterError, main
 
     extra = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
     try:
@@ -176,7 +177,7 @@ def cmd_cluster_check(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from vlprompt.train import run
+    from vlprompt.training.runs import run
 
     metrics = run(_cfg(args), args.dataset, args.method, args.shots, args.seed, args.out,
                   progress=not args.quiet, stop_after=args.stop_after)
@@ -185,7 +186,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_train_group(args) -> None:
-    from vlprompt.train import run_many
+    from vlprompt.training.runs import run_many
 
     cfg = _cfg(args)
     runs = [(k, s) for k in args.shots for s in args.seeds]
@@ -195,7 +196,7 @@ def cmd_train_group(args) -> None:
 
 
 def cmd_train_multitask(args) -> None:
-    from vlprompt.train import train_multitask
+    from vlprompt.training.multitask import train_multitask
 
     m = train_multitask(_cfg(args), args.method, args.shots, args.seed, args.out, progress=not args.quiet)
     losses = m["train"]["loss_history"]
@@ -204,21 +205,21 @@ def cmd_train_multitask(args) -> None:
 
 
 def cmd_evaluate_transfer(args) -> None:
-    from vlprompt.train import evaluate_transfer
+    from vlprompt.training.runs import evaluate_transfer
 
     m = evaluate_transfer(_cfg(args), args.dataset, args.method, args.shots, args.seed, args.target, args.out)
     print(f"{args.dataset} -> {args.target}: all_acc={m['all_acc']:.2f}")
 
 
 def cmd_aggregate(args) -> None:
-    from vlprompt.aggregate import aggregate
+    from vlprompt.analysis.aggregate import aggregate
 
     aggregate(_cfg(args), [Path(p) for p in args.metrics], Path(args.summary), Path(args.stats),
               Path(args.metrics_json) if args.metrics_json else None)
 
 
 def cmd_report(args) -> None:
-    from vlprompt import report
+    from vlprompt.analysis import report
 
     cfg = _cfg(args)
     report.render(Path(args.summary), Path(args.stats), Path(args.out), cfg)
@@ -229,7 +230,7 @@ def cmd_pretrain(args) -> None:
 
     import torch
 
-    from vlprompt.pretrain import PRESETS, pretrain
+    from vlprompt.training.pretrain import PRESETS, pretrain
 
     torch.set_num_threads(args.threads)
     cfg, world = PRESETS[args.world]
@@ -239,7 +240,7 @@ def cmd_pretrain(args) -> None:
 
 def cmd_fetch_weights(args) -> None:
     """Download open_clip weights into the local cache (run where there is network)."""
-    from vlprompt.backbone import load_backbone
+    from vlprompt.clip.backbone import load_backbone
 
     bb = load_backbone(args.model, args.pretrained)
     print(f"cached {bb.id} ({bb.pretrained})")
@@ -322,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("pretrain-pocket", cmd_pretrain, "pretrain the tiny pocket CLIP", config=False)
     s.add_argument("--out", required=True)
     s.add_argument("--world", choices=["v1", "v2"], default="v1",
-                   help="the pocket world and recipe of a shipped checkpoint (vlprompt.pretrain.PRESETS)")
+                   help="the pocket world and recipe of a shipped checkpoint (vlprompt.training.pretrain.PRESETS)")
     s.add_argument("--steps", type=int, help="override the preset's number of steps")
     s.add_argument("--seed", type=int)
     s.add_argument("--threads", type=int, default=1)
@@ -344,16 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from vlprompt.watchdog import start_from_environment
+    from vlprompt.pipeline.watchdog import start_from_environment
 
     start_from_environment()  # a job stops when the snakemake that runs it is gone
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from vlprompt.backbone import BackboneError
-    from vlprompt.config import ConfigError
+    from vlprompt.clip.backbone import BackboneError
     from vlprompt.data.download import DownloadError
     from vlprompt.data.registry import DatasetError
     from vlprompt.data.splits import SplitError
+    from vlprompt.experiment.config import ConfigError
     from vlprompt.io import CorruptArtefactError
     from vlprompt.methods.base import MethodError
 

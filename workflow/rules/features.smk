@@ -1,8 +1,8 @@
 # Frozen image features, extracted once per backbone x image x view transform: the evaluation splits of a
 # dataset (every test image, the whole validation split), and per few-shot subset its validation images,
 # its training images un-augmented and in augmented views. A subset's job
-# copies what sibling subsets already hold and encodes only the images it adds (vlprompt.features).
-# Two parts are extracted only when a method of the experiment declares it reads them (vlprompt.grid): the whole
+# copies what sibling subsets already hold and encodes only the images it adds (vlprompt.clip.features).
+# Two parts are extracted only when a method of the experiment declares it reads them (vlprompt.experiment.grid): the whole
 # training split (`unlabelled: train`, TFUP) and the test images in views (TPT: test_views<V>_crop<s>).
 
 FEATURES_DIR = grid.FEATURES.format(results=CFG["results_root"], backbone=grid.backbone_key(CFG), dkey="{dkey}")

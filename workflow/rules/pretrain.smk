@@ -1,7 +1,7 @@
 # Re-create the tiny pocket CLIP of the experiment's pocket world (not part of `all`: experiments use the
 # shipped checkpoints, backbone.pretrained: pocket_v1 / pocket_v2). `snakemake pretrain_pocket_clip --cores 1`
 # re-creates the default experiment's (v2); `--configfile config/pocket_v1.yaml` the v1 one.
-# Point backbone.pretrained at the output to use it. Recipes: vlprompt.pretrain.PRESETS; costs: docs/pocket_world.md.
+# Point backbone.pretrained at the output to use it. Recipes: vlprompt.training.pretrain.PRESETS; costs: docs/pocket_world.md.
 
 POCKET_WORLD = CFG["pocket"]["world"]
 

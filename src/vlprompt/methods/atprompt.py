@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
+from vlprompt.clip.prompting import PatternPrompts
 from vlprompt.methods.base import Method, MethodContext, MethodError, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
-from vlprompt.prompting import PatternPrompts
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 

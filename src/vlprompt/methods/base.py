@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlprompt.backbone import Backbone, PromptedTextEncoder
+from vlprompt.clip.backbone import Backbone, PromptedTextEncoder
 
 registry: dict[str, type[Method]] = {}
 # Method families in the order the report lists them (zero-shot first, as the papers' tables do): methods without
@@ -94,7 +94,7 @@ class MethodContext:
 
     def templates(self, spec: str | None) -> list[str]:
         """The templates a method's Config field ``spec`` means on this dataset (see prompting.method_templates)."""
-        from vlprompt.prompting import method_templates
+        from vlprompt.clip.prompting import method_templates
 
         return method_templates(spec, self.dataset, self.template)
 
@@ -120,7 +120,7 @@ class Method(nn.Module):
     needs_training: ClassVar[bool] = True
     supports_new_classes: ClassVar[bool] = True
     inputs: ClassVar[str] = "features"  # "features" (cached bank) or "images" (encoder in the loop)
-    # Further inputs a method declares; vlprompt.grid turns them into the run's input files (and the DAG's jobs):
+    # Further inputs a method declares; vlprompt.experiment.grid turns them into the run's input files (and the DAG's jobs):
     reads_unlabelled: ClassVar[bool] = False  # the target's unlabelled images (config `unlabelled`; ctx.unlabelled)
     reads_test_views: ClassVar[bool] = False  # forward gets (B, V, D): V views per test image, view 0 the original
     reads_multitask_prompt: ClassVar[bool] = False  # starts from a prompt trained on the config's `sources`

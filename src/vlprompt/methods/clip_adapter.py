@@ -20,8 +20,8 @@ import dataclasses
 import torch
 from torch import nn
 
+from vlprompt.clip.prompting import text_classifier
 from vlprompt.methods.base import Method, MethodContext, TrainConfig, normalize, register
-from vlprompt.prompting import text_classifier
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,8 +20,8 @@ import dataclasses
 
 import torch
 
+from vlprompt.clip.prompting import PromptLearner
 from vlprompt.methods.base import Method, MethodContext, TrainConfig, normalize, register
-from vlprompt.prompting import PromptLearner
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,12 +26,12 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from vlprompt.backbone import encode_prompts
+from vlprompt.clip.backbone import encode_prompts
+from vlprompt.clip.prompting import prompt_name
 from vlprompt.data.descriptions import descriptions_for, source_of
 from vlprompt.methods.base import Method, MethodContext, register
 from vlprompt.methods.zeroshot import ZeroShot
 from vlprompt.methods.zeroshot_ensemble import resolve_templates
-from vlprompt.prompting import prompt_name
 
 
 @dataclasses.dataclass(frozen=True)

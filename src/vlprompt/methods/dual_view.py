@@ -76,10 +76,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlprompt.clip.prompting import text_classifier
 from vlprompt.methods.base import MethodContext, MethodError, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
 from vlprompt.methods.zeroshot_ensemble import resolve_templates
-from vlprompt.prompting import text_classifier
 
 TARGETS = ("text", "predictions", "image_text")
 ESTIMATORS = ("infonce", "bilinear", "mlp", "jsd", "plugin")

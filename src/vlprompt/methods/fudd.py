@@ -28,7 +28,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from vlprompt.backbone import encode_prompts
+from vlprompt.clip.backbone import encode_prompts
 from vlprompt.data.descriptions import differential_descriptions
 from vlprompt.methods.base import MethodContext, MethodError, normalize, register
 from vlprompt.methods.zeroshot import ZeroShot

@@ -9,7 +9,7 @@ with a new random resized crop and flip each time. ``in_loop(cls)`` turns a feat
 
 with ``m`` the feature method (unchanged: same Config, preset, loss and learned parameters) and ``f`` the
 frozen image encoder, under no gradient (the learned parameters are all on the text side). It trains in
-:func:`vlprompt.train_images.image_loop` (the augmentation of each image in epoch e drawn from (seed, e),
+:func:`vlprompt.training.image_runs.image_loop` (the augmentation of each image in epoch e drawn from (seed, e),
 CoOp's random resized crop at ``features.crop_scale_min`` and flip) and is evaluated on the test images
 through the backbone's test transform. Its ``model.pt`` holds the feature method's own parameters, so the
 feature method can load it. Used by ``docs/augmentation.md`` (issue 13, item 6) to measure what fixed views

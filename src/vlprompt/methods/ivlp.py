@@ -26,10 +26,10 @@ import dataclasses
 import torch
 from torch import nn
 
-from vlprompt import deep_prompts
+from vlprompt.clip import deep_prompts
+from vlprompt.clip.prompting import PromptLearner, prompt_name
 from vlprompt.methods.base import MethodContext, MethodError, normalize, register
 from vlprompt.methods.vpt_deep import VPTDeep, VPTDeepConfig
-from vlprompt.prompting import PromptLearner, prompt_name
 
 
 @dataclasses.dataclass(frozen=True)

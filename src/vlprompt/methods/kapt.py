@@ -30,12 +30,12 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from vlprompt.backbone import encode_prompts
+from vlprompt.clip.backbone import encode_prompts
+from vlprompt.clip.prompting import prompt_name
 from vlprompt.data.descriptions import descriptions_for
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
 from vlprompt.methods.restore import ResidualAdapter
-from vlprompt.prompting import prompt_name
 
 STOP_WORDS = frozenset(
     "a an the of in on at to for from by with and or but is are was were be been being it its this that these "

@@ -23,9 +23,9 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from vlprompt.clip.prompting import text_classifier
 from vlprompt.methods.base import MethodContext, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
-from vlprompt.prompting import text_classifier
 
 
 @dataclasses.dataclass(frozen=True)

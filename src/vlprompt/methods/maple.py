@@ -26,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from vlprompt import deep_prompts
+from vlprompt.clip import deep_prompts
 from vlprompt.methods.base import MethodContext, TrainConfig, register
 from vlprompt.methods.ivlp import IVLP
 

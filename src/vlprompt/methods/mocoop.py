@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlprompt.backbone import encode_prompts
+from vlprompt.clip.backbone import encode_prompts
+from vlprompt.clip.prompting import PatternPrompts, class_prompts, format_tokens
 from vlprompt.methods.atprompt import per_dataset
 from vlprompt.methods.base import Method, MethodContext, MethodError, TrainConfig, normalize, register
-from vlprompt.prompting import PatternPrompts, class_prompts, format_tokens
 
 
 @dataclasses.dataclass(frozen=True)

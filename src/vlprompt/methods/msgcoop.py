@@ -36,11 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlprompt.backbone import encode_prompts
+from vlprompt.clip.backbone import encode_prompts
+from vlprompt.clip.prompting import prompt_name
 from vlprompt.data.descriptions import descriptions_for
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.kgcoop import KgCoOp, KgCoOpConfig, knowledge_loss
-from vlprompt.prompting import prompt_name
 
 
 @dataclasses.dataclass(frozen=True)

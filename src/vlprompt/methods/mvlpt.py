@@ -10,7 +10,7 @@ constant warm-up epoch at 1e-5).
 
 Two stages:
 
-1. multitask (source) stage, once per shots and seed (rule ``train_multitask``, vlprompt.train.train_multitask):
+1. multitask (source) stage, once per shots and seed (rule ``train_multitask``, vlprompt.training.multitask.train_multitask):
    one CoOp context trained on the few-shot training data of every source dataset (the config's ``sources``) at
    once, with the cross-entropy over all the sources' classes (the reference's concatenated label space) and
    batches drawn from the union of their images;

@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlprompt.clip.prompting import PromptLearner
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
-from vlprompt.prompting import PromptLearner
 
 
 @dataclasses.dataclass(frozen=True)

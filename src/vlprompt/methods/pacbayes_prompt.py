@@ -39,9 +39,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vlprompt.backbone import PromptedTextEncoder
+from vlprompt.clip.backbone import PromptedTextEncoder
+from vlprompt.clip.prompting import prompt_name
 from vlprompt.methods.base import Method, MethodContext, MethodError, normalize, register
-from vlprompt.prompting import prompt_name
 
 log = logging.getLogger(__name__)
 

@@ -43,9 +43,9 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from vlprompt.clip.prompting import PLACEHOLDER, prompt_name, text_classifier
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
-from vlprompt.prompting import PLACEHOLDER, prompt_name, text_classifier
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,9 +33,9 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from vlprompt.clip.prompting import class_prompts
 from vlprompt.methods.base import MethodContext, MethodError, normalize, register
 from vlprompt.methods.ivlp import IVLP, IVLPConfig
-from vlprompt.prompting import class_prompts
 
 # The 60 ImageNet prompts of CLIP's prompt-engineering notebook, which the reference averages over.
 IMAGENET_TEMPLATES = (

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlprompt.backbone import encode_prompts
+from vlprompt.clip.backbone import encode_prompts
+from vlprompt.clip.prompting import class_prompts
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
-from vlprompt.prompting import class_prompts
 
 
 @dataclasses.dataclass(frozen=True)

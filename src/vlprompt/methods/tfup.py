@@ -35,10 +35,10 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from vlprompt.backbone import PromptedTextEncoder
+from vlprompt.clip.backbone import PromptedTextEncoder
+from vlprompt.clip.prompting import text_classifier
 from vlprompt.data.descriptions import descriptions_for, source_of
 from vlprompt.methods.base import Method, MethodContext, MethodError, normalize, register
-from vlprompt.prompting import text_classifier
 
 TEXTS = ("descriptions", "template")
 

@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlprompt.clip.prompting import text_classifier
 from vlprompt.methods.base import Method, MethodContext, MethodError, TrainConfig, normalize, register
-from vlprompt.prompting import text_classifier
 
 SEARCH_SPLITS = ("val", "test")
 

@@ -19,7 +19,7 @@ with the updated context, then reset the context to its initial state (here: eac
 method's context never changes, so no prediction depends on which images came before; tests/test_methods_wave3.py).
 
 Cached features: the views are extracted once into the feature bank (``<features dir>/test_views<V>_crop<s>.npy``, a
-part of the bank that exists only for experiments with a method that reads it, see vlprompt.grid.test_views_files), so
+part of the bank that exists only for experiments with a method that reads it, see vlprompt.experiment.grid.test_views_files), so
 TPT on cached features is exact up to the finite set of views, which are fixed per image (the reference draws new
 ones at every evaluation). Deviations: the views are random resized crops (scale (0.08, 1), bilinear) with flips for
 every dataset, the reference's augmentation for ImageNet and its variants; on the fine-grained datasets the

@@ -6,7 +6,7 @@ learning, trainers/vpt.py and clip/model.py (read, not copied).
 
 With J = depth (capped at the tower's blocks) and n tokens per block, P_j ∈ R^{n×d_v} ~ N(0, 0.02²):
 
-    block j input:  [CLS, patches, P_j]  for j < J (P_0 through ln_pre; see vlprompt.deep_prompts)
+    block j input:  [CLS, patches, P_j]  for j < J (P_0 through ln_pre; see vlprompt.clip.deep_prompts)
     x̂ = normalize(f(x; P_0..P_{J-1})),   w_c = normalize(g(template(c)))  (frozen)
     logits_c(x) = s · x̂ · w_cᵀ,   L = CE(logits(x), y)
 
@@ -30,9 +30,9 @@ import dataclasses
 import torch
 from torch import nn
 
-from vlprompt import deep_prompts
+from vlprompt.clip import deep_prompts
+from vlprompt.clip.prompting import text_classifier
 from vlprompt.methods.base import Method, MethodContext, TrainConfig, normalize, register
-from vlprompt.prompting import text_classifier
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,8 +13,8 @@ import dataclasses
 
 import torch
 
+from vlprompt.clip.prompting import text_classifier
 from vlprompt.methods.base import Method, MethodContext, normalize, register
-from vlprompt.prompting import text_classifier
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from vlprompt.backbone import POCKET_MODEL, Backbone
+from vlprompt.clip.backbone import POCKET_MODEL, Backbone
+from vlprompt.clip.prompting import text_classifier
 from vlprompt.methods.base import Method, MethodContext, MethodError, register
 from vlprompt.methods.zeroshot import ZeroShot
-from vlprompt.prompting import text_classifier
 
 ENSEMBLES_FILE = Path(__file__).resolve().parent.parent / "data" / "prompt_ensembles.json"
 

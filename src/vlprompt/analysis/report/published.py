@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vlprompt import stats
+from vlprompt.analysis import stats
 
 FILES = {"base2new": "published_base2novel.csv", "crossdataset": "published_crossdataset.csv",
          "domain_generalization": "published_domain_generalization.csv"}
@@ -29,7 +29,7 @@ def default_dir() -> Path:
     here = Path("config/published")
     if here.is_dir():
         return here
-    return Path(__file__).resolve().parents[3] / "config" / "published"
+    return Path(__file__).resolve().parents[4] / "config" / "published"
 
 
 def _key(name: str) -> str:

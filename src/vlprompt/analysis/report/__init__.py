@@ -5,7 +5,7 @@ draws the figures, ``published`` compares with the papers' numbers, ``document``
 HTML of each section side by side.
 """
 
-from vlprompt.report.render import render, shots_table
-from vlprompt.report.tables import paper_table
+from vlprompt.analysis.report.render import render, shots_table
+from vlprompt.analysis.report.tables import paper_table
 
 __all__ = ["render", "paper_table", "shots_table"]

@@ -4,7 +4,7 @@ Each figure is about 1100 px wide (``WIDTH`` inches at ``DPI``), the width of th
 labels, so that it is shown at its own size. A method has the same colour in every figure of every report
 (:func:`palette`). Each function writes one PNG and returns a caption note ("" when everything was drawn),
 or None when it had nothing to draw; the caller shows the note so that a skipped part is visible.
-Intervals are Student-t intervals over seeds (:func:`vlprompt.stats.t_interval`); a method that does not
+Intervals are Student-t intervals over seeds (:func:`vlprompt.analysis.stats.t_interval`); a method that does not
 depend on the seed is one run and has none.
 """
 
@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from vlprompt import stats  # noqa: E402
+from vlprompt.analysis import stats  # noqa: E402
 
 LABELS = {"base_acc": "Base (%)", "new_acc": "New (%)", "hm": "HM (%)", "all_acc": "Accuracy (%)"}
 DPI = 100

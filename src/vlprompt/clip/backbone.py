@@ -21,7 +21,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # src/vlprompt: model_configs/ and assets/
 MODEL_CONFIG_DIR = PACKAGE_DIR / "model_configs"
 POCKET_MODEL = "PocketCLIP-ViT-T8"
 POCKET_WEIGHTS = PACKAGE_DIR / "assets" / "pocket_clip_fp16.pt"  # the pocket_v1 CLIP (its first file name)

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
+from vlprompt.experiment.overrides import OverridesError, check_method_overrides, method_settings, override_rows  # noqa: F401
 from vlprompt.io import config_hash
-from vlprompt.overrides import OverridesError, check_method_overrides, method_settings, override_rows  # noqa: F401
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
@@ -145,7 +145,7 @@ def backbone_key(cfg: dict) -> str:
     For a local weights file it includes a hash of the file, so replacing the weights
     invalidates the cached features; for an open_clip tag the tag names the weights.
     """
-    from vlprompt.backbone import is_local_file, resolve_pretrained
+    from vlprompt.clip.backbone import is_local_file, resolve_pretrained
 
     b = cfg["backbone"]
     pretrained = resolve_pretrained(b["pretrained"])

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from vlprompt import stats
+from vlprompt.analysis import stats
+from vlprompt.analysis.report import figures, published, tables
+from vlprompt.analysis.report.document import Section, markdown_to_html, to_html, to_markdown
+from vlprompt.analysis.report.tables import NAMES
 from vlprompt.io import atomic_write_text, provenance
-from vlprompt.report import figures, published, tables
-from vlprompt.report.document import Section, markdown_to_html, to_html, to_markdown
-from vlprompt.report.tables import NAMES
 
 PROTOCOLS = {"base2new": "base-to-new generalisation", "fewshot": "few-shot classification",
              "crossdataset": "cross-dataset transfer", "domain_generalization": "domain generalisation"}
@@ -391,7 +391,7 @@ def _provenance_section(summary: pd.DataFrame, protocol: str, backbone: str, scf
 
 def _overrides(s: Section, cfg: dict) -> None:
     """The hyperparameter overrides in force (config ``method_overrides``), per method and scope."""
-    from vlprompt.config import method_settings, override_rows
+    from vlprompt.experiment.config import method_settings, override_rows
 
     rows = override_rows(cfg)
     if not rows:

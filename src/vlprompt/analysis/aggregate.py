@@ -77,7 +77,7 @@ def write_metrics(summary: pd.DataFrame, path: Path) -> dict:
 
 def aggregate(cfg: dict, metrics_files: list[Path], summary_csv: Path, stats_csv: Path,
               metrics_json: Path | None = None) -> pd.DataFrame:
-    from vlprompt.stats import compute_stats
+    from vlprompt.analysis.stats import compute_stats
 
     df = summary_table(cfg, metrics_files)
     with atomic_path(summary_csv) as tmp:

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlprompt.backbone import Backbone, PromptedTextEncoder, encode_prompts
+from vlprompt.clip.backbone import Backbone, PromptedTextEncoder, encode_prompts
 
 PLACEHOLDER = "X"
-METHOD_TEMPLATES_FILE = Path(__file__).resolve().parent / "data" / "method_templates.json"
+METHOD_TEMPLATES_FILE = Path(__file__).resolve().parent.parent / "data" / "method_templates.json"
 
 
 def prompt_name(classname: str) -> str:

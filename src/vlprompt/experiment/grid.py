@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from vlprompt.config import backbone_key, method_config_hash, stage_hash
+from vlprompt.experiment.config import backbone_key, method_config_hash, stage_hash
 
 DATA = "{data}/{dkey}"
 CLASSES = "{results}/splits/{dkey}/classes.json"
@@ -134,7 +134,7 @@ def features_dir(cfg: dict, dataset: str) -> Path:
 
 def views_key(cfg: dict) -> str:
     """The training-view transform's identity: views per image, crop scale, augmentation format."""
-    from vlprompt.features import FORMAT
+    from vlprompt.clip.features import FORMAT
 
     f = cfg["features"]
     return f"views{f['train_views']}_crop{f['crop_scale_min']:g}_f{FORMAT}"
@@ -186,7 +186,7 @@ def test_views_stem(cfg: dict, dataset: str, method: str, shots: int | str, trai
     """Stem of the test views a ``reads_test_views`` method reads on ``dataset``: its Config's ``views`` (the
     original and views - 1 augmented views) and ``view_crop_scale_min``, as its settings for the run (trained on
     ``trained_on``, default ``dataset``, with ``shots``) give them."""
-    from vlprompt.config import method_settings
+    from vlprompt.experiment.config import method_settings
     from vlprompt.methods import get_method
 
     mcfg = get_method(method).make_config(method_settings(cfg, method, trained_on or dataset, int(shots)))

@@ -11,7 +11,7 @@ key names the model, weights tag or file hash and QuickGELU, the dataset key the
 - beside every ``.npy`` its sidecar ``.json``: the rows (relpath, label, classname) in bank order, what
   the features depend on (backbone, weights hash, transform, views) and the file's size and sha256.
 
-Two parts exist only where a method of the experiment declares it reads them (``vlprompt.grid``): ``train.npy``
+Two parts exist only where a method of the experiment declares it reads them (``vlprompt.experiment.grid``): ``train.npy``
 (N, D), the whole training split under the test transform (the unlabelled images of ``unlabelled: train``), and
 ``test_views<V>_crop<s>.npy`` (V, N, D), every test image in V views: view 0 the original (test transform), views
 1 … V−1 random resized crops with scale (s, 1) and flips (TPT's views; :func:`test_view_transform`), each seeded by

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from vlprompt import stats
+from vlprompt.analysis import stats
 
 NAMES = {"base_acc": "Base", "new_acc": "New", "hm": "HM", "hm_mean": "HM (mean)", "all_acc": "Accuracy"}
 MAX_COLUMNS = 16  # value columns per HTML table: about 60 px each on a page of 1150 px
@@ -79,7 +79,7 @@ def paper_table(summary: pd.DataFrame, shots=None, level: float = 0.95, datasets
     HM of the averaged Base and New, and HM (mean), the mean of per-dataset HMs) and one per dataset (Base, New,
     HM). Other protocols: one column per shots setting in each group (all of them unless ``shots`` is given).
     ``datasets`` gives the column order (the config's), ``methods`` the row order (default: the report's)."""
-    from vlprompt.report.figures import method_order
+    from vlprompt.analysis.report.figures import method_order
 
     b2n = stats.primary_metric(summary) == "hm"
     all_shots = sorted(summary.shots.unique())

@@ -1,5 +1,5 @@
 """The extra feature sets a method may ask its context for (``MethodContext.load_split``), read from the
-dataset's feature bank (``grid.features_dir``) through :class:`~vlprompt.features.FeatureBank`'s public
+dataset's feature bank (``grid.features_dir``) through :class:`~vlprompt.clip.features.FeatureBank`'s public
 methods only.
 
 A run's context always carries its few-shot subset's features (``<views key>/shot<K>_seed<S>.train``: V

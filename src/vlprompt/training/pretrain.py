@@ -126,7 +126,7 @@ def pretrain(out: Path, cfg: PretrainConfig | None = None, world: pocket.World |
     """Pretrain a pocket CLIP on ``world`` with ``cfg`` (default: the v1 preset) and save it as fp16."""
     from tqdm import tqdm
 
-    from vlprompt.backbone import POCKET_MODEL, open_clip
+    from vlprompt.clip.backbone import POCKET_MODEL, open_clip
 
     cfg, world = cfg or PRESETS["v1"][0], world or PRESETS["v1"][1]
     torch.manual_seed(cfg.seed)

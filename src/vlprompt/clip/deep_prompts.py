@@ -12,7 +12,7 @@ Vision tower (open_clip ``VisionTransformer``), n prompt tokens::
     output of the transformer: the n prompt positions are dropped before pooling, so class-token
     (``tok``) and mean (``avg``) pooling see exactly the tokens they see without prompts.
 
-Text tower (fed with token embeddings by :class:`~vlprompt.backbone.PromptedTextEncoder`), n
+Text tower (fed with token embeddings by :class:`~vlprompt.clip.backbone.PromptedTextEncoder`), n
 context tokens right after SOS::
 
     input of block 0:  [SOS, P_0, class tokens, ., EOT]   (P_0 is the prompt learner's context)
@@ -200,7 +200,7 @@ def encode_image(model: nn.Module, images: torch.Tensor, prompts: Sequence[torch
 def encode_text(encoder: nn.Module, embeddings: torch.Tensor, eot: torch.Tensor,
                 deep: Sequence[torch.Tensor] = ()) -> torch.Tensor:
     """Text features (unnormalised) of prompt ``embeddings`` (n, L, width) through a
-    :class:`~vlprompt.backbone.PromptedTextEncoder`, with deep prompts at positions 1..n of blocks 1..J-1."""
+    :class:`~vlprompt.clip.backbone.PromptedTextEncoder`, with deep prompts at positions 1..n of blocks 1..J-1."""
     if len(deep) and int(eot.min()) <= deep[0].shape[0]:
         raise DeepPromptError("the end token must come after the context positions that deep prompts replace")
     with text_prompts(encoder, deep):

@@ -18,7 +18,8 @@ import socket
 import threading
 import time
 
-from vlprompt.workflow import PARENT_ENV, process_alive
+from vlprompt.pipeline.run_registry import process_alive
+from vlprompt.pipeline.workflow import PARENT_ENV
 
 log = logging.getLogger(__name__)
 

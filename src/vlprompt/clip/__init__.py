@@ -1,0 +1,7 @@
+"""CLIP plumbing: everything that touches open_clip's model.
+
+``backbone`` loads a model (pretrained tag, local file, offline cache, the shipped pocket CLIPs) and feeds the text
+tower with token embeddings (the one place that knows open_clip's internals); ``prompting`` builds classifiers and
+learnable prompts over it; ``deep_prompts`` inserts prompts inside either tower's blocks; ``features`` extracts the
+frozen image features once and serves them as the feature bank; ``bank_splits`` is the bank's view by split.
+"""

@@ -1,0 +1,117 @@
+"""What a method sees in a run: the frozen backbone, the training classes, the few-shot features and the inputs the
+method declares it reads (unlabelled images, test views, a multitask prompt)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from vlprompt.clip.backbone import Backbone, PromptedTextEncoder, load_backbone_from_config
+from vlprompt.clip.bank_splits import BankSplits, UnlabelledFeatures
+from vlprompt.clip.features import FeatureBank, pick_device
+from vlprompt.data.registry import get_dataset, split_path
+from vlprompt.data.splits import read_fewshot, subsample_classes
+from vlprompt.experiment import grid
+from vlprompt.experiment.config import ConfigError
+from vlprompt.io import read_artefact_json
+from vlprompt.methods import MethodContext, get_method
+from vlprompt.training.loop import seed_everything
+from vlprompt.training.records import load_model_state
+
+_BACKBONES: dict = {}
+
+
+def cached_backbone(cfg: dict, device: torch.device) -> Backbone:
+    """Load the frozen backbone once per process (a job may train several runs; nothing modifies it)."""
+    key = (json.dumps(cfg["backbone"], sort_keys=True), str(device))
+    if key not in _BACKBONES:
+        _BACKBONES[key] = load_backbone_from_config(cfg, device)
+    return _BACKBONES[key]
+
+
+def start_job(cfg: dict, method_name: str, seed: int):
+    """A job's start: one thread per job (``train.threads``), every generator seeded; returns (device, method class)."""
+    torch.set_num_threads(cfg["train"]["threads"])
+    seed_everything(seed)
+    return pick_device(cfg["train"]["device"]), get_method(method_name)
+
+
+def training_classes(cfg: dict, classes: dict) -> list[int]:
+    """The labels a run trains on: the base classes under base2new, every class under the other protocols."""
+    return classes["base"] if cfg["protocol"] == "base2new" else list(range(len(classes["classnames"])))
+
+
+def method_context(cfg: dict, dataset: str, classnames: list[str], device: torch.device, seed: int,
+                   template_of: str | None = None) -> MethodContext:
+    """The context every method starts from; ``template_of`` names the dataset whose hand-crafted template the
+    prompts use (the target's under transfer, as the references build the model for the target)."""
+    backbone = cached_backbone(cfg, device)
+    target = template_of or dataset
+    return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=classnames,
+                         template=get_dataset(target).template, device=device, seed=seed, dataset=target)
+
+
+def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: torch.device,
+                  for_training: bool = True):
+    """The method's context for a run: backbone, training classes, few-shot features (if trained), and what the
+    method declares it reads: the unlabelled images' features, the multitask prompt it starts from (when
+    ``for_training``; a trained model's evaluation loads its own state instead).
+
+    Returns (context, feature bank, classes.json content). Training classes are the base classes
+    under base2new and all classes under the other protocols.
+    """
+    bank = FeatureBank(grid.features_dir(cfg, dataset))
+    classes = read_artefact_json(grid.classes_path(cfg, dataset))
+    names = classes["classnames"]
+    train_labels = training_classes(cfg, classes)
+    ctx = method_context(cfg, dataset, [names[i] for i in train_labels], device, seed)
+    if cls.needs_training:
+        fewshot = read_fewshot(grid.fewshot_path(cfg, dataset, shots, seed), cfg["fewshot"].get("allow_fewer", False))
+        train_rows = subsample_classes(fewshot["train"], train_labels)
+        val_rows = subsample_classes(fewshot["val"], train_labels)
+        stem = grid.fewshot_features(cfg, dataset, shots, seed)
+        subset_bank = FeatureBank(stem.parent)
+        ctx.train_features = subset_bank.take(f"{stem.name}.train", [r[0] for r in train_rows])
+        ctx.train_labels = torch.tensor([r[1] for r in train_rows])
+        ctx.val_features = subset_bank.take(f"{stem.name}.val", [r[0] for r in val_rows])
+        ctx.val_labels = torch.tensor([r[1] for r in val_rows])
+        ctx.train_crop_scale_min = subset_bank.meta(f"{stem.name}.train").get("scale_min")
+        ctx.load_split = BankSplits(bank, train_labels, train_rows, split_path(cfg, dataset),
+                                    plain=(subset_bank, f"{stem.name}.plain"))
+    if cls.reads_unlabelled:
+        ctx.unlabelled = unlabelled_features(cfg, dataset)
+    if cls.reads_multitask_prompt and shots > 0 and for_training:
+        ctx.multitask_prompt = load_multitask_prompt(cfg, cls.name, shots, seed, device)
+    return ctx, bank, classes
+
+
+def unlabelled_features(cfg: dict, dataset: str) -> UnlabelledFeatures:
+    """The features, without labels, of ``dataset``'s images of the split the config's ``unlabelled`` names."""
+    split = cfg.get("unlabelled", "none")
+    if split == "none":
+        raise ConfigError("a method reads the target's unlabelled images but the config's `unlabelled` is none")
+    return UnlabelledFeatures(FeatureBank(grid.features_dir(cfg, dataset)), split)
+
+
+def test_view_features(cfg: dict, dataset: str, method: str, shots: int, rows: list,
+                       trained_on: str | None = None) -> torch.Tensor:
+    """(N, V, D) features of the test images ``rows`` in V views (view 0 the original), for ``reads_test_views``."""
+    stem = grid.test_views_stem(cfg, dataset, method, shots, trained_on)
+    views = FeatureBank(stem.parent).take(stem.name, [r[0] for r in rows])  # (V, N, D)
+    return views.transpose(0, 1).contiguous()
+
+
+def eval_features(cfg: dict, bank: FeatureBank, rows: list, cls, dataset: str, shots: int,
+                  trained_on: str | None = None) -> torch.Tensor:
+    """What the method classifies for the test images ``rows``: their features, or their views."""
+    if cls.reads_test_views:
+        return test_view_features(cfg, dataset, cls.name, shots, rows, trained_on)
+    return bank.take("test", [r[0] for r in rows])
+
+
+def load_multitask_prompt(cfg: dict, method: str, shots: int, seed: int, device: torch.device) -> dict:
+    """The multitask stage's state for (shots, seed), checked against its record; ``source`` names the file."""
+    folder = grid.multitask_dir(cfg, method, shots, seed)
+    state = load_model_state(folder, device)["state"]
+    return {**state, "source": str(folder / "model.pt")}

@@ -1,0 +1,119 @@
+"""Runs of feature-bank methods (``inputs = "features"``): one method × dataset × shots × seed.
+
+Builds the method on the cached feature bank, trains it in :func:`vlprompt.training.loop.train_loop` on random
+augmented views of the few-shot images (one view per image and epoch, drawn from (seed, epoch)), or fits it in
+closed form, then evaluates on the test features and writes ``model.pt`` and ``metrics.json`` atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from vlprompt.clip.features import FeatureBank, pick_device
+from vlprompt.data.registry import get_dataset
+from vlprompt.data.splits import read_fewshot
+from vlprompt.experiment import grid
+from vlprompt.experiment.config import method_settings
+from vlprompt.io import atomic_write_json, provenance, read_artefact_json
+from vlprompt.methods import MethodContext, TrainConfig, get_method
+from vlprompt.training.context import (
+    build_context,
+    eval_features,
+    start_job,
+    unlabelled_features,
+)
+from vlprompt.training.evaluate import evaluate
+from vlprompt.training.loop import batch_indices, seed_everything, train_loop
+from vlprompt.training.records import load_model_state, save_run, transfer_metrics
+
+
+def feature_loop(method, ctx: MethodContext, cfg: TrainConfig, ckpt_path: Path, checkpoint_every: int,
+                 progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train the method's parameters on ``ctx.train_features`` ((V, N, D): V augmented views of N images);
+    resumable from ``ckpt_path``."""
+    device = ctx.device
+    feats, labels = ctx.train_features, ctx.train_labels  # (V, N, D), (N,)
+    views, n = feats.shape[0], feats.shape[1]
+
+    def batches(epoch: int, gen: torch.Generator, steps: int):
+        order = torch.randperm(n, generator=gen)
+        view = torch.randint(views, (n,), generator=gen)
+        for step in range(steps):
+            idx = batch_indices(order, step, cfg.batch_size)
+            yield feats[view[idx], idx].to(device), labels[idx].to(device)
+
+    info = train_loop(method, cfg, ctx.seed, device, n, batches, ckpt_path, checkpoint_every, progress, stop_after)
+    return {"loss_history": info["loss_history"], "steps_per_epoch": info["steps_per_epoch"]}
+
+
+def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_dir: str | Path,
+        progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train and evaluate one run of a feature-bank method; write ``model.pt`` and ``metrics.json`` into ``out_dir``."""
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device, cls = start_job(cfg, method_name, seed)
+    mcfg = cls.make_config(method_settings(cfg, method_name, dataset, shots))
+    ctx, bank, classes = build_context(cfg, dataset, cls, shots, seed, device)
+    backbone, train_names = ctx.backbone, ctx.classnames
+    t_load = time.time() - t0
+    method = cls(mcfg, ctx).to(device)
+    train_info: dict = {}
+    ckpt = out_dir / "checkpoint.pt"
+    if cls.needs_training and not method.fit(ctx):
+        train_info = feature_loop(method, ctx, mcfg, ckpt, cfg["train"]["checkpoint_every"], progress, stop_after)
+        method.after_training(ctx)
+    t_train = time.time() - t0 - t_load
+    test_rows = bank.rows("test")
+    test_features = eval_features(cfg, bank, test_rows, cls, dataset, shots)
+    metrics = evaluate(method, test_rows, test_features, classes, cfg["protocol"], train_names, device)
+    if cls.needs_training:  # accuracy on the few-shot val split, the only data defaults are chosen on
+        metrics.update(validation_metrics(cfg, dataset, shots, seed, method, classes, train_names, device))
+    seconds = {"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)}
+    return save_run(cfg, out_dir, metrics, method, mcfg, dataset, shots, seed, train_names, train_info, seconds,
+                    provenance(**backbone.provenance(), device=str(device)))
+
+
+def validation_metrics(cfg: dict, dataset: str, shots: int, seed: int, method, classes: dict,
+                       train_names: list[str], device: torch.device) -> dict:
+    """The run's metrics on its few-shot validation images (every class: base and new under base2new), each
+    key prefixed ``val_``; the method is switched back to its training classes first."""
+    try:
+        method.set_classes(train_names)
+    except NotImplementedError:
+        pass
+    rows = read_fewshot(grid.fewshot_path(cfg, dataset, shots, seed), cfg["fewshot"].get("allow_fewer", False))["val"]
+    stem = grid.fewshot_features(cfg, dataset, shots, seed)
+    features = FeatureBank(stem.parent).take(f"{stem.name}.val", [r[0] for r in rows])
+    metrics = evaluate(method, rows, features, classes, cfg["protocol"], train_names, device)
+    return {f"val_{k}": v for k, v in metrics.items() if not k.endswith("_per_class")}
+
+
+def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, target: str,
+                      out: str | Path) -> dict:
+    """Evaluate the model trained on ``dataset`` on every class of ``target`` (cross-dataset transfer,
+    domain generalisation); writes the metrics JSON ``out`` with ``dataset=target``."""
+    torch.set_num_threads(cfg["train"]["threads"])
+    device = pick_device(cfg["train"]["device"])
+    cls = get_method(method_name)
+    mcfg = cls.make_config(method_settings(cfg, method_name, dataset, shots))
+    seed_everything(seed)
+    ctx, _, _ = build_context(cfg, dataset, cls, shots, seed, device, for_training=False)
+    ctx.template, ctx.dataset = get_dataset(target).template, target  # hand-crafted prompts: the target's
+    if cls.reads_unlabelled:  # the target's unlabelled images
+        ctx.unlabelled = unlabelled_features(cfg, target)
+    method = cls(mcfg, ctx).to(device)
+    saved = load_model_state(grid.Run(dataset, method_name, shots, seed).dir(cfg), device)
+    method.load_trainable_state(saved["state"])
+    target_bank = FeatureBank(grid.features_dir(cfg, target))
+    target_classes = read_artefact_json(grid.classes_path(cfg, target))
+    rows = target_bank.rows("test")
+    metrics = evaluate(method, rows, eval_features(cfg, target_bank, rows, cls, target, shots, trained_on=dataset),
+                       target_classes, "all", ctx.classnames, device)
+    metrics = transfer_metrics(cfg, metrics, method_name, dataset, target, shots, seed, cls.needs_training,
+                               provenance(**ctx.backbone.provenance(), device=str(device)))
+    atomic_write_json(out, metrics)
+    return metrics

@@ -1,0 +1,135 @@
+"""Runs of methods with the image encoder in the loop (``inputs = "images"``: VPT, MaPLe, PromptSRC, ...).
+
+The same run as :mod:`vlprompt.training.feature_runs` (one method × dataset × shots × seed, same outputs and
+metrics), but reading images instead of the feature bank: the few-shot training images of the training classes
+with CoOp's augmentation (random resized crop + flip), the test images with the backbone's test transform. The
+optimisation is :func:`vlprompt.training.loop.train_loop`'s; the batch order and every image's augmentation in
+epoch e are drawn from (seed, e), so a resumed run continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from vlprompt.clip.features import ImageList, pick_device, train_transform
+from vlprompt.data import registry, splits
+from vlprompt.data.splits import subsample_classes
+from vlprompt.experiment import grid
+from vlprompt.experiment.config import method_settings
+from vlprompt.io import atomic_write_json, provenance, read_artefact_json
+from vlprompt.methods import MethodContext, TrainConfig, get_method
+from vlprompt.training.context import method_context, start_job, training_classes
+from vlprompt.training.evaluate import evaluate_parts
+from vlprompt.training.loop import batch_indices, seed_everything, train_loop
+from vlprompt.training.records import load_model_state, save_run, transfer_metrics
+
+
+def _epoch_view(seed: int, epoch: int) -> int:
+    """The augmentation stream of an epoch (ImageList seeds each image from (view, relpath))."""
+    return 1_000_000 + seed * 100_003 + epoch
+
+
+def image_loop(method, ctx: MethodContext, cfg: TrainConfig, root: Path, rows: list, transform,
+               ckpt_path: Path, checkpoint_every: int, workers: int = 0, progress: bool = True,
+               stop_after: int | None = None) -> dict:
+    """Train ``method`` on the images ``rows`` ([relpath, label, name], labels of the training classes)."""
+    device = ctx.device
+    relpaths, labels = [r[0] for r in rows], torch.tensor([r[1] for r in rows])
+    n = len(rows)
+
+    def batches(epoch: int, gen: torch.Generator, steps: int):
+        order = torch.randperm(n, generator=gen)
+        idxs = [batch_indices(order, s, cfg.batch_size).tolist() for s in range(steps)]
+        images = ImageList(root, relpaths, transform, view=_epoch_view(ctx.seed, epoch))
+        loader = torch.utils.data.DataLoader(images, batch_sampler=idxs, num_workers=workers,
+                                             pin_memory=device.type == "cuda")
+        for idx, x in zip(idxs, loader, strict=True):
+            yield x.to(device, non_blocking=True), labels[idx].to(device)
+
+    return train_loop(method, cfg, ctx.seed, device, n, batches, ckpt_path, checkpoint_every, progress, stop_after)
+
+
+def evaluate_images(method, test_rows: list, root: Path, transform, classes: dict, protocol: str,
+                    trained_on: list[str], device: torch.device, batch_size: int = 256,
+                    workers: int = 0) -> dict:
+    """:func:`vlprompt.training.evaluate.evaluate` on images: the same parts, closed sets and metrics."""
+
+    @torch.no_grad()
+    def predict(rows: list) -> torch.Tensor:
+        loader = torch.utils.data.DataLoader(ImageList(root, [r[0] for r in rows], transform),
+                                             batch_size=batch_size, num_workers=workers,
+                                             pin_memory=device.type == "cuda")
+        preds = []
+        for x in loader:
+            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                preds.append(method(x.to(device, non_blocking=True)).argmax(-1).cpu())
+        return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+    return evaluate_parts(method, test_rows, classes, protocol, trained_on, predict)
+
+
+def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_dir: str | Path,
+        progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train and evaluate one run of an image-input method; write ``model.pt`` and ``metrics.json``."""
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device, cls = start_job(cfg, method_name, seed)
+    mcfg = cls.make_config(method_settings(cfg, method_name, dataset, shots))
+    classes = read_artefact_json(grid.classes_path(cfg, dataset))
+    train_labels = training_classes(cfg, classes)
+    train_names = [classes["classnames"][i] for i in train_labels]
+    ctx = method_context(cfg, dataset, train_names, device, seed)
+    backbone = ctx.backbone
+    root = registry.dataset_dir(cfg, dataset)
+    fcfg = cfg["features"]
+    t_load = time.time() - t0
+    method = cls(mcfg, ctx).to(device)
+    train_info: dict = {}
+    ckpt = out_dir / "checkpoint.pt"
+    if cls.needs_training:
+        fewshot = splits.read_fewshot(grid.fewshot_path(cfg, dataset, shots, seed),
+                                      cfg["fewshot"].get("allow_fewer", False))
+        rows = subsample_classes(fewshot["train"], train_labels)
+        model = backbone.model
+        transform = train_transform(backbone.image_size, model.visual.image_mean, model.visual.image_std,
+                                    fcfg["crop_scale_min"])
+        train_info = image_loop(method, ctx, mcfg, root, rows, transform, ckpt, cfg["train"]["checkpoint_every"],
+                                fcfg["workers"], progress, stop_after)
+    t_train = time.time() - t0 - t_load
+    test_rows = splits.read_split(registry.split_path(cfg, dataset))["test"]
+    metrics = evaluate_images(method, test_rows, root, backbone.preprocess, classes, cfg["protocol"], train_names,
+                              device, fcfg["batch_size"], fcfg["workers"])
+    seconds = {"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)}
+    return save_run(cfg, out_dir, metrics, method, mcfg, dataset, shots, seed, train_names, train_info, seconds,
+                    provenance(**backbone.provenance(), device=str(device)))
+
+
+def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, target: str,
+                      out: str | Path) -> dict:
+    """The image variant of :func:`vlprompt.training.feature_runs.evaluate_transfer`: the model trained on
+    ``dataset`` evaluated on every class of ``target`` (cross-dataset, domain generalisation); writes ``out``."""
+    torch.set_num_threads(cfg["train"]["threads"])
+    device = pick_device(cfg["train"]["device"])
+    cls = get_method(method_name)
+    mcfg = cls.make_config(method_settings(cfg, method_name, dataset, shots))
+    seed_everything(seed)
+    classes = read_artefact_json(grid.classes_path(cfg, dataset))
+    train_names = [classes["classnames"][i] for i in training_classes(cfg, classes)]
+    # hand-crafted prompts (VPT's, depth 0) are the target's, as the references build the model for the target
+    ctx = method_context(cfg, dataset, train_names, device, seed, template_of=target)
+    method = cls(mcfg, ctx).to(device)
+    saved = load_model_state(grid.Run(dataset, method_name, shots, seed).dir(cfg), device)
+    method.load_trainable_state(saved["state"])
+    target_classes = read_artefact_json(grid.classes_path(cfg, target))
+    test_rows = splits.read_split(registry.split_path(cfg, target))["test"]
+    fcfg = cfg["features"]
+    metrics = evaluate_images(method, test_rows, registry.dataset_dir(cfg, target), ctx.backbone.preprocess,
+                              target_classes, "all", train_names, device, fcfg["batch_size"], fcfg["workers"])
+    metrics = transfer_metrics(cfg, metrics, method_name, dataset, target, shots, seed, cls.needs_training,
+                               provenance(**ctx.backbone.provenance(), device=str(device)))
+    atomic_write_json(out, metrics)
+    return metrics
