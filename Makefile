@@ -35,8 +35,11 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
+## lint: ruff (rules and formatting), the import layers of docs/architecture.md, Snakemake's linter
 lint: install
 	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/lint-imports --no-logo
 	$(BIN)/snakemake --lint
 
 ## refresh the example reports (reports/examples/<experiment>/) from reports/<experiment>/ of the experiments

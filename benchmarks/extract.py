@@ -40,7 +40,7 @@ def matmul_flops_per_s(device: torch.device, n: int = 1024, seconds: float = 2.0
         a @ b
         reps += 1
         sync()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 def flops_per_image(model, size: int) -> float:
@@ -79,8 +79,9 @@ def make_images(root: Path, n: int) -> list:
     return split["test"][:n]
 
 
-def bench(backbone, root: Path, rows: list, batch_size: int, workers: int, device: torch.device,
-          matmul: float, repeat: int) -> None:
+def bench(
+    backbone, root: Path, rows: list, batch_size: int, workers: int, device: torch.device, matmul: float, repeat: int
+) -> None:
     from PIL import Image
 
     from vlprompt.clip import features
@@ -100,30 +101,42 @@ def bench(backbone, root: Path, rows: list, batch_size: int, workers: int, devic
     def model_only():
         for _ in range(0, n, batch_size):
             with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-                model.encode_image(x[:min(batch_size, n)])
+                model.encode_image(x[: min(batch_size, n)])
         sync()
 
     @torch.inference_mode()
     def plain_loop():
         out = []
         for i in range(0, n, batch_size):
-            imgs = torch.stack([backbone.preprocess(Image.open(root / r[0]).convert("RGB"))
-                                for r in rows[i:i + batch_size]])
+            imgs = torch.stack(
+                [backbone.preprocess(Image.open(root / r[0]).convert("RGB")) for r in rows[i : i + batch_size]]
+            )
             out.append(model.encode_image(imgs.to(device)).float().cpu())
         return torch.cat(out)
 
     def bank(w):
         def run():
             with tempfile.TemporaryDirectory() as d:
-                features.extract_split(backbone, root, features.ExtractionSpec("test", rows, 1), Path(d),
-                                       batch_size=batch_size, workers=w, device=device, progress=False)
+                features.extract_split(
+                    backbone,
+                    root,
+                    features.ExtractionSpec("test", rows, 1),
+                    Path(d),
+                    batch_size=batch_size,
+                    workers=w,
+                    device=device,
+                    progress=False,
+                )
+
         return run
 
     model_only()  # warm-up (allocator, kernels)
-    results = [("FLOP bound (matmul throughput / FLOPs per image)", bound),
-               ("model only (encode_image on a ready tensor)", rate(model_only, n, repeat)),
-               ("plain loop (open + preprocess + encode_image, fp32)", rate(plain_loop, n, repeat)),
-               ("feature bank, 0 workers", rate(bank(0), n, repeat))]
+    results = [
+        ("FLOP bound (matmul throughput / FLOPs per image)", bound),
+        ("model only (encode_image on a ready tensor)", rate(model_only, n, repeat)),
+        ("plain loop (open + preprocess + encode_image, fp32)", rate(plain_loop, n, repeat)),
+        ("feature bank, 0 workers", rate(bank(0), n, repeat)),
+    ]
     if workers:
         results.append((f"feature bank, {workers} workers", rate(bank(workers), n, repeat)))
     plain = results[2][1]
@@ -153,13 +166,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         rows = make_images(root, max(args.images, args.vit_b_16))
-        bench(load_backbone(POCKET_MODEL, "pocket"), root, rows[:args.images], args.batch_size, args.workers,
-              device, matmul, args.repeat)
+        bench(
+            load_backbone(POCKET_MODEL, "pocket"),
+            root,
+            rows[: args.images],
+            args.batch_size,
+            args.workers,
+            device,
+            matmul,
+            args.repeat,
+        )
         if args.vit_b_16:
             torch.manual_seed(0)
             vit = load_backbone("ViT-B-16", None, force_quick_gelu=True)
-            bench(vit, root, rows[:args.vit_b_16], min(args.batch_size, args.vit_b_16), args.workers, device,
-                  matmul, args.repeat)
+            bench(
+                vit,
+                root,
+                rows[: args.vit_b_16],
+                min(args.batch_size, args.vit_b_16),
+                args.workers,
+                device,
+                matmul,
+                args.repeat,
+            )
 
 
 if __name__ == "__main__":

@@ -35,11 +35,15 @@ def main() -> None:
     p.add_argument("--shots", type=int, default=16)
     args = p.parse_args()
 
-    rows = [("python (bare)", wall("pass")),
-            ("import torch", wall("import torch")),
-            ("import open_clip", wall("import open_clip")),
-            ("import vlprompt.training.runs (a job's imports)", wall("import vlprompt.training.runs, vlprompt.methods; "
-                                                              "vlprompt.methods.list_methods()"))]
+    rows = [
+        ("python (bare)", wall("pass")),
+        ("import torch", wall("import torch")),
+        ("import open_clip", wall("import open_clip")),
+        (
+            "import vlprompt.training.runs (a job's imports)",
+            wall("import vlprompt.training.runs, vlprompt.methods; vlprompt.methods.list_methods()"),
+        ),
+    ]
     import torch
 
     torch.set_num_threads(1)
@@ -60,8 +64,10 @@ def main() -> None:
     for name, seconds in rows:
         print(f"{name:{width}s}  {seconds:6.2f} s")
     startup = rows[3][1] + rows[4][1]
-    print(f"\nper-process start-up of a training job: {startup:.2f} s "
-          f"(= {startup / rows[5][1]:.1f}x a zero-shot run, {startup / rows[6][1]:.2f}x a CoOp run)")
+    print(
+        f"\nper-process start-up of a training job: {startup:.2f} s "
+        f"(= {startup / rows[5][1]:.1f}x a zero-shot run, {startup / rows[6][1]:.2f}x a CoOp run)"
+    )
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ import time
 
 import torch
 
-WORDS = ("red blue green dog cat car bird tree house river lake road field flower plane boat truck horse "
-         "apple lion tiger bear forest mountain beach bridge tower street garden chair table lamp clock "
-         "phone book glass cup shoe shirt hat ball train bus wheel ship rock sand snow rain cloud star").split()
+WORDS = (
+    "red blue green dog cat car bird tree house river lake road field flower plane boat truck horse "
+    "apple lion tiger bear forest mountain beach bridge tower street garden chair table lamp clock "
+    "phone book glass cup shoe shirt hat ball train bus wheel ship rock sand snow rain cloud star"
+).split()
 
 
 def class_names(tokenizer, n: int, seed: int = 0) -> list[str]:
@@ -55,8 +57,9 @@ def main() -> None:
     backbone = load_backbone("ViT-B-16", None, device=device, force_quick_gelu=True)
     encoder = PromptedTextEncoder(backbone.model)
     names = class_names(backbone.tokenizer, args.classes)
-    learner = PromptLearner(encoder, backbone.tokenizer, names, n_ctx=args.n_ctx, ctx_init=None,
-                            generator=torch.Generator().manual_seed(0)).to(device)
+    learner = PromptLearner(
+        encoder, backbone.tokenizer, names, n_ctx=args.n_ctx, ctx_init=None, generator=torch.Generator().manual_seed(0)
+    ).to(device)
     image = torch.nn.functional.normalize(torch.randn(32, backbone.embed_dim, device=device), dim=-1)
     labels = torch.randint(0, args.classes, (32,), device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -85,16 +88,22 @@ def main() -> None:
 
     lengths = int(learner.eot.max()) + 1
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
-    print(f"ViT-B/16 text tower (random weights, QuickGELU), {args.classes} classes, {args.n_ctx} context tokens, "
-          f"names of 1-5 tokens; {where}")
+    print(
+        f"ViT-B/16 text tower (random weights, QuickGELU), {args.classes} classes, {args.n_ctx} context tokens, "
+        f"names of 1-5 tokens; {where}"
+    )
     print(f"positions: trimmed {lengths} (longest prompt), full {encoder.context_length}")
     (f_t, g_t), (f_f, g_f) = step(True), step(False)
-    print(f"exactness: max |features diff| {(f_t - f_f).abs().max():.2e} (max |f| {f_f.abs().max():.2f}), "
-          f"max |grad diff| {(g_t - g_f).abs().max():.2e} (max |grad| {g_f.abs().max():.2e})")
+    print(
+        f"exactness: max |features diff| {(f_t - f_f).abs().max():.2e} (max |f| {f_f.abs().max():.2f}), "
+        f"max |grad diff| {(g_t - g_f).abs().max():.2e} (max |grad| {g_f.abs().max():.2e})"
+    )
     for label, fn in (("forward+backward", step), ("forward only", forward)):
         t_trim, t_full = timed(fn, True), timed(fn, False)
-        print(f"{label:<17} trimmed {t_trim * 1e3:8.1f} ms   full {t_full * 1e3:8.1f} ms   "
-              f"speed-up {t_full / t_trim:5.2f}x")
+        print(
+            f"{label:<17} trimmed {t_trim * 1e3:8.1f} ms   full {t_full * 1e3:8.1f} ms   "
+            f"speed-up {t_full / t_trim:5.2f}x"
+        )
 
 
 if __name__ == "__main__":

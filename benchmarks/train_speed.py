@@ -105,8 +105,9 @@ def main() -> None:
     # the feature bank: every image in `views` augmented views, extracted once
     sync(device)
     t = time.perf_counter()
-    bank = torch.stack([torch.cat([encode(torch.arange(i, min(i + 64, n))) for i in range(0, n, 64)])
-                        for _ in range(args.views)])  # (V, N, D)
+    bank = torch.stack(
+        [torch.cat([encode(torch.arange(i, min(i + 64, n))) for i in range(0, n, 64)]) for _ in range(args.views)]
+    )  # (V, N, D)
     sync(device)
     t_extract = time.perf_counter() - t
 
@@ -114,13 +115,19 @@ def main() -> None:
     steps = args.steps or steps_per_epoch
     gen = torch.Generator().manual_seed(0)
     order = torch.cat([torch.randperm(n, generator=gen) for _ in range(steps // steps_per_epoch + 1)])
-    batches = [(order[s * args.batch_size:(s + 1) * args.batch_size], None) for s in range(steps)]
+    batches = [(order[s * args.batch_size : (s + 1) * args.batch_size], None) for s in range(steps)]
     batches = [(idx, labels[idx]) for idx, _ in batches]
     view = torch.randint(args.views, (n,), generator=gen)
 
     def run(get_features):
-        ctx = MethodContext(backbone=backbone, encoder=PromptedTextEncoder(model), classnames=names,
-                            template="a photo of a {}.", device=device, seed=0)
+        ctx = MethodContext(
+            backbone=backbone,
+            encoder=PromptedTextEncoder(model),
+            classnames=names,
+            template="a photo of a {}.",
+            device=device,
+            seed=0,
+        )
         cls = get_method("coop")
         cfg = cls.make_config({"batch_size": args.batch_size})
         method = cls(cfg, ctx).to(device).train()
@@ -132,16 +139,21 @@ def main() -> None:
     t_loop, f_loop = run(encode)
     per_epoch = steps_per_epoch / steps
     ratio = t_loop / t_cached
-    print(f"model {args.model} ({'pretrained' if pretrained else 'random weights'}), device {device}, "
-          f"{torch.get_num_threads()} thread(s); {args.classes} classes x {args.shots} shots = {n} images, "
-          f"batch {args.batch_size}, {steps_per_epoch} steps/epoch, {steps} steps timed per variant")
-    print(f"  image encoder in the loop: {t_loop * per_epoch:8.3f} s/epoch "
-          f"(augment + encode {f_loop * per_epoch:.3f} s, "
-          f"prompt forward/backward {(t_loop - f_loop) * per_epoch:.3f} s)")
-    print(f"  cached features:           {t_cached * per_epoch:8.3f} s/epoch "
-          f"(gather {f_cached * per_epoch:.4f} s)")
-    print(f"  one-off extraction of {args.views} views: {t_extract:.3f} s "
-          f"(= {t_extract / (t_loop * per_epoch - t_cached * per_epoch):.1f} epochs of the saving)")
+    print(
+        f"model {args.model} ({'pretrained' if pretrained else 'random weights'}), device {device}, "
+        f"{torch.get_num_threads()} thread(s); {args.classes} classes x {args.shots} shots = {n} images, "
+        f"batch {args.batch_size}, {steps_per_epoch} steps/epoch, {steps} steps timed per variant"
+    )
+    print(
+        f"  image encoder in the loop: {t_loop * per_epoch:8.3f} s/epoch "
+        f"(augment + encode {f_loop * per_epoch:.3f} s, "
+        f"prompt forward/backward {(t_loop - f_loop) * per_epoch:.3f} s)"
+    )
+    print(f"  cached features:           {t_cached * per_epoch:8.3f} s/epoch (gather {f_cached * per_epoch:.4f} s)")
+    print(
+        f"  one-off extraction of {args.views} views: {t_extract:.3f} s "
+        f"(= {t_extract / (t_loop * per_epoch - t_cached * per_epoch):.1f} epochs of the saving)"
+    )
     print(f"speed-up per epoch (in the loop / cached): {ratio:.1f}x  (target >= 10x)")
 
 

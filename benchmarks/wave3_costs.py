@@ -45,17 +45,24 @@ def main() -> None:
     root = registry.dataset_dir(cfg, args.dataset)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for spec, scale in ((features.ExtractionSpec("test", split["test"], 1), 0.08),
-                            (features.ExtractionSpec("test_views", split["test"], args.views, name="views"), 0.5)):
+        for spec, scale in (
+            (features.ExtractionSpec("test", split["test"], 1), 0.08),
+            (features.ExtractionSpec("test_views", split["test"], args.views, name="views"), 0.5),
+        ):
             t = time.perf_counter()
-            path = features.extract_split(backbone, root, spec, Path(tmp), batch_size=256, device=device,
-                                          scale_min=scale, progress=False)
+            path = features.extract_split(
+                backbone, root, spec, Path(tmp), batch_size=256, device=device, scale_min=scale, progress=False
+            )
             seconds = time.perf_counter() - t
             n = len(split["test"]) * spec.views
-            rows.append((f"extract {spec.stem} ({len(split['test'])} images x {spec.views} views)",
-                         f"{seconds:7.1f} s  {n / seconds:7.0f} images/s  {path.stat().st_size / 2**20:6.1f} MiB"))
+            rows.append(
+                (
+                    f"extract {spec.stem} ({len(split['test'])} images x {spec.views} views)",
+                    f"{seconds:7.1f} s  {n / seconds:7.0f} images/s  {path.stat().st_size / 2**20:6.1f} MiB",
+                )
+            )
         bank = features.FeatureBank(Path(tmp))
-        views = bank.take("views", [r[0] for r in split["test"][:args.images]]).transpose(0, 1).contiguous()
+        views = bank.take("views", [r[0] for r in split["test"][: args.images]]).transpose(0, 1).contiguous()
 
     tpt = get_method("tpt")
     ctx, _, _ = build_context(cfg, args.dataset, tpt, 0, 0, device)
@@ -73,8 +80,12 @@ def main() -> None:
     t = time.perf_counter()
     method.fit(ctx)
     whole = method.vocabulary / args.candidates
-    rows.append((f"PAC-Bayes search, one position ({args.candidates} tokens x {len(ctx.classnames)} classes)",
-                 f"{time.perf_counter() - t:7.1f} s (the whole vocabulary: x {whole:.0f})"))
+    rows.append(
+        (
+            f"PAC-Bayes search, one position ({args.candidates} tokens x {len(ctx.classnames)} classes)",
+            f"{time.perf_counter() - t:7.1f} s (the whole vocabulary: x {whole:.0f})",
+        )
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("cupl", "fudd", "tfup"):

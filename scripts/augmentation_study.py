@@ -24,8 +24,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-EXPERIMENTS = {"explore_augmentation_views1": "views 1", "explore_augmentation": "views 10",
-               "explore_augmentation_views50": "views 50"}
+EXPERIMENTS = {
+    "explore_augmentation_views1": "views 1",
+    "explore_augmentation": "views 10",
+    "explore_augmentation_views50": "views 50",
+}
 METHODS = {"coop": "coop", "kgcoop": "kgcoop", "coop_in_loop": "coop", "kgcoop_in_loop": "kgcoop"}
 METRICS = ("base_acc", "new_acc", "hm")
 ORDER = {"views 1": 0, "views 10": 1, "views 50": 2, "fresh (in the loop)": 3}  # rows of the tables
@@ -53,8 +56,9 @@ def evaluate_run(cfg: dict, run, device: torch.device) -> dict:
     for part, name in (("val", "fullval"), ("test", "bank_test")):
         method.set_classes(ctx.classnames)  # evaluate() leaves the method on the new classes; it expects the trained
         rows = bank.rows(part)
-        metrics = evaluate(method, rows, bank.take(part, [r[0] for r in rows]), classes, "base2new",
-                           ctx.classnames, device)
+        metrics = evaluate(
+            method, rows, bank.take(part, [r[0] for r in rows]), classes, "base2new", ctx.classnames, device
+        )
         out.update({f"{name}_{m}": metrics[m] for m in METRICS})
     return out
 
@@ -75,9 +79,17 @@ def collect(workdir: Path) -> pd.DataFrame:
                 continue
             metrics = json.loads((run.dir(cfg) / "metrics.json").read_text())
             condition = "fresh (in the loop)" if run.method.endswith("_in_loop") else views
-            rows.append({"method": METHODS[run.method], "condition": condition, "dataset": run.dataset,
-                         "seed": run.seed, "train_seconds": metrics["seconds"]["train"],
-                         **{f"test_{m}": metrics[m] for m in METRICS}, **evaluate_run(cfg, run, device)})
+            rows.append(
+                {
+                    "method": METHODS[run.method],
+                    "condition": condition,
+                    "dataset": run.dataset,
+                    "seed": run.seed,
+                    "train_seconds": metrics["seconds"]["train"],
+                    **{f"test_{m}": metrics[m] for m in METRICS},
+                    **evaluate_run(cfg, run, device),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -111,9 +123,15 @@ def gaps(df: pd.DataFrame) -> pd.DataFrame:
         fresh, ten = per_seed.loc[(method, "fresh (in the loop)")], per_seed.loc[(method, "views 10")]
         for col in fresh.columns:
             diff = fresh[col] - ten[col]
-            rows.append({"method": method, "metric": col, "fresh - views10": round(diff.mean(), 2),
-                         "sd of paired diff": round(diff.std(ddof=1), 2),
-                         "seed spread (max sd)": round(max(fresh[col].std(ddof=1), ten[col].std(ddof=1)), 2)})
+            rows.append(
+                {
+                    "method": method,
+                    "metric": col,
+                    "fresh - views10": round(diff.mean(), 2),
+                    "sd of paired diff": round(diff.std(ddof=1), 2),
+                    "seed spread (max sd)": round(max(fresh[col].std(ddof=1), ten[col].std(ddof=1)), 2),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -143,8 +161,10 @@ def main() -> None:
             print(f"\n{metric} per dataset")
             print(per_dataset(df, metric).to_markdown())
     summary_gap = (df.test_hm - df.bank_test_hm).abs()
-    print("\nlargest |test HM of the run - test HM re-evaluated on the bank| per run: "
-          + ", ".join(f"{c}: {summary_gap[df.condition == c].max():.2f}" for c in df.condition.unique()))
+    print(
+        "\nlargest |test HM of the run - test HM re-evaluated on the bank| per run: "
+        + ", ".join(f"{c}: {summary_gap[df.condition == c].max():.2f}" for c in df.condition.unique())
+    )
     print("training views encoded per view setting:", encoded_views(workdir))
 
 

@@ -45,8 +45,18 @@ def check(version: str, wheels: Path, project: Path = REPO, max_rounds: int = 10
     built: list[str] = []
     for _ in range(max_rounds):
         with tempfile.TemporaryDirectory() as target:
-            proc = _pip("install", "--dry-run", "--only-binary=:all:", "--find-links", str(wheels),
-                        "--python-version", version, "--target", target, str(project))
+            proc = _pip(
+                "install",
+                "--dry-run",
+                "--only-binary=:all:",
+                "--find-links",
+                str(wheels),
+                "--python-version",
+                version,
+                "--target",
+                target,
+                str(project),
+            )
         if proc.returncode == 0:
             pure = sorted(w.name for w in wheels.glob("*.whl"))
             extra = f" (with pure-Python wheels built from source: {', '.join(pure)})" if pure else ""
@@ -60,8 +70,10 @@ def check(version: str, wheels: Path, project: Path = REPO, max_rounds: int = 10
         spec = candidates[0]
         wheel = build_pure_wheel(spec, wheels)
         if wheel is None:
-            return False, (f"Python {version}: {spec} has no wheel for this version and its source does not "
-                           f"build a pure-Python wheel (it needs a compiler there)")
+            return False, (
+                f"Python {version}: {spec} has no wheel for this version and its source does not "
+                f"build a pure-Python wheel (it needs a compiler there)"
+            )
         built.append(wheel)
     return False, f"Python {version}: gave up after {max_rounds} rounds"
 

@@ -48,11 +48,26 @@ def val_summary(cfg: dict) -> list[dict]:
         method = cls(mcfg, ctx)
         method.load_trainable_state(load_model_state(run.dir(cfg), torch.device("cpu"))["state"])
         val_rows = bank.rows("val")
-        m = evaluate(method, val_rows, bank.take("val", [r[0] for r in val_rows]), classes, "base2new",
-                     ctx.classnames, torch.device("cpu"))
-        rows.append({"method": run.method, "dataset": run.dataset, "shots": run.shots, "seed": run.seed,
-                     "base_acc": round(m["base_acc"], 4), "new_acc": round(m["new_acc"], 4),
-                     "hm": round(m["hm"], 4)})
+        m = evaluate(
+            method,
+            val_rows,
+            bank.take("val", [r[0] for r in val_rows]),
+            classes,
+            "base2new",
+            ctx.classnames,
+            torch.device("cpu"),
+        )
+        rows.append(
+            {
+                "method": run.method,
+                "dataset": run.dataset,
+                "shots": run.shots,
+                "seed": run.seed,
+                "base_acc": round(m["base_acc"], 4),
+                "new_acc": round(m["new_acc"], 4),
+                "hm": round(m["hm"], 4),
+            }
+        )
         log.info("%s %s seed %s: base %.1f new %.1f", run.dataset, run.method, run.seed, m["base_acc"], m["new_acc"])
     return rows
 
@@ -72,34 +87,48 @@ def criterion(rows: list[dict], coop: str = "coop", zeroshot: str = "zeroshot", 
         coop_base = [b for b, _ in by[(d, coop)]]
         coop_new = [n for _, n in by[(d, coop)]]
         kg = by[(d, kgcoop)]
-        row = {"dataset": d, "zs_base": zs_base, "zs_new": zs_new,
-               "coop_base": sum(coop_base) / len(coop_base), "coop_new": sum(coop_new) / len(coop_new),
-               "coop_spread": max(coop_new) - min(coop_new),
-               "kg_base": sum(b for b, _ in kg) / len(kg), "kg_new": sum(n for _, n in kg) / len(kg)}
+        row = {
+            "dataset": d,
+            "zs_base": zs_base,
+            "zs_new": zs_new,
+            "coop_base": sum(coop_base) / len(coop_base),
+            "coop_new": sum(coop_new) / len(coop_new),
+            "coop_spread": max(coop_new) - min(coop_new),
+            "kg_base": sum(b for b, _ in kg) / len(kg),
+            "kg_new": sum(n for _, n in kg) / len(kg),
+        }
         row["c1"] = row["coop_new"] < row["zs_new"] - row["coop_spread"] and row["coop_base"] > row["zs_base"]
         row["c2"] = row["kg_new"] > row["coop_new"]
         table.append(row)
     n = len(table)
-    mean = {k: sum(r[k] for r in table) / n for k in ("zs_base", "zs_new", "coop_base", "coop_new", "kg_base",
-                                                      "kg_new")}
+    mean = {
+        k: sum(r[k] for r in table) / n for k in ("zs_base", "zs_new", "coop_base", "coop_new", "kg_base", "kg_new")
+    }
     c1, c2 = sum(r["c1"] for r in table), sum(r["c2"] for r in table)
     passes = c1 >= MIN_DATASETS and c2 >= MIN_DATASETS and mean["kg_new"] > mean["coop_new"]
     return {"table": table, "mean": mean, "c1": c1, "c2": c2, "datasets": n, "passes": passes}
 
 
 def markdown(result: dict, title: str) -> str:
-    lines = [f"**{title}**: C1 on {result['c1']}/{result['datasets']}, C2 on {result['c2']}/{result['datasets']}, "
-             f"KgCoOp − CoOp new (mean) {result['mean']['kg_new'] - result['mean']['coop_new']:+.1f}: "
-             + ("passes" if result["passes"] else "does not pass"), "",
-             "| dataset | zero-shot base / new | CoOp base / new (spread) | KgCoOp base / new | C1 | C2 |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"**{title}**: C1 on {result['c1']}/{result['datasets']}, C2 on {result['c2']}/{result['datasets']}, "
+        f"KgCoOp − CoOp new (mean) {result['mean']['kg_new'] - result['mean']['coop_new']:+.1f}: "
+        + ("passes" if result["passes"] else "does not pass"),
+        "",
+        "| dataset | zero-shot base / new | CoOp base / new (spread) | KgCoOp base / new | C1 | C2 |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in result["table"]:
-        lines.append(f"| {r['dataset']} | {r['zs_base']:.1f} / {r['zs_new']:.1f} | {r['coop_base']:.1f} / "
-                     f"{r['coop_new']:.1f} ({r['coop_spread']:.1f}) | {r['kg_base']:.1f} / {r['kg_new']:.1f} | "
-                     f"{'yes' if r['c1'] else 'no'} | {'yes' if r['c2'] else 'no'} |")
+        lines.append(
+            f"| {r['dataset']} | {r['zs_base']:.1f} / {r['zs_new']:.1f} | {r['coop_base']:.1f} / "
+            f"{r['coop_new']:.1f} ({r['coop_spread']:.1f}) | {r['kg_base']:.1f} / {r['kg_new']:.1f} | "
+            f"{'yes' if r['c1'] else 'no'} | {'yes' if r['c2'] else 'no'} |"
+        )
     m = result["mean"]
-    lines.append(f"| mean | {m['zs_base']:.1f} / {m['zs_new']:.1f} | {m['coop_base']:.1f} / {m['coop_new']:.1f} | "
-                 f"{m['kg_base']:.1f} / {m['kg_new']:.1f} | | |")
+    lines.append(
+        f"| mean | {m['zs_base']:.1f} / {m['zs_new']:.1f} | {m['coop_base']:.1f} / {m['coop_new']:.1f} | "
+        f"{m['kg_base']:.1f} / {m['kg_new']:.1f} | | |"
+    )
     return "\n".join(lines)
 
 

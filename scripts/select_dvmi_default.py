@@ -42,9 +42,12 @@ def mean_over_datasets(cells: dict[str, list[float]]) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment_dir", type=Path, help="results/<experiment> of the ablation")
-    parser.add_argument("--also", nargs="*", default=["coop", "kgcoop", "prograd", "dvmi_mixup_only",
-                                                       "dvmi_text_noaug"],
-                        help="other methods to show (not candidates)")
+    parser.add_argument(
+        "--also",
+        nargs="*",
+        default=["coop", "kgcoop", "prograd", "dvmi_mixup_only", "dvmi_text_noaug"],
+        help="other methods to show (not candidates)",
+    )
     args = parser.parse_args(argv)
     values = collect(args.experiment_dir, set(CANDIDATES) | set(args.also))
     if "val_hm" not in values:
@@ -55,8 +58,17 @@ def main(argv=None) -> int:
     except MethodError as err:
         print(f"{args.experiment_dir}: {err}", file=sys.stderr)
         return 1
-    columns = ["val_base_acc", "val_new_acc", "val_hm", "base_acc", "new_acc", "hm", "mi_estimate", "mi_bound",
-               "cos_soft_hand"]
+    columns = [
+        "val_base_acc",
+        "val_new_acc",
+        "val_hm",
+        "base_acc",
+        "new_acc",
+        "hm",
+        "mi_estimate",
+        "mi_bound",
+        "cos_soft_hand",
+    ]
     print("| reading | candidate | " + " | ".join(columns) + " |")
     print("|---|---|" + "---|" * len(columns))
     for method in [*CANDIDATES, *args.also]:

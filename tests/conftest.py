@@ -33,6 +33,11 @@ def prepare_run_inputs(config_path, dataset: str, shots: int, seed: int = 1, tes
     from vlprompt.cli import main as cli
 
     fewshot = ["--shots", str(shots), "--seed", str(seed)]
-    for cmd in (["prepare"], ["classes"], ["fewshot", *fewshot], *([["extract"]] if test_bank else []),
-                ["extract", *fewshot]):
+    for cmd in (
+        ["prepare"],
+        ["classes"],
+        ["fewshot", *fewshot],
+        *([["extract"]] if test_bank else []),
+        ["extract", *fewshot],
+    ):
         assert cli([*cmd, "--config", str(config_path), "--dataset", dataset, "--quiet"]) == 0

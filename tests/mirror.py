@@ -128,8 +128,9 @@ def serve_file(server: Server, name: str, filename: str, body: bytes) -> dict:
     return {filename: {"url": server.add(f"/{name}/{filename}", body), "sha256": sha256(body)}}
 
 
-def eurosat_archive(parts: dict[str, int] | None = None,
-                    image: Callable[[str, int], bytes] = img) -> tuple[bytes, dict]:
+def eurosat_archive(
+    parts: dict[str, int] | None = None, image: Callable[[str, int], bytes] = img
+) -> tuple[bytes, dict]:
     """EuroSAT.zip in its published layout (``2750/<Class>/<Class>_<n>.jpg``, all 10 classes) and a split file
     in CoOp's format over it; ``parts`` images per class and part (default 5 train, 2 val, 3 test)."""
     parts = parts or {"train": 5, "val": 2, "test": 3}

@@ -35,12 +35,16 @@ def tiny_summary() -> pd.DataFrame:
 def test_means_per_method_and_shots_by_hand():
     assert mean_metrics(tiny_summary()) == {
         "coop": {
-            "2shot": {"base_acc": 65.25,  # (60 + 70 + 50 + 81) / 4 = 261 / 4
-                      "new_acc": 45.25,  # (40 + 50 + 30 + 61) / 4 = 181 / 4
-                      "hm": 53.125},  # (48 + 58 + 37.5 + 69) / 4 = 212.5 / 4
-            "16shot": {"base_acc": 70.6667,  # 212 / 3 = 70.666..., rounded to 4 decimals
-                       "new_acc": 35.6667,  # 107 / 3
-                       "hm": 47.0},  # 141 / 3
+            "2shot": {
+                "base_acc": 65.25,  # (60 + 70 + 50 + 81) / 4 = 261 / 4
+                "new_acc": 45.25,  # (40 + 50 + 30 + 61) / 4 = 181 / 4
+                "hm": 53.125,
+            },  # (48 + 58 + 37.5 + 69) / 4 = 212.5 / 4
+            "16shot": {
+                "base_acc": 70.6667,  # 212 / 3 = 70.666..., rounded to 4 decimals
+                "new_acc": 35.6667,  # 107 / 3
+                "hm": 47.0,
+            },  # 141 / 3
         },
         # no new-class accuracy and no H: left out, not NaN (JSON has no NaN)
         "linear_probe": {"2shot": {"base_acc": 57.0}},
@@ -65,16 +69,39 @@ def test_aggregate_command_writes_metrics_next_to_the_summary(tmp_path):
     for seed, (base, new) in enumerate([(60.0, 40.0), (70.0, 50.0)], start=1):
         path = tmp_path / "runs" / f"seed{seed}" / "metrics.json"
         path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"method": "coop", "protocol": "base2new", "dataset": "pocket_dark",
-                                    "shots": 2, "seed": seed, "base_acc": base, "new_acc": new,
-                                    "hm": 2 * base * new / (base + new)}))
+        path.write_text(
+            json.dumps(
+                {
+                    "method": "coop",
+                    "protocol": "base2new",
+                    "dataset": "pocket_dark",
+                    "shots": 2,
+                    "seed": seed,
+                    "base_acc": base,
+                    "new_acc": new,
+                    "hm": 2 * base * new / (base + new),
+                }
+            )
+        )
         runs.append(str(path))
     out = tmp_path / "tiny"
-    code = main(["aggregate", "--config", str(REPO / "tests" / "configs" / "pocket_tiny.yaml"),
-                 "--summary", str(out / "summary.csv"), "--stats", str(out / "stats.csv"),
-                 "--metrics-json", str(out / "metrics.json"), *runs])
+    code = main(
+        [
+            "aggregate",
+            "--config",
+            str(REPO / "tests" / "configs" / "pocket_tiny.yaml"),
+            "--summary",
+            str(out / "summary.csv"),
+            "--stats",
+            str(out / "stats.csv"),
+            "--metrics-json",
+            str(out / "metrics.json"),
+            *runs,
+        ]
+    )
     assert code == 0
     # H: 2*60*40/100 = 48, 2*70*50/120 = 58.333...; mean 53.1667
     assert json.loads((out / "metrics.json").read_text()) == {
-        "coop": {"2shot": {"base_acc": 65.0, "new_acc": 45.0, "hm": 53.1667}}}
+        "coop": {"2shot": {"base_acc": 65.0, "new_acc": 45.0, "hm": 53.1667}}
+    }
     assert (out / "summary.csv").exists() and (out / "stats.csv").exists()

@@ -12,8 +12,12 @@ import grimp
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LINT_IMPORTS = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command as c; "
-                "sys.argv[1:] = ['--no-cache', '--no-logo']; c()"]
+LINT_IMPORTS = [
+    sys.executable,
+    "-c",
+    "import sys; from importlinter.cli import lint_imports_command as c; "
+    "sys.argv[1:] = ['--no-cache', '--no-logo']; c()",
+]
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -41,8 +45,7 @@ def test_no_module_imports_itself_through_others():
 
 
 def test_imports_only_go_down_the_layers():
-    out = subprocess.run(LINT_IMPORTS, cwd=ROOT,
-                         capture_output=True, text=True)
+    out = subprocess.run(LINT_IMPORTS, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "1 kept, 0 broken" in out.stdout
 
@@ -55,8 +58,11 @@ def test_the_architecture_page_names_every_package_of_the_contract():
     page = (ROOT / "docs" / "architecture.md").read_text()
     missing = sorted(p for p in packages if f"`{p}`" not in page)
     assert not missing, f"docs/architecture.md does not describe {missing}"
-    on_disk = {f"vlprompt.{p.stem}" for p in (ROOT / "src" / "vlprompt").iterdir()
-               if (p / "__init__.py").exists() or (p.suffix == ".py" and p.stem not in ("__init__", "__main__"))}
+    on_disk = {
+        f"vlprompt.{p.stem}"
+        for p in (ROOT / "src" / "vlprompt").iterdir()
+        if (p / "__init__.py").exists() or (p.suffix == ".py" and p.stem not in ("__init__", "__main__"))
+    }
     assert on_disk <= packages, f"modules outside every layer: {sorted(on_disk - packages)}"
 
 
@@ -70,6 +76,11 @@ def test_an_upward_import_breaks_the_contract(tmp_path, upward):
     io = copy / "vlprompt" / "io.py"
     io.write_text(io.read_text() + "\n" + upward)
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    out = subprocess.run(LINT_IMPORTS, cwd=tmp_path,
-                         capture_output=True, text=True, env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin", "PYTHONSAFEPATH": "1"})
+    out = subprocess.run(
+        LINT_IMPORTS,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin", "PYTHONSAFEPATH": "1"},
+    )
     assert out.returncode != 0 and "BROKEN" in out.stdout, out.stdout[-2000:]

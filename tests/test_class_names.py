@@ -16,11 +16,21 @@ def context(backbone, names, template="a photo of a {}.", dataset=None, descript
     dim, n = backbone.embed_dim, len(names)
     y = torch.arange(n).repeat(2)
     unlabelled = torch.randn(12, dim, generator=gen)
-    return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=list(names),
-                         template=template, device=torch.device("cpu"), seed=0,
-                         train_features=torch.randn(2, len(y), dim, generator=gen), train_labels=y,
-                         val_features=torch.randn(len(y), dim, generator=gen), val_labels=y, dataset=dataset,
-                         descriptions=descriptions, unlabelled=lambda: unlabelled)
+    return MethodContext(
+        backbone=backbone,
+        encoder=PromptedTextEncoder(backbone.model),
+        classnames=list(names),
+        template=template,
+        device=torch.device("cpu"),
+        seed=0,
+        train_features=torch.randn(2, len(y), dim, generator=gen),
+        train_labels=y,
+        val_features=torch.randn(len(y), dim, generator=gen),
+        val_labels=y,
+        dataset=dataset,
+        descriptions=descriptions,
+        unlabelled=lambda: unlabelled,
+    )
 
 
 def differential_files(folder, names):
@@ -29,8 +39,12 @@ def differential_files(folder, names):
 
     (folder / "differential").mkdir()
     (folder / "differential" / "Caltech101_class_names.json").write_text(json.dumps(names))
-    pairs = {"0_1": {"classes": [0, 1], "prompt_pairs": [{"prompt_pair": ["a photo of a thing, long.",
-                                                                            "a photo of a thing, flat."]}]}}
+    pairs = {
+        "0_1": {
+            "classes": [0, 1],
+            "prompt_pairs": [{"prompt_pair": ["a photo of a thing, long.", "a photo of a thing, flat."]}],
+        }
+    }
     (folder / "differential" / "Caltech101_prompt_pairs.json").write_text(json.dumps(pairs))
 
 
@@ -38,15 +52,18 @@ def test_prompt_name_and_class_prompts():
     from vlprompt.clip.prompting import class_prompts, prompt_name
 
     assert prompt_name("car_side") == "car side"
-    assert class_prompts("a photo of a {}, a type of pet.", ["great_pyrenees"]) == \
-        ["a photo of a great pyrenees, a type of pet."]
+    assert class_prompts("a photo of a {}, a type of pet.", ["great_pyrenees"]) == [
+        "a photo of a great pyrenees, a type of pet."
+    ]
 
 
 def test_zeroshot_writes_class_names_with_spaces(pocket_random_backbone):
     cls = get_method("zeroshot")
     zs = cls(cls.make_config(), context(pocket_random_backbone, NAMES))
-    expected = encode_prompts(pocket_random_backbone, ["a photo of a car side.", "a photo of a dollar bill.",
-                                                       "a photo of a Apply Eye Makeup."])
+    expected = encode_prompts(
+        pocket_random_backbone,
+        ["a photo of a car side.", "a photo of a dollar bill.", "a photo of a Apply Eye Makeup."],
+    )
     torch.testing.assert_close(zs.weights, expected)
 
 
@@ -70,8 +87,9 @@ def test_no_method_puts_an_underscore_into_a_prompt(name, pocket_random_backbone
     descriptions = {c: [f"a {c.replace('_', ' ')} seen from the side.", "an object."] for c in names + new}
     differential_files(tmp_path, names + new)  # FuDD's differential descriptions
     monkeypatch.setenv("VLPROMPT_DESCRIPTIONS", str(tmp_path))
-    method = cls(cls.make_config(SMALL.get(name)), context(backbone, names, dataset="Caltech101",
-                                                           descriptions=descriptions))
+    method = cls(
+        cls.make_config(SMALL.get(name)), context(backbone, names, dataset="Caltech101", descriptions=descriptions)
+    )
     method.eval()
     shape = (2, 3, backbone.image_size, backbone.image_size) if cls.inputs == "images" else (2, backbone.embed_dim)
     with torch.no_grad():

@@ -77,8 +77,13 @@ def test_command_line_strings_become_the_schema_types():
     from vlprompt.experiment.config import coerce_strings
 
     cfg = base()
-    cfg.update(shots=["1", "4", "16"], seeds=["7"], train={"threads": "2", "device": "cpu"},
-               method_overrides={"coop": {"epochs": "5"}}, experiment="123")
+    cfg.update(
+        shots=["1", "4", "16"],
+        seeds=["7"],
+        train={"threads": "2", "device": "cpu"},
+        method_overrides={"coop": {"epochs": "5"}},
+        experiment="123",
+    )
     out = validate(coerce_strings(cfg))
     assert out["shots"] == [1, 4, 16] and out["seeds"] == [7]
     assert out["train"]["threads"] == 2 and out["train"]["device"] == "cpu"

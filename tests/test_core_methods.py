@@ -10,8 +10,14 @@ from vlprompt.training.loop import lr_at
 def context(backbone, names, template="a photo of a {}."):
     from vlprompt.clip.backbone import PromptedTextEncoder
 
-    return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=names,
-                         template=template, device=torch.device("cpu"), seed=0)
+    return MethodContext(
+        backbone=backbone,
+        encoder=PromptedTextEncoder(backbone.model),
+        classnames=names,
+        template=template,
+        device=torch.device("cpu"),
+        seed=0,
+    )
 
 
 NAMES = ["red circle", "blue square", "green star"]

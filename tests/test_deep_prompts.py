@@ -17,8 +17,12 @@ from vlprompt.methods import MethodContext, get_method
 
 CLASSES = ["red circle", "blue square", "green star"]
 IMAGE_METHODS = ["vpt_deep", "ivlp", "maple", "promptsrc"]
-DEPTH_ZERO = {"vpt_deep": {"depth_vision": 0}, "ivlp": {"depth_vision": 0, "depth_text": 0},
-              "maple": {"depth": 0}, "promptsrc": {"depth_vision": 0, "depth_text": 0}}
+DEPTH_ZERO = {
+    "vpt_deep": {"depth_vision": 0},
+    "ivlp": {"depth_vision": 0, "depth_text": 0},
+    "maple": {"depth": 0},
+    "promptsrc": {"depth_vision": 0, "depth_text": 0},
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +32,14 @@ def bb(pocket_random_backbone):
 
 @pytest.fixture(scope="module")
 def ctx(bb):
-    return MethodContext(backbone=bb, encoder=PromptedTextEncoder(bb.model), classnames=CLASSES,
-                         template="a photo of a {}.", device=torch.device("cpu"), seed=1)
+    return MethodContext(
+        backbone=bb,
+        encoder=PromptedTextEncoder(bb.model),
+        classnames=CLASSES,
+        template="a photo of a {}.",
+        device=torch.device("cpu"),
+        seed=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +53,17 @@ def build(name, ctx, **overrides):
 
 
 def _hook_count(model):
-    mods = [model.visual.ln_pre, model.visual.transformer, *model.visual.transformer.resblocks,
-            *model.transformer.resblocks]
+    mods = [
+        model.visual.ln_pre,
+        model.visual.transformer,
+        *model.visual.transformer.resblocks,
+        *model.transformer.resblocks,
+    ]
     return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in mods)
 
 
 # -- the open_clip hooks -----------------------------------------------------------------------
+
 
 def test_no_prompts_is_encode_image_and_encode_text(bb, images):
     model, enc = bb.model, PromptedTextEncoder(bb.model)
@@ -113,6 +128,7 @@ def test_prompt_shapes_and_nesting_are_checked(bb, images):
 
 # -- the methods ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", IMAGE_METHODS)
 def test_depth_zero_with_zero_prompts_is_zero_shot(ctx, bb, images, name):
     method = build(name, ctx, init_std=0.0, **DEPTH_ZERO[name]).eval()
@@ -127,8 +143,9 @@ def test_depth_zero_with_zero_prompts_is_zero_shot(ctx, bb, images, name):
 def test_text_context_from_ctx_init_reproduces_the_hand_crafted_prompt(ctx, bb):
     # depth 1, 4 tokens initialised from "a photo of a": the prompt is exactly the template's
     method = build("ivlp", ctx, n_ctx_text=4, depth_text=1, depth_vision=0)
-    assert torch.allclose(method.text_features(), encode_prompts(bb, [f"a photo of a {c}." for c in CLASSES]),
-                          atol=1e-6)
+    assert torch.allclose(
+        method.text_features(), encode_prompts(bb, [f"a photo of a {c}." for c in CLASSES]), atol=1e-6
+    )
     # 2 tokens: "a photo" learnable, "of a" fixed text (the reference's prompt); the same at initialisation
     two = build("ivlp", ctx, n_ctx_text=2, depth_text=1, depth_vision=0)
     assert two.fixed_words == "of a" and two.prompt_learner.ctx.shape[0] == 2
@@ -148,18 +165,25 @@ def test_split_ctx_init(bb):
 def test_parameters_presets_and_gradients(ctx, images, name):
     method = build(name, ctx).train()
     trainable = {n for n, p in method.named_parameters() if p.requires_grad}
-    expected = {"vpt_deep": {"vision_ctx"}, "ivlp": {"vision_ctx", "prompt_learner.ctx", "text_deep"},
-                "promptsrc": {"vision_ctx", "prompt_learner.ctx", "text_deep"},
-                "maple": {"prompt_learner.ctx", "text_deep"} | {f"couplings.{j}.{w}" for j in range(4)
-                                                                for w in ("weight", "bias")}}[name]
+    expected = {
+        "vpt_deep": {"vision_ctx"},
+        "ivlp": {"vision_ctx", "prompt_learner.ctx", "text_deep"},
+        "promptsrc": {"vision_ctx", "prompt_learner.ctx", "text_deep"},
+        "maple": {"prompt_learner.ctx", "text_deep"}
+        | {f"couplings.{j}.{w}" for j in range(4) for w in ("weight", "bias")},
+    }[name]
     assert trainable == expected
     assert all(not p.requires_grad for p in method.frozen.model.parameters())
     loss, parts = method.loss(images[:3], torch.tensor([0, 1, 2]))
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.parameters() if p.requires_grad)
     c = method.config
-    preset = {"vpt_deep": (0.0025, 5, 4), "ivlp": (0.0035, 5, 4), "maple": (0.0035, 5, 4),
-              "promptsrc": (0.0025, 20, 4)}[name]
+    preset = {
+        "vpt_deep": (0.0025, 5, 4),
+        "ivlp": (0.0035, 5, 4),
+        "maple": (0.0035, 5, 4),
+        "promptsrc": (0.0025, 20, 4),
+    }[name]
     assert (c.lr, c.epochs, c.batch_size) == preset
     if name != "promptsrc":  # the only loss term is the cross-entropy of the logits
         assert set(parts) == {"ce"}
@@ -182,8 +206,18 @@ def test_promptsrc_loss_terms_by_hand():
     zs_logits = torch.tensor([[math.log(3.0), 0.0]])  # zero-shot p = (3/4, 1/4), student p = (1/2, 1/2)
     text, frozen_text = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]])
     image, frozen_image = torch.tensor([[0.6, 0.8]]), torch.tensor([[0.8, 0.6]])
-    parts = promptsrc_losses(logits, torch.tensor([0]), text, frozen_text, image, frozen_image, zs_logits,
-                             text_weight=25, image_weight=10, logit_weight=1)
+    parts = promptsrc_losses(
+        logits,
+        torch.tensor([0]),
+        text,
+        frozen_text,
+        image,
+        frozen_image,
+        zs_logits,
+        text_weight=25,
+        image_weight=10,
+        logit_weight=1,
+    )
     assert parts["ce"].item() == pytest.approx(math.log(2))
     assert parts["text"].item() == pytest.approx(25 * (1 + 1 + 0 + 0) / 4)
     assert parts["image"].item() == pytest.approx(10 * (0.2 + 0.2) / 2)
@@ -198,16 +232,21 @@ def test_promptsrc_loss_uses_the_frozen_model(ctx, bb, images):
     method = build("promptsrc", ctx, teacher_templates="imagenet+dataset")
     assert len(method.teacher_templates()) == len(IMAGENET_TEMPLATES) + 1 == 61
     teacher = method.teacher_text()
-    feats = [F.normalize(bb.model.encode_text(bb.tokenizer([t.format(c) for c in CLASSES])), dim=-1)
-             for t in ["a photo of a {}.", "a sketch of a {}."]]
+    feats = [
+        F.normalize(bb.model.encode_text(bb.tokenizer([t.format(c) for c in CLASSES])), dim=-1)
+        for t in ["a photo of a {}.", "a sketch of a {}."]
+    ]
     two = build("promptsrc", ctx, teacher_templates="dataset")
     assert torch.allclose(two.teacher_text(), feats[0], atol=1e-5)
     assert teacher.shape == (3, bb.embed_dim)
     # zero prompts at depth 0: the student is the zero-shot model, only the template average differs
     zero = build("promptsrc", ctx, teacher_templates="dataset", init_std=0.0, **DEPTH_ZERO["promptsrc"])
     _, parts = zero.loss(images, torch.tensor([0, 1, 2, 0, 1]))
-    assert parts["text"] == pytest.approx(0, abs=1e-5) and parts["image"] == 0 and parts["logits"] == pytest.approx(
-        0, abs=1e-6)
+    assert (
+        parts["text"] == pytest.approx(0, abs=1e-5)
+        and parts["image"] == 0
+        and parts["logits"] == pytest.approx(0, abs=1e-6)
+    )
 
 
 def test_gaussian_prompt_aggregation_weights():
@@ -218,7 +257,7 @@ def test_gaussian_prompt_aggregation_weights():
     assert sum(w) == pytest.approx(1)
     assert w[14] == pytest.approx(1 / z) and max(w) == w[14]  # epoch 15 (1-based)
     assert w[13] == pytest.approx(w[15]) == pytest.approx(math.exp(-0.5) / z)
-    assert w[0] == pytest.approx(math.exp(-0.5 * 14 ** 2) / z)
+    assert w[0] == pytest.approx(math.exp(-0.5 * 14**2) / z)
     with pytest.raises(ValueError):
         gaussian_weights(5, 3, 0)
 
@@ -253,6 +292,7 @@ def test_eval_caches_the_text_classifier_until_the_prompts_change(ctx, images):
 
 # -- training on images end to end -----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory):
     """A 4-class pocket dataset (2 base, 2 new), its class file and a 2-shot subset, and a config."""
@@ -261,12 +301,23 @@ def mini(tmp_path_factory):
     from vlprompt.experiment.config import validate
 
     root = tmp_path_factory.mktemp("mini")
-    cfg = validate({"experiment": "mini", "protocol": "base2new", "data_root": str(root / "data"),
-                    "results_root": str(root / "results"), "reports_root": str(root / "reports"),
-                    "backbone": {"model": "PocketCLIP-ViT-T8", "pretrained": None},
-                    "datasets": ["pocket_dark"], "methods": ["zeroshot"], "shots": [2], "seeds": [1],
-                    "pocket": {"n_colours": 2, "n_shapes": 2, "per_class": {"train": 3, "val": 2, "test": 2}},
-                    "train": {"checkpoint_every": 1, "device": "cpu"}, "features": {"workers": 0}})
+    cfg = validate(
+        {
+            "experiment": "mini",
+            "protocol": "base2new",
+            "data_root": str(root / "data"),
+            "results_root": str(root / "results"),
+            "reports_root": str(root / "reports"),
+            "backbone": {"model": "PocketCLIP-ViT-T8", "pretrained": None},
+            "datasets": ["pocket_dark"],
+            "methods": ["zeroshot"],
+            "shots": [2],
+            "seeds": [1],
+            "pocket": {"n_colours": 2, "n_shapes": 2, "per_class": {"train": 3, "val": 2, "test": 2}},
+            "train": {"checkpoint_every": 1, "device": "cpu"},
+            "features": {"workers": 0},
+        }
+    )
     world = registry.pocket_world(cfg)
     ds = pocket.PocketDataset("pocket_dark", "dark", cfg["pocket"]["per_class"])
     split = splits.read_split(pocket.generate(ds, world, registry.dataset_dir(cfg, "pocket_dark"), progress=False))
@@ -290,9 +341,24 @@ def test_train_images_run_end_to_end(mini, name):
     metrics = runs.run(cfg, "pocket_dark", name, 2, 1, out, progress=False)  # dispatched to image_runs
     assert (out / "metrics.json").exists() and (out / "model.pt").exists()
     assert not (out / "checkpoint.pt").exists()
-    for key in ("base_acc", "new_acc", "hm", "base_per_class", "new_per_class", "method", "dataset", "shots",
-                "seed", "protocol", "experiment", "config_hash", "hyperparameters", "trained", "seconds",
-                "provenance"):
+    for key in (
+        "base_acc",
+        "new_acc",
+        "hm",
+        "base_per_class",
+        "new_per_class",
+        "method",
+        "dataset",
+        "shots",
+        "seed",
+        "protocol",
+        "experiment",
+        "config_hash",
+        "hyperparameters",
+        "trained",
+        "seconds",
+        "provenance",
+    ):
         assert key in metrics, key
     assert metrics["base_n"] == 4 and metrics["new_n"] == 4 and 0 <= metrics["hm"] <= 100
     assert metrics["train"]["steps_per_epoch"] == 2 and len(metrics["train"]["epoch_seconds"]) == 2

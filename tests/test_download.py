@@ -29,8 +29,23 @@ from vlprompt import cli
 from vlprompt.data import download as dl
 from vlprompt.data import real, registry
 
-REAL = ["ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101", "FGVCAircraft",
-        "SUN397", "DTD", "EuroSAT", "UCF101", "ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
+REAL = [
+    "ImageNet",
+    "Caltech101",
+    "OxfordPets",
+    "StanfordCars",
+    "Flowers102",
+    "Food101",
+    "FGVCAircraft",
+    "SUN397",
+    "DTD",
+    "EuroSAT",
+    "UCF101",
+    "ImageNetV2",
+    "ImageNetSketch",
+    "ImageNetA",
+    "ImageNetR",
+]
 ANCHORS = Path(__file__).parent / "data"
 
 
@@ -42,6 +57,7 @@ def server():
 
 
 # ---- miniature archives (builders in tests/mirror.py) -------------------------------------------------
+
 
 def subset_of_published(coop_file: str, per_class: int = 1) -> dict:
     """``per_class`` rows per class and part of a real published split file."""
@@ -80,6 +96,7 @@ def assert_prepared(cfg: dict, name: str, split_file: Path) -> dict:
 
 # ---- status and catalogue ----------------------------------------------------------------------------
 
+
 def test_status_table_lists_all_real_and_pocket_datasets(tmp_path):
     rows = registry.status_table({"data_root": str(tmp_path)})
     names = [r["name"] for r in rows]
@@ -108,9 +125,23 @@ def test_datasets_command_reads_the_config_roots(tmp_path, capsys):
 
 
 def test_catalogue_is_complete():
-    classes = {"ImageNet": 1000, "Caltech101": 100, "OxfordPets": 37, "StanfordCars": 196, "Flowers102": 102,
-               "Food101": 101, "FGVCAircraft": 100, "SUN397": 397, "DTD": 47, "EuroSAT": 10, "UCF101": 101,
-               "ImageNetV2": 1000, "ImageNetSketch": 1000, "ImageNetA": 200, "ImageNetR": 200}
+    classes = {
+        "ImageNet": 1000,
+        "Caltech101": 100,
+        "OxfordPets": 37,
+        "StanfordCars": 196,
+        "Flowers102": 102,
+        "Food101": 101,
+        "FGVCAircraft": 100,
+        "SUN397": 397,
+        "DTD": 47,
+        "EuroSAT": 10,
+        "UCF101": 101,
+        "ImageNetV2": 1000,
+        "ImageNetSketch": 1000,
+        "ImageNetA": 200,
+        "ImageNetR": 200,
+    }
     for name in REAL:
         spec = registry.get_dataset(name)
         info = spec.info
@@ -134,6 +165,7 @@ def test_catalogue_is_complete():
 
 # ---- each preparer path, end to end through the loopback server --------------------------------------
 
+
 def test_caltech101_zip_holding_tar_gz(server, tmp_path):
     """CaltechDATA's caltech-101.zip holds 101_ObjectCategories.tar.gz: nested extraction, published split."""
     split = subset_of_published("split_zhou_Caltech101.json")
@@ -142,8 +174,11 @@ def test_caltech101_zip_holding_tar_gz(server, tmp_path):
     images["101_ObjectCategories/BACKGROUND_Google/image_0001.jpg"] = b"ignored"
     inner = tar_bytes(images)
     outer = zip_bytes({"caltech-101/101_ObjectCategories.tar.gz": inner, "caltech-101/show_annotation.m": b"%"})
-    cfg = cfg_for(tmp_path, files={"Caltech101": serve_file(server, "Caltech101", "caltech-101.zip", outer)},
-                  split_files={"Caltech101": server.add("/split_zhou_Caltech101.json", json.dumps(split).encode())})
+    cfg = cfg_for(
+        tmp_path,
+        files={"Caltech101": serve_file(server, "Caltech101", "caltech-101.zip", outer)},
+        split_files={"Caltech101": server.add("/split_zhou_Caltech101.json", json.dumps(split).encode())},
+    )
     out = assert_prepared(cfg, "Caltech101", registry.prepare(cfg, "Caltech101", progress=False))
     assert out["train"][0] == ["101_ObjectCategories/Faces/image_0274.jpg", 0, "face"]
     assert {r[2] for r in out["test"]} >= {"airplane", "leopard", "motorbike", "yin_yang"}
@@ -156,12 +191,17 @@ def test_caltech101_zip_holding_tar_gz(server, tmp_path):
 
 def test_dtd_tar_gz_with_split_file_from_a_local_path(server, tmp_path):
     split = subset_of_published("split_zhou_DescribableTextures.json")
-    archive = tar_bytes({f"dtd/images/{rel}": img(rel) for part in split.values() for rel, _, _ in part}
-                        | {"dtd/labels/labels_joint_anno.txt": b"", "dtd/imdb/imdb.mat": b""})
+    archive = tar_bytes(
+        {f"dtd/images/{rel}": img(rel) for part in split.values() for rel, _, _ in part}
+        | {"dtd/labels/labels_joint_anno.txt": b"", "dtd/imdb/imdb.mat": b""}
+    )
     local_split = tmp_path / "my_split.json"
     local_split.write_text(json.dumps(split))
-    cfg = cfg_for(tmp_path, files={"DTD": serve_file(server, "DTD", "dtd-r1.0.1.tar.gz", archive)},
-                  split_files={"DTD": str(local_split)})
+    cfg = cfg_for(
+        tmp_path,
+        files={"DTD": serve_file(server, "DTD", "dtd-r1.0.1.tar.gz", archive)},
+        split_files={"DTD": str(local_split)},
+    )
     # status moves missing -> verified (checksum confirmed) -> prepared
     assert real.status(cfg, "DTD")["status"] == "missing"
     real.fetch_files(cfg, "DTD", progress=False)
@@ -175,8 +215,12 @@ def test_eurosat_zip_through_a_mirror(server, tmp_path):
     """``download.mirror`` serves <mirror>/<Name>/<file>; the checksum is overridden for the miniature."""
     archive, split = eurosat_archive()
     server.add("/EuroSAT/EuroSAT.zip", archive)
-    cfg = cfg_for(tmp_path, mirror=server.url + "/", files={"EuroSAT": {"EuroSAT.zip": {"md5": hashlib.md5(
-        archive).hexdigest()}}}, split_files={"EuroSAT": server.add("/s.json", json.dumps(split).encode())})
+    cfg = cfg_for(
+        tmp_path,
+        mirror=server.url + "/",
+        files={"EuroSAT": {"EuroSAT.zip": {"md5": hashlib.md5(archive).hexdigest()}}},
+        split_files={"EuroSAT": server.add("/s.json", json.dumps(split).encode())},
+    )
     out = assert_prepared(cfg, "EuroSAT", registry.prepare(cfg, "EuroSAT", progress=False))
     assert out["train"][0] == ["2750/AnnualCrop/AnnualCrop_1.jpg", 0, "Annual Crop Land"]
     assert ("/EuroSAT/EuroSAT.zip", None) in server.log
@@ -195,8 +239,11 @@ def test_oxford_pets_two_archives(server, tmp_path):
     annotations_tgz = tar_bytes({"annotations/trainval.txt": b"", "annotations/test.txt": b""})
     files = serve_file(server, "OxfordPets", "images.tar.gz", images_tgz)
     files |= serve_file(server, "OxfordPets", "annotations.tar.gz", annotations_tgz)
-    cfg = cfg_for(tmp_path, files={"OxfordPets": files},
-                  split_files={"OxfordPets": server.add("/p.json", json.dumps(split).encode())})
+    cfg = cfg_for(
+        tmp_path,
+        files={"OxfordPets": files},
+        split_files={"OxfordPets": server.add("/p.json", json.dumps(split).encode())},
+    )
     out = assert_prepared(cfg, "OxfordPets", registry.prepare(cfg, "OxfordPets", progress=False))
     assert out["val"][1] == ["images/breed_00_2.jpg", 0, "breed_00"] or out["val"][0][0].startswith("images/")
     assert (tmp_path / "data" / "OxfordPets" / "annotations" / "trainval.txt").is_file()
@@ -225,8 +272,9 @@ def test_fgvc_aircraft_official_lists_without_a_checksum(server, tmp_path):
 
 def test_imagenet_a_wnid_folders(server, tmp_path):
     wnids = real.imagenet_classes()["imagenet_a_wnids"]
-    archive = tar_bytes({f"imagenet-a/{w}/0.000_{w}.jpg": img(w) for w in wnids} | {"imagenet-a/README.txt": b""},
-                        mode="w")
+    archive = tar_bytes(
+        {f"imagenet-a/{w}/0.000_{w}.jpg": img(w) for w in wnids} | {"imagenet-a/README.txt": b""}, mode="w"
+    )
     cfg = cfg_for(tmp_path, files={"ImageNetA": serve_file(server, "ImageNetA", "imagenet-a.tar", archive)})
     out = assert_prepared(cfg, "ImageNetA", registry.prepare(cfg, "ImageNetA", progress=False))
     assert out["train"] == [] and out["val"] == [] and len(out["test"]) == 200
@@ -235,14 +283,18 @@ def test_imagenet_a_wnid_folders(server, tmp_path):
 
 # ---- failures leave nothing half-prepared --------------------------------------------------------------
 
+
 def test_corrupt_archive_is_a_checksum_error_and_leaves_no_dataset(server, tmp_path):
     split = subset_of_published("split_zhou_DescribableTextures.json")
     good = tar_bytes({f"dtd/images/{rel}": img(rel) for part in split.values() for rel, _, _ in part})
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0xFF
     url = server.add("/DTD/dtd-r1.0.1.tar.gz", bytes(bad))
-    cfg = cfg_for(tmp_path, files={"DTD": {"dtd-r1.0.1.tar.gz": {"url": url, "sha256": sha256(good)}}},
-                  split_files={"DTD": server.add("/s.json", json.dumps(split).encode())})
+    cfg = cfg_for(
+        tmp_path,
+        files={"DTD": {"dtd-r1.0.1.tar.gz": {"url": url, "sha256": sha256(good)}}},
+        split_files={"DTD": server.add("/s.json", json.dumps(split).encode())},
+    )
     with pytest.raises(dl.ChecksumError, match="sha256"):
         registry.prepare(cfg, "DTD", progress=False)
     data = tmp_path / "data"
@@ -256,8 +308,11 @@ def test_corrupt_archive_is_a_checksum_error_and_leaves_no_dataset(server, tmp_p
 def test_split_listing_a_missing_image_leaves_no_dataset(server, tmp_path):
     archive, split = eurosat_archive()
     split["test"].append(["River/River_999.jpg", 8, "River"])
-    cfg = cfg_for(tmp_path, files={"EuroSAT": serve_file(server, "EuroSAT", "EuroSAT.zip", archive)},
-                  split_files={"EuroSAT": server.add("/s.json", json.dumps(split).encode())})
+    cfg = cfg_for(
+        tmp_path,
+        files={"EuroSAT": serve_file(server, "EuroSAT", "EuroSAT.zip", archive)},
+        split_files={"EuroSAT": server.add("/s.json", json.dumps(split).encode())},
+    )
     with pytest.raises(registry.DatasetError, match="River_999"):
         registry.prepare(cfg, "EuroSAT", progress=False)
     assert not (tmp_path / "data" / "EuroSAT").exists()
@@ -282,8 +337,9 @@ def test_dropped_connection_is_retried_within_prepare(server, tmp_path):
     archive, split = eurosat_archive()
     files = serve_file(server, "EuroSAT", "EuroSAT.zip", archive)
     server.drop_after["/EuroSAT/EuroSAT.zip"] = len(archive) // 3
-    cfg = cfg_for(tmp_path, files={"EuroSAT": files},
-                  split_files={"EuroSAT": server.add("/s.json", json.dumps(split).encode())})
+    cfg = cfg_for(
+        tmp_path, files={"EuroSAT": files}, split_files={"EuroSAT": server.add("/s.json", json.dumps(split).encode())}
+    )
     assert_prepared(cfg, "EuroSAT", registry.prepare(cfg, "EuroSAT", progress=False))
     ranges = [r for p, r in server.log if p == "/EuroSAT/EuroSAT.zip"]
     assert ranges == [None, f"bytes={len(archive) // 3}-"]
@@ -305,6 +361,7 @@ def test_http_error_names_the_url_and_the_manual_fallback(server, tmp_path):
 
 # ---- unsafe archives ------------------------------------------------------------------------------------
 
+
 def _tar_with(member: tarfile.TarInfo, data: bytes = b"") -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
@@ -322,14 +379,18 @@ def _link(name: str, target: str, kind: bytes) -> tarfile.TarInfo:
     return info
 
 
-@pytest.mark.parametrize("member", [
-    tarfile.TarInfo("../escape.txt"),
-    tarfile.TarInfo("/tmp/absolute.txt"),
-    tarfile.TarInfo("a/../../escape.txt"),
-    _link("a/link", "../../outside", tarfile.SYMTYPE),
-    _link("a/link", "/etc/passwd", tarfile.SYMTYPE),
-    _link("a/hard", "../outside", tarfile.LNKTYPE),
-], ids=["dotdot", "absolute", "nested-dotdot", "symlink-out", "symlink-absolute", "hardlink-out"])
+@pytest.mark.parametrize(
+    "member",
+    [
+        tarfile.TarInfo("../escape.txt"),
+        tarfile.TarInfo("/tmp/absolute.txt"),
+        tarfile.TarInfo("a/../../escape.txt"),
+        _link("a/link", "../../outside", tarfile.SYMTYPE),
+        _link("a/link", "/etc/passwd", tarfile.SYMTYPE),
+        _link("a/hard", "../outside", tarfile.LNKTYPE),
+    ],
+    ids=["dotdot", "absolute", "nested-dotdot", "symlink-out", "symlink-absolute", "hardlink-out"],
+)
 def test_unsafe_tar_members_are_rejected(tmp_path, member):
     archive = tmp_path / "bad.tar"
     archive.write_bytes(_tar_with(member, b"evil"))
@@ -362,8 +423,11 @@ def test_unsafe_member_during_prepare_leaves_no_dataset(server, tmp_path):
     split = subset_of_published("split_zhou_DescribableTextures.json")
     good = {f"dtd/images/{rel}": img(rel) for part in split.values() for rel, _, _ in part}
     archive = tar_bytes(good | {"dtd/../../../pwned.txt": b"evil"})
-    cfg = cfg_for(tmp_path, files={"DTD": serve_file(server, "DTD", "dtd-r1.0.1.tar.gz", archive)},
-                  split_files={"DTD": server.add("/s.json", json.dumps(split).encode())})
+    cfg = cfg_for(
+        tmp_path,
+        files={"DTD": serve_file(server, "DTD", "dtd-r1.0.1.tar.gz", archive)},
+        split_files={"DTD": server.add("/s.json", json.dumps(split).encode())},
+    )
     with pytest.raises(dl.UnsafeArchiveError, match=r"'\.\.'"):
         registry.prepare(cfg, "DTD", progress=False)
     assert not (tmp_path / "data" / "DTD").exists() and not list((tmp_path / "data").glob(".DTD*"))
@@ -372,12 +436,16 @@ def test_unsafe_member_during_prepare_leaves_no_dataset(server, tmp_path):
 
 # ---- what cannot be fetched, and missing split files ------------------------------------------------------
 
+
 def test_manual_datasets_name_what_to_put_where(tmp_path):
     cfg = cfg_for(tmp_path)
     with pytest.raises(registry.DatasetError, match=r"ImageNet/images/train/<wnid>/\*\.JPEG"):
         registry.prepare(cfg, "ImageNet", progress=False)
-    with pytest.raises(registry.DatasetError, match=r"UCF-101-midframes\.zip must be downloaded by hand from "
-                                                    r"https://drive\.google\.com.*downloads/UCF101/"):
+    with pytest.raises(
+        registry.DatasetError,
+        match=r"UCF-101-midframes\.zip must be downloaded by hand from "
+        r"https://drive\.google\.com.*downloads/UCF101/",
+    ):
         registry.prepare(cfg, "UCF101", progress=False)
     with pytest.raises(registry.DatasetError, match="(?s)cars_train.tgz.*cars_test.tgz"):
         registry.prepare(cfg, "StanfordCars", progress=False)
@@ -401,8 +469,11 @@ def test_missing_split_file_is_an_error_unless_opted_in(server, tmp_path):
 
 def test_html_page_instead_of_a_split_file_is_explained(server, tmp_path):
     archive, _ = eurosat_archive()
-    cfg = cfg_for(tmp_path, files={"EuroSAT": serve_file(server, "EuroSAT", "EuroSAT.zip", archive)},
-                  split_files={"EuroSAT": server.add("/quota.html", b"<html>quota exceeded</html>")})
+    cfg = cfg_for(
+        tmp_path,
+        files={"EuroSAT": serve_file(server, "EuroSAT", "EuroSAT.zip", archive)},
+        split_files={"EuroSAT": server.add("/quota.html", b"<html>quota exceeded</html>")},
+    )
     with pytest.raises(registry.DatasetError, match="not a JSON split file"):
         registry.prepare(cfg, "EuroSAT", progress=False)
 
@@ -415,11 +486,21 @@ def test_unknown_override_file_is_an_error(tmp_path):
 
 # ---- `python -m vlprompt prepare`: expected failures are one clear paragraph, no traceback ------------------
 
+
 def write_config(tmp_path: Path, dataset: str, **download) -> Path:
     """An experiment config for ``vlprompt prepare``: data under tmp_path, the given ``download`` block."""
-    cfg = {"experiment": "real", "protocol": "base2new", "data_root": str(tmp_path / "data"),
-           "results_root": str(tmp_path / "results"), "backbone": {"model": "ViT-B-16", "pretrained": "openai"},
-           "datasets": [dataset], "methods": ["zeroshot"], "shots": [16], "seeds": [1], "download": download}
+    cfg = {
+        "experiment": "real",
+        "protocol": "base2new",
+        "data_root": str(tmp_path / "data"),
+        "results_root": str(tmp_path / "results"),
+        "backbone": {"model": "ViT-B-16", "pretrained": "openai"},
+        "datasets": [dataset],
+        "methods": ["zeroshot"],
+        "shots": [16],
+        "seeds": [1],
+        "download": download,
+    }
     path = tmp_path / "real.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -440,22 +521,28 @@ def prepare_error(capsys, config: Path, dataset: str) -> str:
     assert rc == 2
     lines = [line for line in err.splitlines() if line.startswith("vlprompt prepare: error:")]
     assert len(lines) == 1 and "Traceback" not in err
-    return err[err.index(lines[0]):].strip()
+    return err[err.index(lines[0]) :].strip()
 
 
 def test_prepare_cli_offline_names_dataset_file_and_fix(tmp_path):
     """A mirror (or publisher) that cannot be reached: a subprocess, to see exactly what a user sees."""
     config = write_config(tmp_path, "Food101", mirror=closed_port_url(), retries=0)
-    proc = subprocess.run([sys.executable, "-m", "vlprompt", "prepare", "--config", str(config), "--dataset",
-                           "Food101", "--quiet"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlprompt", "prepare", "--config", str(config), "--dataset", "Food101", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == ""
-    error = proc.stderr[proc.stderr.index("vlprompt prepare: error:"):].strip()
+    error = proc.stderr[proc.stderr.index("vlprompt prepare: error:") :].strip()
     assert "\n" not in error  # one paragraph
     assert error.startswith("vlprompt prepare: error: Food101: cannot download http://127.0.0.1:")
     assert "/Food101/food-101.tar.gz after 1 attempt(s)" in error
     where = tmp_path / "data" / "downloads" / "Food101" / "food-101.tar.gz"
-    assert f"download food-101.tar.gz by hand from http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz and put it " \
-           f"at {where}" in error
+    assert (
+        f"download food-101.tar.gz by hand from http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz and put it "
+        f"at {where}" in error
+    )
     assert not (tmp_path / "data" / "Food101").exists()
 
 
@@ -463,8 +550,12 @@ def test_prepare_cli_checksum_error(server, tmp_path, capsys):
     split = subset_of_published("split_zhou_DescribableTextures.json")
     good = tar_bytes({f"dtd/images/{rel}": img(rel) for part in split.values() for rel, _, _ in part})
     url = server.add("/DTD/dtd-r1.0.1.tar.gz", good[:-100] + b"x" * 100)
-    config = write_config(tmp_path, "DTD", files={"DTD": {"dtd-r1.0.1.tar.gz": {"url": url, "sha256": sha256(good)}}},
-                          split_files={"DTD": server.add("/s.json", json.dumps(split).encode())})
+    config = write_config(
+        tmp_path,
+        "DTD",
+        files={"DTD": {"dtd-r1.0.1.tar.gz": {"url": url, "sha256": sha256(good)}}},
+        split_files={"DTD": server.add("/s.json", json.dumps(split).encode())},
+    )
     error = prepare_error(capsys, config, "DTD")
     assert error.startswith("vlprompt prepare: error: DTD: dtd-r1.0.1.tar.gz is not the published file")
     assert f"expected {sha256(good)}" in error and "run prepare again to download it afresh" in error
@@ -473,10 +564,16 @@ def test_prepare_cli_checksum_error(server, tmp_path, capsys):
 
 def test_prepare_cli_unsafe_archive(server, tmp_path, capsys):
     split = subset_of_published("split_zhou_DescribableTextures.json")
-    archive = tar_bytes({f"dtd/images/{rel}": img(rel) for part in split.values() for rel, _, _ in part}
-                        | {"dtd/../../evil.txt": b"evil"})
-    config = write_config(tmp_path, "DTD", files={"DTD": serve_file(server, "DTD", "dtd-r1.0.1.tar.gz", archive)},
-                          split_files={"DTD": server.add("/s.json", json.dumps(split).encode())})
+    archive = tar_bytes(
+        {f"dtd/images/{rel}": img(rel) for part in split.values() for rel, _, _ in part}
+        | {"dtd/../../evil.txt": b"evil"}
+    )
+    config = write_config(
+        tmp_path,
+        "DTD",
+        files={"DTD": serve_file(server, "DTD", "dtd-r1.0.1.tar.gz", archive)},
+        split_files={"DTD": server.add("/s.json", json.dumps(split).encode())},
+    )
     error = prepare_error(capsys, config, "DTD")
     fetched = tmp_path / "data" / "downloads" / "DTD" / "dtd-r1.0.1.tar.gz"
     assert error.startswith("vlprompt prepare: error: DTD: ") and "contains '..'; refusing to extract" in error
@@ -506,18 +603,41 @@ def test_snakemake_prepares_and_splits_a_real_dataset(server, tmp_path):
     then the base/new classes and a few-shot subset. Snakemake creates the output's folder before the job
     runs; preparing must accept that empty folder."""
     archive, split = eurosat_archive()
-    config = write_config(tmp_path, "EuroSAT", files={"EuroSAT": serve_file(server, "EuroSAT", "EuroSAT.zip", archive)},
-                          split_files={"EuroSAT": server.add("/s.json", json.dumps(split).encode())})
+    config = write_config(
+        tmp_path,
+        "EuroSAT",
+        files={"EuroSAT": serve_file(server, "EuroSAT", "EuroSAT.zip", archive)},
+        split_files={"EuroSAT": server.add("/s.json", json.dumps(split).encode())},
+    )
     cfg = yaml.safe_load(config.read_text()) | {"shots": [2], "seeds": [1, 2]}
     config.write_text(yaml.safe_dump(cfg))
-    targets = [str(tmp_path / "data/EuroSAT/split_zhou_EuroSAT.json"),
-               str(tmp_path / "results/splits/EuroSAT/shot2_seed2.json"),
-               str(tmp_path / "results/splits/EuroSAT/classes.json")]
+    targets = [
+        str(tmp_path / "data/EuroSAT/split_zhou_EuroSAT.json"),
+        str(tmp_path / "results/splits/EuroSAT/shot2_seed2.json"),
+        str(tmp_path / "results/splits/EuroSAT/classes.json"),
+    ]
     repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--cores", "1",
-                           "-d", str(tmp_path), "--configfile", str(config), "--", *targets],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(repo / "Snakefile"),
+            "--cores",
+            "1",
+            "-d",
+            str(tmp_path),
+            "--configfile",
+            str(config),
+            "--",
+            *targets,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_prepared(cfg, "EuroSAT", tmp_path / "data" / "EuroSAT" / "split_zhou_EuroSAT.json")
     classes = json.loads((tmp_path / "results" / "splits" / "EuroSAT" / "classes.json").read_text())

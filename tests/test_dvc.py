@@ -28,17 +28,26 @@ VENV = BIN.parent
 ENV = {
     **os.environ,
     "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    "GIT_AUTHOR_NAME": "vlprompt-test", "GIT_AUTHOR_EMAIL": "test@localhost",
-    "GIT_COMMITTER_NAME": "vlprompt-test", "GIT_COMMITTER_EMAIL": "test@localhost",
+    "GIT_AUTHOR_NAME": "vlprompt-test",
+    "GIT_AUTHOR_EMAIL": "test@localhost",
+    "GIT_COMMITTER_NAME": "vlprompt-test",
+    "GIT_COMMITTER_EMAIL": "test@localhost",
     "DVC_NO_ANALYTICS": "1",
 }
 ENV.pop("SNAKEMAKE_PROFILE", None)
 DVC = [sys.executable, "-m", "dvc"]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 # what DVC versions (relative to a clone), compared file by file after the pull
-TRACKED = ["data", "results/splits", "results/features", f"results/{EXPERIMENT}/runs",
-           f"results/{EXPERIMENT}/summary.csv", f"results/{EXPERIMENT}/stats.csv",
-           f"results/{EXPERIMENT}/metrics.json", f"reports/{EXPERIMENT}"]
+TRACKED = [
+    "data",
+    "results/splits",
+    "results/features",
+    f"results/{EXPERIMENT}/runs",
+    f"results/{EXPERIMENT}/summary.csv",
+    f"results/{EXPERIMENT}/stats.csv",
+    f"results/{EXPERIMENT}/metrics.json",
+    f"reports/{EXPERIMENT}",
+]
 
 
 def run(cmd, cwd, check=True):
@@ -89,15 +98,18 @@ def test_make_pull_runs_the_commands_the_docs_list():
     assert prerequisites.split() == ["install"]  # make pull installs first, as the docs say
     assert [line.strip().split(" ||")[0] for line in recipe] == [
         "$(BIN)/" + line + {"dvc status": " --quiet", "snakemake": " --quiet"}.get(line.split(" -")[0], "")
-        for line in commands("pull_steps")]
+        for line in commands("pull_steps")
+    ]
 
 
 @pytest.fixture(scope="module")
 def clones(tmp_path_factory):
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs git and a git checkout of the project (the test works in clones of it)")
-    if not (REPO / "dvc.yaml").exists() or run(["git", "ls-files", "--error-unmatch", "dvc.yaml"], REPO,
-                                               check=False).returncode:
+    if (
+        not (REPO / "dvc.yaml").exists()
+        or run(["git", "ls-files", "--error-unmatch", "dvc.yaml"], REPO, check=False).returncode
+    ):
         pytest.skip("dvc.yaml is not committed: the test clones the repository's last commit")
     tmp = tmp_path_factory.mktemp("dvc")
     # the project at its last commit, with the reduced config as the experiment's config
@@ -158,7 +170,8 @@ def test_repro_gives_the_report_snakemake_gives(clones):
     # the report also records the commit it was made at: the work clone has one more (the DVC remote)
     lines = [(p / "reports" / EXPERIMENT / "report.md").read_text().splitlines() for p in (work, ref)]
     assert [[line for line in r if "| git commit " not in line] for r in lines] == [
-        [line for line in lines[1] if "| git commit " not in line]] * 2
+        [line for line in lines[1] if "| git commit " not in line]
+    ] * 2
     assert "coop" in (work / "reports" / EXPERIMENT / "report.md").read_text()
 
 
@@ -215,11 +228,14 @@ def test_nothing_to_do_after_pull(clones, clone_name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, url, local_keys, shared_keys", [
-    ("remote_s3", "s3://my-bucket/vlprompt", ["profile", "access_key_id", "secret_access_key"], ["endpointurl"]),
-    ("remote_ssh", "ssh://login.cluster.example.org/", ["user", "keyfile", "ask_password"], []),
-    ("remote_gdrive", "gdrive://", ["gdrive_use_service_account", "gdrive_service_account_json_file_path"], []),
-])
+@pytest.mark.parametrize(
+    "name, url, local_keys, shared_keys",
+    [
+        ("remote_s3", "s3://my-bucket/vlprompt", ["profile", "access_key_id", "secret_access_key"], ["endpointurl"]),
+        ("remote_ssh", "ssh://login.cluster.example.org/", ["user", "keyfile", "ask_password"], []),
+        ("remote_gdrive", "gdrive://", ["gdrive_use_service_account", "gdrive_service_account_json_file_path"], []),
+    ],
+)
 def test_remote_examples_keep_credentials_out_of_the_committed_config(tmp_path, name, url, local_keys, shared_keys):
     repo = clone(REPO, tmp_path / "repo")
     for line in commands(name):
@@ -235,7 +251,8 @@ def test_remote_examples_keep_credentials_out_of_the_committed_config(tmp_path, 
 @pytest.mark.slow
 def test_a_remote_of_ones_own(tmp_path):
     repo = clone(REPO, tmp_path / "repo")
-    add, listed, config = [shell(line, repo) for line in commands("remote_local",
-                                                                   {"/scratch/me/dvc": str(tmp_path / "dvc")})]
+    add, listed, config = [
+        shell(line, repo) for line in commands("remote_local", {"/scratch/me/dvc": str(tmp_path / "dvc")})
+    ]
     assert "mine" in listed.stdout and str(tmp_path / "dvc") in listed.stdout
     assert ".dvc/config.local\tremote.mine.url" in config.stdout and porcelain(repo) == ""

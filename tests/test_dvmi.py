@@ -69,8 +69,7 @@ def test_jsd_bound_by_hand():
 
 
 def test_text_mi_is_log_c_minus_info_nce_with_its_own_temperature(ctx):
-    m = build("dvmi", ctx, mi_between="text", mi_estimator="infonce", mi_temperature=0.2, augment="none",
-              mi_weight=0.5)
+    m = build("dvmi", ctx, mi_between="text", mi_estimator="infonce", mi_temperature=0.2, augment="none", mi_weight=0.5)
     x, y = ctx.train_features[0, :6], ctx.train_labels[:6]
     text = m.text_features()
     hand = encode_prompts(ctx.backbone, [f"a photo of a {c}." for c in NAMES])
@@ -93,8 +92,9 @@ def test_prediction_reading_uses_both_views_posteriors(ctx):
 
 
 def test_mix_by_hand():
-    torch.testing.assert_close(mix(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([0.25])),
-                               torch.tensor([[0.25, 0.75]]))
+    torch.testing.assert_close(
+        mix(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([0.25])), torch.tensor([[0.25, 0.75]])
+    )
 
 
 def test_mixup_labels_are_distributions_that_mix_like_the_features(ctx):
@@ -144,8 +144,10 @@ def test_loss_is_soft_cross_entropy_on_the_augmented_batch(ctx):
 # ---------------------------------------------------------------- learnable critics
 
 
-@pytest.mark.parametrize("estimator,target", [("bilinear", "text"), ("mlp", "text"), ("jsd", "text"),
-                                              ("bilinear", "image_text"), ("mlp", "image_text")])
+@pytest.mark.parametrize(
+    "estimator,target",
+    [("bilinear", "text"), ("mlp", "text"), ("jsd", "text"), ("bilinear", "image_text"), ("mlp", "image_text")],
+)
 def test_learnable_critic_parameters_receive_gradients(ctx, estimator, target):
     m = build("dvmi", ctx, mi_estimator=estimator, mi_between=target, lr=0.05)
     critic = dict(m.critic.named_parameters())
@@ -214,10 +216,17 @@ def test_a_run_records_diagnostics_and_validation_accuracy(tmp_path):
     from vlprompt.cli import main as cli
 
     cfg = yaml.safe_load(open("config/pocket_v1.yaml"))  # the world of the DVMI ablation: 64 classes
-    cfg.update(experiment="mini_dvmi", data_root=str(tmp_path / "data"), results_root=str(tmp_path / "results"),
-               reports_root=str(tmp_path / "reports"), datasets=["pocket_noisy"], shots=[2], seeds=[1],
-               methods=["dvmi_pred", "dvmi_text_bilinear"],
-               method_overrides={"dvmi_pred": FAST, "dvmi_text_bilinear": FAST})
+    cfg.update(
+        experiment="mini_dvmi",
+        data_root=str(tmp_path / "data"),
+        results_root=str(tmp_path / "results"),
+        reports_root=str(tmp_path / "reports"),
+        datasets=["pocket_noisy"],
+        shots=[2],
+        seeds=[1],
+        methods=["dvmi_pred", "dvmi_text_bilinear"],
+        method_overrides={"dvmi_pred": FAST, "dvmi_text_bilinear": FAST},
+    )
     cfg["pocket"]["per_class"] = {"train": 3, "val": 2, "test": 2}
     cfg["features"]["train_views"] = 2
     path = tmp_path / "config.yaml"
@@ -225,8 +234,27 @@ def test_a_run_records_diagnostics_and_validation_accuracy(tmp_path):
     prepare_run_inputs(path, "pocket_noisy", shots=2)
     for method in ("dvmi_pred", "dvmi_text_bilinear"):
         out = tmp_path / method
-        assert cli(["train", "--config", str(path), "--dataset", "pocket_noisy", "--method", method, "--shots", "2",
-                    "--seed", "1", "--out", str(out), "--quiet"]) == 0
+        assert (
+            cli(
+                [
+                    "train",
+                    "--config",
+                    str(path),
+                    "--dataset",
+                    "pocket_noisy",
+                    "--method",
+                    method,
+                    "--shots",
+                    "2",
+                    "--seed",
+                    "1",
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         metrics = json.loads((out / "metrics.json").read_text())
         diag = metrics["method_info"]
         n_base = 32  # the pocket world's 64 classes, half of them base
@@ -235,8 +263,9 @@ def test_a_run_records_diagnostics_and_validation_accuracy(tmp_path):
         assert math.isfinite(diag["mi_estimate"]) and diag["mi_estimate"] <= bound + 1e-6
         assert -1 <= diag["cos_soft_hand"] <= 1
         assert 0 <= metrics["val_base_acc"] <= 100 and 0 <= metrics["val_new_acc"] <= 100
-        assert metrics["val_hm"] == pytest.approx(2 * metrics["val_base_acc"] * metrics["val_new_acc"] /
-                                                  (metrics["val_base_acc"] + metrics["val_new_acc"]))
+        assert metrics["val_hm"] == pytest.approx(
+            2 * metrics["val_base_acc"] * metrics["val_new_acc"] / (metrics["val_base_acc"] + metrics["val_new_acc"])
+        )
         assert metrics["val_base_n"] == 32 * 2 and metrics["val_new_n"] == 32 * 2  # min(shots, 4) per class
 
 
@@ -250,11 +279,20 @@ def test_selection_script_recomputes_the_choice_from_recorded_metrics(tmp_path):
                 run = tmp_path / "runs" / dataset / method / "16shot" / f"seed{seed}"
                 run.mkdir(parents=True)
                 val_hm = 90.0 if method == "coop" else 40.0 + (i == 3) * 5 + seed  # coop is no candidate
-                metrics = {"method": method, "dataset": dataset, "val_hm": val_hm, "val_base_acc": 50.0,
-                           "val_new_acc": 50.0, "hm": 1.0, "base_acc": 1.0, "new_acc": 1.0,
-                           "method_info": {"mi_estimate": 1.0, "mi_bound": 2.0, "cos_soft_hand": 0.5}}
+                metrics = {
+                    "method": method,
+                    "dataset": dataset,
+                    "val_hm": val_hm,
+                    "val_base_acc": 50.0,
+                    "val_new_acc": 50.0,
+                    "hm": 1.0,
+                    "base_acc": 1.0,
+                    "new_acc": 1.0,
+                    "method_info": {"mi_estimate": 1.0, "mi_bound": 2.0, "cos_soft_hand": 0.5},
+                }
                 (run / "metrics.json").write_text(json.dumps(metrics))
-    out = subprocess.run([sys.executable, "scripts/select_dvmi_default.py", str(tmp_path)], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "scripts/select_dvmi_default.py", str(tmp_path)], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip().endswith(f"chosen by mean validation HM over 2 datasets: {CANDIDATES[3]}")
     assert f"| {CANDIDATES[3]} | **chosen** | 50.00 | 50.00 | 46.50 |" in out

@@ -18,8 +18,13 @@ ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.envi
 
 def reduced_config(**changes):
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    cfg.update(experiment="e2e", datasets=["pocket_noisy", "pocket_dark"], shots=[2, 16], seeds=[1, 2],
-               methods=["zeroshot", "linear_probe", "coop"])
+    cfg.update(
+        experiment="e2e",
+        datasets=["pocket_noisy", "pocket_dark"],
+        shots=[2, 16],
+        seeds=[1, 2],
+        methods=["zeroshot", "linear_probe", "coop"],
+    )
     cfg["pocket"]["per_class"] = {"train": 16, "val": 4, "test": 10}
     cfg["features"]["train_views"] = 4
     cfg["method_overrides"] = {"coop": {"epochs": 10}}
@@ -75,15 +80,20 @@ def test_snakemakes_packed_report_embeds_every_figure_with_its_caption(workdir, 
     import re
 
     packed = tmp_path / "report.html"
-    proc = subprocess.run(SNAKEMAKE + ["-d", str(workdir), "--report", str(packed)], capture_output=True, text=True,
-                          env=ENV)
+    proc = subprocess.run(
+        SNAKEMAKE + ["-d", str(workdir), "--report", str(packed)], capture_output=True, text=True, env=ENV
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     text = packed.read_text()
     pngs = sorted((workdir / "reports" / "e2e" / "figures").glob("*.png"))
     assert pngs
     for png in pngs:  # open the packed report: each figure is there, with its caption, byte for byte
-        entry = re.search(rf'"reports/e2e/figures/{png.name}": {{(.*?)"data_uri": "data:image/png;[^"]*?base64,'
-                          r'([A-Za-z0-9+/=]+)"', text, re.S)
+        entry = re.search(
+            rf'"reports/e2e/figures/{png.name}": {{(.*?)"data_uri": "data:image/png;[^"]*?base64,'
+            r'([A-Za-z0-9+/=]+)"',
+            text,
+            re.S,
+        )
         assert entry, png.name
         caption = re.search(r'"caption": "(.*?)", "mime_type"', entry.group(1), re.S)
         assert caption and len(caption.group(1)) > 80 and "Figure " not in caption.group(1), png.name
@@ -126,14 +136,22 @@ def test_a_new_shots_setting_adds_jobs_and_reruns_nothing(workdir, tmp_path):
     cfg = reduced_config(shots=[2, 4, 16])
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     before = {p: p.stat().st_mtime_ns for p in (work / "results").rglob("*") if p.is_file() and "logs" not in p.parts}
-    proc = subprocess.run(SNAKEMAKE + ["-d", str(work), "-n", "--quiet", "rules"], capture_output=True, text=True,
-                          env=ENV)
+    proc = subprocess.run(
+        SNAKEMAKE + ["-d", str(work), "-n", "--quiet", "rules"], capture_output=True, text=True, env=ENV
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout + proc.stderr
-    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", text[text.index("Job stats:"):], re.M))
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", text[text.index("Job stats:") :], re.M))
     # 2 datasets x 2 seeds new subsets; linear_probe and coop x 2 datasets at 4 shots
-    assert jobs == {"sample_fewshot": "4", "extract_fewshot": "4", "train_group": "4", "aggregate": "1",
-                    "report": "1", "all": "1", "total": "15"}, jobs
+    assert jobs == {
+        "sample_fewshot": "4",
+        "extract_fewshot": "4",
+        "train_group": "4",
+        "aggregate": "1",
+        "report": "1",
+        "all": "1",
+        "total": "15",
+    }, jobs
     proc = subprocess.run(SNAKEMAKE + ["-d", str(work), "--cores", "2"], capture_output=True, text=True, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for sidecar in (work / "results" / "features").rglob("shot4_seed*.train.json"):
@@ -147,21 +165,46 @@ def test_a_new_shots_setting_adds_jobs_and_reruns_nothing(workdir, tmp_path):
 
 
 def planned_jobs(work, configfile):
-    proc = subprocess.run(SNAKEMAKE + ["-d", str(work), "-n", "--quiet", "rules", "--configfile", str(configfile)],
-                          capture_output=True, text=True, env=ENV)
+    proc = subprocess.run(
+        SNAKEMAKE + ["-d", str(work), "-n", "--quiet", "rules", "--configfile", str(configfile)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout + proc.stderr
-    return dict(re.findall(r"^(\w+)\s+(\d+)$", text[text.index("Job stats:"):], re.M))
+    return dict(re.findall(r"^(\w+)\s+(\d+)$", text[text.index("Job stats:") :], re.M))
 
 
 def test_declared_inputs_add_their_jobs_and_the_default_plan_keeps_its_own(tmp_path):
     """Wave 3: the unlabelled training split, the test views and the multitask stage are jobs only for the methods
     that declare them (4 datasets; 3 seeds of one multitask method); the default experiment plans what it did."""
     assert planned_jobs(tmp_path / "wave3", REPO / "config" / "pocket_wave3.yaml") == {
-        "prepare_dataset": "6", "extract_test": "4", "extract_test_views": "4", "extract_unlabelled": "4",
-        "sample_fewshot": "18", "split_classes": "6", "extract_fewshot": "18", "train_zeroshot": "28",
-        "train_group": "16", "train_multitask": "3", "aggregate": "1", "report": "1", "all": "1", "total": "110"}
+        "prepare_dataset": "6",
+        "extract_test": "4",
+        "extract_test_views": "4",
+        "extract_unlabelled": "4",
+        "sample_fewshot": "18",
+        "split_classes": "6",
+        "extract_fewshot": "18",
+        "train_zeroshot": "28",
+        "train_group": "16",
+        "train_multitask": "3",
+        "aggregate": "1",
+        "report": "1",
+        "all": "1",
+        "total": "110",
+    }
     assert planned_jobs(tmp_path / "default", REPO / "config" / "config.yaml") == {
-        "prepare_dataset": "4", "extract_test": "4", "sample_fewshot": "12", "split_classes": "4",
-        "extract_fewshot": "12", "train_zeroshot": "8", "train_group": "40", "aggregate": "1", "report": "1",
-        "all": "1", "total": "87"}
+        "prepare_dataset": "4",
+        "extract_test": "4",
+        "sample_fewshot": "12",
+        "split_classes": "4",
+        "extract_fewshot": "12",
+        "train_zeroshot": "8",
+        "train_group": "40",
+        "aggregate": "1",
+        "report": "1",
+        "all": "1",
+        "total": "87",
+    }

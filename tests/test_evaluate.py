@@ -62,8 +62,9 @@ def test_all_classes_protocol():
 
 def test_method_that_cannot_switch_classes_gets_nan_on_new():
     feats = features([0, 0, 1, 1, 2, 2, 3, 3])
-    out = evaluate(Prototypes(["a", "b"], allow_switch=False), ROWS, feats, CLASSES, "base2new", ["a", "b"],
-                   torch.device("cpu"))
+    out = evaluate(
+        Prototypes(["a", "b"], allow_switch=False), ROWS, feats, CLASSES, "base2new", ["a", "b"], torch.device("cpu")
+    )
     assert out["base_acc"] == 100.0
     assert math.isnan(out["new_acc"]) and math.isnan(out["hm"])
 

@@ -65,10 +65,8 @@ def test_second_run_touches_nothing(tiny, pocket_random_backbone, tmp_path):
 
 def test_other_inputs_re_extract(tiny, pocket_random_backbone, tmp_path):
     root, split = tiny
-    extract_split(pocket_random_backbone, root, ExtractionSpec("val", split["test"][:4], 1), tmp_path,
-                  progress=False)
-    extract_split(pocket_random_backbone, root, ExtractionSpec("val", split["test"][:6], 1), tmp_path,
-                  progress=False)
+    extract_split(pocket_random_backbone, root, ExtractionSpec("val", split["test"][:4], 1), tmp_path, progress=False)
+    extract_split(pocket_random_backbone, root, ExtractionSpec("val", split["test"][:6], 1), tmp_path, progress=False)
     assert np.load(tmp_path / "val.npy").shape[0] == 6 and len(FeatureBank(tmp_path).rows("val")) == 6
 
 
@@ -78,8 +76,9 @@ def test_interrupted_extraction_resumes_identically(tiny, pocket_random_backbone
     ref = extract_split(pocket_random_backbone, root, spec, tmp_path / "ref", batch_size=4, progress=False)
     out = tmp_path / "run"
     with pytest.raises(features.ExtractionInterrupted):
-        extract_split(pocket_random_backbone, root, spec, out, batch_size=4, progress=False,
-                      checkpoint_s=0, stop_after_batches=3)
+        extract_split(
+            pocket_random_backbone, root, spec, out, batch_size=4, progress=False, checkpoint_s=0, stop_after_batches=3
+        )
     assert json.loads((out / "train_views.progress").read_text())["images"] == 12
     assert not (out / "train_views.npy").exists() and not (out / "train_views.json").exists()
     encoded = []
@@ -142,8 +141,9 @@ def test_views_are_deterministic_and_differ(tiny, shipped, tmp_path):
 
 def test_augmentation_leaves_the_global_generator_alone(tiny, shipped):
     root, split = tiny
-    ds = features.ImageList(root, [r[0] for r in split["train"]], features.train_transform(32, (0.5,) * 3,
-                                                                                           (0.5,) * 3), view=1)
+    ds = features.ImageList(
+        root, [r[0] for r in split["train"]], features.train_transform(32, (0.5,) * 3, (0.5,) * 3), view=1
+    )
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)
@@ -167,12 +167,20 @@ def test_a_new_subset_encodes_only_the_images_it_adds(tiny, shipped, tmp_path, m
     assert sum(encoded) == 4 * 2  # 4 new images x 2 views
     meta = json.loads((tmp_path / "shot2_seed1.train.json").read_text())
     assert meta["copied_rows"] == 3 and [r[0] for r in meta["rows"]] == [r[0] for r in second.rows]
-    scratch = np.load(extract_split(shipped, root, ExtractionSpec("train_views", second.rows, 2), tmp_path / "s",
-                                    batch_size=16, progress=False))
-    np.testing.assert_allclose(np.load(tmp_path / "shot2_seed1.train.npy").astype(np.float32),
-                               scratch.astype(np.float32), atol=2e-3, rtol=0)
+    scratch = np.load(
+        extract_split(
+            shipped, root, ExtractionSpec("train_views", second.rows, 2), tmp_path / "s", batch_size=16, progress=False
+        )
+    )
+    np.testing.assert_allclose(
+        np.load(tmp_path / "shot2_seed1.train.npy").astype(np.float32), scratch.astype(np.float32), atol=2e-3, rtol=0
+    )
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
-        "shot1_seed1.train.json", "shot1_seed1.train.npy", "shot2_seed1.train.json", "shot2_seed1.train.npy"]
+        "shot1_seed1.train.json",
+        "shot1_seed1.train.npy",
+        "shot2_seed1.train.json",
+        "shot2_seed1.train.npy",
+    ]
     # another transform (here: the test transform of the val banks) is never a source
     val = ExtractionSpec("val", split["train"][:6], 1, name="shot1_seed1.val")
     extract_split(shipped, root, val, tmp_path, batch_size=16, progress=False, reuse=True)

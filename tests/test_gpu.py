@@ -13,8 +13,10 @@ import pytest
 import torch
 import yaml
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (python -m pytest -m gpu)")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (python -m pytest -m gpu)"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,16 @@ def test_fp16_autocast_extraction_on_the_gpu_agrees_with_the_cpu(tiny, tmp_path)
     for device in ("cpu", "cuda"):
         backbone = load_backbone(POCKET_MODEL, "pocket_v2", device=device)
         for spec in (ExtractionSpec("test", split["test"], 1), ExtractionSpec("train_views", split["train"], 3)):
-            extract_split(backbone, root, spec, tmp_path / device, batch_size=16, device=torch.device(device),
-                          scale_min=0.5, progress=False)
+            extract_split(
+                backbone,
+                root,
+                spec,
+                tmp_path / device,
+                batch_size=16,
+                device=torch.device(device),
+                scale_min=0.5,
+                progress=False,
+            )
         banks[device] = {s: np.load(tmp_path / device / f"{s}.npy").astype(np.float32) for s in ("test", "train_views")}
     for split_name in ("test", "train_views"):
         a = banks["cpu"][split_name].reshape(-1, banks["cpu"][split_name].shape[-1])
@@ -52,9 +62,17 @@ def coop_pipeline(device: str, work) -> dict:
     from vlprompt.cli import main as cli
 
     cfg = yaml.safe_load(open("config/config.yaml"))
-    cfg.update(experiment="gpu", data_root=str(work / "data"), results_root=str(work / "results"),
-               reports_root=str(work / "reports"), datasets=["pocket_dark"], shots=[4], seeds=[1],
-               methods=["zeroshot", "coop"], method_overrides={"coop": {"epochs": 10}})
+    cfg.update(
+        experiment="gpu",
+        data_root=str(work / "data"),
+        results_root=str(work / "results"),
+        reports_root=str(work / "reports"),
+        datasets=["pocket_dark"],
+        shots=[4],
+        seeds=[1],
+        methods=["zeroshot", "coop"],
+        method_overrides={"coop": {"epochs": 10}},
+    )
     cfg["pocket"]["per_class"] = {"train": 4, "val": 4, "test": 6}
     cfg["features"].update(train_views=2, device=device)
     cfg["train"]["device"] = device
@@ -65,8 +83,27 @@ def coop_pipeline(device: str, work) -> dict:
     metrics = {}
     for method, shots, seed in (("zeroshot", "0", "0"), ("coop", "4", "1")):
         out = work / method
-        assert cli(["train", "--config", str(path), "--dataset", "pocket_dark", "--method", method,
-                    "--shots", shots, "--seed", seed, "--out", str(out), "--quiet"]) == 0
+        assert (
+            cli(
+                [
+                    "train",
+                    "--config",
+                    str(path),
+                    "--dataset",
+                    "pocket_dark",
+                    "--method",
+                    method,
+                    "--shots",
+                    shots,
+                    "--seed",
+                    seed,
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         metrics[method] = json.loads((out / "metrics.json").read_text())
     return metrics
 

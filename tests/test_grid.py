@@ -42,7 +42,8 @@ def test_declared_inputs_become_the_runs_input_files():
     assert set(grid.fewshot_feature_files(cfg, "pocket_blurry", 16, 2)) <= set(sources)
     assert grid.all_datasets(cfg)[-2:] == ["pocket_sketch", "pocket_blurry"]
     assert grid.train_inputs(cfg, "pocket_dark", "coop", 16, 1) == grid.train_inputs(
-        load_config("config/pocket_v1.yaml") | {"experiment": "pocket_wave3"}, "pocket_dark", "coop", 16, 1)
+        load_config("config/pocket_v1.yaml") | {"experiment": "pocket_wave3"}, "pocket_dark", "coop", 16, 1
+    )
     # test views under unlabelled: test are the test features themselves; a target's views for transfer
     test_cfg = {**cfg, "unlabelled": "test"}
     assert not [p for p in grid.train_inputs(test_cfg, "pocket_dark", "tfup", 0, 0) if p.name.startswith("train.")]
@@ -52,7 +53,8 @@ def test_declared_inputs_become_the_runs_input_files():
     default = load_config("config/config.yaml")
     names = {p.name for p in grid.all_outputs(default)}
     assert not [n for n in names if n.startswith(("train.", "test_views"))] and "multitask" not in str(
-        grid.all_outputs(default))
+        grid.all_outputs(default)
+    )
 
 
 def test_declared_inputs_are_checked_when_the_config_is_read(tmp_path):

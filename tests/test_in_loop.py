@@ -78,10 +78,18 @@ def test_in_loop_run_sees_a_fresh_augmentation_every_step(mini, monkeypatch):  #
     classes = read_json(grid.classes_path(cfg, "pocket_dark"))
     names = [classes["classnames"][i] for i in classes["base"]]
     kg = get_method("kgcoop")
-    feature = kg(kg.make_config(model["hyperparameters"]),
-                 MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=names,
-                               template=registry.get_dataset("pocket_dark").template, device=torch.device("cpu"),
-                               seed=1, dataset="pocket_dark"))
+    feature = kg(
+        kg.make_config(model["hyperparameters"]),
+        MethodContext(
+            backbone=backbone,
+            encoder=PromptedTextEncoder(backbone.model),
+            classnames=names,
+            template=registry.get_dataset("pocket_dark").template,
+            device=torch.device("cpu"),
+            seed=1,
+            dataset="pocket_dark",
+        ),
+    )
     feature.load_trainable_state(model["state"])
     rows = splits.read_split(registry.split_path(cfg, "pocket_dark"))["test"]
     test_images = ImageList(registry.dataset_dir(cfg, "pocket_dark"), [r[0] for r in rows], backbone.preprocess)

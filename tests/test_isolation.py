@@ -30,9 +30,14 @@ from vlprompt.experiment.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "pocket_tiny.yaml"
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-       "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",
-       "GIT_COMMITTER_EMAIL": "t@localhost"}
+ENV = {
+    **os.environ,
+    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@localhost",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@localhost",
+}
 ENV.pop("SNAKEMAKE_PROFILE", None)
 ENV.pop("VLPROMPT_CONFIG", None)
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -40,8 +45,13 @@ CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "config").rglob("*.yaml") 
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(SNAKEMAKE + ["-s", str(REPO / "Snakefile"), "-d", str(workdir), *args], env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        SNAKEMAKE + ["-s", str(REPO / "Snakefile"), "-d", str(workdir), *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -71,11 +81,12 @@ def planned(proc: subprocess.CompletedProcess) -> dict[str, int]:
     text = proc.stdout + proc.stderr
     if "Job stats:" not in text:
         return {}
-    body = text[text.index("Job stats:"):]
+    body = text[text.index("Job stats:") :]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", body, re.M) if m.group(1) != "total"}
 
 
 # --- a fresh clone ----------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory):
@@ -92,8 +103,9 @@ def test_a_fresh_clone_plans_the_whole_dag_of_every_config(clone):
     assert CONFIGS, "no configs found"
     for config in CONFIGS:
         cfg = load_config(clone / config, check_names=False)
-        args = ["-n", "--quiet", "rules"] + ([] if config == Path("config/config.yaml") else
-                                             ["--configfile", str(clone / config)])
+        args = ["-n", "--quiet", "rules"] + (
+            [] if config == Path("config/config.yaml") else ["--configfile", str(clone / config)]
+        )
         proc = snakemake(clone, *args)
         jobs = planned(proc)
         assert jobs.get("report") == 1 and jobs.get("aggregate") == 1, (config, proc.stdout[-2000:])
@@ -109,8 +121,9 @@ def test_a_fresh_clone_plans_the_whole_dag_of_every_config(clone):
 def test_a_run_in_a_fresh_clone_leaves_git_status_clean(clone):
     snakemake(clone, "--cores", "2", "--configfile", str(TINY))
     assert (clone / "reports" / "tiny" / "index.html").exists()
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone,
-                            capture_output=True, text=True)
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone, capture_output=True, text=True
+    )
     assert status.stdout == "", status.stdout
 
 
@@ -129,8 +142,9 @@ def test_a_configfile_is_the_whole_experiment(tmp_path):
         workdir = tmp_path / config.stem
         workdir.mkdir()
         snakemake(workdir, "-n", "--quiet", "rules", "--configfile", str(REPO / config))
-        resolved = json.loads((workdir / own.get("results_root", "results") / own["experiment"] /
-                               "config.json").read_text())
+        resolved = json.loads(
+            (workdir / own.get("results_root", "results") / own["experiment"] / "config.json").read_text()
+        )
         expected = load_config(REPO / config)
         if expected["report"].get("notes_file"):  # found in the workflow's folder (snakemake -d elsewhere)
             expected["report"]["notes_file"] = str(REPO / expected["report"]["notes_file"])
@@ -147,6 +161,7 @@ def test_a_configfile_is_the_whole_experiment(tmp_path):
 
 
 # --- one finished reduced experiment, copied for each fault ---------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
@@ -186,10 +201,31 @@ def test_a_truncated_bank_is_named_then_rebuilt_with_what_follows(finished, tmp_
     with open(bank, "r+b") as f:
         f.truncate(1000)
     # a reader names the file and the command that rebuilds it, in one line
-    proc = subprocess.run([sys.executable, "-m", "vlprompt", "train", "--config", "results/tiny/config.json",
-                           "--dataset", "pocket_dark", "--method", "coop", "--shots", "2", "--seed", "1",
-                           "--out", str(tmp_path / "x"), "--quiet"], cwd=work, env=ENV, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlprompt",
+            "train",
+            "--config",
+            "results/tiny/config.json",
+            "--dataset",
+            "pocket_dark",
+            "--method",
+            "coop",
+            "--shots",
+            "2",
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path / "x"),
+            "--quiet",
+        ],
+        cwd=work,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
     assert f"corrupt artefact {bank.relative_to(work)}: 1000 bytes" in line
@@ -235,14 +271,20 @@ def test_two_experiments_at_once_share_artefacts_without_touching_each_other(fin
     few-shot subsets of its own; both finish, the first's files are untouched and each run carries its own
     experiment's settings."""
     work = copy_of(finished, tmp_path)
-    slow = write_config(tmp_path / "slow.yaml", experiment="slow", seeds=[1, 2],
-                        method_overrides={"coop": {"epochs": 300}})
-    other = write_config(tmp_path / "other.yaml", experiment="other", shots=[1], seeds=[1],
-                         method_overrides={"coop": {"epochs": 2}})
+    slow = write_config(
+        tmp_path / "slow.yaml", experiment="slow", seeds=[1, 2], method_overrides={"coop": {"epochs": 300}}
+    )
+    other = write_config(
+        tmp_path / "other.yaml", experiment="other", shots=[1], seeds=[1], method_overrides={"coop": {"epochs": 2}}
+    )
     shared = digests(work, "data", "results/splits", "results/features")
-    first = subprocess.Popen(SNAKEMAKE + ["-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "1",
-                                          "--configfile", str(slow)], env=ENV, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        SNAKEMAKE + ["-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "1", "--configfile", str(slow)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not list((work / "results/slow/logs").rglob("*.log")) and time.monotonic() < deadline:
@@ -272,17 +314,22 @@ def test_a_second_experiment_needing_the_same_new_files_stops_at_once_naming_the
     second_cfg = write_config(tmp_path / "second.yaml", experiment="second")
     work = tmp_path / "work"
     work.mkdir()
-    first = subprocess.Popen(SNAKEMAKE + ["-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "1",
-                                          "--configfile", str(first_cfg)], env=ENV, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        SNAKEMAKE + ["-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "1", "--configfile", str(first_cfg)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not list((work / ".snakemake" / "vlprompt-runs").glob("*.json")) and time.monotonic() < deadline:
             time.sleep(0.2)
         # as plain snakemake and as `make run` would (stale-lock removal leaves a live run's lock alone, then
         # snakemake --rerun-incomplete): Snakemake refuses the first's lock or its files being written
-        unlock = subprocess.run([sys.executable, "-m", "vlprompt", "unlock-stale"], cwd=work, env=ENV,
-                                capture_output=True, text=True)
+        unlock = subprocess.run(
+            [sys.executable, "-m", "vlprompt", "unlock-stale"], cwd=work, env=ENV, capture_output=True, text=True
+        )
         assert "removed" not in unlock.stdout and "experiment 'first'" in unlock.stdout, unlock.stdout
         for extra in ([], ["--rerun-incomplete"]):
             start = time.monotonic()
@@ -304,12 +351,20 @@ def test_after_kill_9_the_jobs_stop_and_one_command_recovers(finished, tmp_path)
     """`kill -9` of Snakemake mid-run: its jobs stop with it (no orphans), and the commands `make run`
     runs (unlock-stale, then snakemake --rerun-incomplete) finish the experiment."""
     work = copy_of(finished, tmp_path)
-    cfg = write_config(work / "config" / "config.yaml", seeds=[1, 2], experiment="killed",
-                       method_overrides={"coop": {"epochs": 400}}, train={"device": "cpu", "threads": 1,
-                                                                           "checkpoint_every": 5,
-                                                                           "job_granularity": "run"})
-    proc = subprocess.Popen(SNAKEMAKE + ["-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "2"], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cfg = write_config(
+        work / "config" / "config.yaml",
+        seeds=[1, 2],
+        experiment="killed",
+        method_overrides={"coop": {"epochs": 400}},
+        train={"device": "cpu", "threads": 1, "checkpoint_every": 5, "job_granularity": "run"},
+    )
+    proc = subprocess.Popen(
+        SNAKEMAKE + ["-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "2"],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 180
     checkpoints = []
     while not checkpoints and time.monotonic() < deadline and proc.poll() is None:
@@ -325,8 +380,9 @@ def test_after_kill_9_the_jobs_stop_and_one_command_recovers(finished, tmp_path)
         time.sleep(0.5)
     assert not [p for p in children if _alive(p) and b"vlprompt" in _cmdline(p)], "orphaned jobs still run"
     assert (work / ".snakemake" / "locks").exists() and any((work / ".snakemake" / "locks").iterdir())
-    unlock = subprocess.run([sys.executable, "-m", "vlprompt", "unlock-stale"], cwd=work, env=ENV,
-                            capture_output=True, text=True)
+    unlock = subprocess.run(
+        [sys.executable, "-m", "vlprompt", "unlock-stale"], cwd=work, env=ENV, capture_output=True, text=True
+    )
     assert "removed the stale Snakemake lock" in unlock.stdout, unlock.stdout + unlock.stderr
     snakemake(work, "--cores", "2", "--rerun-incomplete")
     assert len(pd.read_csv(work / "results/killed/summary.csv")) == 2 * 2

@@ -27,7 +27,7 @@ def test_c_search_by_hand():
         calls.append(c)
         return -abs(math.log10(c) - 2.3)
 
-    assert search_c(score, GRID, 3) == pytest.approx(10 ** 2.5)
+    assert search_c(score, GRID, 3) == pytest.approx(10**2.5)
     assert calls[:7] == list(GRID)
     assert search_c(score, GRID, 0) == 1e2
     assert search_c(lambda c: 1.0, GRID, 2) == pytest.approx(1e5)  # ties: first grid value, then the left end
@@ -46,10 +46,19 @@ def context(backbone, plain=True):
     train, y = data(1, 4, dim)
     noise = torch.randn(3, len(y), dim, generator=torch.Generator().manual_seed(5)) * 5  # augmented views: noise
     val, val_y = data(2, 4, dim)
-    return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=NAMES,
-                         template="a photo of a {}.", device=torch.device("cpu"), seed=0,
-                         train_features=noise, train_labels=y, val_features=val, val_labels=val_y,
-                         load_split=lambda name: (train, y) if plain and name == "train_plain" else None)
+    return MethodContext(
+        backbone=backbone,
+        encoder=PromptedTextEncoder(backbone.model),
+        classnames=NAMES,
+        template="a photo of a {}.",
+        device=torch.device("cpu"),
+        seed=0,
+        train_features=noise,
+        train_labels=y,
+        val_features=val,
+        val_labels=val_y,
+        load_split=lambda name: (train, y) if plain and name == "train_plain" else None,
+    )
 
 
 def test_probe_is_sklearn_on_plain_unnormalised_features(pocket_random_backbone):

@@ -13,10 +13,14 @@ import vlprompt.experiment.config as config
 from conftest import prepare_run_inputs
 from vlprompt.experiment.config import ConfigError, method_config_hash, validate
 
-SCOPED = {"coop": {"epochs": 200, "lr": 0.1,
-                   "by_shots": {1: {"epochs": 50, "lr": 0.3}, 2: {"epochs": 100}},
-                   "by_dataset": {"ImageNet": {"epochs": 60, "by_shots": {1: {"epochs": 70}}},
-                                  "DTD": {"n_ctx": 8}}}}
+SCOPED = {
+    "coop": {
+        "epochs": 200,
+        "lr": 0.1,
+        "by_shots": {1: {"epochs": 50, "lr": 0.3}, 2: {"epochs": 100}},
+        "by_dataset": {"ImageNet": {"epochs": 60, "by_shots": {1: {"epochs": 70}}}, "DTD": {"n_ctx": 8}},
+    }
+}
 
 
 def real(**overrides):
@@ -42,12 +46,20 @@ def test_precedence_more_specific_wins(roundtrip):
 def test_scoped_overrides_validate_and_errors_name_the_place():
     assert validate(real())["method_overrides"]["coop"]["by_dataset"]["ImageNet"]["epochs"] == 60
     cases = [
-        ({"coop": {"by_dataset": {"Imagenet": {"epochs": 5}}}}, r"method_overrides\.coop\.by_dataset: unknown "
-                                                                r"dataset 'Imagenet'; available"),
-        ({"coop": {"by_shots": {1: {"epoch": 5}}}}, r"method_overrides\.coop\.by_shots\.1: unknown "
-                                                    r"hyperparameter.*'epoch'"),
-        ({"coop": {"by_dataset": {"DTD": {"by_shots": {4: {"lr": "fast"}}}}}},
-         r"method_overrides\.coop\.by_dataset\.DTD\.by_shots\.4: .*'lr' must be of type float"),
+        (
+            {"coop": {"by_dataset": {"Imagenet": {"epochs": 5}}}},
+            r"method_overrides\.coop\.by_dataset: unknown "
+            r"dataset 'Imagenet'; available",
+        ),
+        (
+            {"coop": {"by_shots": {1: {"epoch": 5}}}},
+            r"method_overrides\.coop\.by_shots\.1: unknown "
+            r"hyperparameter.*'epoch'",
+        ),
+        (
+            {"coop": {"by_dataset": {"DTD": {"by_shots": {4: {"lr": "fast"}}}}}},
+            r"method_overrides\.coop\.by_dataset\.DTD\.by_shots\.4: .*'lr' must be of type float",
+        ),
         ({"coopp": {"epochs": 5}}, r"method_overrides\.coopp: unknown method 'coopp'"),
         ({"coop": {"by_shots": {"one": {"epochs": 5}}}}, r"by_shots"),
         ({"coop": {"by_shots": {0: {"epochs": 5}}}}, r"by_shots keys are numbers of shots"),
@@ -77,22 +89,49 @@ def test_report_provenance_lists_the_overrides_in_force(tmp_path):
     from vlprompt.analysis.stats import compute_stats
 
     fast = {"bootstrap_resamples": 200, "bayesian_samples": 1000}
-    rows = [{"method": m, "protocol": "fewshot", "dataset": d, "train_dataset": d, "shots": k, "seed": s,
-             "base_acc": None, "new_acc": None, "hm": None, "all_acc": 50 + gain + k + s / 10 + i,
-             "backbone": "PocketCLIP-ViT-T8", "weights_sha256": "abc", "config_hash": "h", "trained": True}
-            for gain, m in enumerate(["coop", "tip_adapter"]) for i, d in enumerate(["pocket_noisy", "ImageNet"])
-            for k in (1, 16) for s in (1, 2)]
+    rows = [
+        {
+            "method": m,
+            "protocol": "fewshot",
+            "dataset": d,
+            "train_dataset": d,
+            "shots": k,
+            "seed": s,
+            "base_acc": None,
+            "new_acc": None,
+            "hm": None,
+            "all_acc": 50 + gain + k + s / 10 + i,
+            "backbone": "PocketCLIP-ViT-T8",
+            "weights_sha256": "abc",
+            "config_hash": "h",
+            "trained": True,
+        }
+        for gain, m in enumerate(["coop", "tip_adapter"])
+        for i, d in enumerate(["pocket_noisy", "ImageNet"])
+        for k in (1, 16)
+        for s in (1, 2)
+    ]
     pd.DataFrame(rows).to_csv(tmp_path / "summary.csv", index=False)
     compute_stats(pd.read_csv(tmp_path / "summary.csv"), fast).to_csv(tmp_path / "stats.csv", index=False)
-    cfg = {"experiment": "x", "protocol": "fewshot", "methods": ["coop", "tip_adapter"], "shots": [1, 16],
-           "datasets": ["pocket_noisy", "ImageNet"], "stats": fast,
-           "method_overrides": {**SCOPED, "tip_adapter": {"by_dataset": {"ImageNet": {"search_split": "test"}}}}}
+    cfg = {
+        "experiment": "x",
+        "protocol": "fewshot",
+        "methods": ["coop", "tip_adapter"],
+        "shots": [1, 16],
+        "datasets": ["pocket_noisy", "ImageNet"],
+        "stats": fast,
+        "method_overrides": {**SCOPED, "tip_adapter": {"by_dataset": {"ImageNet": {"search_split": "test"}}}},
+    }
     render(tmp_path / "summary.csv", tmp_path / "stats.csv", tmp_path / "report", cfg)
     md = (tmp_path / "report" / "report.md").read_text()
-    provenance = md[md.index("## Provenance"):]
-    for scope, values in [("every run", '{"epochs": 200, "lr": 0.1}'), ("1 shots", '{"epochs": 50, "lr": 0.3}'),
-                          ("ImageNet", '{"epochs": 60}'), ("ImageNet, 1 shots", '{"epochs": 70}'),
-                          ("ImageNet", '{"search_split": "test"}')]:
+    provenance = md[md.index("## Provenance") :]
+    for scope, values in [
+        ("every run", '{"epochs": 200, "lr": 0.1}'),
+        ("1 shots", '{"epochs": 50, "lr": 0.3}'),
+        ("ImageNet", '{"epochs": 60}'),
+        ("ImageNet, 1 shots", '{"epochs": 70}'),
+        ("ImageNet", '{"search_split": "test"}'),
+    ]:
         assert re.search(rf"\| \w+\s+\| {re.escape(scope)}\s+\| {re.escape(values)}", provenance), scope
     assert "2 shots" not in provenance and "DTD" not in provenance  # not in this experiment's grid
     assert "tip_adapter on ImageNet: hyperparameters chosen on the test set" in provenance
@@ -104,19 +143,46 @@ def test_training_records_the_settings_of_its_run(tmp_path):
     from vlprompt.cli import main as cli
 
     cfg = yaml.safe_load(open("config/config.yaml"))
-    cfg.update(experiment="scoped", data_root=str(tmp_path / "data"), results_root=str(tmp_path / "results"),
-               reports_root=str(tmp_path / "reports"), datasets=["pocket_noisy"], shots=[2], seeds=[1],
-               methods=["coop"],
-               method_overrides={"coop": {"epochs": 1, "batch_size": 8,
-                                          "by_dataset": {"pocket_noisy": {"by_shots": {2: {"epochs": 2}}}}}})
+    cfg.update(
+        experiment="scoped",
+        data_root=str(tmp_path / "data"),
+        results_root=str(tmp_path / "results"),
+        reports_root=str(tmp_path / "reports"),
+        datasets=["pocket_noisy"],
+        shots=[2],
+        seeds=[1],
+        methods=["coop"],
+        method_overrides={
+            "coop": {"epochs": 1, "batch_size": 8, "by_dataset": {"pocket_noisy": {"by_shots": {2: {"epochs": 2}}}}}
+        },
+    )
     cfg["pocket"]["per_class"] = {"train": 2, "val": 2, "test": 1}
     cfg["features"]["train_views"] = 1
     path = tmp_path / "config.json"
     path.write_text(json.dumps(validate(cfg)))  # as the DAG's jobs read it: by_shots keys become strings
     prepare_run_inputs(path, "pocket_noisy", shots=2)
     out = tmp_path / "run"
-    assert cli(["train", "--config", str(path), "--dataset", "pocket_noisy", "--method", "coop", "--shots", "2",
-                "--seed", "1", "--out", str(out), "--quiet"]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                "--config",
+                str(path),
+                "--dataset",
+                "pocket_noisy",
+                "--method",
+                "coop",
+                "--shots",
+                "2",
+                "--seed",
+                "1",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["hyperparameters"]["epochs"] == 2 and len(metrics["train"]["loss_history"]) == 2
     assert metrics["overrides"] == {"epochs": 2, "batch_size": 8}
@@ -144,7 +210,7 @@ def test_fewshot_config_carries_the_references_schedules():
             assert run_config(cfg, method, "ImageNet", k).epochs == 50, (method, k)  # *_ep50 on ImageNet
     assert (run_config(cfg, "coop", "DTD", 1).n_ctx, run_config(cfg, "coop", "DTD", 1).ctx_init) == (16, None)
     for d in ("Flowers102", "DTD", "EuroSAT"):  # ProGrad README: lambda 0.8 at 8 and 16 shots
-        assert [run_config(cfg, "prograd", d, k).prograd_lambda for k in (4, 8, 16)] == [1.0, .8, .8]
+        assert [run_config(cfg, "prograd", d, k).prograd_lambda for k in (4, 8, 16)] == [1.0, 0.8, 0.8]
     assert run_config(cfg, "prograd", "Caltech101", 16).prograd_lambda == 1.0
     tip = {d: config.method_settings(cfg, "tip_adapter_f", d, 16) for d in cfg["datasets"]}  # configs/*.yaml
     assert tip["EuroSAT"]["epochs"] == 100 and "epochs" not in tip["DTD"]

@@ -10,8 +10,15 @@ from vlprompt.methods import MethodContext, get_method
 
 
 def context(backbone, names, dataset):
-    return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=list(names),
-                         template=get_dataset(dataset).template, device=torch.device("cpu"), seed=0, dataset=dataset)
+    return MethodContext(
+        backbone=backbone,
+        encoder=PromptedTextEncoder(backbone.model),
+        classnames=list(names),
+        template=get_dataset(dataset).template,
+        device=torch.device("cpu"),
+        seed=0,
+        dataset=dataset,
+    )
 
 
 def build(name, ctx, **overrides):
@@ -33,8 +40,9 @@ def test_tables_name_their_source_and_known_datasets():
 
 def test_kgcoop_anchor_on_dtd_is_its_own_template(pocket_random_backbone):
     m = build("kgcoop", context(pocket_random_backbone, ["banded", "woven"], "DTD"))
-    expected = encode_prompts(pocket_random_backbone, ["a photo of a banded, a type of texture.",
-                                                       "a photo of a woven, a type of texture."])
+    expected = encode_prompts(
+        pocket_random_backbone, ["a photo of a banded, a type of texture.", "a photo of a woven, a type of texture."]
+    )
     torch.testing.assert_close(m.anchors, expected)
 
 
@@ -102,9 +110,17 @@ def test_transfer_evaluation_uses_the_targets_templates(tmp_path, monkeypatch):
     from vlprompt.training import context, runs
 
     cfg = yaml.safe_load(open("config/pocket_crossdataset.yaml"))
-    cfg.update(experiment="xd", data_root=str(tmp_path / "data"), results_root=str(tmp_path / "results"),
-               reports_root=str(tmp_path / "reports"), targets=["pocket_noisy"], shots=[2], seeds=[1],
-               methods=["zeroshot"], method_overrides={})
+    cfg.update(
+        experiment="xd",
+        data_root=str(tmp_path / "data"),
+        results_root=str(tmp_path / "results"),
+        reports_root=str(tmp_path / "reports"),
+        targets=["pocket_noisy"],
+        shots=[2],
+        seeds=[1],
+        methods=["zeroshot"],
+        method_overrides={},
+    )
     cfg["pocket"] = {"per_class": {"train": 2, "val": 2, "test": 1}}
     cfg = validate(cfg)
     path = tmp_path / "config.json"
@@ -113,8 +129,27 @@ def test_transfer_evaluation_uses_the_targets_templates(tmp_path, monkeypatch):
         for cmd in ("prepare", "classes", "extract"):  # zero-shot CLIP needs no few-shot subset
             assert cli([cmd, "--config", str(path), "--dataset", dataset, "--quiet"]) == 0
     run = grid.Run("pocket_photo", "zeroshot", 0, 0).dir(cfg)
-    assert cli(["train", "--config", str(path), "--dataset", "pocket_photo", "--method", "zeroshot", "--shots", "0",
-                "--seed", "0", "--out", str(run), "--quiet"]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                "--config",
+                str(path),
+                "--dataset",
+                "pocket_photo",
+                "--method",
+                "zeroshot",
+                "--shots",
+                "0",
+                "--seed",
+                "0",
+                "--out",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     backbone = context.cached_backbone(cfg, torch.device("cpu"))
     seen: list[str] = []
     tokenize = backbone.tokenizer

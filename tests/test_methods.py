@@ -18,8 +18,16 @@ from vlprompt.training.feature_runs import feature_loop
 
 NAMES = ["red circle", "blue square", "green star"]
 NEW = ["pink ring", "black cross"]
-NEW_METHODS = ["zeroshot_ensemble", "clip_adapter", "tip_adapter", "tip_adapter_f", "cocoop", "kgcoop", "prograd",
-               "dvmi"]
+NEW_METHODS = [
+    "zeroshot_ensemble",
+    "clip_adapter",
+    "tip_adapter",
+    "tip_adapter_f",
+    "cocoop",
+    "kgcoop",
+    "prograd",
+    "dvmi",
+]
 TRAINED = ["clip_adapter", "tip_adapter_f", "cocoop", "kgcoop", "prograd", "dvmi"]
 FAST = {"epochs": 8, "batch_size": 8, "lr": 0.02, "warmup_epochs": 0}  # a few quick steps
 # ProGrad's 16 reference tokens + class name + SOS/./EOS exceed the pocket CLIP's 20-token context
@@ -36,9 +44,19 @@ def context(backbone, names=NAMES, views=2, per_class=6, seed=0, **extra):
     train = centres[y] + 0.5 * torch.randn(views, len(y), dim, generator=gen)
     val_y = torch.arange(len(names)).repeat(2)
     val = centres[val_y] + 0.5 * torch.randn(len(val_y), dim, generator=gen)
-    return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=list(names),
-                         template="a photo of a {}.", device=torch.device("cpu"), train_features=train,
-                         train_labels=y, val_features=val, val_labels=val_y, seed=seed, **extra)
+    return MethodContext(
+        backbone=backbone,
+        encoder=PromptedTextEncoder(backbone.model),
+        classnames=list(names),
+        template="a photo of a {}.",
+        device=torch.device("cpu"),
+        train_features=train,
+        train_labels=y,
+        val_features=val,
+        val_labels=val_y,
+        seed=seed,
+        **extra,
+    )
 
 
 def build(name, ctx, **overrides):
@@ -78,8 +96,12 @@ def test_presets_follow_the_reference_configs():
     def cfg(name):
         return get_method(name).make_config()
 
-    assert (cfg("cocoop").epochs, cfg("cocoop").batch_size, cfg("cocoop").n_ctx, cfg("cocoop").meta_reduction) == \
-        (10, 1, 4, 16)
+    assert (cfg("cocoop").epochs, cfg("cocoop").batch_size, cfg("cocoop").n_ctx, cfg("cocoop").meta_reduction) == (
+        10,
+        1,
+        4,
+        16,
+    )
     assert (cfg("kgcoop").epochs, cfg("kgcoop").batch_size, cfg("kgcoop").kg_weight) == (100, 128, 8.0)
     assert (cfg("prograd").n_ctx, cfg("prograd").prograd_lambda, cfg("prograd").kd_temperature) == (16, 1.0, 1.0)
     assert (cfg("clip_adapter").reduction, cfg("clip_adapter").ratio) == (4, 0.2)
@@ -94,7 +116,7 @@ def test_presets_follow_the_reference_configs():
 def test_knowledge_loss_by_hand():
     text = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     anchors = torch.tensor([[3.0, 0.0], [1.0, 1.0]])  # cosines 1 and 1/sqrt(2)
-    assert knowledge_loss(text, anchors).item() == pytest.approx(1 - (1 + 2 ** -0.5) / 2, abs=1e-6)
+    assert knowledge_loss(text, anchors).item() == pytest.approx(1 - (1 + 2**-0.5) / 2, abs=1e-6)
 
 
 def test_kgcoop_loss_is_ce_plus_weighted_cosine_distance(ctx):
@@ -189,7 +211,7 @@ def test_clip_adapter_residual(ctx):
 def test_cocoop_with_a_zero_meta_net_is_coop_and_batching_is_exact(ctx):
     m = build("cocoop", ctx, max_prompts_per_pass=6)  # chunks of 2 images
     x = ctx.train_features[0, :5]
-    one_by_one = torch.cat([m(x[i:i + 1]) for i in range(5)])
+    one_by_one = torch.cat([m(x[i : i + 1]) for i in range(5)])
     torch.testing.assert_close(m(x), one_by_one, atol=1e-4, rtol=1e-5)
     with torch.no_grad():
         m.meta_net[2].weight.zero_()
@@ -265,7 +287,9 @@ def test_tip_adapter_f_resumes_exactly_and_round_trips_its_state(pocket_random_b
     def run(stop_after=None):
         m = build("tip_adapter_f", context(pocket_random_backbone), epochs=4, batch_size=8)
         try:
-            feature_loop(m, ctx, m.config, tmp_path / "ckpt.pt", checkpoint_every=2, progress=False, stop_after=stop_after)
+            feature_loop(
+                m, ctx, m.config, tmp_path / "ckpt.pt", checkpoint_every=2, progress=False, stop_after=stop_after
+            )
         except KeyboardInterrupt:
             return None
         m.after_training(ctx)

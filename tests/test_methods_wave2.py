@@ -65,8 +65,12 @@ def test_presets_follow_the_references():
     def cfg(name):
         return get_method(name).make_config()
 
-    assert (cfg("pre").epochs, cfg("pre").n_ctx, cfg("pre").ctx_init, cfg("pre").encoder_layers) == \
-        (50, 4, "a photo of a", 1)
+    assert (cfg("pre").epochs, cfg("pre").n_ctx, cfg("pre").ctx_init, cfg("pre").encoder_layers) == (
+        50,
+        4,
+        "a photo of a",
+        1,
+    )
     a = cfg("atprompt")
     assert (a.epochs, a.n_ctx, a.n_att_ctx, a.ctx_init, a.att_init_std) == (100, 2, 2, None, 0.01)
     m = cfg("mocoop")
@@ -82,14 +86,26 @@ def test_presets_follow_the_references():
 
 def test_pattern_prompts_with_word_slots_equal_the_written_prompt(pocket_random_backbone):
     b = pocket_random_backbone
-    p = PatternPrompts(PromptedTextEncoder(b.model), b.tokenizer, NAMES[:2], "{a} colour {b} shape {ctx} {}.",
-                       {"a": 2, "b": 1, "ctx": 4}, {"a": "a big", "b": "the", "ctx": "a photo of a"})
+    p = PatternPrompts(
+        PromptedTextEncoder(b.model),
+        b.tokenizer,
+        NAMES[:2],
+        "{a} colour {b} shape {ctx} {}.",
+        {"a": 2, "b": 1, "ctx": 4},
+        {"a": "a big", "b": "the", "ctx": "a photo of a"},
+    )
     written = [f"a big colour the shape a photo of a {c}." for c in NAMES[:2]]
     torch.testing.assert_close(F.normalize(p(), dim=-1), encode_prompts(b, written), atol=1e-5, rtol=1e-5)
     assert p.pos_a.tolist() == [[1, 2]] * 2 and p.pos_ctx.tolist() == [[6, 7, 8, 9]] * 2
     # a slot after the class name moves with the name's length
-    q = PatternPrompts(PromptedTextEncoder(b.model), b.tokenizer, ["red circle", "orange"], "{before} {} {after}.",
-                       {"before": 1, "after": 1}, {"before": "a", "after": "texture"})
+    q = PatternPrompts(
+        PromptedTextEncoder(b.model),
+        b.tokenizer,
+        ["red circle", "orange"],
+        "{before} {} {after}.",
+        {"before": 1, "after": 1},
+        {"before": "a", "after": "texture"},
+    )
     assert q.pos_after.tolist() == [[4], [3]]
     written = ["a red circle texture.", "a orange texture."]
     torch.testing.assert_close(F.normalize(q(), dim=-1), encode_prompts(b, written), atol=1e-5, rtol=1e-5)
@@ -111,12 +127,17 @@ def test_pattern_prompts_reject_bad_patterns(pocket_random_backbone):
 
 def test_pocket_descriptions_follow_the_rule_and_the_shipped_file_is_its_output():
     assert store.pocket_descriptions("red circle") == [
-        "a red circle.", "a photo of a red circle.", "a circle drawn in red.", "a red shape, a circle.",
-        "a circle with a red colour."]
+        "a red circle.",
+        "a photo of a red circle.",
+        "a circle drawn in red.",
+        "a red shape, a circle.",
+        "a circle with a red colour.",
+    ]
     shipped = json.loads((store.STORE_DIR / store.POCKET_FILE).read_text())
     assert shipped == store.pocket_store() and len(shipped) == 144
-    assert store.load_descriptions("pocket_noisy", ["Red_Circle"]) == {"Red_Circle": store.pocket_descriptions(
-        "red circle")}
+    assert store.load_descriptions("pocket_noisy", ["Red_Circle"]) == {
+        "Red_Circle": store.pocket_descriptions("red circle")
+    }
     with pytest.raises(store.DescriptionError, match="not a pocket class"):
         store.pocket_descriptions("red")
 
@@ -172,8 +193,11 @@ def test_atprompt_prompt_is_soft_attribute_soft_attribute_soft_class(ctx):
     assert m.attributes == ["colour", "shape"]  # the pocket world's own attributes
     pl = m.prompt_learner
     assert pl.text("red circle") == "X X colour X X shape X X red circle."
-    assert set(m.trainable_state()) == {"prompt_learner.slots.att0", "prompt_learner.slots.att1",
-                                        "prompt_learner.slots.ctx"}
+    assert set(m.trainable_state()) == {
+        "prompt_learner.slots.att0",
+        "prompt_learner.slots.att1",
+        "prompt_learner.slots.ctx",
+    }
     assert pl.slots["att0"].std().item() == pytest.approx(0.01, rel=0.5)
     with torch.no_grad():  # put word embeddings in the slots: the prompt becomes a plain sentence
         for name, words in (("att0", "a big"), ("att1", "a small"), ("ctx", "a photo")):
@@ -202,8 +226,10 @@ def test_atprompt_attributes_come_from_the_data_file(pocket_random_backbone):
 def test_mocoop_expert_patterns():
     assert expert_pattern("a photo of a {}.") == ("{before} {}.", {"before": "a photo of a"})
     assert expert_pattern("{} texture.") == ("{} {after}.", {"after": "texture"})
-    assert expert_pattern("a {} in a video game.") == ("{before} {} {after}.", {"before": "a", "after":
-                                                                                "in a video game"})
+    assert expert_pattern("a {} in a video game.") == (
+        "{before} {} {after}.",
+        {"before": "a", "after": "in a video game"},
+    )
 
 
 def test_mocoop_losses_equal_the_reference_code():
@@ -226,10 +252,18 @@ def test_mocoop_experts_start_at_their_templates_and_mix_the_top_two(ctx):
     assert m.templates[0] == "a photo of a {}." and m.groups == (1, 2, 1, 2) and len(m.experts) == 4
     experts = m.expert_text_features()  # correction b = 0: each expert is its first template's classifier
     for e, first in enumerate([0, 1, 3, 4]):
-        torch.testing.assert_close(experts[e], encode_prompts(ctx.backbone, [m.templates[first].format(c)
-                                                                             for c in NAMES]), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(m.prototypes[1], F.normalize(sum(
-        encode_prompts(ctx.backbone, [m.templates[t].format(c) for c in NAMES]) for t in (1, 2)), dim=-1))
+        torch.testing.assert_close(
+            experts[e],
+            encode_prompts(ctx.backbone, [m.templates[first].format(c) for c in NAMES]),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+    torch.testing.assert_close(
+        m.prototypes[1],
+        F.normalize(
+            sum(encode_prompts(ctx.backbone, [m.templates[t].format(c) for c in NAMES]) for t in (1, 2)), dim=-1
+        ),
+    )
     with torch.no_grad():
         m.router.weight.zero_()
         m.router.bias.copy_(torch.tensor([0.0, 2.0, 1.0, -1.0]))  # every image: experts 1 (e^2) and 2 (e^1)
@@ -276,8 +310,9 @@ def test_msgcoop_loss_by_hand(ctx):
     ctxs = m.prompt_learner.ctx
     assert ctxs.shape == (3, 4, 128) and not torch.allclose(ctxs[0], ctxs[1])
     descs = store.load_descriptions("pocket_dark", NAMES)
-    anchors = torch.stack([encode_prompts(ctx.backbone, [f"a photo of {c}, {d}" for d in descs[c]]).mean(0)
-                           for c in NAMES])
+    anchors = torch.stack(
+        [encode_prompts(ctx.backbone, [f"a photo of {c}, {d}" for d in descs[c]]).mean(0) for c in NAMES]
+    )
     torch.testing.assert_close(m.anchors, anchors)
     feats = torch.stack([m.prompt_learner(c) for c in ctxs])  # (N, C, D), each context on its own
     x, y = ctx.train_features[0, :5], ctx.train_labels[:5]
@@ -372,8 +407,11 @@ def test_ogen_warm_phase_trains_the_generator_only_then_adds_the_synthetic_terms
     z_nb = m.generator(text[nb], text[y].unsqueeze(1), xh.unsqueeze(1))
     gen = ((z - xh) ** 2).sum(-1).mean() + ((z_nb - values.flatten(0, 1)) ** 2).sum(-1).mean()
     s = m.logit_scale
-    syn = 0.25 * hand_ce(s * z @ text.T, y) + 0.25 / 3 * hand_ce(s * z_nb @ text.T, nb.flatten()) + \
-        0.25 * hand_ce(s * xh @ text.T, y)
+    syn = (
+        0.25 * hand_ce(s * z @ text.T, y)
+        + 0.25 / 3 * hand_ce(s * z_nb @ text.T, nb.flatten())
+        + 0.25 * hand_ce(s * xh @ text.T, y)
+    )
     assert parts["gen"] == pytest.approx(gen.item(), rel=1e-4)
     assert loss.item() == pytest.approx((gen + syn).item(), rel=1e-4)
 
@@ -400,8 +438,10 @@ def test_keywords_and_discrete_prompt_by_hand():
     sentences = ["A gerenuk is a long-necked antelope.", "The gerenuk has long legs.", "Antelope of Africa."]
     assert keywords(sentences, 3) == ["gerenuk", "antelope", "long-necked"]
     assert keywords(store.pocket_descriptions("red circle"), 2) == ["red", "circle"]
-    assert discrete_prompt("a dark photo of a {}.", "red_circle", ["red", "circle"]) == \
-        "a dark photo of a red circle, red, circle."
+    assert (
+        discrete_prompt("a dark photo of a {}.", "red_circle", ["red", "circle"])
+        == "a dark photo of a red circle, red, circle."
+    )
 
 
 def test_kapt_mixes_the_discrete_and_continuous_classifiers(ctx):
@@ -415,8 +455,10 @@ def test_kapt_mixes_the_discrete_and_continuous_classifiers(ctx):
     loss, _ = m.loss(x, ctx.train_labels[:5])
     assert loss.item() == pytest.approx(hand_ce(expected, ctx.train_labels[:5]).item(), rel=1e-4)
     m.set_classes(NEW)
-    assert m.discrete_texts == ["a photo of a cyan cross, cyan, cross.",
-                                "a photo of a orange diamond, orange, diamond."]
+    assert m.discrete_texts == [
+        "a photo of a cyan cross, cyan, cross.",
+        "a photo of a orange diamond, orange, diamond.",
+    ]
     assert {"prompt_learner.ctx", "head.up.weight"} <= set(m.trainable_state())
 
 

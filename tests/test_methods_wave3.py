@@ -31,6 +31,7 @@ from vlprompt.methods.tpt import average_entropy, select_confident
 WAVE3 = ["cupl", "cupl_ensemble", "fudd", "tfup", "tpt", "tpt_coop", "mvlpt", "pacbayes_prompt"]
 NEW = ["cyan cross", "orange diamond", "red square"]  # context(): test_methods' random class-structured features
 
+
 @pytest.fixture(scope="module")
 def ctx(pocket_random_backbone):
     gen = torch.Generator().manual_seed(7)
@@ -48,8 +49,10 @@ def test_the_six_are_listed_with_papers_families_and_declared_inputs():
         assert cls.paper and cls.description and cls.family in FAMILIES
         with pytest.raises(MethodError, match="unknown hyperparameter"):
             cls.make_config({"no_such_key": 1})
-    declared = {n: (get_method(n).reads_unlabelled, get_method(n).reads_test_views,
-                    get_method(n).reads_multitask_prompt) for n in WAVE3}
+    declared = {
+        n: (get_method(n).reads_unlabelled, get_method(n).reads_test_views, get_method(n).reads_multitask_prompt)
+        for n in WAVE3
+    }
     assert {n for n, d in declared.items() if d[0]} == {"tfup"}
     assert {n for n, d in declared.items() if d[1]} == {"tpt", "tpt_coop"}
     assert {n for n, d in declared.items() if d[2]} == {"mvlpt"}
@@ -57,10 +60,36 @@ def test_the_six_are_listed_with_papers_families_and_declared_inputs():
 
 
 def test_the_report_orders_zero_shot_first_then_the_families():
-    order = method_order(["tpt", "coop", "mvlpt", "cupl", "zeroshot", "fudd", "tfup", "pacbayes_prompt",
-                          "cupl_ensemble", "tpt_coop", "zeroshot_ensemble", "maple"])
-    assert order == ["zeroshot", "zeroshot_ensemble", "cupl", "fudd", "cupl_ensemble", "tfup", "pacbayes_prompt",
-                     "coop", "mvlpt", "tpt", "tpt_coop", "maple"]
+    order = method_order(
+        [
+            "tpt",
+            "coop",
+            "mvlpt",
+            "cupl",
+            "zeroshot",
+            "fudd",
+            "tfup",
+            "pacbayes_prompt",
+            "cupl_ensemble",
+            "tpt_coop",
+            "zeroshot_ensemble",
+            "maple",
+        ]
+    )
+    assert order == [
+        "zeroshot",
+        "zeroshot_ensemble",
+        "cupl",
+        "fudd",
+        "cupl_ensemble",
+        "tfup",
+        "pacbayes_prompt",
+        "coop",
+        "mvlpt",
+        "tpt",
+        "tpt_coop",
+        "maple",
+    ]
 
 
 def test_presets_follow_the_references():
@@ -68,14 +97,34 @@ def test_presets_follow_the_references():
         return get_method(name).make_config()
 
     t = cfg("tpt")
-    assert (t.n_ctx, t.ctx_init, t.views, t.selection, t.tta_steps, t.tta_lr, t.view_crop_scale_min) == \
-        (4, "a photo of a", 64, 0.1, 1, 5e-3, 0.08)
+    assert (t.n_ctx, t.ctx_init, t.views, t.selection, t.tta_steps, t.tta_lr, t.view_crop_scale_min) == (
+        4,
+        "a photo of a",
+        64,
+        0.1,
+        1,
+        5e-3,
+        0.08,
+    )
     m = cfg("mvlpt")
-    assert (m.n_ctx, m.ctx_init, m.class_token_position, m.epochs, m.batch_size, m.lr, m.source_epochs) == \
-        (16, None, "middle", 200, 32, 0.002, 200)
+    assert (m.n_ctx, m.ctx_init, m.class_token_position, m.epochs, m.batch_size, m.lr, m.source_epochs) == (
+        16,
+        None,
+        "middle",
+        200,
+        32,
+        0.002,
+        200,
+    )
     f = cfg("tfup")
-    assert (f.alpha, f.beta, f.cache_proportion, f.min_cache_shots, f.max_cache_shots, f.text) == \
-        (0.3, 1.0, 0.3, 9, 16, "descriptions")
+    assert (f.alpha, f.beta, f.cache_proportion, f.min_cache_shots, f.max_cache_shots, f.text) == (
+        0.3,
+        1.0,
+        0.3,
+        9,
+        16,
+        "descriptions",
+    )
     assert (cfg("fudd").top_k, cfg("fudd").template) == (10, "a photo of a {}.")
     assert cfg("cupl").templates is None and cfg("cupl_ensemble").templates == "auto"
 
@@ -113,8 +162,12 @@ def test_pocket_differential_rule_names_what_differs():
     assert a == ["a photo of a red circle, with the outline of a circle."]
     assert b == ["a photo of a red square, with the outline of a square."]
     a, b = store.pocket_differential("red circle", "blue square")
-    assert a == ["a photo of a red circle, a shape coloured red.", "a photo of a red circle, with the outline of a "
-                 "circle."] and len(b) == 2 and "blue" in b[0]
+    assert (
+        a
+        == ["a photo of a red circle, a shape coloured red.", "a photo of a red circle, with the outline of a circle."]
+        and len(b) == 2
+        and "blue" in b[0]
+    )
     with pytest.raises(store.DescriptionError, match="not a pocket class"):
         store.pocket_differential("red", "blue square")
 
@@ -125,8 +178,12 @@ def test_fudd_files_in_the_authors_format(tmp_path, monkeypatch):
         store.differential_descriptions("DTD", ["banded"])
     (tmp_path / "differential").mkdir()
     (tmp_path / "differential" / "DTD_class_names.json").write_text(json.dumps(["banded", "blotchy", "braided"]))
-    pairs = {"0_2": {"classes": [2, 0], "prompt_pairs": [{"prompt_pair": ["braids.", "bands."]},
-                                                           {"prompt_pair": ["woven.", "striped."]}]}}
+    pairs = {
+        "0_2": {
+            "classes": [2, 0],
+            "prompt_pairs": [{"prompt_pair": ["braids.", "bands."]}, {"prompt_pair": ["woven.", "striped."]}],
+        }
+    }
     (tmp_path / "differential" / "DTD_prompt_pairs.json").write_text(json.dumps(pairs))
     d = store.differential_descriptions("DTD", ["Banded", "blotchy", "braided"])
     assert d.pair("banded", "braided") == (["bands.", "striped."], ["braids.", "woven."])
@@ -215,7 +272,7 @@ def reference_tpt(model, views, lr=5e-3, share=0.1):
         text = F.normalize(model.prompt_learner(ctx), dim=-1)
         logits = model.logit_scale * x @ text.T
         ent = -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
-        sel = logits[ent.argsort()[:int(len(v) * share)]]
+        sel = logits[ent.argsort()[: int(len(v) * share)]]
         logp = sel - sel.logsumexp(-1, keepdim=True)
         avg = logp.logsumexp(0) - math.log(len(sel))
         loss = -(avg * avg.exp()).sum()
@@ -275,7 +332,7 @@ def test_tpt_resets_between_images(trained_ctx, views):
         forward = m(views)
         order = torch.randperm(len(views), generator=torch.Generator().manual_seed(0))
         shuffled = m(views[order])
-        alone = torch.cat([m(views[i:i + 1]) for i in range(len(views))])
+        alone = torch.cat([m(views[i : i + 1]) for i in range(len(views))])
         m_one = build("tpt", trained_ctx, batch_images=1).eval()
         one_by_one_reversed = m_one(views.flip(0)).flip(0)
     torch.testing.assert_close(shuffled, forward[order], atol=1e-5, rtol=1e-5)
@@ -308,8 +365,11 @@ def test_merge_sources_joins_classes_by_name(pocket_random_backbone):
 def test_mvlpt_starts_from_the_multitask_prompt(pocket_random_backbone):
     c = context(pocket_random_backbone)
     prompt = torch.randn(8, 128)
-    m = build("mvlpt", MethodContext(**{**vars(c), "multitask_prompt": {"prompt_learner.ctx": prompt,
-                                                                         "source": "the test's prompt"}}), n_ctx=8)
+    m = build(
+        "mvlpt",
+        MethodContext(**{**vars(c), "multitask_prompt": {"prompt_learner.ctx": prompt, "source": "the test's prompt"}}),
+        n_ctx=8,
+    )
     torch.testing.assert_close(m.prompt_learner.ctx.detach(), prompt, atol=0, rtol=0)
     assert m.run_info()["initialised_from"] == "the test's prompt"
     with pytest.raises(MethodError, match="n_ctx changed"):
@@ -349,8 +409,9 @@ def test_greedy_search_takes_the_best_token_of_each_position(ctx):
     acc, _ = score([first, second])
     assert bound["train_accuracy"] == pytest.approx(100 * acc, abs=1e-3)
     assert bound["kl"] == pytest.approx(2 * math.log(49406), abs=1e-3) and bound["n"] == len(y)
-    assert bound["accuracy_bound"] == pytest.approx(100 * (1 - mcallester_bound(1 - acc, bound["kl"], len(y), 0.05)),
-                                                    abs=1e-3)
+    assert bound["accuracy_bound"] == pytest.approx(
+        100 * (1 - mcallester_bound(1 - acc, bound["kl"], len(y), 0.05)), abs=1e-3
+    )
     assert "uniform over the 49406 tokens" in bound["prior"] and "view 0" in m.run_info()["training_features"]
     # the found prompt is the model: saved, loaded, and written before new classes' names
     other = build("pacbayes_prompt", ctx, n_tokens=2, candidates=12)
@@ -369,13 +430,23 @@ def mini(tmp_path_factory):
     """pocket_noisy (target) and pocket_sketch (MVLPT's source), extracted as the DAG's jobs do."""
     root = tmp_path_factory.mktemp("wave3")
     cfg = yaml.safe_load(open("config/pocket_v1.yaml"))  # the world config/pocket_wave3.yaml runs on (64 classes)
-    cfg.update(experiment="wave3", data_root=str(root / "data"), results_root=str(root / "results"),
-               reports_root=str(root / "reports"), datasets=["pocket_noisy"], shots=[2], seeds=[1],
-               methods=["zeroshot", "tfup", "tpt", "mvlpt", "pacbayes_prompt"], unlabelled="train",
-               sources=["pocket_sketch"],
-               method_overrides={"tpt": {"views": 6, "view_crop_scale_min": 0.5},
-                                 "mvlpt": {"n_ctx": 4, "epochs": 2, "source_epochs": 3},
-                                 "pacbayes_prompt": {"n_tokens": 1, "candidates": 8}})
+    cfg.update(
+        experiment="wave3",
+        data_root=str(root / "data"),
+        results_root=str(root / "results"),
+        reports_root=str(root / "reports"),
+        datasets=["pocket_noisy"],
+        shots=[2],
+        seeds=[1],
+        methods=["zeroshot", "tfup", "tpt", "mvlpt", "pacbayes_prompt"],
+        unlabelled="train",
+        sources=["pocket_sketch"],
+        method_overrides={
+            "tpt": {"views": 6, "view_crop_scale_min": 0.5},
+            "mvlpt": {"n_ctx": 4, "epochs": 2, "source_epochs": 3},
+            "pacbayes_prompt": {"n_tokens": 1, "candidates": 8},
+        },
+    )
     cfg["pocket"]["per_class"] = {"train": 3, "val": 2, "test": 2}
     cfg["features"]["train_views"] = 2
     path = root / "config.yaml"
@@ -388,8 +459,24 @@ def mini(tmp_path_factory):
 
 
 def train(path, method, out, shots=2, seed=1):
-    return cli(["train", "--config", str(path), "--dataset", "pocket_noisy", "--method", method, "--shots",
-                str(shots), "--seed", str(seed), "--out", str(out), "--quiet"])
+    return cli(
+        [
+            "train",
+            "--config",
+            str(path),
+            "--dataset",
+            "pocket_noisy",
+            "--method",
+            method,
+            "--shots",
+            str(shots),
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
 
 
 def test_tfup_reads_no_label(mini, tmp_path):
@@ -448,8 +535,25 @@ def test_tpt_runs_on_the_test_views(mini, tmp_path):
 def test_mvlpt_targets_start_from_the_multitask_prompt(mini, tmp_path):
     root, path, cfg = mini
     stage = grid.multitask_dir(cfg, "mvlpt", 2, 1)
-    assert cli(["train-multitask", "--config", str(path), "--method", "mvlpt", "--shots", "2", "--seed", "1",
-                "--out", str(stage), "--quiet"]) == 0
+    assert (
+        cli(
+            [
+                "train-multitask",
+                "--config",
+                str(path),
+                "--method",
+                "mvlpt",
+                "--shots",
+                "2",
+                "--seed",
+                "1",
+                "--out",
+                str(stage),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     record = json.loads((stage / "metrics.json").read_text())
     assert record["sources"] == ["pocket_sketch"] and record["classes"] == 32  # the source's base classes
     assert len(record["train"]["loss_history"]) == 3
@@ -503,17 +607,42 @@ def test_transfer_reads_the_targets_unlabelled_images_and_views(tmp_path):
 
     repo = grid.Path(__file__).resolve().parents[1]
     cfg = yaml.safe_load((repo / "config" / "pocket_crossdataset.yaml").read_text())
-    cfg.update(targets=["pocket_dark"], shots=[2], seeds=[1], methods=["zeroshot", "tfup", "tpt_coop", "mvlpt"],
-               unlabelled="train", sources=["pocket_sketch"],
-               method_overrides={"tpt_coop": {"epochs": 2, "views": 4, "view_crop_scale_min": 0.5},
-                                 "mvlpt": {"n_ctx": 4, "epochs": 2, "source_epochs": 2}})
+    cfg.update(
+        targets=["pocket_dark"],
+        shots=[2],
+        seeds=[1],
+        methods=["zeroshot", "tfup", "tpt_coop", "mvlpt"],
+        unlabelled="train",
+        sources=["pocket_sketch"],
+        method_overrides={
+            "tpt_coop": {"epochs": 2, "views": 4, "view_crop_scale_min": 0.5},
+            "mvlpt": {"n_ctx": 4, "epochs": 2, "source_epochs": 2},
+        },
+    )
     cfg["pocket"] = {"per_class": {"train": 3, "val": 2, "test": 2}}
     cfg["features"]["train_views"] = 2
     (tmp_path / "xd.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PATH": f"{grid.Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(tmp_path),
-                           "--cores", "2", "--configfile", str(tmp_path / "xd.yaml"), "--",
-                           f"results/{cfg['experiment']}/summary.csv"], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(repo / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "--cores",
+            "2",
+            "--configfile",
+            str(tmp_path / "xd.yaml"),
+            "--",
+            f"results/{cfg['experiment']}/summary.csv",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     df = pd.read_csv(tmp_path / "results" / cfg["experiment"] / "summary.csv")
     assert set(df.method) == {"zeroshot", "tfup", "tpt_coop", "mvlpt"} and df.all_acc.between(0, 100).all()

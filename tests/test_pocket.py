@@ -58,8 +58,11 @@ def test_generate_writes_coop_split_format_and_is_idempotent(tmp_path):
 def test_pixels_do_not_depend_on_label_order_and_changed_settings_redraw(tmp_path):
     ds = pocket.PocketDataset("pocket_test", "dark", {"train": 2, "val": 1, "test": 1})
     a = json.loads(pocket.generate(ds, pocket.World(2, 2), tmp_path / "a", progress=False).read_text())
-    b = json.loads(pocket.generate(ds, pocket.World(2, 2, label_order="shuffled", seed=3), tmp_path / "a",
-                                   progress=False).read_text())
+    b = json.loads(
+        pocket.generate(
+            ds, pocket.World(2, 2, label_order="shuffled", seed=3), tmp_path / "a", progress=False
+        ).read_text()
+    )
     by_path = {r[0]: r[2] for r in a["train"]}
     assert all(by_path[r[0]] == r[2] for r in b["train"])  # same file always shows the same class
     img = tmp_path / "a" / a["train"][0][0]
@@ -70,6 +73,7 @@ def test_pixels_do_not_depend_on_label_order_and_changed_settings_redraw(tmp_pat
 
 
 # --- the v2 world (docs/pocket_world.md) --------------------------------------------------------------------
+
 
 def test_v1_drawing_is_frozen():
     """Pixels of v1 images, hashed with the drawing code as it was before the v2 world existed (9b3022b3)."""
@@ -85,7 +89,7 @@ def test_v1_drawing_is_frozen():
 def test_disjoint_world_shares_no_colour_or_shape_between_base_and_new():
     world = pocket.world("v2")
     assert (world.n_colours, world.n_shapes, world.label_order) == (12, 12, "disjoint")
-    base, new = world.classes[:world.n_base], world.classes[world.n_base:]
+    base, new = world.classes[: world.n_base], world.classes[world.n_base :]
     assert len(base) == len(new) == 36 and len(set(world.classes)) == 72
     assert not {c for c, _ in base} & {c for c, _ in new} and not {s for _, s in base} & {s for _, s in new}
     held = [cs for cs in world.grid if pocket.held_out_in_pretraining(*cs)]

@@ -28,8 +28,11 @@ def test_each_preset_is_the_recipe_its_shipped_checkpoint_records(name):
 
 
 def test_pocket_names_resolve_to_the_shipped_files():
-    assert backbone.resolve_pretrained("pocket") == backbone.resolve_pretrained("pocket_v1") == str(
-        backbone.POCKET_WEIGHTS)
+    assert (
+        backbone.resolve_pretrained("pocket")
+        == backbone.resolve_pretrained("pocket_v1")
+        == str(backbone.POCKET_WEIGHTS)
+    )
     assert backbone.resolve_pretrained("pocket_v2").endswith("pocket_clip_v2_fp16.pt")
     assert backbone.resolve_pretrained("openai") == "openai"
 
@@ -37,8 +40,9 @@ def test_pocket_names_resolve_to_the_shipped_files():
 def test_an_unshipped_pocket_clip_names_the_rule_that_creates_it(monkeypatch, tmp_path):
     monkeypatch.setitem(backbone.POCKET_ASSETS, "pocket_v2", tmp_path / "pocket_clip_v2_fp16.pt")
     with pytest.raises(backbone.BackboneError, match="pocket_v2 CLIP is not shipped.*pretrain_pocket_clip"):
-        backbone._check_request(backbone.open_clip(), backbone.POCKET_MODEL, backbone.resolve_pretrained("pocket_v2"),
-                                None)
+        backbone._check_request(
+            backbone.open_clip(), backbone.POCKET_MODEL, backbone.resolve_pretrained("pocket_v2"), None
+        )
 
 
 def test_v2_pretraining_names_every_word_but_not_the_held_out_compositions():
@@ -47,7 +51,8 @@ def test_v2_pretraining_names_every_word_but_not_the_held_out_compositions():
     assert len(seen) == 144 - 18 and not any(pocket.held_out_in_pretraining(*cs) for cs in seen)
     assert {c for c, _ in seen} == set(pocket.COLOURS) and {s for _, s in seen} == set(pocket.SHAPES)
     assert pretrain.name_texture("a dark photo of a red circle.", "striped") == (
-        "a dark photo of a red circle on a striped background.")
+        "a dark photo of a red circle on a striped background."
+    )
     assert pretrain.pretraining_classes(pretrain.PRESETS["v1"][1]) == pocket.World(label_order="shuffled").classes
 
 
@@ -78,10 +83,29 @@ def test_the_shipped_checkpoints_are_in_the_form_the_rule_writes(tmp_path, name)
 
 def test_the_rule_pretrains_the_experiments_world(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for config, world in (("config/pocket_v1.yaml", "v1"), ("config/config.yaml", "v2"),
-                          ("config/explore/pocket_world/disjoint.yaml", "v2")):
-        proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-                               "--configfile", str(REPO / config), "-n", "-p", "pretrain_pocket_clip"],
-                              capture_output=True, text=True, env=env)
+    for config, world in (
+        ("config/pocket_v1.yaml", "v1"),
+        ("config/config.yaml", "v2"),
+        ("config/explore/pocket_world/disjoint.yaml", "v2"),
+    ):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "snakemake",
+                "-s",
+                str(REPO / "Snakefile"),
+                "-d",
+                str(tmp_path),
+                "--configfile",
+                str(REPO / config),
+                "-n",
+                "-p",
+                "pretrain_pocket_clip",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert f"pretrain-pocket --world {world} --out results/pocket_clip/pocket_clip_{world}_fp16.pt" in proc.stdout

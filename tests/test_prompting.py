@@ -67,12 +67,19 @@ def test_ctx_init_gives_the_hand_crafted_prompt(backbone):
     torch.testing.assert_close(feats, encode_text(backbone, texts), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("position", "csc"), [("front", False), ("middle", False), ("middle", True),
-                                               ("end", True)])
+@pytest.mark.parametrize(("position", "csc"), [("front", False), ("middle", False), ("middle", True), ("end", True)])
 def test_class_positions_build_the_right_token_sequences(backbone, position, csc):
     enc = PromptedTextEncoder(backbone.model)
-    learner = PromptLearner(enc, backbone.tokenizer, CLASSNAMES, n_ctx=4, ctx_init=None, csc=csc,
-                            position=position, generator=torch.Generator().manual_seed(0))
+    learner = PromptLearner(
+        enc,
+        backbone.tokenizer,
+        CLASSNAMES,
+        n_ctx=4,
+        ctx_init=None,
+        csc=csc,
+        position=position,
+        generator=torch.Generator().manual_seed(0),
+    )
     words = [["a", "photo", "of", "a"], ["an", "image", "with", "the"]]
     with torch.no_grad():  # context := embeddings of real words, so the prompt is a sentence
         ctx = [enc.embed(backbone.tokenizer([" ".join(w)]))[0, 1:5] for w in words]
@@ -83,8 +90,11 @@ def test_class_positions_build_the_right_token_sequences(backbone, position, csc
 
     def sentence(i, c):
         w = words[i % 2] if csc else words[0]
-        return {"end": f"{' '.join(w)} {c}.", "front": f"{c} {' '.join(w)}.",
-                "middle": f"{' '.join(w[:2])} {c} {' '.join(w[2:])}."}[position]
+        return {
+            "end": f"{' '.join(w)} {c}.",
+            "front": f"{c} {' '.join(w)}.",
+            "middle": f"{' '.join(w[:2])} {c} {' '.join(w[2:])}.",
+        }[position]
 
     texts = [sentence(i, c) for i, c in enumerate(CLASSNAMES)]
     tokens = backbone.tokenizer(texts)
@@ -98,8 +108,15 @@ def test_class_positions_build_the_right_token_sequences(backbone, position, csc
 @pytest.mark.parametrize("position", ["end", "middle"])
 def test_trimmed_equals_full_forward_and_gradients(backbone, position):
     enc = PromptedTextEncoder(backbone.model)
-    learner = PromptLearner(enc, backbone.tokenizer, CLASSNAMES, n_ctx=4, ctx_init=None, position=position,
-                            generator=torch.Generator().manual_seed(1))
+    learner = PromptLearner(
+        enc,
+        backbone.tokenizer,
+        CLASSNAMES,
+        n_ctx=4,
+        ctx_init=None,
+        position=position,
+        generator=torch.Generator().manual_seed(1),
+    )
     target = torch.randn(len(CLASSNAMES), backbone.embed_dim, generator=torch.Generator().manual_seed(2))
     out, grads = {}, {}
     for trim in (True, False):
@@ -128,12 +145,15 @@ def test_new_classes_keep_the_context(pocket_random_backbone):
     learner.set_classes(["blue star", "yellow cross", "green ring"])
     with torch.no_grad():
         feats = learner()
-    torch.testing.assert_close(feats, encode_text(b, ["a photo of a blue star.", "a photo of a yellow cross.",
-                                                      "a photo of a green ring."]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        feats,
+        encode_text(b, ["a photo of a blue star.", "a photo of a yellow cross.", "a photo of a green ring."]),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_a_prompt_longer_than_the_context_is_an_error(pocket_random_backbone):
     b = pocket_random_backbone  # the pocket CLIP has 20 positions
     with pytest.raises(ValueError, match="does not fit the text encoder's 20 tokens"):
-        PromptLearner(PromptedTextEncoder(b.model), b.tokenizer,
-                      ["red circle", "a very long class name " * 3])
+        PromptLearner(PromptedTextEncoder(b.model), b.tokenizer, ["red circle", "a very long class name " * 3])

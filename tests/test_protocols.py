@@ -39,8 +39,12 @@ def test_protocol_runs_end_to_end(workdir, name):
     path = workdir / "config" / f"reduced_{name}"
     path.write_text(yaml.safe_dump(cfg))
     target = f"results/{cfg['experiment']}/summary.csv"
-    proc = subprocess.run(SNAKEMAKE + ["-d", str(workdir), "--cores", "2", "--configfile", str(path), "--", target],
-                          capture_output=True, text=True, env=ENV)
+    proc = subprocess.run(
+        SNAKEMAKE + ["-d", str(workdir), "--cores", "2", "--configfile", str(path), "--", target],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     df = pd.read_csv(workdir / target)
     assert set(df.method) == {"zeroshot", "coop"}

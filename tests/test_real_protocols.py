@@ -25,8 +25,19 @@ from vlprompt.training.evaluate import evaluate
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-COOP_11 = ["ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101", "FGVCAircraft",
-           "SUN397", "DTD", "EuroSAT", "UCF101"]
+COOP_11 = [
+    "ImageNet",
+    "Caltech101",
+    "OxfordPets",
+    "StanfordCars",
+    "Flowers102",
+    "Food101",
+    "FGVCAircraft",
+    "SUN397",
+    "DTD",
+    "EuroSAT",
+    "UCF101",
+]
 DG_TARGETS = ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
 
 # Jobs per rule, from each protocol's grid. A trained method has one run per dataset x shots x seed; a
@@ -36,39 +47,78 @@ EXPECTED = {
     # 11 datasets; zeroshot + 5 feature methods (coop, cocoop, kgcoop, prograd, dvmi) + 4 image methods;
     # 16 shots; seeds 1-3
     # (few-shot subsets and their features: one job per dataset x shots x seed; test features per dataset)
-    "base2novel.yaml": {"prepare_dataset": 11, "split_classes": 11, "sample_fewshot": 11 * 3, "extract_test": 11,
-                        "extract_fewshot": 11 * 3,
-                        "train": 11 + 11 * 5 * 1 * 3, "train_images": 11 * 4 * 1 * 3,
-                        "aggregate": 1, "report": 1, "all": 1},
+    "base2novel.yaml": {
+        "prepare_dataset": 11,
+        "split_classes": 11,
+        "sample_fewshot": 11 * 3,
+        "extract_test": 11,
+        "extract_fewshot": 11 * 3,
+        "train": 11 + 11 * 5 * 1 * 3,
+        "train_images": 11 * 4 * 1 * 3,
+        "aggregate": 1,
+        "report": 1,
+        "all": 1,
+    },
     # 11 datasets; zeroshot + 7 feature methods; shots 1, 2, 4, 8, 16; seeds 1-3
-    "fewshot.yaml": {"prepare_dataset": 11, "split_classes": 11, "sample_fewshot": 11 * 5 * 3, "extract_test": 11,
-                     "extract_fewshot": 11 * 5 * 3,
-                     "train": 11 + 11 * 7 * 5 * 3, "aggregate": 1, "report": 1, "all": 1},
+    "fewshot.yaml": {
+        "prepare_dataset": 11,
+        "split_classes": 11,
+        "sample_fewshot": 11 * 5 * 3,
+        "extract_test": 11,
+        "extract_fewshot": 11 * 5 * 3,
+        "train": 11 + 11 * 7 * 5 * 3,
+        "aggregate": 1,
+        "report": 1,
+        "all": 1,
+    },
     # ImageNet + 10 targets prepared and their test features extracted (ImageNet's few-shot subsets too);
     # zeroshot + 4 feature methods + 2 image methods
     # trained on ImageNet (16 shots, seeds 1-3); each run evaluated on the 10 targets
-    "crossdataset.yaml": {"prepare_dataset": 11, "split_classes": 11, "sample_fewshot": 3, "extract_test": 11,
-                          "extract_fewshot": 3,
-                          "train": 1 + 4 * 3, "train_images": 2 * 3,
-                          "evaluate_transfer": (1 + 4 * 3) * 10, "evaluate_transfer_images": 2 * 3 * 10,
-                          "aggregate": 1, "report": 1, "all": 1},
+    "crossdataset.yaml": {
+        "prepare_dataset": 11,
+        "split_classes": 11,
+        "sample_fewshot": 3,
+        "extract_test": 11,
+        "extract_fewshot": 3,
+        "train": 1 + 4 * 3,
+        "train_images": 2 * 3,
+        "evaluate_transfer": (1 + 4 * 3) * 10,
+        "evaluate_transfer_images": 2 * 3 * 10,
+        "aggregate": 1,
+        "report": 1,
+        "all": 1,
+    },
     # the same models evaluated on the 4 ImageNet variants
-    "domain_generalization.yaml": {"prepare_dataset": 5, "split_classes": 5, "sample_fewshot": 3, "extract_test": 5,
-                                   "extract_fewshot": 3,
-                                   "train": 1 + 4 * 3, "train_images": 2 * 3,
-                                   "evaluate_transfer": (1 + 4 * 3) * 4, "evaluate_transfer_images": 2 * 3 * 4,
-                                   "aggregate": 1, "report": 1, "all": 1},
+    "domain_generalization.yaml": {
+        "prepare_dataset": 5,
+        "split_classes": 5,
+        "sample_fewshot": 3,
+        "extract_test": 5,
+        "extract_fewshot": 3,
+        "train": 1 + 4 * 3,
+        "train_images": 2 * 3,
+        "evaluate_transfer": (1 + 4 * 3) * 4,
+        "evaluate_transfer_images": 2 * 3 * 4,
+        "aggregate": 1,
+        "report": 1,
+        "all": 1,
+    },
 }
 
 
 def dry_run_jobs(config: Path, workdir: Path) -> dict[str, int]:
     """Jobs per rule of ``snakemake -n`` (its job-stats table), run in ``workdir``: the config's relative
     data/results/reports roots resolve there, so nothing is written into the repository."""
-    proc = subprocess.run(SNAKEMAKE + ["-n", "--quiet", "rules", "-d", str(workdir), "--configfile", str(config)],
-                          capture_output=True, text=True, env=ENV, timeout=600)
+    proc = subprocess.run(
+        SNAKEMAKE + ["-n", "--quiet", "rules", "-d", str(workdir), "--configfile", str(config)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     table = proc.stdout + proc.stderr
-    body = table[table.index("Job stats:"):]
+    body = table[table.index("Job stats:") :]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", body, re.M) if m.group(1) != "total"}
 
 
@@ -93,6 +143,7 @@ def test_real_protocol_dry_run_has_the_protocols_jobs(tmp_path, name):
 
 
 # ---- domain generalisation: ImageNet-A / -R are evaluated on their own 200 classes ----------------------
+
 
 def subset_split(tmp_path: Path, name: str) -> tuple[dict, dict]:
     """The split and classes.json the DAG writes for ImageNet-A / -R: prepare reads the 200 WordNet-id
@@ -120,8 +171,7 @@ def test_imagenet_subset_labels_are_imagenet_classes(tmp_path, name):
 
 @pytest.mark.parametrize("method", ["zeroshot", "linear_probe"])
 @pytest.mark.parametrize("name", ["ImageNetA", "ImageNetR"])
-def test_imagenet_model_on_a_200_class_subset_uses_only_those_classes(tmp_path, pocket_random_backbone, name,
-                                                                      method):
+def test_imagenet_model_on_a_200_class_subset_uses_only_those_classes(tmp_path, pocket_random_backbone, name, method):
     """The ImageNet model's predictions on ImageNet-A/-R are the argmax of its 1000-way logits over the
     subset's 200 columns. Zero-shot re-encodes the 200 names (``set_classes``); the linear probe selects
     its rows. Each test image lies between its own class and a class outside the subset that wins the
@@ -129,14 +179,20 @@ def test_imagenet_model_on_a_200_class_subset_uses_only_those_classes(tmp_path, 
     ic = real.imagenet_classes()
     split, classes = subset_split(tmp_path, name)
     backbone = pocket_random_backbone
-    ctx = MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=ic["classnames"],
-                        template=registry.get_dataset("ImageNet").template, device=torch.device("cpu"))
+    ctx = MethodContext(
+        backbone=backbone,
+        encoder=PromptedTextEncoder(backbone.model),
+        classnames=ic["classnames"],
+        template=registry.get_dataset("ImageNet").template,
+        device=torch.device("cpu"),
+    )
     cls = get_method(method)
     model = cls(cls.make_config(None), ctx).eval()
     if method == "linear_probe":  # a trained probe: one random unit row per ImageNet class
         with torch.no_grad():
-            model.weight.copy_(normalize(torch.randn(1000, backbone.embed_dim,
-                                                     generator=torch.Generator().manual_seed(1))))
+            model.weight.copy_(
+                normalize(torch.randn(1000, backbone.embed_dim, generator=torch.Generator().manual_seed(1)))
+            )
         directions = model.weight.detach()
     else:
         directions = model.weights  # the 1000 classes' normalised text features
@@ -145,7 +201,7 @@ def test_imagenet_model_on_a_200_class_subset_uses_only_those_classes(tmp_path, 
     outside = torch.tensor(sorted(set(range(1000)) - set(columns.tolist())))
     rows = split["test"]
     labels = torch.tensor([r[1] for r in rows])
-    decoys = outside[torch.randperm(len(outside), generator=torch.Generator().manual_seed(0))[:len(rows)]]
+    decoys = outside[torch.randperm(len(outside), generator=torch.Generator().manual_seed(0))[: len(rows)]]
     feats = directions[columns[labels]] + 1.05 * directions[decoys]
     with torch.no_grad():
         full = model(feats)  # (200, 1000)

@@ -61,9 +61,11 @@ def real_size_config(server: Server, weights, split: dict, archive: bytes) -> di
     server.add("/EuroSAT/EuroSAT.zip", archive)
     cfg.update(experiment=EXPERIMENT, datasets=["EuroSAT"], methods=METHODS, shots=[1], seeds=[1])
     cfg["backbone"]["pretrained"] = str(weights)
-    cfg["download"] = {"mirror": server.url + "/",
-                       "files": {"EuroSAT": {"EuroSAT.zip": {"md5": hashlib.md5(archive).hexdigest()}}},
-                       "split_files": {"EuroSAT": server.add("/split_zhou_EuroSAT.json", json.dumps(split).encode())}}
+    cfg["download"] = {
+        "mirror": server.url + "/",
+        "files": {"EuroSAT": {"EuroSAT.zip": {"md5": hashlib.md5(archive).hexdigest()}}},
+        "split_files": {"EuroSAT": server.add("/split_zhou_EuroSAT.json", json.dumps(split).encode())},
+    }
     cfg["features"].update(train_views=VIEWS, workers=2)
     cfg["train"]["threads"] = 1
     for method in ("coop", "vpt_deep"):
@@ -85,8 +87,13 @@ def real_size(tmp_path_factory):
         config = work / "real_size.yaml"
         config.write_text(yaml.safe_dump(cfg))
         t0 = time.time()
-        proc = subprocess.run(SNAKEMAKE + ["-d", str(work), "--cores", "2", "--configfile", str(config)],
-                              capture_output=True, text=True, env=ENV, timeout=1500)
+        proc = subprocess.run(
+            SNAKEMAKE + ["-d", str(work), "--cores", "2", "--configfile", str(config)],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=1500,
+        )
         seconds = time.time() - t0
         requests = list(server.log)
     print(f"real-size base-to-new DAG (ViT-B/16, CPU): {seconds:.0f} s")
@@ -97,11 +104,21 @@ def real_size(tmp_path_factory):
 @pytest.mark.slow
 def test_every_stage_of_the_real_dag_ran(real_size):
     _, _, out, requests, _ = real_size
-    body = out[out.index("Job stats:"):]
+    body = out[out.index("Job stats:") :]
     jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", body, re.M)}
-    assert jobs == {"prepare_dataset": 1, "split_classes": 1, "sample_fewshot": 1, "extract_test": 1,
-                    "extract_fewshot": 1, "train": 2, "train_images": 1, "aggregate": 1, "report": 1, "all": 1,
-                    "total": 11}, jobs
+    assert jobs == {
+        "prepare_dataset": 1,
+        "split_classes": 1,
+        "sample_fewshot": 1,
+        "extract_test": 1,
+        "extract_fewshot": 1,
+        "train": 2,
+        "train_images": 1,
+        "aggregate": 1,
+        "report": 1,
+        "all": 1,
+        "total": 11,
+    }, jobs
     # the archive and the split file came through the mirror
     assert ("/EuroSAT/EuroSAT.zip", None) in requests and ("/split_zhou_EuroSAT.json", None) in requests
 
@@ -163,7 +180,12 @@ def test_summary_and_report(real_size):
 @pytest.mark.slow
 def test_second_run_does_nothing(real_size):
     work, cfg, _, _, _ = real_size
-    proc = subprocess.run(SNAKEMAKE + ["-d", str(work), "-n", "--configfile", str(work / "real_size.yaml")],
-                          capture_output=True, text=True, env=ENV, timeout=600)
+    proc = subprocess.run(
+        SNAKEMAKE + ["-d", str(work), "-n", "--configfile", str(work / "real_size.yaml")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -66,9 +66,16 @@ def inputs():
 
 def context(backbone, fix: dict, dataset: str = "Caltech101", **kwargs) -> MethodContext:
     name = DATASETS[fix["settings"].get("dataset", dataset)]
-    return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=fix["classnames"],
-                         template=get_dataset(name).template, device=torch.device("cpu"), seed=0, dataset=name,
-                         **kwargs)
+    return MethodContext(
+        backbone=backbone,
+        encoder=PromptedTextEncoder(backbone.model),
+        classnames=fix["classnames"],
+        template=get_dataset(name).template,
+        device=torch.device("cpu"),
+        seed=0,
+        dataset=name,
+        **kwargs,
+    )
 
 
 def build(name: str, ctx: MethodContext, **overrides):
@@ -188,7 +195,7 @@ def test_coop(backbone, inputs, name, tmp_path):
     n_ctx = method.prompt_learner.n_ctx  # the tokens around the context (SOS; class name, ".", EOS) as tokenized
     tokens = method.prompt_learner.tokens
     assert torch.equal(tokens[:, 0], fix["tokenized_prompts"][:, 0])
-    assert torch.equal(tokens[:, 1 + n_ctx:], fix["tokenized_prompts"][:, 1 + n_ctx:])
+    assert torch.equal(tokens[:, 1 + n_ctx :], fix["tokenized_prompts"][:, 1 + n_ctx :])
     features = backbone.model.encode_image(inputs["images"])
     check_forward(method, features, fix)
     loss, parts = method.loss(features, fix["labels"])
@@ -203,8 +210,11 @@ def test_cocoop(backbone, inputs, tmp_path):
     close(method.prompt_learner.ctx, fix["init"]["prompt_learner.ctx"], what="context from 'a photo of a'")
     load_init(method, fix)
     features = backbone.model.encode_image(inputs["images"])
-    close(method.instance_text_features(F.normalize(features, dim=-1)), fix["text_features"],
-          what="instance-conditioned text features")
+    close(
+        method.instance_text_features(F.normalize(features, dim=-1)),
+        fix["text_features"],
+        what="instance-conditioned text features",
+    )
     close(method(features), fix["logits"], what="logits")
     close(method.loss(features, fix["labels"])[0], fix["loss"]["ce"], what="loss")
     step_and_check(method, ctx, features, fix, tmp_path)
@@ -275,10 +285,15 @@ def test_clip_adapter(backbone, inputs, tmp_path):
 
 def tip_context(backbone, fix: dict, inputs) -> MethodContext:
     encode = backbone.model.encode_image
-    return context(backbone, fix, dataset="OxfordPets", train_features=torch.stack([encode(v) for v in
-                                                                                    inputs["views"][:2]]),
-                   train_labels=inputs["labels"], val_features=encode(inputs["val_images"]),
-                   val_labels=inputs["val_labels"])
+    return context(
+        backbone,
+        fix,
+        dataset="OxfordPets",
+        train_features=torch.stack([encode(v) for v in inputs["views"][:2]]),
+        train_labels=inputs["labels"],
+        val_features=encode(inputs["val_images"]),
+        val_labels=inputs["val_labels"],
+    )
 
 
 def test_tip_adapter(backbone, inputs):
@@ -301,8 +316,11 @@ def test_tip_adapter(backbone, inputs):
 def test_tip_adapter_logits(backbone, inputs):
     fix = fixture("tip_adapter")
     method = build("tip_adapter", tip_context(backbone, fix, inputs))
-    close(method.logits(backbone.model.encode_image(inputs["val_images"]), fix["alpha"], fix["beta"]), fix["logits"],
-          what="Tip-Adapter logits")
+    close(
+        method.logits(backbone.model.encode_image(inputs["val_images"]), fix["alpha"], fix["beta"]),
+        fix["logits"],
+        what="Tip-Adapter logits",
+    )
 
 
 def test_tip_adapter_f(backbone, inputs, tmp_path):
@@ -324,10 +342,17 @@ def test_linear_probe(backbone):
     CLIP's width): the same predictions on the test features."""
     fix = fixture("linear_probe")
     n_cls = int(fix["train_labels"].max()) + 1
-    ctx = MethodContext(backbone=backbone, encoder=None, classnames=[f"class_{i}" for i in range(n_cls)],
-                        template="{}", device=torch.device("cpu"), train_features=fix["train_features"][None],
-                        train_labels=fix["train_labels"], val_features=fix["val_features"],
-                        val_labels=fix["val_labels"])
+    ctx = MethodContext(
+        backbone=backbone,
+        encoder=None,
+        classnames=[f"class_{i}" for i in range(n_cls)],
+        template="{}",
+        device=torch.device("cpu"),
+        train_features=fix["train_features"][None],
+        train_labels=fix["train_labels"],
+        val_features=fix["val_features"],
+        val_labels=fix["val_labels"],
+    )
     method = build("linear_probe", ctx)
     method.fit(ctx)
     with torch.no_grad():
@@ -338,10 +363,12 @@ def test_linear_probe(backbone):
 
 # ------------------------------------------------------- image encoder in the loop: IVLP, VPT, MaPLe, PromptSRC
 
-DEEP = {"ivlp": ("ivlp", {"n_ctx_vision": 2, "n_ctx_text": 2, "depth_vision": 2, "depth_text": 2}),
-        "vpt": ("vpt_deep", {"n_ctx_vision": 4, "depth_vision": 2, "template": "a photo of a {}."}),
-        "maple": ("maple", {"n_ctx": 2, "depth": 2}),
-        "promptsrc": ("promptsrc", {"n_ctx_vision": 4, "n_ctx_text": 4, "depth_vision": 2, "depth_text": 2})}
+DEEP = {
+    "ivlp": ("ivlp", {"n_ctx_vision": 2, "n_ctx_text": 2, "depth_vision": 2, "depth_text": 2}),
+    "vpt": ("vpt_deep", {"n_ctx_vision": 4, "depth_vision": 2, "template": "a photo of a {}."}),
+    "maple": ("maple", {"n_ctx": 2, "depth": 2}),
+    "promptsrc": ("promptsrc", {"n_ctx_vision": 4, "n_ctx_text": 4, "depth_vision": 2, "depth_text": 2}),
+}
 
 
 @pytest.mark.parametrize("name", sorted(DEEP))
@@ -376,8 +403,11 @@ def test_promptsrc_teacher_and_aggregation(backbone):
     method = build("promptsrc", context(backbone, fix), **DEEP["promptsrc"][1])
     close(method.teacher_text(), fix["teacher_text"], what="frozen text features averaged over 60 templates")
     cfg = method.config
-    close(torch.tensor(gaussian_weights(cfg.epochs, cfg.gpa_mean, cfg.gpa_std)), fix["gpa_weights"],
-          what="Gaussian prompt aggregation weights")
+    close(
+        torch.tensor(gaussian_weights(cfg.epochs, cfg.gpa_mean, cfg.gpa_std)),
+        fix["gpa_weights"],
+        what="Gaussian prompt aggregation weights",
+    )
 
 
 def test_vpt_default_template(backbone):

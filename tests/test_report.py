@@ -30,11 +30,22 @@ def synthetic(protocol="base2new", datasets=6, shots=(1, 4, 16), seeds=(1, 2, 3)
                     noise = rng.normal(0, 1) if method != "zeroshot" else 0
                     base = 50 + d + (gain + k / 4) * (method != "zeroshot") + noise
                     new = math.nan if method == "linear_probe" else 52 + d - gain / 3 + noise
-                    row = {"method": method, "protocol": protocol, "dataset": f"pocket_{d}",
-                           "train_dataset": f"pocket_{d}", "shots": k, "seed": seed, "base_acc": math.nan,
-                           "new_acc": math.nan, "all_acc": math.nan, "hm": math.nan,
-                           "backbone": "PocketCLIP-ViT-T8", "weights_sha256": "abc", "config_hash": "h1",
-                           "trained": method != "zeroshot"}
+                    row = {
+                        "method": method,
+                        "protocol": protocol,
+                        "dataset": f"pocket_{d}",
+                        "train_dataset": f"pocket_{d}",
+                        "shots": k,
+                        "seed": seed,
+                        "base_acc": math.nan,
+                        "new_acc": math.nan,
+                        "all_acc": math.nan,
+                        "hm": math.nan,
+                        "backbone": "PocketCLIP-ViT-T8",
+                        "weights_sha256": "abc",
+                        "config_hash": "h1",
+                        "trained": method != "zeroshot",
+                    }
                     if protocol == "base2new":
                         row.update(base_acc=base, new_acc=new, hm=2 * base * new / (base + new))
                     else:
@@ -47,8 +58,13 @@ def make_report(out, df, protocol="base2new", notes="Notes *here*."):
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "summary.csv", index=False)
     compute_stats(df, FAST).to_csv(out / "stats.csv", index=False)
-    cfg = {"experiment": "synthetic", "protocol": protocol, "backbone": {"model": "PocketCLIP-ViT-T8"},
-           "report": {"title": "Synthetic report", "notes": notes}, "stats": FAST}
+    cfg = {
+        "experiment": "synthetic",
+        "protocol": protocol,
+        "backbone": {"model": "PocketCLIP-ViT-T8"},
+        "report": {"title": "Synthetic report", "notes": notes},
+        "stats": FAST,
+    }
     render(out / "summary.csv", out / "stats.csv", out / "report", cfg)
     return out / "report"
 
@@ -76,8 +92,9 @@ def test_paper_table_average_hm_is_hm_of_averages_and_both_conventions_are_shown
 def test_methods_in_a_fixed_order_zero_shot_first_then_by_family():
     table = paper_table(synthetic(), 16)
     assert table.methods == ["zeroshot", "linear_probe", "coop", "kgcoop"]
-    order = figures.method_order(["zz_new", "kgcoop", "maple", "tip_adapter", "zeroshot_ensemble", "coop",
-                                  "zeroshot", "aa_new"])
+    order = figures.method_order(
+        ["zz_new", "kgcoop", "maple", "tip_adapter", "zeroshot_ensemble", "coop", "zeroshot", "aa_new"]
+    )
     # zero-shot family, adapters, text prompts (CoOp before what derives from it), deep prompts, unknown names
     assert order == ["zeroshot", "zeroshot_ensemble", "tip_adapter", "coop", "kgcoop", "maple", "aa_new", "zz_new"]
 
@@ -123,8 +140,13 @@ def test_transfer_protocols_average_over_targets_and_mark_the_source():
     df = synthetic(protocol="crossdataset", datasets=4, shots=(16,))
     df["train_dataset"] = "pocket_0"
     table = paper_table(df, 16)
-    assert [g for g, _ in table.groups] == ["Average (targets)", "pocket_0 (source)", "pocket_1", "pocket_2",
-                                             "pocket_3"]
+    assert [g for g, _ in table.groups] == [
+        "Average (targets)",
+        "pocket_0 (source)",
+        "pocket_1",
+        "pocket_2",
+        "pocket_3",
+    ]
     targets = df[(df.dataset != "pocket_0") & (df.method == "coop")]
     assert table.mean[("coop", "Average (targets)", "Accuracy")] == pytest.approx(targets.all_acc.mean())
     st = compute_stats(df, FAST)
@@ -139,9 +161,18 @@ def test_shots_table_has_one_column_per_shots_setting():
 
 def test_report_order_results_first_then_figures_tests_and_notes(rendered):
     md = (rendered / "report.md").read_text()
-    headings = ["# Synthetic report", "## Results (16 shots)", "## Average over datasets by shots", "## Figures",
-                "## Statistical tests", "## Comparison with published numbers", "## Notes", "Notes *here*.",
-                "## Per-cell statistics", "## Provenance"]
+    headings = [
+        "# Synthetic report",
+        "## Results (16 shots)",
+        "## Average over datasets by shots",
+        "## Figures",
+        "## Statistical tests",
+        "## Comparison with published numbers",
+        "## Notes",
+        "Notes *here*.",
+        "## Per-cell statistics",
+        "## Provenance",
+    ]
     positions = [md.index(h) for h in headings]
     assert positions == sorted(positions), headings
     assert "| coop |" in md and "pocket_5 Base" in md
@@ -191,8 +222,12 @@ def test_no_row_is_labelled_significant_that_could_not_be(rendered):
 @pytest.mark.parametrize("case", ["one_shots", "one_dataset", "fewshot", "two_methods"])
 def test_report_degrades_with_notes_instead_of_crashing(tmp_path, case):
     protocol = "fewshot" if case == "fewshot" else "base2new"
-    df = synthetic(protocol=protocol, datasets=1 if case == "one_dataset" else 3,
-                   shots=(16,) if case in ("one_shots", "fewshot") else (1, 16), seeds=(1, 2))
+    df = synthetic(
+        protocol=protocol,
+        datasets=1 if case == "one_dataset" else 3,
+        shots=(16,) if case in ("one_shots", "fewshot") else (1, 16),
+        seeds=(1, 2),
+    )
     if case == "two_methods":
         df = df[df.method.isin(["zeroshot", "linear_probe"])]
     report = make_report(tmp_path, df, protocol, notes=None)
@@ -214,10 +249,21 @@ def published_like(values: dict) -> pd.DataFrame:
     rows = []
     for ds, (base, new) in values.items():
         for seed, e in zip((1, 2, 3), (-0.5, 0.0, 0.5), strict=True):
-            rows.append({"method": "coop", "protocol": "base2new", "dataset": ds, "shots": 16, "seed": seed,
-                         "base_acc": base + e, "new_acc": new + e, "all_acc": math.nan,
-                         "hm": 2 * (base + e) * (new + e) / (base + new + 2 * e), "backbone": "ViT-B-16",
-                         "trained": True})
+            rows.append(
+                {
+                    "method": "coop",
+                    "protocol": "base2new",
+                    "dataset": ds,
+                    "shots": 16,
+                    "seed": seed,
+                    "base_acc": base + e,
+                    "new_acc": new + e,
+                    "all_acc": math.nan,
+                    "hm": 2 * (base + e) * (new + e) / (base + new + 2 * e),
+                    "backbone": "ViT-B-16",
+                    "trained": True,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -225,8 +271,9 @@ def test_published_comparison_flags_values_outside_our_interval():
     from vlprompt.analysis.stats import cell_summary
 
     pub = published.load("base2new")
-    coop = pub[(pub.method == "coop") & (pub.metric != "hm")].pivot(index="dataset", columns="metric",
-                                                                       values="published")
+    coop = pub[(pub.method == "coop") & (pub.metric != "hm")].pivot(
+        index="dataset", columns="metric", values="published"
+    )
     values = {ds: (r.base_acc, r.new_acc) for ds, r in coop.drop("Average").iterrows()}
     values["Caltech101"] = (values["Caltech101"][0] + 5, values["Caltech101"][1])  # ours 5 points above
     df = published_like({k.lower(): v for k, v in values.items()})  # our names are lower case
@@ -239,8 +286,9 @@ def test_published_comparison_flags_values_outside_our_interval():
     assert not comp.loc[("Caltech101", "new_acc"), "outside"]
     assert not comp.loc[("ImageNet", "hm"), "outside"]
     assert comp.loc[("ImageNet", "base_acc"), "source"].startswith("CoCoOp paper")
-    assert comp.loc[("Average", "base_acc"), "ours"] == pytest.approx(coop.loc["Average", "base_acc"] + 5 / 11,
-                                                                      abs=0.01)
+    assert comp.loc[("Average", "base_acc"), "ours"] == pytest.approx(
+        coop.loc["Average", "base_acc"] + 5 / 11, abs=0.01
+    )
 
 
 def test_published_comparison_does_not_apply_to_the_pocket_benchmark():
@@ -276,14 +324,31 @@ window.addEventListener("load", () => {
 
 def _chromium(args, tmp_path, page):
     return subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,900", *args, page.as_uri()],
-        capture_output=True, text=True, timeout=120)
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1400,900",
+            *args,
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-@pytest.mark.skipif(not chromium(), reason="headless Chromium not found: install the Debian package `chromium` "
-                                           "(make system-deps)")
+@pytest.mark.skipif(
+    not chromium(), reason="headless Chromium not found: install the Debian package `chromium` (make system-deps)"
+)
 def test_html_report_in_headless_chromium_fits_the_page_and_opens_with_the_paper_table(rendered, tmp_path):
     # the page as a reader sees it at 1400 x 900 px: measured in the DOM, then kept as a screenshot
     page = rendered / "measured.html"
@@ -323,8 +388,12 @@ def test_figure_captions_for_snakemakes_report_cover_every_figure():
         def __init__(self, name):
             self.wildcards = type("W", (), {"name": name})
 
-    for name, words in (("per_dataset", "per dataset"), ("base_vs_new", CAPTIONS["base_vs_new"]),
-                        ("fewshot_curve", "against shots per class"), ("cd_diagram_hm", "Critical-difference")):
+    for name, words in (
+        ("per_dataset", "per dataset"),
+        ("base_vs_new", CAPTIONS["base_vs_new"]),
+        ("fewshot_curve", "against shots per class"),
+        ("cd_diagram_hm", "Critical-difference"),
+    ):
         text = " ".join(template.render(snakemake=Snake(name)).split())
         assert words in text, (name, text)
     rule = (REPO / "workflow" / "rules" / "report.smk").read_text()
@@ -337,8 +406,13 @@ def test_notes_file_is_added_after_the_notes(tmp_path, monkeypatch):
     df = synthetic()
     df.to_csv(tmp_path / "summary.csv", index=False)
     compute_stats(df, FAST).to_csv(tmp_path / "stats.csv", index=False)
-    cfg = {"experiment": "synthetic", "protocol": "base2new", "backbone": {"model": "PocketCLIP-ViT-T8"},
-           "report": {"title": "t", "notes": "Inline note.", "notes_file": "findings.md"}, "stats": FAST}
+    cfg = {
+        "experiment": "synthetic",
+        "protocol": "base2new",
+        "backbone": {"model": "PocketCLIP-ViT-T8"},
+        "report": {"title": "t", "notes": "Inline note.", "notes_file": "findings.md"},
+        "stats": FAST,
+    }
     render(tmp_path / "summary.csv", tmp_path / "stats.csv", tmp_path / "report", cfg)
     md = (tmp_path / "report" / "report.md").read_text()
     assert md.index("Inline note.") < md.index("CoOp loses *new* accuracy on dark.")

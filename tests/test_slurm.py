@@ -38,9 +38,15 @@ CONTROLLER_LOG = Path("/var/log/slurm/slurmctld.log")
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 VENV = Path(sys.executable).parent.parent
 # sbatch passes this environment to the jobs: the rules call `python -m vlprompt`
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}:/usr/sbin",
-       "GIT_AUTHOR_NAME": "vlprompt-test", "GIT_AUTHOR_EMAIL": "test@localhost",
-       "GIT_COMMITTER_NAME": "vlprompt-test", "GIT_COMMITTER_EMAIL": "test@localhost", "DVC_NO_ANALYTICS": "1"}
+ENV = {
+    **os.environ,
+    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}:/usr/sbin",
+    "GIT_AUTHOR_NAME": "vlprompt-test",
+    "GIT_AUTHOR_EMAIL": "test@localhost",
+    "GIT_COMMITTER_NAME": "vlprompt-test",
+    "GIT_COMMITTER_EMAIL": "test@localhost",
+    "DVC_NO_ANALYTICS": "1",
+}
 ENV.pop("SNAKEMAKE_PROFILE", None)
 TEST_FLAGS = "--slurm-keep-successful-logs --verbose --slurm-init-seconds-before-status-checks 3"
 GPU_RULES = {"extract_test", "extract_fewshot", "train_images"}
@@ -68,9 +74,13 @@ def dry_run_through_profile(workdir: Path, cfg: dict, *args: str) -> list[dict]:
     profile as a cluster run uses it; a dry run needs no cluster)."""
     (workdir / "config").mkdir()
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run(SNAKEMAKE + ["-d", str(workdir), "-n", "--profile", str(REPO / "workflow/profiles/slurm"),
-                                       "--executor", "local", *args],
-                          env=ENV, capture_output=True, text=True)
+    proc = subprocess.run(
+        SNAKEMAKE
+        + ["-d", str(workdir), "-n", "--profile", str(REPO / "workflow/profiles/slurm"), "--executor", "local", *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return planned_jobs(proc.stdout + proc.stderr)
 
@@ -115,18 +125,32 @@ def test_transfer_evaluation_of_image_methods_asks_for_a_gpu(tmp_path):
 def test_a_set_resources_on_the_command_line_changes_one_value_and_keeps_the_rest(tmp_path):
     cfg = yaml.safe_load(TINY.read_text())
     cfg["methods"] = [*cfg["methods"], "vpt_deep"]
-    jobs = dry_run_through_profile(tmp_path, cfg, "--set-resources", "extract_test:runtime=5",
-                                   "train_images:gpu=0")
+    jobs = dry_run_through_profile(tmp_path, cfg, "--set-resources", "extract_test:runtime=5", "train_images:gpu=0")
     res = {j["rule"]: j["resources"] for j in jobs}
     # the rule's own needs, one value changed; the profile's defaults for the rest
     assert {k: res["extract_test"][k] for k in ("gpu", "cpus_per_task", "mem_mb", "runtime")} == {
-        "gpu": "1", "cpus_per_task": "4", "mem_mb": "16000", "runtime": "5"}
+        "gpu": "1",
+        "cpus_per_task": "4",
+        "mem_mb": "16000",
+        "runtime": "5",
+    }
     assert {k: res["extract_fewshot"][k] for k in ("gpu", "cpus_per_task", "mem_mb", "runtime")} == {
-        "gpu": "1", "cpus_per_task": "4", "mem_mb": "16000", "runtime": "60"}
+        "gpu": "1",
+        "cpus_per_task": "4",
+        "mem_mb": "16000",
+        "runtime": "60",
+    }
     assert {k: res["train_images"][k] for k in ("gpu", "cpus_per_task", "mem_mb", "runtime")} == {
-        "gpu": "0", "cpus_per_task": "4", "mem_mb": "16000", "runtime": "120"}
+        "gpu": "0",
+        "cpus_per_task": "4",
+        "mem_mb": "16000",
+        "runtime": "120",
+    }
     assert {k: res["train"][k] for k in ("cpus_per_task", "mem_mb", "runtime")} == {
-        "cpus_per_task": "1", "mem_mb": "4000", "runtime": "30"}
+        "cpus_per_task": "1",
+        "mem_mb": "4000",
+        "runtime": "30",
+    }
 
 
 # --- on the local cluster -----------------------------------------------------------------------------------
@@ -134,8 +158,9 @@ def test_a_set_resources_on_the_command_line_changes_one_value_and_keeps_the_res
 
 def shell(line: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
     """A line of the docs as a user runs it (`sudo` dropped: the test runs as root)."""
-    return subprocess.run(["bash", "-c", re.sub(r"^sudo ", "", line)], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, **kw)
+    return subprocess.run(
+        ["bash", "-c", re.sub(r"^sudo ", "", line)], cwd=cwd, env=ENV, capture_output=True, text=True, **kw
+    )
 
 
 def slurm_job_ids(log: str) -> list[str]:
@@ -150,9 +175,15 @@ def sbatch_calls(log: str) -> list[dict]:
             continue
         head = line.split(" --wrap=")[0]
         kind = re.search(r"slurm_logs/([^/]+)/", head).group(1)
-        number = {key: re.search(pattern, head) for key, pattern in (
-            ("cpus", r"--cpus-per-task=(\d+)"), ("mem_mb", r"--mem (\d+)"), ("minutes", r" -t '?(\d+)"),
-            ("gpus", r"--gpus=(\d+)"))}
+        number = {
+            key: re.search(pattern, head)
+            for key, pattern in (
+                ("cpus", r"--cpus-per-task=(\d+)"),
+                ("mem_mb", r"--mem (\d+)"),
+                ("minutes", r" -t '?(\d+)"),
+                ("gpus", r"--gpus=(\d+)"),
+            )
+        }
         calls.append({"kind": kind, **{k: int(m.group(1)) if m else 0 for k, m in number.items()}})
     return calls
 
@@ -174,8 +205,15 @@ def run_the_docs_commands(work: Path) -> dict:
     """The docs' Running block in ``work``: cluster-check, the run through its flags, dvc repro."""
     activate, check_line, run_line, repro_line = commands("running")
     out = {"check": shell(f"{activate} && {check_line}", work)}
-    proc = subprocess.Popen(["bash", "-c", f"{activate} && {run_line} {TEST_FLAGS}"], cwd=work, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", "-c", f"{activate} && {run_line} {TEST_FLAGS}"],
+        cwd=work,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         log, _ = proc.communicate(timeout=900)
     except subprocess.TimeoutExpired:
@@ -218,19 +256,25 @@ def runs(tmp_path_factory):
             local_run = None
             if mode == "cpu":  # the cluster run mostly waits on the scheduler: the local reference run goes meanwhile
                 shutil.copy(work / "config" / "config.yaml", local / "config" / "config.yaml")
-                local_run = subprocess.Popen(SNAKEMAKE + ["-d", str(local), "--profile",
-                                                          str(REPO / "workflow/profiles/local"), "--cores", "1",
-                                                          "--quiet"], env=ENV, stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.PIPE, text=True)
+                local_run = subprocess.Popen(
+                    SNAKEMAKE
+                    + ["-d", str(local), "--profile", str(REPO / "workflow/profiles/local"), "--cores", "1", "--quiet"],
+                    env=ENV,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
             results[mode] = run_the_docs_commands(work)
             results[mode]["work"] = work
-            results[mode]["controller"] = (CONTROLLER_LOG.read_text(errors="replace")[offset:]
-                                           if CONTROLLER_LOG.exists() else "")
+            results[mode]["controller"] = (
+                CONTROLLER_LOG.read_text(errors="replace")[offset:] if CONTROLLER_LOG.exists() else ""
+            )
             if local_run is not None:
                 assert local_run.wait(timeout=900) == 0, local_run.stderr.read()[-4000:]
         # with a user's own --set-resources given to cluster-check: its flags carry it, with the fixes
-        results["extended"] = shell(f"{commands('running')[1]} --flags -- --set-resources train_images:runtime=240",
-                                    results["gpu"]["work"])
+        results["extended"] = shell(
+            f"{commands('running')[1]} --flags -- --set-resources train_images:runtime=240", results["gpu"]["work"]
+        )
     finally:
         results["stopped"] = shell(stop, REPO)
     results["local"] = local
@@ -254,7 +298,7 @@ def test_cluster_check_names_what_does_not_fit_and_the_fix(runs, mode):
 @pytest.mark.slow
 def test_cluster_check_flags_extend_the_users_own(runs):
     flags = runs["extended"].stdout.split()
-    entries = flags[flags.index("--set-resources") + 1:]
+    entries = flags[flags.index("--set-resources") + 1 :]
     assert "train_images:runtime=240" in entries and "--slurm-status-command" in flags, flags
     if os.cpu_count() < 4:
         assert "train_images:cpus_per_task=" + str(os.cpu_count()) in entries, flags
@@ -274,11 +318,24 @@ def test_every_job_went_through_sbatch(runs, mode):
     # one directory per group (group_<name>_<its rules>) or ungrouped rule (rule_<name>)
     dirs = sorted(p.relative_to(work / ".snakemake" / "slurm_logs").parts[0] for p in logs)
     assert dirs[0].startswith("group_data_") and dirs[1:] == [
-        "group_report_aggregate_report", "group_train_train", "rule_extract_fewshot", "rule_extract_test",
-        "rule_train_images"], dirs
+        "group_report_aggregate_report",
+        "group_train_train",
+        "rule_extract_fewshot",
+        "rule_extract_test",
+        "rule_train_images",
+    ], dirs
     text = "\n".join(p.read_text() for p in logs)
-    for rule in ["prepare_dataset", "split_classes", "sample_fewshot", "extract_test", "extract_fewshot", "train",
-                 "train_images", "aggregate", "report"]:
+    for rule in [
+        "prepare_dataset",
+        "split_classes",
+        "sample_fewshot",
+        "extract_test",
+        "extract_fewshot",
+        "train",
+        "train_images",
+        "aggregate",
+        "report",
+    ]:
         assert f"rule {rule}:" in text, f"{rule} did not run inside a SLURM job"
     for job_id in ids:  # the controller started each (main scheduler or backfill)
         assert re.search(rf"(Allocate|Started) JobId={job_id} ", runs[mode]["controller"]), job_id
@@ -297,8 +354,9 @@ def test_each_job_asked_for_what_cluster_check_predicted(runs, mode):
     node_cpus = os.cpu_count()
     for call in calls:
         # a rule's directory is rule_<rule>, a group's group_<name>_<its rules>
-        kind = next(k for k in predicted if call["kind"] == k or k.startswith("group_") and
-                    call["kind"].startswith(k + "_"))
+        kind = next(
+            k for k in predicted if call["kind"] == k or k.startswith("group_") and call["kind"].startswith(k + "_")
+        )
         assert {k: call[k] for k in ("cpus", "mem_mb", "minutes", "gpus")} == predicted[kind], call
         assert call["cpus"] <= node_cpus  # fits the node: groups run at most `cores` members side by side
         rule = call["kind"].removeprefix("rule_")

@@ -40,6 +40,7 @@ FILES = {"Caltech101": "split_zhou_Caltech101.json", "DTD": "split_zhou_Describa
 
 # ---- the oracle: Dassl/CoOp's algorithm as read in their code -----------------------------------------
 
+
 @dataclass(frozen=True)
 class Datum:  # Dassl's Datum, reduced to what the split holds
     impath: str
@@ -75,8 +76,7 @@ def dassl_fewshot(path: Path, shots: int, seed: int) -> tuple[list[Datum], list[
     state = random.getstate()
     try:
         random.seed(seed)  # set_random_seed(cfg.SEED)
-        return (dassl_generate_fewshot_dataset(train, shots),
-                dassl_generate_fewshot_dataset(val, min(shots, 4)))
+        return (dassl_generate_fewshot_dataset(train, shots), dassl_generate_fewshot_dataset(val, min(shots, 4)))
     finally:
         random.setstate(state)  # leave the test process's global stream as it was
 
@@ -87,10 +87,14 @@ def as_rows(items: list[Datum]) -> list[list]:
 
 # ---- reading ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,sizes,n_classes", [
-    ("Caltech101", (4128, 1649, 2465), 100),
-    ("DTD", (2820, 1128, 1692), 47),
-])
+
+@pytest.mark.parametrize(
+    "name,sizes,n_classes",
+    [
+        ("Caltech101", (4128, 1649, 2465), 100),
+        ("DTD", (2820, 1128, 1692), 47),
+    ],
+)
 def test_read_real_split_files(name, sizes, n_classes):
     split = splits.read_split(DATA / FILES[name])
     assert tuple(len(split[k]) for k in splits.SPLITS) == sizes
@@ -104,6 +108,7 @@ def test_read_real_split_files(name, sizes, n_classes):
 
 
 # ---- base / new -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name,n_base,n_new", [("Caltech101", 50, 50), ("DTD", 24, 23)])
 def test_base_new_split_matches_dassl(name, n_base, n_new):
@@ -122,6 +127,7 @@ def test_base_new_split_matches_dassl(name, n_base, n_new):
 
 
 # ---- few-shot sampling --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", FILES)
 @pytest.mark.parametrize("shots", [1, 2, 4, 8, 16])
@@ -176,14 +182,22 @@ def test_too_few_images_names_the_class_unless_allowed():
 def test_fewshot_is_deterministic_across_processes(tmp_path):
     """A fresh interpreter (other hash seed) draws the same subset; nothing depends on set/dict hashing."""
     path = DATA / FILES["DTD"]
-    code = ("import json, sys; from vlprompt.data import splits; "
-            "s = splits.read_split(sys.argv[1]); "
-            "print(json.dumps(splits.fewshot_sample(s, int(sys.argv[2]), int(sys.argv[3]))))")
+    code = (
+        "import json, sys; from vlprompt.data import splits; "
+        "s = splits.read_split(sys.argv[1]); "
+        "print(json.dumps(splits.fewshot_sample(s, int(sys.argv[2]), int(sys.argv[3]))))"
+    )
     here = splits.fewshot_sample(splits.read_split(path), 8, 2)
     for hashseed in ("0", "4242"):
         env = {**os.environ, "PYTHONHASHSEED": hashseed}
-        out = subprocess.run([sys.executable, "-c", code, str(path), "8", "2"], capture_output=True, text=True,
-                             env=env, check=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(path), "8", "2"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+            timeout=60,
+        )
         assert json.loads(out.stdout) == here
 
 

@@ -49,8 +49,13 @@ def test_rope_counts_small_differences_as_ties():
 def test_friedman_matches_the_reference_example():
     # scipy's documented example (heart rate of 7 patients at three times): chi2 = 10.5714, p = 0.00506.
     # By hand: rank sums R = 10, 21, 11 -> 12 / (n k (k + 1)) * sum(R^2) - 3 n (k + 1) = 12/84 * 662 - 84.
-    scores = pd.DataFrame({"before": [72, 96, 88, 92, 74, 76, 82], "after": [120, 120, 132, 120, 101, 96, 112],
-                           "later": [76, 95, 104, 96, 84, 72, 76]})
+    scores = pd.DataFrame(
+        {
+            "before": [72, 96, 88, 92, 74, 76, 82],
+            "after": [120, 120, 132, 120, 101, 96, 112],
+            "later": [76, 95, 104, 96, 84, 72, 76],
+        }
+    )
     res = stats.friedman(scores)
     assert res["statistic"] == pytest.approx(12 / 84 * 662 - 84) == pytest.approx(10.5714, abs=1e-4)
     assert res["p_value"] == pytest.approx(0.005063, abs=1e-6)
@@ -91,17 +96,27 @@ def fewshot_summary(values: dict, datasets: int = 6, seeds=(1, 2)) -> pd.DataFra
     for d in range(datasets):
         for seed in seeds:
             for m, f in values.items():
-                rows.append({"method": m, "protocol": "fewshot", "dataset": f"d{d}", "shots": 4, "seed": seed,
-                             "base_acc": math.nan, "new_acc": math.nan, "hm": math.nan, "all_acc": f(d),
-                             "trained": m != "zeroshot"})
+                rows.append(
+                    {
+                        "method": m,
+                        "protocol": "fewshot",
+                        "dataset": f"d{d}",
+                        "shots": 4,
+                        "seed": seed,
+                        "base_acc": math.nan,
+                        "new_acc": math.nan,
+                        "hm": math.nan,
+                        "all_acc": f(d),
+                        "trained": m != "zeroshot",
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def test_holm_over_the_family_in_compute_stats():
     # two methods against one reference over 7 datasets: both beat it everywhere -> exact p = 2 / 2^7 = 0.015625
     # each; Holm: sorted p * (2, 1) -> 0.03125 and 0.015625, made monotone -> both 0.03125 < 0.05
-    df = fewshot_summary({"zeroshot": lambda d: 50 + d, "a": lambda d: 55 + d, "b": lambda d: 57 + 2 * d},
-                         datasets=7)
+    df = fewshot_summary({"zeroshot": lambda d: 50 + d, "a": lambda d: 55 + d, "b": lambda d: 57 + 2 * d}, datasets=7)
     out = stats.compute_stats(df, {"reference_methods": ["zeroshot"], "bayesian": False})
     tests = out[out.test == "wilcoxon"].set_index("method")
     assert (tests.inference == "test").all()
@@ -158,11 +173,26 @@ def test_methods_without_a_metric_are_excluded_and_said_so():
     rows = []
     for d in range(6):
         for seed in (1, 2, 3):
-            for m, base, new in (("zeroshot", 50 + d, 52 + d), ("coop", 60 + d + seed / 10, 51 + d),
-                                 ("kgcoop", 58 + d, 53 + d + seed / 10), ("linear_probe", 62 + d, math.nan)):
-                rows.append({"method": m, "protocol": "base2new", "dataset": f"d{d}", "shots": 16, "seed": seed,
-                             "base_acc": base, "new_acc": new, "all_acc": math.nan,
-                             "hm": 2 * base * new / (base + new), "trained": m != "zeroshot"})
+            for m, base, new in (
+                ("zeroshot", 50 + d, 52 + d),
+                ("coop", 60 + d + seed / 10, 51 + d),
+                ("kgcoop", 58 + d, 53 + d + seed / 10),
+                ("linear_probe", 62 + d, math.nan),
+            ):
+                rows.append(
+                    {
+                        "method": m,
+                        "protocol": "base2new",
+                        "dataset": f"d{d}",
+                        "shots": 16,
+                        "seed": seed,
+                        "base_acc": base,
+                        "new_acc": new,
+                        "all_acc": math.nan,
+                        "hm": 2 * base * new / (base + new),
+                        "trained": m != "zeroshot",
+                    }
+                )
     out = stats.compute_stats(pd.DataFrame(rows), {"bayesian": False, "metrics": ["hm", "base_acc", "new_acc"]})
     excluded = out[out.test == "excluded"]
     assert set(excluded.metric) == {"hm", "new_acc"}
@@ -199,8 +229,18 @@ def test_bootstrap_ci_brackets_the_mean_and_is_deterministic():
 
 
 def test_cell_summary_mean_std_and_t_interval():
-    df = pd.DataFrame({"method": "m", "dataset": "d", "shots": 1, "seed": [1, 2, 3], "base_acc": [60.0, 62, 64],
-                       "new_acc": math.nan, "hm": math.nan, "all_acc": math.nan})
+    df = pd.DataFrame(
+        {
+            "method": "m",
+            "dataset": "d",
+            "shots": 1,
+            "seed": [1, 2, 3],
+            "base_acc": [60.0, 62, 64],
+            "new_acc": math.nan,
+            "hm": math.nan,
+            "all_acc": math.nan,
+        }
+    )
     cell = stats.cell_summary(df, {"bootstrap_resamples": 500}).iloc[0]
     assert cell.base_acc_mean == 62 and cell.base_acc_std == pytest.approx(2.0)
     half = sps.t.ppf(0.975, 2) * 2.0 / math.sqrt(3)  # 4.303 * 2 / sqrt(3) = 4.97: wider than the seeds' range
@@ -209,9 +249,19 @@ def test_cell_summary_mean_std_and_t_interval():
 
 
 def test_a_method_that_does_not_depend_on_the_seed_is_one_run():
-    df = pd.DataFrame({"method": ["zeroshot"] * 3 + ["coop"] * 3, "dataset": "d", "shots": 4, "seed": [1, 2, 3] * 2,
-                       "base_acc": [50.0] * 3 + [60.0, 62, 64], "new_acc": math.nan, "hm": math.nan,
-                       "all_acc": math.nan, "trained": [False] * 3 + [True] * 3})
+    df = pd.DataFrame(
+        {
+            "method": ["zeroshot"] * 3 + ["coop"] * 3,
+            "dataset": "d",
+            "shots": 4,
+            "seed": [1, 2, 3] * 2,
+            "base_acc": [50.0] * 3 + [60.0, 62, 64],
+            "new_acc": math.nan,
+            "hm": math.nan,
+            "all_acc": math.nan,
+            "trained": [False] * 3 + [True] * 3,
+        }
+    )
     cells = stats.cell_summary(df).set_index("method")
     assert cells.loc["zeroshot", "n_runs"] == 1 and cells.loc["zeroshot", "n_seeds"] == 3
     assert math.isnan(cells.loc["zeroshot", "base_acc_ci_low"]) and math.isnan(cells.loc["zeroshot", "base_acc_std"])
@@ -305,8 +355,9 @@ def test_iman_davenport_matches_demsar():
 
 def test_zero_by_construction_is_left_out_of_the_family_and_listed():
     # "copy" equals zero-shot in every run (as Tip-Adapter does on new classes); "better" is a real comparison
-    df = fewshot_summary({"zeroshot": lambda d: 50 + d, "copy": lambda d: 50 + d, "better": lambda d: 55 + d},
-                         datasets=7)
+    df = fewshot_summary(
+        {"zeroshot": lambda d: 50 + d, "copy": lambda d: 50 + d, "better": lambda d: 55 + d}, datasets=7
+    )
     out = stats.compute_stats(df, {"reference_methods": ["zeroshot"], "bayesian": False})
     ex = out[out.test == "excluded"].set_index("method")
     assert "zero by construction" in ex.loc["copy", "note"]

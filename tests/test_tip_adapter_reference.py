@@ -26,10 +26,20 @@ def features(n_per_class, views=None, seed=0, dim=64, spread=1.0):
 def context(backbone, load_split=None, views=12, scale=0.08):
     train, y = features(4, views=views, seed=1)
     val, val_y = features(1, seed=2)  # the few-shot validation subset: one image per class
-    return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=NAMES,
-                         template="a photo of a {}.", device=torch.device("cpu"), seed=0, train_features=train,
-                         train_labels=y, val_features=val, val_labels=val_y, train_crop_scale_min=scale,
-                         load_split=load_split)
+    return MethodContext(
+        backbone=backbone,
+        encoder=PromptedTextEncoder(backbone.model),
+        classnames=NAMES,
+        template="a photo of a {}.",
+        device=torch.device("cpu"),
+        seed=0,
+        train_features=train,
+        train_labels=y,
+        val_features=val,
+        val_labels=val_y,
+        train_crop_scale_min=scale,
+        load_split=load_split,
+    )
 
 
 def build(name, ctx, **overrides):
@@ -95,8 +105,14 @@ def test_cache_keys_average_the_first_ten_views_and_deviations_are_recorded(pock
 
 def test_tip_adapter_f_optimiser_and_schedule_follow_the_reference():
     cfg = get_method("tip_adapter_f").make_config()
-    assert (cfg.optimizer, cfg.lr, cfg.adam_eps, cfg.weight_decay, cfg.epochs, cfg.batch_size) == \
-        ("adamw", 1e-3, 1e-4, 0.01, 20, 256)
+    assert (cfg.optimizer, cfg.lr, cfg.adam_eps, cfg.weight_decay, cfg.epochs, cfg.batch_size) == (
+        "adamw",
+        1e-3,
+        1e-4,
+        0.01,
+        20,
+        256,
+    )
     opt = make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(2))])
     assert opt.defaults["eps"] == 1e-4
     steps = 2  # 300 images in batches of 256, the last one smaller
@@ -106,8 +122,9 @@ def test_tip_adapter_f_optimiser_and_schedule_follow_the_reference():
     assert lrs[1] < lrs[0]  # the rate changes within an epoch
 
 
-def test_the_loop_steps_the_schedule_per_iteration_and_keeps_the_last_batch(pocket_random_backbone, tmp_path,
-                                                                             monkeypatch):
+def test_the_loop_steps_the_schedule_per_iteration_and_keeps_the_last_batch(
+    pocket_random_backbone, tmp_path, monkeypatch
+):
     import vlprompt.training.loop as train
 
     ctx = context(pocket_random_backbone)  # 12 training images

@@ -19,9 +19,17 @@ from vlprompt.cli import main as cli
 def mini(tmp_path_factory):
     root = tmp_path_factory.mktemp("mini")
     cfg = yaml.safe_load(open("config/config.yaml"))
-    cfg.update(experiment="mini", data_root=str(root / "data"), results_root=str(root / "results"),
-               reports_root=str(root / "reports"), datasets=["pocket_noisy"], shots=[2], seeds=[1],
-               methods=["zeroshot", "coop"], method_overrides={"coop": {"epochs": 8, "batch_size": 16}})
+    cfg.update(
+        experiment="mini",
+        data_root=str(root / "data"),
+        results_root=str(root / "results"),
+        reports_root=str(root / "reports"),
+        datasets=["pocket_noisy"],
+        shots=[2],
+        seeds=[1],
+        methods=["zeroshot", "coop"],
+        method_overrides={"coop": {"epochs": 8, "batch_size": 16}},
+    )
     cfg["pocket"]["per_class"] = {"train": 3, "val": 2, "test": 2}
     cfg["features"]["train_views"] = 2
     cfg["train"]["checkpoint_every"] = 2
@@ -32,8 +40,25 @@ def mini(tmp_path_factory):
 
 
 def train(path, out, *extra):
-    return cli(["train", "--config", str(path), "--dataset", "pocket_noisy", "--method", "coop", "--shots", "2",
-                "--seed", "1", "--out", str(out), "--quiet", *extra])
+    return cli(
+        [
+            "train",
+            "--config",
+            str(path),
+            "--dataset",
+            "pocket_noisy",
+            "--method",
+            "coop",
+            "--shots",
+            "2",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def strip(metrics):
@@ -58,8 +83,25 @@ def test_sigkilled_process_leaves_no_half_written_outputs(mini):
     root, path = mini
     out = root / "sigkill"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "vlprompt", "train", "--config", str(path), "--dataset", "pocket_noisy",
-           "--method", "coop", "--shots", "2", "--seed", "1", "--out", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vlprompt",
+        "train",
+        "--config",
+        str(path),
+        "--dataset",
+        "pocket_noisy",
+        "--method",
+        "coop",
+        "--shots",
+        "2",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, env=env)
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
@@ -70,4 +112,5 @@ def test_sigkilled_process_leaves_no_half_written_outputs(mini):
         assert not (out / "metrics.json").exists()
     assert train(path, out) == 0
     assert strip(json.loads((out / "metrics.json").read_text())) == strip(
-        json.loads((root / "full" / "metrics.json").read_text()))
+        json.loads((root / "full" / "metrics.json").read_text())
+    )

@@ -29,6 +29,7 @@ def default_config():
 
 # --- keys of shared artefacts -----------------------------------------------------------------------------
 
+
 def test_pocket_datasets_are_keyed_by_their_world_and_real_ones_by_name():
     cfg = default_config()
     key = grid.dataset_key(cfg, "pocket_dark")
@@ -39,8 +40,13 @@ def test_pocket_datasets_are_keyed_by_their_world_and_real_ones_by_name():
         assert grid.dataset_key(other, "pocket_dark") != key, change
     assert grid.dataset_key(cfg, "DTD") == "DTD"
     shuffled = {**cfg, "pocket": {**cfg["pocket"], "label_order": "shuffled"}}
-    paths = [grid.classes_path, lambda c, d: grid.fewshot_path(c, d, 16, 1), grid.features_dir,
-             lambda c, d: grid.fewshot_features(c, d, 16, 1), registry.split_path]
+    paths = [
+        grid.classes_path,
+        lambda c, d: grid.fewshot_path(c, d, 16, 1),
+        grid.features_dir,
+        lambda c, d: grid.fewshot_features(c, d, 16, 1),
+        registry.split_path,
+    ]
     for path in paths:  # every shared artefact of the dataset moves with its key
         assert path(cfg, "pocket_dark") != path(shuffled, "pocket_dark")
 
@@ -71,6 +77,7 @@ def test_a_subset_sampled_with_allow_fewer_is_refused_without_it(tmp_path):
 
 # --- pipelines sharing a folder -----------------------------------------------------------------------------
 
+
 def test_running_pipelines_are_recorded_and_stale_records_dropped(tmp_path):
     cfg = {"experiment": "first"}
     path = run_registry.register_run(cfg, ["snakemake", "--cores", "2"], root=tmp_path)
@@ -83,7 +90,9 @@ def test_running_pipelines_are_recorded_and_stale_records_dropped(tmp_path):
         (tmp_path / run_registry.RUNS_DIR / f"{host}-{other.pid}.json").write_text(json.dumps(record))
         found = run_registry.running(tmp_path)
         assert [r["experiment"] for r in found] == ["second"]
-        assert "experiment 'second'" in run_registry.describe(found[0]) and str(other.pid) in run_registry.describe(found[0])
+        assert "experiment 'second'" in run_registry.describe(found[0]) and str(other.pid) in run_registry.describe(
+            found[0]
+        )
     finally:
         other.kill()
         other.wait()
@@ -141,8 +150,11 @@ def test_a_job_stops_when_its_snakemake_is_killed(tmp_path, sigint):
             open({str(marker)!r}, "w").write("yes")
             raise
     """)
-    child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, disposition))
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, disposition),
+    )
     deadline = time.monotonic() + 60  # the child's imports take seconds on a loaded machine
     while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -166,6 +178,7 @@ def test_the_watchdog_watches_only_a_snakemake_of_this_host(monkeypatch):
 
 
 # --- integrity ---------------------------------------------------------------------------------------------
+
 
 def test_integrity_check_finds_truncated_banks_models_and_broken_json(tmp_path):
     from vlprompt.io import file_record
@@ -211,12 +224,14 @@ def test_rebuild_command_names_the_experiments_config_file(monkeypatch):
 
     monkeypatch.setenv(workflow.CONFIGFILES_ENV, "config/base2novel.yaml")
     assert rebuild_command("results/x.npy") == (
-        "snakemake --cores all --configfile config/base2novel.yaml --force results/x.npy")
+        "snakemake --cores all --configfile config/base2novel.yaml --force results/x.npy"
+    )
     monkeypatch.delenv(workflow.CONFIGFILES_ENV)
     assert rebuild_command("results/x.npy") == "snakemake --cores all --force results/x.npy"
 
 
 # --- Python versions -------------------------------------------------------------------------------------
+
 
 def supported_versions() -> list[str]:
     """The minor versions pyproject.toml's requires-python admits (">=3.A,<3.B")."""
@@ -230,10 +245,14 @@ def supported_versions() -> list[str]:
 def test_the_makefile_picks_from_the_supported_versions():
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^SUPPORTED := (.+)$", makefile, re.M).group(1).split() == supported_versions()
-    found = subprocess.run(["sh", str(REPO / "scripts" / "find_python.sh"), *supported_versions()],
-                           capture_output=True, text=True)
-    version = subprocess.run([found.stdout.strip(), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                             capture_output=True, text=True).stdout.strip()
+    found = subprocess.run(
+        ["sh", str(REPO / "scripts" / "find_python.sh"), *supported_versions()], capture_output=True, text=True
+    )
+    version = subprocess.run(
+        [found.stdout.strip(), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert version in supported_versions()
     none = subprocess.run(["sh", str(REPO / "scripts" / "find_python.sh"), "2.1"], capture_output=True, text=True)
     assert none.stdout == ""  # nothing suitable: make then says so
@@ -252,7 +271,11 @@ def _pypi_reachable() -> bool:
 def test_every_supported_python_gets_wheels_for_every_pin():
     """`pip install --dry-run --only-binary=:all: --python-version 3.X` for each version requires-python
     admits (scripts/check_python_versions.py); fails naming the version and the package without a wheel."""
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "check_python_versions.py"), *supported_versions()],
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "check_python_versions.py"), *supported_versions()],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert proc.stdout.count("ok   Python") == len(supported_versions()), proc.stdout

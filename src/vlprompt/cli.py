@@ -23,17 +23,21 @@ def _cfg(args):
 
     path = args.config or os.environ.get(CONFIG_ENV)
     if not path:
-        raise ConfigError(f"no config: pass --config <file> (a YAML config or an experiment's resolved "
-                          f"results/<experiment>/config.json), or run through snakemake, which sets ${CONFIG_ENV}")
+        raise ConfigError(
+            f"no config: pass --config <file> (a YAML config or an experiment's resolved "
+            f"results/<experiment>/config.json), or run through snakemake, which sets ${CONFIG_ENV}"
+        )
     cfg = load_config(path)
     key = getattr(args, "key", None)
     if key is not None:
         from vlprompt.experiment.grid import dataset_key
 
         if dataset_key(cfg, args.dataset) != key:
-            raise ConfigError(f"this job was planned for {key!r} but {path} gives dataset {args.dataset!r} the "
-                              f"key {dataset_key(cfg, args.dataset)!r}: the config changed under a running "
-                              f"pipeline; run snakemake again")
+            raise ConfigError(
+                f"this job was planned for {key!r} but {path} gives dataset {args.dataset!r} the "
+                f"key {dataset_key(cfg, args.dataset)!r}: the config changed under a running "
+                f"pipeline; run snakemake again"
+            )
     return cfg
 
 
@@ -43,10 +47,15 @@ def cmd_methods(args) -> None:
     for name in list_methods():
         m = get_method(name)
         kind = "cached features" if m.inputs == "features" else "image encoder in the loop"
-        kind += "".join(f" + {what}" for flag, what in ((m.reads_unlabelled, "unlabelled images"),
-                                                         (m.reads_test_views, "test views"),
-                                                         (m.reads_multitask_prompt, "multitask prompt"))
-                        if flag)
+        kind += "".join(
+            f" + {what}"
+            for flag, what in (
+                (m.reads_unlabelled, "unlabelled images"),
+                (m.reads_test_views, "test views"),
+                (m.reads_multitask_prompt, "multitask prompt"),
+            )
+            if flag
+        )
         print(f"{name:22s} {m.description}  [{kind}]\n{'':22s} {m.paper}")
 
 
@@ -125,9 +134,15 @@ def cmd_extract(args) -> None:
         out = grid.features_dir(cfg, args.dataset)
     elif args.part == "test_views":  # every test image: the original and views - 1 augmented views
         split = splits.read_split(registry.split_path(cfg, args.dataset))
-        stem = Path(grid.TEST_VIEWS.format(results=cfg["results_root"], backbone=grid.backbone_key(cfg),
-                                           dkey=grid.dataset_key(cfg, args.dataset), views=args.views,
-                                           crop=f"{args.crop:g}"))
+        stem = Path(
+            grid.TEST_VIEWS.format(
+                results=cfg["results_root"],
+                backbone=grid.backbone_key(cfg),
+                dkey=grid.dataset_key(cfg, args.dataset),
+                views=args.views,
+                crop=f"{args.crop:g}",
+            )
+        )
         specs = [features.ExtractionSpec("test_views", split["test"], args.views, name=stem.name)]
         out, scale_min = stem.parent, args.crop
     elif args.shots is None:  # the evaluation splits: every test image, and the whole validation split
@@ -135,20 +150,33 @@ def cmd_extract(args) -> None:
         specs = [features.ExtractionSpec("test", split["test"], 1), features.ExtractionSpec("val", split["val"], 1)]
         out = grid.features_dir(cfg, args.dataset)
     else:  # a few-shot subset: its validation images, its training images in V views and un-augmented
-        subset = splits.read_fewshot(grid.fewshot_path(cfg, args.dataset, args.shots, args.seed),
-                                     cfg["fewshot"].get("allow_fewer", False))
+        subset = splits.read_fewshot(
+            grid.fewshot_path(cfg, args.dataset, args.shots, args.seed), cfg["fewshot"].get("allow_fewer", False)
+        )
         stem = grid.fewshot_features(cfg, args.dataset, args.shots, args.seed)
         out = stem.parent
-        specs = [features.ExtractionSpec("val", sorted(subset["val"]), 1, name=f"{stem.name}.val"),
-                 features.ExtractionSpec("plain", sorted(subset["train"]), 1, name=f"{stem.name}.plain"),
-                 features.ExtractionSpec("train_views", sorted(subset["train"]), fcfg["train_views"],
-                                         name=f"{stem.name}.train")]
+        specs = [
+            features.ExtractionSpec("val", sorted(subset["val"]), 1, name=f"{stem.name}.val"),
+            features.ExtractionSpec("plain", sorted(subset["train"]), 1, name=f"{stem.name}.plain"),
+            features.ExtractionSpec(
+                "train_views", sorted(subset["train"]), fcfg["train_views"], name=f"{stem.name}.train"
+            ),
+        ]
     device = features.pick_device(fcfg["device"])
     backbone = load_backbone_from_config(cfg, device)
     for spec in specs:
-        features.extract_split(backbone, registry.dataset_dir(cfg, args.dataset), spec, out,
-                               batch_size=fcfg["batch_size"], workers=fcfg["workers"], device=device,
-                               scale_min=scale_min, progress=not args.quiet, reuse=True)
+        features.extract_split(
+            backbone,
+            registry.dataset_dir(cfg, args.dataset),
+            spec,
+            out,
+            batch_size=fcfg["batch_size"],
+            workers=fcfg["workers"],
+            device=device,
+            scale_min=scale_min,
+            progress=not args.quiet,
+            reuse=True,
+        )
 
 
 def cmd_unlock_stale(args) -> None:
@@ -179,8 +207,16 @@ def cmd_cluster_check(args) -> None:
 def cmd_train(args) -> None:
     from vlprompt.training.runs import run
 
-    metrics = run(_cfg(args), args.dataset, args.method, args.shots, args.seed, args.out,
-                  progress=not args.quiet, stop_after=args.stop_after)
+    metrics = run(
+        _cfg(args),
+        args.dataset,
+        args.method,
+        args.shots,
+        args.seed,
+        args.out,
+        progress=not args.quiet,
+        stop_after=args.stop_after,
+    )
     keys = [k for k in ("base_acc", "new_acc", "hm", "all_acc") if k in metrics]
     print(" ".join(f"{k}={metrics[k]:.2f}" for k in keys))
 
@@ -200,8 +236,10 @@ def cmd_train_multitask(args) -> None:
 
     m = train_multitask(_cfg(args), args.method, args.shots, args.seed, args.out, progress=not args.quiet)
     losses = m["train"]["loss_history"]
-    print(f"{args.method}: multitask prompt on {', '.join(m['sources'])} ({m['classes']} classes, {m['images']} images)"
-          + (f", last epoch's loss {losses[-1]:.4f}" if losses else ""))
+    print(
+        f"{args.method}: multitask prompt on {', '.join(m['sources'])} ({m['classes']} classes, {m['images']} images)"
+        + (f", last epoch's loss {losses[-1]:.4f}" if losses else "")
+    )
 
 
 def cmd_evaluate_transfer(args) -> None:
@@ -214,8 +252,13 @@ def cmd_evaluate_transfer(args) -> None:
 def cmd_aggregate(args) -> None:
     from vlprompt.analysis.aggregate import aggregate
 
-    aggregate(_cfg(args), [Path(p) for p in args.metrics], Path(args.summary), Path(args.stats),
-              Path(args.metrics_json) if args.metrics_json else None)
+    aggregate(
+        _cfg(args),
+        [Path(p) for p in args.metrics],
+        Path(args.summary),
+        Path(args.stats),
+        Path(args.metrics_json) if args.metrics_json else None,
+    )
 
 
 def cmd_report(args) -> None:
@@ -255,9 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help, description=help)
         s.set_defaults(fn=fn)
         if config:
-            s.add_argument("--config", help="experiment config (YAML, or an experiment's resolved "
-                                            "results/<experiment>/config.json); default: $VLPROMPT_CONFIG, which "
-                                            "snakemake sets for its jobs")
+            s.add_argument(
+                "--config",
+                help="experiment config (YAML, or an experiment's resolved "
+                "results/<experiment>/config.json); default: $VLPROMPT_CONFIG, which "
+                "snakemake sets for its jobs",
+            )
         s.add_argument("--quiet", action="store_true", help="no progress bars")
         return s
 
@@ -278,16 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out", help="default: results/splits/<dataset key>/shot<K>_seed<S>.json")
     s.add_argument("--key", help=argparse.SUPPRESS)
-    s = add("extract", cmd_extract, "extract frozen image features: a dataset's test images, or with --shots "
-                                    "and --seed a few-shot subset's validation images and training views")
+    s = add(
+        "extract",
+        cmd_extract,
+        "extract frozen image features: a dataset's test images, or with --shots "
+        "and --seed a few-shot subset's validation images and training views",
+    )
     s.add_argument("--dataset", required=True)
     s.add_argument("--shots", type=int)
     s.add_argument("--seed", type=int)
     s.add_argument("--key", help=argparse.SUPPRESS)
-    s.add_argument("--part", choices=["eval", "train", "test_views"], default="eval",
-                   help="eval: the test images and the validation split (default); train: the whole training split; "
-                        "test_views: every test image in --views views (the original first) cropped with scale "
-                        "(--crop, 1)")
+    s.add_argument(
+        "--part",
+        choices=["eval", "train", "test_views"],
+        default="eval",
+        help="eval: the test images and the validation split (default); train: the whole training split; "
+        "test_views: every test image in --views views (the original first) cropped with scale "
+        "(--crop, 1)",
+    )
     s.add_argument("--views", type=int)
     s.add_argument("--crop", type=float)
     s = add("train", cmd_train, "train and evaluate one method × dataset × shots × seed")
@@ -301,8 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(a, required=True)
     s.add_argument("--shots", type=int, nargs="+", required=True)
     s.add_argument("--seeds", type=int, nargs="+", required=True)
-    s = add("train-multitask", cmd_train_multitask, "train a multitask method's prompt on the config's sources "
-                                                        "(one shots × seed)")
+    s = add(
+        "train-multitask",
+        cmd_train_multitask,
+        "train a multitask method's prompt on the config's sources (one shots × seed)",
+    )
     for a in ("--method", "--out"):
         s.add_argument(a, required=True)
     s.add_argument("--shots", type=int, required=True)
@@ -322,21 +379,40 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(a, required=True)
     s = add("pretrain-pocket", cmd_pretrain, "pretrain the tiny pocket CLIP", config=False)
     s.add_argument("--out", required=True)
-    s.add_argument("--world", choices=["v1", "v2"], default="v1",
-                   help="the pocket world and recipe of a shipped checkpoint (vlprompt.training.pretrain.PRESETS)")
+    s.add_argument(
+        "--world",
+        choices=["v1", "v2"],
+        default="v1",
+        help="the pocket world and recipe of a shipped checkpoint (vlprompt.training.pretrain.PRESETS)",
+    )
     s.add_argument("--steps", type=int, help="override the preset's number of steps")
     s.add_argument("--seed", type=int)
     s.add_argument("--threads", type=int, default=1)
     s = add("unlock-stale", cmd_unlock_stale, "remove a stale Snakemake lock left by a killed run", config=False)
     s.add_argument("--directory", default=".", help="the workflow's working directory")
-    s = add("cluster-check", cmd_cluster_check, "check a SLURM profile against the cluster: what each job asks "
-                                                "for, what will not fit, the flags that fix it", config=False)
-    s.add_argument("--profile", action="append", required=True, help="the profile snakemake will use "
-                   "(workflow/profiles/slurm); repeat for profiles given one after another")
-    s.add_argument("--flags", action="store_true", help="print only the flags to append to `snakemake --profile "
-                   "...` (the report goes to stderr)")
-    s.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: the other arguments you give "
-                   "snakemake (--configfile, --set-resources, ...), checked with the profile")
+    s = add(
+        "cluster-check",
+        cmd_cluster_check,
+        "check a SLURM profile against the cluster: what each job asks for, what will not fit, the flags that fix it",
+        config=False,
+    )
+    s.add_argument(
+        "--profile",
+        action="append",
+        required=True,
+        help="the profile snakemake will use (workflow/profiles/slurm); repeat for profiles given one after another",
+    )
+    s.add_argument(
+        "--flags",
+        action="store_true",
+        help="print only the flags to append to `snakemake --profile ...` (the report goes to stderr)",
+    )
+    s.add_argument(
+        "snakemake_args",
+        nargs=argparse.REMAINDER,
+        help="after --: the other arguments you give "
+        "snakemake (--configfile, --set-resources, ...), checked with the profile",
+    )
     s = add("fetch-weights", cmd_fetch_weights, "download open_clip weights into the cache", config=False)
     s.add_argument("--model", required=True)
     s.add_argument("--pretrained", required=True)
@@ -348,8 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     from vlprompt.pipeline.watchdog import start_from_environment
 
     start_from_environment()  # a job stops when the snakemake that runs it is gone
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     from vlprompt.clip.backbone import BackboneError
     from vlprompt.data.download import DownloadError
     from vlprompt.data.registry import DatasetError
@@ -360,8 +437,16 @@ def main(argv: list[str] | None = None) -> int:
 
     # expected failures (bad config, missing or corrupt data, dead link, unsafe archive) get their message,
     # which names the file and the fix, and no traceback; ChecksumError and UnsafeArchiveError are DownloadErrors
-    expected = (ConfigError, DatasetError, SplitError, MethodError, BackboneError, DownloadError, FileNotFoundError,
-                CorruptArtefactError)
+    expected = (
+        ConfigError,
+        DatasetError,
+        SplitError,
+        MethodError,
+        BackboneError,
+        DownloadError,
+        FileNotFoundError,
+        CorruptArtefactError,
+    )
     try:
         args.fn(args)
     except expected as err:

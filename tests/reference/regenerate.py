@@ -70,8 +70,10 @@ REFERENCES = {  # folder under --refs: (repository, commit the fixtures were gen
     "Prompt-align": ("BeierZhu/Prompt-align", "1b762036cbe97ecf504e17bb94d89191679e4e6e"),
     "CLIP-Adapter": ("gaopengcuhk/CLIP-Adapter", "08d07f8b2ecafc6f1479fe636b26d464d7a5574e"),
     "Tip-Adapter": ("gaopengcuhk/Tip-Adapter", "d0e2d6f8c5feb8b6ce937b757810761f7155d4d5"),
-    "multimodal-prompt-learning": ("muzairkhattak/multimodal-prompt-learning",
-                                   "69bce21ae8eda80ad6187534b2dce09cf6c59e17"),
+    "multimodal-prompt-learning": (
+        "muzairkhattak/multimodal-prompt-learning",
+        "69bce21ae8eda80ad6187534b2dce09cf6c59e17",
+    ),
     "PromptSRC": ("muzairkhattak/PromptSRC", "bb95c77b634d63488f2cad81ff4a72d53bdd06d5"),
 }
 
@@ -110,8 +112,18 @@ def make_weights(refs: Path) -> None:
 
     t = tiny_clip
     torch.manual_seed(0)
-    model = CLIP(t.EMBED_DIM, t.IMAGE, t.LAYERS, t.VISION_WIDTH, t.PATCH, t.CONTEXT, t.VOCAB, t.TEXT_WIDTH,
-                 t.TEXT_WIDTH // 64, t.LAYERS)
+    model = CLIP(
+        t.EMBED_DIM,
+        t.IMAGE,
+        t.LAYERS,
+        t.VISION_WIDTH,
+        t.PATCH,
+        t.CONTEXT,
+        t.VOCAB,
+        t.TEXT_WIDTH,
+        t.TEXT_WIDTH // 64,
+        t.LAYERS,
+    )
     gen = torch.Generator().manual_seed(1)
     weights = {}
     for key, value in model.state_dict().items():
@@ -128,11 +140,22 @@ def make_weights(refs: Path) -> None:
     images = torch.randn(len(LABELS), 3, t.IMAGE, t.IMAGE, generator=gen).half()
     views = (images.float() + 0.3 * torch.randn(3, *images.shape, generator=gen)).half()  # Tip-Adapter's views
     # validation images: two more noisy views of each training image, so that Tip-Adapter's cache can help
-    val_images = (images.float().repeat(2, 1, 1, 1) + 0.5 * torch.randn(2 * len(LABELS), *images.shape[1:],
-                                                                         generator=gen)).half()
-    torch.save({"weights": weights, "images": images, "labels": torch.tensor(LABELS), "classnames": CLASSNAMES,
-                "views": views, "val_images": val_images, "val_labels": torch.tensor(LABELS).repeat(2),
-                "made_with": dict(zip(("repo", "commit"), REFERENCES["CoOp"], strict=True))}, t.WEIGHTS)
+    val_images = (
+        images.float().repeat(2, 1, 1, 1) + 0.5 * torch.randn(2 * len(LABELS), *images.shape[1:], generator=gen)
+    ).half()
+    torch.save(
+        {
+            "weights": weights,
+            "images": images,
+            "labels": torch.tensor(LABELS),
+            "classnames": CLASSNAMES,
+            "views": views,
+            "val_images": val_images,
+            "val_labels": torch.tensor(LABELS).repeat(2),
+            "made_with": dict(zip(("repo", "commit"), REFERENCES["CoOp"], strict=True)),
+        },
+        t.WEIGHTS,
+    )
     print(f"wrote {t.WEIGHTS} ({t.WEIGHTS.stat().st_size / 1e6:.2f} MB)")
 
 
@@ -248,16 +271,29 @@ def gen_coop(name: str, data: dict, repo: Path) -> dict:
     if name == "coop":
         opts = ["TRAINER.COOP.N_CTX", 4, "TRAINER.COOP.CTX_INIT", "a photo of a"]
     else:  # class-specific random context with the class name in the middle
-        opts = ["TRAINER.COOP.N_CTX", 4, "TRAINER.COOP.CTX_INIT", "", "TRAINER.COOP.CSC", True,
-                "TRAINER.COOP.CLASS_TOKEN_POSITION", "middle"]
+        opts = [
+            "TRAINER.COOP.N_CTX",
+            4,
+            "TRAINER.COOP.CTX_INIT",
+            "",
+            "TRAINER.COOP.CSC",
+            True,
+            "TRAINER.COOP.CLASS_TOKEN_POSITION",
+            "middle",
+        ]
     torch.manual_seed(0)
-    cfg = reference_cfg(repo, "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml",
-                        ["TRAINER.COOP.PREC", "fp32", "DATASET.NAME", "Caltech101", *opts])
+    cfg = reference_cfg(
+        repo,
+        "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml",
+        ["TRAINER.COOP.PREC", "fp32", "DATASET.NAME", "Caltech101", *opts],
+    )
     t = dassl_trainer(CoOp, cfg, data["classnames"])
     m = t.model
     names = {"prompt_learner.ctx": "prompt_learner.ctx"}
-    out = {"settings": {"config": "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml", "opts": opts},
-           "init": named(m, names)}
+    out = {
+        "settings": {"config": "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml", "opts": opts},
+        "init": named(m, names),
+    }
     with torch.no_grad():
         out["image_features"] = m.image_encoder(data["images"])
         out["text_features"] = normalize(m.text_encoder(m.prompt_learner(), m.tokenized_prompts))
@@ -281,8 +317,11 @@ def gen_zeroshot(name: str, data: dict, repo: Path) -> dict:
         t.build_model()
     with torch.no_grad():
         logits = t.model_inference(data["images"])
-    return {"settings": {"dataset": "OxfordPets", "template": CUSTOM_TEMPLATES["OxfordPets"]},
-            "text_features": t.text_features.clone(), "logits": logits}
+    return {
+        "settings": {"dataset": "OxfordPets", "template": CUSTOM_TEMPLATES["OxfordPets"]},
+        "text_features": t.text_features.clone(),
+        "logits": logits,
+    }
 
 
 def gen_cocoop(name: str, data: dict, repo: Path) -> dict:
@@ -298,11 +337,13 @@ def gen_cocoop(name: str, data: dict, repo: Path) -> dict:
             hidden = m.prompt_learner.meta_net.linear1(normalize(m.image_encoder(data["images"])))
         if (hidden > 0).any(0).all():
             break
-    names = {"prompt_learner.ctx": "prompt_learner.ctx",
-             "meta_net.0.weight": "prompt_learner.meta_net.linear1.weight",
-             "meta_net.0.bias": "prompt_learner.meta_net.linear1.bias",
-             "meta_net.2.weight": "prompt_learner.meta_net.linear2.weight",
-             "meta_net.2.bias": "prompt_learner.meta_net.linear2.bias"}
+    names = {
+        "prompt_learner.ctx": "prompt_learner.ctx",
+        "meta_net.0.weight": "prompt_learner.meta_net.linear1.weight",
+        "meta_net.0.bias": "prompt_learner.meta_net.linear1.bias",
+        "meta_net.2.weight": "prompt_learner.meta_net.linear2.weight",
+        "meta_net.2.bias": "prompt_learner.meta_net.linear2.bias",
+    }
     out = {"settings": {"config": config, "seed": seed}, "init": named(m, names)}
     m.eval()
     with torch.no_grad():
@@ -326,13 +367,14 @@ def gen_kgcoop(name: str, data: dict, repo: Path) -> dict:
     dataset = "OxfordPets" if name == "kgcoop" else "DescribableTextures"
     config = "configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml"
     torch.manual_seed(0)
-    cfg = reference_cfg(repo, config, ["TRAINER.COOP.PREC", "fp32", "TRAINER.COOP.W", 8.0,
-                                       "DATASET.NAME", dataset])
+    cfg = reference_cfg(repo, config, ["TRAINER.COOP.PREC", "fp32", "TRAINER.COOP.W", 8.0, "DATASET.NAME", dataset])
     t = dassl_trainer(KgCoOp, cfg, data["classnames"])
     m = t.model
     names = {"prompt_learner.ctx": "prompt_learner.ctx"}
-    out = {"settings": {"config": config, "dataset": dataset, "W": 8.0, "anchor_template": CUSTOM_TEMPLATES[dataset]},
-           "init": named(m, names)}
+    out = {
+        "settings": {"config": config, "dataset": dataset, "W": 8.0, "anchor_template": CUSTOM_TEMPLATES[dataset]},
+        "init": named(m, names),
+    }
     with torch.no_grad():
         out["image_features"] = m.image_encoder(data["images"])
         out["text_features"] = normalize(m.text_encoder(m.prompt_learner(), m.tokenized_prompts))
@@ -353,14 +395,25 @@ def gen_prograd(name: str, data: dict, repo: Path) -> dict:
     dataset = "Caltech101" if name == "prograd" else "OxfordPets"
     config = "configs/trainers/ProGrad/rn50.yaml"
     torch.manual_seed(0)
-    cfg = reference_cfg(repo, config, ["TRAINER.COOP.PREC", "fp32", "DATASET.NAME", dataset,
-                                       "MODEL.BACKBONE.NAME", "ViT-B/16", "LOSS.LAMBDA", 1.0])
+    cfg = reference_cfg(
+        repo,
+        config,
+        ["TRAINER.COOP.PREC", "fp32", "DATASET.NAME", dataset, "MODEL.BACKBONE.NAME", "ViT-B/16", "LOSS.LAMBDA", 1.0],
+    )
     t = dassl_trainer(ProGrad, cfg, data["classnames"])
     m = t.model
     names = {"prompt_learner.ctx": "prompt_learner.ctx"}
-    out = {"settings": {"config": config, "dataset": dataset, "template": CUSTOM_TEMPLATES[dataset],
-                        "lambda": 1.0, "T": float(cfg.LOSS.T), "n_ctx": int(cfg.TRAINER.COOP.N_CTX)},
-           "init": named(m, names)}
+    out = {
+        "settings": {
+            "config": config,
+            "dataset": dataset,
+            "template": CUSTOM_TEMPLATES[dataset],
+            "lambda": 1.0,
+            "T": float(cfg.LOSS.T),
+            "n_ctx": int(cfg.TRAINER.COOP.N_CTX),
+        },
+        "init": named(m, names),
+    }
     with torch.no_grad():
         out["image_features"] = m.image_encoder(data["images"])
         out["text_features"] = normalize(m.text_encoder(m.prompt_learner(), m.tokenized_prompts))
@@ -374,8 +427,9 @@ def gen_prograd(name: str, data: dict, repo: Path) -> dict:
     logits = m(data["images"])
     g_kl = torch.autograd.grad(t.criterion(logits, teacher, teacher.argmax(-1))[1], params, retain_graph=True)[0]
     gen = torch.Generator().manual_seed(0)
-    candidates = [teacher.argmin(-1)] + [torch.randint(len(data["classnames"]), (len(teacher),), generator=gen)
-                                         for _ in range(200)]
+    candidates = [teacher.argmin(-1)] + [
+        torch.randint(len(data["classnames"]), (len(teacher),), generator=gen) for _ in range(200)
+    ]
     for labels in [*candidates, data["labels"]]:
         g_ce = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, labels), params, retain_graph=True)[0]
         out["conflict"] = bool(torch.dot(g_ce.flatten(), g_kl.flatten()) < 0)
@@ -407,8 +461,15 @@ def gen_clip_adapter(name: str, data: dict, repo: Path) -> dict:
     t = dassl_trainer(ref.CLIP_Adapter, cfg, data["classnames"])
     m = t.model
     names = {"adapter.0.weight": "adapter.fc.0.weight", "adapter.2.weight": "adapter.fc.2.weight"}
-    out = {"settings": {"config": "CoOp/" + config, "dataset": "OxfordPets", "ratio": 0.2,
-                        "template": ref.CUSTOM_TEMPLATES["OxfordPets"]}, "init": named(m, names)}
+    out = {
+        "settings": {
+            "config": "CoOp/" + config,
+            "dataset": "OxfordPets",
+            "ratio": 0.2,
+            "template": ref.CUSTOM_TEMPLATES["OxfordPets"],
+        },
+        "init": named(m, names),
+    }
     with torch.no_grad():
         out["image_features"] = m.image_encoder(data["images"])
         out["text_features"] = normalize(m.text_encoder())
@@ -459,11 +520,23 @@ def gen_tip_adapter(name: str, data: dict, repo: Path) -> dict:
         beta, alpha = main.search_hp(cfg, keys, values.float(), val, data["val_labels"], clip_weights)
         batch_f = clip_model.encode_image(data["views"][2])
         batch_f = batch_f / batch_f.norm(dim=-1, keepdim=True)
-    out = {"settings": {"config": "configs/oxford_pets.yaml", "template": template, "search_scale":
-                        cfg["search_scale"], "search_step": cfg["search_step"], "init_alpha": cfg["init_alpha"],
-                        "init_beta": cfg["init_beta"], "lr": cfg["lr"]},
-           "text_features": clip_weights.T.clone(), "cache_keys": keys.T.clone(), "cache_values": values.float(),
-           "val_features": val, "alpha": alpha, "beta": beta}
+    out = {
+        "settings": {
+            "config": "configs/oxford_pets.yaml",
+            "template": template,
+            "search_scale": cfg["search_scale"],
+            "search_step": cfg["search_step"],
+            "init_alpha": cfg["init_alpha"],
+            "init_beta": cfg["init_beta"],
+            "lr": cfg["lr"],
+        },
+        "text_features": clip_weights.T.clone(),
+        "cache_keys": keys.T.clone(),
+        "cache_values": values.float(),
+        "val_features": val,
+        "alpha": alpha,
+        "beta": beta,
+    }
     with torch.no_grad():  # Tip-Adapter's logits on the validation features with the searched alpha, beta
         cache = ((-1) * (beta - beta * (val @ keys))).exp() @ values.float()
         out["logits"] = 100.0 * val @ clip_weights + cache * alpha
@@ -476,12 +549,23 @@ def gen_tip_adapter(name: str, data: dict, repo: Path) -> dict:
         losses.append(loss.item())
         return loss
 
-    main.F = types.SimpleNamespace(**{k: getattr(torch.nn.functional, k) for k in dir(torch.nn.functional)
-                                      if not k.startswith("__")})
+    main.F = types.SimpleNamespace(
+        **{k: getattr(torch.nn.functional, k) for k in dir(torch.nn.functional) if not k.startswith("__")}
+    )
     main.F.cross_entropy = recording_ce
     with contextlib.redirect_stdout(io.StringIO()) as log:
-        main.run_tip_adapter_F(cfg, keys, values.float(), val, data["val_labels"], batch_f, data["labels"],
-                               clip_weights, clip_model, [(data["views"][2], data["labels"])])
+        main.run_tip_adapter_F(
+            cfg,
+            keys,
+            values.float(),
+            val,
+            data["val_labels"],
+            batch_f,
+            data["labels"],
+            clip_weights,
+            clip_model,
+            [(data["views"][2], data["labels"])],
+        )
     trained = torch.load(tmp / f"best_F_{cfg['shots']}shots.pt", weights_only=False)
     out["f_loss"] = {"ce": losses[0]}
     out["f_after"] = {"cache_keys": trained.detach().clone()}
@@ -544,11 +628,18 @@ def gen_linear_probe(name: str, data: dict, repo: Path) -> dict:
     c_final = float(last.split("weight ")[1].split(",")[0])
     acc = float(last.split("test_acc ")[1])
     final = [f for f in fits if f.n_train == 16 * n_cls and float(f.C) == c_final and hasattr(f, "test_pred")][-1]
-    return {"settings": {"script": "lpclip/linear_probe.py", "num_step": 8, "shots": 16},
-            "train_features": torch.from_numpy(feats["train"][0]), "train_labels": torch.from_numpy(feats["train"][1]),
-            "val_features": torch.from_numpy(feats["val"][0]), "val_labels": torch.from_numpy(feats["val"][1]),
-            "test_features": torch.from_numpy(feats["test"][0]), "test_labels": torch.from_numpy(feats["test"][1]),
-            "C": c_final, "test_acc": acc, "test_pred": torch.from_numpy(final.test_pred)}
+    return {
+        "settings": {"script": "lpclip/linear_probe.py", "num_step": 8, "shots": 16},
+        "train_features": torch.from_numpy(feats["train"][0]),
+        "train_labels": torch.from_numpy(feats["train"][1]),
+        "val_features": torch.from_numpy(feats["val"][0]),
+        "val_labels": torch.from_numpy(feats["val"][1]),
+        "test_features": torch.from_numpy(feats["test"][0]),
+        "test_labels": torch.from_numpy(feats["test"][1]),
+        "C": c_final,
+        "test_acc": acc,
+        "test_pred": torch.from_numpy(final.test_pred),
+    }
 
 
 def deep_names(model, kind: str, depth: int) -> dict:
@@ -557,8 +648,9 @@ def deep_names(model, kind: str, depth: int) -> dict:
     if kind in ("ivlp", "promptsrc"):
         names["prompt_learner.ctx"] = "prompt_learner.ctx"
         names["text_deep"] = [f"text_encoder.transformer.resblocks.{i}.VPT_shallow" for i in range(1, depth)]
-    names["vision_ctx"] = ["image_encoder.VPT"] + [f"image_encoder.transformer.resblocks.{i}.VPT_shallow"
-                                                   for i in range(1, depth)]
+    names["vision_ctx"] = ["image_encoder.VPT"] + [
+        f"image_encoder.transformer.resblocks.{i}.VPT_shallow" for i in range(1, depth)
+    ]
     return names
 
 
@@ -569,9 +661,18 @@ def gen_deep(name: str, data: dict, repo: Path) -> dict:
         from trainers.independentVL import IVLP as Trainer
 
         config = "configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml"
-        opts = ["TRAINER.IVLP.PREC", "fp32", "TRAINER.IVLP.PROMPT_DEPTH_VISION", depth,
-                "TRAINER.IVLP.PROMPT_DEPTH_TEXT", depth, "TRAINER.IVLP.N_CTX_VISION", n_ctx,
-                "TRAINER.IVLP.N_CTX_TEXT", n_ctx]
+        opts = [
+            "TRAINER.IVLP.PREC",
+            "fp32",
+            "TRAINER.IVLP.PROMPT_DEPTH_VISION",
+            depth,
+            "TRAINER.IVLP.PROMPT_DEPTH_TEXT",
+            depth,
+            "TRAINER.IVLP.N_CTX_VISION",
+            n_ctx,
+            "TRAINER.IVLP.N_CTX_TEXT",
+            n_ctx,
+        ]
     elif name == "vpt":
         from trainers.vpt import VPT as Trainer
 
@@ -581,9 +682,18 @@ def gen_deep(name: str, data: dict, repo: Path) -> dict:
         from trainers.promptsrc import PromptSRC as Trainer
 
         config = "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml"
-        opts = ["TRAINER.PROMPTSRC.PREC", "fp32", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", depth,
-                "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", depth, "TRAINER.PROMPTSRC.N_CTX_VISION", n_ctx,
-                "TRAINER.PROMPTSRC.N_CTX_TEXT", n_ctx]
+        opts = [
+            "TRAINER.PROMPTSRC.PREC",
+            "fp32",
+            "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION",
+            depth,
+            "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT",
+            depth,
+            "TRAINER.PROMPTSRC.N_CTX_VISION",
+            n_ctx,
+            "TRAINER.PROMPTSRC.N_CTX_TEXT",
+            n_ctx,
+        ]
     else:
         import trainers.maple as ref
         from trainers.maple import MaPLe as Trainer
@@ -598,7 +708,8 @@ def gen_deep(name: str, data: dict, repo: Path) -> dict:
             gen = torch.Generator().manual_seed(2)
             self.proj = torch.nn.Linear(d_t, d_v)
             self.compound_prompts_text = torch.nn.ParameterList(
-                [torch.nn.Parameter(0.02 * torch.randn(self.n_ctx, d_t, generator=gen)) for _ in range(depth - 1)])
+                [torch.nn.Parameter(0.02 * torch.randn(self.n_ctx, d_t, generator=gen)) for _ in range(depth - 1)]
+            )
             self.compound_prompt_projections = torch.nn.ModuleList(torch.nn.Linear(d_t, d_v) for _ in range(depth - 1))
 
         ref.MultiModalPromptLearner.__init__ = init
@@ -607,17 +718,23 @@ def gen_deep(name: str, data: dict, repo: Path) -> dict:
     t = dassl_trainer(Trainer, cfg, data["classnames"])
     m = t.model
     if name == "maple":
-        names = {"prompt_learner.ctx": "prompt_learner.ctx",
-                 "text_deep": [f"prompt_learner.compound_prompts_text.{i}" for i in range(depth - 1)],
-                 "couplings.0.weight": "prompt_learner.proj.weight", "couplings.0.bias": "prompt_learner.proj.bias"}
+        names = {
+            "prompt_learner.ctx": "prompt_learner.ctx",
+            "text_deep": [f"prompt_learner.compound_prompts_text.{i}" for i in range(depth - 1)],
+            "couplings.0.weight": "prompt_learner.proj.weight",
+            "couplings.0.bias": "prompt_learner.proj.bias",
+        }
         for i in range(depth - 1):
             names[f"couplings.{i + 1}.weight"] = f"prompt_learner.compound_prompt_projections.{i}.weight"
             names[f"couplings.{i + 1}.bias"] = f"prompt_learner.compound_prompt_projections.{i}.bias"
     else:
         names = deep_names(m, name, depth)
     trained = sorted(n for n, p in m.named_parameters() if p.requires_grad)
-    out = {"settings": {"config": config, "opts": opts, "dataset": "OxfordPets", "depth": depth, "n_ctx": n_ctx},
-           "init": named(m, names), "trained": trained}
+    out = {
+        "settings": {"config": config, "opts": opts, "dataset": "OxfordPets", "depth": depth, "n_ctx": n_ctx},
+        "init": named(m, names),
+        "trained": trained,
+    }
     m.eval()
     with torch.no_grad():
         out["logits"] = m(data["images"])
@@ -642,13 +759,21 @@ def gen_deep(name: str, data: dict, repo: Path) -> dict:
                 "ce": ce.item(),
                 "text": (f.l1_loss(text, fixed) * cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT).item(),
                 "image": (f.l1_loss(image, zs_image) * cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT).item(),
-                "logits": (f.kl_div(f.log_softmax(logits, 1), f.log_softmax(zs_logits, 1), reduction="sum",
-                                    log_target=True) / logits.numel()).item()}
+                "logits": (
+                    f.kl_div(f.log_softmax(logits, 1), f.log_softmax(zs_logits, 1), reduction="sum", log_target=True)
+                    / logits.numel()
+                ).item(),
+            }
     else:
         m.train()
         with torch.no_grad():
-            out["loss"] = {"ce": (m(data["images"], data["labels"], training=True) if name == "vpt"
-                                  else m(data["images"], data["labels"])).item()}
+            out["loss"] = {
+                "ce": (
+                    m(data["images"], data["labels"], training=True)
+                    if name == "vpt"
+                    else m(data["images"], data["labels"])
+                ).item()
+            }
     out["lr"] = current_lr(t)
     summary = step(t, data["images"], data["labels"])
     out["loss"]["total"] = summary["loss"]
@@ -660,10 +785,23 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
 
-GENERATORS = {"zeroshot": gen_zeroshot, "coop": gen_coop, "coop_csc_middle": gen_coop, "cocoop": gen_cocoop,
-              "kgcoop": gen_kgcoop, "kgcoop_dtd": gen_kgcoop, "prograd": gen_prograd, "prograd_pets": gen_prograd,
-              "clip_adapter": gen_clip_adapter, "tip_adapter": gen_tip_adapter, "linear_probe": gen_linear_probe,
-              "ivlp": gen_deep, "maple": gen_deep, "vpt": gen_deep, "promptsrc": gen_deep}
+GENERATORS = {
+    "zeroshot": gen_zeroshot,
+    "coop": gen_coop,
+    "coop_csc_middle": gen_coop,
+    "cocoop": gen_cocoop,
+    "kgcoop": gen_kgcoop,
+    "kgcoop_dtd": gen_kgcoop,
+    "prograd": gen_prograd,
+    "prograd_pets": gen_prograd,
+    "clip_adapter": gen_clip_adapter,
+    "tip_adapter": gen_tip_adapter,
+    "linear_probe": gen_linear_probe,
+    "ivlp": gen_deep,
+    "maple": gen_deep,
+    "vpt": gen_deep,
+    "promptsrc": gen_deep,
+}
 
 
 def run_one(name: str, refs: Path) -> None:

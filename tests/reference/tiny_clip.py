@@ -32,10 +32,14 @@ EMBED_DIM, TEXT_WIDTH, VISION_WIDTH, LAYERS, IMAGE, PATCH = 32, 128, 64, 3, 32, 
 OPEN_CLIP_CONFIG = {  # the same architecture as an open_clip model config
     "embed_dim": EMBED_DIM,
     "quick_gelu": True,
-    "vision_cfg": {"image_size": IMAGE, "layers": LAYERS, "width": VISION_WIDTH, "head_width": 64,
-                   "patch_size": PATCH},
-    "text_cfg": {"context_length": CONTEXT, "vocab_size": VOCAB, "width": TEXT_WIDTH, "heads": TEXT_WIDTH // 64,
-                 "layers": LAYERS},
+    "vision_cfg": {"image_size": IMAGE, "layers": LAYERS, "width": VISION_WIDTH, "head_width": 64, "patch_size": PATCH},
+    "text_cfg": {
+        "context_length": CONTEXT,
+        "vocab_size": VOCAB,
+        "width": TEXT_WIDTH,
+        "heads": TEXT_WIDTH // 64,
+        "layers": LAYERS,
+    },
 }
 
 
@@ -60,5 +64,8 @@ def state_dict(path: Path = WEIGHTS) -> dict[str, torch.Tensor]:
 def inputs() -> dict:
     """The fixed inputs stored with the weights (images, labels, class names, views, validation images), fp32."""
     stored = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
-    return {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in stored.items()
-            if k != "weights"}
+    return {
+        k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
+        for k, v in stored.items()
+        if k != "weights"
+    }

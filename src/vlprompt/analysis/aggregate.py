@@ -20,12 +20,30 @@ import pandas as pd
 from vlprompt.io import atomic_path, atomic_write_text, read_artefact_json, verify_file
 
 METRICS = ["base_acc", "new_acc", "hm", "all_acc"]  # in the order metrics.json lists them
-COLUMNS = ["method", "protocol", "dataset", "train_dataset", "shots", "seed", "base_acc", "new_acc", "all_acc", "hm",
-           "backbone", "weights_sha256", "config_hash", "trained"]
+COLUMNS = [
+    "method",
+    "protocol",
+    "dataset",
+    "train_dataset",
+    "shots",
+    "seed",
+    "base_acc",
+    "new_acc",
+    "all_acc",
+    "hm",
+    "backbone",
+    "weights_sha256",
+    "config_hash",
+    "trained",
+]
 # A run whose method reports a generalisation bound (``method_info.bound``: PAC-Bayes prompt search) adds these
 # columns to the table (absent otherwise): the training accuracy, the bound's lower bounds on test accuracy, its prior.
-BOUND_COLUMNS = {"train_acc": "train_accuracy", "acc_bound": "accuracy_bound", "acc_bound_kl": "accuracy_bound_kl",
-                 "bound_prior": "prior"}
+BOUND_COLUMNS = {
+    "train_acc": "train_accuracy",
+    "acc_bound": "accuracy_bound",
+    "acc_bound_kl": "accuracy_bound_kl",
+    "bound_prior": "prior",
+}
 
 
 def summary_table(cfg: dict, metrics_files: list[Path]) -> pd.DataFrame:
@@ -37,12 +55,20 @@ def summary_table(cfg: dict, metrics_files: list[Path]) -> pd.DataFrame:
         for name, record in m.get("artefacts", {}).items():
             verify_file(Path(path).with_name(name), record)
         prov = m.get("provenance", {})
-        base = {"method": m["method"], "protocol": m["protocol"], "dataset": m["dataset"],
-                "train_dataset": m.get("train_dataset", m["dataset"]),
-                "base_acc": m.get("base_acc", math.nan), "new_acc": m.get("new_acc", math.nan),
-                "all_acc": m.get("all_acc", math.nan), "hm": m.get("hm", math.nan),
-                "backbone": prov.get("backbone"), "weights_sha256": prov.get("weights_sha256"),
-                "config_hash": m.get("config_hash"), "trained": bool(m.get("trained", True))}
+        base = {
+            "method": m["method"],
+            "protocol": m["protocol"],
+            "dataset": m["dataset"],
+            "train_dataset": m.get("train_dataset", m["dataset"]),
+            "base_acc": m.get("base_acc", math.nan),
+            "new_acc": m.get("new_acc", math.nan),
+            "all_acc": m.get("all_acc", math.nan),
+            "hm": m.get("hm", math.nan),
+            "backbone": prov.get("backbone"),
+            "weights_sha256": prov.get("weights_sha256"),
+            "config_hash": m.get("config_hash"),
+            "trained": bool(m.get("trained", True)),
+        }
         bound = (m.get("method_info") or {}).get("bound") or {}
         base.update({col: bound[key] for col, key in BOUND_COLUMNS.items() if key in bound})
         if m.get("trained", True):
@@ -75,8 +101,9 @@ def write_metrics(summary: pd.DataFrame, path: Path) -> dict:
     return metrics
 
 
-def aggregate(cfg: dict, metrics_files: list[Path], summary_csv: Path, stats_csv: Path,
-              metrics_json: Path | None = None) -> pd.DataFrame:
+def aggregate(
+    cfg: dict, metrics_files: list[Path], summary_csv: Path, stats_csv: Path, metrics_json: Path | None = None
+) -> pd.DataFrame:
     from vlprompt.analysis.stats import compute_stats
 
     df = summary_table(cfg, metrics_files)

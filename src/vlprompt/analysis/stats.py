@@ -63,10 +63,37 @@ DEFAULTS = {
 }
 METRICS = ("base_acc", "new_acc", "hm", "all_acc")
 ZERO_METHODS = ("wilcox", "pratt", "zsplit")
-COLUMNS = ["comparison", "method", "reference", "metric", "shots", "test", "inference", "statistic", "p_value",
-           "min_p", "min_p_adjusted", "p_adjusted", "significant", "effect_size", "mean_diff", "ci_low", "ci_high",
-           "n_datasets", "n_pairs", "n_pos", "n_neg", "n_zero", "wins", "ties", "losses", "prob_worse",
-           "prob_equivalent", "prob_better", "note"]
+COLUMNS = [
+    "comparison",
+    "method",
+    "reference",
+    "metric",
+    "shots",
+    "test",
+    "inference",
+    "statistic",
+    "p_value",
+    "min_p",
+    "min_p_adjusted",
+    "p_adjusted",
+    "significant",
+    "effect_size",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "n_datasets",
+    "n_pairs",
+    "n_pos",
+    "n_neg",
+    "n_zero",
+    "wins",
+    "ties",
+    "losses",
+    "prob_worse",
+    "prob_equivalent",
+    "prob_better",
+    "note",
+]
 
 
 def settings(stats_cfg: dict | None) -> dict:
@@ -124,8 +151,14 @@ def bootstrap_ci(values, resamples: int = 2000, seed: int = 0, level: float = 0.
         return math.nan, math.nan
     if len(x) < 2 or np.ptp(x) == 0:  # e.g. zero-shot: the same value for every seed
         return float(x.mean()), float(x.mean())
-    res = bootstrap((x,), np.mean, n_resamples=resamples, confidence_level=level, method="percentile",
-                    random_state=np.random.default_rng(seed))
+    res = bootstrap(
+        (x,),
+        np.mean,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -252,12 +285,17 @@ def signed_rank_exact(d, zero_method: str = "wilcox") -> dict:
     dist[0] = 1.0
     for r in moving:
         shifted = np.zeros_like(dist)
-        shifted[r:] = dist[:len(dist) - r]
+        shifted[r:] = dist[: len(dist) - r]
         dist = (dist + shifted) / 2
     obs = int(moving[used[nonzero] > 0].sum())
-    p = 2 * min(dist[:obs + 1].sum(), dist[obs:].sum())
-    return {"statistic": float(min(r_plus2, r_minus2) / 2), "p_value": float(min(1.0, p)), "n_pairs": len(used),
-            "r_plus": float(r_plus2 / 2), "r_minus": float(r_minus2 / 2)}
+    p = 2 * min(dist[: obs + 1].sum(), dist[obs:].sum())
+    return {
+        "statistic": float(min(r_plus2, r_minus2) / 2),
+        "p_value": float(min(1.0, p)),
+        "n_pairs": len(used),
+        "r_plus": float(r_plus2 / 2),
+        "r_minus": float(r_minus2 / 2),
+    }
 
 
 def round_to(d, resolution: float | None) -> np.ndarray:
@@ -266,8 +304,16 @@ def round_to(d, resolution: float | None) -> np.ndarray:
     return d if not resolution else np.round(d / resolution) * resolution
 
 
-def compare(a, b, rope: float = 0.0, resamples: int = 2000, seed: int = 0, level: float = 0.95,
-            zero_method: str = "wilcox", resolution: float | None = None) -> dict:
+def compare(
+    a,
+    b,
+    rope: float = 0.0,
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    zero_method: str = "wilcox",
+    resolution: float | None = None,
+) -> dict:
     """Paired comparison of two methods' per-dataset scores ``a`` and ``b`` (differences a − b).
 
     Exact two-sided Wilcoxon signed-rank test (:func:`signed_rank_exact`) and rank-biserial effect size on
@@ -277,9 +323,15 @@ def compare(a, b, rope: float = 0.0, resamples: int = 2000, seed: int = 0, level
     """
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     r = round_to(d, resolution)
-    out = {"n_datasets": len(d), "mean_diff": float(d.mean()) if len(d) else math.nan,
-           "wins": int((d > rope).sum()), "losses": int((d < -rope).sum()),
-           "n_pos": int((r > 0).sum()), "n_neg": int((r < 0).sum()), "n_zero": int((r == 0).sum())}
+    out = {
+        "n_datasets": len(d),
+        "mean_diff": float(d.mean()) if len(d) else math.nan,
+        "wins": int((d > rope).sum()),
+        "losses": int((d < -rope).sum()),
+        "n_pos": int((r > 0).sum()),
+        "n_neg": int((r < 0).sum()),
+        "n_zero": int((r == 0).sum()),
+    }
     out["ties"] = len(d) - out["wins"] - out["losses"]
     out["ci_low"], out["ci_high"] = bootstrap_ci(d, resamples, seed, level)
     out["effect_size"] = rank_biserial(r)
@@ -299,8 +351,13 @@ def bayesian_signed_rank(a, b, rope: float, samples: int = 20000, seed: int = 0,
     except ImportError:
         return None
     worse, equivalent, better = baycomp.SignedRankTest.probs(
-        np.asarray(b, dtype=float), np.asarray(a, dtype=float), rope=rope, prior=prior, nsamples=samples,
-        random_state=seed)
+        np.asarray(b, dtype=float),
+        np.asarray(a, dtype=float),
+        rope=rope,
+        prior=prior,
+        nsamples=samples,
+        random_state=seed,
+    )
     return {"prob_worse": float(worse), "prob_equivalent": float(equivalent), "prob_better": float(better)}
 
 
@@ -333,9 +390,15 @@ def friedman(scores: pd.DataFrame) -> dict | None:
     res = friedmanchisquare(*[scores[c].to_numpy() for c in scores.columns])
     n, k = scores.shape
     f_stat, f_p = iman_davenport(float(res.statistic), n, k)
-    return {"statistic": float(res.statistic), "p_value": float(res.pvalue), "n_datasets": n,
-            "methods": list(scores.columns), "f_statistic": f_stat, "f_p_value": f_p,
-            "df": (k - 1, (k - 1) * (n - 1))}
+    return {
+        "statistic": float(res.statistic),
+        "p_value": float(res.pvalue),
+        "n_datasets": n,
+        "methods": list(scores.columns),
+        "f_statistic": f_stat,
+        "f_p_value": f_p,
+        "df": (k - 1, (k - 1) * (n - 1)),
+    }
 
 
 def mean_ranks(scores: pd.DataFrame) -> pd.Series:
@@ -416,8 +479,10 @@ def why_descriptive(n: int, floor: float, min_adjusted: float, cfg: dict) -> str
     """Why a comparison cannot reach alpha, in one phrase."""
     if floor > cfg["alpha"]:
         return f"descriptive: with {n} datasets the smallest two-sided p is {floor:.3g} > alpha = {cfg['alpha']:g}"
-    return (f"descriptive: with {n} datasets the smallest two-sided p is {floor:.3g}, {min_adjusted:.3g} after "
-            f"{cfg['correction']} over the family > alpha = {cfg['alpha']:g}")
+    return (
+        f"descriptive: with {n} datasets the smallest two-sided p is {floor:.3g}, {min_adjusted:.3g} after "
+        f"{cfg['correction']} over the family > alpha = {cfg['alpha']:g}"
+    )
 
 
 def _pairs(methods: list[str], refs: list[str], tested: list[str]):
@@ -469,44 +534,97 @@ def compute_stats(summary: pd.DataFrame, stats_cfg: dict | None = None) -> pd.Da
         for metric in metrics:
             scores = dataset_scores(summary, metric, shots)
             for method, ref in _pairs(methods, refs, tested):
-                base = {"comparison": f"{method} vs {ref}", "method": method, "reference": ref, "metric": metric,
-                        "shots": shots}
+                base = {
+                    "comparison": f"{method} vs {ref}",
+                    "method": method,
+                    "reference": ref,
+                    "metric": metric,
+                    "shots": shots,
+                }
                 pair = scores.reindex(columns=[method, ref]).dropna()
                 if pair.empty:
                     nan_side = [m for m in (method, ref) if scores.reindex(columns=[m])[m].isna().all()]
-                    rows.append({**base, "test": "excluded", "n_datasets": 0,
-                                 "note": f"no {metric} for {', '.join(nan_side) or 'a common dataset'}"})
+                    rows.append(
+                        {
+                            **base,
+                            "test": "excluded",
+                            "n_datasets": 0,
+                            "note": f"no {metric} for {', '.join(nan_side) or 'a common dataset'}",
+                        }
+                    )
                 elif identical_runs(summary, method, ref, metric, shots, cfg["resolution"]):
-                    rows.append({**base, "test": "excluded", "n_datasets": len(pair),
-                                 "note": "identical to the reference in every run (zero by construction)"})
+                    rows.append(
+                        {
+                            **base,
+                            "test": "excluded",
+                            "n_datasets": len(pair),
+                            "note": "identical to the reference in every run (zero by construction)",
+                        }
+                    )
                 else:
                     planned.append((base, pair, len(scores) - len(pair)))
     # which tests can reach alpha is settled from the number of datasets alone, before any test runs
     floors = [smallest_p(len(pair)) for _, pair, _ in planned]
     in_family, min_adjusted = attainable(floors, cfg["alpha"], cfg["correction"])
     for (base, pair, dropped), floor, member, min_adj in zip(planned, floors, in_family, min_adjusted, strict=True):
-        res = compare(pair[base["method"]], pair[base["reference"]], cfg["rope"], cfg["bootstrap_resamples"],
-                      cfg["seed"], cfg["confidence_level"], cfg["zero_method"], cfg["resolution"])
+        res = compare(
+            pair[base["method"]],
+            pair[base["reference"]],
+            cfg["rope"],
+            cfg["bootstrap_resamples"],
+            cfg["seed"],
+            cfg["confidence_level"],
+            cfg["zero_method"],
+            cfg["resolution"],
+        )
         notes = [f"{dropped} dataset(s) without {base['metric']} left out"] if dropped else []
         if not member:
             notes.append(why_descriptive(len(pair), floor, min_adj, cfg))
-        rows.append({**base, "test": "wilcoxon", "inference": "test" if member else "descriptive", "min_p": floor,
-                     "min_p_adjusted": min_adj, **res, "note": "; ".join(notes)})
+        rows.append(
+            {
+                **base,
+                "test": "wilcoxon",
+                "inference": "test" if member else "descriptive",
+                "min_p": floor,
+                "min_p_adjusted": min_adj,
+                **res,
+                "note": "; ".join(notes),
+            }
+        )
         if cfg["bayesian"]:
-            bayes = bayesian_signed_rank(pair[base["method"]], pair[base["reference"]], cfg["rope"],
-                                         cfg["bayesian_samples"], cfg["seed"], cfg["bayesian_prior"])
+            bayes = bayesian_signed_rank(
+                pair[base["method"]],
+                pair[base["reference"]],
+                cfg["rope"],
+                cfg["bayesian_samples"],
+                cfg["seed"],
+                cfg["bayesian_prior"],
+            )
             if bayes is not None:
-                rows.append({**base, "test": "bayesian_signed_rank", "n_datasets": len(pair),
-                             "mean_diff": res["mean_diff"], **bayes,
-                             "note": f"rope ±{cfg['rope']:g}; prior: Dirichlet process, strength "
-                                     f"{cfg['bayesian_prior']:g} at a zero difference"})
+                rows.append(
+                    {
+                        **base,
+                        "test": "bayesian_signed_rank",
+                        "n_datasets": len(pair),
+                        "mean_diff": res["mean_diff"],
+                        **bayes,
+                        "note": f"rope ±{cfg['rope']:g}; prior: Dirichlet process, strength "
+                        f"{cfg['bayesian_prior']:g} at a zero difference",
+                    }
+                )
     for shots in shots_list:
         for metric in metrics:
             rows.extend(_all_methods(summary, metric, shots))
     for r in missing:
-        rows.append({"comparison": f"* vs {r}" if r in cfg["reference_methods"] else f"{r} vs *", "reference": r,
-                     "test": "excluded", "n_datasets": 0, "note": f"method {r!r} of the stats block is not in the "
-                                                                  "results"})
+        rows.append(
+            {
+                "comparison": f"* vs {r}" if r in cfg["reference_methods"] else f"{r} vs *",
+                "reference": r,
+                "test": "excluded",
+                "n_datasets": 0,
+                "note": f"method {r!r} of the stats block is not in the results",
+            }
+        )
     out = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("p_adjusted", "statistic", "p_value", "min_p", "min_p_adjusted"):
         out[col] = out[col].astype(float)
@@ -529,18 +647,48 @@ def _all_methods(summary: pd.DataFrame, metric: str, shots) -> list[dict]:
         return []
     complete, left_out = complete_methods(scores)
     note = f"left out (incomplete {metric}): {', '.join(left_out)}" if left_out else ""
-    common = {"comparison": "all methods", "method": ",".join(fr["methods"]), "reference": "", "metric": metric,
-              "shots": shots, "n_datasets": fr["n_datasets"]}
-    rows = [{**common, "test": "friedman", "statistic": fr["statistic"], "p_value": fr["p_value"],
-             "p_adjusted": fr["p_value"], "note": note},
-            {**common, "test": "iman_davenport", "statistic": fr["f_statistic"], "p_value": fr["f_p_value"],
-             "p_adjusted": fr["f_p_value"], "note": "; ".join(filter(None, [f"F({fr['df'][0]}, {fr['df'][1]})",
-                                                                              note]))}]
+    common = {
+        "comparison": "all methods",
+        "method": ",".join(fr["methods"]),
+        "reference": "",
+        "metric": metric,
+        "shots": shots,
+        "n_datasets": fr["n_datasets"],
+    }
+    rows = [
+        {
+            **common,
+            "test": "friedman",
+            "statistic": fr["statistic"],
+            "p_value": fr["p_value"],
+            "p_adjusted": fr["p_value"],
+            "note": note,
+        },
+        {
+            **common,
+            "test": "iman_davenport",
+            "statistic": fr["f_statistic"],
+            "p_value": fr["f_p_value"],
+            "p_adjusted": fr["f_p_value"],
+            "note": "; ".join(filter(None, [f"F({fr['df'][0]}, {fr['df'][1]})", note])),
+        },
+    ]
     ranks, p = mean_ranks(complete), nemenyi(complete)
     for i, m1 in enumerate(ranks.index):
-        for m2 in ranks.index[i + 1:]:
-            rows.append({"comparison": f"{m1} vs {m2}", "method": m1, "reference": m2, "metric": metric,
-                         "shots": shots, "test": "nemenyi", "statistic": ranks[m2] - ranks[m1],
-                         "p_value": p.loc[m1, m2], "p_adjusted": p.loc[m1, m2], "n_datasets": fr["n_datasets"],
-                         "note": f"mean ranks {ranks[m1]:.2f} vs {ranks[m2]:.2f}"})
+        for m2 in ranks.index[i + 1 :]:
+            rows.append(
+                {
+                    "comparison": f"{m1} vs {m2}",
+                    "method": m1,
+                    "reference": m2,
+                    "metric": metric,
+                    "shots": shots,
+                    "test": "nemenyi",
+                    "statistic": ranks[m2] - ranks[m1],
+                    "p_value": p.loc[m1, m2],
+                    "p_adjusted": p.loc[m1, m2],
+                    "n_datasets": fr["n_datasets"],
+                    "note": f"mean ranks {ranks[m1]:.2f} vs {ranks[m2]:.2f}",
+                }
+            )
     return rows

@@ -72,7 +72,8 @@ def hub_cache_dir(cache_dir: str | None = None) -> str:
     if os.environ.get("HF_HUB_CACHE"):
         return os.environ["HF_HUB_CACHE"]
     home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
     return os.path.join(home, "hub")
 
 
@@ -99,8 +100,12 @@ def cached_weights(name: str, tag: str, cache_dir: str | None = None) -> str | N
         filename = filename or "open_clip_pytorch_model.bin"
         candidates = [filename]
         if filename.endswith((".bin", ".pth")):
-            candidates.insert(0, "open_clip_model.safetensors" if filename == "open_clip_pytorch_model.bin"
-                              else filename[:-4] + ".safetensors")
+            candidates.insert(
+                0,
+                "open_clip_model.safetensors"
+                if filename == "open_clip_pytorch_model.bin"
+                else filename[:-4] + ".safetensors",
+            )
         for f in candidates:
             found = try_to_load_from_cache(repo, f, cache_dir=hub_cache_dir(cache_dir))
             if isinstance(found, str):
@@ -145,8 +150,13 @@ class Backbone:
         return int(proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])
 
     def provenance(self) -> dict:
-        return {"backbone": self.name, "pretrained": self.pretrained, "weights_sha256": self.weights_sha256,
-                "quick_gelu": self.quick_gelu, "weights_source": self.source}
+        return {
+            "backbone": self.name,
+            "pretrained": self.pretrained,
+            "weights_sha256": self.weights_sha256,
+            "quick_gelu": self.quick_gelu,
+            "weights_source": self.source,
+        }
 
 
 def state_dict_sha256(model: nn.Module) -> str:
@@ -163,9 +173,12 @@ def _check_request(oc, name: str, pretrained: str | None, cache_dir: str | None)
     """Validate (name, pretrained) before anything is built; return the weights' source kind."""
     if name not in oc.list_models():
         close = difflib.get_close_matches(name, oc.list_models(), n=5, cutoff=0.6)
-        raise BackboneError(f"unknown open_clip model {name!r}" + (f"; did you mean {close}?" if close else "")
-                            + f" (all models: `python -c 'import open_clip; print(open_clip.list_models())'`;"
-                            f" the pocket CLIP is {POCKET_MODEL!r})")
+        raise BackboneError(
+            f"unknown open_clip model {name!r}"
+            + (f"; did you mean {close}?" if close else "")
+            + f" (all models: `python -c 'import open_clip; print(open_clip.list_models())'`;"
+            f" the pocket CLIP is {POCKET_MODEL!r})"
+        )
     if not pretrained:
         return "random"
     if is_local_file(pretrained):
@@ -177,26 +190,37 @@ def _check_request(oc, name: str, pretrained: str | None, cache_dir: str | None)
                     f"the {asset} CLIP is not shipped with this version ({pretrained} is missing). Fix: create "
                     f"it with `snakemake pretrain_pocket_clip --cores 1 --configfile <a config with pocket.world: "
                     f"{world}>` and set backbone.pretrained to the file it writes "
-                    f"(results/pocket_clip/pocket_clip_{world}_fp16.pt)")
-            raise BackboneError(f"weights file {pretrained!r} does not exist; fix backbone.pretrained "
-                                f"in the config (for the shipped pocket CLIPs use 'pocket_v1' or 'pocket_v2')")
+                    f"(results/pocket_clip/pocket_clip_{world}_fp16.pt)"
+                )
+            raise BackboneError(
+                f"weights file {pretrained!r} does not exist; fix backbone.pretrained "
+                f"in the config (for the shipped pocket CLIPs use 'pocket_v1' or 'pocket_v2')"
+            )
         return "file"
     if not oc.get_pretrained_cfg(name, pretrained):
         known = oc.list_pretrained_tags_by_model(name)
-        raise BackboneError(f"open_clip has no pretrained tag {pretrained!r} for {name!r}; known tags: "
-                            f"{known or 'none (use a local weights file or pretrained: null)'}")
+        raise BackboneError(
+            f"open_clip has no pretrained tag {pretrained!r} for {name!r}; known tags: "
+            f"{known or 'none (use a local weights file or pretrained: null)'}"
+        )
     if hub_offline() and cached_weights(name, pretrained, cache_dir) is None:
         raise BackboneError(
             f"cannot load weights {name}/{pretrained}: HF_HUB_OFFLINE=1 is set and they are not in the "
             f"Hugging Face cache {hub_cache_dir(cache_dir)} (set by HF_HOME / HF_HUB_CACHE) nor in "
             f"~/.cache/clip. Fix: on a machine with network run `python -m vlprompt fetch-weights --model "
             f"{name} --pretrained {pretrained}` and copy its cache directory here (or point HF_HOME at "
-            f"it), or set backbone.pretrained to a local weights file.")
+            f"it), or set backbone.pretrained to a local weights file."
+        )
     return "tag"
 
 
-def load_backbone(name: str, pretrained: str | None, device: str | torch.device = "cpu",
-                  force_quick_gelu: bool = False, cache_dir: str | None = None) -> Backbone:
+def load_backbone(
+    name: str,
+    pretrained: str | None,
+    device: str | torch.device = "cpu",
+    force_quick_gelu: bool = False,
+    cache_dir: str | None = None,
+) -> Backbone:
     """Load ``name`` with ``pretrained`` (an open_clip tag, a local file, ``pocket`` or None = random).
 
     Every (model, tag) pair of ``open_clip.list_pretrained()`` works. With ``HF_HUB_OFFLINE=1``
@@ -207,33 +231,49 @@ def load_backbone(name: str, pretrained: str | None, device: str | torch.device 
     oc = open_clip()
     pretrained = resolve_pretrained(pretrained)
     source = _check_request(oc, name, pretrained, cache_dir)
-    if source == "tag" and oc.get_pretrained_cfg(name, pretrained).get("quick_gelu") and not (
-            force_quick_gelu or name.endswith("quickgelu")):
-        log.warning("%s/%s was trained with QuickGELU but is loaded with GELU: features differ slightly "
-                    "(set backbone.quick_gelu: true, as the CoOp-family papers do)", name, pretrained)
+    if (
+        source == "tag"
+        and oc.get_pretrained_cfg(name, pretrained).get("quick_gelu")
+        and not (force_quick_gelu or name.endswith("quickgelu"))
+    ):
+        log.warning(
+            "%s/%s was trained with QuickGELU but is loaded with GELU: features differ slightly "
+            "(set backbone.quick_gelu: true, as the CoOp-family papers do)",
+            name,
+            pretrained,
+        )
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="QuickGELU mismatch")  # logged above, once
             model, _, preprocess = oc.create_model_and_transforms(
-                name, pretrained=pretrained, device=device, force_quick_gelu=force_quick_gelu,
-                cache_dir=cache_dir)
+                name, pretrained=pretrained, device=device, force_quick_gelu=force_quick_gelu, cache_dir=cache_dir
+            )
     except Exception as err:  # download, cache or checkpoint failure: say what to do about it
         if source == "file":
-            raise BackboneError(f"cannot load weights file {pretrained!r} into {name!r}: it is not a "
-                                f"checkpoint of this architecture ({type(err).__name__}: {err})") from err
+            raise BackboneError(
+                f"cannot load weights file {pretrained!r} into {name!r}: it is not a "
+                f"checkpoint of this architecture ({type(err).__name__}: {err})"
+            ) from err
         if source == "tag":
             raise BackboneError(
                 f"cannot load weights {name}/{pretrained}: downloading them failed (cache: "
                 f"{hub_cache_dir(cache_dir)}). Fix: on a machine with network run `python -m vlprompt "
                 f"fetch-weights --model {name} --pretrained {pretrained}` and copy the cache, set "
                 f"HF_HUB_OFFLINE=1 to use only cached weights, or set backbone.pretrained to a local file. "
-                f"Cause: {type(err).__name__}: {err}") from err
+                f"Cause: {type(err).__name__}: {err}"
+            ) from err
         raise
     model.eval().requires_grad_(False)
-    return Backbone(model=model, preprocess=preprocess, tokenizer=oc.get_tokenizer(name), name=name,
-                    pretrained=Path(pretrained).name if source == "file" else pretrained,
-                    weights_sha256=state_dict_sha256(model),
-                    quick_gelu=bool(force_quick_gelu or name.endswith("quickgelu")), source=source)
+    return Backbone(
+        model=model,
+        preprocess=preprocess,
+        tokenizer=oc.get_tokenizer(name),
+        name=name,
+        pretrained=Path(pretrained).name if source == "file" else pretrained,
+        weights_sha256=state_dict_sha256(model),
+        quick_gelu=bool(force_quick_gelu or name.endswith("quickgelu")),
+        source=source,
+    )
 
 
 def load_backbone_from_config(cfg: dict, device: str | torch.device = "cpu") -> Backbone:
@@ -257,11 +297,15 @@ class PromptedTextEncoder(nn.Module):
         super().__init__()
         for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask"):
             if getattr(model, attr, None) is None:
-                raise BackboneError(f"{type(model).__name__} has no {attr!r}: only open_clip CLIP models "
-                                    "with the built-in causal text transformer support prompt learning")
+                raise BackboneError(
+                    f"{type(model).__name__} has no {attr!r}: only open_clip CLIP models "
+                    "with the built-in causal text transformer support prompt learning"
+                )
         if getattr(model, "text_pool_type", "argmax") != "argmax":
-            raise BackboneError(f"text pooling {model.text_pool_type!r} is not supported (need 'argmax', "
-                                "the end token of the OpenAI/OpenCLIP layout)")
+            raise BackboneError(
+                f"text pooling {model.text_pool_type!r} is not supported (need 'argmax', "
+                "the end token of the OpenAI/OpenCLIP layout)"
+            )
         self.token_embedding = model.token_embedding
         self.positional_embedding = model.positional_embedding
         self.transformer = model.transformer
@@ -319,7 +363,7 @@ def encode_prompts(backbone: Backbone, texts: list[str], batch_size: int = 1024)
     out = torch.empty(len(texts), backbone.embed_dim)
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             out[idx] = encoder.encode(tokens[idx].to(device)).float().cpu()
     features = nn.functional.normalize(out, dim=-1).to(device)
     backbone.prompt_cache[key] = features

@@ -34,8 +34,14 @@ NAMES = ("train_plain", "val_full", "test")
 class BankSplits:
     """``load_split(name) -> (features, labels) | None`` for one run (training classes, relabelled)."""
 
-    def __init__(self, bank, train_labels: list[int], train_rows: list, split_file: str | Path | None = None,
-                 plain: tuple | None = None):
+    def __init__(
+        self,
+        bank,
+        train_labels: list[int],
+        train_rows: list,
+        split_file: str | Path | None = None,
+        plain: tuple | None = None,
+    ):
         """``plain``: (bank, stem) of the subset's un-augmented training features."""
         self.bank, self.keep, self.train_rows = bank, list(train_labels), train_rows
         self.split_file = Path(split_file) if split_file else None
@@ -64,7 +70,6 @@ class BankSplits:
             log.info("the feature bank's %r split lacks some of the %d images asked for", split, len(rows))
             return None
         return bank.take(split, [r[0] for r in rows]), torch.tensor([r[1] for r in rows])
-
 
 
 class UnlabelledFeatures:

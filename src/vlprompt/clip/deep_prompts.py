@@ -52,8 +52,10 @@ def _visual(model: nn.Module) -> nn.Module:
     visual = getattr(model, "visual", None)
     missing = [a for a in ("conv1", "class_embedding", "ln_pre", "transformer") if not hasattr(visual, a)]
     if missing or not hasattr(getattr(visual, "transformer", None), "resblocks"):
-        raise DeepPromptError(f"{type(visual).__name__} is not open_clip's VisionTransformer (lacks {missing}): "
-                              "deep vision prompts need a ViT image tower")
+        raise DeepPromptError(
+            f"{type(visual).__name__} is not open_clip's VisionTransformer (lacks {missing}): "
+            "deep vision prompts need a ViT image tower"
+        )
     if getattr(visual, "attn_pool", None) is not None:
         raise DeepPromptError("deep vision prompts do not support attentional pooling (CoCa-style towers)")
     if getattr(visual, "pool_type", "tok") not in ("tok", "avg"):
@@ -92,8 +94,10 @@ def _check(prompts: Sequence[torch.Tensor], layers: int, width: int, tower: str)
     shape = tuple(prompts[0].shape)
     for j, p in enumerate(prompts):
         if p.dim() != 2 or tuple(p.shape) != shape or p.shape[1] != width:
-            raise DeepPromptError(f"{tower} prompt {j} has shape {tuple(p.shape)}; every layer needs "
-                                  f"(n_tokens, {width}) with the same n_tokens")
+            raise DeepPromptError(
+                f"{tower} prompt {j} has shape {tuple(p.shape)}; every layer needs "
+                f"(n_tokens, {width}) with the same n_tokens"
+            )
     return shape[0]
 
 
@@ -138,16 +142,15 @@ def vision_prompts(model: nn.Module, prompts: Sequence[torch.Tensor]) -> Iterato
             x = args[0] if batch_first else args[0].transpose(0, 1)  # (B, L + n, width)
             x = torch.cat([x[:, :-n], _tokens(prompts[j], x)], dim=1)
             return (x if batch_first else x.transpose(0, 1), *args[1:]), kwargs
+
         return hook
 
     def drop(module, args, out):  # (B, L + n, width), batch first whatever the blocks use
         return out[:, :-n]
 
     with _exclusive(visual):
-        handles = [visual.ln_pre.register_forward_pre_hook(insert),
-                   visual.transformer.register_forward_hook(drop)]
-        handles += [blocks[j].register_forward_pre_hook(replace(j), with_kwargs=True)
-                    for j in range(1, len(prompts))]
+        handles = [visual.ln_pre.register_forward_pre_hook(insert), visual.transformer.register_forward_hook(drop)]
+        handles += [blocks[j].register_forward_pre_hook(replace(j), with_kwargs=True) for j in range(1, len(prompts))]
         try:
             yield
         finally:
@@ -177,13 +180,13 @@ def text_prompts(tower: nn.Module, prompts: Sequence[torch.Tensor], start: int =
             x = args[0] if batch_first else args[0].transpose(0, 1)  # (n_cls, L, width)
             if x.shape[1] < start + n + 1:
                 raise DeepPromptError(f"text of {x.shape[1]} tokens has no room for {n} prompts at {start}")
-            x = torch.cat([x[:, :start], _tokens(prompts[j], x), x[:, start + n:]], dim=1)
+            x = torch.cat([x[:, :start], _tokens(prompts[j], x), x[:, start + n :]], dim=1)
             return (x if batch_first else x.transpose(0, 1), *args[1:]), kwargs
+
         return hook
 
     with _exclusive(transformer):
-        handles = [blocks[j + 1].register_forward_pre_hook(replace(j), with_kwargs=True)
-                   for j in range(len(prompts))]
+        handles = [blocks[j + 1].register_forward_pre_hook(replace(j), with_kwargs=True) for j in range(len(prompts))]
         try:
             yield
         finally:
@@ -197,8 +200,9 @@ def encode_image(model: nn.Module, images: torch.Tensor, prompts: Sequence[torch
         return model.encode_image(images)
 
 
-def encode_text(encoder: nn.Module, embeddings: torch.Tensor, eot: torch.Tensor,
-                deep: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+def encode_text(
+    encoder: nn.Module, embeddings: torch.Tensor, eot: torch.Tensor, deep: Sequence[torch.Tensor] = ()
+) -> torch.Tensor:
     """Text features (unnormalised) of prompt ``embeddings`` (n, L, width) through a
     :class:`~vlprompt.clip.backbone.PromptedTextEncoder`, with deep prompts at positions 1..n of blocks 1..J-1."""
     if len(deep) and int(eot.min()) <= deep[0].shape[0]:

@@ -11,7 +11,8 @@ key names the model, weights tag or file hash and QuickGELU, the dataset key the
 - beside every ``.npy`` its sidecar ``.json``: the rows (relpath, label, classname) in bank order, what
   the features depend on (backbone, weights hash, transform, views) and the file's size and sha256.
 
-Two parts exist only where a method of the experiment declares it reads them (``vlprompt.experiment.grid``): ``train.npy``
+Two parts exist only where a method of the experiment declares it reads them
+(``vlprompt.experiment.grid``): ``train.npy``
 (N, D), the whole training split under the test transform (the unlabelled images of ``unlabelled: train``), and
 ``test_views<V>_crop<s>.npy`` (V, N, D), every test image in V views: view 0 the original (test transform), views
 1 … V−1 random resized crops with scale (s, 1) and flips (TPT's views; :func:`test_view_transform`), each seeded by
@@ -70,12 +71,14 @@ def train_transform(image_size: int, mean, std, scale_min: float = 0.08):
     """CoOp's training augmentation: random resized crop (bicubic) + horizontal flip + CLIP normalisation."""
     from torchvision import transforms as T
 
-    return T.Compose([
-        T.RandomResizedCrop(image_size, scale=(scale_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(image_size, scale=(scale_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
 
 
 def test_view_transform(image_size: int, mean, std, scale_min: float = 0.08):
@@ -83,12 +86,14 @@ def test_view_transform(image_size: int, mean, std, scale_min: float = 0.08):
     (torchvision's default bilinear interpolation) + horizontal flip + CLIP normalisation."""
     from torchvision import transforms as T
 
-    return T.Compose([
-        T.RandomResizedCrop(image_size, scale=(scale_min, 1.0)),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(image_size, scale=(scale_min, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
 
 
 def view_seed(view: int, relpath: str) -> int:
@@ -124,9 +129,19 @@ class ImageList(torch.utils.data.Dataset):
 
 
 @torch.inference_mode()
-def encode_images(model, dataset: torch.utils.data.Dataset, out: np.ndarray, progress_path: Path,
-                  batch_size: int, workers: int, device: torch.device, desc: str, progress: bool = True,
-                  checkpoint_s: float = 2.0, stop_after_batches: int | None = None) -> None:
+def encode_images(
+    model,
+    dataset: torch.utils.data.Dataset,
+    out: np.ndarray,
+    progress_path: Path,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    desc: str,
+    progress: bool = True,
+    checkpoint_s: float = 2.0,
+    stop_after_batches: int | None = None,
+) -> None:
     """Fill ``out`` (N, D) batch by batch, starting after the images recorded in ``progress_path``.
 
     Every ``checkpoint_s`` seconds (and at the end) the array is flushed, then the number of images
@@ -139,15 +154,16 @@ def encode_images(model, dataset: torch.utils.data.Dataset, out: np.ndarray, pro
     if start >= n:
         return
     subset = torch.utils.data.Subset(dataset, range(start, n))
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=workers,
-                                         pin_memory=device.type == "cuda", shuffle=False)
+    loader = torch.utils.data.DataLoader(
+        subset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda", shuffle=False
+    )
     cuda = device.type == "cuda"
     bar = tqdm(total=n, initial=start, desc=desc, unit="img", disable=not progress, smoothing=0.1)
     done, last = start, time.monotonic()
     for b, images in enumerate(loader, start=1):
         with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
             feats = model.encode_image(images.to(device, non_blocking=True))  # (b, D)
-        out[done:done + len(feats)] = feats.float().cpu().numpy()  # cast to the bank's fp16
+        out[done : done + len(feats)] = feats.float().cpu().numpy()  # cast to the bank's fp16
         done += len(feats)
         bar.update(len(feats))
         if done == n or time.monotonic() - last >= checkpoint_s:
@@ -184,15 +200,37 @@ def extraction_meta(backbone, spec: ExtractionSpec, transform, scale_min: float)
     augmented = spec.split in AUGMENTED
     shape = (spec.views, len(spec.rows), backbone.embed_dim) if augmented else (len(spec.rows), backbone.embed_dim)
     extra = {"original_view": repr(backbone.preprocess)} if spec.split == "test_views" else {}
-    return _jsonable({"split": spec.split, "rows": spec.rows, "shape": list(shape), "dtype": "float16",
-                      "transform": repr(transform), "views": spec.views, "aug_seed": AUG_SEED,
-                      "scale_min": scale_min, "format": FORMAT, **backbone.provenance(), **extra})
+    return _jsonable(
+        {
+            "split": spec.split,
+            "rows": spec.rows,
+            "shape": list(shape),
+            "dtype": "float16",
+            "transform": repr(transform),
+            "views": spec.views,
+            "aug_seed": AUG_SEED,
+            "scale_min": scale_min,
+            "format": FORMAT,
+            **backbone.provenance(),
+            **extra,
+        }
+    )
 
 
-def extract_split(backbone, root: Path, spec: ExtractionSpec, out_dir: Path, batch_size: int = 256,
-                  workers: int = 0, device: torch.device | None = None, scale_min: float = 0.08,
-                  progress: bool = True, checkpoint_s: float = 2.0,
-                  stop_after_batches: int | None = None, reuse: bool = False) -> Path:
+def extract_split(
+    backbone,
+    root: Path,
+    spec: ExtractionSpec,
+    out_dir: Path,
+    batch_size: int = 256,
+    workers: int = 0,
+    device: torch.device | None = None,
+    scale_min: float = 0.08,
+    progress: bool = True,
+    checkpoint_s: float = 2.0,
+    stop_after_batches: int | None = None,
+    reuse: bool = False,
+) -> Path:
     """Extract one bank into ``out_dir/<stem>.npy`` unless it is already complete with the same inputs.
 
     ``reuse``: copy the rows that other complete banks of ``out_dir`` with the same inputs but other rows
@@ -216,19 +254,49 @@ def extract_split(backbone, root: Path, spec: ExtractionSpec, out_dir: Path, bat
     known = _known_rows(out_dir, spec, meta) if reuse else {}
     missing = [r for r in spec.rows if r[0] not in known]
     if known:
-        log.info("%s: %d of %d images are in sibling banks; encoding %d", final, len(spec.rows) - len(missing),
-                 len(spec.rows), len(missing))
+        log.info(
+            "%s: %d of %d images are in sibling banks; encoding %d",
+            final,
+            len(spec.rows) - len(missing),
+            len(spec.rows),
+            len(missing),
+        )
     if known and missing:  # encode the new images into a bank of their own, then assemble
         part = ExtractionSpec(spec.split, missing, spec.views, name=f"{spec.stem}.new")
-        extract_split(backbone, root, part, out_dir, batch_size, workers, device, scale_min, progress,
-                      checkpoint_s, stop_after_batches, reuse=False)
-        known.update(_known_rows(out_dir, part, extraction_meta(backbone, part, transform, scale_min),
-                                 stems=[part.stem]))
+        extract_split(
+            backbone,
+            root,
+            part,
+            out_dir,
+            batch_size,
+            workers,
+            device,
+            scale_min,
+            progress,
+            checkpoint_s,
+            stop_after_batches,
+            reuse=False,
+        )
+        known.update(
+            _known_rows(out_dir, part, extraction_meta(backbone, part, transform, scale_min), stems=[part.stem])
+        )
     if known:
         _assemble(spec, meta, known, final, augmented)
     else:
-        _encode(backbone, root, spec, meta, transform, out_dir, batch_size, workers, device, progress,
-                checkpoint_s, stop_after_batches)
+        _encode(
+            backbone,
+            root,
+            spec,
+            meta,
+            transform,
+            out_dir,
+            batch_size,
+            workers,
+            device,
+            progress,
+            checkpoint_s,
+            stop_after_batches,
+        )
     copied = len(spec.rows) - len(missing) if known else 0
     atomic_write_json(meta_path, {**meta, "file": file_record(final), "copied_rows": copied})  # last: marks it complete
     for extra in (out_dir / f"{spec.stem}.new.npy", out_dir / f"{spec.stem}.new.json"):
@@ -299,8 +367,20 @@ def _assemble(spec: ExtractionSpec, meta: dict, known: dict, final: Path, augmen
         del arr
 
 
-def _encode(backbone, root: Path, spec: ExtractionSpec, meta: dict, transform, out_dir: Path, batch_size: int,
-            workers: int, device, progress: bool, checkpoint_s: float, stop_after_batches: int | None) -> None:
+def _encode(
+    backbone,
+    root: Path,
+    spec: ExtractionSpec,
+    meta: dict,
+    transform,
+    out_dir: Path,
+    batch_size: int,
+    workers: int,
+    device,
+    progress: bool,
+    checkpoint_s: float,
+    stop_after_batches: int | None,
+) -> None:
     """Encode every row of ``spec`` into ``out_dir/<stem>.npy`` (resumable through ``<stem>.partial.npy``)."""
     model = backbone.model
     device = device or next(model.parameters()).device
@@ -323,17 +403,30 @@ def _encode(backbone, root: Path, spec: ExtractionSpec, meta: dict, transform, o
     relpaths = [r[0] for r in spec.rows]
     if spec.split == "train_views":  # one flat pass over (view, image): one DataLoader, one progress marker
         dataset = torch.utils.data.ConcatDataset(
-            [ImageList(root, relpaths, transform, view=v) for v in range(spec.views)])
+            [ImageList(root, relpaths, transform, view=v) for v in range(spec.views)]
+        )
     elif spec.split == "test_views":  # view 0 the original, then the augmented views
         dataset = torch.utils.data.ConcatDataset(
             [ImageList(root, relpaths, backbone.preprocess)]
-            + [ImageList(root, relpaths, transform, view=v) for v in range(1, spec.views)])
+            + [ImageList(root, relpaths, transform, view=v) for v in range(1, spec.views)]
+        )
     else:
         dataset = ImageList(root, relpaths, transform)
     flat = arr.reshape(-1, arr.shape[-1])  # (V * N, D) view of the memmap
     desc = f"features {out_dir.name}/{spec.stem}" + (f" ({spec.views} views)" if spec.views > 1 else "")
-    encode_images(model, dataset, flat, progress_path, batch_size, workers, device, desc, progress,
-                  checkpoint_s=checkpoint_s, stop_after_batches=stop_after_batches)
+    encode_images(
+        model,
+        dataset,
+        flat,
+        progress_path,
+        batch_size,
+        workers,
+        device,
+        desc,
+        progress,
+        checkpoint_s=checkpoint_s,
+        stop_after_batches=stop_after_batches,
+    )
     arr.flush()
     del arr, flat
     os.replace(partial, out_dir / f"{spec.stem}.npy")
@@ -362,8 +455,10 @@ def load_bank(stem: str | Path, rebuild: str | None = None) -> tuple[np.ndarray,
     """
     npy, meta_path = Path(f"{stem}.npy"), Path(f"{stem}.json")
     if not meta_path.exists() or not npy.exists():
-        raise FileNotFoundError(f"feature bank {npy} is missing or incomplete (no {meta_path.name}); run the "
-                                f"pipeline (snakemake) to extract it")
+        raise FileNotFoundError(
+            f"feature bank {npy} is missing or incomplete (no {meta_path.name}); run the "
+            f"pipeline (snakemake) to extract it"
+        )
     try:
         meta = read_json(meta_path)
     except ValueError as err:
@@ -410,8 +505,10 @@ class FeatureBank:
         index = self._index[split]
         missing = [p for p in relpaths if p not in index]
         if missing:
-            raise KeyError(f"{len(missing)} images (e.g. {missing[0]}) are not in {self.dir}/{split}; "
-                           f"the feature bank is older than the few-shot subsets: re-run extraction")
+            raise KeyError(
+                f"{len(missing)} images (e.g. {missing[0]}) are not in {self.dir}/{split}; "
+                f"the feature bank is older than the few-shot subsets: re-run extraction"
+            )
         idx = np.array([index[p] for p in relpaths], dtype=np.int64)
         arr = self.array(split)
         sel = arr[:, idx] if arr.ndim == 3 else arr[idx]

@@ -71,8 +71,10 @@ def method_templates(spec: str | None, dataset: str | None, default: str) -> lis
         return [spec]
     tables = template_tables()
     if spec not in tables:
-        raise ValueError(f"unknown template table {spec!r}; tables: {sorted(tables)}, 'coop' (the dataset's "
-                         "hand-crafted template), or a template with '{}'")
+        raise ValueError(
+            f"unknown template table {spec!r}; tables: {sorted(tables)}, 'coop' (the dataset's "
+            "hand-crafted template), or a template with '{}'"
+        )
     table = tables[spec]
     key = None
     if dataset is not None:
@@ -84,9 +86,19 @@ def method_templates(spec: str | None, dataset: str | None, default: str) -> lis
 
 
 class PromptLearner(nn.Module):
-    def __init__(self, encoder: PromptedTextEncoder, tokenizer, classnames: list[str], n_ctx: int = 4,
-                 ctx_init: str | None = "a photo of a", csc: bool = False, position: str = "end",
-                 init_std: float = 0.02, generator: torch.Generator | None = None, placeholder: str | None = None):
+    def __init__(
+        self,
+        encoder: PromptedTextEncoder,
+        tokenizer,
+        classnames: list[str],
+        n_ctx: int = 4,
+        ctx_init: str | None = "a photo of a",
+        csc: bool = False,
+        position: str = "end",
+        init_std: float = 0.02,
+        generator: torch.Generator | None = None,
+        placeholder: str | None = None,
+    ):
         """``placeholder``: the text before the class name whose first ``n_ctx`` tokens the context replaces
         (default: ``n_ctx`` "X"); tokens after them stay fixed text (ProGrad's initialisation, see there)."""
         super().__init__()
@@ -106,7 +118,7 @@ class PromptLearner(nn.Module):
             tokens = tokenizer([words]).to(device)
             n_ctx = int(tokens.argmax(-1).item()) - 1  # tokens between SOS and EOS
             with torch.no_grad():
-                init = encoder.embed(tokens)[0, 1:1 + n_ctx].float()  # (n_ctx, width)
+                init = encoder.embed(tokens)[0, 1 : 1 + n_ctx].float()  # (n_ctx, width)
             if csc:
                 init = init.unsqueeze(0).repeat(len(classnames), 1, 1)
         else:
@@ -133,17 +145,22 @@ class PromptLearner(nn.Module):
         length, eot = tokens.shape[1], tokens.argmax(-1)
         for i, n in enumerate(self.name_lens):
             if int(eot[i]) >= length - 1:
-                raise ValueError(f"the prompt for class {classnames[i]!r} ({self.n_ctx} context tokens + "
-                                 f"{n} name tokens) does not fit the text encoder's {length} tokens")
-            if self.position != "end" and not torch.equal(tokens[i, 1 + self.n_ctx:1 + self.n_ctx + n],
-                                                          name_tokens[i, 1:1 + n]):
-                raise ValueError(f"class name {classnames[i]!r} tokenizes differently inside the prompt; "
-                                 f"use class position 'end' or drop its trailing punctuation")
+                raise ValueError(
+                    f"the prompt for class {classnames[i]!r} ({self.n_ctx} context tokens + "
+                    f"{n} name tokens) does not fit the text encoder's {length} tokens"
+                )
+            if self.position != "end" and not torch.equal(
+                tokens[i, 1 + self.n_ctx : 1 + self.n_ctx + n], name_tokens[i, 1 : 1 + n]
+            ):
+                raise ValueError(
+                    f"class name {classnames[i]!r} tokenizes differently inside the prompt; "
+                    f"use class position 'end' or drop its trailing punctuation"
+                )
         with torch.no_grad():
             emb = self.encoder.embed(tokens)  # (n_cls, L, width)
         self.register_buffer("tokens", tokens, persistent=False)
         self.register_buffer("token_prefix", emb[:, :1].clone(), persistent=False)  # SOS (n_cls, 1, w)
-        self.register_buffer("token_suffix", emb[:, 1 + self.n_ctx:].clone(), persistent=False)  # class . EOS
+        self.register_buffer("token_suffix", emb[:, 1 + self.n_ctx :].clone(), persistent=False)  # class . EOS
         self.register_buffer("eot", tokens.argmax(-1), persistent=False)
 
     def prompts(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
@@ -158,12 +175,12 @@ class PromptLearner(nn.Module):
         out = []
         half = self.n_ctx // 2
         for i, n in enumerate(self.name_lens):
-            name, rest = suffix[i:i + 1, :n], suffix[i:i + 1, n:]
-            c = ctx[i:i + 1].to(prefix.dtype)
+            name, rest = suffix[i : i + 1, :n], suffix[i : i + 1, n:]
+            c = ctx[i : i + 1].to(prefix.dtype)
             if self.position == "front":
-                out.append(torch.cat([prefix[i:i + 1], name, c, rest], dim=1))
+                out.append(torch.cat([prefix[i : i + 1], name, c, rest], dim=1))
             else:
-                out.append(torch.cat([prefix[i:i + 1], c[:, :half], name, c[:, half:], rest], dim=1))
+                out.append(torch.cat([prefix[i : i + 1], c[:, :half], name, c[:, half:], rest], dim=1))
         return torch.cat(out, dim=0)
 
     def forward(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
@@ -189,8 +206,16 @@ class PatternPrompts(nn.Module):
     (n_tokens, width) shared by all classes. ``forward()`` returns the unnormalised text features (n_cls, D).
     """
 
-    def __init__(self, encoder: PromptedTextEncoder, tokenizer, classnames: list[str], pattern: str,
-                 slots: dict[str, int], init: dict[str, str | float], generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        encoder: PromptedTextEncoder,
+        tokenizer,
+        classnames: list[str],
+        pattern: str,
+        slots: dict[str, int],
+        init: dict[str, str | float],
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         import string
 
@@ -198,8 +223,10 @@ class PatternPrompts(nn.Module):
         pieces = list(string.Formatter().parse(pattern))  # (literal, field, spec, conversion)
         fields = [f for _, f, _, _ in pieces if f is not None]
         if fields.count("") != 1 or set(fields) - {""} != set(slots) or len(set(fields)) != len(fields):
-            raise ValueError(f"prompt pattern {pattern!r} must hold '{{}}' (the class name) once and each slot of "
-                             f"{sorted(slots)} once")
+            raise ValueError(
+                f"prompt pattern {pattern!r} must hold '{{}}' (the class name) once and each slot of "
+                f"{sorted(slots)} once"
+            )
         self.pieces = [(lit, f) for lit, f, _, _ in pieces]
         device = encoder.token_embedding.weight.device
         self.slots = nn.ParameterDict()
@@ -208,10 +235,12 @@ class PatternPrompts(nn.Module):
             if isinstance(value, str):
                 tokens = tokenizer([prompt_name(value)]).to(device)
                 if format_tokens(tokenizer, value) != n:
-                    raise ValueError(f"slot {name!r} has {n} tokens but its initial words {value!r} have "
-                                     f"{format_tokens(tokenizer, value)}")
+                    raise ValueError(
+                        f"slot {name!r} has {n} tokens but its initial words {value!r} have "
+                        f"{format_tokens(tokenizer, value)}"
+                    )
                 with torch.no_grad():
-                    vec = encoder.embed(tokens)[0, 1:1 + n].float()
+                    vec = encoder.embed(tokens)[0, 1 : 1 + n].float()
             else:
                 vec = torch.randn(n, encoder.width, generator=generator) * float(value)
             self.slots[name] = nn.Parameter(vec.to(device))  # (n, width)
@@ -231,8 +260,9 @@ class PatternPrompts(nn.Module):
     def set_classes(self, classnames: list[str]) -> None:
         """Rebuild the frozen token buffers and the slot positions for ``classnames``."""
         self.classnames = list(classnames)
-        device = next(iter(self.slots.values())).device if len(self.slots) else \
-            self.encoder.token_embedding.weight.device
+        device = (
+            next(iter(self.slots.values())).device if len(self.slots) else self.encoder.token_embedding.weight.device
+        )
         tokens = self.tokenizer([self.text(c) for c in classnames]).to(device)  # (n_cls, L)
         length, eot = tokens.shape[1], tokens.argmax(-1)
         placeholder = int(self.tokenizer([PLACEHOLDER])[0, 1])
@@ -249,18 +279,24 @@ class PatternPrompts(nn.Module):
                     n = self.slots[field].shape[0]
                     positions[field].append(list(range(at, at + n)))
                     at += n
-            if at != int(eot[i]) or any(not bool((tokens[i, p[-1]] == placeholder).all())
-                                        for p in (positions[f][-1] for f in self.slots)):
-                raise ValueError(f"prompt pattern {self.pattern!r} tokenizes differently in pieces than whole for "
-                                 f"class {c!r}; separate slots from words and punctuation by spaces")
+            if at != int(eot[i]) or any(
+                not bool((tokens[i, p[-1]] == placeholder).all()) for p in (positions[f][-1] for f in self.slots)
+            ):
+                raise ValueError(
+                    f"prompt pattern {self.pattern!r} tokenizes differently in pieces than whole for "
+                    f"class {c!r}; separate slots from words and punctuation by spaces"
+                )
         with torch.no_grad():
             emb = self.encoder.embed(tokens)  # (n_cls, L, width)
         self.register_buffer("tokens", tokens, persistent=False)
         self.register_buffer("embedding", emb, persistent=False)
         self.register_buffer("eot", eot, persistent=False)
         for name in self.slots:
-            self.register_buffer(f"pos_{name}", torch.tensor(positions[name], dtype=torch.long, device=device)
-                                 .view(len(classnames), -1), persistent=False)
+            self.register_buffer(
+                f"pos_{name}",
+                torch.tensor(positions[name], dtype=torch.long, device=device).view(len(classnames), -1),
+                persistent=False,
+            )
 
     def prompts(self, values: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """(n_cls, L, width) prompt embeddings; ``values`` replaces slots (e.g. reparameterised ones)."""

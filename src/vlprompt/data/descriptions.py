@@ -59,8 +59,10 @@ def pocket_descriptions(classname: str) -> list[str]:
 
     parts = key(classname).split(" ")
     if len(parts) != 2 or parts[0] not in COLOURS or parts[1] not in SHAPES:
-        raise DescriptionError(f"{classname!r} is not a pocket class '<colour> <shape>' (colours: "
-                               f"{sorted(COLOURS)}, shapes: {list(SHAPES)})")
+        raise DescriptionError(
+            f"{classname!r} is not a pocket class '<colour> <shape>' (colours: "
+            f"{sorted(COLOURS)}, shapes: {list(SHAPES)})"
+        )
     return [s.format(colour=parts[0], shape=parts[1]) for s in POCKET_RULE]
 
 
@@ -82,8 +84,9 @@ def store_file(dataset: str) -> Path:
 @lru_cache(maxsize=16)
 def _read(path: str) -> dict[str, list[str]]:
     data = json.loads(Path(path).read_text())
-    if not isinstance(data, dict) or not all(isinstance(v, list) and all(isinstance(s, str) for s in v)
-                                             for v in data.values()):
+    if not isinstance(data, dict) or not all(
+        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in data.values()
+    ):
         raise DescriptionError(f"{path} is not a description file (a JSON object: class name -> list of sentences)")
     return {key(k): list(v) for k, v in data.items()}
 
@@ -91,19 +94,23 @@ def _read(path: str) -> dict[str, list[str]]:
 def load_descriptions(dataset: str | None, classnames: list[str]) -> dict[str, list[str]]:
     """Sentences for each of ``classnames`` (keyed by the names as given) from the store's file of ``dataset``."""
     if dataset is None:
-        raise DescriptionError("class descriptions need the dataset's name (MethodContext.dataset) or "
-                               "MethodContext.descriptions")
+        raise DescriptionError(
+            "class descriptions need the dataset's name (MethodContext.dataset) or MethodContext.descriptions"
+        )
     path = store_file(dataset)
     if not path.is_file():
         raise DescriptionError(
             f"no class descriptions for dataset {dataset!r}: {path} does not exist. Save the dataset's description "
             f"file (CuPL's format, class name -> sentences) there or in the folder named by $VLPROMPT_DESCRIPTIONS; "
-            f"src/vlprompt/data/class_descriptions/README.md lists where each one is published")
+            f"src/vlprompt/data/class_descriptions/README.md lists where each one is published"
+        )
     store = _read(str(path))
     missing = [c for c in classnames if not store.get(key(c))]
     if missing:
-        raise DescriptionError(f"{path} has no descriptions for {len(missing)} class(es) of {dataset!r}, e.g. "
-                               f"{missing[:5]}; add them (class name -> list of sentences)")
+        raise DescriptionError(
+            f"{path} has no descriptions for {len(missing)} class(es) of {dataset!r}, e.g. "
+            f"{missing[:5]}; add them (class name -> list of sentences)"
+        )
     return {c: store[key(c)] for c in classnames}
 
 
@@ -117,8 +124,9 @@ def source_of(given: dict | None, dataset: str | None) -> str:
     return str(path)
 
 
-def descriptions_for(given: dict[str, list[str]] | None, dataset: str | None,
-                     classnames: list[str]) -> dict[str, list[str]]:
+def descriptions_for(
+    given: dict[str, list[str]] | None, dataset: str | None, classnames: list[str]
+) -> dict[str, list[str]]:
     """``given`` (MethodContext.descriptions) restricted to ``classnames``, else the store's."""
     if given is None:
         return load_descriptions(dataset, classnames)
@@ -179,8 +187,9 @@ def differential_descriptions(dataset: str | None, classnames: list[str]) -> Dif
     if dataset.startswith("pocket"):
         for c in classnames:
             pocket_descriptions(c)
-        return DifferentialDescriptions("the pocket rule POCKET_DIFFERENTIAL (generated, a stand-in for a language "
-                                        "model)")
+        return DifferentialDescriptions(
+            "the pocket rule POCKET_DIFFERENTIAL (generated, a stand-in for a language model)"
+        )
     root = Path(os.environ.get("VLPROMPT_DESCRIPTIONS") or STORE_DIR) / "differential"
     pairs_path, names_path = root / f"{dataset}_prompt_pairs.json", root / f"{dataset}_class_names.json"
     missing = [p for p in (pairs_path, names_path) if not p.is_file()]
@@ -189,7 +198,8 @@ def differential_descriptions(dataset: str | None, classnames: list[str]) -> Dif
             f"no differential descriptions for dataset {dataset!r}: {missing[0]} does not exist. Save FuDD's files "
             f"(BatsResearch/fudd, differential_descriptions/<name>_prompt_pairs.json and <name>_class_names.json) "
             f"there under these names, in the folder $VLPROMPT_DESCRIPTIONS/differential/; "
-            f"src/vlprompt/data/class_descriptions/README.md lists them")
+            f"src/vlprompt/data/class_descriptions/README.md lists them"
+        )
     names = json.loads(names_path.read_text())
     index = {key(n): i for i, n in enumerate(names)}
     lacking = [c for c in classnames if key(c) not in index]

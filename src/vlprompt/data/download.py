@@ -51,7 +51,7 @@ def is_url(source: str) -> bool:
 
 
 def _local_path(source: str) -> Path:
-    return Path(str(source)[len("file://"):] if str(source).startswith("file://") else source)
+    return Path(str(source)[len("file://") :] if str(source).startswith("file://") else source)
 
 
 def _content_range_start_total(header: str | None) -> tuple[int | None, int | None]:
@@ -61,8 +61,16 @@ def _content_range_start_total(header: str | None) -> tuple[int | None, int | No
     return int(m.group(1)), None if m.group(2) == "*" else int(m.group(2))
 
 
-def download(source: str, dest: str | Path, *, progress: bool = True, retries: int = 5, timeout: float = 60,
-             chunk_size: int = 1 << 20, backoff: float = 1.0) -> Path:
+def download(
+    source: str,
+    dest: str | Path,
+    *,
+    progress: bool = True,
+    retries: int = 5,
+    timeout: float = 60,
+    chunk_size: int = 1 << 20,
+    backoff: float = 1.0,
+) -> Path:
     """Fetch ``source`` (URL or local path) to ``dest``, resuming an earlier ``dest.part``; return ``dest``.
 
     Transient failures (dropped connections, timeouts, 5xx) are retried up to ``retries`` times, each
@@ -105,9 +113,19 @@ def download(source: str, dest: str | Path, *, progress: bool = True, retries: i
                     have, mode = 0, "wb"
                     length = resp.headers.get("Content-Length")
                     total = int(length) if length and length.isdigit() else None
-                with open(part, mode) as out, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                                   unit_divisor=1024, desc=dest.name, disable=not progress,
-                                                   leave=False) as bar:
+                with (
+                    open(part, mode) as out,
+                    tqdm(
+                        total=total,
+                        initial=have,
+                        unit="B",
+                        unit_scale=True,
+                        unit_divisor=1024,
+                        desc=dest.name,
+                        disable=not progress,
+                        leave=False,
+                    ) as bar,
+                ):
                     while block := resp.read(chunk_size):
                         out.write(block)
                         bar.update(len(block))
@@ -126,8 +144,14 @@ def download(source: str, dest: str | Path, *, progress: bool = True, retries: i
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as err:
             last_error = err
         got = part.stat().st_size if part.exists() else 0
-        log.warning("download of %s %s (%s); attempt %d of %d", source,
-                    f"interrupted at {got} bytes" if got else "failed", last_error, attempt + 1, retries + 1)
+        log.warning(
+            "download of %s %s (%s); attempt %d of %d",
+            source,
+            f"interrupted at {got} bytes" if got else "failed",
+            last_error,
+            attempt + 1,
+            retries + 1,
+        )
     got = part.stat().st_size if part.exists() else 0
     kept = f"; the partial file {part} ({got} bytes) is kept and the next run resumes it" if got else ""
     raise DownloadError(f"cannot download {source} after {retries + 1} attempt(s) ({last_error}){kept}")
@@ -145,8 +169,9 @@ def _stamp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.verified")
 
 
-def verify(path: str | Path, *, sha256: str | None = None, md5: str | None = None,
-           size_bytes: int | None = None) -> bool:
+def verify(
+    path: str | Path, *, sha256: str | None = None, md5: str | None = None, size_bytes: int | None = None
+) -> bool:
     """Check ``path``; return True if a checksum or size confirmed it, False if nothing was recorded.
 
     Raises :class:`ChecksumError` on a mismatch. A confirmed file gets a stamp next to it.
@@ -162,8 +187,10 @@ def verify(path: str | Path, *, sha256: str | None = None, md5: str | None = Non
         if expected:
             got = file_digest(path, algorithm)
             if got.lower() != expected.lower():
-                raise ChecksumError(f"{path}: {algorithm} {got}, expected {expected} (corrupt or different "
-                                    f"file; delete it and download again)")
+                raise ChecksumError(
+                    f"{path}: {algorithm} {got}, expected {expected} (corrupt or different "
+                    f"file; delete it and download again)"
+                )
             checks[algorithm] = got
     if not checks:
         return False
@@ -187,6 +214,7 @@ def is_verified(path: str | Path) -> bool:
 
 # ---- safe extraction ------------------------------------------------------------------------------
 
+
 def _checked_relpath(name: str, archive: Path) -> PurePosixPath:
     """The member's path, or an error when it is absolute or climbs out with ``..``."""
     norm = name.replace("\\", "/")
@@ -209,8 +237,9 @@ def _check_link(root: Path, member: PurePosixPath, linkname: str, archive: Path,
         raise UnsafeArchiveError(f"{archive}: link {str(member)!r} -> {linkname!r} is absolute; refusing to extract")
     base = root if hard else root / member.parent  # hard links name a member; symlinks are relative to their dir
     if not _inside(root, os.path.join(str(base), linkname)):
-        raise UnsafeArchiveError(f"{archive}: link {str(member)!r} -> {linkname!r} points outside the "
-                                 f"extraction folder; refusing to extract")
+        raise UnsafeArchiveError(
+            f"{archive}: link {str(member)!r} -> {linkname!r} points outside the extraction folder; refusing to extract"
+        )
 
 
 def archive_format(path: str | Path) -> str | None:
@@ -259,14 +288,17 @@ def safe_extract(archive: str | Path, dest: str | Path, progress: bool = True) -
                     if member.issym() or member.islnk():
                         _check_link(dest, rel, member.linkname, archive, hard=member.islnk())
                     elif not (member.isfile() or member.isdir()):
-                        raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a device or fifo; "
-                                                 f"refusing to extract")
+                        raise UnsafeArchiveError(
+                            f"{archive}: member {member.name!r} is a device or fifo; refusing to extract"
+                        )
                     # the "data" filter re-checks paths and links and drops setuid bits and owners
                     tf.extract(member, dest, filter="data")
                     bar.update()
         else:
-            raise DownloadError(f"{archive} is neither a zip nor a tar archive (truncated or an HTML error "
-                                f"page?); delete it and download again")
+            raise DownloadError(
+                f"{archive} is neither a zip nor a tar archive (truncated or an HTML error "
+                f"page?); delete it and download again"
+            )
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as err:
         if isinstance(err, tarfile.FilterError):
             raise UnsafeArchiveError(f"{archive}: {err}; refusing to extract") from None

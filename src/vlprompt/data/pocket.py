@@ -53,9 +53,19 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
 }
 SHAPES: tuple[str, ...] = (
-    "circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "diamond",
+    "hexagon",
+    "ring",
     # extra shapes for larger worlds (n_shapes > 8)
-    "crescent", "arrow", "bar", "heart",
+    "crescent",
+    "arrow",
+    "bar",
+    "heart",
 )
 
 #: style -> (adjective used in captions and templates, CoOp-style hand-crafted template)
@@ -131,8 +141,10 @@ class World:
         if self.spurious not in SPURIOUS_CUES:
             raise ValueError(f"spurious must be one of {SPURIOUS_CUES}, got {self.spurious!r}")
         if self.spurious != "none" and self.version < 2:
-            raise ValueError(f"spurious cues ({self.spurious!r}) need the v2 world's drawing code: set "
-                             "pocket.world: v2, or spurious: none")
+            raise ValueError(
+                f"spurious cues ({self.spurious!r}) need the v2 world's drawing code: set "
+                "pocket.world: v2, or spurious: none"
+            )
         if not 0.0 <= self.spurious_p <= 1.0:
             raise ValueError(f"spurious_p must be in [0, 1], got {self.spurious_p}")
 
@@ -207,6 +219,7 @@ def world(name: str = "v1", **overrides) -> World:
 
 def _shape_polygon(shape: str, rng: np.random.Generator) -> list[np.ndarray]:
     """Polygons in unit coordinates (centre 0, radius about 1); several for composite shapes."""
+
     def ngon(n, r=1.0, phase=0.0):
         t = phase + 2 * np.pi * np.arange(n) / n
         return np.stack([r * np.sin(t), -r * np.cos(t)], 1)
@@ -222,8 +235,24 @@ def _shape_polygon(shape: str, rng: np.random.Generator) -> list[np.ndarray]:
         return [np.stack([outer, inner], 1).reshape(-1, 2)]
     if shape == "cross":
         a, b = 0.33, 1.0
-        return [np.array([[-a, -b], [a, -b], [a, -a], [b, -a], [b, a], [a, a], [a, b], [-a, b],
-                          [-a, a], [-b, a], [-b, -a], [-a, -a]])]
+        return [
+            np.array(
+                [
+                    [-a, -b],
+                    [a, -b],
+                    [a, -a],
+                    [b, -a],
+                    [b, a],
+                    [a, a],
+                    [a, b],
+                    [-a, b],
+                    [-a, a],
+                    [-b, a],
+                    [-b, -a],
+                    [-a, -a],
+                ]
+            )
+        ]
     if shape == "diamond":
         return [np.array([[0, -1.2], [0.65, 0], [0, 1.2], [-0.65, 0]])]
     if shape == "hexagon":
@@ -233,8 +262,7 @@ def _shape_polygon(shape: str, rng: np.random.Generator) -> list[np.ndarray]:
     if shape == "crescent":
         return [ngon(48), ngon(48, 0.85) + [0.45, -0.1]]
     if shape == "arrow":
-        return [np.array([[-1, -0.3], [0.2, -0.3], [0.2, -0.75], [1.05, 0], [0.2, 0.75],
-                          [0.2, 0.3], [-1, 0.3]])]
+        return [np.array([[-1, -0.3], [0.2, -0.3], [0.2, -0.75], [1.05, 0], [0.2, 0.75], [0.2, 0.3], [-1, 0.3]])]
     if shape == "bar":
         return [np.array([[-1.1, -0.35], [1.1, -0.35], [1.1, 0.35], [-1.1, 0.35]])]
     if shape == "heart":
@@ -259,8 +287,17 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, colour, bg_colour, centre, radius, angle,
-                rng, outline_width: int | None = None):
+def _draw_shape(
+    draw: ImageDraw.ImageDraw,
+    shape: str,
+    colour,
+    bg_colour,
+    centre,
+    radius,
+    angle,
+    rng,
+    outline_width: int | None = None,
+):
     polys = _shape_polygon(shape, rng)
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     for i, poly in enumerate(polys):
@@ -273,9 +310,18 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, colour, bg_colour, centre
             draw.line(pts + [pts[0]], fill=colour, width=outline_width, joint="curve")
 
 
-def render(colour: str, shape: str, style: str, rng: np.random.Generator, size: int = 32,
-           strength: float = 1.0, *, version: int = 1, texture: str = "plain",
-           quadrant: int | None = None) -> Image.Image:
+def render(
+    colour: str,
+    shape: str,
+    style: str,
+    rng: np.random.Generator,
+    size: int = 32,
+    strength: float = 1.0,
+    *,
+    version: int = 1,
+    texture: str = "plain",
+    quadrant: int | None = None,
+) -> Image.Image:
     """Draw one image of a ``colour shape`` in ``style``; ``strength`` scales the style's shift.
 
     ``version`` 2 draws the v2 world: a background that keeps a contrast with the object, with
@@ -337,7 +383,7 @@ def _texture_mask(texture: str, rng: np.random.Generator, big: int) -> np.ndarra
     if texture == "dotted":
         dx = (xx + px) % period - period / 2
         dy = (yy + py) % period - period / 2
-        return (dx ** 2 + dy ** 2 < (period * 0.28) ** 2).astype(np.float32)
+        return (dx**2 + dy**2 < (period * 0.28) ** 2).astype(np.float32)
     if texture == "checkered":
         return ((np.floor((xx + px) / period) + np.floor((yy + py) / period)) % 2).astype(np.float32)
     if texture == "wavy":  # horizontal waves
@@ -364,8 +410,16 @@ def _background_v2(rng: np.random.Generator, size: int, object_luminance: float,
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def _render_v2(colour: str, shape: str, style: str, rng: np.random.Generator, size: int, strength: float,
-               texture: str, quadrant: int | None) -> Image.Image:
+def _render_v2(
+    colour: str,
+    shape: str,
+    style: str,
+    rng: np.random.Generator,
+    size: int,
+    strength: float,
+    texture: str,
+    quadrant: int | None,
+) -> Image.Image:
     big = size * SUPERSAMPLE
     rgb = _jitter(COLOURS[colour], rng)
     radius = big * rng.uniform(0.26, 0.38)
@@ -418,8 +472,9 @@ def _apply_style(img: Image.Image, style: str, rng: np.random.Generator, strengt
 
 def _rng(*keys: int | str) -> np.random.Generator:
     """A generator seeded from a tuple of keys (stable across processes, unlike ``hash``)."""
-    words = [k if isinstance(k, int) else int.from_bytes(hashlib.sha256(k.encode()).digest()[:8], "little")
-             for k in keys]
+    words = [
+        k if isinstance(k, int) else int.from_bytes(hashlib.sha256(k.encode()).digest()[:8], "little") for k in keys
+    ]
     return np.random.default_rng(np.random.SeedSequence(words))
 
 
@@ -448,8 +503,7 @@ class PocketDataset:
         return STYLES[self.style][1]
 
 
-def generate(dataset: PocketDataset, world: World, root: Path, strength: float = 1.0,
-             progress: bool = True) -> Path:
+def generate(dataset: PocketDataset, world: World, root: Path, strength: float = 1.0, progress: bool = True) -> Path:
     """Write the dataset's images under ``root`` and its split file; return the split file path.
 
     Images live in one folder per class (``images/<split>/<colour>_<shape>/<i>.png``, like the real
@@ -465,15 +519,25 @@ def generate(dataset: PocketDataset, world: World, root: Path, strength: float =
 
     root = Path(root)
     classes = world.classes
-    manifest = {"style": dataset.style, "strength": strength, "seed": world.seed,
-                "image_size": world.image_size, "format": FORMAT}
+    manifest = {
+        "style": dataset.style,
+        "strength": strength,
+        "seed": world.seed,
+        "image_size": world.image_size,
+        "format": FORMAT,
+    }
     if world.version > 1:  # v2 pixels of base-class training images depend on the cue, hence on the labels
-        manifest.update(format=FORMAT_V2, version=world.version, spurious=world.spurious,
-                        spurious_p=world.spurious_p, label_order=world.label_order,
-                        n_colours=world.n_colours, n_shapes=world.n_shapes)
+        manifest.update(
+            format=FORMAT_V2,
+            version=world.version,
+            spurious=world.spurious,
+            spurious_p=world.spurious_p,
+            label_order=world.label_order,
+            n_colours=world.n_colours,
+            n_shapes=world.n_shapes,
+        )
     manifest_path = root / "pocket.json"
-    if (root / "images").exists() and (
-            not manifest_path.exists() or json.loads(manifest_path.read_text()) != manifest):
+    if (root / "images").exists() and (not manifest_path.exists() or json.loads(manifest_path.read_text()) != manifest):
         shutil.rmtree(root / "images")  # drawn with other settings: redraw rather than mix
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(manifest_path, json.dumps(manifest, sort_keys=True))
@@ -493,8 +557,17 @@ def generate(dataset: PocketDataset, world: World, root: Path, strength: float =
                         img = render(c, s, dataset.style, rng, world.image_size, strength)
                     else:
                         texture, quadrant = world.nuisance(label, split_name, rng)
-                        img = render(c, s, dataset.style, rng, world.image_size, strength, version=world.version,
-                                     texture=texture, quadrant=quadrant)
+                        img = render(
+                            c,
+                            s,
+                            dataset.style,
+                            rng,
+                            world.image_size,
+                            strength,
+                            version=world.version,
+                            texture=texture,
+                            quadrant=quadrant,
+                        )
                     tmp = path.with_suffix(".tmp.png")
                     img.save(tmp)
                     tmp.replace(path)

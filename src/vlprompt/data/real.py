@@ -100,8 +100,10 @@ def resolve_files(cfg: dict, name: str) -> list[dict]:
     overrides = (opts.get("files") or {}).get(name, {})
     unknown = set(overrides) - {f["name"] for f in info(name)["files"]}
     if unknown:
-        raise RealDatasetError(f"download.files.{name} names unknown files {sorted(unknown)}; "
-                               f"{name} has {[f['name'] for f in info(name)['files']]}")
+        raise RealDatasetError(
+            f"download.files.{name} names unknown files {sorted(unknown)}; "
+            f"{name} has {[f['name'] for f in info(name)['files']]}"
+        )
     out = []
     for entry in info(name)["files"]:
         entry = dict(entry, official_url=entry["url"])  # where to send a user who downloads by hand
@@ -126,8 +128,9 @@ def _by_hand(entry: dict) -> str:
 def _manual_instructions(name: str, entry: dict, path: Path) -> str:
     where = _by_hand(entry)
     note = entry.get("note") or info(name).get("manual_note") or ""
-    return (f"{name}: {entry['name']} must be downloaded by hand from {where} and put at {path}"
-            + (f"; {note}" if note else ""))
+    return f"{name}: {entry['name']} must be downloaded by hand from {where} and put at {path}" + (
+        f"; {note}" if note else ""
+    )
 
 
 def _fetch_settings(cfg: dict) -> dict:
@@ -148,30 +151,40 @@ def fetch_files(cfg: dict, name: str, progress: bool = True) -> list[tuple[dict,
             try:
                 dl.download(entry["url"], path, progress=progress, **_fetch_settings(cfg))
             except dl.DownloadError as err:
-                mirror = ("check download.mirror" if _options(cfg).get("mirror")
-                          else "set download.mirror to a server holding a copy")
-                raise RealDatasetError(f"{name}: {err}. Alternatively download {entry['name']} by hand from "
-                                       f"{_by_hand(entry)} and put it at {path}, or {mirror}") from None
+                mirror = (
+                    "check download.mirror"
+                    if _options(cfg).get("mirror")
+                    else "set download.mirror to a server holding a copy"
+                )
+                raise RealDatasetError(
+                    f"{name}: {err}. Alternatively download {entry['name']} by hand from "
+                    f"{_by_hand(entry)} and put it at {path}, or {mirror}"
+                ) from None
         out.append((entry, path))
     if missing:
-        raise RealDatasetError(f"{name}: {len(missing)} missing file(s), then run prepare again:\n  "
-                               + "\n  ".join(missing))
+        raise RealDatasetError(
+            f"{name}: {len(missing)} missing file(s), then run prepare again:\n  " + "\n  ".join(missing)
+        )
     checked = []
     for entry, path in out:
         try:
-            ok = dl.is_verified(path) or dl.verify(path, sha256=entry.get("sha256"), md5=entry.get("md5"),
-                                                   size_bytes=entry.get("size_bytes"))
+            ok = dl.is_verified(path) or dl.verify(
+                path, sha256=entry.get("sha256"), md5=entry.get("md5"), size_bytes=entry.get("size_bytes")
+            )
         except dl.ChecksumError as err:
             if entry.get("manual"):
                 fix = f"replace it with the file published at {_by_hand(entry)}"
             else:  # ours: remove so that the next run fetches it afresh
                 path.unlink(missing_ok=True)
-                fix = ("it was deleted; run prepare again to download it afresh (if it fails again, the server "
-                       "sends a different file: check download.mirror / download.files)")
+                fix = (
+                    "it was deleted; run prepare again to download it afresh (if it fails again, the server "
+                    "sends a different file: check download.mirror / download.files)"
+                )
             raise dl.ChecksumError(f"{name}: {entry['name']} is not the published file ({err}); {fix}") from None
         if not ok:
-            log.warning("%s: no checksum or size recorded for %s; trusting it as long as it extracts",
-                        name, entry["name"])
+            log.warning(
+                "%s: no checksum or size recorded for %s; trusting it as long as it extracts", name, entry["name"]
+            )
         checked.append((entry, path, ok))
     return checked
 
@@ -200,26 +213,33 @@ def fetch_split_file(cfg: dict, name: str) -> Path | None:
             problem = str(err)
     if problem is not None:
         if name in (_options(cfg).get("allow_new_split") or []):
-            log.warning("%s: published split file unavailable (%s); making a new split as opted in "
-                        "(download.allow_new_split): results will not match published few-shot subsets",
-                        name, problem)
+            log.warning(
+                "%s: published split file unavailable (%s); making a new split as opted in "
+                "(download.allow_new_split): results will not match published few-shot subsets",
+                name,
+                problem,
+            )
             return None
         raise RealDatasetError(
             f"{name}: the published split file {split['file']} is missing ({problem}). Download it from "
             f"{split['page']} and put it at {downloads_dir(cfg, name) / split['file']}, or set "
             f"download.split_files.{name} to its path or URL. To make a new random split instead (it will "
-            f"not match the papers' few-shot subsets), add {name} to download.allow_new_split.")
+            f"not match the papers' few-shot subsets), add {name} to download.allow_new_split."
+        )
     try:
         data = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError):
-        raise RealDatasetError(f"{name}: {path} is not a JSON split file (an HTML page from the file host?); "
-                               f"download {split['file']} by hand from {split['page']}") from None
+        raise RealDatasetError(
+            f"{name}: {path} is not a JSON split file (an HTML page from the file host?); "
+            f"download {split['file']} by hand from {split['page']}"
+        ) from None
     if not all(k in data for k in ("train", "val", "test")):
         raise RealDatasetError(f"{name}: {path} lacks train/val/test lists; is it {split['file']}?")
     return path
 
 
 # ---- split builders: staging folder -> {"train"|"val"|"test": [[relpath, label, classname], ...]} ------
+
 
 def _prefixed(rows: list, prefix: str) -> list:
     return [[f"{prefix}/{p}" if prefix else p, int(y), c] for p, y, c in rows]
@@ -235,11 +255,16 @@ def _new_split(root: Path, name: str, seed: int = 0) -> dict:
     spec = info(name)
     rules = spec.get("class_folders")
     if rules is None:
-        raise RealDatasetError(f"{name}: a new split can only be made for datasets stored as class folders; "
-                               f"{name} needs its published split file {spec['split']['file']}")
+        raise RealDatasetError(
+            f"{name}: a new split can only be made for datasets stored as class folders; "
+            f"{name} needs its published split file {spec['split']['file']}"
+        )
     image_dir = root / spec["image_dir"]
-    classes = sorted(d.name for d in image_dir.iterdir() if d.is_dir() and d.name not in rules["ignore"]
-                     and not d.name.startswith("."))
+    classes = sorted(
+        d.name
+        for d in image_dir.iterdir()
+        if d.is_dir() and d.name not in rules["ignore"] and not d.name.startswith(".")
+    )
     rng = random.Random(seed)
     out: dict[str, list] = {"train": [], "val": [], "test": []}
     for label, folder in enumerate(classes):
@@ -249,8 +274,8 @@ def _new_split(root: Path, name: str, seed: int = 0) -> dict:
         cname = rules["rename"].get(folder, folder)
         rows = [[f"{spec['image_dir']}/{folder}/{im}", label, cname] for im in images]
         out["train"] += rows[:n_train]
-        out["val"] += rows[n_train:n_train + n_val]
-        out["test"] += rows[n_train + n_val:]
+        out["val"] += rows[n_train : n_train + n_val]
+        out["test"] += rows[n_train + n_val :]
     return out
 
 
@@ -270,12 +295,12 @@ def _fgvc_split(root: Path, name: str) -> dict:
     return out
 
 
-def _folder_rows(root: Path, image_dir: str, folders: list[str], labels: dict[str, int],
-                 names: dict[str, str]) -> list:
+def _folder_rows(root: Path, image_dir: str, folders: list[str], labels: dict[str, int], names: dict[str, str]) -> list:
     rows = []
     for folder in folders:
-        files = sorted(p.name for p in (root / image_dir / folder).iterdir()
-                       if p.is_file() and not p.name.startswith("."))
+        files = sorted(
+            p.name for p in (root / image_dir / folder).iterdir() if p.is_file() and not p.name.startswith(".")
+        )
         rows += [[f"{image_dir}/{folder}/{f}", labels[folder], names[folder]] for f in files]
     return rows
 
@@ -283,8 +308,9 @@ def _folder_rows(root: Path, image_dir: str, folders: list[str], labels: dict[st
 def _expect_folders(name: str, where: Path, folders: list[str], expected: list[str]) -> None:
     if folders != expected:
         extra, lacking = sorted(set(folders) - set(expected)), sorted(set(expected) - set(folders))
-        raise RealDatasetError(f"{name}: {where} should hold {len(expected)} class folders; "
-                               f"unexpected {extra[:5]}, missing {lacking[:5]}")
+        raise RealDatasetError(
+            f"{name}: {where} should hold {len(expected)} class folders; unexpected {extra[:5]}, missing {lacking[:5]}"
+        )
 
 
 def _subfolders(path: Path) -> list[str]:
@@ -307,8 +333,9 @@ def _numeric_split(root: Path, name: str) -> dict:
     image_dir = info(name)["image_dir"]
     folders = sorted(_subfolders(root / image_dir), key=lambda s: int(s) if s.isdigit() else -1)
     _expect_folders(name, root / image_dir, folders, [str(i) for i in range(len(names))])
-    rows = _folder_rows(root, image_dir, folders, {str(i): i for i in range(len(names))},
-                        {str(i): n for i, n in enumerate(names)})
+    rows = _folder_rows(
+        root, image_dir, folders, {str(i): i for i in range(len(names))}, {str(i): n for i, n in enumerate(names)}
+    )
     return {"train": [], "val": [], "test": rows}
 
 
@@ -335,22 +362,27 @@ def _check_split(name: str, root: Path, split: dict) -> None:
             if len(missing) < 5 and not (root / rel).is_file():
                 missing.append(rel)
     if missing:
-        raise RealDatasetError(f"{name}: the split lists images that the archives did not provide, e.g. "
-                               f"{missing}; expected layout under {root}: {spec['layout']}")
+        raise RealDatasetError(
+            f"{name}: the split lists images that the archives did not provide, e.g. "
+            f"{missing}; expected layout under {root}: {spec['layout']}"
+        )
     if sorted(names) != list(range(spec["n_classes"])):
         raise RealDatasetError(f"{name}: expected labels 0..{spec['n_classes'] - 1}, found {len(names)} labels")
 
 
 # ---- preparation -----------------------------------------------------------------------------------
 
+
 def _safe_extract(name: str, entry: dict, archive: Path, staging: Path, progress: bool, fetched: Path) -> None:
     """Extract, naming the dataset and the fix when the archive is damaged or unsafe."""
     try:
         dl.safe_extract(archive, staging, progress=progress)
     except dl.DownloadError as err:
-        raise type(err)(f"{name}: {err}. {entry['name']} is not the archive {name} publishes: delete {fetched} "
-                        f"and run prepare again, or download it by hand from "
-                        f"{_by_hand(entry)}") from None
+        raise type(err)(
+            f"{name}: {err}. {entry['name']} is not the archive {name} publishes: delete {fetched} "
+            f"and run prepare again, or download it by hand from "
+            f"{_by_hand(entry)}"
+        ) from None
 
 
 def _extract_all(cfg: dict, name: str, files: list, staging: Path, progress: bool) -> None:
@@ -362,21 +394,30 @@ def _extract_all(cfg: dict, name: str, files: list, staging: Path, progress: boo
         for inner in entry.get("inner_archives", []):
             inner_path = staging / inner
             if not inner_path.is_file():
-                raise RealDatasetError(f"{name}: {entry['name']} should contain {inner}; it does not "
-                                       f"(a different release?)")
+                raise RealDatasetError(
+                    f"{name}: {entry['name']} should contain {inner}; it does not (a different release?)"
+                )
             _safe_extract(name, entry, inner_path, staging, progress, path)
             inner_path.unlink()
     image_dir = info(name)["image_dir"]
     if image_dir and not (staging / image_dir).is_dir():
-        raise RealDatasetError(f"{name}: after extraction there is no {image_dir}/; expected layout: "
-                               f"{info(name)['layout']}")
+        raise RealDatasetError(
+            f"{name}: after extraction there is no {image_dir}/; expected layout: {info(name)['layout']}"
+        )
 
 
 def _write_manifest(where: Path, name: str, files: list, split_origin: str) -> None:
-    atomic_write_json(where / "PREPARED.json", {
-        "dataset": name, "split_origin": split_origin,
-        "files": [{"name": e["name"], "url": e.get("url"), "md5": e.get("md5"), "sha256": e.get("sha256"),
-                   "verified": ok} for e, _, ok in files]})
+    atomic_write_json(
+        where / "PREPARED.json",
+        {
+            "dataset": name,
+            "split_origin": split_origin,
+            "files": [
+                {"name": e["name"], "url": e.get("url"), "md5": e.get("md5"), "sha256": e.get("sha256"), "verified": ok}
+                for e, _, ok in files
+            ],
+        },
+    )
 
 
 def prepare(cfg: dict, name: str, progress: bool = True) -> Path:
@@ -391,8 +432,10 @@ def prepare(cfg: dict, name: str, progress: bool = True) -> Path:
     if final.is_dir() and not any(final.iterdir()):
         final.rmdir()  # Snakemake creates the output's folder before the job runs; the rename below needs it gone
     if final.exists():
-        raise RealDatasetError(f"{name}: {final} exists but holds no {split_path.name}, so it is not a "
-                               f"prepared dataset (left by hand or by another tool); move it away and re-run")
+        raise RealDatasetError(
+            f"{name}: {final} exists but holds no {split_path.name}, so it is not a "
+            f"prepared dataset (left by hand or by another tool); move it away and re-run"
+        )
     files = fetch_files(cfg, name, progress=progress)
     split_file = fetch_split_file(cfg, name) if kind == "published" else None
     staging = data_root(cfg) / f".{name}.partial"
@@ -405,8 +448,9 @@ def prepare(cfg: dict, name: str, progress: bool = True) -> Path:
             split = _published_split(staging, name, split_file) if split_file else _new_split(staging, name)
             origin = f"published {info(name)['split']['file']}" if split_file else "new random split (opt-in)"
         else:
-            split = {"official_lists": _fgvc_split, "wnid_folders": _wnid_split,
-                     "numeric_folders": _numeric_split}[kind](staging, name)
+            split = {"official_lists": _fgvc_split, "wnid_folders": _wnid_split, "numeric_folders": _numeric_split}[
+                kind
+            ](staging, name)
             origin = kind
         _check_split(name, staging, split)
         _write_manifest(staging, name, files, origin)
@@ -429,7 +473,8 @@ def _prepare_imagenet(cfg: dict, name: str) -> Path:
             f"Download {files[0]['name']} and {files[1]['name']} from {info(name)['homepage']}, extract them "
             f"and put the images at {need[0]}/<wnid>/*.JPEG and {need[1]}/<wnid>/*.JPEG (1000 WordNet-id "
             f"folders each; sort the flat validation images into folders first), then run prepare again. "
-            f"Missing: {[str(p) for p in need if not p.is_dir()]}")
+            f"Missing: {[str(p) for p in need if not p.is_dir()]}"
+        )
     split = _imagenet_split(root, name)
     _check_split(name, root, split)
     _write_manifest(root, name, [], "imagenet_folders (train = images/train, test = images/val)")
@@ -455,6 +500,13 @@ def status(cfg: dict, name: str) -> dict:
     detail = f"{len(present)}/{len(paths)} files in {downloads_dir(cfg, name)}"
     if manual and state == "missing":
         detail += f"; manual download: {', '.join(manual)}"
-    return {"name": name, "kind": "real", "status": state, "path": str(final),
-            "split_file": str(final / split_filename(name)), "downloads": str(downloads_dir(cfg, name)),
-            "automatic": not manual, "detail": detail}
+    return {
+        "name": name,
+        "kind": "real",
+        "status": state,
+        "path": str(final),
+        "split_file": str(final / split_filename(name)),
+        "downloads": str(downloads_dir(cfg, name)),
+        "automatic": not manual,
+        "detail": detail,
+    }

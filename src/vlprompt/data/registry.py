@@ -48,16 +48,31 @@ def register(spec: DatasetSpec) -> DatasetSpec:
 
 
 for _style in POCKET_STYLES:
-    register(DatasetSpec(name=f"pocket_{_style}", template=pocket.STYLES[_style][1], kind="pocket",
-                         style=_style, description=f"pocket world, {_style} style"))
+    register(
+        DatasetSpec(
+            name=f"pocket_{_style}",
+            template=pocket.STYLES[_style][1],
+            kind="pocket",
+            style=_style,
+            description=f"pocket world, {_style} style",
+        )
+    )
 
 
 REAL_DATASETS = tuple(real.catalogue())
 for _name in REAL_DATASETS:
     _info = real.info(_name)
-    register(DatasetSpec(name=_name, template=real.templates()[_info["coop_name"]], kind="real",
-                         description=_info["homepage"], n_classes=_info["n_classes"],
-                         coop_name=_info["coop_name"], info=_info))
+    register(
+        DatasetSpec(
+            name=_name,
+            template=real.templates()[_info["coop_name"]],
+            kind="real",
+            description=_info["homepage"],
+            n_classes=_info["n_classes"],
+            coop_name=_info["coop_name"],
+            info=_info,
+        )
+    )
 
 
 def list_datasets(kind: str | None = None) -> list[str]:
@@ -83,12 +98,19 @@ def pocket_settings(cfg: dict) -> dict:
     """
     p = cfg.get("pocket", {})
     world = pocket_world(cfg)
-    settings = {"n_colours": world.n_colours, "n_shapes": world.n_shapes, "image_size": world.image_size,
-                "seed": world.seed, "label_order": world.label_order,
-                "per_class": {**POCKET_PER_CLASS, **p.get("per_class", {})}, "format": pocket.FORMAT}
+    settings = {
+        "n_colours": world.n_colours,
+        "n_shapes": world.n_shapes,
+        "image_size": world.image_size,
+        "seed": world.seed,
+        "label_order": world.label_order,
+        "per_class": {**POCKET_PER_CLASS, **p.get("per_class", {})},
+        "format": pocket.FORMAT,
+    }
     if world.version > 1:
-        settings.update(world=f"v{world.version}", spurious=world.spurious, spurious_p=world.spurious_p,
-                        format=pocket.FORMAT_V2)
+        settings.update(
+            world=f"v{world.version}", spurious=world.spurious, spurious_p=world.spurious_p, format=pocket.FORMAT_V2
+        )
     return settings
 
 
@@ -120,9 +142,15 @@ def pocket_world(cfg: dict) -> pocket.World:
     """The config's pocket world: the preset ``pocket.world`` (v1 if absent) with the block's keys over it."""
     p = cfg.get("pocket", {})
     try:
-        return pocket.world(p.get("world", "v1"), n_colours=p.get("n_colours"), n_shapes=p.get("n_shapes"),
-                            seed=p.get("seed"), label_order=p.get("label_order"), spurious=p.get("spurious"),
-                            spurious_p=p.get("spurious_p"))
+        return pocket.world(
+            p.get("world", "v1"),
+            n_colours=p.get("n_colours"),
+            n_shapes=p.get("n_shapes"),
+            seed=p.get("seed"),
+            label_order=p.get("label_order"),
+            spurious=p.get("spurious"),
+            spurious_p=p.get("spurious_p"),
+        )
     except ValueError as err:
         raise DatasetError(f"config pocket block: {err}") from None
 
@@ -157,7 +185,16 @@ def status_table(cfg: dict) -> list[dict]:
             rows.append(real.status(cfg, name))
             continue
         path = split_path(cfg, name)
-        rows.append({"name": name, "kind": spec.kind, "status": "prepared" if path.is_file() else "missing",
-                     "path": str(path.parent), "split_file": str(path), "downloads": None, "automatic": True,
-                     "detail": "generated offline"})
+        rows.append(
+            {
+                "name": name,
+                "kind": spec.kind,
+                "status": "prepared" if path.is_file() else "missing",
+                "path": str(path.parent),
+                "split_file": str(path),
+                "downloads": None,
+                "automatic": True,
+                "detail": "generated offline",
+            }
+        )
     return rows

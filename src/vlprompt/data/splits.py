@@ -31,8 +31,9 @@ class SplitError(ValueError):
 def read_split(path: str | Path) -> dict[str, list[Row]]:
     path = Path(path)
     if not path.is_file():
-        raise SplitError(f"split file {path} does not exist; prepare the dataset first "
-                         f"(`python -m vlprompt prepare --dataset ...`)")
+        raise SplitError(
+            f"split file {path} does not exist; prepare the dataset first (`python -m vlprompt prepare --dataset ...`)"
+        )
     split = read_json(path)
     missing = [s for s in SPLITS if s not in split]
     if missing:
@@ -40,8 +41,7 @@ def read_split(path: str | Path) -> dict[str, list[Row]]:
     for name in SPLITS:
         for row in split[name][:1]:
             if not (isinstance(row, list) and len(row) == 3 and isinstance(row[1], int)):
-                raise SplitError(f"split file {path}: {name} rows must be [relpath, label, classname], "
-                                 f"got {row!r}")
+                raise SplitError(f"split file {path}: {name} rows must be [relpath, label, classname], got {row!r}")
     return {s: [list(r) for r in split[s]] for s in SPLITS}
 
 
@@ -68,22 +68,25 @@ def _sample(rows: Sequence[Row], shots: int, rng: random.Random, strict: bool, w
         if len(items) >= shots:
             out.extend(rng.sample(items, shots))
         elif strict:
-            raise SplitError(f"class {items[0][2]!r} (label {label}) has only {len(items)} {what} "
-                             f"images, fewer than the {shots} shots requested; lower `shots` or "
-                             f"set `fewshot.allow_fewer: true` to keep all of them as Dassl does")
+            raise SplitError(
+                f"class {items[0][2]!r} (label {label}) has only {len(items)} {what} "
+                f"images, fewer than the {shots} shots requested; lower `shots` or "
+                f"set `fewshot.allow_fewer: true` to keep all of them as Dassl does"
+            )
         else:
             out.extend(items)
     return out
 
 
-def fewshot_sample(split: dict[str, list[Row]], shots: int, seed: int,
-                   strict: bool = True) -> dict[str, list[Row]]:
+def fewshot_sample(split: dict[str, list[Row]], shots: int, seed: int, strict: bool = True) -> dict[str, list[Row]]:
     """K train items and min(K, 4) val items per class, as Dassl draws them for ``seed``."""
     if shots < 1:
         raise SplitError(f"shots must be >= 1, got {shots}")
     rng = random.Random(seed)
-    return {"train": _sample(split["train"], shots, rng, strict, "train"),
-            "val": _sample(split["val"], min(shots, 4), rng, strict, "val")}
+    return {
+        "train": _sample(split["train"], shots, rng, strict, "train"),
+        "val": _sample(split["val"], min(shots, 4), rng, strict, "val"),
+    }
 
 
 def base_new_labels(labels: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -119,9 +122,11 @@ def read_fewshot(path: str | Path, allow_fewer: bool = False) -> dict:
 
         raise CorruptArtefactError(path, f"lacks {missing}")
     if subset.get("short_classes") and not allow_fewer:
-        raise SplitError(f"{path} keeps fewer than {subset['shots']} images for {len(subset['short_classes'])} "
-                         f"classes (e.g. {subset['short_classes'][0]!r}; sampled by an experiment with "
-                         f"fewshot.allow_fewer: true); lower `shots` or set `fewshot.allow_fewer: true`")
+        raise SplitError(
+            f"{path} keeps fewer than {subset['shots']} images for {len(subset['short_classes'])} "
+            f"classes (e.g. {subset['short_classes'][0]!r}; sampled by an experiment with "
+            f"fewshot.allow_fewer: true); lower `shots` or set `fewshot.allow_fewer: true`"
+        )
     return subset
 
 

@@ -49,8 +49,7 @@ def coerce_strings(value: Any, schema: dict | None = None) -> Any:
     types = [types] if isinstance(types, str) else types
     if isinstance(value, dict):
         props, extra = schema.get("properties", {}), schema.get("additionalProperties")
-        return {k: coerce_strings(v, props.get(k, extra if isinstance(extra, dict) else {}))
-                for k, v in value.items()}
+        return {k: coerce_strings(v, props.get(k, extra if isinstance(extra, dict) else {})) for k, v in value.items()}
     if isinstance(value, list):
         return [coerce_strings(v, schema.get("items", {})) for v in value]
     if isinstance(value, str):
@@ -87,13 +86,15 @@ def validate(cfg: dict[str, Any], check_names: bool = True) -> dict[str, Any]:
         for name in cfg["datasets"] + cfg.get("targets", []):
             get_dataset(name)
         if cfg["protocol"] in ("crossdataset", "domain_generalization") and not cfg.get("targets"):
-            raise ConfigError(f"protocol {cfg['protocol']!r} needs `targets`: the datasets to evaluate the "
-                              "trained models on")
+            raise ConfigError(
+                f"protocol {cfg['protocol']!r} needs `targets`: the datasets to evaluate the trained models on"
+            )
         for key in ("allow_new_split", "split_files", "files"):  # a typo here would silently do nothing
             for name in cfg["download"][key]:
                 if name not in list_datasets("real"):
-                    raise ConfigError(f"download.{key} names {name!r}, not a real dataset; real datasets: "
-                                      f"{list_datasets('real')}")
+                    raise ConfigError(
+                        f"download.{key} names {name!r}, not a real dataset; real datasets: {list_datasets('real')}"
+                    )
         for name in cfg["methods"]:
             get_method(name)
         for name in cfg["sources"]:
@@ -113,12 +114,16 @@ def check_declared_inputs(cfg: dict) -> None:
 
     needing = [m for m in cfg["methods"] if get_method(m).reads_unlabelled]
     if needing and cfg.get("unlabelled", "none") == "none":
-        raise ConfigError(f"{', '.join(needing)} need(s) the target's unlabelled images: set `unlabelled: train` (the "
-                          "training split without labels) or `unlabelled: test` (transductive), or drop the method")
+        raise ConfigError(
+            f"{', '.join(needing)} need(s) the target's unlabelled images: set `unlabelled: train` (the "
+            "training split without labels) or `unlabelled: test` (transductive), or drop the method"
+        )
     multitask = [m for m in cfg["methods"] if get_method(m).reads_multitask_prompt]
     if multitask and not cfg.get("sources"):
-        raise ConfigError(f"{', '.join(multitask)} start(s) from a multitask prompt: list its source datasets under "
-                          "`sources` (datasets other than `datasets` and `targets`)")
+        raise ConfigError(
+            f"{', '.join(multitask)} start(s) from a multitask prompt: list its source datasets under "
+            "`sources` (datasets other than `datasets` and `targets`)"
+        )
     evaluated = set(cfg["datasets"]) | set(cfg.get("targets") or [])
     overlap = sorted(set(cfg.get("sources") or []) & evaluated)
     if overlap:
@@ -151,8 +156,11 @@ def backbone_key(cfg: dict) -> str:
     pretrained = resolve_pretrained(b["pretrained"])
     if is_local_file(pretrained) and Path(pretrained).is_file():
         stat = Path(pretrained).stat()
-        tag = Path(pretrained).stem + "-" + _file_sha256(str(Path(pretrained).resolve()), stat.st_size,
-                                                          stat.st_mtime_ns)[:8]
+        tag = (
+            Path(pretrained).stem
+            + "-"
+            + _file_sha256(str(Path(pretrained).resolve()), stat.st_size, stat.st_mtime_ns)[:8]
+        )
     else:
         tag = str(pretrained)
     key = f"{b['model']}__{tag}" + ("__quickgelu" if b.get("quick_gelu") else "")

@@ -107,9 +107,11 @@ def transfer_targets(cfg: dict) -> list[str]:
 
 def transfer_paths(cfg: dict) -> list[Path]:
     """Metrics of every trained model evaluated on every transfer target."""
-    return [Path(TRANSFER.format(results=cfg["results_root"], experiment=cfg["experiment"], target=t,
-                                 **run.wildcards()))
-            for run in runs(cfg) for t in transfer_targets(cfg)]
+    return [
+        Path(TRANSFER.format(results=cfg["results_root"], experiment=cfg["experiment"], target=t, **run.wildcards()))
+        for run in runs(cfg)
+        for t in transfer_targets(cfg)
+    ]
 
 
 def split_file(cfg: dict, dataset: str) -> Path:
@@ -128,8 +130,9 @@ def classes_path(cfg: dict, dataset: str) -> Path:
 
 
 def features_dir(cfg: dict, dataset: str) -> Path:
-    return Path(FEATURES.format(results=cfg["results_root"], backbone=backbone_key(cfg),
-                                dkey=dataset_key(cfg, dataset)))
+    return Path(
+        FEATURES.format(results=cfg["results_root"], backbone=backbone_key(cfg), dkey=dataset_key(cfg, dataset))
+    )
 
 
 def views_key(cfg: dict) -> str:
@@ -142,9 +145,16 @@ def views_key(cfg: dict) -> str:
 
 def fewshot_features(cfg: dict, dataset: str, shots: int, seed: int) -> Path:
     """Stem of a few-shot subset's features: ``<stem>.train.npy`` (V, N, D) and ``<stem>.val.npy`` (N, D)."""
-    return Path(FEWSHOT_FEATURES.format(results=cfg["results_root"], backbone=backbone_key(cfg),
-                                        dkey=dataset_key(cfg, dataset), views=views_key(cfg), shots=shots,
-                                        seed=seed))
+    return Path(
+        FEWSHOT_FEATURES.format(
+            results=cfg["results_root"],
+            backbone=backbone_key(cfg),
+            dkey=dataset_key(cfg, dataset),
+            views=views_key(cfg),
+            shots=shots,
+            seed=seed,
+        )
+    )
 
 
 FEWSHOT_PARTS = ("train", "plain", "val")  # augmented views, un-augmented training images, validation images
@@ -190,27 +200,40 @@ def test_views_stem(cfg: dict, dataset: str, method: str, shots: int | str, trai
     from vlprompt.methods import get_method
 
     mcfg = get_method(method).make_config(method_settings(cfg, method, trained_on or dataset, int(shots)))
-    return Path(TEST_VIEWS.format(results=cfg["results_root"], backbone=backbone_key(cfg),
-                                  dkey=dataset_key(cfg, dataset), views=mcfg.views,
-                                  crop=f"{mcfg.view_crop_scale_min:g}"))
+    return Path(
+        TEST_VIEWS.format(
+            results=cfg["results_root"],
+            backbone=backbone_key(cfg),
+            dkey=dataset_key(cfg, dataset),
+            views=mcfg.views,
+            crop=f"{mcfg.view_crop_scale_min:g}",
+        )
+    )
 
 
 def multitask_dir(cfg: dict, method: str, shots: int | str, seed: int | str) -> Path:
-    return Path(MULTITASK.format(results=cfg["results_root"], experiment=cfg["experiment"], method=method,
-                                 shots=shots, seed=seed))
+    return Path(
+        MULTITASK.format(
+            results=cfg["results_root"], experiment=cfg["experiment"], method=method, shots=shots, seed=seed
+        )
+    )
 
 
 def multitask_inputs(cfg: dict, method: str, shots: int | str, seed: int | str) -> list[Path]:
     """What the multitask stage reads: every source's classes, few-shot subset and its features."""
     paths = []
     for source in multitask_sources(cfg):
-        paths += [classes_path(cfg, source), fewshot_path(cfg, source, int(shots), int(seed)),
-                  *fewshot_feature_files(cfg, source, int(shots), int(seed))]
+        paths += [
+            classes_path(cfg, source),
+            fewshot_path(cfg, source, int(shots), int(seed)),
+            *fewshot_feature_files(cfg, source, int(shots), int(seed)),
+        ]
     return paths
 
 
-def declared_inputs(cfg: dict, dataset: str, method: str, shots: int | str, seed: int | str | None,
-                    trained_on: str | None = None) -> list[Path]:
+def declared_inputs(
+    cfg: dict, dataset: str, method: str, shots: int | str, seed: int | str | None, trained_on: str | None = None
+) -> list[Path]:
     """The further inputs a method declares (``Method.reads_*``) for a run on ``dataset``, or for evaluating on
     ``dataset`` a model trained on ``trained_on`` (``seed`` None: no multitask prompt)."""
     from vlprompt.methods import get_method
@@ -262,8 +285,9 @@ def group_inputs(cfg: dict, dataset: str, method: str, shots: int | str) -> list
     return list(paths)
 
 
-def transfer_inputs(cfg: dict, target: str, method: str, dataset: str | None = None,
-                    shots: int | str = 0) -> list[Path]:
+def transfer_inputs(
+    cfg: dict, target: str, method: str, dataset: str | None = None, shots: int | str = 0
+) -> list[Path]:
     """What evaluating a model trained on ``dataset`` with ``shots`` on ``target`` reads besides the model: the
     target's test features or images, and what the method declares it reads there (unlabelled images, test views)."""
     if needs_gpu(method):

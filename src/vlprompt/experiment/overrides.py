@@ -84,8 +84,11 @@ def check_method_overrides(cfg: dict) -> None:
                 raise OverridesError(f"{where}.by_dataset: {err}") from None
             blocks.append((f"{where}.by_dataset.{dataset}", block or {}))
         for place, block in list(blocks):
-            blocks += [(f"{place}.by_shots.{k}", v or {}) for k, v in (block.get("by_shots") or {}).items()
-                       if _shots_key(k, place)]
+            blocks += [
+                (f"{place}.by_shots.{k}", v or {})
+                for k, v in (block.get("by_shots") or {}).items()
+                if _shots_key(k, place)
+            ]
         for place, block in blocks:
             try:
                 cls.make_config(_own(block))
@@ -106,12 +109,16 @@ def override_rows(cfg: dict) -> list[tuple[str, str, dict]]:
     for method in cfg.get("methods", []):
         entry = (cfg.get("method_overrides") or {}).get(method) or {}
         scopes = [("every run", entry)]
-        scopes += [(f"{k} shots", v) for k, v in (entry.get("by_shots") or {}).items()
-                   if int(k) in cfg.get("shots", [])]
+        scopes += [
+            (f"{k} shots", v) for k, v in (entry.get("by_shots") or {}).items() if int(k) in cfg.get("shots", [])
+        ]
         for dataset, block in (entry.get("by_dataset") or {}).items():
             if dataset in cfg.get("datasets", []):
                 scopes.append((dataset, block or {}))
-                scopes += [(f"{dataset}, {k} shots", v) for k, v in ((block or {}).get("by_shots") or {}).items()
-                           if int(k) in cfg.get("shots", [])]
+                scopes += [
+                    (f"{dataset}, {k} shots", v)
+                    for k, v in ((block or {}).get("by_shots") or {}).items()
+                    if int(k) in cfg.get("shots", [])
+                ]
         rows += [(method, scope, _own(block)) for scope, block in scopes if _own(block)]
     return rows

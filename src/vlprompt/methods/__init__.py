@@ -54,5 +54,14 @@ def method_order(names) -> list[str]:
     return sorted(set(names), key=key)
 
 
-__all__ = ["FAMILIES", "Method", "MethodContext", "MethodError", "TrainConfig", "get_method", "list_methods",
-           "method_order", "register"]
+__all__ = [
+    "FAMILIES",
+    "Method",
+    "MethodContext",
+    "MethodError",
+    "TrainConfig",
+    "get_method",
+    "list_methods",
+    "method_order",
+    "register",
+]

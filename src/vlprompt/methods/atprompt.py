@@ -50,8 +50,10 @@ def per_dataset(filename: str, dataset: str | None, what: str) -> dict:
     if isinstance(entry, str):
         entry = entries[entry]
     if entry is None:
-        raise MethodError(f"no {what} for dataset {dataset!r} in vlprompt/data/{filename}; known: "
-                          f"{sorted(entries)}. Give them explicitly in the method's config")
+        raise MethodError(
+            f"no {what} for dataset {dataset!r} in vlprompt/data/{filename}; known: "
+            f"{sorted(entries)}. Give them explicitly in the method's config"
+        )
     return entry
 
 
@@ -75,8 +77,9 @@ class ATPrompt(CoOp):
 
     def __init__(self, config: ATPromptConfig, ctx: MethodContext):
         if config.csc or config.class_token_position != "end" or config.ctx_init:
-            raise ValueError("atprompt: shared, randomly initialised context with the class at the end only "
-                             "(as the reference)")
+            raise ValueError(
+                "atprompt: shared, randomly initialised context with the class at the end only (as the reference)"
+            )
         Method.__init__(self, config, ctx)
         attrs = config.attributes
         if attrs == "auto":
@@ -90,5 +93,6 @@ class ATPrompt(CoOp):
         slots["ctx"], init["ctx"] = config.n_ctx, config.ctx_init_std
         pattern = " ".join(f"{{att{k}}} {a}" for k, a in enumerate(attrs)) + " {ctx} {}."
         gen = torch.Generator().manual_seed(ctx.seed)
-        self.prompt_learner = PatternPrompts(ctx.encoder, ctx.backbone.tokenizer, ctx.classnames, pattern, slots,
-                                             init, generator=gen)
+        self.prompt_learner = PatternPrompts(
+            ctx.encoder, ctx.backbone.tokenizer, ctx.classnames, pattern, slots, init, generator=gen
+        )

@@ -17,8 +17,17 @@ registry: dict[str, type[Method]] = {}
 # training data (zero-shot CLIP, classifiers from class descriptions), with unlabelled data only (training-free), then
 # the few-shot learners from the lightest to the heaviest, the test-time tuners last but one. A method inherits its
 # parent's ``family``; a family not listed here comes after these, and so does a method without one.
-FAMILIES = ("zero-shot", "class descriptions", "training-free", "linear probe", "adapter", "discrete prompt",
-            "text prompt", "test-time", "deep prompt")
+FAMILIES = (
+    "zero-shot",
+    "class descriptions",
+    "training-free",
+    "linear probe",
+    "adapter",
+    "discrete prompt",
+    "text prompt",
+    "test-time",
+    "deep prompt",
+)
 
 
 class MethodError(ValueError):
@@ -120,7 +129,8 @@ class Method(nn.Module):
     needs_training: ClassVar[bool] = True
     supports_new_classes: ClassVar[bool] = True
     inputs: ClassVar[str] = "features"  # "features" (cached bank) or "images" (encoder in the loop)
-    # Further inputs a method declares; vlprompt.experiment.grid turns them into the run's input files (and the DAG's jobs):
+    # Further inputs a method declares; vlprompt.experiment.grid turns them into the run's input files (and the
+    # DAG's jobs):
     reads_unlabelled: ClassVar[bool] = False  # the target's unlabelled images (config `unlabelled`; ctx.unlabelled)
     reads_test_views: ClassVar[bool] = False  # forward gets (B, V, D): V views per test image, view 0 the original
     reads_multitask_prompt: ClassVar[bool] = False  # starts from a prompt trained on the config's `sources`
@@ -136,8 +146,7 @@ class Method(nn.Module):
         fields = {f.name for f in dataclasses.fields(cls.Config)}
         unknown = sorted(set(overrides) - fields)
         if unknown:
-            raise MethodError(f"unknown hyperparameter(s) {unknown} for method {cls.name!r}; "
-                              f"valid: {sorted(fields)}")
+            raise MethodError(f"unknown hyperparameter(s) {unknown} for method {cls.name!r}; valid: {sorted(fields)}")
         defaults = {f.name: f.default for f in dataclasses.fields(cls.Config)}
         return cls.Config(**{k: cls._typed(k, defaults[k], v) for k, v in overrides.items()})
 
@@ -166,8 +175,10 @@ class Method(nn.Module):
             return tuple(value)
         else:
             return value
-        raise MethodError(f"method {cls.name!r}: hyperparameter {name!r} must be of type {kind.__name__} like its "
-                          f"preset {default!r}, got {value!r}")
+        raise MethodError(
+            f"method {cls.name!r}: hyperparameter {name!r} must be of type {kind.__name__} like its "
+            f"preset {default!r}, got {value!r}"
+        )
 
     def set_classes(self, classnames: list[str]) -> None:
         """Switch to another set of classes (evaluation on new classes)."""

@@ -33,8 +33,12 @@ class CLIPAdapterConfig(TrainConfig):
 
 class Adapter(nn.Sequential):
     def __init__(self, dim: int, reduction: int):
-        super().__init__(nn.Linear(dim, dim // reduction, bias=False), nn.ReLU(),
-                         nn.Linear(dim // reduction, dim, bias=False), nn.ReLU())
+        super().__init__(
+            nn.Linear(dim, dim // reduction, bias=False),
+            nn.ReLU(),
+            nn.Linear(dim // reduction, dim, bias=False),
+            nn.ReLU(),
+        )
 
 
 @register

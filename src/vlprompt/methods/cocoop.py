@@ -73,7 +73,7 @@ class CoCoOp(CoOp):
         chunk = max(1, self.config.max_prompts_per_pass // n_cls)
         out = []
         for i in range(0, len(x_hat), chunk):
-            xb = x_hat[i:i + chunk]
+            xb = x_hat[i : i + chunk]
             text = self.instance_text_features(xb)  # (b, C, D)
             out.append(self.logit_scale * torch.einsum("bd,bcd->bc", xb, text.to(xb.dtype)))
         return torch.cat(out)

@@ -44,9 +44,15 @@ class CoOp(Method):
         super().__init__(config, ctx)
         gen = torch.Generator().manual_seed(ctx.seed)
         self.prompt_learner = PromptLearner(
-            ctx.encoder, ctx.backbone.tokenizer, ctx.classnames, n_ctx=config.n_ctx,
-            ctx_init=config.ctx_init, csc=config.csc, position=config.class_token_position,
-            generator=gen)
+            ctx.encoder,
+            ctx.backbone.tokenizer,
+            ctx.classnames,
+            n_ctx=config.n_ctx,
+            ctx_init=config.ctx_init,
+            csc=config.csc,
+            position=config.class_token_position,
+            generator=gen,
+        )
 
     def set_classes(self, classnames: list[str]) -> None:
         self.prompt_learner.set_classes(classnames)

@@ -51,8 +51,10 @@ def pooled_classifier(backbone, sentences: list[list[str]]) -> torch.Tensor:
 class CuPL(ZeroShot):
     name = "cupl"
     family = "class descriptions"
-    paper = ("Pratt et al., What does a platypus look like? Generating customized prompts for zero-shot image "
-             "classification, ICCV 2023")
+    paper = (
+        "Pratt et al., What does a platypus look like? Generating customized prompts for zero-shot image "
+        "classification, ICCV 2023"
+    )
     description = "zero-shot classifier from the mean of class descriptions written by a language model"
     Config = CuPLConfig
 
@@ -60,8 +62,9 @@ class CuPL(ZeroShot):
         Method.__init__(self, config, ctx)
         self.backbone = ctx.backbone
         self.descriptions, self.dataset = ctx.descriptions, ctx.dataset
-        self.templates = [] if config.templates is None else resolve_templates(config.templates, ctx.backbone,
-                                                                               ctx.dataset)
+        self.templates = (
+            [] if config.templates is None else resolve_templates(config.templates, ctx.backbone, ctx.dataset)
+        )
         self.set_classes(ctx.classnames)
 
     def set_classes(self, classnames: list[str]) -> None:

@@ -149,8 +149,9 @@ class Critic(nn.Module):
         if kind == "jsd":  # JSD's critic is a free function: a learned offset b' (b = gain · b')
             self.offset = nn.Parameter(torch.zeros(()))
         elif kind == "mlp":
-            self.g, self.h = (nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
-                              for _ in range(2))
+            self.g, self.h = (
+                nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim)) for _ in range(2)
+            )
             for net in (self.g, self.h):
                 nn.init.zeros_(net[2].weight)
                 nn.init.zeros_(net[2].bias)
@@ -175,13 +176,17 @@ class DVMI(CoOp):
     def __init__(self, config: DVMIConfig, ctx: MethodContext):
         check_config(config)
         super().__init__(config, ctx)
-        templates = ([ctx.template] if config.hand_crafted == "template"
-                     else resolve_templates("auto", ctx.backbone, ctx.dataset))
+        templates = (
+            [ctx.template]
+            if config.hand_crafted == "template"
+            else resolve_templates("auto", ctx.backbone, ctx.dataset)
+        )
         views = text_classifier(ctx.backbone, templates, ctx.classnames)
         self.register_buffer("hand_crafted", views, persistent=False)  # (C_train, D)
         self.n_classes = len(ctx.classnames)
-        self.critic = Critic(config.mi_estimator, views.shape[1], config.mi_temperature, config.critic_hidden,
-                             config.critic_lr_scale)
+        self.critic = Critic(
+            config.mi_estimator, views.shape[1], config.mi_temperature, config.critic_hidden, config.critic_lr_scale
+        )
         self._diagnostics: dict = {}
         if ctx.train_features is not None and config.augment in ("within_class", "mean_noise"):
             pool = normalize(ctx.train_features.flatten(0, 1))  # (V·N, D)
@@ -211,13 +216,15 @@ class DVMI(CoOp):
         lam = torch.distributions.Beta(cfg.mix_alpha, cfg.mix_alpha).sample((k,)).to(x_hat)
         if cfg.augment == "mixup":  # a partner from the batch, of any class; the label mixes like the feature
             other = torch.randint(b, (k,), device=labels.device)
-            return mix(x_hat[idx], x_hat[other], lam), mix(one_hot, F.one_hot(labels[other], self.n_classes).to(x_hat),
-                                                              lam)
+            return mix(x_hat[idx], x_hat[other], lam), mix(
+                one_hot, F.one_hot(labels[other], self.n_classes).to(x_hat), lam
+            )
         offset = (torch.rand(k, device=y.device) * self.pool_count[y]).long()  # within_class: same-class partner
         return mix(x_hat[idx], self.pool[self.pool_start[y] + offset], lam), one_hot
 
-    def mi_estimate(self, text: torch.Tensor, feats: torch.Tensor, targets: torch.Tensor,
-                    estimator: str | None = None) -> torch.Tensor:
+    def mi_estimate(
+        self, text: torch.Tensor, feats: torch.Tensor, targets: torch.Tensor, estimator: str | None = None
+    ) -> torch.Tensor:
         """Î of the configured MI: ``text`` (C, D) soft-prompt features, ``feats`` (B, D) the normalised
         batch, ``targets`` (B, C) its soft labels. ``estimator="infonce"`` gives the InfoNCE estimate with
         the run's critic whatever the trained estimator (the diagnostics' common scale)."""
@@ -254,18 +261,20 @@ class DVMI(CoOp):
         """Record the diagnostics on the training classes, before evaluation switches them."""
         text = self.text_features()
         cfg = self.config
-        out = {"mi_between": cfg.mi_between, "mi_estimator": cfg.mi_estimator,
-               "cos_soft_hand": F.cosine_similarity(text, self.hand_crafted, dim=-1).mean().item()}
+        out = {
+            "mi_between": cfg.mi_between,
+            "mi_estimator": cfg.mi_estimator,
+            "cos_soft_hand": F.cosine_similarity(text, self.hand_crafted, dim=-1).mean().item(),
+        }
         if cfg.mi_between == "text":
             out["mi_estimate"] = self.mi_estimate(text, text[:0], text[:0], "infonce").item()
             out["mi_bound"] = math.log(len(text))
         elif ctx.train_features is not None:  # on the first view of the training images, batch by batch
             x = normalize(ctx.train_features[0].to(text.device))
             y = F.one_hot(ctx.train_labels.to(text.device), self.n_classes).float()
-            chunks = [(x[i:i + cfg.batch_size], y[i:i + cfg.batch_size]) for i in range(0, len(x), cfg.batch_size)]
+            chunks = [(x[i : i + cfg.batch_size], y[i : i + cfg.batch_size]) for i in range(0, len(x), cfg.batch_size)]
             out["mi_estimate"] = sum(self.mi_estimate(text, a, b, "infonce").item() for a, b in chunks) / len(chunks)
-            out["mi_bound"] = math.log(min(cfg.batch_size, len(text)) if cfg.mi_between == "predictions" else
-                                       len(text))
+            out["mi_bound"] = math.log(min(cfg.batch_size, len(text)) if cfg.mi_between == "predictions" else len(text))
         if "mi_estimate" in out:
             out["mi_saturation"] = out["mi_estimate"] / out["mi_bound"]
         self._diagnostics = out
@@ -280,13 +289,19 @@ class DVMI(CoOp):
 
 def check_config(config: DVMIConfig) -> None:
     """A clear error for an unknown option or an estimator that does not fit the MI target."""
-    for field, allowed in (("mi_between", TARGETS), ("mi_estimator", ESTIMATORS), ("augment", AUGMENTS),
-                           ("hand_crafted", ("template", "ensemble"))):
+    for field, allowed in (
+        ("mi_between", TARGETS),
+        ("mi_estimator", ESTIMATORS),
+        ("augment", AUGMENTS),
+        ("hand_crafted", ("template", "ensemble")),
+    ):
         if getattr(config, field) not in allowed:
             raise MethodError(f"dvmi: {field} must be one of {allowed}, got {getattr(config, field)!r}")
     if (config.mi_between == "predictions") != (config.mi_estimator == "plugin"):
-        raise MethodError(f"dvmi: mi_between={config.mi_between!r} with mi_estimator={config.mi_estimator!r}; the "
-                          "MI of the two views' predictions is estimated by 'plugin', and only it")
+        raise MethodError(
+            f"dvmi: mi_between={config.mi_between!r} with mi_estimator={config.mi_estimator!r}; the "
+            "MI of the two views' predictions is estimated by 'plugin', and only it"
+        )
     if config.mi_temperature <= 0:
         raise MethodError(f"dvmi: mi_temperature must be > 0, got {config.mi_temperature}")
 
@@ -298,10 +313,17 @@ def reading(name: str, description: str, **preset) -> type[DVMI]:
     if unknown:
         raise MethodError(f"dvmi reading {name!r}: unknown option(s) {unknown}")
     config = dataclasses.make_dataclass(
-        f"{name}_config", [(k, defaults[k].type, dataclasses.field(default=v)) for k, v in preset.items()],
-        bases=(DVMIConfig,), frozen=True)
-    attributes = {"name": name, "description": f"DVMI reading: {description}", "Config": config,
-                  "__doc__": f"{description} (a reading of DVMI; see dvmi)"}
+        f"{name}_config",
+        [(k, defaults[k].type, dataclasses.field(default=v)) for k, v in preset.items()],
+        bases=(DVMIConfig,),
+        frozen=True,
+    )
+    attributes = {
+        "name": name,
+        "description": f"DVMI reading: {description}",
+        "Config": config,
+        "__doc__": f"{description} (a reading of DVMI; see dvmi)",
+    }
     return register(type(name, (DVMI,), attributes))
 
 
@@ -313,21 +335,24 @@ READINGS = {
     "dvmi_text_nce": ("text views, InfoNCE cosine critic τ 0.1, Mixup", {}),
     "dvmi_text_bilinear": ("text views, learnable bilinear critic", {"mi_estimator": "bilinear"}),
     "dvmi_pred": ("the two views' predictions, plug-in MI", {"mi_between": "predictions", "mi_estimator": "plugin"}),
-    "dvmi_image_text": ("augmented image features and soft text, bilinear critic",
-                        {"mi_between": "image_text", "mi_estimator": "bilinear"}),
+    "dvmi_image_text": (
+        "augmented image features and soft text, bilinear critic",
+        {"mi_between": "image_text", "mi_estimator": "bilinear"},
+    ),
     "dvmi_mixup_only": ("no MI term: CoOp + cross-class Mixup", {"mi_weight": 0.0}),
     "dvmi_text_within": ("text views, InfoNCE, within-class mixing", {"augment": "within_class"}),
     "dvmi_text_noaug": ("text views, InfoNCE, no augmentation", {"augment": "none"}),
-    "dvmi_issue3": ("the reading of issue 3: InfoNCE τ 1/21.5 (the pocket CLIP's 1/s), within-class mixing",
-                    {"mi_temperature": 1 / 21.5, "augment": "within_class"}),
+    "dvmi_issue3": (
+        "the reading of issue 3: InfoNCE τ 1/21.5 (the pocket CLIP's 1/s), within-class mixing",
+        {"mi_temperature": 1 / 21.5, "augment": "within_class"},
+    ),
 }
 for _name, (_description, _preset) in READINGS.items():
     reading(_name, _description, **_preset)
 
 # The readings the preset is chosen from, fixed before the runs: those that keep both of the paper's components
 # (an MI term and a class-wise augmentation); dvmi_mixup_only and dvmi_text_noaug are ablations of one of them.
-CANDIDATES = ("dvmi_text_nce", "dvmi_text_bilinear", "dvmi_pred", "dvmi_image_text", "dvmi_text_within",
-              "dvmi_issue3")
+CANDIDATES = ("dvmi_text_nce", "dvmi_text_bilinear", "dvmi_pred", "dvmi_image_text", "dvmi_text_within", "dvmi_issue3")
 
 
 def choose_default(val_hm: dict[str, dict[str, list[float]]], candidates=CANDIDATES) -> tuple[str, dict[str, float]]:

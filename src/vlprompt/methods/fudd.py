@@ -44,8 +44,10 @@ class FuDDConfig:
 class FuDD(ZeroShot):
     name = "fudd"
     family = "class descriptions"
-    paper = ("Esfandiarpoor & Bach, Follow-Up Differential Descriptions: Language Models Resolve Ambiguities for "
-             "Image Classification, ICLR 2024")
+    paper = (
+        "Esfandiarpoor & Bach, Follow-Up Differential Descriptions: Language Models Resolve Ambiguities for "
+        "Image Classification, ICLR 2024"
+    )
     description = "zero-shot top-k classes, then re-ranked with descriptions that tell those classes apart"
     Config = FuDDConfig
 
@@ -85,8 +87,10 @@ class FuDD(ZeroShot):
         self.encode([s for per_image in sentences for group in per_image for s in group])
         logits = torch.full((len(f), len(self.classnames)), float("-inf"), device=f.device)
         for i, per_image in enumerate(sentences):
-            w = F.normalize(torch.stack([torch.stack([self.sentence_features[s] for s in group]).mean(0)
-                                         for group in per_image]), dim=-1)  # (k, D)
+            w = F.normalize(
+                torch.stack([torch.stack([self.sentence_features[s] for s in group]).mean(0) for group in per_image]),
+                dim=-1,
+            )  # (k, D)
             logits[i, top[i]] = self.logit_scale * f[i] @ w.T.to(f.device)
         return logits
 

@@ -70,14 +70,28 @@ def in_loop(method: type[Method]) -> type[Method]:
     hooks = [h for h in ("fit", "after_training") if getattr(method, h) is not getattr(Method, h)]
     hooks += ["adjust_gradients"] if hasattr(method, "adjust_gradients") else []
     if method.inputs != "features" or not method.needs_training or hooks:
-        raise MethodError(f"{method.name!r} cannot train with the image encoder in the loop: only feature-bank "
-                          f"methods trained by the shared SGD loop alone can (it has {hooks or method.inputs})")
-    return register(type(f"{method.__name__}InLoop", (InLoop,), {
-        "name": f"{method.name}_in_loop", "method": method, "Config": method.Config, "family": method.family,
-        "supports_new_classes": method.supports_new_classes,
-        "paper": method.paper, "__doc__": f"{method.__name__} with the image encoder in the loop (fresh augmentation).",
-        "description": f"{method.name} trained with the frozen image encoder in the loop: a fresh augmentation of "
-                       "every image at every step, as the reference trains (no feature bank)"}))
+        raise MethodError(
+            f"{method.name!r} cannot train with the image encoder in the loop: only feature-bank "
+            f"methods trained by the shared SGD loop alone can (it has {hooks or method.inputs})"
+        )
+    return register(
+        type(
+            f"{method.__name__}InLoop",
+            (InLoop,),
+            {
+                "name": f"{method.name}_in_loop",
+                "method": method,
+                "Config": method.Config,
+                "family": method.family,
+                "supports_new_classes": method.supports_new_classes,
+                "paper": method.paper,
+                "__doc__": f"{method.__name__} with the image encoder in the loop (fresh augmentation).",
+                "description": f"{method.name} trained with the frozen image encoder in the loop: a fresh "
+                "augmentation of "
+                "every image at every step, as the reference trains (no feature bank)",
+            },
+        )
+    )
 
 
 CoOpInLoop = in_loop(CoOp)

@@ -59,8 +59,10 @@ def split_ctx_init(tokenizer, ctx_init: str | None, n_ctx: int) -> tuple[str | N
     for k in range(1, len(words) + 1):
         if count(" ".join(words[:k])) == n_ctx:
             return " ".join(words[:k]), " ".join(words[k:])
-    raise MethodError(f"the first {n_ctx} tokens of ctx_init {ctx_init!r} do not end at a word boundary; "
-                      f"choose n_ctx_text to match whole words")
+    raise MethodError(
+        f"the first {n_ctx} tokens of ctx_init {ctx_init!r} do not end at a word boundary; "
+        f"choose n_ctx_text to match whole words"
+    )
 
 
 @register
@@ -72,11 +74,13 @@ class IVLP(VPTDeep):
 
     def build_prompts(self, config, ctx: MethodContext, gen: torch.Generator) -> None:
         super().build_prompts(config, ctx, gen)
-        self.make_text_prompts(config.n_ctx_text, config.depth_text, config.ctx_init, config.init_std, gen,
-                               ctx.classnames)
+        self.make_text_prompts(
+            config.n_ctx_text, config.depth_text, config.ctx_init, config.init_std, gen, ctx.classnames
+        )
 
-    def make_text_prompts(self, n_ctx: int, depth: int, ctx_init: str | None, std: float,
-                          gen: torch.Generator, classnames: list[str]) -> None:
+    def make_text_prompts(
+        self, n_ctx: int, depth: int, ctx_init: str | None, std: float, gen: torch.Generator, classnames: list[str]
+    ) -> None:
         """The layer-0 context (a CoOp prompt learner) and the (J_t - 1, n, d_t) deeper text prompts."""
         encoder = self.frozen.encoder
         self.depth_text = deep_prompts.cap_depth(depth, deep_prompts.text_layers(encoder), "text")
@@ -85,8 +89,15 @@ class IVLP(VPTDeep):
             self.depth_text = 0
             return
         init, self.fixed_words = split_ctx_init(self.frozen.tokenizer, ctx_init, n_ctx)
-        self.prompt_learner = PromptLearner(encoder, self.frozen.tokenizer, self._prompt_names(classnames),
-                                            n_ctx=n_ctx, ctx_init=init, init_std=std, generator=gen)
+        self.prompt_learner = PromptLearner(
+            encoder,
+            self.frozen.tokenizer,
+            self._prompt_names(classnames),
+            n_ctx=n_ctx,
+            ctx_init=init,
+            init_std=std,
+            generator=gen,
+        )
         if self.depth_text > 1:
             deep = torch.randn(self.depth_text - 1, n_ctx, deep_prompts.text_width(encoder), generator=gen) * std
             self.text_deep = nn.Parameter(deep.to(self.prompt_learner.ctx.device))

@@ -41,7 +41,8 @@ STOP_WORDS = frozenset(
     "a an the of in on at to for from by with and or but is are was were be been being it its this that these "
     "those as has have had can may might often usually typically which who whose what when where how than then "
     "there their they them some such also very more most into out up down over under about like other its one "
-    "two three each any all not no you your photo image picture".split())
+    "two three each any all not no you your photo image picture".split()
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +93,9 @@ class KAPT(CoOp):
 
     def set_discrete(self, classnames: list[str]) -> None:
         descs = descriptions_for(self.descriptions, self.dataset, classnames)
-        self.discrete_texts = [discrete_prompt(self.template, c, keywords(descs[c], self.config.n_keywords))
-                               for c in classnames]
+        self.discrete_texts = [
+            discrete_prompt(self.template, c, keywords(descs[c], self.config.n_keywords)) for c in classnames
+        ]
         self.register_buffer("discrete", encode_prompts(self.backbone, self.discrete_texts), persistent=False)
 
     def text_features(self) -> torch.Tensor:

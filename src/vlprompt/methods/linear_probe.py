@@ -54,10 +54,10 @@ def search_c(score: Callable[[float], float], grid: tuple[float, ...], steps: in
     left, right, chosen = math.log10(peak) - 1, math.log10(peak) + 1, peak
     for _ in range(steps):
         middle = (left + right) / 2
-        if score(10 ** left) < score(10 ** right):
-            chosen, left = 10 ** right, middle
+        if score(10**left) < score(10**right):
+            chosen, left = 10**right, middle
         else:
-            chosen, right = 10 ** left, middle
+            chosen, right = 10**left, middle
     return chosen
 
 
@@ -114,8 +114,9 @@ class LinearProbe(Method):
             y = ctx.train_labels.repeat(ctx.train_features.shape[0])
             self.info["features"] = f"views ({ctx.train_features.shape[0]} augmented views per image)"
             if self.config.features == "plain":
-                self.info["deviations"] = ["fitted on augmented views: the feature bank holds no un-augmented "
-                                           "training features"]
+                self.info["deviations"] = [
+                    "fitted on augmented views: the feature bank holds no un-augmented training features"
+                ]
         return x.float().numpy(), y.numpy()
 
     def fit(self, ctx: MethodContext) -> bool:
@@ -130,8 +131,9 @@ class LinearProbe(Method):
                 fits[c] = fit_logistic(x, y, c, self.config.max_iter)
             return fits[c]
 
-        c = search_c(lambda c: float((fitted(c).predict(xv) == yv).mean()), self.config.c_grid,
-                     self.config.search_steps)
+        c = search_c(
+            lambda c: float((fitted(c).predict(xv) == yv).mean()), self.config.c_grid, self.config.search_steps
+        )
         clf = fitted(c)
         rows = torch.as_tensor(clf.classes_, dtype=torch.long)
         coef, intercept = torch.as_tensor(clf.coef_).float(), torch.as_tensor(clf.intercept_).float()

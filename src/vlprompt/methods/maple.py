@@ -62,8 +62,10 @@ class MaPLe(IVLP):
 
     def build_prompts(self, config: MaPLeConfig, ctx: MethodContext, gen: torch.Generator) -> None:
         model = self.frozen.model
-        depth = min(deep_prompts.cap_depth(config.depth, deep_prompts.text_layers(model), "text"),
-                    deep_prompts.cap_depth(config.depth, deep_prompts.vision_layers(model), "vision"))
+        depth = min(
+            deep_prompts.cap_depth(config.depth, deep_prompts.text_layers(model), "text"),
+            deep_prompts.cap_depth(config.depth, deep_prompts.vision_layers(model), "vision"),
+        )
         self.vision_ctx = None
         self.make_text_prompts(config.n_ctx, depth, config.ctx_init, config.init_std, gen, ctx.classnames)
         d_t, d_v = deep_prompts.text_width(model), deep_prompts.vision_width(model)

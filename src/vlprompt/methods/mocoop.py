@@ -108,8 +108,9 @@ class MoCoOp(Method):
         templates = [templates] if isinstance(templates, str) else list(templates)
         groups = groups or (1,) * len(templates)
         if sum(groups) != len(templates) or min(groups) < 1:
-            raise MethodError(f"mocoop: groups {list(groups)} must be positive and sum to the {len(templates)} "
-                              f"templates")
+            raise MethodError(
+                f"mocoop: groups {list(groups)} must be positive and sum to the {len(templates)} templates"
+            )
         if not 1 <= config.top_k <= len(groups):
             raise MethodError(f"mocoop: top_k must lie in 1..{len(groups)} (the number of groups), got {config.top_k}")
         self.templates, self.groups = templates, groups
@@ -136,8 +137,9 @@ class MoCoOp(Method):
 
     def set_prototypes(self, classnames: list[str]) -> None:
         """p^e_c: the mean normalised feature of group e's templates for class c, renormalised; (G, C, D)."""
-        per_template = torch.stack([encode_prompts(self.backbone, class_prompts(t, classnames))
-                                    for t in self.templates])  # (n, C, D)
+        per_template = torch.stack(
+            [encode_prompts(self.backbone, class_prompts(t, classnames)) for t in self.templates]
+        )  # (n, C, D)
         protos = torch.stack([normalize(g.mean(0)) for g in torch.split(per_template, list(self.groups))])
         self.register_buffer("prototypes", protos, persistent=False)
 

@@ -66,8 +66,9 @@ def diversity_loss(features: torch.Tensor) -> torch.Tensor:
 @register
 class MSGCoOp(KgCoOp):
     name = "msgcoop"
-    paper = ("Wang et al., MSGCoOp: Multiple Semantic-Guided Context Optimization for Few-Shot Learning, "
-             "arXiv 2507.21786")
+    paper = (
+        "Wang et al., MSGCoOp: Multiple Semantic-Guided Context Optimization for Few-Shot Learning, arXiv 2507.21786"
+    )
     description = "N parallel CoOp contexts, anchored to class descriptions (KgCoOp's term), with a diversity term"
     Config = MSGCoOpConfig
 
@@ -92,8 +93,9 @@ class MSGCoOp(KgCoOp):
         descs = descriptions_for(self.descriptions, self.dataset, classnames)
         rows = []
         for c in classnames:
-            feats = encode_prompts(self.backbone, [self.config.anchor_format.format(prompt_name(c), d)
-                                                   for d in descs[c]])
+            feats = encode_prompts(
+                self.backbone, [self.config.anchor_format.format(prompt_name(c), d) for d in descs[c]]
+            )
             rows.append(feats.mean(0))
         self.anchor_classes = list(classnames)
         self.register_buffer("anchors", torch.stack(rows), persistent=False)  # (C, D)

@@ -10,7 +10,8 @@ constant warm-up epoch at 1e-5).
 
 Two stages:
 
-1. multitask (source) stage, once per shots and seed (rule ``train_multitask``, vlprompt.training.multitask.train_multitask):
+1. multitask (source) stage, once per shots and seed (rule ``train_multitask``,
+   vlprompt.training.multitask.train_multitask):
    one CoOp context trained on the few-shot training data of every source dataset (the config's ``sources``) at
    once, with the cross-entropy over all the sources' classes (the reference's concatenated label space) and
    batches drawn from the union of their images;
@@ -56,9 +57,17 @@ def merge_sources(contexts: list[MethodContext]) -> MethodContext:
         feats.append(c.train_features)
         labels.append(torch.tensor(index)[c.train_labels])
     first = contexts[0]
-    return dataclasses.replace(first, classnames=list(names), train_features=torch.cat(feats, dim=1),
-                               train_labels=torch.cat(labels), val_features=None, val_labels=None, dataset=None,
-                               load_split=None, multitask_prompt=None)
+    return dataclasses.replace(
+        first,
+        classnames=list(names),
+        train_features=torch.cat(feats, dim=1),
+        train_labels=torch.cat(labels),
+        val_features=None,
+        val_labels=None,
+        dataset=None,
+        load_split=None,
+        multitask_prompt=None,
+    )
 
 
 @register
@@ -75,8 +84,10 @@ class MVLPT(CoOp):
         if ctx.multitask_prompt is not None:
             state = ctx.multitask_prompt
             if state["prompt_learner.ctx"].shape != self.prompt_learner.ctx.shape:
-                raise MethodError(f"mvlpt: the multitask context has shape {tuple(state['prompt_learner.ctx'].shape)}"
-                                  f", this run's {tuple(self.prompt_learner.ctx.shape)} (n_ctx changed?)")
+                raise MethodError(
+                    f"mvlpt: the multitask context has shape {tuple(state['prompt_learner.ctx'].shape)}"
+                    f", this run's {tuple(self.prompt_learner.ctx.shape)} (n_ctx changed?)"
+                )
             with torch.no_grad():
                 self.prompt_learner.ctx.copy_(state["prompt_learner.ctx"])
             self.initialised_from = state.get("source", "the multitask prompt given")

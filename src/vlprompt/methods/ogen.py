@@ -90,15 +90,17 @@ class OGEN(CoOp):
         self.register_buffer("ogen_snapshots", torch.zeros(config.epochs, *pl.ctx.shape, device=ctx.device))
         self.unseen = None
         if config.use_unseen_names and ctx.unseen_classnames:
-            self.unseen = PromptLearner(ctx.encoder, ctx.backbone.tokenizer, ctx.unseen_classnames, n_ctx=pl.n_ctx,
-                                        ctx_init=config.ctx_init)
+            self.unseen = PromptLearner(
+                ctx.encoder, ctx.backbone.tokenizer, ctx.unseen_classnames, n_ctx=pl.n_ctx, ctx_init=config.ctx_init
+            )
             self.unseen.ctx = pl.ctx  # one context, the unseen classes' own token buffers
         self.steps_per_epoch = 1
         if ctx.train_features is not None:
             self.set_class_statistics(ctx.train_features, ctx.train_labels, len(ctx.classnames))
             n = ctx.train_features.shape[1]  # as the shared loop: N // batch size steps, at least one
-            self.steps_per_epoch = max(config.min_steps_per_epoch, n // config.batch_size if n >= config.batch_size
-                                       else 1)
+            self.steps_per_epoch = max(
+                config.min_steps_per_epoch, n // config.batch_size if n >= config.batch_size else 1
+            )
 
     def set_class_statistics(self, features: torch.Tensor, labels: torch.Tensor, n_cls: int) -> None:
         """μ_c, σ_c over every view of the class's normalised training features and its k nearest classes."""
@@ -116,8 +118,9 @@ class OGEN(CoOp):
     # -- the trained state includes the epoch clock and the stored contexts (resumable) --------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
         state = super().trainable_state()
-        state.update(ogen_step=self.ogen_step.detach().cpu().clone(),
-                     ogen_snapshots=self.ogen_snapshots.detach().cpu().clone())
+        state.update(
+            ogen_step=self.ogen_step.detach().cpu().clone(), ogen_snapshots=self.ogen_snapshots.detach().cpu().clone()
+        )
         return state
 
     def epoch(self) -> int:
@@ -128,7 +131,7 @@ class OGEN(CoOp):
         if epoch < 1:
             return None
         m = max(1, math.ceil(self.config.teacher_window * epoch))
-        return self.ogen_snapshots[epoch - m:epoch].mean(0)
+        return self.ogen_snapshots[epoch - m : epoch].mean(0)
 
     def generator_losses(self, x_hat: torch.Tensor, labels: torch.Tensor, text: torch.Tensor):
         """The synthetic features and L_gen (see the module docstring); text W (C, D) of the training classes."""
@@ -158,9 +161,11 @@ class OGEN(CoOp):
         k = nb.shape[1]
         s = self.logit_scale
         logits = s * x_hat @ text.T
-        syn = (0.25 * F.cross_entropy(s * z @ text.T, labels) + 0.25 / k * F.cross_entropy(s * z_nb @ text.T,
-                                                                                           nb.flatten())
-               + 0.25 * F.cross_entropy(logits, labels))
+        syn = (
+            0.25 * F.cross_entropy(s * z @ text.T, labels)
+            + 0.25 / k * F.cross_entropy(s * z_nb @ text.T, nb.flatten())
+            + 0.25 * F.cross_entropy(logits, labels)
+        )
         total = gen + syn
         parts["syn"] = syn.item()
         if self.unseen is not None:
@@ -173,7 +178,8 @@ class OGEN(CoOp):
         if teacher_ctx is not None and self.config.distill_weight > 0:
             with torch.no_grad():
                 teacher = s * x_hat @ normalize(self.prompt_learner(teacher_ctx)).T
-            sd = self.config.distill_weight * F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher, -1),
-                                                       reduction="batchmean", log_target=True)
+            sd = self.config.distill_weight * F.kl_div(
+                F.log_softmax(logits, -1), F.log_softmax(teacher, -1), reduction="batchmean", log_target=True
+            )
             total, parts["distill"] = total + sd, sd.item()
         return total, parts

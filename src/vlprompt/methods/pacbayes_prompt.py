@@ -66,6 +66,7 @@ def kl_inverse_bound(error: float, kl: float, n: int, delta: float) -> float:
     def binary_kl(q: float, p: float) -> float:
         def term(a, b):
             return 0.0 if a == 0 else a * math.log(a / b)
+
         return term(q, p) + term(1 - q, 1 - p)
 
     low, high = error, 1.0
@@ -82,8 +83,7 @@ def kl_inverse_bound(error: float, kl: float, n: int, delta: float) -> float:
 class PACBayesPrompt(Method):
     name = "pacbayes_prompt"
     family = "discrete prompt"
-    paper = ("Akinwande et al., Understanding prompt engineering may not require rethinking generalization, "
-             "ICLR 2024")
+    paper = "Akinwande et al., Understanding prompt engineering may not require rethinking generalization, ICLR 2024"
     description = "greedy search over discrete prompt tokens on the training set, with its PAC-Bayes bound"
     Config = PACBayesPromptConfig
 
@@ -104,7 +104,7 @@ class PACBayesPrompt(Method):
     def class_tokens(self, classnames: list[str]) -> list[list[int]]:
         """The token ids of "{class}." for each class, between the start and end tokens."""
         rows = self.backbone.tokenizer([f"{prompt_name(c)}." for c in classnames])
-        return [r[1:int(r.argmax())].tolist() for r in rows]
+        return [r[1 : int(r.argmax())].tolist() for r in rows]
 
     def prompt_ids(self, prefixes: torch.Tensor, names: list[list[int]]) -> torch.Tensor:
         """(P·C, context) token ids of P prefixes (P, L) before each of C class names."""
@@ -113,12 +113,14 @@ class PACBayesPrompt(Method):
         for j, name in enumerate(names):
             row = len(prefixes[0]) + len(name) + 2
             if row > length:
-                raise MethodError(f"pacbayes_prompt: {len(prefixes[0])} prompt tokens and the class name "
-                                  f"{name} do not fit the text encoder's {length} tokens")
-            block = out[j::len(names)]  # rows of class j
+                raise MethodError(
+                    f"pacbayes_prompt: {len(prefixes[0])} prompt tokens and the class name "
+                    f"{name} do not fit the text encoder's {length} tokens"
+                )
+            block = out[j :: len(names)]  # rows of class j
             block[:, 0] = self.sot
-            block[:, 1:1 + prefixes.shape[1]] = prefixes
-            block[:, 1 + prefixes.shape[1]:row - 1] = torch.tensor(name)
+            block[:, 1 : 1 + prefixes.shape[1]] = prefixes
+            block[:, 1 + prefixes.shape[1] : row - 1] = torch.tensor(name)
             block[:, row - 1] = self.eot
         return out
 
@@ -127,8 +129,12 @@ class PACBayesPrompt(Method):
         """(P, C, D) normalised text features of P prompts for C classes."""
         ids = self.prompt_ids(prefixes, names)
         device = self.encoder.token_embedding.weight.device
-        feats = torch.cat([self.encoder.encode(ids[i:i + self.config.batch_size].to(device)).float()
-                           for i in range(0, len(ids), self.config.batch_size)])
+        feats = torch.cat(
+            [
+                self.encoder.encode(ids[i : i + self.config.batch_size].to(device)).float()
+                for i in range(0, len(ids), self.config.batch_size)
+            ]
+        )
         return normalize(feats).view(len(prefixes), len(names), -1)
 
     def set_classes(self, classnames: list[str]) -> None:
@@ -143,7 +149,7 @@ class PACBayesPrompt(Method):
         if self.config.candidates == 0 or self.config.candidates >= self.vocabulary:
             return torch.arange(self.vocabulary)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + position)  # independent of the data
-        return torch.randperm(self.vocabulary, generator=gen)[:self.config.candidates].sort().values
+        return torch.randperm(self.vocabulary, generator=gen)[: self.config.candidates].sort().values
 
     def fit(self, ctx: MethodContext) -> bool:
         """Greedy search on the un-augmented training images, then the bound."""
@@ -161,9 +167,10 @@ class PACBayesPrompt(Method):
         for position in range(self.config.n_tokens):
             candidates = self.candidate_tokens(position)
             best = (-1.0, math.inf, -1)  # (accuracy, cross-entropy, token)
-            for i in tqdm(range(0, len(candidates), step), desc=f"{self.name} token {position + 1}", unit="batch",
-                          disable=None):
-                tokens = candidates[i:i + step]
+            for i in tqdm(
+                range(0, len(candidates), step), desc=f"{self.name} token {position + 1}", unit="batch", disable=None
+            ):
+                tokens = candidates[i : i + step]
                 prefixes = torch.cat([prefix.expand(len(tokens), -1), tokens[:, None]], dim=1)  # (P, position + 1)
                 w = self.text_features(prefixes, names).to(x.device)  # (P, C, D)
                 logits = self.logit_scale * torch.einsum("nd,pcd->pnc", x, w)
@@ -177,20 +184,28 @@ class PACBayesPrompt(Method):
             log.info("position %d: token %d, training accuracy %.2f", position + 1, best[2], 100 * best[0])
         self.prompt_tokens = prefix.to(self.prompt_tokens.device)
         self.set_classes(self.classnames)
-        self.info.update(search=history, prompt=self.backbone.tokenizer.decode(prefix.tolist()),
-                         candidates=len(self.candidate_tokens(0)),
-                         bound=self.bound(1 - history[-1]["train_accuracy"] / 100, len(y)))
+        self.info.update(
+            search=history,
+            prompt=self.backbone.tokenizer.decode(prefix.tolist()),
+            candidates=len(self.candidate_tokens(0)),
+            bound=self.bound(1 - history[-1]["train_accuracy"] / 100, len(y)),
+        )
         return True
 
     def bound(self, error: float, n: int) -> dict:
         kl = self.config.n_tokens * math.log(self.vocabulary)
         delta = self.config.delta
-        return {"name": "PAC-Bayes, point-mass posterior (McAllester 1999); kl-inverse form (Langford & Seeger 2001)",
-                "prior": f"uniform over the {self.vocabulary} tokens of the vocabulary at each of the "
-                         f"{self.config.n_tokens} positions (no language-model prior is available offline)",
-                "kl": round(kl, 4), "n": n, "delta": delta, "train_accuracy": round(100 * (1 - error), 4),
-                "accuracy_bound": round(100 * (1 - mcallester_bound(error, kl, n, delta)), 4),
-                "accuracy_bound_kl": round(100 * (1 - kl_inverse_bound(error, kl, n, delta)), 4)}
+        return {
+            "name": "PAC-Bayes, point-mass posterior (McAllester 1999); kl-inverse form (Langford & Seeger 2001)",
+            "prior": f"uniform over the {self.vocabulary} tokens of the vocabulary at each of the "
+            f"{self.config.n_tokens} positions (no language-model prior is available offline)",
+            "kl": round(kl, 4),
+            "n": n,
+            "delta": delta,
+            "train_accuracy": round(100 * (1 - error), 4),
+            "accuracy_bound": round(100 * (1 - mcallester_bound(error, kl, n, delta)), 4),
+            "accuracy_bound_kl": round(100 * (1 - kl_inverse_bound(error, kl, n, delta)), 4),
+        }
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {"prompt_tokens": self.prompt_tokens.detach().cpu()}

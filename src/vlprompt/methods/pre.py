@@ -45,8 +45,14 @@ class ReparameterizationEncoder(nn.Module):
         super().__init__()
         if width % 2:
             raise ValueError(f"the PRE encoder needs an even token width, got {width}")
-        self.lstm = nn.LSTM(width, width // 2, num_layers=layers, bidirectional=True, batch_first=True,
-                            dropout=0.05 if layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            width,
+            width // 2,
+            num_layers=layers,
+            bidirectional=True,
+            batch_first=True,
+            dropout=0.05 if layers > 1 else 0.0,
+        )
         self.residual = residual
 
     def forward(self, ctx: torch.Tensor) -> torch.Tensor:
@@ -67,8 +73,9 @@ class PRE(CoOp):
         super().__init__(config, ctx)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ctx.seed)
-            self.prompt_encoder = ReparameterizationEncoder(ctx.encoder.width, config.encoder_layers,
-                                                            config.residual).to(ctx.device)
+            self.prompt_encoder = ReparameterizationEncoder(
+                ctx.encoder.width, config.encoder_layers, config.residual
+            ).to(ctx.device)
 
     def reparameterized_context(self) -> torch.Tensor:
         """E(v), (M, d): the context the text encoder sees, in training and at inference."""

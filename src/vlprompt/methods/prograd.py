@@ -106,9 +106,9 @@ class ProGrad(CoOp):
             raise ValueError(f"prograd: ctx_init {words!r} has {w} words, more than n_ctx={pl.n_ctx}")
         tokens = ctx.backbone.tokenizer([words]).to(pl.ctx.device)
         with torch.no_grad():
-            emb = pl.encoder.embed(tokens)[0, 1:1 + w].float()  # (w, width)
+            emb = pl.encoder.embed(tokens)[0, 1 : 1 + w].float()  # (w, width)
             pl.ctx.zero_()
-            pl.ctx[..., pl.n_ctx - w:, :] = emb
+            pl.ctx[..., pl.n_ctx - w :, :] = emb
         pl.placeholder = " ".join([PLACEHOLDER] * (pl.n_ctx - w) + [words])
         pl.set_classes(pl.classnames)
 

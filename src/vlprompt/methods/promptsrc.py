@@ -39,23 +39,66 @@ from vlprompt.methods.ivlp import IVLP, IVLPConfig
 
 # The 60 ImageNet prompts of CLIP's prompt-engineering notebook, which the reference averages over.
 IMAGENET_TEMPLATES = (
-    "a photo of a {}.", "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.",
-    "a photo of the hard to see {}.", "a low resolution photo of the {}.", "a rendering of a {}.",
-    "graffiti of a {}.", "a bad photo of the {}.", "a cropped photo of the {}.", "a tattoo of a {}.",
-    "the embroidered {}.", "a photo of a hard to see {}.", "a bright photo of a {}.",
-    "a photo of a clean {}.", "a photo of a dirty {}.", "a dark photo of the {}.", "a drawing of a {}.",
-    "a photo of my {}.", "the plastic {}.", "a photo of the cool {}.", "a close-up photo of a {}.",
-    "a black and white photo of the {}.", "a painting of the {}.", "a painting of a {}.",
-    "a pixelated photo of the {}.", "a sculpture of the {}.", "a bright photo of the {}.",
-    "a cropped photo of a {}.", "a plastic {}.", "a photo of the dirty {}.",
-    "a jpeg corrupted photo of a {}.", "a blurry photo of the {}.", "a photo of the {}.",
-    "a good photo of the {}.", "a rendering of the {}.", "a {} in a video game.", "a photo of one {}.",
-    "a doodle of a {}.", "a close-up photo of the {}.", "the origami {}.", "the {} in a video game.",
-    "a sketch of a {}.", "a doodle of the {}.", "a origami {}.", "a low resolution photo of a {}.",
-    "the toy {}.", "a rendition of the {}.", "a photo of the clean {}.", "a photo of a large {}.",
-    "a rendition of a {}.", "a photo of a nice {}.", "a photo of a weird {}.", "a blurry photo of a {}.",
-    "a cartoon {}.", "art of a {}.", "a sketch of the {}.", "a embroidered {}.",
-    "a pixelated photo of a {}.", "itap of the {}.",
+    "a photo of a {}.",
+    "a bad photo of a {}.",
+    "a photo of many {}.",
+    "a sculpture of a {}.",
+    "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.",
+    "a rendering of a {}.",
+    "graffiti of a {}.",
+    "a bad photo of the {}.",
+    "a cropped photo of the {}.",
+    "a tattoo of a {}.",
+    "the embroidered {}.",
+    "a photo of a hard to see {}.",
+    "a bright photo of a {}.",
+    "a photo of a clean {}.",
+    "a photo of a dirty {}.",
+    "a dark photo of the {}.",
+    "a drawing of a {}.",
+    "a photo of my {}.",
+    "the plastic {}.",
+    "a photo of the cool {}.",
+    "a close-up photo of a {}.",
+    "a black and white photo of the {}.",
+    "a painting of the {}.",
+    "a painting of a {}.",
+    "a pixelated photo of the {}.",
+    "a sculpture of the {}.",
+    "a bright photo of the {}.",
+    "a cropped photo of a {}.",
+    "a plastic {}.",
+    "a photo of the dirty {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.",
+    "a photo of the {}.",
+    "a good photo of the {}.",
+    "a rendering of the {}.",
+    "a {} in a video game.",
+    "a photo of one {}.",
+    "a doodle of a {}.",
+    "a close-up photo of the {}.",
+    "the origami {}.",
+    "the {} in a video game.",
+    "a sketch of a {}.",
+    "a doodle of the {}.",
+    "a origami {}.",
+    "a low resolution photo of a {}.",
+    "the toy {}.",
+    "a rendition of the {}.",
+    "a photo of the clean {}.",
+    "a photo of a large {}.",
+    "a rendition of a {}.",
+    "a photo of a nice {}.",
+    "a photo of a weird {}.",
+    "a blurry photo of a {}.",
+    "a cartoon {}.",
+    "art of a {}.",
+    "a sketch of the {}.",
+    "a embroidered {}.",
+    "a pixelated photo of a {}.",
+    "itap of the {}.",
 )
 
 
@@ -84,16 +127,28 @@ def gaussian_weights(epochs: int, mean: float, std: float) -> list[float]:
     return torch.softmax(logw, dim=0).tolist()  # the normalising constant cancels; softmax avoids underflow
 
 
-def promptsrc_losses(logits: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, frozen_text: torch.Tensor,
-                     image: torch.Tensor, frozen_image: torch.Tensor, zs_logits: torch.Tensor,
-                     text_weight: float, image_weight: float, logit_weight: float) -> dict[str, torch.Tensor]:
+def promptsrc_losses(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    text: torch.Tensor,
+    frozen_text: torch.Tensor,
+    image: torch.Tensor,
+    frozen_image: torch.Tensor,
+    zs_logits: torch.Tensor,
+    text_weight: float,
+    image_weight: float,
+    logit_weight: float,
+) -> dict[str, torch.Tensor]:
     """The terms of PromptSRC's loss (see the module docstring); ``total`` is their sum."""
     out = {
         "ce": F.cross_entropy(logits, labels),
         "text": text_weight * F.l1_loss(text, frozen_text),
         "image": image_weight * F.l1_loss(image, frozen_image),
-        "logits": logit_weight * F.kl_div(F.log_softmax(logits.float(), -1), F.log_softmax(zs_logits.float(), -1),
-                                          reduction="sum", log_target=True) / logits.numel(),
+        "logits": logit_weight
+        * F.kl_div(
+            F.log_softmax(logits.float(), -1), F.log_softmax(zs_logits.float(), -1), reduction="sum", log_target=True
+        )
+        / logits.numel(),
     }
     out["total"] = sum(out.values())
     return out
@@ -103,14 +158,17 @@ def promptsrc_losses(logits: torch.Tensor, labels: torch.Tensor, text: torch.Ten
 class PromptSRC(IVLP):
     name = "promptsrc"
     paper = "Khattak et al., Self-regulating Prompts: Foundational Model Adaptation without Forgetting, ICCV 2023"
-    description = ("IVLP prompts kept close to the frozen CLIP (L1 on features, KL on logits) and averaged over "
-                   "epochs with Gaussian weights")
+    description = (
+        "IVLP prompts kept close to the frozen CLIP (L1 on features, KL on logits) and averaged over "
+        "epochs with Gaussian weights"
+    )
     Config = PromptSRCConfig
 
     def __init__(self, config: PromptSRCConfig, ctx: MethodContext):
         if config.teacher_templates not in ("imagenet", "dataset", "imagenet+dataset"):
-            raise MethodError(f"teacher_templates must be imagenet, dataset or imagenet+dataset, "
-                              f"got {config.teacher_templates!r}")
+            raise MethodError(
+                f"teacher_templates must be imagenet, dataset or imagenet+dataset, got {config.teacher_templates!r}"
+            )
         super().__init__(config, ctx)
         scale = config.epochs / config.gpa_epochs
         self.gpa_weights = gaussian_weights(config.epochs, config.gpa_mean * scale, config.gpa_std * scale)
@@ -122,8 +180,9 @@ class PromptSRC(IVLP):
 
     def teacher_templates(self) -> list[str]:
         mode = self.config.teacher_templates
-        return (list(IMAGENET_TEMPLATES) if "imagenet" in mode else []) + (list(self.templates) if "dataset" in mode
-                                                                         else [])
+        return (list(IMAGENET_TEMPLATES) if "imagenet" in mode else []) + (
+            list(self.templates) if "dataset" in mode else []
+        )
 
     @torch.no_grad()
     def teacher_text(self) -> torch.Tensor:
@@ -147,8 +206,18 @@ class PromptSRC(IVLP):
             frozen_text = self.teacher_text()
             zs_logits = self.logit_scale * frozen_image @ frozen_text.T
         c = self.config
-        parts = promptsrc_losses(logits, labels, text, frozen_text, image, frozen_image, zs_logits,
-                                 c.text_loss_weight, c.image_loss_weight, c.logit_loss_weight)
+        parts = promptsrc_losses(
+            logits,
+            labels,
+            text,
+            frozen_text,
+            image,
+            frozen_image,
+            zs_logits,
+            c.text_loss_weight,
+            c.image_loss_weight,
+            c.logit_loss_weight,
+        )
         return parts["total"], {k: v.item() for k, v in parts.items() if k != "total"}
 
     # -- Gaussian prompt aggregation, driven by the training loop ----------------------------

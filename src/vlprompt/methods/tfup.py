@@ -85,8 +85,10 @@ class TFUP(Method):
         if config.text not in TEXTS:
             raise MethodError(f"tfup: text must be one of {TEXTS}, got {config.text!r}")
         if ctx.unlabelled is None:
-            raise MethodError("tfup needs the target's unlabelled images: set the config's `unlabelled` to train "
-                              "or test (MethodContext.unlabelled)")
+            raise MethodError(
+                "tfup needs the target's unlabelled images: set the config's `unlabelled` to train "
+                "or test (MethodContext.unlabelled)"
+            )
         if config.logit_scale is not None:
             self.logit_scale = config.logit_scale
         self.backbone, self.dataset, self.descriptions = ctx.backbone, ctx.dataset, ctx.descriptions
@@ -119,14 +121,15 @@ class TFUP(Method):
         shots = min(c.max_cache_shots, max(c.min_cache_shots, int(len(u) * c.cache_proportion / len(classnames))))
         keys, values = [], []
         for i in range(len(classnames)):
-            candidates = p[:, i].argsort(descending=True, stable=True)[:2 * shots]
+            candidates = p[:, i].argsort(descending=True, stable=True)[: 2 * shots]
             keep = candidates[typicality(p[candidates]).argsort(stable=True)[:shots]]
             keys.append(u[keep])
             values += [i] * len(keep)
         self.register_buffer("weights", w, persistent=False)
         self.register_buffer("cache_keys", torch.cat(keys), persistent=False)  # (M, D) normalised
-        self.register_buffer("cache_values", F.one_hot(torch.tensor(values, device=w.device), len(classnames))
-                             .float(), persistent=False)  # (M, C)
+        self.register_buffer(
+            "cache_values", F.one_hot(torch.tensor(values, device=w.device), len(classnames)).float(), persistent=False
+        )  # (M, C)
         self.cache_shots = shots
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
@@ -141,5 +144,9 @@ class TFUP(Method):
 
     def run_info(self) -> dict:
         texts = source_of(self.descriptions, self.dataset) if self.config.text == "descriptions" else "template"
-        return {"unlabelled": self.pool, "unlabelled_images": len(self.unlabelled), "cache_shots": self.cache_shots,
-                "text": texts}
+        return {
+            "unlabelled": self.pool,
+            "unlabelled_images": len(self.unlabelled),
+            "cache_shots": self.cache_shots,
+            "text": texts,
+        }

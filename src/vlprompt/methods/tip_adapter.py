@@ -105,7 +105,7 @@ class TipAdapter(Method):
             self.logit_scale = config.logit_scale
         self.info: dict = {"deviations": []}
         if ctx.train_features is not None:  # (V, N, D) -> keys (N, D), values (N, C)
-            keys = normalize(ctx.train_features[:config.cache_views].float().mean(dim=0))
+            keys = normalize(ctx.train_features[: config.cache_views].float().mean(dim=0))
             values = F.one_hot(ctx.train_labels.long(), len(ctx.classnames)).float()
             self.check_views(ctx)
         else:  # shapes come from the saved state (load_trainable_state)
@@ -120,11 +120,15 @@ class TipAdapter(Method):
         views, scale = ctx.train_features.shape[0], ctx.train_crop_scale_min
         self.info.update(cache_views=min(views, self.config.cache_views), views_crop_scale_min=scale)
         if views < self.config.cache_views:
-            self.info["deviations"].append(f"cache keys average {views} views, not {self.config.cache_views}: "
-                                           "the feature bank holds fewer (features.train_views)")
+            self.info["deviations"].append(
+                f"cache keys average {views} views, not {self.config.cache_views}: "
+                "the feature bank holds fewer (features.train_views)"
+            )
         if scale is not None and scale != self.cache_crop_scale_min:
-            self.info["deviations"].append(f"views cropped with scale ({scale}, 1), the reference's is "
-                                           f"({self.cache_crop_scale_min}, 1) (features.crop_scale_min)")
+            self.info["deviations"].append(
+                f"views cropped with scale ({scale}, 1), the reference's is "
+                f"({self.cache_crop_scale_min}, 1) (features.crop_scale_min)"
+            )
 
     def set_classes(self, classnames: list[str]) -> None:
         self.register_buffer("weights", text_classifier(self.backbone, self.templates, classnames), persistent=False)
@@ -154,8 +158,9 @@ class TipAdapter(Method):
             got = ctx.split("val_full")
             if got is not None:
                 return (*got, "val")
-            self.info["deviations"].append("searched on the few-shot validation subset: the feature bank does not "
-                                           "hold the whole validation split")
+            self.info["deviations"].append(
+                "searched on the few-shot validation subset: the feature bank does not hold the whole validation split"
+            )
         if ctx.val_features is None or len(ctx.val_features) == 0:
             return None
         return ctx.val_features, ctx.val_labels, "val (few-shot subset)"
@@ -192,8 +197,12 @@ class TipAdapter(Method):
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The cache (keys, values) and the chosen alpha, beta: all a trained artefact needs."""
-        return {"cache_keys": self.cache_keys.detach().cpu(), "cache_values": self.cache_values.detach().cpu(),
-                "alpha": torch.tensor(self.alpha), "beta": torch.tensor(self.beta)}
+        return {
+            "cache_keys": self.cache_keys.detach().cpu(),
+            "cache_values": self.cache_values.detach().cpu(),
+            "alpha": torch.tensor(self.alpha),
+            "beta": torch.tensor(self.beta),
+        }
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         missing = set(self.trainable_state()) - set(state)

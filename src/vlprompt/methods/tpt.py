@@ -19,7 +19,8 @@ with the updated context, then reset the context to its initial state (here: eac
 method's context never changes, so no prediction depends on which images came before; tests/test_methods_wave3.py).
 
 Cached features: the views are extracted once into the feature bank (``<features dir>/test_views<V>_crop<s>.npy``, a
-part of the bank that exists only for experiments with a method that reads it, see vlprompt.experiment.grid.test_views_files), so
+part of the bank that exists only for experiments with a method that reads it, see
+vlprompt.experiment.grid.test_views_files), so
 TPT on cached features is exact up to the finite set of views, which are fixed per image (the reference draws new
 ones at every evaluation). Deviations: the views are random resized crops (scale (0.08, 1), bilinear) with flips for
 every dataset, the reference's augmentation for ImageNet and its variants; on the fine-grained datasets the
@@ -70,8 +71,7 @@ def average_entropy(logits: torch.Tensor) -> torch.Tensor:
 class TPT(CoOp):
     name = "tpt"
     family = "test-time"
-    paper = ("Shu et al., Test-Time Prompt Tuning for Zero-Shot Generalization in Vision-Language Models, "
-             "NeurIPS 2022")
+    paper = "Shu et al., Test-Time Prompt Tuning for Zero-Shot Generalization in Vision-Language Models, NeurIPS 2022"
     description = "per test image, one entropy-minimisation step of the prompt on its most confident views"
     Config = TPTConfig
     needs_training = False
@@ -116,8 +116,12 @@ class TPT(CoOp):
 
         step = self.config.batch_images
         chunks = range(0, len(image_features), step)
-        return torch.cat([self.tune_and_predict(image_features[i:i + step].float())
-                          for i in tqdm(chunks, desc=f"{self.name} test images", unit="batch", disable=None)])
+        return torch.cat(
+            [
+                self.tune_and_predict(image_features[i : i + step].float())
+                for i in tqdm(chunks, desc=f"{self.name} test images", unit="batch", disable=None)
+            ]
+        )
 
 
 @register

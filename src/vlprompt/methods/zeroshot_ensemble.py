@@ -49,8 +49,10 @@ def resolve_templates(spec: str | tuple | list, backbone: Backbone, dataset: str
     elif spec in template_sets():
         templates = template_sets()[spec]
     else:
-        raise MethodError(f"unknown template set {spec!r}; available: {sorted(template_sets())} or 'auto' "
-                          "or a list of templates with '{{}}'")
+        raise MethodError(
+            f"unknown template set {spec!r}; available: {sorted(template_sets())} or 'auto' "
+            "or a list of templates with '{{}}'"
+        )
     bad = [t for t in templates if t.count("{}") != 1]
     if not templates or bad:
         raise MethodError(f"templates must each hold one '{{}}' for the class name; got {bad or templates}")

@@ -84,9 +84,11 @@ class Partition:
         span = lambda v, unit: f"{v[0]}{unit}" if len(v) == 1 else f"{v[0]}-{v[-1]}{unit}"  # noqa: E731
         gpus = f"up to {self.gpus} GPU{'s' * (self.gpus > 1)} a node" if self.gpus else "no GPU"
         limit = "no time limit" if self.max_minutes is None else f"time limit {self.max_minutes} min"
-        return (f"{self.name}{' (default)' if self.default else ''}: {len(self.nodes)} node"
-                f"{'s' * (len(self.nodes) != 1)}, {span(cpus, ' CPUs') if cpus else '-'}, "
-                f"{span(mem, ' MB') if mem else '-'}, {gpus}, {limit}{'' if self.up else ', DOWN'}")
+        return (
+            f"{self.name}{' (default)' if self.default else ''}: {len(self.nodes)} node"
+            f"{'s' * (len(self.nodes) != 1)}, {span(cpus, ' CPUs') if cpus else '-'}, "
+            f"{span(mem, ' MB') if mem else '-'}, {gpus}, {limit}{'' if self.up else ', DOWN'}"
+        )
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,9 @@ def slurm_minutes(text: str) -> int | None:
         h, m, s = ([int(x) for x in t.split(":")] + [0, 0])[:3]
     else:
         parts = [int(x) for x in t.split(":")]
-        h, m, s = {1: lambda: (0, parts[0], 0), 2: lambda: (0, parts[0], parts[1]),
-                   3: lambda: tuple(parts)}[len(parts)]()
+        h, m, s = {1: lambda: (0, parts[0], 0), 2: lambda: (0, parts[0], parts[1]), 3: lambda: tuple(parts)}[
+            len(parts)
+        ]()
     return days * 1440 + h * 60 + m + math.ceil(s / 60)
 
 
@@ -147,8 +150,9 @@ def parse_sinfo(text: str) -> tuple[dict[str, list[Node]], set[str]]:
         if part.endswith("*"):
             part = part[:-1]
             defaults.add(part)
-        nodes.setdefault(part, []).append(Node(name, int(cpus.rstrip("+")), int(mem.rstrip("+")), gres_gpus(gres),
-                                               state))
+        nodes.setdefault(part, []).append(
+            Node(name, int(cpus.rstrip("+")), int(mem.rstrip("+")), gres_gpus(gres), state)
+        )
     return nodes, defaults
 
 
@@ -171,8 +175,9 @@ def _limit(value: str | None) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-def build_cluster(sinfo: str, partitions: str, config: str, sacct_error: str | None,
-                  default_account: str | None = None) -> Cluster:
+def build_cluster(
+    sinfo: str, partitions: str, config: str, sacct_error: str | None, default_account: str | None = None
+) -> Cluster:
     """A Cluster from the text of ``sinfo -h -N -o '%N|%P|%c|%m|%G|%t'``, ``scontrol show partition -o`` and
     ``scontrol show config``. A partition's MaxCPUsPerNode and MaxMemPerNode cap its nodes."""
     nodes, defaults = parse_sinfo(sinfo)
@@ -184,16 +189,27 @@ def build_cluster(sinfo: str, partitions: str, config: str, sacct_error: str | N
         if not name:
             continue
         max_cpus, max_mem = _limit(kv.get("MaxCPUsPerNode")), _limit(kv.get("MaxMemPerNode"))
-        capped = tuple(replace(n, cpus=min(n.cpus, max_cpus or n.cpus), mem_mb=min(n.mem_mb, max_mem or n.mem_mb))
-                       for n in nodes.get(name, []))
-        parts[name] = Partition(name, capped, default=kv.get("Default") == "YES" or name in defaults,
-                                max_minutes=slurm_minutes(kv.get("MaxTime", "UNLIMITED")),
-                                up=kv.get("State", "UP") == "UP")
+        capped = tuple(
+            replace(n, cpus=min(n.cpus, max_cpus or n.cpus), mem_mb=min(n.mem_mb, max_mem or n.mem_mb))
+            for n in nodes.get(name, [])
+        )
+        parts[name] = Partition(
+            name,
+            capped,
+            default=kv.get("Default") == "YES" or name in defaults,
+            max_minutes=slurm_minutes(kv.get("MaxTime", "UNLIMITED")),
+            up=kv.get("State", "UP") == "UP",
+        )
     for name, ns in nodes.items():  # a partition scontrol did not list (hidden): what sinfo says
         parts.setdefault(name, Partition(name, tuple(ns), default=name in defaults))
     age = re.match(r"(\d+)", conf.get("MinJobAge", ""))
-    return Cluster(parts, conf.get("AccountingStorageType", "accounting_storage/none"), sacct_error,
-                   int(age.group(1)) if age else None, default_account)
+    return Cluster(
+        parts,
+        conf.get("AccountingStorageType", "accounting_storage/none"),
+        sacct_error,
+        int(age.group(1)) if age else None,
+        default_account,
+    )
 
 
 def _run(cmd: list[str]) -> tuple[int, str, str]:
@@ -209,8 +225,9 @@ def _run(cmd: list[str]) -> tuple[int, str, str]:
 def query_cluster(run=_run, which=shutil.which) -> Cluster:
     """Ask the cluster once: its partitions and nodes, its config, whether sacct answers."""
     if which("sinfo") is None:
-        raise ClusterError("sinfo not found: run cluster-check on a node of the cluster (a login node), with "
-                           "SLURM's commands on PATH")
+        raise ClusterError(
+            "sinfo not found: run cluster-check on a node of the cluster (a login node), with SLURM's commands on PATH"
+        )
 
     def ask(cmd):
         rc, out, err = run(cmd)
@@ -319,8 +336,16 @@ def job_request(job: PlannedJob) -> Request:
     cpus = _cpus(res, job.threads)
     minutes = res.get("runtime") if isinstance(res.get("runtime"), int) else None
     part = res.get("slurm_partition")
-    return Request(job.rule, None, (job.rule,), cpus, _mem(res, cpus), minutes, _gpus(res),
-                   part.strip("'\"") if isinstance(part, str) else None)
+    return Request(
+        job.rule,
+        None,
+        (job.rule,),
+        cpus,
+        _mem(res, cpus),
+        minutes,
+        _gpus(res),
+        part.strip("'\"") if isinstance(part, str) else None,
+    )
 
 
 def _levels(members: list[PlannedJob]) -> list[list[PlannedJob]]:
@@ -355,13 +380,26 @@ def group_request(name: str, members: list[PlannedJob], cores: int | None, limit
                     self.resources[k] = job.resources[k]
 
     constraints = Resources.from_mapping({**limits, **({"_cores": cores} if cores else {})})
-    total = GroupResources.basic_layered([[_Job(j) for j in level] for level in _levels(members)], constraints,
-                                         run_local=False, additive_resources=["runtime"], sortby=["runtime"])
+    total = GroupResources.basic_layered(
+        [[_Job(j) for j in level] for level in _levels(members)],
+        constraints,
+        run_local=False,
+        additive_resources=["runtime"],
+        sortby=["runtime"],
+    )
     cpus = _cpus(total, total.get("_cores", 1))
     part = total.get("slurm_partition")
-    return Request(f"group {name}", name, tuple(sorted({j.rule for j in members})), cpus, _mem(total, cpus),
-                   total.get("runtime"), _gpus(total), part.strip("'\"") if isinstance(part, str) else None,
-                   len(members))
+    return Request(
+        f"group {name}",
+        name,
+        tuple(sorted({j.rule for j in members})),
+        cpus,
+        _mem(total, cpus),
+        total.get("runtime"),
+        _gpus(total),
+        part.strip("'\"") if isinstance(part, str) else None,
+        len(members),
+    )
 
 
 def components(members: list[PlannedJob]) -> list[list[PlannedJob]]:
@@ -385,8 +423,12 @@ def components(members: list[PlannedJob]) -> list[list[PlannedJob]]:
     return list(comps.values())
 
 
-def requests(jobs: list[PlannedJob], cores: int | None = None, limits: dict[str, int] | None = None,
-             group_components: dict[str, int] | None = None) -> list[Request]:
+def requests(
+    jobs: list[PlannedJob],
+    cores: int | None = None,
+    limits: dict[str, int] | None = None,
+    group_components: dict[str, int] | None = None,
+) -> list[Request]:
     """Every SLURM job of the plan: one per ungrouped job, one per group job. ``group_components`` re-splits
     the dry run's group jobs into group jobs of at most that many components (to try a smaller setting)."""
     out = [job_request(j) for j in jobs if j.block is None]
@@ -400,7 +442,7 @@ def requests(jobs: list[PlannedJob], cores: int | None = None, limits: dict[str,
         chunks = [members]
         if k:
             comps = components(members)
-            chunks = [[j for c in comps[i:i + k] for j in c] for i in range(0, len(comps), k)]
+            chunks = [[j for c in comps[i : i + k] for j in c] for i in range(0, len(comps), k)]
         out += [group_request(name, chunk, cores, limits or {}) for chunk in chunks]
     return out
 
@@ -442,12 +484,16 @@ def read_settings(profiles: list[str], args: list[str]) -> Settings:
         return {k: str(v.raw) for k, v in (resources or {}).items()}
 
     return Settings(
-        profiles=list(profiles), args=list(args), executor=ns.executor or "local",
-        status_command=plugin("status_command", None), init_seconds=int(plugin("init_seconds_before_status_checks",
-                                                                             40)),
+        profiles=list(profiles),
+        args=list(args),
+        executor=ns.executor or "local",
+        status_command=plugin("status_command", None),
+        init_seconds=int(plugin("init_seconds_before_status_checks", 40)),
         set_resources={rule: raw(res) for rule, res in (ns.set_resources or {}).items()},
-        resources=raw(ns.resources), group_components=dict(ns.group_components or {}),
-        cores=ns.cores if isinstance(ns.cores, int) else None)
+        resources=raw(ns.resources),
+        group_components=dict(ns.group_components or {}),
+        cores=ns.cores if isinstance(ns.cores, int) else None,
+    )
 
 
 def plan(settings: Settings, cwd: str | None = None) -> list[PlannedJob]:
@@ -456,8 +502,9 @@ def plan(settings: Settings, cwd: str | None = None) -> list[PlannedJob]:
     cmd += [a for p in settings.profiles for a in ("--profile", p)] + settings.args
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:
-        raise ClusterError(f"the dry run `{shlex.join(cmd[cmd.index('-n'):])}` failed:\n"
-                           f"{(proc.stderr or proc.stdout)[-3000:]}")
+        raise ClusterError(
+            f"the dry run `{shlex.join(cmd[cmd.index('-n') :])}` failed:\n{(proc.stderr or proc.stdout)[-3000:]}"
+        )
     jobs = parse_dry_run(proc.stdout + proc.stderr)
     if not jobs and "Nothing to be done" not in proc.stdout + proc.stderr:
         raise ClusterError("the dry run printed no jobs: is this the project's folder (its Snakefile)?")
@@ -542,24 +589,38 @@ def _job_states_and_account(jobs, cluster, settings, fixes, which) -> tuple[list
     status = settings.status_command or ("sacct" if which("sacct") else "squeue")
     if status == "sacct" and cluster.sacct_error:
         fixes.status_command = status = "squeue"
-        findings.append(Finding(f'job states: the executor asks sacct, which answers "{cluster.sacct_error}"; '
-                                "Snakemake would wait for states that never come", "--slurm-status-command squeue"))
+        findings.append(
+            Finding(
+                f'job states: the executor asks sacct, which answers "{cluster.sacct_error}"; '
+                "Snakemake would wait for states that never come",
+                "--slurm-status-command squeue",
+            )
+        )
     if status == "squeue" and cluster.min_job_age is not None and cluster.min_job_age < 3 * settings.init_seconds:
         fixes.init_seconds = max(1, cluster.min_job_age // 3)
-        findings.append(Finding(f"job states: squeue forgets a finished job after MinJobAge = {cluster.min_job_age}"
-                                f" s, before the executor's first look after {settings.init_seconds} s could be "
-                                "repeated", f"--slurm-init-seconds-before-status-checks {fixes.init_seconds}"))
+        findings.append(
+            Finding(
+                f"job states: squeue forgets a finished job after MinJobAge = {cluster.min_job_age}"
+                f" s, before the executor's first look after {settings.init_seconds} s could be "
+                "repeated",
+                f"--slurm-init-seconds-before-status-checks {fixes.init_seconds}",
+            )
+        )
     if not any("slurm_account" in j.resources for j in jobs):
         if not cluster.has_accounting:
             # plugin 2.8.0 declares --slurm-no-account but never reads it; a slurm_account only gets another
             # warning (its check through sacctmgr and sshare finds no accounts without the database)
-            notes.append("account: no accounting database, so jobs go without one; the executor still tries to "
-                         "guess one through sacct and says \"Unable to guess SLURM account. Trying to proceed "
-                         "without.\" (harmless)")
+            notes.append(
+                "account: no accounting database, so jobs go without one; the executor still tries to "
+                'guess one through sacct and says "Unable to guess SLURM account. Trying to proceed '
+                'without." (harmless)'
+            )
         else:
             mine = f" (yours by default: {cluster.default_account})" if cluster.default_account else ""
-            notes.append(f"account: set slurm_account under default-resources in the profile{mine}; without it "
-                         "the executor guesses one through sacct, with a warning")
+            notes.append(
+                f"account: set slurm_account under default-resources in the profile{mine}; without it "
+                "the executor guesses one through sacct, with a warning"
+            )
     return findings, notes
 
 
@@ -572,36 +633,60 @@ def _each_rule(jobs, cluster, fixes) -> list[Finding]:
         part = cluster.partition(req.partition)
         if part is None:
             where = f"partition {req.partition!r}" if req.partition else "the cluster's default partition"
-            findings.append(Finding(f"{rule}: {where} does not exist (partitions: "
-                                    f"{', '.join(cluster.partitions) or 'none'}); set slurm_partition"))
+            findings.append(
+                Finding(
+                    f"{rule}: {where} does not exist (partitions: "
+                    f"{', '.join(cluster.partitions) or 'none'}); set slurm_partition"
+                )
+            )
             continue
         gpus = req.gpus
         if gpus and part.gpus < gpus:
             other = [p for p in cluster.partitions.values() if p.up and p.gpus >= gpus]
             if other:
                 fix = fixes.set(rule, "slurm_partition", other[0].name)
-                findings.append(Finding(f"{rule}: asks for {gpus} GPU, partition {part.name} has none; "
-                                        f"partition {other[0].name} has", fix))
+                findings.append(
+                    Finding(
+                        f"{rule}: asks for {gpus} GPU, partition {part.name} has none; partition {other[0].name} has",
+                        fix,
+                    )
+                )
                 part = other[0]
             else:
                 fix = fixes.set(rule, "gpu", 0)
-                findings.append(Finding(f"{rule}: asks for {gpus} GPU, no partition has one; without the "
-                                        "request it runs on the CPUs", fix))
+                findings.append(
+                    Finding(
+                        f"{rule}: asks for {gpus} GPU, no partition has one; without the request it runs on the CPUs",
+                        fix,
+                    )
+                )
                 gpus = 0
         node = part.largest(gpus)
         if node is None:
             findings.append(Finding(f"{rule}: partition {part.name} has no node"))
             continue
         if req.cpus > node.cpus:
-            findings.append(Finding(f"{rule}: asks for {req.cpus} CPUs, the largest node of {part.name} has "
-                                    f"{node.cpus}", fixes.set(rule, "cpus_per_task", node.cpus)))
+            findings.append(
+                Finding(
+                    f"{rule}: asks for {req.cpus} CPUs, the largest node of {part.name} has {node.cpus}",
+                    fixes.set(rule, "cpus_per_task", node.cpus),
+                )
+            )
         if req.mem_mb > node.mem_mb:
-            findings.append(Finding(f"{rule}: asks for {req.mem_mb} MB, the largest node of {part.name} has "
-                                    f"{node.mem_mb} MB", fixes.set(rule, "mem_mb", node.mem_mb)))
+            findings.append(
+                Finding(
+                    f"{rule}: asks for {req.mem_mb} MB, the largest node of {part.name} has {node.mem_mb} MB",
+                    fixes.set(rule, "mem_mb", node.mem_mb),
+                )
+            )
         if part.max_minutes is not None and (req.minutes or 0) > part.max_minutes:
-            findings.append(Finding(f"{rule}: asks for {req.minutes} min, partition {part.name} allows "
-                                    f"{part.max_minutes} (a job still running then is stopped)",
-                                    fixes.set(rule, "runtime", part.max_minutes)))
+            findings.append(
+                Finding(
+                    f"{rule}: asks for {req.minutes} min, partition {part.name} allows "
+                    f"{part.max_minutes} (a job still running then is stopped)",
+                    fixes.set(rule, "runtime", part.max_minutes),
+                )
+            )
     return findings
 
 
@@ -613,8 +698,13 @@ def _group_jobs(jobs, cluster, settings, fixes, limits) -> list[Finding]:
     cores = settings.cores
     groups = [r for r in requests(jobs, cores, limits) if r.group]
     for attr, unit in (("cpus", "CPUs"), ("mem_mb", "MB")):
-        too_big = [(r, node) for r in groups if (part := cluster.partition(r.partition))
-                   and (node := part.largest(r.gpus)) and getattr(r, attr) > getattr(node, attr)]
+        too_big = [
+            (r, node)
+            for r in groups
+            if (part := cluster.partition(r.partition))
+            and (node := part.largest(r.gpus))
+            and getattr(r, attr) > getattr(node, attr)
+        ]
         if not too_big:
             continue
         cap = min(getattr(node, attr) for _, node in too_big)
@@ -626,22 +716,36 @@ def _group_jobs(jobs, cluster, settings, fixes, limits) -> list[Finding]:
             fixes.mem_mb = cap
             limits["mem_mb"] = cap
             fix = f"--resources mem_mb={cap}"
-        findings.append(Finding(f"{r.kind}: a group job of {r.members} members asks for {getattr(r, attr)} {unit}, "
-                                f"the largest node has {cap}: fewer members run side by side", fix))
+        findings.append(
+            Finding(
+                f"{r.kind}: a group job of {r.members} members asks for {getattr(r, attr)} {unit}, "
+                f"the largest node has {cap}: fewer members run side by side",
+                fix,
+            )
+        )
         groups = [r for r in requests(jobs, cores, limits) if r.group]
     for name in sorted({r.group for r in groups}):
-        slow = [r for r in groups if r.group == name and (p := cluster.partition(r.partition))
-                and p.max_minutes is not None and (r.minutes or 0) > p.max_minutes]
+        slow = [
+            r
+            for r in groups
+            if r.group == name
+            and (p := cluster.partition(r.partition))
+            and p.max_minutes is not None
+            and (r.minutes or 0) > p.max_minutes
+        ]
         if not slow:
             continue
         worst = max(slow, key=lambda r: r.minutes or 0)
         part = cluster.partition(worst.partition)
         k = settings.group_components.get(name, 1) - 1
-        while k >= 1 and any(r.group == name and (r.minutes or 0) > part.max_minutes
-                             for r in requests(jobs, cores, limits, {name: k})):
+        while k >= 1 and any(
+            r.group == name and (r.minutes or 0) > part.max_minutes for r in requests(jobs, cores, limits, {name: k})
+        ):
             k -= 1
-        problem = (f"group {name}: a group job takes {worst.minutes} min in rounds, partition {part.name} allows "
-                   f"{part.max_minutes}")
+        problem = (
+            f"group {name}: a group job takes {worst.minutes} min in rounds, partition {part.name} allows "
+            f"{part.max_minutes}"
+        )
         if k >= 1:
             fixes.group_components[name] = k
             findings.append(Finding(problem, f"--group-components {name}={k}"))
@@ -666,9 +770,14 @@ def check(jobs: list[PlannedJob], cluster: Cluster, settings: Settings, which=sh
         if part is None:
             continue
         if not part.fits(r.cpus, r.mem_mb, r.gpus, r.minutes) and not any(
-                f.fix is None and r.kind in f.problem for f in findings):
-            findings.append(Finding(f"{r.kind}: {r.cpus} CPUs, {r.mem_mb} MB, {r.gpus} GPU, {r.minutes} min "
-                                    f"still fits no node of partition {part.name}"))
+            f.fix is None and r.kind in f.problem for f in findings
+        ):
+            findings.append(
+                Finding(
+                    f"{r.kind}: {r.cpus} CPUs, {r.mem_mb} MB, {r.gpus} GPU, {r.minutes} min "
+                    f"still fits no node of partition {part.name}"
+                )
+            )
         if not part.up:
             notes.append(f"partition {part.name} is not up: its jobs wait until it is")
     return Report(cluster, settings, before, after, findings, fixes, sorted(set(notes)))
@@ -686,8 +795,10 @@ def table(reqs: list[Request], cluster: Cluster) -> list[str]:
     lines = [f"  {'SLURM job':26s} {'count':>5s} {'CPUs':>5s} {'MB':>7s} {'minutes':>7s} {'GPUs':>4s}  partition"]
     for kind, rs in kinds.items():
         r = _largest(rs)
-        lines.append(f"  {kind:26s} {len(rs):5d} {r.cpus:5d} {r.mem_mb:7d} {r.minutes or 0:7d} {r.gpus:4d}  "
-                     f"{r.partition or default}")
+        lines.append(
+            f"  {kind:26s} {len(rs):5d} {r.cpus:5d} {r.mem_mb:7d} {r.minutes or 0:7d} {r.gpus:4d}  "
+            f"{r.partition or default}"
+        )
     return lines
 
 
@@ -698,13 +809,18 @@ def _command(settings: Settings, flags: list[str]) -> str:
 
 def render(report: Report) -> str:
     s, c = report.settings, report.cluster
-    out = [f"vlprompt cluster-check: {' + '.join(s.profiles)}"
-           + (f" with {shlex.join(s.args)}" if s.args else "")
-           + f": {sum(r.members for r in report.before)} jobs in {len(report.before)} SLURM jobs"]
+    out = [
+        f"vlprompt cluster-check: {' + '.join(s.profiles)}"
+        + (f" with {shlex.join(s.args)}" if s.args else "")
+        + f": {sum(r.members for r in report.before)} jobs in {len(report.before)} SLURM jobs"
+    ]
     out.append("cluster:")
     out += [f"  partition {p.describe()}" for p in c.partitions.values()]
-    out.append(f"  accounting: {c.accounting}" + (f" (sacct: {c.sacct_error})" if c.sacct_error else "")
-               + (f"; finished jobs stay in squeue for {c.min_job_age} s (MinJobAge)" if c.min_job_age else ""))
+    out.append(
+        f"  accounting: {c.accounting}"
+        + (f" (sacct: {c.sacct_error})" if c.sacct_error else "")
+        + (f"; finished jobs stay in squeue for {c.min_job_age} s (MinJobAge)" if c.min_job_age else "")
+    )
     out.append("what the profile asks for (the largest job of each kind):")
     out += table(report.before, c)
     if not report.findings:
@@ -724,9 +840,11 @@ def render(report: Report) -> str:
     if flags:
         profiles = " ".join(f"--profile {shlex.quote(p)}" for p in s.profiles)
         extra = f" -- {shlex.join(s.args)}" if s.args else ""
-        out.append("(the same flags computed on the spot: snakemake "
-                   f"{profiles}{' ' + shlex.join(s.args) if s.args else ''} "
-                   f"$(python -m vlprompt cluster-check {profiles} --flags{extra}))")
+        out.append(
+            "(the same flags computed on the spot: snakemake "
+            f"{profiles}{' ' + shlex.join(s.args) if s.args else ''} "
+            f"$(python -m vlprompt cluster-check {profiles} --flags{extra}))"
+        )
     return "\n".join(out)
 
 
@@ -735,8 +853,10 @@ def main(profiles: list[str], snakemake_args: list[str], flags_only: bool = Fals
     Exit status 0 when everything fits after the fixes, 1 when something does not."""
     settings = read_settings(profiles, snakemake_args)
     if settings.executor != "slurm":
-        raise ClusterError(f"the profile's executor is {settings.executor!r}, not slurm: cluster-check is for "
-                           "workflow/profiles/slurm and profiles built on it")
+        raise ClusterError(
+            f"the profile's executor is {settings.executor!r}, not slurm: cluster-check is for "
+            "workflow/profiles/slurm and profiles built on it"
+        )
     cluster = query_cluster()
     report = check(plan(settings), cluster, settings)
     text = render(report)
@@ -744,8 +864,10 @@ def main(profiles: list[str], snakemake_args: list[str], flags_only: bool = Fals
         print(text, file=sys.stderr)
         flags = report.fixes.flags(settings)
         if any(re.search(r"\s", f) for f in flags):
-            print("cluster-check: a value holds a space, which $(...) would split: run the command above instead",
-                  file=sys.stderr)
+            print(
+                "cluster-check: a value holds a space, which $(...) would split: run the command above instead",
+                file=sys.stderr,
+            )
         print(" ".join(flags))
     else:
         print(text)

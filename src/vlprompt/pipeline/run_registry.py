@@ -13,6 +13,7 @@ from vlprompt.io import atomic_write_text
 
 RUNS_DIR = Path(".snakemake") / "vlprompt-runs"  # one JSON per running snakemake (onstart .. onsuccess/onerror)
 
+
 def process_alive(pid: int) -> bool:
     """Whether a process of this host with that pid exists (one we may not signal counts)."""
     try:
@@ -27,9 +28,19 @@ def process_alive(pid: int) -> bool:
 def register_run(cfg: dict, argv: list[str], root: str | Path = ".") -> Path:
     """Record this Snakemake process as running ``cfg``'s experiment in ``root`` (removed when it ends)."""
     path = Path(root) / RUNS_DIR / f"{socket.gethostname()}-{os.getpid()}.json"
-    atomic_write_text(path, json.dumps({
-        "experiment": cfg["experiment"], "pid": os.getpid(), "host": socket.gethostname(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(argv)}) + "\n")
+    atomic_write_text(
+        path,
+        json.dumps(
+            {
+                "experiment": cfg["experiment"],
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": " ".join(argv),
+            }
+        )
+        + "\n",
+    )
     return path
 
 
@@ -59,8 +70,10 @@ def running(root: str | Path = ".") -> list[dict]:
 
 
 def describe(rec: dict) -> str:
-    return (f"experiment {rec['experiment']!r} (pid {rec['pid']} on {rec['host']}, started {rec['started']}: "
-            f"{rec['command']})")
+    return (
+        f"experiment {rec['experiment']!r} (pid {rec['pid']} on {rec['host']}, started {rec['started']}: "
+        f"{rec['command']})"
+    )
 
 
 def snakemake_processes(root: str | Path = ".") -> list[int]:

@@ -37,8 +37,10 @@ def resolve_config(config: dict, base_dir: str | Path | None = None) -> tuple[di
     notes = cfg.get("report", {}).get("notes_file")
     if notes and base_dir is not None and not Path(notes).exists():
         if not (Path(base_dir) / notes).exists():
-            raise ConfigError(f"report.notes_file: {notes!r} does not exist (looked in {Path.cwd()} and "
-                              f"{Path(base_dir).resolve()}); write it, or remove the key from the config")
+            raise ConfigError(
+                f"report.notes_file: {notes!r} does not exist (looked in {Path.cwd()} and "
+                f"{Path(base_dir).resolve()}); write it, or remove the key from the config"
+            )
         cfg["report"]["notes_file"] = str((Path(base_dir) / notes).resolve())
     text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
     folder = Path(cfg["results_root"]) / cfg["experiment"]
@@ -52,5 +54,8 @@ def resolve_config(config: dict, base_dir: str | Path | None = None) -> tuple[di
 def job_environment(config_path: str, configfiles: list[str]) -> dict[str, str]:
     """What every job of this Snakemake process inherits: its config, the config files given (for the
     rebuild hints of corrupt artefacts) and the process to outlive none of (see :mod:`vlprompt.pipeline.watchdog`)."""
-    return {CONFIG_ENV: config_path, CONFIGFILES_ENV: os.pathsep.join(str(c) for c in configfiles),
-            PARENT_ENV: f"{socket.gethostname()}:{os.getpid()}"}
+    return {
+        CONFIG_ENV: config_path,
+        CONFIGFILES_ENV: os.pathsep.join(str(c) for c in configfiles),
+        PARENT_ENV: f"{socket.gethostname()}:{os.getpid()}",
+    }

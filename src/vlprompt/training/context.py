@@ -42,18 +42,25 @@ def training_classes(cfg: dict, classes: dict) -> list[int]:
     return classes["base"] if cfg["protocol"] == "base2new" else list(range(len(classes["classnames"])))
 
 
-def method_context(cfg: dict, dataset: str, classnames: list[str], device: torch.device, seed: int,
-                   template_of: str | None = None) -> MethodContext:
+def method_context(
+    cfg: dict, dataset: str, classnames: list[str], device: torch.device, seed: int, template_of: str | None = None
+) -> MethodContext:
     """The context every method starts from; ``template_of`` names the dataset whose hand-crafted template the
     prompts use (the target's under transfer, as the references build the model for the target)."""
     backbone = cached_backbone(cfg, device)
     target = template_of or dataset
-    return MethodContext(backbone=backbone, encoder=PromptedTextEncoder(backbone.model), classnames=classnames,
-                         template=get_dataset(target).template, device=device, seed=seed, dataset=target)
+    return MethodContext(
+        backbone=backbone,
+        encoder=PromptedTextEncoder(backbone.model),
+        classnames=classnames,
+        template=get_dataset(target).template,
+        device=device,
+        seed=seed,
+        dataset=target,
+    )
 
 
-def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: torch.device,
-                  for_training: bool = True):
+def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: torch.device, for_training: bool = True):
     """The method's context for a run: backbone, training classes, few-shot features (if trained), and what the
     method declares it reads: the unlabelled images' features, the multitask prompt it starts from (when
     ``for_training``; a trained model's evaluation loads its own state instead).
@@ -77,8 +84,9 @@ def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: t
         ctx.val_features = subset_bank.take(f"{stem.name}.val", [r[0] for r in val_rows])
         ctx.val_labels = torch.tensor([r[1] for r in val_rows])
         ctx.train_crop_scale_min = subset_bank.meta(f"{stem.name}.train").get("scale_min")
-        ctx.load_split = BankSplits(bank, train_labels, train_rows, split_path(cfg, dataset),
-                                    plain=(subset_bank, f"{stem.name}.plain"))
+        ctx.load_split = BankSplits(
+            bank, train_labels, train_rows, split_path(cfg, dataset), plain=(subset_bank, f"{stem.name}.plain")
+        )
     if cls.reads_unlabelled:
         ctx.unlabelled = unlabelled_features(cfg, dataset)
     if cls.reads_multitask_prompt and shots > 0 and for_training:
@@ -94,16 +102,18 @@ def unlabelled_features(cfg: dict, dataset: str) -> UnlabelledFeatures:
     return UnlabelledFeatures(FeatureBank(grid.features_dir(cfg, dataset)), split)
 
 
-def test_view_features(cfg: dict, dataset: str, method: str, shots: int, rows: list,
-                       trained_on: str | None = None) -> torch.Tensor:
+def test_view_features(
+    cfg: dict, dataset: str, method: str, shots: int, rows: list, trained_on: str | None = None
+) -> torch.Tensor:
     """(N, V, D) features of the test images ``rows`` in V views (view 0 the original), for ``reads_test_views``."""
     stem = grid.test_views_stem(cfg, dataset, method, shots, trained_on)
     views = FeatureBank(stem.parent).take(stem.name, [r[0] for r in rows])  # (V, N, D)
     return views.transpose(0, 1).contiguous()
 
 
-def eval_features(cfg: dict, bank: FeatureBank, rows: list, cls, dataset: str, shots: int,
-                  trained_on: str | None = None) -> torch.Tensor:
+def eval_features(
+    cfg: dict, bank: FeatureBank, rows: list, cls, dataset: str, shots: int, trained_on: str | None = None
+) -> torch.Tensor:
     """What the method classifies for the test images ``rows``: their features, or their views."""
     if cls.reads_test_views:
         return test_view_features(cfg, dataset, cls.name, shots, rows, trained_on)

@@ -29,13 +29,21 @@ def score(preds: torch.Tensor, labels: torch.Tensor) -> tuple[float, list]:
     """Top-1 accuracy in percent and per-class accuracy (NaN for a class with no test image)."""
     correct = (preds == labels).float()
     n_cls = int(labels.max()) + 1 if len(labels) else 0
-    per_class = [float(correct[labels == c].mean() * 100) if (labels == c).any() else float("nan")
-                 for c in range(n_cls)]
+    per_class = [
+        float(correct[labels == c].mean() * 100) if (labels == c).any() else float("nan") for c in range(n_cls)
+    ]
     return (float(correct.mean() * 100) if len(labels) else float("nan")), per_class
 
 
-def evaluate(method, test_rows: list, test_features: torch.Tensor, classes: dict, protocol: str,
-             trained_on: list[str], device: torch.device) -> dict:
+def evaluate(
+    method,
+    test_rows: list,
+    test_features: torch.Tensor,
+    classes: dict,
+    protocol: str,
+    trained_on: list[str],
+    device: torch.device,
+) -> dict:
     """Evaluate ``method`` on the cached test features; returns the metrics dict of a run."""
     position = {r[0]: i for i, r in enumerate(test_rows)}
 
@@ -49,12 +57,14 @@ def evaluate(method, test_rows: list, test_features: torch.Tensor, classes: dict
 @torch.no_grad()
 def predict_chunks(method, features: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """Predicted class of each feature row, computed in chunks, on the CPU."""
-    return torch.cat([method(features[i:i + chunk]).argmax(-1).cpu() for i in range(0, len(features), chunk)]) \
-        if len(features) else torch.zeros(0, dtype=torch.long)
+    return (
+        torch.cat([method(features[i : i + chunk]).argmax(-1).cpu() for i in range(0, len(features), chunk)])
+        if len(features)
+        else torch.zeros(0, dtype=torch.long)
+    )
 
 
-def evaluate_parts(method, test_rows: list, classes: dict, protocol: str, trained_on: list[str],
-                   predict) -> dict:
+def evaluate_parts(method, test_rows: list, classes: dict, protocol: str, trained_on: list[str], predict) -> dict:
     """The metrics of a run, whatever the method reads: ``predict(rows)`` returns the predicted index
     (into the part's classes) of each test row of a part, after ``method.set_classes`` has switched the
     method to that part's classes. Base2new: base and new each a closed set, and their harmonic mean;
@@ -62,8 +72,11 @@ def evaluate_parts(method, test_rows: list, classes: dict, protocol: str, traine
     names = classes["classnames"]
     method.eval()
     out: dict = {}
-    parts = [("base", classes["base"]), ("new", classes["new"])] if protocol == "base2new" else \
-        [("all", list(range(len(names))))]  # fewshot, crossdataset, domain generalisation: all classes
+    parts = (
+        [("base", classes["base"]), ("new", classes["new"])]
+        if protocol == "base2new"
+        else [("all", list(range(len(names))))]
+    )  # fewshot, crossdataset, domain generalisation: all classes
     for part, keep in parts:
         keep_names = [names[i] for i in keep]
         rows = subsample_classes(test_rows, keep)  # labels relabelled to 0..len(keep)-1

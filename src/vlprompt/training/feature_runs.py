@@ -30,8 +30,15 @@ from vlprompt.training.loop import batch_indices, seed_everything, train_loop
 from vlprompt.training.records import load_model_state, save_run, transfer_metrics
 
 
-def feature_loop(method, ctx: MethodContext, cfg: TrainConfig, ckpt_path: Path, checkpoint_every: int,
-                 progress: bool = True, stop_after: int | None = None) -> dict:
+def feature_loop(
+    method,
+    ctx: MethodContext,
+    cfg: TrainConfig,
+    ckpt_path: Path,
+    checkpoint_every: int,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
     """Train the method's parameters on ``ctx.train_features`` ((V, N, D): V augmented views of N images);
     resumable from ``ckpt_path``."""
     device = ctx.device
@@ -49,8 +56,16 @@ def feature_loop(method, ctx: MethodContext, cfg: TrainConfig, ckpt_path: Path, 
     return {"loss_history": info["loss_history"], "steps_per_epoch": info["steps_per_epoch"]}
 
 
-def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_dir: str | Path,
-        progress: bool = True, stop_after: int | None = None) -> dict:
+def run(
+    cfg: dict,
+    dataset: str,
+    method_name: str,
+    shots: int,
+    seed: int,
+    out_dir: str | Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
     """Train and evaluate one run of a feature-bank method; write ``model.pt`` and ``metrics.json`` into ``out_dir``."""
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -73,12 +88,25 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
     if cls.needs_training:  # accuracy on the few-shot val split, the only data defaults are chosen on
         metrics.update(validation_metrics(cfg, dataset, shots, seed, method, classes, train_names, device))
     seconds = {"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)}
-    return save_run(cfg, out_dir, metrics, method, mcfg, dataset, shots, seed, train_names, train_info, seconds,
-                    provenance(**backbone.provenance(), device=str(device)))
+    return save_run(
+        cfg,
+        out_dir,
+        metrics,
+        method,
+        mcfg,
+        dataset,
+        shots,
+        seed,
+        train_names,
+        train_info,
+        seconds,
+        provenance(**backbone.provenance(), device=str(device)),
+    )
 
 
-def validation_metrics(cfg: dict, dataset: str, shots: int, seed: int, method, classes: dict,
-                       train_names: list[str], device: torch.device) -> dict:
+def validation_metrics(
+    cfg: dict, dataset: str, shots: int, seed: int, method, classes: dict, train_names: list[str], device: torch.device
+) -> dict:
     """The run's metrics on its few-shot validation images (every class: base and new under base2new), each
     key prefixed ``val_``; the method is switched back to its training classes first."""
     try:
@@ -92,8 +120,9 @@ def validation_metrics(cfg: dict, dataset: str, shots: int, seed: int, method, c
     return {f"val_{k}": v for k, v in metrics.items() if not k.endswith("_per_class")}
 
 
-def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, target: str,
-                      out: str | Path) -> dict:
+def evaluate_transfer(
+    cfg: dict, dataset: str, method_name: str, shots: int, seed: int, target: str, out: str | Path
+) -> dict:
     """Evaluate the model trained on ``dataset`` on every class of ``target`` (cross-dataset transfer,
     domain generalisation); writes the metrics JSON ``out`` with ``dataset=target``."""
     torch.set_num_threads(cfg["train"]["threads"])
@@ -111,9 +140,25 @@ def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, see
     target_bank = FeatureBank(grid.features_dir(cfg, target))
     target_classes = read_artefact_json(grid.classes_path(cfg, target))
     rows = target_bank.rows("test")
-    metrics = evaluate(method, rows, eval_features(cfg, target_bank, rows, cls, target, shots, trained_on=dataset),
-                       target_classes, "all", ctx.classnames, device)
-    metrics = transfer_metrics(cfg, metrics, method_name, dataset, target, shots, seed, cls.needs_training,
-                               provenance(**ctx.backbone.provenance(), device=str(device)))
+    metrics = evaluate(
+        method,
+        rows,
+        eval_features(cfg, target_bank, rows, cls, target, shots, trained_on=dataset),
+        target_classes,
+        "all",
+        ctx.classnames,
+        device,
+    )
+    metrics = transfer_metrics(
+        cfg,
+        metrics,
+        method_name,
+        dataset,
+        target,
+        shots,
+        seed,
+        cls.needs_training,
+        provenance(**ctx.backbone.provenance(), device=str(device)),
+    )
     atomic_write_json(out, metrics)
     return metrics

@@ -32,9 +32,19 @@ def _epoch_view(seed: int, epoch: int) -> int:
     return 1_000_000 + seed * 100_003 + epoch
 
 
-def image_loop(method, ctx: MethodContext, cfg: TrainConfig, root: Path, rows: list, transform,
-               ckpt_path: Path, checkpoint_every: int, workers: int = 0, progress: bool = True,
-               stop_after: int | None = None) -> dict:
+def image_loop(
+    method,
+    ctx: MethodContext,
+    cfg: TrainConfig,
+    root: Path,
+    rows: list,
+    transform,
+    ckpt_path: Path,
+    checkpoint_every: int,
+    workers: int = 0,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
     """Train ``method`` on the images ``rows`` ([relpath, label, name], labels of the training classes)."""
     device = ctx.device
     relpaths, labels = [r[0] for r in rows], torch.tensor([r[1] for r in rows])
@@ -44,24 +54,37 @@ def image_loop(method, ctx: MethodContext, cfg: TrainConfig, root: Path, rows: l
         order = torch.randperm(n, generator=gen)
         idxs = [batch_indices(order, s, cfg.batch_size).tolist() for s in range(steps)]
         images = ImageList(root, relpaths, transform, view=_epoch_view(ctx.seed, epoch))
-        loader = torch.utils.data.DataLoader(images, batch_sampler=idxs, num_workers=workers,
-                                             pin_memory=device.type == "cuda")
+        loader = torch.utils.data.DataLoader(
+            images, batch_sampler=idxs, num_workers=workers, pin_memory=device.type == "cuda"
+        )
         for idx, x in zip(idxs, loader, strict=True):
             yield x.to(device, non_blocking=True), labels[idx].to(device)
 
     return train_loop(method, cfg, ctx.seed, device, n, batches, ckpt_path, checkpoint_every, progress, stop_after)
 
 
-def evaluate_images(method, test_rows: list, root: Path, transform, classes: dict, protocol: str,
-                    trained_on: list[str], device: torch.device, batch_size: int = 256,
-                    workers: int = 0) -> dict:
+def evaluate_images(
+    method,
+    test_rows: list,
+    root: Path,
+    transform,
+    classes: dict,
+    protocol: str,
+    trained_on: list[str],
+    device: torch.device,
+    batch_size: int = 256,
+    workers: int = 0,
+) -> dict:
     """:func:`vlprompt.training.evaluate.evaluate` on images: the same parts, closed sets and metrics."""
 
     @torch.no_grad()
     def predict(rows: list) -> torch.Tensor:
-        loader = torch.utils.data.DataLoader(ImageList(root, [r[0] for r in rows], transform),
-                                             batch_size=batch_size, num_workers=workers,
-                                             pin_memory=device.type == "cuda")
+        loader = torch.utils.data.DataLoader(
+            ImageList(root, [r[0] for r in rows], transform),
+            batch_size=batch_size,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+        )
         preds = []
         for x in loader:
             with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
@@ -71,8 +94,16 @@ def evaluate_images(method, test_rows: list, root: Path, transform, classes: dic
     return evaluate_parts(method, test_rows, classes, protocol, trained_on, predict)
 
 
-def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_dir: str | Path,
-        progress: bool = True, stop_after: int | None = None) -> dict:
+def run(
+    cfg: dict,
+    dataset: str,
+    method_name: str,
+    shots: int,
+    seed: int,
+    out_dir: str | Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
     """Train and evaluate one run of an image-input method; write ``model.pt`` and ``metrics.json``."""
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -91,25 +122,61 @@ def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_di
     train_info: dict = {}
     ckpt = out_dir / "checkpoint.pt"
     if cls.needs_training:
-        fewshot = splits.read_fewshot(grid.fewshot_path(cfg, dataset, shots, seed),
-                                      cfg["fewshot"].get("allow_fewer", False))
+        fewshot = splits.read_fewshot(
+            grid.fewshot_path(cfg, dataset, shots, seed), cfg["fewshot"].get("allow_fewer", False)
+        )
         rows = subsample_classes(fewshot["train"], train_labels)
         model = backbone.model
-        transform = train_transform(backbone.image_size, model.visual.image_mean, model.visual.image_std,
-                                    fcfg["crop_scale_min"])
-        train_info = image_loop(method, ctx, mcfg, root, rows, transform, ckpt, cfg["train"]["checkpoint_every"],
-                                fcfg["workers"], progress, stop_after)
+        transform = train_transform(
+            backbone.image_size, model.visual.image_mean, model.visual.image_std, fcfg["crop_scale_min"]
+        )
+        train_info = image_loop(
+            method,
+            ctx,
+            mcfg,
+            root,
+            rows,
+            transform,
+            ckpt,
+            cfg["train"]["checkpoint_every"],
+            fcfg["workers"],
+            progress,
+            stop_after,
+        )
     t_train = time.time() - t0 - t_load
     test_rows = splits.read_split(registry.split_path(cfg, dataset))["test"]
-    metrics = evaluate_images(method, test_rows, root, backbone.preprocess, classes, cfg["protocol"], train_names,
-                              device, fcfg["batch_size"], fcfg["workers"])
+    metrics = evaluate_images(
+        method,
+        test_rows,
+        root,
+        backbone.preprocess,
+        classes,
+        cfg["protocol"],
+        train_names,
+        device,
+        fcfg["batch_size"],
+        fcfg["workers"],
+    )
     seconds = {"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)}
-    return save_run(cfg, out_dir, metrics, method, mcfg, dataset, shots, seed, train_names, train_info, seconds,
-                    provenance(**backbone.provenance(), device=str(device)))
+    return save_run(
+        cfg,
+        out_dir,
+        metrics,
+        method,
+        mcfg,
+        dataset,
+        shots,
+        seed,
+        train_names,
+        train_info,
+        seconds,
+        provenance(**backbone.provenance(), device=str(device)),
+    )
 
 
-def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, target: str,
-                      out: str | Path) -> dict:
+def evaluate_transfer(
+    cfg: dict, dataset: str, method_name: str, shots: int, seed: int, target: str, out: str | Path
+) -> dict:
     """The image variant of :func:`vlprompt.training.feature_runs.evaluate_transfer`: the model trained on
     ``dataset`` evaluated on every class of ``target`` (cross-dataset, domain generalisation); writes ``out``."""
     torch.set_num_threads(cfg["train"]["threads"])
@@ -127,9 +194,28 @@ def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, see
     target_classes = read_artefact_json(grid.classes_path(cfg, target))
     test_rows = splits.read_split(registry.split_path(cfg, target))["test"]
     fcfg = cfg["features"]
-    metrics = evaluate_images(method, test_rows, registry.dataset_dir(cfg, target), ctx.backbone.preprocess,
-                              target_classes, "all", train_names, device, fcfg["batch_size"], fcfg["workers"])
-    metrics = transfer_metrics(cfg, metrics, method_name, dataset, target, shots, seed, cls.needs_training,
-                               provenance(**ctx.backbone.provenance(), device=str(device)))
+    metrics = evaluate_images(
+        method,
+        test_rows,
+        registry.dataset_dir(cfg, target),
+        ctx.backbone.preprocess,
+        target_classes,
+        "all",
+        train_names,
+        device,
+        fcfg["batch_size"],
+        fcfg["workers"],
+    )
+    metrics = transfer_metrics(
+        cfg,
+        metrics,
+        method_name,
+        dataset,
+        target,
+        shots,
+        seed,
+        cls.needs_training,
+        provenance(**ctx.backbone.provenance(), device=str(device)),
+    )
     atomic_write_json(out, metrics)
     return metrics

@@ -69,19 +69,32 @@ def loop_setup(method: Method, cfg: TrainConfig, device: torch.device, n: int):
     if not params:
         raise RuntimeError(f"method {method.name!r} has nothing to train")
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    steps = max(cfg.min_steps_per_epoch, n // cfg.batch_size if n >= cfg.batch_size else 1,
-                0 if cfg.drop_last else math.ceil(n / cfg.batch_size))
+    steps = max(
+        cfg.min_steps_per_epoch,
+        n // cfg.batch_size if n >= cfg.batch_size else 1,
+        0 if cfg.drop_last else math.ceil(n / cfg.batch_size),
+    )
     return make_optimizer(cfg, params), scaler, steps
 
 
 def batch_indices(order: torch.Tensor, step: int, batch_size: int) -> torch.Tensor:
     """Step ``step``'s indices into the shuffled ``order``, wrapping around when steps × batch exceeds N."""
     n = len(order)
-    return order[(step * batch_size) % n:][:batch_size]
+    return order[(step * batch_size) % n :][:batch_size]
 
 
-def train_loop(method: Method, cfg: TrainConfig, seed: int, device: torch.device, n: int, batches: Batches,
-               ckpt_path: Path, checkpoint_every: int, progress: bool = True, stop_after: int | None = None) -> dict:
+def train_loop(
+    method: Method,
+    cfg: TrainConfig,
+    seed: int,
+    device: torch.device,
+    n: int,
+    batches: Batches,
+    ckpt_path: Path,
+    checkpoint_every: int,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
     """Train ``method`` for ``cfg.epochs`` on ``n`` training examples drawn by ``batches``; resumable from
     ``ckpt_path``. Hooks a method may define: ``adjust_gradients(x, y)`` after the backward (ProGrad's gradient
     surgery, MoCoOp's clipping; gradients unscaled first), ``epoch_end(epoch)`` and ``train_end()`` (PromptSRC's
@@ -103,8 +116,14 @@ def train_loop(method: Method, cfg: TrainConfig, seed: int, device: torch.device
         start, history, seconds = state["epoch"], state["history"], state.get("seconds", [])
         log.info("resuming %s from epoch %d", ckpt_path, start)
     method.train()
-    bar = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=f"train {method.name}",
-               disable=not progress, unit="epoch")
+    bar = tqdm(
+        range(start, cfg.epochs),
+        initial=start,
+        total=cfg.epochs,
+        desc=f"train {method.name}",
+        disable=not progress,
+        unit="epoch",
+    )
     for epoch in bar:
         t0 = time.time()
         for group in opt.param_groups:
@@ -134,9 +153,18 @@ def train_loop(method: Method, cfg: TrainConfig, seed: int, device: torch.device
         done = epoch + 1
         if done % checkpoint_every == 0 and done < cfg.epochs:
             with atomic_path(ckpt_path) as tmp:
-                torch.save({"model": method.trainable_state(), "optimizer": opt.state_dict(),
-                            "scaler": scaler.state_dict(), "epoch": done, "history": history, "seconds": seconds,
-                            "loop": method.loop_state() if hasattr(method, "loop_state") else None}, tmp)
+                torch.save(
+                    {
+                        "model": method.trainable_state(),
+                        "optimizer": opt.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "epoch": done,
+                        "history": history,
+                        "seconds": seconds,
+                        "loop": method.loop_state() if hasattr(method, "loop_state") else None,
+                    },
+                    tmp,
+                )
         if stop_after is not None and done >= stop_after:
             raise KeyboardInterrupt(f"stopped after epoch {done} (stop_after)")
     if hasattr(method, "train_end"):

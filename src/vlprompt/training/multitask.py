@@ -15,8 +15,9 @@ from vlprompt.training.feature_runs import feature_loop
 from vlprompt.training.records import asdict
 
 
-def train_multitask(cfg: dict, method_name: str, shots: int, seed: int, out_dir: str | Path,
-                    progress: bool = True) -> dict:
+def train_multitask(
+    cfg: dict, method_name: str, shots: int, seed: int, out_dir: str | Path, progress: bool = True
+) -> dict:
     """Train the stage for (shots, seed) on the config's ``sources`` and write ``out_dir/model.pt`` with
     ``metrics.json`` (resumable from ``out_dir/checkpoint.pt``). The method class merges the sources
     (``merge_sources``) and gives the stage's settings (``source_config``)."""
@@ -33,13 +34,31 @@ def train_multitask(cfg: dict, method_name: str, shots: int, seed: int, out_dir:
     method = cls(mcfg, ctx).to(device)
     info = feature_loop(method, ctx, mcfg, out_dir / "checkpoint.pt", cfg["train"]["checkpoint_every"], progress)
     prov = provenance(**ctx.backbone.provenance(), device=str(device))
-    atomic_torch_save(out_dir / "model.pt", {"method": method_name, "state": method.trainable_state(),
-                                             "classnames": ctx.classnames, "sources": sources, "provenance": prov})
-    metrics = {"method": method_name, "stage": "multitask", "sources": sources, "shots": shots, "seed": seed,
-               "classes": len(ctx.classnames), "images": int(ctx.train_features.shape[1]),
-               "config_hash": method_config_hash(cfg, method_name, None, shots), "hyperparameters": asdict(mcfg),
-               "train": info, "seconds": round(time.time() - t0, 2), "provenance": prov,
-               "artefacts": {"model.pt": file_record(out_dir / "model.pt")}}
+    atomic_torch_save(
+        out_dir / "model.pt",
+        {
+            "method": method_name,
+            "state": method.trainable_state(),
+            "classnames": ctx.classnames,
+            "sources": sources,
+            "provenance": prov,
+        },
+    )
+    metrics = {
+        "method": method_name,
+        "stage": "multitask",
+        "sources": sources,
+        "shots": shots,
+        "seed": seed,
+        "classes": len(ctx.classnames),
+        "images": int(ctx.train_features.shape[1]),
+        "config_hash": method_config_hash(cfg, method_name, None, shots),
+        "hyperparameters": asdict(mcfg),
+        "train": info,
+        "seconds": round(time.time() - t0, 2),
+        "provenance": prov,
+        "artefacts": {"model.pt": file_record(out_dir / "model.pt")},
+    }
     atomic_write_json(out_dir / "metrics.json", metrics)
     (out_dir / "checkpoint.pt").unlink(missing_ok=True)
     return metrics

@@ -39,8 +39,13 @@ log = logging.getLogger(__name__)
 
 CAPTIONS = {
     "photo": ["a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.", "a photo of the {}."],
-    "_styled": ["a {s} photo of a {c}.", "a {s} image of a {c}.", "a {c}, {s} photo.",
-                "a {s} picture of the {c}.", "a photo of a {c}, {s}."],
+    "_styled": [
+        "a {s} photo of a {c}.",
+        "a {s} image of a {c}.",
+        "a {c}, {s} photo.",
+        "a {s} picture of the {c}.",
+        "a photo of a {c}, {s}.",
+    ],
     "sketch": ["a sketch of a {}.", "a drawing of a {}.", "a {}, pencil sketch.", "a line drawing of a {}."],
 }
 
@@ -83,7 +88,7 @@ def caption(classname: str, style: str, rng: np.random.Generator) -> str:
 
 
 def name_texture(text: str, texture: str) -> str:
-    """"a photo of a red circle." -> "a photo of a red circle on a striped background." """
+    """ "a photo of a red circle." -> "a photo of a red circle on a striped background." """
     return f"{text.rstrip('.')} on a {texture} background."
 
 
@@ -91,19 +96,23 @@ def _render_pool(world: pocket.World, cfg: PretrainConfig):
     """``pool_size`` images with their class index (into :func:`pretraining_classes`), style and texture."""
     rng = np.random.default_rng(cfg.seed)
     others = [s for s in pocket.STYLES if s != "photo"]
-    styles = np.where(rng.random(cfg.pool_size) < cfg.photo_fraction, "photo",
-                      rng.choice(others, size=cfg.pool_size))
+    styles = np.where(rng.random(cfg.pool_size) < cfg.photo_fraction, "photo", rng.choice(others, size=cfg.pool_size))
     classes = pretraining_classes(world)
     labels = rng.integers(len(classes), size=cfg.pool_size)
-    textures = (rng.integers(len(pocket.TEXTURES), size=cfg.pool_size) if world.version > 1
-                else np.zeros(cfg.pool_size, int))  # index into pocket.TEXTURES (v1: all plain)
+    textures = (
+        rng.integers(len(pocket.TEXTURES), size=cfg.pool_size) if world.version > 1 else np.zeros(cfg.pool_size, int)
+    )  # index into pocket.TEXTURES (v1: all plain)
     images = np.empty((cfg.pool_size, world.image_size, world.image_size, 3), np.uint8)
     from tqdm import tqdm
+
     for i in tqdm(range(cfg.pool_size), desc="render pretraining pool", unit="img", mininterval=5):
         c, s = classes[labels[i]]
         extra = {} if world.version == 1 else {"version": world.version, "texture": pocket.TEXTURES[textures[i]]}
-        images[i] = np.asarray(pocket.render(c, s, styles[i], pocket._rng(world.seed, "pretrain", i),
-                                             world.image_size, cfg.style_strength, **extra))
+        images[i] = np.asarray(
+            pocket.render(
+                c, s, styles[i], pocket._rng(world.seed, "pretrain", i), world.image_size, cfg.style_strength, **extra
+            )
+        )
     return images, labels, styles, textures
 
 
@@ -142,8 +151,9 @@ def pretrain(out: Path, cfg: PretrainConfig | None = None, world: pocket.World |
     style_ids = np.unique(styles, return_inverse=True)[1]
     names = [f"{c} {s}" for c, s in pretraining_classes(world)]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed + 1)
     model.train()
@@ -165,8 +175,10 @@ def pretrain(out: Path, cfg: PretrainConfig | None = None, world: pocket.World |
         img_f = F.normalize(model.encode_image(x), dim=-1)
         txt_f = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
         logits = model.logit_scale.exp() * img_f @ txt_f.T
-        loss = 0.5 * (torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
-                      + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean())
+        loss = 0.5 * (
+            torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
+            + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean()
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -178,9 +190,17 @@ def pretrain(out: Path, cfg: PretrainConfig | None = None, world: pocket.World |
     model.eval()
     state = {k: v.half() for k, v in model.state_dict().items()}
     atomic_torch_save(out, state)  # the same weights give the same file, sha256 included
-    atomic_write_json(Path(out).with_suffix(".json"), provenance(
-        config=dataclasses.asdict(cfg), world=dataclasses.asdict(world), model=POCKET_MODEL,
-        compositions=len(pretraining_classes(world)), threads=torch.get_num_threads(),
-        seconds=round(time.time() - start, 1), pool_seconds=round(pool_seconds, 1)))
+    atomic_write_json(
+        Path(out).with_suffix(".json"),
+        provenance(
+            config=dataclasses.asdict(cfg),
+            world=dataclasses.asdict(world),
+            model=POCKET_MODEL,
+            compositions=len(pretraining_classes(world)),
+            threads=torch.get_num_threads(),
+            seconds=round(time.time() - start, 1),
+            pool_seconds=round(pool_seconds, 1),
+        ),
+    )
     log.info("saved %s after %.0f s", out, time.time() - start)
     return out

@@ -42,32 +42,80 @@ def load_model_state(run_dir: Path, device: torch.device) -> dict:
     return torch.load(run_dir / "model.pt", map_location=device, weights_only=False)
 
 
-def save_run(cfg: dict, out_dir: Path, metrics: dict, method, mcfg, dataset: str, shots: int, seed: int,
-             train_names: list[str], train_info: dict, seconds: dict, prov: dict) -> dict:
+def save_run(
+    cfg: dict,
+    out_dir: Path,
+    metrics: dict,
+    method,
+    mcfg,
+    dataset: str,
+    shots: int,
+    seed: int,
+    train_names: list[str],
+    train_info: dict,
+    seconds: dict,
+    prov: dict,
+) -> dict:
     """Complete a run's metrics with what identifies it, write ``model.pt`` then ``metrics.json`` (each
     atomically: a finished run is one whose metrics.json exists) and drop the training checkpoint."""
     hyperparameters = asdict(mcfg)
     metrics.update(
-        method=method.name, dataset=dataset, train_dataset=dataset, shots=shots, seed=seed,
-        protocol=cfg["protocol"], experiment=cfg["experiment"],
-        config_hash=method_config_hash(cfg, method.name, dataset, shots), hyperparameters=hyperparameters,
-        overrides=method_settings(cfg, method.name, dataset, shots), method_info=method.run_info(),
-        trained=method.needs_training, train=train_info, seconds=seconds, provenance=prov)
-    atomic_torch_save(out_dir / "model.pt", {"method": method.name, "state": method.trainable_state(),
-                                             "hyperparameters": hyperparameters, "classnames": train_names,
-                                             "provenance": prov})
+        method=method.name,
+        dataset=dataset,
+        train_dataset=dataset,
+        shots=shots,
+        seed=seed,
+        protocol=cfg["protocol"],
+        experiment=cfg["experiment"],
+        config_hash=method_config_hash(cfg, method.name, dataset, shots),
+        hyperparameters=hyperparameters,
+        overrides=method_settings(cfg, method.name, dataset, shots),
+        method_info=method.run_info(),
+        trained=method.needs_training,
+        train=train_info,
+        seconds=seconds,
+        provenance=prov,
+    )
+    atomic_torch_save(
+        out_dir / "model.pt",
+        {
+            "method": method.name,
+            "state": method.trainable_state(),
+            "hyperparameters": hyperparameters,
+            "classnames": train_names,
+            "provenance": prov,
+        },
+    )
     metrics["artefacts"] = {"model.pt": file_record(out_dir / "model.pt")}  # checked by every reader of model.pt
     atomic_write_json(out_dir / "metrics.json", metrics)
     (out_dir / "checkpoint.pt").unlink(missing_ok=True)
     return metrics
 
 
-def transfer_metrics(cfg: dict, metrics: dict, method_name: str, dataset: str, target: str, shots: int, seed: int,
-                     trained: bool, prov: dict) -> dict:
+def transfer_metrics(
+    cfg: dict,
+    metrics: dict,
+    method_name: str,
+    dataset: str,
+    target: str,
+    shots: int,
+    seed: int,
+    trained: bool,
+    prov: dict,
+) -> dict:
     """A transfer evaluation's metrics completed with what identifies it (``dataset`` is the target)."""
-    metrics.update(method=method_name, dataset=target, train_dataset=dataset, shots=shots, seed=seed,
-                   protocol=cfg["protocol"], experiment=cfg["experiment"], trained=trained,
-                   config_hash=method_config_hash(cfg, method_name, dataset, shots), provenance=prov)
+    metrics.update(
+        method=method_name,
+        dataset=target,
+        train_dataset=dataset,
+        shots=shots,
+        seed=seed,
+        protocol=cfg["protocol"],
+        experiment=cfg["experiment"],
+        trained=trained,
+        config_hash=method_config_hash(cfg, method_name, dataset, shots),
+        provenance=prov,
+    )
     return metrics
 
 

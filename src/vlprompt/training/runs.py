@@ -18,14 +18,23 @@ def _runner(method_name: str):
     return image_runs if get_method(method_name).inputs == "images" else feature_runs
 
 
-def run(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_dir: str | Path,
-        progress: bool = True, stop_after: int | None = None) -> dict:
+def run(
+    cfg: dict,
+    dataset: str,
+    method_name: str,
+    shots: int,
+    seed: int,
+    out_dir: str | Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
     """Train and evaluate one run; write ``model.pt`` and ``metrics.json`` into ``out_dir``."""
     return _runner(method_name).run(cfg, dataset, method_name, shots, seed, out_dir, progress, stop_after)
 
 
-def evaluate_transfer(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, target: str,
-                      out: str | Path) -> dict:
+def evaluate_transfer(
+    cfg: dict, dataset: str, method_name: str, shots: int, seed: int, target: str, out: str | Path
+) -> dict:
     """Evaluate the model trained on ``dataset`` on every class of ``target``; writes the metrics JSON ``out``."""
     return _runner(method_name).evaluate_transfer(cfg, dataset, method_name, shots, seed, target, out)
 

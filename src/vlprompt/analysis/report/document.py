@@ -55,8 +55,14 @@ class Section:
         """A table; ``collapsed`` (a summary line) folds it away in the HTML; ``css="wrap"`` lets long cells
         wrap (hashes, sources) so that the table stays within the page."""
         self.md.append(df.to_markdown(index=False, floatfmt=floatfmt, missingval="—") + "\n")
-        table = df.to_html(index=False, na_rep="—", float_format=lambda v: format(v, floatfmt), border=0,
-                           classes=" ".join(filter(None, ["table", css])), escape=True)
+        table = df.to_html(
+            index=False,
+            na_rep="—",
+            float_format=lambda v: format(v, floatfmt),
+            border=0,
+            classes=" ".join(filter(None, ["table", css])),
+            escape=True,
+        )
         table = f'<div class="scroll">{table}</div>'  # a safety net: the browser test checks nothing scrolls
         if collapsed:
             table = f"<details><summary>{html.escape(collapsed)}</summary>{table}</details>"
@@ -65,8 +71,10 @@ class Section:
 
     def figure(self, path: str, caption: str) -> Section:
         self.md.append(f"![{caption}]({path})\n\n*{caption}*\n")
-        self.html.append(f'<figure><img src="{html.escape(path)}" alt="{html.escape(caption)}">'
-                         f"<figcaption>{_inline(caption)}</figcaption></figure>")
+        self.html.append(
+            f'<figure><img src="{html.escape(path)}" alt="{html.escape(caption)}">'
+            f"<figcaption>{_inline(caption)}</figcaption></figure>"
+        )
         return self
 
     def raw(self, md: str, html_text: str) -> Section:

@@ -26,8 +26,14 @@ from vlprompt.analysis import stats  # noqa: E402
 LABELS = {"base_acc": "Base (%)", "new_acc": "New (%)", "hm": "HM (%)", "all_acc": "Accuracy (%)"}
 DPI = 100
 WIDTH = 11.0  # inches: 1100 px at DPI, the report page's width
-RC = {"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
-      "legend.fontsize": 10}
+RC = {
+    "font.size": 11,
+    "axes.titlesize": 11,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+}
 
 
 def method_order(methods) -> list[str]:
@@ -68,10 +74,12 @@ def _mean_interval(values, level: float, single: bool) -> tuple[float, float, fl
 
 def _legend(fig, methods: list[str], colours: dict, untrained: set, marker: str = "o") -> None:
     """One legend for the figure, above the panels, methods in the report's order."""
-    handles = [plt.Line2D([], [], color=colours[m], marker=marker, ls="--" if m in untrained else "-", lw=1.5)
-               for m in methods]
-    fig.legend(handles, methods, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(methods), 6),
-               frameon=False)
+    handles = [
+        plt.Line2D([], [], color=colours[m], marker=marker, ls="--" if m in untrained else "-", lw=1.5) for m in methods
+    ]
+    fig.legend(
+        handles, methods, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(methods), 6), frameon=False
+    )
 
 
 def fewshot_curve(summary: pd.DataFrame, metrics: list[str], path: Path, level: float = 0.95) -> str | None:
@@ -93,11 +101,18 @@ def fewshot_curve(summary: pd.DataFrame, metrics: list[str], path: Path, level: 
             g = per_seed[per_seed.method == method]
             line = g.groupby("shots")[metric].agg(list)
             summ = [_mean_interval(v, level, method in single) for v in line]
-            ax.plot(line.index, [s[0] for s in summ], "--" if method in single else "-", marker="o", ms=4,
-                    color=colours[method])
+            ax.plot(
+                line.index,
+                [s[0] for s in summ],
+                "--" if method in single else "-",
+                marker="o",
+                ms=4,
+                color=colours[method],
+            )
             if method not in single:
-                ax.fill_between(line.index, [s[1] for s in summ], [s[2] for s in summ], color=colours[method],
-                                alpha=0.15, lw=0)
+                ax.fill_between(
+                    line.index, [s[1] for s in summ], [s[2] for s in summ], color=colours[method], alpha=0.15, lw=0
+                )
                 ax.scatter(g.shots, g[metric], s=8, color=colours[method], alpha=0.5, lw=0)
             drawn.append(method)
         ax.set_xscale("log", base=2)
@@ -140,9 +155,18 @@ def base_vs_new(summary: pd.DataFrame, cells: pd.DataFrame, path: Path, level: f
     for method in sorted(set(base.method) & set(new.method)):
         b = _mean_interval(base[base.method == method].base_acc, level, method in single)
         n = _mean_interval(new[new.method == method].new_acc, level, method in single)
-        avg_rows.append({"method": method, "dataset": "Average", "base_acc_mean": b[0], "base_acc_ci_low": b[1],
-                         "base_acc_ci_high": b[2], "new_acc_mean": n[0], "new_acc_ci_low": n[1],
-                         "new_acc_ci_high": n[2]})
+        avg_rows.append(
+            {
+                "method": method,
+                "dataset": "Average",
+                "base_acc_mean": b[0],
+                "base_acc_ci_low": b[1],
+                "base_acc_ci_high": b[2],
+                "new_acc_mean": n[0],
+                "new_acc_ci_low": n[1],
+                "new_acc_ci_high": n[2],
+            }
+        )
     panels = pd.concat([pd.DataFrame(avg_rows), top], ignore_index=True)
     names = ["Average"] * bool(avg_rows) + sorted(top.dataset.unique())
     fig, axes, _ = _panel_grid(len(names), 3.1)
@@ -151,9 +175,17 @@ def base_vs_new(summary: pd.DataFrame, cells: pd.DataFrame, path: Path, level: f
         for _, r in p.iterrows():
             xerr = [[r.base_acc_mean - r.base_acc_ci_low], [r.base_acc_ci_high - r.base_acc_mean]]
             yerr = [[r.new_acc_mean - r.new_acc_ci_low], [r.new_acc_ci_high - r.new_acc_mean]]
-            ax.errorbar(r.base_acc_mean, r.new_acc_mean, xerr=None if np.isnan(xerr[0][0]) else xerr,
-                        yerr=None if np.isnan(yerr[0][0]) else yerr, fmt="s" if r.method in single else "o", ms=6,
-                        color=colours[r.method], elinewidth=1, capsize=2)
+            ax.errorbar(
+                r.base_acc_mean,
+                r.new_acc_mean,
+                xerr=None if np.isnan(xerr[0][0]) else xerr,
+                yerr=None if np.isnan(yerr[0][0]) else yerr,
+                fmt="s" if r.method in single else "o",
+                ms=6,
+                color=colours[r.method],
+                elinewidth=1,
+                capsize=2,
+            )
         values = pd.concat([p.base_acc_mean, p.new_acc_mean]).to_numpy()
         lo, hi = max(0.0, np.nanmin(values) - 4), min(100.0, np.nanmax(values) + 4)
         ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", zorder=0)
@@ -170,8 +202,7 @@ def base_vs_new(summary: pd.DataFrame, cells: pd.DataFrame, path: Path, level: f
     return f"{', '.join(missing)}: no new accuracy, not shown" if missing else ""
 
 
-def per_dataset(summary: pd.DataFrame, cells: pd.DataFrame, metric: str, path: Path,
-                level: float = 0.95) -> str | None:
+def per_dataset(summary: pd.DataFrame, cells: pd.DataFrame, metric: str, path: Path, level: float = 0.95) -> str | None:
     """One panel per dataset (and the Average first) at the largest shots setting: a row per method in the
     report's order, dot = mean over seeds, bar = t-interval, small dots = seeds."""
     top_shots = summary.shots.max()
@@ -189,15 +220,26 @@ def per_dataset(summary: pd.DataFrame, cells: pd.DataFrame, metric: str, path: P
     fig, axes, cols = _panel_grid(len(datasets), max(1.8, 0.6 + 0.27 * len(methods)))
     y = {m: i for i, m in enumerate(methods)}
     for ax, name in zip(axes, datasets, strict=True):
-        runs = avg.rename(columns={metric: "value"}) if name == average else \
-            sub[sub.dataset == name].rename(columns={metric: "value"})
+        runs = (
+            avg.rename(columns={metric: "value"})
+            if name == average
+            else sub[sub.dataset == name].rename(columns={metric: "value"})
+        )
         for method, g in runs.groupby("method"):
             mean, lo, hi = _mean_interval(g.value, level, method in single)
             if not np.isnan(lo):
                 ax.plot([lo, hi], [y[method]] * 2, color=colours[method], lw=2, solid_capstyle="butt")
                 ax.scatter(g.value, [y[method]] * len(g), s=10, color="black", alpha=0.5, lw=0, zorder=3)
-            ax.scatter([mean], [y[method]], s=36, color=colours[method], marker="s" if method in single else "o",
-                       zorder=4, edgecolor="white", lw=0.5)
+            ax.scatter(
+                [mean],
+                [y[method]],
+                s=36,
+                color=colours[method],
+                marker="s" if method in single else "o",
+                zorder=4,
+                edgecolor="white",
+                lw=0.5,
+            )
         lo, hi = ax.get_xlim()
         ax.set_xlim(max(lo, 0.0), min(hi, 100.0))  # an interval may reach past what an accuracy can be
         ax.set_yticks(range(len(methods)), labels=methods)
@@ -230,7 +272,13 @@ def cd_diagram(scores: pd.DataFrame, path: Path, alpha: float = 0.05, title: str
     ranks = stats.mean_ranks(scores)
     cd = stats.critical_difference(len(ranks), len(scores), alpha)
     fig, ax = plt.subplots(figsize=(WIDTH * 0.8, 1.0 + 0.3 * len(ranks)))
-    sp.critical_difference_diagram(ranks, stats.nemenyi(scores), ax=ax, alpha=alpha,
-                                   color_palette=palette(ranks.index), label_props={"fontsize": 10})
+    sp.critical_difference_diagram(
+        ranks,
+        stats.nemenyi(scores),
+        ax=ax,
+        alpha=alpha,
+        color_palette=palette(ranks.index),
+        label_props={"fontsize": 10},
+    )
     ax.set_title(f"{title}   (CD = {cd:.2f})", pad=22)
     _save(fig, path)

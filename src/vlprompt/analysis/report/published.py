@@ -15,11 +15,19 @@ import pandas as pd
 
 from vlprompt.analysis import stats
 
-FILES = {"base2new": "published_base2novel.csv", "crossdataset": "published_crossdataset.csv",
-         "domain_generalization": "published_domain_generalization.csv"}
+FILES = {
+    "base2new": "published_base2novel.csv",
+    "crossdataset": "published_crossdataset.csv",
+    "domain_generalization": "published_domain_generalization.csv",
+}
 METHOD_NAMES = {"zeroshot_clip": "zeroshot"}  # paper name -> our method name
-DATASET_ALIASES = {"oxfordflowers": "flowers102", "flowers": "flowers102", "sun": "sun397", "aircraft": "fgvcaircraft",
-                   "imagenetv2matchedfrequency": "imagenetv2"}
+DATASET_ALIASES = {
+    "oxfordflowers": "flowers102",
+    "flowers": "flowers102",
+    "sun": "sun397",
+    "aircraft": "fgvcaircraft",
+    "imagenetv2matchedfrequency": "imagenetv2",
+}
 PAPER_BACKBONE = "vitb16"  # normalised "ViT-B/16"; open_clip spells it ViT-B-16 or ViT-B-16-quickgelu
 PAPER_SHOTS = 16
 
@@ -45,13 +53,16 @@ def load(protocol: str, directory: Path | None = None) -> pd.DataFrame | None:
         return None
     df = pd.read_csv(path)
     if protocol == "base2new":
-        long = df.melt(id_vars=["method", "dataset", "source"], value_vars=["base", "new", "hm"],
-                       var_name="metric", value_name="published")
+        long = df.melt(
+            id_vars=["method", "dataset", "source"],
+            value_vars=["base", "new", "hm"],
+            var_name="metric",
+            value_name="published",
+        )
         long["metric"] = long.metric.map({"base": "base_acc", "new": "new_acc", "hm": "hm"})
     else:
         value_vars = [c for c in df.columns if c not in ("method", "source")]
-        long = df.melt(id_vars=["method", "source"], value_vars=value_vars, var_name="dataset",
-                       value_name="published")
+        long = df.melt(id_vars=["method", "source"], value_vars=value_vars, var_name="dataset", value_name="published")
         long["dataset"] = long.dataset.replace({"Average_targets": "Average"})
         long["metric"] = "all_acc"
     long["method"] = long.method.replace(METHOD_NAMES)
@@ -68,11 +79,15 @@ def why_not(summary: pd.DataFrame, cfg: dict, directory: Path | None = None) -> 
     """Why no published number applies to this experiment, or None when some may."""
     bb = backbones(summary, cfg)
     if any(b.lower().startswith("pocket") for b in bb) or summary.dataset.astype(str).str.startswith("pocket").all():
-        return ("The pocket benchmark is this project's own miniature world (its own tiny CLIP and procedural "
-                "datasets): no published numbers exist for it, so there is nothing to compare with.")
+        return (
+            "The pocket benchmark is this project's own miniature world (its own tiny CLIP and procedural "
+            "datasets): no published numbers exist for it, so there is nothing to compare with."
+        )
     if not all(_key(b).startswith(PAPER_BACKBONE) for b in bb):
-        return (f"Published numbers are for ViT-B/16 (OpenAI weights); this experiment used {', '.join(bb)}, "
-                "so they are not comparable.")
+        return (
+            f"Published numbers are for ViT-B/16 (OpenAI weights); this experiment used {', '.join(bb)}, "
+            "so they are not comparable."
+        )
     protocol = summary.protocol.iloc[0] if "protocol" in summary and len(summary) else cfg.get("protocol")
     if load(protocol, directory) is None:
         return f"config/published/ has no table for the {protocol} protocol."
@@ -98,8 +113,18 @@ def compare(cells: pd.DataFrame, summary: pd.DataFrame, cfg: dict, directory: Pa
     """Our mean and CI (16 shots), the published value, ours − published, and whether the published value
     lies outside our interval (None for a single run); one row per (method, dataset, metric) found in both.
     Empty when none apply."""
-    columns = ["method", "dataset", "metric", "ours", "ci_low", "ci_high", "published", "difference", "outside",
-               "source"]
+    columns = [
+        "method",
+        "dataset",
+        "metric",
+        "ours",
+        "ci_low",
+        "ci_high",
+        "published",
+        "difference",
+        "outside",
+        "source",
+    ]
     if why_not(summary, cfg, directory):
         return pd.DataFrame(columns=columns)
     scfg = stats.settings(cfg.get("stats"))
@@ -127,7 +152,18 @@ def compare(cells: pd.DataFrame, summary: pd.DataFrame, cfg: dict, directory: Pa
             if np.isnan(mean):
                 continue
             outside = None if np.isnan(lo) else not (lo <= p.published <= hi)  # None: one run, no interval
-            rows.append({"method": method, "dataset": p.dataset, "metric": p.metric, "ours": mean, "ci_low": lo,
-                         "ci_high": hi, "published": p.published, "difference": mean - p.published,
-                         "outside": outside, "source": p.source})
+            rows.append(
+                {
+                    "method": method,
+                    "dataset": p.dataset,
+                    "metric": p.metric,
+                    "ours": mean,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "published": p.published,
+                    "difference": mean - p.published,
+                    "outside": outside,
+                    "source": p.source,
+                }
+            )
     return pd.DataFrame(rows, columns=columns)

@@ -23,8 +23,12 @@ from vlprompt.analysis.report.document import Section, markdown_to_html, to_html
 from vlprompt.analysis.report.tables import NAMES
 from vlprompt.io import atomic_write_text, provenance
 
-PROTOCOLS = {"base2new": "base-to-new generalisation", "fewshot": "few-shot classification",
-             "crossdataset": "cross-dataset transfer", "domain_generalization": "domain generalisation"}
+PROTOCOLS = {
+    "base2new": "base-to-new generalisation",
+    "fewshot": "few-shot classification",
+    "crossdataset": "cross-dataset transfer",
+    "domain_generalization": "domain generalisation",
+}
 REPORT_PACKAGES = ["statsmodels", "scikit-posthocs", "seaborn", "matplotlib", "baycomp"]
 CAPTIONS = {  # what each figure shows; the report adds the numbers, workflow/report/figure.rst the same words
     "fewshot_curve": "against shots per class: line = mean over seeds of the average over datasets",
@@ -72,20 +76,26 @@ def _results_section(summary: pd.DataFrame, cfg: dict, scfg: dict) -> Section:
     table = tables.paper_table(summary, level=scfg["confidence_level"], datasets=cfg.get("datasets"))
     s.raw(tables.to_markdown(table), tables.to_html(table, _families(table.methods)))
     level = f"{scfg['confidence_level']:.0%}"
-    legend = (f"Accuracy in percent, mean over seeds (bold: best of the column); the small number is the half-width "
-              f"of the {level} Student-t interval over seeds (hover for the interval), blank for a method that does "
-              "not depend on the seed (one run). ")
+    legend = (
+        f"Accuracy in percent, mean over seeds (bold: best of the column); the small number is the half-width "
+        f"of the {level} Student-t interval over seeds (hover for the interval), blank for a method that does "
+        "not depend on the seed (one run). "
+    )
     if b2n:
-        legend += ("Base and new classes are each evaluated as their own closed set; HM is their harmonic mean. "
-                   "Average = mean over datasets, its HM the harmonic mean of the averaged Base and New (as the "
-                   "papers compute it); HM (mean) is the mean of the per-dataset HMs, the quantity the tests compare.")
+        legend += (
+            "Base and new classes are each evaluated as their own closed set; HM is their harmonic mean. "
+            "Average = mean over datasets, its HM the harmonic mean of the averaged Base and New (as the "
+            "papers compute it); HM (mean) is the mean of the per-dataset HMs, the quantity the tests compare."
+        )
     else:
         legend += "Average = mean over datasets."
     s.text(legend, css="legend")
     no_new = sorted(m for m, g in summary.groupby("method") if b2n and g.new_acc.isna().all())
     if no_new:
-        s.note(f"{', '.join(no_new)} cannot classify classes unseen in training: no New accuracy and no HM (—); "
-               "left out of every test and figure that needs them.")
+        s.note(
+            f"{', '.join(no_new)} cannot classify classes unseen in training: no New accuracy and no HM (—); "
+            "left out of every test and figure that needs them."
+        )
     return s
 
 
@@ -96,15 +106,25 @@ def _bounds_section(summary: pd.DataFrame) -> Section | None:
     top = summary.shots.max()
     rows = summary[summary.acc_bound.notna() & (summary.shots == top)]
     test = "base_acc" if rows.base_acc.notna().any() else "all_acc"
-    table = rows.groupby(["method", "dataset"], sort=True).agg(
-        test=(test, "mean"), train=("train_acc", "mean"), bound=("acc_bound", "mean"),
-        bound_kl=("acc_bound_kl", "mean"), seeds=("seed", "nunique")).reset_index()
+    table = (
+        rows.groupby(["method", "dataset"], sort=True)
+        .agg(
+            test=(test, "mean"),
+            train=("train_acc", "mean"),
+            bound=("acc_bound", "mean"),
+            bound_kl=("acc_bound_kl", "mean"),
+            seeds=("seed", "nunique"),
+        )
+        .reset_index()
+    )
     table.columns = ["Method", "Dataset", f"Test ({NAMES[test]})", "Training", "Bound", "Bound (kl)", "Seeds"]
     s = Section("Generalisation bounds", "bounds")
-    s.text(f"PAC-Bayes lower bounds on the test accuracy ({top} shots, means over seeds): with probability 1 − δ over "
-           "the training sample, accuracy on the training distribution (base classes under base-to-new) is at least "
-           "the bound. Bound: McAllester's form; Bound (kl): the kl-inverse form; δ, n and the KL term are in each "
-           f"run's metrics.json (`method_info.bound`). Prior: {'; '.join(sorted(rows.bound_prior.dropna().unique()))}.")
+    s.text(
+        f"PAC-Bayes lower bounds on the test accuracy ({top} shots, means over seeds): with probability 1 − δ over "
+        "the training sample, accuracy on the training distribution (base classes under base-to-new) is at least "
+        "the bound. Bound: McAllester's form; Bound (kl): the kl-inverse form; δ, n and the KL term are in each "
+        f"run's metrics.json (`method_info.bound`). Prior: {'; '.join(sorted(rows.bound_prior.dropna().unique()))}."
+    )
     s.table(table.round(2))
     return s
 
@@ -124,40 +144,60 @@ def _figures_section(summary: pd.DataFrame, cells: pd.DataFrame, out: Path, scfg
     if note is None:
         s.note("Per-dataset figure: no scores to draw.")
     else:
-        _figure(s, "per_dataset", f"{NAMES[primary]} {CAPTIONS['per_dataset']} ({top} shots): dot = mean over "
-                f"seeds, bar = its {level} t-interval, small dots = seeds; square = one run (the method does not "
-                "depend on the seed)" + (", Average = HM of the averaged Base and New" if primary == "hm" else "")
-                + ".", note)
+        _figure(
+            s,
+            "per_dataset",
+            f"{NAMES[primary]} {CAPTIONS['per_dataset']} ({top} shots): dot = mean over "
+            f"seeds, bar = its {level} t-interval, small dots = seeds; square = one run (the method does not "
+            "depend on the seed)" + (", Average = HM of the averaged Base and New" if primary == "hm" else "") + ".",
+            note,
+        )
     if "hm" in metrics:
         note = figures.base_vs_new(summary, cells, fig_dir / "base_vs_new.png", scfg["confidence_level"])
         if note is None:
             s.note("Base-vs-new figure: no method has both base and new accuracy.")
         else:
-            _figure(s, "base_vs_new", f"{CAPTIONS['base_vs_new']} ({top} shots): one marker per method with its "
-                    f"{level} t-intervals over seeds; dashed line = equal base and new accuracy.", note)
+            _figure(
+                s,
+                "base_vs_new",
+                f"{CAPTIONS['base_vs_new']} ({top} shots): one marker per method with its "
+                f"{level} t-intervals over seeds; dashed line = equal base and new accuracy.",
+                note,
+            )
     shots = sorted(summary.shots.unique())
     if len(shots) > 1:
         label = " / ".join(NAMES[m] for m in metrics)
         note = figures.fewshot_curve(summary, metrics, fig_dir / "fewshot_curve.png", scfg["confidence_level"])
-        _figure(s, "fewshot_curve", f"{label} {CAPTIONS['fewshot_curve']}"
-                + (" (HM of the averaged Base and New)" if "hm" in metrics else "")
-                + f", band = {level} t-interval over seeds, dots = seeds; dashed = one run (no training images).",
-                note)
+        _figure(
+            s,
+            "fewshot_curve",
+            f"{label} {CAPTIONS['fewshot_curve']}"
+            + (" (HM of the averaged Base and New)" if "hm" in metrics else "")
+            + f", band = {level} t-interval over seeds, dots = seeds; dashed = one run (no training images).",
+            note,
+        )
     else:
         s.note(f"One shots setting ({top}), so no few-shot curve.")
     for metric in stats.family_metrics(summary, scfg):
         scores, left_out = stats.complete_methods(stats.dataset_scores(summary, metric, top))
         if scores.shape[1] < 3 or scores.shape[0] < 2:
-            s.note(f"Critical-difference diagram for {NAMES[metric]}: needs at least 3 methods with complete scores "
-                   f"and 2 datasets; here {scores.shape[1]} method(s) over {scores.shape[0]} dataset(s)"
-                   + (f" ({', '.join(left_out)} left out: no {NAMES[metric]})" if left_out else "") + ".")
+            s.note(
+                f"Critical-difference diagram for {NAMES[metric]}: needs at least 3 methods with complete scores "
+                f"and 2 datasets; here {scores.shape[1]} method(s) over {scores.shape[0]} dataset(s)"
+                + (f" ({', '.join(left_out)} left out: no {NAMES[metric]})" if left_out else "")
+                + "."
+            )
             continue
         name = f"cd_diagram_{metric}"
         figures.cd_diagram(scores, fig_dir / f"{name}.png", scfg["alpha"], f"{NAMES[metric]}, {top} shots")
-        _figure(s, name, f"{CAPTIONS['cd_diagram']} ({NAMES[metric]}, {top} shots, {scores.shape[0]} datasets); a "
-                f"bar joins methods the Nemenyi test does not separate at alpha = {scfg['alpha']:g}; CD = critical "
-                "difference (Demšar 2006)." + (" HM per dataset." if metric == "hm" else ""),
-                f"left out (no {NAMES[metric]}): {', '.join(left_out)}" if left_out else None)
+        _figure(
+            s,
+            name,
+            f"{CAPTIONS['cd_diagram']} ({NAMES[metric]}, {top} shots, {scores.shape[0]} datasets); a "
+            f"bar joins methods the Nemenyi test does not separate at alpha = {scfg['alpha']:g}; CD = critical "
+            "difference (Demšar 2006)." + (" HM per dataset." if metric == "hm" else ""),
+            f"left out (no {NAMES[metric]}): {', '.join(left_out)}" if left_out else None,
+        )
     return s
 
 
@@ -177,23 +217,33 @@ def what_n_allows(w: pd.DataFrame, scfg: dict) -> str:
     floor = stats.smallest_p(n)
     one, many = _needed_datasets(1, alpha, scfg["correction"]), _needed_datasets(m, alpha, scfg["correction"])
     if k == 0:
-        why = (f"the smallest two-sided p-value a Wilcoxon test can give is {floor:.3g} (every dataset favouring "
-               f"one method), above alpha = {alpha:g}" if floor > alpha else
-               f"the smallest two-sided p-value is {floor:.3g}, but {corr}'s correction over {m} comparisons needs "
-               f"p ≤ {alpha / m:.3g} at its first step")
-        return (f"**With {n} datasets {why}: none of the {m} pre-registered comparisons can be significant, whatever "
-                f"the differences, so they are shown as descriptions (sign pattern, effect size, interval), not as "
-                f"tests.** A single comparison needs at least {one} datasets to reach alpha, a family of {m} at "
-                f"least {many}; a smaller family (`stats.metrics`, `stats.methods`, `stats.reference_methods`, "
-                "`stats.shots`) or more datasets would change that.")
+        why = (
+            f"the smallest two-sided p-value a Wilcoxon test can give is {floor:.3g} (every dataset favouring "
+            f"one method), above alpha = {alpha:g}"
+            if floor > alpha
+            else f"the smallest two-sided p-value is {floor:.3g}, but {corr}'s correction over {m} comparisons needs "
+            f"p ≤ {alpha / m:.3g} at its first step"
+        )
+        return (
+            f"**With {n} datasets {why}: none of the {m} pre-registered comparisons can be significant, whatever "
+            f"the differences, so they are shown as descriptions (sign pattern, effect size, interval), not as "
+            f"tests.** A single comparison needs at least {one} datasets to reach alpha, a family of {m} at "
+            f"least {many}; a smaller family (`stats.metrics`, `stats.methods`, `stats.reference_methods`, "
+            "`stats.shots`) or more datasets would change that."
+        )
     threshold = alpha / k if scfg["correction"] in ("holm", "bonferroni") else alpha
     worst = stats.max_disagreements(n, threshold)
     left = f"; the other {m - k}, which could not reach alpha whatever the data, are descriptive" if k < m else ""
-    return (f"**{k} of the {m} pre-registered comparisons can reach alpha = {alpha:g}: with {n} datasets the "
-            f"smallest two-sided p is {floor:.3g}, and {corr}'s correction runs over those {k}{left}.** At its first "
-            f"step a comparison needs p ≤ {threshold:.3g}, which {n} datasets give only when "
-            + ("every dataset favours one method." if worst == 0 else
-               f"at most {worst} dataset(s) go the other way, and by the smallest differences."))
+    return (
+        f"**{k} of the {m} pre-registered comparisons can reach alpha = {alpha:g}: with {n} datasets the "
+        f"smallest two-sided p is {floor:.3g}, and {corr}'s correction runs over those {k}{left}.** At its first "
+        f"step a comparison needs p ≤ {threshold:.3g}, which {n} datasets give only when "
+        + (
+            "every dataset favours one method."
+            if worst == 0
+            else f"at most {worst} dataset(s) go the other way, and by the smallest differences."
+        )
+    )
 
 
 def _wilcoxon_table(st: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
@@ -212,12 +262,17 @@ def _wilcoxon_table(st: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
         if several["shots"]:
             row["shots"] = int(r.shots)
         n_pairs = int(r.n_pairs) if not pd.isna(r.n_pairs) else int(r.n_datasets)
-        row.update({"N": f"{int(r.n_datasets)}" + (f" ({n_pairs} used)" if n_pairs != r.n_datasets else ""),
-                    "+ / − / 0": f"{int(r.n_pos)} / {int(r.n_neg)} / {int(r.n_zero)}",
-                    "mean diff [CI]": f"{r.mean_diff:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]",
-                    "r_rb": f"{r.effect_size:+.2f}",
-                    "p": f"{r.p_value:.3g}" if test else "—", "p adj.": f"{r.p_adjusted:.3g}" if test else "—",
-                    "result": ("significant" if bool(r.significant) else "not significant") if test else "descriptive"})
+        row.update(
+            {
+                "N": f"{int(r.n_datasets)}" + (f" ({n_pairs} used)" if n_pairs != r.n_datasets else ""),
+                "+ / − / 0": f"{int(r.n_pos)} / {int(r.n_neg)} / {int(r.n_zero)}",
+                "mean diff [CI]": f"{r.mean_diff:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]",
+                "r_rb": f"{r.effect_size:+.2f}",
+                "p": f"{r.p_value:.3g}" if test else "—",
+                "p adj.": f"{r.p_adjusted:.3g}" if test else "—",
+                "result": ("significant" if bool(r.significant) else "not significant") if test else "descriptive",
+            }
+        )
         key = (r.comparison, r.metric, r.shots)
         if key in bayes.index:
             b = bayes.loc[key]
@@ -231,43 +286,53 @@ def _stats_section(st: pd.DataFrame, summary: pd.DataFrame, scfg: dict, stats_cs
     s = Section("Statistical tests", "tests")
     w = st[st.test == "wilcoxon"]
     if st.empty or not (st.test != "excluded").any():
-        s.note("No tests: the experiment has a single method, or no reference method "
-               f"({', '.join(scfg['reference_methods'])}) is among its methods.")
+        s.note(
+            "No tests: the experiment has a single method, or no reference method "
+            f"({', '.join(scfg['reference_methods'])}) is among its methods."
+        )
     if len(w):
         s.text(what_n_allows(w, scfg))
     methods = figures.method_order(summary.method)
     metrics = ", ".join(NAMES[m] for m in stats.family_metrics(summary, scfg))
-    zero = {"wilcox": "zero differences dropped (Wilcoxon's method; N counts the pairs used)",
-            "pratt": "zero differences ranked with the others, then dropped (Pratt's method)",
-            "zsplit": "the ranks of zero differences split between the two signs"}[scfg["zero_method"]]
+    zero = {
+        "wilcox": "zero differences dropped (Wilcoxon's method; N counts the pairs used)",
+        "pratt": "zero differences ranked with the others, then dropped (Pratt's method)",
+        "zsplit": "the ranks of zero differences split between the two signs",
+    }[scfg["zero_method"]]
     s.subtitle("Pre-registered comparisons")
-    s.text(f"The family, pre-registered in the config's `stats` block: {metrics}; "
-           + (", ".join(scfg["methods"]) if scfg["methods"] else "every method")
-           + f" against {' and '.join(scfg['reference_methods'])}. Datasets are the unit of replication: each "
-           f"comparison pairs seed-averaged scores over datasets (for HM, each dataset's HM). Exact two-sided "
-           f"Wilcoxon signed-rank test on the differences method − reference rounded to {scfg['resolution']:g} "
-           f"points, {zero}; {scfg['correction'].capitalize()}'s correction (alpha = {scfg['alpha']:g}) over the "
-           f"comparisons that can reach alpha (decided from N alone, before any test: Tarone 1990). + / − / 0 = "
-           f"datasets where the method is above, below, equal; r_rb = matched-pairs rank-biserial correlation; "
-           f"CI = paired percentile bootstrap {scfg['confidence_level']:.0%} interval of the mean difference "
-           f"({scfg['bootstrap_resamples']} resamples, seed {scfg['seed']}). Every row, with the p-values of the "
-           f"descriptive comparisons, is in `{stats_csv.name}` of the results folder.")
+    s.text(
+        f"The family, pre-registered in the config's `stats` block: {metrics}; "
+        + (", ".join(scfg["methods"]) if scfg["methods"] else "every method")
+        + f" against {' and '.join(scfg['reference_methods'])}. Datasets are the unit of replication: each "
+        f"comparison pairs seed-averaged scores over datasets (for HM, each dataset's HM). Exact two-sided "
+        f"Wilcoxon signed-rank test on the differences method − reference rounded to {scfg['resolution']:g} "
+        f"points, {zero}; {scfg['correction'].capitalize()}'s correction (alpha = {scfg['alpha']:g}) over the "
+        f"comparisons that can reach alpha (decided from N alone, before any test: Tarone 1990). + / − / 0 = "
+        f"datasets where the method is above, below, equal; r_rb = matched-pairs rank-biserial correlation; "
+        f"CI = paired percentile bootstrap {scfg['confidence_level']:.0%} interval of the mean difference "
+        f"({scfg['bootstrap_resamples']} resamples, seed {scfg['seed']}). Every row, with the p-values of the "
+        f"descriptive comparisons, is in `{stats_csv.name}` of the results folder."
+    )
     if len(w):
         s.table(_wilcoxon_table(st, methods))
     bayes = st[st.test == "bayesian_signed_rank"]
     if scfg["bayesian"] and len(w) and bayes.empty:
         s.note("Bayesian signed-rank test skipped: the `baycomp` package is not installed.")
     elif len(bayes):
-        s.text("P(worse / equiv. / better): posterior probabilities of the Bayesian signed-rank test (Benavoli et al. "
-               f"2014, `baycomp`) that the method is worse than, practically equivalent to (ROPE ±{scfg['rope']:g} "
-               f"points) or better than the reference, under a Dirichlet-process prior of strength "
-               f"{scfg['bayesian_prior']:g} put at a zero difference.")
+        s.text(
+            "P(worse / equiv. / better): posterior probabilities of the Bayesian signed-rank test (Benavoli et al. "
+            f"2014, `baycomp`) that the method is worse than, practically equivalent to (ROPE ±{scfg['rope']:g} "
+            f"points) or better than the reference, under a Dirichlet-process prior of strength "
+            f"{scfg['bayesian_prior']:g} put at a zero difference."
+        )
         n = int(bayes.n_datasets.max())
         if n < 10:
-            s.note(f"With {n} datasets (fewer than 10) the posterior reflects the number of datasets and the prior "
-                   "more than the size of the differences: every dataset favouring one method gives P(better) near "
-                   "1 even where no test could be significant. Read it as a description of consistency, not as "
-                   "evidence.")
+            s.note(
+                f"With {n} datasets (fewer than 10) the posterior reflects the number of datasets and the prior "
+                "more than the size of the differences: every dataset favouring one method gives P(better) near "
+                "1 even where no test could be significant. Read it as a description of consistency, not as "
+                "evidence."
+            )
     ex = st[st.test == "excluded"]
     if len(ex):
         items = []
@@ -275,8 +340,7 @@ def _stats_section(st: pd.DataFrame, summary: pd.DataFrame, scfg: dict, stats_cs
             n_shots = g.shots.nunique()
             where = f" (at {n_shots} shots setting{'s' if n_shots > 1 else ''})" if n_shots > 1 else ""
             metric = ", ".join(sorted(NAMES.get(m, m) for m in g.metric.dropna().unique()))
-            items.append(f"{note}{f' ({metric})' if metric else ''}: {', '.join(sorted(g.comparison.unique()))}"
-                         f"{where}")
+            items.append(f"{note}{f' ({metric})' if metric else ''}: {', '.join(sorted(g.comparison.unique()))}{where}")
         s.note("Left out of the family:")
         s.bullets(items)
     _all_methods_tables(s, st, summary, scfg)
@@ -289,30 +353,51 @@ def _all_methods_tables(s: Section, st: pd.DataFrame, summary: pd.DataFrame, scf
         return
     ids = st[st.test == "iman_davenport"].set_index(["metric", "shots"])
     s.subtitle("All methods: Friedman and Iman–Davenport")
-    s.text("Friedman test over datasets of every method with complete scores; its chi² approximation is "
-           "conservative with few datasets, so the decision uses the Iman–Davenport F (Demšar 2006, eq. 3). "
-           "The critical-difference diagrams show the Nemenyi post-hoc test.")
+    s.text(
+        "Friedman test over datasets of every method with complete scores; its chi² approximation is "
+        "conservative with few datasets, so the decision uses the Iman–Davenport F (Demšar 2006, eq. 3). "
+        "The critical-difference diagrams show the Nemenyi post-hoc test."
+    )
     rows = []
     for _, r in fr.iterrows():
-        row = {"metric": NAMES.get(r.metric, r.metric), "shots": int(r.shots), "methods": len(r.method.split(",")),
-               "N": int(r.n_datasets), "chi²": f"{r.statistic:.2f}", "p (chi²)": f"{r.p_value:.3g}"}
+        row = {
+            "metric": NAMES.get(r.metric, r.metric),
+            "shots": int(r.shots),
+            "methods": len(r.method.split(",")),
+            "N": int(r.n_datasets),
+            "chi²": f"{r.statistic:.2f}",
+            "p (chi²)": f"{r.p_value:.3g}",
+        }
         if (r.metric, r.shots) in ids.index:
             i = ids.loc[(r.metric, r.shots)]
             df = i.note.split(";")[0].removeprefix("F")
-            row.update({"F": f"{i.statistic:.2f}", "df": df.strip("()"), "p (F)": f"{i.p_value:.3g}",
-                        "result": "significant" if i.significant else "not significant"})
+            row.update(
+                {
+                    "F": f"{i.statistic:.2f}",
+                    "df": df.strip("()"),
+                    "p (F)": f"{i.p_value:.3g}",
+                    "result": "significant" if i.significant else "not significant",
+                }
+            )
         row["left out"] = (r.note or "").split(": ")[-1] if isinstance(r.note, str) and r.note else ""
         rows.append(row)
     s.table(pd.DataFrame(rows))
     ne = st[st.test == "nemenyi"]
     if len(ne):
-        table = pd.DataFrame({"metric": ne.metric.map(NAMES), "shots": ne.shots.astype(int),
-                              "comparison": ne.comparison, "mean ranks": ne.note.str.replace("mean ranks ", ""),
-                              "p": ne.p_value.map(lambda v: f"{v:.3g}"),
-                              "result": ne.significant.map(lambda v: "significant" if v else "")})
+        table = pd.DataFrame(
+            {
+                "metric": ne.metric.map(NAMES),
+                "shots": ne.shots.astype(int),
+                "comparison": ne.comparison,
+                "mean ranks": ne.note.str.replace("mean ranks ", ""),
+                "p": ne.p_value.map(lambda v: f"{v:.3g}"),
+                "result": ne.significant.map(lambda v: "significant" if v else ""),
+            }
+        )
         n_sig = int(ne.significant.sum())
-        s.table(table, collapsed=f"Nemenyi post-hoc: all {len(ne)} pairs ({n_sig} significant at alpha = "
-                                 f"{scfg['alpha']:g})")
+        s.table(
+            table, collapsed=f"Nemenyi post-hoc: all {len(ne)} pairs ({n_sig} significant at alpha = {scfg['alpha']:g})"
+        )
 
 
 def read_notes_file(path: str | None) -> str | None:
@@ -322,8 +407,10 @@ def read_notes_file(path: str | None) -> str | None:
     try:
         return Path(path).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        raise FileNotFoundError(f"report.notes_file: {path!r} does not exist (relative to {Path.cwd()}); "
-                                "fix the path in the config or remove the key") from None
+        raise FileNotFoundError(
+            f"report.notes_file: {path!r} does not exist (relative to {Path.cwd()}); "
+            "fix the path in the config or remove the key"
+        ) from None
 
 
 def _versions() -> dict[str, str]:
@@ -340,18 +427,25 @@ def _versions() -> dict[str, str]:
 def _cells_section(cells: pd.DataFrame, summary: pd.DataFrame, scfg: dict) -> Section:
     top = summary.shots.max()
     s = Section("Per-cell statistics", "cells")
-    s.text(f"Per method × dataset at {int(top)} shots: mean, standard deviation and {scfg['confidence_level']:.0%} "
-           "Student-t interval over the runs (a method that does not depend on the seed is one run, without "
-           "interval). Every shots setting is in `cells.csv` next to this report.")
+    s.text(
+        f"Per method × dataset at {int(top)} shots: mean, standard deviation and {scfg['confidence_level']:.0%} "
+        "Student-t interval over the runs (a method that does not depend on the seed is one run, without "
+        "interval). Every shots setting is in `cells.csv` next to this report."
+    )
     show = cells[cells.shots == top]
     order = {m: i for i, m in enumerate(figures.method_order(show.method))}
     show = show.assign(_o=show.method.map(order)).sort_values(["_o", "dataset"])
     table = pd.DataFrame({"method": show.method, "dataset": show.dataset, "runs": show.n_runs})
     for metric in _metrics(summary):
         table[NAMES[metric]] = [
-            "—" if math.isnan(r[f"{metric}_mean"]) else f"{r[f'{metric}_mean']:.2f}" if r.n_runs == 1 else
-            f"{r[f'{metric}_mean']:.2f} ± {r[f'{metric}_std']:.2f} [{r[f'{metric}_ci_low']:.2f}, "
-            f"{r[f'{metric}_ci_high']:.2f}]" for _, r in show.iterrows()]
+            "—"
+            if math.isnan(r[f"{metric}_mean"])
+            else f"{r[f'{metric}_mean']:.2f}"
+            if r.n_runs == 1
+            else f"{r[f'{metric}_mean']:.2f} ± {r[f'{metric}_std']:.2f} [{r[f'{metric}_ci_low']:.2f}, "
+            f"{r[f'{metric}_ci_high']:.2f}]"
+            for _, r in show.iterrows()
+        ]
     s.table(table, collapsed=f"{len(table)} cells (mean ± sd [t-interval])")
     return s
 
@@ -366,10 +460,12 @@ def _published_section(cells: pd.DataFrame, summary: pd.DataFrame, cfg: dict, sc
         s.text("None of this experiment's methods and datasets appear in the published tables (config/published/).")
     else:
         n_out = int((comp.outside == True).sum())  # noqa: E712 (None for a single run)
-        s.text(f"Our {published.PAPER_SHOTS}-shot mean with its {scfg['confidence_level']:.0%} t-interval over "
-               "seeds, the published value (ViT-B/16, mean of seeds 1–3) and ours − published; "
-               f"'outside' marks the {n_out} of {len(comp)} cells whose published value lies outside our interval "
-               "(a method that does not depend on the seed has no interval).")
+        s.text(
+            f"Our {published.PAPER_SHOTS}-shot mean with its {scfg['confidence_level']:.0%} t-interval over "
+            "seeds, the published value (ViT-B/16, mean of seeds 1–3) and ours − published; "
+            f"'outside' marks the {n_out} of {len(comp)} cells whose published value lies outside our interval "
+            "(a method that does not depend on the seed has no interval)."
+        )
         show = comp.copy()
         show["metric"] = show.metric.map(NAMES)
         show["outside"] = show.outside.map(lambda v: "outside" if v is True else "")
@@ -379,12 +475,18 @@ def _published_section(cells: pd.DataFrame, summary: pd.DataFrame, cfg: dict, sc
 
 def _provenance_section(summary: pd.DataFrame, protocol: str, backbone: str, scfg: dict) -> Section:
     s = Section("Provenance", "provenance")
-    prov = {"protocol": protocol, "backbone": backbone,
-            "weights sha256": ", ".join(sorted(summary.weights_sha256.dropna().astype(str).unique()))
-            if "weights_sha256" in summary else "unknown",
-            "config hash(es)": ", ".join(sorted(summary.config_hash.dropna().astype(str).unique()))
-            if "config_hash" in summary else "unknown",
-            **{f"stats.{k}": json.dumps(v) for k, v in sorted(scfg.items())}, **_versions()}
+    prov = {
+        "protocol": protocol,
+        "backbone": backbone,
+        "weights sha256": ", ".join(sorted(summary.weights_sha256.dropna().astype(str).unique()))
+        if "weights_sha256" in summary
+        else "unknown",
+        "config hash(es)": ", ".join(sorted(summary.config_hash.dropna().astype(str).unique()))
+        if "config_hash" in summary
+        else "unknown",
+        **{f"stats.{k}": json.dumps(v) for k, v in sorted(scfg.items())},
+        **_versions(),
+    }
     s.table(pd.DataFrame({"item": list(prov), "value": list(prov.values())}), css="wrap")
     return s
 
@@ -397,16 +499,35 @@ def _overrides(s: Section, cfg: dict) -> None:
     if not rows:
         s.text("Every method ran with its preset hyperparameters (no `method_overrides`).")
         return
-    s.text("Hyperparameters overriding the methods' presets (`method_overrides`); for a run, later rows of its "
-           "method take precedence (every run < shots < dataset < dataset and shots). Each run's complete "
-           "hyperparameters are in its metrics.json.")
-    s.table(pd.DataFrame({"method": [r[0] for r in rows], "applies to": [r[1] for r in rows],
-                          "hyperparameters": [json.dumps(r[2]) for r in rows]}), css="wrap")
-    on_test = sorted({f"{m} on {d}" for m in cfg.get("methods", []) for d in cfg.get("datasets", [])
-                      for k in cfg.get("shots", []) if method_settings(cfg, m, d, k).get("search_split") == "test"})
+    s.text(
+        "Hyperparameters overriding the methods' presets (`method_overrides`); for a run, later rows of its "
+        "method take precedence (every run < shots < dataset < dataset and shots). Each run's complete "
+        "hyperparameters are in its metrics.json."
+    )
+    s.table(
+        pd.DataFrame(
+            {
+                "method": [r[0] for r in rows],
+                "applies to": [r[1] for r in rows],
+                "hyperparameters": [json.dumps(r[2]) for r in rows],
+            }
+        ),
+        css="wrap",
+    )
+    on_test = sorted(
+        {
+            f"{m} on {d}"
+            for m in cfg.get("methods", [])
+            for d in cfg.get("datasets", [])
+            for k in cfg.get("shots", [])
+            if method_settings(cfg, m, d, k).get("search_split") == "test"
+        }
+    )
     if on_test:
-        s.note(f"{', '.join(on_test)}: hyperparameters chosen on the test set, as the reference does "
-               "(Tip-Adapter's main_imagenet.py); these accuracies are optimistic.")
+        s.note(
+            f"{', '.join(on_test)}: hyperparameters chosen on the test set, as the reference does "
+            "(Tip-Adapter's main_imagenet.py); these accuracies are optimistic."
+        )
 
 
 def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict) -> None:
@@ -428,9 +549,11 @@ def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict) -> None
     protocol = str(summary.protocol.iloc[0])
     all_shots = sorted(int(k) for k in summary.shots.unique())
     backbone = ", ".join(published.backbones(summary, cfg))
-    intro = [f"Experiment **{experiment}**: {PROTOCOLS.get(protocol, protocol)} with backbone `{backbone}`; "
-             f"{summary.method.nunique()} methods on {summary.dataset.nunique()} datasets, shots "
-             f"{', '.join(map(str, all_shots))}, seeds {', '.join(map(str, sorted(summary.seed.unique())))}."]
+    intro = [
+        f"Experiment **{experiment}**: {PROTOCOLS.get(protocol, protocol)} with backbone `{backbone}`; "
+        f"{summary.method.nunique()} methods on {summary.dataset.nunique()} datasets, shots "
+        f"{', '.join(map(str, all_shots))}, seeds {', '.join(map(str, sorted(summary.seed.unique())))}."
+    ]
     cells = stats.cell_summary(summary, scfg)
     cells.to_csv(out / "cells.csv", index=False, float_format="%.4f")
 
@@ -448,8 +571,11 @@ def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict) -> None
     notes = "\n\n".join(filter(None, [report_cfg.get("notes"), read_notes_file(report_cfg.get("notes_file"))]))
     if notes:
         s = Section("Notes", "notes")
-        s.raw(notes, f"<details><summary>Notes written by hand for this experiment (click to open)</summary>"
-                     f"<div class='notes'>{markdown_to_html(notes)}</div></details>")
+        s.raw(
+            notes,
+            f"<details><summary>Notes written by hand for this experiment (click to open)</summary>"
+            f"<div class='notes'>{markdown_to_html(notes)}</div></details>",
+        )
         sections.append(s)
     sections.append(_cells_section(cells, summary, scfg))
     s = _provenance_section(summary, protocol, backbone, scfg)

@@ -46,8 +46,11 @@ class PaperTable:
         """(method, group, column) of the best mean of each column at two decimals (ties all count)."""
         out = set()
         for g, c in self.columns():
-            values = {m: round(self.mean[(m, g, c)], 2) for m in self.methods
-                      if not math.isnan(self.mean.get((m, g, c), math.nan))}
+            values = {
+                m: round(self.mean[(m, g, c)], 2)
+                for m in self.methods
+                if not math.isnan(self.mean.get((m, g, c), math.nan))
+            }
             if values:
                 top = max(values.values())
                 out |= {(m, g, c) for m, v in values.items() if v == top}
@@ -73,8 +76,13 @@ def _put(table: PaperTable, method: str, group: str, column: str, values, single
     table.runs[key] = len(values)
 
 
-def paper_table(summary: pd.DataFrame, shots=None, level: float = 0.95, datasets: list[str] | None = None,
-                methods: list[str] | None = None) -> PaperTable:
+def paper_table(
+    summary: pd.DataFrame,
+    shots=None,
+    level: float = 0.95,
+    datasets: list[str] | None = None,
+    methods: list[str] | None = None,
+) -> PaperTable:
     """The papers' table. Base-to-new at one shots setting (default: the largest): groups Average (Base, New,
     HM of the averaged Base and New, and HM (mean), the mean of per-dataset HMs) and one per dataset (Base, New,
     HM). Other protocols: one column per shots setting in each group (all of them unless ``shots`` is given).
@@ -99,8 +107,10 @@ def paper_table(summary: pd.DataFrame, shots=None, level: float = 0.95, datasets
     ordered = sorted(sources) + [d for d in _dataset_order(summary, datasets) if d not in sources]
     average = "Average (targets)" if sources else "Average"
     table.groups.append((average, [labels(k, m) for k in shots_list for m, _ in avg_metrics]))
-    table.groups += [(f"{d} (source)" if d in sources else d, [labels(k, m) for k in shots_list for m, _ in metrics])
-                     for d in ordered]
+    table.groups += [
+        (f"{d} (source)" if d in sources else d, [labels(k, m) for k in shots_list for m, _ in metrics])
+        for d in ordered
+    ]
     for k in shots_list:
         for m, column in avg_metrics:
             per_seed = stats.seed_averages(targets[targets.shots == k], column)
@@ -150,8 +160,11 @@ def to_html(table: PaperTable, families: dict[str, str] | None = None) -> str:
     out = []
     for chunk in _chunks(table.groups):
         flat = all(len(cols) == 1 for _, cols in chunk)
-        head = "<tr><th rowspan='1' class='method'>Method</th>" if flat else \
-            "<tr><th rowspan='2' class='method'>Method</th>"
+        head = (
+            "<tr><th rowspan='1' class='method'>Method</th>"
+            if flat
+            else "<tr><th rowspan='2' class='method'>Method</th>"
+        )
         head += "".join(f"<th colspan='{len(cols)}' class='group'>{html.escape(g)}</th>" for g, cols in chunk)
         head += "</tr>"
         if not flat:
@@ -173,8 +186,10 @@ def to_html(table: PaperTable, families: dict[str, str] | None = None) -> str:
                     half = f"±{text[1]}" if text[1] else ""
                     cells.append(f"<td title='{html.escape(_tooltip(table, key))}'>{value}<small>{half}</small></td>")
             body.append(f"<tr{css}>" + "".join(cells) + "</tr>")
-        out.append(f"<div class='scroll'><table class='table paper'><thead>{head}</thead><tbody>{''.join(body)}"
-                   "</tbody></table></div>")
+        out.append(
+            f"<div class='scroll'><table class='table paper'><thead>{head}</thead><tbody>{''.join(body)}"
+            "</tbody></table></div>"
+        )
     return "\n".join(out)
 
 
@@ -184,8 +199,9 @@ def to_markdown(table: PaperTable) -> str:
     out = []
     for chunk in _chunks(table.groups):
         cols = [(g, c) for g, cs in chunk for c in cs]
-        header = ["Method"] + [g if len(cs) == 1 and c == NAMES["all_acc"] else f"{g} {c}"
-                               for g, cs in chunk for c in cs]
+        header = ["Method"] + [
+            g if len(cs) == 1 and c == NAMES["all_acc"] else f"{g} {c}" for g, cs in chunk for c in cs
+        ]
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["--:"] * len(cols)) + "|"]
         for m in table.methods:
             row = [m]
