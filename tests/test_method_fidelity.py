@@ -2,11 +2,24 @@
 trailing comments included), OGEN's new-class names under base-to-new (names only, declared and recorded), and
 the smaller points of the second fidelity pass. Tiny random pocket CLIP, one thread."""
 
-import pytest
+import json
 
+import pytest
+import torch
+import yaml
+
+from conftest import prepare_run_inputs
 from reference.mocoop_templates import templates_and_groups
 from test_methods_wave2 import build, context
+from vlprompt.cli import main as cli
+from vlprompt.clip.features import FeatureBank
+from vlprompt.data.registry import split_path
+from vlprompt.data.splits import read_split
+from vlprompt.experiment import grid
+from vlprompt.experiment.config import method_config_hash, validate
+from vlprompt.methods import get_method
 from vlprompt.methods.atprompt import per_dataset
+from vlprompt.training.context import build_context
 
 # A copy of the layout of dyabel/mocoop's configs/datasets/imagenet.yaml (commit 04b5d2a), shortened: whole-line
 # comments (``##`` headings, ``# "..."`` commented-out templates) and entries with a trailing ``#`` comment.
@@ -67,3 +80,77 @@ def test_mocoop_on_imagenet_builds_twenty_experts(pocket_random_backbone):
     m = build("mocoop", context(pocket_random_backbone, dataset="ImageNet"))
     assert len(m.experts) == 20 and m.prototypes.shape[:2] == (20, 4)
     assert m.router.out_features == 20
+
+
+# ---------------------------------------------------------------- OGEN: the new classes' names under base-to-new
+
+
+@pytest.fixture(scope="module")
+def base2new_configs(tmp_path_factory):
+    """The pocket default config (base2new) on a small pocket_noisy, prepared once, as the DAG's jobs read it:
+    (config giving the new classes' names, the same config refusing them)."""
+    tmp = tmp_path_factory.mktemp("names_only")
+    cfg = yaml.safe_load(open("config/config.yaml"))
+    cfg.update(
+        experiment="names_only",
+        data_root=str(tmp / "data"),
+        results_root=str(tmp / "results"),
+        reports_root=str(tmp / "reports"),
+        datasets=["pocket_noisy"],
+        shots=[2],
+        seeds=[1],
+        methods=["ogen"],
+        method_overrides={"ogen": {"epochs": 5, "batch_size": 8, "warmup_epochs": 0}},
+    )
+    cfg["pocket"]["per_class"] = {"train": 2, "val": 2, "test": 1}
+    cfg["features"]["train_views"] = 1
+    paths = []
+    for given in (True, False):
+        path = tmp / f"config_{given}.json"
+        path.write_text(json.dumps(validate({**cfg, "new_class_names": given})))
+        paths.append(path)
+    prepare_run_inputs(paths[0], "pocket_noisy", shots=2)
+    return paths
+
+
+def train_ogen(path, out):
+    args = ["--dataset", "pocket_noisy", "--method", "ogen", "--shots", "2", "--seed", "1"]
+    assert cli(["train", "--config", str(path), *args, "--out", str(out), "--quiet"]) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_ogen_gets_the_new_class_names_in_the_pocket_base2new_run_and_no_new_class_image(
+    base2new_configs, tmp_path, monkeypatch
+):
+    path = base2new_configs[0]
+    cfg = json.loads(path.read_text())
+    classes = json.loads(grid.classes_path(cfg, "pocket_noisy").read_text())
+    new_names = [classes["classnames"][i] for i in classes["new"]]
+
+    read: list[str] = []  # every image whose features the run's context and the method's training read
+    take = FeatureBank.take
+    monkeypatch.setattr(FeatureBank, "take", lambda self, split, rows: read.extend(rows) or take(self, split, rows))
+    cls = get_method("ogen")
+    ctx, _, _ = build_context(cfg, "pocket_noisy", cls, 2, 1, torch.device("cpu"))
+    assert ctx.unseen_classnames == new_names and not set(new_names) & set(ctx.classnames)
+    m = cls(cls.make_config({"epochs": 5, "warmup_epochs": 0}), ctx)
+    m.ogen_step.fill_(4)  # past the generator-only epoch: the unseen term is in the loss
+    _, parts = m.loss(ctx.train_features[0], ctx.train_labels)
+    assert "unseen" in parts and m.new_classnames_given == len(new_names)
+    label_of = {row[0]: row[1] for rows in read_split(split_path(cfg, "pocket_noisy")).values() for row in rows}
+    assert read and {label_of[r] for r in read} <= set(classes["base"])  # no new-class image read
+    assert set(ctx.train_labels.tolist()) | set(ctx.val_labels.tolist()) <= set(range(len(classes["base"])))
+    monkeypatch.undo()
+
+    metrics = train_ogen(path, tmp_path / "given")
+    assert metrics["new_class_names"] == len(new_names) and metrics["method_info"]["unseen_class_term"] is True
+
+
+def test_a_config_can_refuse_the_new_class_names_and_the_run_records_it(base2new_configs, tmp_path):
+    given, refused = (json.loads(p.read_text()) for p in base2new_configs)
+    ctx, _, _ = build_context(refused, "pocket_noisy", get_method("ogen"), 2, 1, torch.device("cpu"))
+    assert ctx.unseen_classnames is None
+    metrics = train_ogen(base2new_configs[1], tmp_path / "refused")
+    assert metrics["new_class_names"] == 0 and metrics["method_info"]["unseen_class_term"] is False
+    assert method_config_hash(refused, "ogen") != method_config_hash(given, "ogen")  # a refused run is another run
+    assert method_config_hash(refused, "coop") == method_config_hash(given, "coop")  # others are not re-run

@@ -53,6 +53,7 @@ def cmd_methods(args) -> None:
                 (m.reads_unlabelled, "unlabelled images"),
                 (m.reads_test_views, "test views"),
                 (m.reads_multitask_prompt, "multitask prompt"),
+                (m.reads_new_classnames, "new-class names under base2new"),
             )
             if flag
         )

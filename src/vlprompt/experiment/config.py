@@ -194,7 +194,14 @@ def _declared_settings(cfg: dict, method: str) -> dict:
         out["unlabelled"] = cfg.get("unlabelled", "none")
     if cls.reads_multitask_prompt:
         out["sources"] = list(cfg.get("sources") or [])
+    if cls.reads_new_classnames:
+        out["new_class_names"] = new_class_names_given(cfg)
     return out
+
+
+def new_class_names_given(cfg: dict) -> bool:
+    """Whether methods declaring ``reads_new_classnames`` see the new classes' names (base2new, not refused)."""
+    return cfg["protocol"] == "base2new" and bool(cfg.get("new_class_names", True))
 
 
 def stage_hash(cfg: dict, stage: str) -> str:

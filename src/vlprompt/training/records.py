@@ -71,6 +71,7 @@ def save_run(
         hyperparameters=hyperparameters,
         overrides=method_settings(cfg, method.name, dataset, shots),
         method_info=method.run_info(),
+        new_class_names=method.new_classnames_given,  # names of new classes seen as text in training (0: none)
         trained=method.needs_training,
         train=train_info,
         seconds=seconds,
