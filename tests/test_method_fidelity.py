@@ -13,6 +13,7 @@ from reference.mocoop_templates import templates_and_groups
 from test_methods_wave2 import build, context
 from vlprompt.cli import main as cli
 from vlprompt.clip.features import FeatureBank
+from vlprompt.data import descriptions as store
 from vlprompt.data.registry import split_path
 from vlprompt.data.splits import read_split
 from vlprompt.experiment import grid
@@ -154,3 +155,63 @@ def test_a_config_can_refuse_the_new_class_names_and_the_run_records_it(base2new
     assert metrics["new_class_names"] == 0 and metrics["method_info"]["unseen_class_term"] is False
     assert method_config_hash(refused, "ogen") != method_config_hash(given, "ogen")  # a refused run is another run
     assert method_config_hash(refused, "coop") == method_config_hash(given, "coop")  # others are not re-run
+
+
+# ---------------------------------------------------------------- descriptions per named source
+
+
+def test_each_description_method_names_its_references_source_and_a_config_overrides_it():
+    presets = {name: get_method(name).make_config().descriptions for name in ("cupl", "cupl_ensemble", "msgcoop")}
+    assert presets == {"cupl": "cupl", "cupl_ensemble": "cupl", "msgcoop": "msgcoop"}
+    assert get_method("kapt").make_config().descriptions == "cupl"  # no reference code (assumption)
+    assert get_method("tfup").make_config().descriptions == "cupl"  # its own files cover none of ours
+    assert get_method("cupl").make_config({"descriptions": "msgcoop"}).descriptions == "msgcoop"
+    assert set(store.list_sources()) == {"cupl", "msgcoop", "tfup", "pocket"}
+
+
+def test_cupl_on_imagenet_names_the_file_its_imagenet_script_reads(tmp_path, monkeypatch):
+    ref = store.reference_file("cupl", "ImageNet")
+    assert ref["path"] == "imagenet_prompts/CuPL_image_prompts.json"  # classify_imagenet.py's PATH_TO_PROMPTS
+    assert ref["git_blob"] == "b5796c20e12c7448a9d78147fc9869b421d908d7"
+    assert store.reference_file("cupl", "ImageNetSketch") is ref  # evaluated with ImageNet's classes
+    assert store.reference_file("msgcoop", "DTD")["path"].endswith("descriptions_top4/DescribableTextures.json")
+    monkeypatch.setenv("VLPROMPT_DESCRIPTIONS", str(tmp_path))
+    with pytest.raises(store.DescriptionError) as err:
+        store.load_descriptions("ImageNetV2", ["tench"], "cupl")
+    message = str(err.value)
+    assert "\n" not in message and "cupl/ImageNet.json does not exist" in message
+    assert "imagenet_prompts/CuPL_image_prompts.json" in message and "b5796c20e12c" in message
+    with pytest.raises(store.DescriptionError, match=r"unknown description source 'gpt'.*known"):
+        store.load_descriptions("pocket_dark", ["red circle"], "gpt")
+
+
+def test_two_methods_of_one_experiment_read_their_own_sources_and_record_them(
+    pocket_random_backbone, tmp_path, monkeypatch
+):
+    names = ["banded", "blotchy"]
+    monkeypatch.setenv("VLPROMPT_DESCRIPTIONS", str(tmp_path))
+    for source, sentences in (("cupl", ["stripes.", "lines.", "bands."]), ("msgcoop", ["a striped texture."])):
+        (tmp_path / source).mkdir()
+        (tmp_path / source / "DTD.json").write_text(json.dumps({n: [f"{n} {s}" for s in sentences] for n in names}))
+    ctx = context(pocket_random_backbone, names=names, dataset="DTD")
+    records = {name: build(name, ctx).run_info()["descriptions"] for name in ("cupl", "msgcoop")}
+    for name, record in records.items():
+        path = tmp_path / name / "DTD.json"
+        assert record["source"] == name and record["file"] == str(path)
+        assert record["sha256"] == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+        assert record["matches_reference"] is False and record["reference_file"].endswith(".json")
+    assert build("msgcoop", ctx).anchors.shape[0] == 2
+    overridden = build("cupl", ctx, descriptions="msgcoop").run_info()["descriptions"]
+    assert overridden["file"] == str(tmp_path / "msgcoop" / "DTD.json")
+    pocket = build("msgcoop", context(pocket_random_backbone)).run_info()["descriptions"]
+    assert (pocket["source"], pocket["stands_in_for"], pocket["file"]) == ("pocket", "msgcoop", "pocket.json")
+
+
+def test_the_reference_file_is_recognised_by_its_git_blob_id(tmp_path, monkeypatch):
+    assert store.git_blob_id(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"  # git hash-object
+    content = json.dumps({"banded": ["bands."]}).encode()
+    (tmp_path / "cupl").mkdir()
+    (tmp_path / "cupl" / "DTD.json").write_bytes(content)
+    monkeypatch.setenv("VLPROMPT_DESCRIPTIONS", str(tmp_path))
+    monkeypatch.setitem(store.manifest()["cupl"]["files"]["DTD"], "git_blob", store.git_blob_id(content))
+    assert store.source_record(None, "DTD", "cupl")["matches_reference"] is True

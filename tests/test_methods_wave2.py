@@ -144,9 +144,10 @@ def test_pocket_descriptions_follow_the_rule_and_the_shipped_file_is_its_output(
 
 def test_missing_descriptions_name_the_file_and_the_classes(tmp_path, monkeypatch):
     monkeypatch.setenv("VLPROMPT_DESCRIPTIONS", str(tmp_path))
-    with pytest.raises(store.DescriptionError, match=r"DTD\.json does not exist.*README"):
+    with pytest.raises(store.DescriptionError, match=r"cupl/DTD\.json does not exist.*texture_prompts_full.*README"):
         store.load_descriptions("DTD", ["banded"])
-    (tmp_path / "DTD.json").write_text(json.dumps({"banded": ["Bands."], "Blotchy": ["Blots."]}))
+    (tmp_path / "cupl").mkdir()
+    (tmp_path / "cupl" / "DTD.json").write_text(json.dumps({"banded": ["Bands."], "Blotchy": ["Blots."]}))
     assert store.load_descriptions("DTD", ["blotchy"]) == {"blotchy": ["Blots."]}
     with pytest.raises(store.DescriptionError, match=r"no descriptions for 1 class.*'zigzagged'"):
         store.load_descriptions("DTD", ["banded", "zigzagged"])
