@@ -215,3 +215,37 @@ def test_the_reference_file_is_recognised_by_its_git_blob_id(tmp_path, monkeypat
     monkeypatch.setenv("VLPROMPT_DESCRIPTIONS", str(tmp_path))
     monkeypatch.setitem(store.manifest()["cupl"]["files"]["DTD"], "git_blob", store.git_blob_id(content))
     assert store.source_record(None, "DTD", "cupl")["matches_reference"] is True
+
+
+# ---------------------------------------------------------------- ATPrompt: the reference's slicing of attribute words
+
+
+def test_atprompt_on_oxford_pets_offers_the_reference_slicing_by_default(pocket_random_backbone):
+    tok = pocket_random_backbone.tokenizer
+    ids = {w: int(tok([w])[0, 1]) for w in ("energy", "X")}
+    play, fulness = (int(t) for t in tok(["playfulness"])[0, 1:3])
+    ctx = context(pocket_random_backbone, dataset="OxfordPets")
+    ref = build("atprompt", ctx)  # attributes "playfulness" (2 tokens), "energy"
+    assert ref.config.attribute_tokens == "reference"
+    pl = ref.prompt_learner
+    assert pl.pos_att0[0].tolist() == [1, 2] and pl.pos_att1[0].tolist() == [4, 5] and pl.pos_ctx[0].tolist() == [7, 8]
+    frozen = pl.tokens[0, [3, 6, 9]].tolist()  # what the reference keeps between its soft tokens
+    assert frozen == [play, ids["X"], ids["X"]]  # "fulness" and "energy" are overwritten
+    prompts = pl.prompts()
+    assert torch.equal(prompts[0, 4], pl.slots["att1"][0]) and torch.equal(prompts[0, 7], pl.slots["ctx"][0])
+    assert int(pl.tokens[0, 4]) == fulness and int(pl.tokens[0, 7]) == ids["energy"]
+
+    full = build("atprompt", ctx, attribute_tokens="all").prompt_learner
+    assert full.pos_att1[0].tolist() == [5, 6] and full.pos_ctx[0].tolist() == [8, 9]
+    kept = full.tokens[0, [3, 4, 7]].tolist()
+    assert kept == [play, fulness, ids["energy"]]
+    with pytest.raises(Exception, match="attribute_tokens"):
+        build("atprompt", ctx, attribute_tokens="some")
+
+
+def test_atprompt_slicings_agree_where_every_attribute_is_one_token(pocket_random_backbone):
+    ctx = context(pocket_random_backbone)  # pocket: "colour", "shape"
+    ref, full = (build("atprompt", ctx, attribute_tokens=a).prompt_learner for a in ("reference", "all"))
+    for name in ref.slots:
+        assert torch.equal(getattr(ref, f"pos_{name}"), getattr(full, f"pos_{name}"))
+    torch.testing.assert_close(ref(), full())
