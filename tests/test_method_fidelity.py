@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from conftest import prepare_run_inputs
@@ -249,3 +250,24 @@ def test_atprompt_slicings_agree_where_every_attribute_is_one_token(pocket_rando
     for name in ref.slots:
         assert torch.equal(getattr(ref, f"pos_{name}"), getattr(full, f"pos_{name}"))
     torch.testing.assert_close(ref(), full())
+
+
+# ---------------------------------------------------------------- RESTORE: the text shift measured from the start
+
+
+def test_restore_shift_is_zero_at_step_zero_whatever_the_datasets_template(pocket_random_backbone):
+    ctx = context(pocket_random_backbone, dataset="DTD")
+    ctx.template = "{} texture."  # DTD's: one of the 7 datasets whose template is not the context's initial words
+    x, y = ctx.train_features[0, :6], ctx.train_labels[:6]
+    m = build("restore", ctx)
+    assert m.config.shift_from == "init"
+    assert m.loss(x, y)[1]["shift"] == pytest.approx(0.0, abs=1e-10)
+    old = build("restore", ctx, shift_from="template")  # measured from the template: non-zero before any step
+    assert old.loss(x, y)[1]["shift"] > 1e-4
+    torch.testing.assert_close(m.shift_origin, F.normalize(build("coop", ctx).prompt_learner(), dim=-1))
+    with torch.no_grad():  # training moves the context: the origin stays the initial prompt, for new classes too
+        m.prompt_learner.ctx.add_(0.5)
+    m.set_classes(["cyan cross", "orange diamond"])
+    reference = build("coop", ctx)
+    reference.set_classes(["cyan cross", "orange diamond"])
+    torch.testing.assert_close(m.shift_origin, F.normalize(reference.prompt_learner(), dim=-1))
