@@ -271,3 +271,35 @@ def test_restore_shift_is_zero_at_step_zero_whatever_the_datasets_template(pocke
     reference = build("coop", ctx)
     reference.set_classes(["cyan cross", "orange diamond"])
     torch.testing.assert_close(m.shift_origin, F.normalize(reference.prompt_learner(), dim=-1))
+
+
+# ---------------------------------------------------------------- MoCoOp: learnable parts by BPE tokens
+
+
+def reference_words(part: str) -> int:
+    """How the reference sizes a learnable part: words by ``split(" ")`` (0 for an empty part)."""
+    return 0 if len(part) == 0 else len(part.split(" "))
+
+
+@pytest.mark.parametrize(
+    "template, agree",
+    [
+        ("a photo of a {}.", True),
+        ("a photo of a {}, a type of aircraft.", True),
+        ("itap of a {}.", False),  # "itap" is two BPE tokens, one word
+        ("a pixelated photo of the {}.", False),
+        ("{} texture.", False),  # after the name: " texture", two "words" for the reference
+    ],
+)
+def test_mocoop_parts_are_sized_by_bpe_tokens_a_known_difference_from_the_reference(
+    pocket_random_backbone, template, agree
+):
+    from vlprompt.clip.prompting import format_tokens
+    from vlprompt.methods.mocoop import expert_pattern
+
+    tok = pocket_random_backbone.tokenizer
+    _, init = expert_pattern(template)
+    ours = [format_tokens(tok, init[k]) if k in init else 0 for k in ("before", "after")]
+    before, after = template.replace(".", "").split("{}")
+    theirs = [reference_words(before[:-1]), reference_words(after)]  # the reference's prompt_template_before/after
+    assert (ours == theirs) is agree

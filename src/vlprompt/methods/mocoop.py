@@ -32,6 +32,16 @@ Deviations: the reference also fine-tunes the image encoder's LayerNorms (``FINE
 cached features; its text-to-text loss runs over the names of all classes of the dataset (new ones included),
 here over the training classes only (the protocol gives a method no other names); its experts' prompts drop the
 final "." that their prototypes keep, here both keep it.
+
+Known difference, kept on purpose: the reference sizes an expert's learnable parts by WORDS
+(``len(words.split(" "))``) and takes that many token embeddings, while the text is cut into BPE tokens; here a
+part has one learnable vector per BPE token of its words. They agree where every word is one token (most groups'
+first templates: "a photo of a", "a photo of the large", ", a type of aircraft"); they differ where a word is
+several tokens ("itap" = it + ap, "pixelated" = pixel + ated, "jpeg", "close-up" = close + - + up) and where the
+words after the class name start with a space ("{} texture.": two "words", the empty one and "texture", so the
+reference's slot holds "texture" and the end-of-text embedding and the frozen suffix keeps a second "texture").
+Following the reference would make the prompt of those experts depend on a counting slip rather than on the
+template; ``tests/test_method_fidelity.py`` pins where the two agree and where not.
 """
 
 from __future__ import annotations
