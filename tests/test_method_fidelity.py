@@ -303,3 +303,38 @@ def test_mocoop_parts_are_sized_by_bpe_tokens_a_known_difference_from_the_refere
     before, after = template.replace(".", "").split("{}")
     theirs = [reference_words(before[:-1]), reference_words(after)]  # the reference's prompt_template_before/after
     assert (ours == theirs) is agree
+
+
+# ---------------------------------------------------------------- MVLPT: the source prompt averaged over three seeds
+
+
+def test_mvlpt_runs_start_from_the_source_prompt_averaged_over_seeds_1_2_3_by_default():
+    from vlprompt.experiment.config import load_config
+
+    cfg = load_config("config/pocket_wave3.yaml")
+    cls = get_method("mvlpt")
+    assert cls.make_config().source_seeds == (1, 2, 3)  # the reference's avg_ckpt.py
+    inputs = grid.train_inputs(cfg, "pocket_dark", "mvlpt", 16, 2)
+    for seed in (1, 2, 3):
+        assert grid.multitask_dir(cfg, "mvlpt", 16, seed) / "model.pt" in inputs
+    own = {**cfg, "method_overrides": {"mvlpt": {"source_seeds": []}}}
+    stages = [p for p in grid.train_inputs(own, "pocket_dark", "mvlpt", 16, 2) if "multitask" in str(p)]
+    assert {p.parent for p in stages} == {grid.multitask_dir(cfg, "mvlpt", 16, 2)}
+
+
+def test_the_averaged_source_prompt_is_the_mean_of_the_stages(tmp_path):
+    from vlprompt.io import atomic_torch_save, atomic_write_json, file_record
+    from vlprompt.training.context import load_multitask_prompt
+
+    cfg = {"results_root": str(tmp_path), "experiment": "avg"}
+    prompts = {s: torch.randn(4, 8, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3)}
+    for seed, ctx in prompts.items():
+        folder = grid.multitask_dir(cfg, "mvlpt", 2, seed)
+        folder.mkdir(parents=True)
+        atomic_torch_save(folder / "model.pt", {"state": {"prompt_learner.ctx": ctx}})
+        atomic_write_json(folder / "metrics.json", {"artefacts": {"model.pt": file_record(folder / "model.pt")}})
+    state = load_multitask_prompt(cfg, "mvlpt", 2, [1, 2, 3], torch.device("cpu"))
+    torch.testing.assert_close(state["prompt_learner.ctx"], (prompts[1] + prompts[2] + prompts[3]) / 3)
+    assert state["source"].startswith("mean of ") and state["source"].count("model.pt") == 3
+    single = load_multitask_prompt(cfg, "mvlpt", 2, [2], torch.device("cpu"))
+    assert torch.equal(single["prompt_learner.ctx"], prompts[2])

@@ -443,7 +443,7 @@ def mini(tmp_path_factory):
         sources=["pocket_sketch"],
         method_overrides={
             "tpt": {"views": 6, "view_crop_scale_min": 0.5},
-            "mvlpt": {"n_ctx": 4, "epochs": 2, "source_epochs": 3},
+            "mvlpt": {"n_ctx": 4, "epochs": 2, "source_epochs": 3, "source_seeds": [1]},  # one stage
             "pacbayes_prompt": {"n_tokens": 1, "candidates": 8},
         },
     )
@@ -616,7 +616,7 @@ def test_transfer_reads_the_targets_unlabelled_images_and_views(tmp_path):
         sources=["pocket_sketch"],
         method_overrides={
             "tpt_coop": {"epochs": 2, "views": 4, "view_crop_scale_min": 0.5},
-            "mvlpt": {"n_ctx": 4, "epochs": 2, "source_epochs": 2},
+            "mvlpt": {"n_ctx": 4, "epochs": 2, "source_epochs": 2, "source_seeds": [1]},
         },
     )
     cfg["pocket"] = {"per_class": {"train": 3, "val": 2, "test": 2}}

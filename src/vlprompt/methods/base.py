@@ -183,6 +183,11 @@ class Method(nn.Module):
             f"preset {default!r}, got {value!r}"
         )
 
+    @classmethod
+    def multitask_seeds(cls, config: Any, seed: int) -> list[int]:
+        """``reads_multitask_prompt``: the seeds of the multitask stages a run of ``seed`` starts from."""
+        return [int(seed)]
+
     def set_classes(self, classnames: list[str]) -> None:
         """Switch to another set of classes (evaluation on new classes)."""
         raise NotImplementedError(f"{self.name} cannot classify classes it was not trained on")
