@@ -416,3 +416,90 @@ def test_vpt_default_template(backbone):
     overrides = {k: v for k, v in DEEP["vpt"][1].items() if k != "template"}
     method = build("vpt_deep", context(backbone, fix), **overrides)
     close(method.text_features(), fix["text_features"], what="fixed text classifier")
+
+
+# ---------------------------------------------------------------- the newer methods (regenerate_newer.py)
+
+
+def newer_context(backbone, fix: dict, **kwargs) -> MethodContext:
+    """A context without a registered dataset: the fixtures give their own descriptions and templates."""
+    return MethodContext(
+        backbone=backbone,
+        encoder=PromptedTextEncoder(backbone.model),
+        classnames=fix["classnames"],
+        template="a photo of a {}.",
+        device=torch.device("cpu"),
+        seed=0,
+        **kwargs,
+    )
+
+
+def test_cupl_pools_descriptions_as_the_reference(backbone, inputs):
+    """CuPL's ``zeroshot_classifier_gpt`` (classify_imagenet.py) with and without the templates in the pool."""
+    fix = fixture("cupl")
+    ctx = newer_context(backbone, fix, descriptions=fix["settings"]["descriptions"])
+    cupl = build("cupl", ctx)
+    close(cupl.weights, fix["text_features"], what="CuPL text features")
+    features = backbone.model.encode_image(inputs["images"])
+    close(cupl(features) * 100 / cupl.logit_scale, fix["logits"], what="logits (the reference's scale 100)")
+    both = build("cupl_ensemble", ctx, templates=tuple(fix["settings"]["templates"]))
+    close(both.weights, fix["text_features_ensemble"], what="CuPL + e text features")
+
+
+def test_fudd_follow_up_logits_equal_the_reference(backbone, inputs, tmp_path, monkeypatch):
+    """FuDD's ``forward`` (fudd_model.py) with its ``PromptFactory`` on differential descriptions in its format."""
+    fix = fixture("fudd")
+    folder = tmp_path / "differential"
+    folder.mkdir()
+    (folder / "tiny_prompt_pairs.json").write_text(fix["settings"]["pairs"])
+    (folder / "tiny_class_names.json").write_text(json.dumps(fix["settings"]["class_names"]))
+    monkeypatch.setenv("VLPROMPT_DESCRIPTIONS", str(tmp_path))
+    method = build("fudd", newer_context(backbone, fix, dataset="tiny"), top_k=fix["settings"]["top_k"])
+    features = backbone.model.encode_image(inputs["images"])
+    f = F.normalize(features, dim=-1)
+    close(f @ method.weights.T, fix["step_one_logits"], what="step one (zero-shot, one template)")
+    logits = method(features)
+    for i, preds in enumerate(fix["preds"]):
+        assert set(torch.isfinite(logits[i]).nonzero().flatten().tolist()) == set(preds.tolist())
+        close(logits[i, preds] / method.logit_scale, fix["logits"][i], what=f"follow-up logits of image {i}")
+
+
+def test_tpt_one_step_per_image_equals_the_reference(backbone, inputs):
+    """TPT's ``test_time_tuning`` (one step, selection 0.5) on each image's original and three noisy views."""
+    fix = fixture("tpt")
+    s = fix["settings"]
+    ctx = newer_context(backbone, fix)
+    method = build(
+        "tpt", ctx, n_ctx=s["n_ctx"], ctx_init=s["ctx_init"], views=4, selection=s["selection"], tta_lr=s["lr"]
+    )
+    views = torch.cat([inputs["images"].unsqueeze(0), inputs["views"]])  # (V, B, 3, H, W), the original first
+    feats = torch.stack([backbone.model.encode_image(v) for v in views], dim=1)  # (B, V, D)
+    from vlprompt.methods.tpt import average_entropy, select_confident
+
+    with torch.no_grad():
+        logits = method.logit_scale * F.normalize(feats, dim=-1) @ method.text_features().T  # (B, V, C)
+        keep = select_confident(logits, s["selection"])
+        chosen = logits.gather(1, keep.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    # the entropy of near one-hot posteriors (logits of magnitude 60) turns the fp32 rounding of the logits
+    # (~1e-7 relative) into ~2e-5 of the loss: 1e-4 here; the logits below agree at 1e-5
+    close(average_entropy(chosen), fix["initial_loss"], 1e-4, what="initial loss (avg_entropy of the selected views)")
+    method.eval()
+    close(method(feats), fix["logits"], what="logits after one tuning step")
+
+
+def test_tfup_cache_and_logits_equal_the_reference(backbone, inputs):
+    """TFUP's ``get_clip_weights``, ``refine_few_shots_without_label`` (the cache) and ``TFUP`` (utils.py, main.py)
+    on the fixed images as the unlabelled pool and the test set (transductive, the reference's Office-Home)."""
+    fix = fixture("tfup")
+    images = torch.cat([inputs["images"], inputs["val_images"]])
+    features = backbone.model.encode_image(images)
+    close(features, fix["unlabelled_features"], what="unlabelled image features")
+    ctx = newer_context(backbone, fix, descriptions=fix["settings"]["descriptions"], unlabelled=lambda: features)
+    method = build("tfup", ctx)
+    close(method.weights, F.normalize(fix["text_weights"], dim=-1), what="text weights")
+    assert method.cache_shots == fix["settings"]["cache_shots"]
+    ours = sorted(map(tuple, torch.cat([method.cache_keys, method.cache_values], 1).tolist()))
+    keys = F.normalize(fix["cache_keys"], dim=-1)
+    theirs = sorted(map(tuple, torch.cat([keys, fix["cache_values"]], 1).tolist()))
+    close(torch.tensor(ours), torch.tensor(theirs), what="cache (keys and one-hot values, as sets)")
+    close(method(features), fix["logits"], what="logits")

@@ -1,0 +1,301 @@
+"""Regenerate the reference fixtures of the newer methods (CuPL, FuDD, TPT, TFUP) from their official code.
+
+    python tests/reference/regenerate_newer.py --refs DIR [--only cupl,fudd,...]
+
+DIR holds checkouts of the repositories in ``REFERENCES`` (folder names as given there) at the commits listed.
+As ``regenerate.py`` (whose stubs and tiny CLIP this script reuses), nothing of them is copied into vlprompt: each
+fixture is computed in its own child process by the reference's own functions, on the tiny OpenAI-layout CLIP
+(``tiny_clip.py``) and the fixed inputs stored with it, and written to ``fixtures/<name>.pt``. What runs and what
+is stubbed, beyond ``regenerate.install_stubs`` (no GPU, fp32, the tiny CLIP instead of a download):
+
+* CuPL (``classify_imagenet.py``) and TFUP (``main.py``) are scripts that load ImageNet or a dataset at import
+  time; their functions ``zeroshot_classifier_gpt`` and ``TFUP`` are taken from the file's syntax tree and run in
+  a namespace holding what the script defines around them (``model``, ``clip``, ``PATH_TO_PROMPTS``, TFUP's
+  ``utils``). Neither repository ships a ``clip`` package (they use OpenAI's ``pip`` package): the copy of OpenAI's
+  ``clip`` in apple/ml-ogen is put on the path. ``TFUP`` prints its accuracies and returns nothing; its ``cls_acc``
+  is wrapped to keep the logits it is given.
+* TFUP's ``get_sim_based_kl`` allocates its KL matrix in fp16 (``torch.empty(..., dtype=torch.float16)``); the
+  allocation is made in fp32 (the reference's other casts are removed the same way by ``install_stubs``).
+  ``dassl.data.datasets.Datum`` (imported by TFUP's utils, used only to relabel data entries) is a plain record.
+* FuDD's ``FuDD`` runs as released with its own ``PromptFactory`` reading differential descriptions written in
+  its format to a temporary folder (``fixtures`` records them).
+* TPT's ``ClipTestTimeTuning`` (its ``clip`` package) and ``test_time_tuning``/``select_confident_samples``/
+  ``avg_entropy`` (``tpt_classification.py``, taken from the syntax tree as the script parses arguments and loads
+  datasets at import): one tuning step per image on its original and three noisy views (the fixed inputs'
+  ``views``), CoOp's context "a photo of a", AdamW at 5e-3, selection 0.5; the GradScaler and autocast of the
+  reference are off (CPU, fp32).
+* TPT's ``clip.load`` accepts only a JIT archive (with a plain state dict its ``model`` is unbound); its
+  ``torch.jit.load`` returns a stand-in whose ``state_dict()`` is the tiny CLIP's, which ``build_model`` builds.
+* Where ``pkg_resources`` is gone (setuptools >= 81), OpenAI's ``clip`` gets ``packaging`` from a stand-in module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import copy
+import io
+import json
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import regenerate  # noqa: E402
+import tiny_clip  # noqa: E402
+
+REFERENCES = {  # folder under --refs: (repository, commit the fixtures were generated from)
+    "CuPL": ("sarahpratt/CuPL", "719619c829792ff8f37298266e941b7f077c7f5c"),
+    "fudd": ("BatsResearch/fudd", "32264231fec047eb0bbbf59bfdbc8e6d208a096b"),
+    "TPT": ("azshue/TPT", "63ecbace79694205d7884e63fdc3137a200f0b0e"),
+    "TFUP": ("wlb12345/TFUP", "d95d4d3c4e5f51110d61f73d059a838c8a574887"),
+    "ml-ogen": ("apple/ml-ogen", "ccfa0df57ecac7c3214f82c32291401c51a746ac"),  # its copy of OpenAI's clip
+}
+# Each fixture: the folders put on sys.path (first wins) and the references it records.
+FIXTURES = {
+    "cupl": (["CuPL", "ml-ogen"], ["CuPL", "ml-ogen"]),
+    "fudd": (["fudd", "ml-ogen"], ["fudd", "ml-ogen"]),
+    "tpt": (["TPT"], ["TPT"]),
+    "tfup": (["TFUP", "ml-ogen"], ["TFUP", "ml-ogen"]),
+}
+# Class descriptions of the fixture's classes (CuPL's and TFUP's format: class name -> sentences).
+DESCRIPTIONS = {
+    "car side": ["a car seen from the side.", "a side view of a car with two wheels.", "a long vehicle."],
+    "sea lion": ["a sea lion on a rock.", "a marine mammal with flippers."],
+    "water lily": ["a water lily floating on a pond.", "a white flower on green leaves.", "a lily pad."],
+    "ant": ["a small black insect.", "an ant with six legs.", "an insect on the ground.", "a worker ant."],
+}
+TEMPLATES = ["a photo of a {}.", "a drawing of a {}.", "itap of the {}."]  # CuPL + e's template pool
+# FuDD's files for the fixture's classes: two pairs have sentences, the others fall back to the default prompt.
+FUDD_PAIRS = {
+    "0_1": {
+        "classes": [0, 1],
+        "prompt_pairs": [
+            {"prompt_pair": ["a photo of a car side, which has wheels.", "a photo of a sea lion, which has flippers."]},
+            {"prompt_pair": ["a photo of a car side, made of metal.", "a photo of a sea lion, with wet fur."]},
+        ],
+    },
+    "2_3": {
+        "classes": [3, 2],
+        "prompt_pairs": [{"prompt_pair": ["a photo of an ant, an insect.", "a photo of a water lily, a flower."]}],
+    },
+}
+
+
+def function_from(path: Path, name: str, namespace: dict):
+    """Compile the top-level function ``name`` of the script ``path`` into ``namespace`` (the script itself is not
+    run: it loads datasets at import)."""
+    tree = ast.parse(path.read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    exec(compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec"), namespace)
+    return namespace[name]
+
+
+def tiny_model():
+    import clip
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        model, _ = clip.load("ViT-B/16", device="cpu", jit=False)
+    return model.float().eval()
+
+
+def gen_cupl(data: dict, refs: Path, tmp: Path) -> dict:
+    import clip
+    from tqdm import tqdm
+
+    names = [c.replace("_", " ") for c in data["classnames"]]
+    prompts = tmp / "CuPL_image_prompts.json"
+    prompts.write_text(json.dumps(DESCRIPTIONS))
+    model = tiny_model()
+    ns = {"torch": torch, "clip": clip, "json": json, "tqdm": tqdm, "model": model, "PATH_TO_PROMPTS": str(prompts)}
+    classifier = function_from(refs / "CuPL" / "classify_imagenet.py", "zeroshot_classifier_gpt", ns)
+    with torch.no_grad():
+        features = model.encode_image(data["images"])
+        features = features / features.norm(dim=-1, keepdim=True)
+        cupl = classifier(data["classnames"], names, TEMPLATES, False)  # (D, C)
+        both = classifier(data["classnames"], names, TEMPLATES, True)
+    return {
+        "settings": {"descriptions": DESCRIPTIONS, "templates": TEMPLATES},
+        "text_features": cupl.T.contiguous(),
+        "text_features_ensemble": both.T.contiguous(),
+        "logits": 100.0 * features @ cupl,  # classify_imagenet.py's logits (CuPL's scale 100)
+    }
+
+
+def gen_fudd(data: dict, refs: Path, tmp: Path) -> dict:
+    sys.path.insert(0, str(refs / "fudd"))
+    from fudd_model import FuDD
+    from prompt_factory import PromptFactory
+
+    names = list(data["classnames"])
+    (tmp / "clip_templates.json").write_text(json.dumps(["a photo of a {}."]))
+    (tmp / "tiny_prompt_pairs.json").write_text(json.dumps(FUDD_PAIRS))
+    (tmp / "tiny_class_names.json").write_text(json.dumps(names))
+    factory = PromptFactory(str(tmp), "tiny")
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = FuDD(top_k=3, prompt_factory=factory, backbone="ViT-B/16", follow_up=True, step_one_source="x")
+    model.clip_model.float().eval()
+    with torch.no_grad():
+        logits, preds = model(data["images"])
+        model.follow_up = False
+        step_one, _ = model(data["images"])
+    return {
+        "settings": {"top_k": 3, "pairs": json.dumps(FUDD_PAIRS), "class_names": names},
+        "logits": logits,  # (B, k): cosine similarities with the top-k classes' differential embeddings
+        "preds": preds,  # (B, k): their class indices
+        "step_one_logits": step_one,
+    }
+
+
+def gen_tpt(data: dict, refs: Path, tmp: Path) -> dict:
+    sys.path.insert(0, str(refs / "TPT"))
+    import numpy as np
+    from clip.custom_clip import ClipTestTimeTuning
+
+    # TPT's clip.load reads the text width from the JIT archive it expects (a state dict leaves ``model`` unbound):
+    # the stand-in "archive" is the tiny CLIP's state dict behind .eval() and .state_dict()
+    load = torch.load
+    torch.jit.load = lambda path, map_location=None: types.SimpleNamespace(
+        eval=lambda: types.SimpleNamespace(state_dict=lambda: load(path, map_location="cpu"))
+    )
+    ns = {"torch": torch, "np": np}
+    for fn in ("select_confident_samples", "avg_entropy", "test_time_tuning"):
+        function_from(refs / "TPT" / "tpt_classification.py", fn, ns)
+    args = types.SimpleNamespace(cocoop=False, tta_steps=1, selection_p=0.5)
+    scaler = torch.cuda.amp.GradScaler(enabled=False)
+    ns["torch"] = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
+    ns["torch"].cuda = types.SimpleNamespace(amp=types.SimpleNamespace(autocast=contextlib.nullcontext))
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = ClipTestTimeTuning(
+            "cpu", list(data["classnames"]), None, arch="ViT-B/16", n_ctx=4, ctx_init="a_photo_of_a"
+        )
+    model.float()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.prompt_learner.ctx.requires_grad_(True)
+    optimizer = torch.optim.AdamW([model.prompt_learner.ctx], lr=5e-3)
+    init_state = copy.deepcopy(optimizer.state_dict())  # test_time_adapt_eval's optim_state
+    logits, losses, contexts = [], [], []
+    for i in range(len(data["images"])):
+        views = torch.cat([data["images"][i : i + 1], data["views"][:, i]])  # original first, as the reference
+        with torch.no_grad():
+            model.reset()
+        optimizer.load_state_dict(copy.deepcopy(init_state))
+        with torch.no_grad():
+            out = model(views)
+            chosen, _ = ns["select_confident_samples"](out, args.selection_p)
+            losses.append(ns["avg_entropy"](chosen))
+        ns["test_time_tuning"](model, views, optimizer, scaler, args)
+        contexts.append(model.prompt_learner.ctx.detach().clone())
+        with torch.no_grad():
+            logits.append(model(data["images"][i : i + 1])[0])
+    return {
+        "settings": {"n_ctx": 4, "ctx_init": "a photo of a", "lr": 5e-3, "selection": 0.5, "steps": 1},
+        "initial_loss": torch.stack(losses),
+        "contexts": torch.stack(contexts),
+        "logits": torch.stack(logits),
+    }
+
+
+def gen_tfup(data: dict, refs: Path, tmp: Path) -> dict:
+    sys.modules["dassl"] = types.ModuleType("dassl")
+    sys.modules["dassl.data"] = types.ModuleType("dassl.data")
+    datasets = types.ModuleType("dassl.data.datasets")
+    datasets.Datum = lambda **kw: types.SimpleNamespace(**kw)
+    sys.modules["dassl.data.datasets"] = datasets
+    import utils
+
+    to = torch.Tensor.to  # TFUP moves tensors to torch.device("cuda:0"), not to a string
+    torch.Tensor.to = lambda self, *a, **k: to(
+        self, *("cpu" if isinstance(x, torch.device) and x.type == "cuda" else x for x in a), **k
+    )
+    empty = torch.empty
+    torch.empty = lambda *a, **k: empty(*a, **{**k, "dtype": torch.float32} if k.get("dtype") == torch.float16 else k)
+    names = [c.replace("_", " ") for c in data["classnames"]]
+    prompts = tmp / "prompts.json"
+    prompts.write_text(json.dumps(DESCRIPTIONS))
+    tfup = types.SimpleNamespace(PATH_TO_PROMPTS=str(prompts), alpha=0.3, beta=1.0)
+    cfg = types.SimpleNamespace(
+        DATASET=types.SimpleNamespace(NAME="OfficeHome"), TRAINER=types.SimpleNamespace(TFUP=tfup)
+    )
+    model = tiny_model()
+    images = torch.cat([data["images"], data["val_images"]])  # the unlabelled pool (transductive: also the test)
+    labels = torch.cat([data["labels"], data["val_labels"]])
+    with torch.no_grad():
+        features = model.encode_image(images)  # save_clip_image_features keeps them unnormalised
+        weights = utils.get_clip_weights(cfg, model, names)
+        pool = [
+            types.SimpleNamespace(impath=str(i), label=int(y), domain=0, classname="") for i, y in enumerate(labels)
+        ]
+        shots = min(16, max(9, int(len(pool) * 0.3 / len(names))))
+        with contextlib.redirect_stdout(io.StringIO()):
+            utils.refine_few_shots_without_label(names, weights, features, labels, pool, shots, str(tmp))
+        cache_keys = torch.load(tmp / "cache_keys.pt")
+        cache_values = torch.nn.functional.one_hot(torch.load(tmp / "cache_values.pt").long()).float()
+        seen = []
+        ns = dict(vars(utils))
+        ns["cls_acc"] = lambda output, target, topk=1: seen.append(output.clone()) or 0.0
+        run = function_from(refs / "TFUP" / "main.py", "TFUP", ns)
+        with contextlib.redirect_stdout(io.StringIO()):
+            run(cfg, cache_keys, cache_values, features, labels, weights)
+    return {
+        "settings": {"descriptions": DESCRIPTIONS, "alpha": 0.3, "beta": 1.0, "cache_shots": shots},
+        "unlabelled_features": features,
+        "text_weights": weights,
+        "cache_keys": cache_keys,
+        "cache_values": cache_values,
+        "zeroshot_logits": seen[0],
+        "logits": seen[1],
+    }
+
+
+GENERATORS = {"cupl": gen_cupl, "fudd": gen_fudd, "tpt": gen_tpt, "tfup": gen_tfup}
+
+
+def run_one(name: str, refs: Path) -> None:
+    paths, recorded = FIXTURES[name]
+    sys.path[:0] = [str(refs / p) for p in paths]
+    torch.set_num_threads(1)
+    try:
+        import pkg_resources  # noqa: F401  (OpenAI's clip reads packaging.version from it)
+    except ImportError:  # setuptools >= 81 dropped it: the same object from the packaging package
+        import packaging.version
+
+        sys.modules["pkg_resources"] = types.SimpleNamespace(packaging=packaging)
+    with tempfile.TemporaryDirectory() as tmp:
+        regenerate.install_stubs(regenerate.write_weights_file(Path(tmp)))
+        data = tiny_clip.inputs()
+        out = GENERATORS[name](data, refs, Path(tmp))
+    out["references"] = [{"repo": REFERENCES[r][0], "commit": REFERENCES[r][1]} for r in recorded]
+    out["classnames"] = data["classnames"]
+    path = tiny_clip.FIXTURES / f"{name}.pt"
+    torch.save(out, path)
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.1f} kB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--refs", type=Path, required=True, help="folder holding the reference checkouts")
+    parser.add_argument("--only", default="", help="comma-separated fixture names (default: all)")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    refs = args.refs.resolve()
+    if args.child:
+        return run_one(args.child, refs)
+    missing = [r for r in REFERENCES if not (refs / r).is_dir()]
+    if missing:
+        sys.exit(f"missing reference checkouts under {refs}: {missing} (fetch {[REFERENCES[r][0] for r in missing]})")
+    for name in args.only.split(",") if args.only else list(FIXTURES):
+        if name not in FIXTURES:
+            sys.exit(f"unknown fixture {name!r}; known: {sorted(FIXTURES)}")
+        subprocess.run([sys.executable, __file__, "--refs", str(refs), "--child", name], check=True)
+
+
+if __name__ == "__main__":
+    main()
