@@ -503,3 +503,84 @@ def test_tfup_cache_and_logits_equal_the_reference(backbone, inputs):
     theirs = sorted(map(tuple, torch.cat([keys, fix["cache_values"]], 1).tolist()))
     close(torch.tensor(ours), torch.tensor(theirs), what="cache (keys and one-hot values, as sets)")
     close(method(features), fix["logits"], what="logits")
+
+
+# ---------------------------------------------------------------- no official code: losses computed by hand on toys
+
+
+class FixedText(torch.nn.Module):
+    """Stands in for a prompt learner: fixed (C, D) text features, so the loss can be computed by hand."""
+
+    def __init__(self, rows: torch.Tensor):
+        super().__init__()
+        self.rows = rows
+
+    def forward(self, ctx=None) -> torch.Tensor:
+        return self.rows
+
+
+def basis(*indices: int, dim: int = tiny_clip.EMBED_DIM) -> torch.Tensor:
+    return torch.eye(dim)[list(indices)]
+
+
+def test_restore_loss_by_hand_on_a_toy(backbone):
+    """x̂ = e1, W = H = (e1, e2), image surgery adds 0.75 e2: x̃ = (0.8, 0.6), δ_v = (−0.2, 0.6), ‖δ_v‖² = 0.4, the
+    text does not move; with s = 10: CE = log(1 + e^{10 (0.6 − 0.8)}) = log(1 + e^{−2}) = 0.126928,
+    L_fsc = (√0.4 − 0)² = 0.4."""
+    fix = {"classnames": ["car_side", "sea_lion"]}
+    m = build("restore", newer_context(backbone, fix), shift_weight=1.0)
+    m.prompt_learner = FixedText(basis(0, 1))
+    m.shift_origin = basis(0, 1)
+    m.logit_scale = 10.0
+    with torch.no_grad():
+        m.image_surgery.up.bias.copy_(0.75 * basis(1)[0])
+    loss, parts = m.loss(2 * basis(0), torch.tensor([0]))
+    assert parts["shift"] == pytest.approx(0.4, rel=1e-6)
+    assert parts["ce"] == pytest.approx(0.12692801104297252, rel=1e-6)
+    assert loss.item() == pytest.approx(0.5269280110429725, rel=1e-6)
+
+
+def test_kapt_keywords_and_loss_by_hand_on_a_toy(backbone):
+    """Keywords: "red" ×2, "round" ×2, "fruit" ×2, "skin" ×1 (stop words out; ties by first appearance) -> red,
+    round, fruit. Loss with d = (e1, e2), w = (e1, e3), β = ½: t_0 = e1, t_1 = ½ (e2 + e3); x̂ = (e1 + e2)/√2, the
+    head the identity at the start; s = 10, label 1: logits (10/√2, 5/√2), CE = log(1 + e^{5/√2}) = 3.564261."""
+    from vlprompt.methods.kapt import discrete_prompt, keywords
+
+    words = keywords(["A red round fruit.", "A round fruit with red skin."], 3)
+    assert words == ["red", "round", "fruit"]
+    assert discrete_prompt("a photo of a {}.", "car_side", words) == "a photo of a car side, red, round, fruit."
+    fix = {"classnames": ["car_side", "sea_lion"]}
+    descriptions = {"car_side": ["A red round fruit."], "sea_lion": ["A grey animal."]}
+    m = build("kapt", newer_context(backbone, fix, descriptions=descriptions), discrete_weight=0.5)
+    m.prompt_learner = FixedText(basis(0, 2))
+    m.discrete = basis(0, 1)
+    m.logit_scale = 10.0
+    loss, _ = m.loss(basis(0, 1).sum(0, keepdim=True), torch.tensor([1]))
+    assert loss.item() == pytest.approx(3.5642607, rel=1e-6)
+
+
+def test_pacbayes_bound_by_hand_and_the_search_by_enumeration(backbone, inputs):
+    """L = 1 token, |V| = 49406, n = 100, training error 0.1, δ = 0.05: KL = ln 49406 = 10.807827, ln(n/δ) = 7.600902,
+    R ≤ 0.1 + √(18.408730 / 198) = 0.404915, so the accuracy bound is 59.5085 %. The greedy search over a few
+    candidate tokens picks the token that an enumeration of those prompts ranks first."""
+    fix = {"classnames": ["car_side", "sea_lion", "water_lily", "ant"]}
+    ctx = newer_context(backbone, fix)
+    m = build("pacbayes_prompt", ctx, n_tokens=1, candidates=6)
+    bound = m.bound(0.1, 100)
+    assert bound["kl"] == pytest.approx(10.8078, abs=1e-4)
+    assert bound["accuracy_bound"] == pytest.approx(59.5085, abs=1e-4)
+    features = backbone.model.encode_image(inputs["images"])
+    labels = inputs["labels"]
+    ctx.train_features, ctx.train_labels = features.unsqueeze(0), labels
+    m.fit(ctx)
+    names = m.class_tokens(m.classnames)
+    x = F.normalize(features, dim=-1)
+    ranked = []
+    for token in m.candidate_tokens(0).tolist():
+        w = m.text_features(torch.tensor([[token]]), names)[0]  # (C, D)
+        logits = m.logit_scale * x @ w.T
+        ranked.append(
+            ((logits.argmax(-1) == labels).float().mean().item(), -F.cross_entropy(logits, labels).item(), -token)
+        )
+    assert m.prompt_tokens.tolist() == [-max(ranked)[2]]
+    assert m.run_info()["bound"]["n"] == len(labels)
