@@ -584,3 +584,28 @@ def test_pacbayes_bound_by_hand_and_the_search_by_enumeration(backbone, inputs):
         )
     assert m.prompt_tokens.tolist() == [-max(ranked)[2]]
     assert m.run_info()["bound"]["n"] == len(labels)
+
+
+# ---------------------------------------------------------------- ATPrompt (regenerate_newer.py)
+
+
+def test_atprompt_on_oxford_pets_equals_the_reference_slicing(backbone, inputs, tmp_path):
+    """CoOp_ATP on OxfordPets ("playfulness" is two tokens): the default ``attribute_tokens: reference`` writes the
+    soft tokens where the reference's slicing does; text features, logits, loss, gradient and one step."""
+    fix = fixture("atprompt_pets")
+    ctx = context(backbone, fix)
+    method = build("atprompt", ctx, n_ctx=2, n_att_ctx=2)
+    assert method.config.attribute_tokens == "reference" and method.attributes == ["playfulness", "energy"]
+    load_init(method, fix)
+    features = backbone.model.encode_image(inputs["images"])
+    check_forward(method, features, fix)
+    assert F.cross_entropy(method(features), fix["labels"]).item() == pytest.approx(fix["loss"]["ce"], rel=RTOL)
+    step_and_check(method, ctx, features, fix, tmp_path)
+
+
+def test_atprompt_keeping_every_attribute_token_differs_from_the_reference_on_oxford_pets(backbone):
+    fix = fixture("atprompt_pets")
+    method = build("atprompt", context(backbone, fix), n_ctx=2, n_att_ctx=2, attribute_tokens="all")
+    load_init(method, fix)
+    with torch.no_grad():
+        assert (method.text_features() - fix["text_features"]).abs().max() > 1e-3

@@ -1,4 +1,4 @@
-"""Regenerate the reference fixtures of the newer methods (CuPL, FuDD, TPT, TFUP) from their official code.
+"""Regenerate the reference fixtures of the newer methods (CuPL, FuDD, TPT, TFUP, ATPrompt) from their official code.
 
     python tests/reference/regenerate_newer.py --refs DIR [--only cupl,fudd,...]
 
@@ -26,6 +26,9 @@ is stubbed, beyond ``regenerate.install_stubs`` (no GPU, fp32, the tiny CLIP ins
   reference are off (CPU, fp32).
 * TPT's ``clip.load`` accepts only a JIT archive (with a plain state dict its ``model`` is unbound); its
   ``torch.jit.load`` returns a stand-in whose ``state_dict()`` is the tiny CLIP's, which ``build_model`` builds.
+* ATPrompt's ``CoOp_ATP`` runs as ``regenerate.py`` runs the Dassl trainers (its config file, ``extend_cfg``,
+  ``build_model``, one ``forward_backward``), with the attributes ``train.py`` chooses for OxfordPets; it needs
+  ``yacs`` in the interpreter (as regenerate.py's trainers do).
 * Where ``pkg_resources`` is gone (setuptools >= 81), OpenAI's ``clip`` gets ``packaging`` from a stand-in module.
 """
 
@@ -56,6 +59,7 @@ REFERENCES = {  # folder under --refs: (repository, commit the fixtures were gen
     "TPT": ("azshue/TPT", "63ecbace79694205d7884e63fdc3137a200f0b0e"),
     "TFUP": ("wlb12345/TFUP", "d95d4d3c4e5f51110d61f73d059a838c8a574887"),
     "ml-ogen": ("apple/ml-ogen", "ccfa0df57ecac7c3214f82c32291401c51a746ac"),  # its copy of OpenAI's clip
+    "ATPrompt": ("zhengli97/ATPrompt", "86980a10041094aeb071badab73597d536a59c73"),  # ships its own Dassl.pytorch
 }
 # Each fixture: the folders put on sys.path (first wins) and the references it records.
 FIXTURES = {
@@ -63,6 +67,7 @@ FIXTURES = {
     "fudd": (["fudd", "ml-ogen"], ["fudd", "ml-ogen"]),
     "tpt": (["TPT"], ["TPT"]),
     "tfup": (["TFUP", "ml-ogen"], ["TFUP", "ml-ogen"]),
+    "atprompt_pets": (["ATPrompt", "ATPrompt/Dassl.pytorch"], ["ATPrompt"]),
 }
 # Class descriptions of the fixture's classes (CuPL's and TFUP's format: class name -> sentences).
 DESCRIPTIONS = {
@@ -255,7 +260,42 @@ def gen_tfup(data: dict, refs: Path, tmp: Path) -> dict:
     }
 
 
-GENERATORS = {"cupl": gen_cupl, "fudd": gen_fudd, "tpt": gen_tpt, "tfup": gen_tfup}
+def gen_atprompt(data: dict, refs: Path, tmp: Path) -> dict:
+    """CoOp_ATP (trainers/coop_atp.py) on OxfordPets' attributes, as scripts/coop/atprompt_base2new_train.sh runs it:
+    2 soft tokens per attribute and 2 before the class, configs/trainers/CoOp/vit_b16.yaml; one training step."""
+    from trainers.coop_atp import CoOp_ATP
+
+    repo = refs / "ATPrompt"
+    opts = ["TRAINER.COOP.N_CTX", 2, "TRAINER.COOP.CSC", False, "TRAINER.COOP.CLASS_TOKEN_POSITION", "end"]
+    opts += ["TRAINER.ATPROMPT.USE_ATPROMPT", True, "TRAINER.ATPROMPT.N_ATT1", 2, "TRAINER.ATPROMPT.N_ATT2", 2]
+    opts += ["TRAINER.ATPROMPT.N_ATT3", 2, "TRAINER.ATPROMPT.ATT_NUM", 2]  # train.py's choice for OxfordPets:
+    opts += ["TRAINER.ATPROMPT.ATT1_TEXT", "playfulness", "TRAINER.ATPROMPT.ATT2_TEXT", "energy"]
+    torch.manual_seed(0)
+    cfg = regenerate.reference_cfg(
+        repo, "configs/trainers/CoOp/vit_b16.yaml", ["TRAINER.COOP.PREC", "fp32", "DATASET.NAME", "OxfordPets", *opts]
+    )
+    t = regenerate.dassl_trainer(CoOp_ATP, cfg, data["classnames"])
+    m = t.model
+    names = {
+        "prompt_learner.slots.att0": "prompt_learner.ctx_att1",
+        "prompt_learner.slots.att1": "prompt_learner.ctx_att2",
+    }
+    names["prompt_learner.slots.ctx"] = "prompt_learner.ctx"
+    out = {"settings": {"config": "configs/trainers/CoOp/vit_b16.yaml", "opts": opts, "dataset": "OxfordPets"}}
+    out["init"] = regenerate.named(m, names)
+    with torch.no_grad():
+        out["text_features"] = regenerate.normalize(m.text_encoder(m.prompt_learner(), m.tokenized_prompts))
+        out["logits"] = m(data["images"])
+        out["tokenized_prompts"] = m.tokenized_prompts
+    out["lr"] = regenerate.current_lr(t)
+    summary = regenerate.step(t, data["images"], data["labels"])
+    out["loss"] = {"ce": summary["loss"]}
+    out["grad"], out["after"] = regenerate.grads(m, names), regenerate.named(m, names)
+    out["labels"] = data["labels"]
+    return out
+
+
+GENERATORS = {"cupl": gen_cupl, "fudd": gen_fudd, "tpt": gen_tpt, "tfup": gen_tfup, "atprompt_pets": gen_atprompt}
 
 
 def run_one(name: str, refs: Path) -> None:
