@@ -464,14 +464,19 @@ def test_fudd_follow_up_logits_equal_the_reference(backbone, inputs, tmp_path, m
         close(logits[i, preds] / method.logit_scale, fix["logits"][i], what=f"follow-up logits of image {i}")
 
 
-def test_tpt_one_step_per_image_equals_the_reference(backbone, inputs):
-    """TPT's ``test_time_tuning`` (one step, selection 0.5) on each image's original and three noisy views."""
-    fix = fixture("tpt")
+@pytest.mark.parametrize("name", ["tpt", "tpt_coop"])
+def test_tpt_one_step_per_image_equals_the_reference(backbone, inputs, name):
+    """TPT's ``test_time_tuning`` (one step, selection 0.5) on each image's original and three noisy views; TPT + CoOp
+    the same from a trained context (the fixture's ``start_context``)."""
+    fix = fixture(name)
     s = fix["settings"]
     ctx = newer_context(backbone, fix)
     method = build(
-        "tpt", ctx, n_ctx=s["n_ctx"], ctx_init=s["ctx_init"], views=4, selection=s["selection"], tta_lr=s["lr"]
+        name, ctx, n_ctx=s["n_ctx"], ctx_init=s["ctx_init"], views=4, selection=s["selection"], tta_lr=s["lr"]
     )
+    if "start_context" in fix:
+        with torch.no_grad():
+            method.prompt_learner.ctx.copy_(fix["start_context"])
     views = torch.cat([inputs["images"].unsqueeze(0), inputs["views"]])  # (V, B, 3, H, W), the original first
     feats = torch.stack([backbone.model.encode_image(v) for v in views], dim=1)  # (B, V, D)
     from vlprompt.methods.tpt import average_entropy, select_confident
@@ -609,3 +614,16 @@ def test_atprompt_keeping_every_attribute_token_differs_from_the_reference_on_ox
     load_init(method, fix)
     with torch.no_grad():
         assert (method.text_features() - fix["text_features"]).abs().max() > 1e-3
+
+
+def test_pre_equals_the_reference(backbone, inputs, tmp_path):
+    """PRE's shared residual BiLSTM encoder (LSTM1) on CoOp's context from "a photo of a": text features, logits,
+    loss, gradient and one step (the reference's random LSTM initialisation copied)."""
+    fix = fixture("pre")
+    ctx = context(backbone, fix)
+    method = build("pre", ctx)
+    load_init(method, fix)
+    features = backbone.model.encode_image(inputs["images"])
+    check_forward(method, features, fix)
+    assert F.cross_entropy(method(features), fix["labels"]).item() == pytest.approx(fix["loss"]["ce"], rel=RTOL)
+    step_and_check(method, ctx, features, fix, tmp_path)

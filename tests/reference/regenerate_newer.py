@@ -1,4 +1,4 @@
-"""Regenerate the reference fixtures of the newer methods (CuPL, FuDD, TPT, TFUP, ATPrompt) from their official code.
+"""Regenerate the reference fixtures of the newer methods (CuPL, FuDD, TPT, TFUP, ATPrompt, PRE) from their official code.
 
     python tests/reference/regenerate_newer.py --refs DIR [--only cupl,fudd,...]
 
@@ -29,6 +29,10 @@ is stubbed, beyond ``regenerate.install_stubs`` (no GPU, fp32, the tiny CLIP ins
 * ATPrompt's ``CoOp_ATP`` runs as ``regenerate.py`` runs the Dassl trainers (its config file, ``extend_cfg``,
   ``build_model``, one ``forward_backward``), with the attributes ``train.py`` chooses for OxfordPets; it needs
   ``yacs`` in the interpreter (as regenerate.py's trainers do).
+* PRE runs with its default precision "amp" (its fp32 branch adds an undefined ``self.w * score``), which on a
+  CPU disables itself: fp32.
+* TPT + CoOp: the same tuning as TPT, the context first set to a trained one (CoOp's ``--load`` in the reference):
+  here "a photo of a" plus seeded noise, the same numbers given to vlprompt.
 * Where ``pkg_resources`` is gone (setuptools >= 81), OpenAI's ``clip`` gets ``packaging`` from a stand-in module.
 """
 
@@ -59,6 +63,8 @@ REFERENCES = {  # folder under --refs: (repository, commit the fixtures were gen
     "TPT": ("azshue/TPT", "63ecbace79694205d7884e63fdc3137a200f0b0e"),
     "TFUP": ("wlb12345/TFUP", "d95d4d3c4e5f51110d61f73d059a838c8a574887"),
     "ml-ogen": ("apple/ml-ogen", "ccfa0df57ecac7c3214f82c32291401c51a746ac"),  # its copy of OpenAI's clip
+    "PRE": ("minhanh151/PRE", "08be7019e36b1ca62be60dd3336c6b28cfe99780"),
+    "MSGCoOp": ("Rain-Bus/MSGCoOp", "a2986699360423a993db43df96ac06b89f90362a"),  # ships Dassl.ProGrad.pytorch
     "ATPrompt": ("zhengli97/ATPrompt", "86980a10041094aeb071badab73597d536a59c73"),  # ships its own Dassl.pytorch
 }
 # Each fixture: the folders put on sys.path (first wins) and the references it records.
@@ -66,8 +72,10 @@ FIXTURES = {
     "cupl": (["CuPL", "ml-ogen"], ["CuPL", "ml-ogen"]),
     "fudd": (["fudd", "ml-ogen"], ["fudd", "ml-ogen"]),
     "tpt": (["TPT"], ["TPT"]),
+    "tpt_coop": (["TPT"], ["TPT"]),
     "tfup": (["TFUP", "ml-ogen"], ["TFUP", "ml-ogen"]),
     "atprompt_pets": (["ATPrompt", "ATPrompt/Dassl.pytorch"], ["ATPrompt"]),
+    "pre": (["PRE", "MSGCoOp/Dassl.ProGrad.pytorch"], ["PRE", "MSGCoOp"]),  # PRE.md: built on Dassl.ProGrad
 }
 # Class descriptions of the fixture's classes (CuPL's and TFUP's format: class name -> sentences).
 DESCRIPTIONS = {
@@ -158,7 +166,7 @@ def gen_fudd(data: dict, refs: Path, tmp: Path) -> dict:
     }
 
 
-def gen_tpt(data: dict, refs: Path, tmp: Path) -> dict:
+def gen_tpt(data: dict, refs: Path, tmp: Path, trained: bool = False) -> dict:
     sys.path.insert(0, str(refs / "TPT"))
     import numpy as np
     from clip.custom_clip import ClipTestTimeTuning
@@ -181,6 +189,13 @@ def gen_tpt(data: dict, refs: Path, tmp: Path) -> dict:
             "cpu", list(data["classnames"]), None, arch="ViT-B/16", n_ctx=4, ctx_init="a_photo_of_a"
         )
     model.float()
+    start = None
+    if trained:  # TPT + CoOp: tuning starts from a trained context (the reference loads CoOp's checkpoint)
+        gen = torch.Generator().manual_seed(3)
+        start = model.prompt_learner.ctx.detach() + 0.02 * torch.randn(model.prompt_learner.ctx.shape, generator=gen)
+        with torch.no_grad():
+            model.prompt_learner.ctx.copy_(start)
+            model.prompt_learner.ctx_init_state = start.clone()
     for p in model.parameters():
         p.requires_grad_(False)
     model.prompt_learner.ctx.requires_grad_(True)
@@ -202,6 +217,7 @@ def gen_tpt(data: dict, refs: Path, tmp: Path) -> dict:
             logits.append(model(data["images"][i : i + 1])[0])
     return {
         "settings": {"n_ctx": 4, "ctx_init": "a photo of a", "lr": 5e-3, "selection": 0.5, "steps": 1},
+        **({"start_context": start} if trained else {}),
         "initial_loss": torch.stack(losses),
         "contexts": torch.stack(contexts),
         "logits": torch.stack(logits),
@@ -295,7 +311,45 @@ def gen_atprompt(data: dict, refs: Path, tmp: Path) -> dict:
     return out
 
 
-GENERATORS = {"cupl": gen_cupl, "fudd": gen_fudd, "tpt": gen_tpt, "tfup": gen_tfup, "atprompt_pets": gen_atprompt}
+def gen_pre(data: dict, refs: Path, tmp: Path) -> dict:
+    """PRE (trainers/pre.py) as scripts/base2new_train.sh runs it: configs/trainers/PRE/vit_b16_ep50_ctxv1.yaml,
+    encoder LSTM1 with the residual, one shared network; its default precision "amp" (the fp32 branch of its
+    forward_backward adds an undefined ``self.w * score``), which on the CPU is fp32; one training step."""
+    from trainers.pre import PRE
+
+    repo = refs / "PRE"
+    opts = ["TRAINER.PRE.ENCODER", "LSTM1", "TRAINER.PRE.RESIDUAL", True, "TRAINER.PRE.SEPARATE", False]
+    torch.manual_seed(0)
+    config = "configs/trainers/PRE/vit_b16_ep50_ctxv1.yaml"
+    cfg = regenerate.reference_cfg(repo, config, ["DATASET.NAME", "Caltech101", *opts])
+    with contextlib.redirect_stderr(io.StringIO()):
+        t = regenerate.dassl_trainer(PRE, cfg, data["classnames"])
+    m = t.model
+    lstm = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+    names = {"prompt_learner.ctx": "prompt_learner.ctx"}
+    for w in (*lstm, *(f"{n}_reverse" for n in lstm)):
+        names[f"prompt_encoder.lstm.{w}"] = f"prompt_learner.encoder_network.lstm_head.{w}"
+    out = {"settings": {"config": config, "opts": opts}, "init": regenerate.named(m, names)}
+    with torch.no_grad():
+        out["text_features"] = regenerate.normalize(m.text_encoder(m.prompt_learner(), m.tokenized_prompts))
+        out["logits"] = m(data["images"])
+    out["lr"] = regenerate.current_lr(t)
+    summary = regenerate.step(t, data["images"], data["labels"])
+    out["loss"] = {"ce": summary["loss"]}
+    out["grad"], out["after"] = regenerate.grads(m, names), regenerate.named(m, names)
+    out["labels"] = data["labels"]
+    return out
+
+
+GENERATORS = {
+    "pre": gen_pre,
+    "tpt_coop": lambda data, refs, tmp: gen_tpt(data, refs, tmp, trained=True),
+    "cupl": gen_cupl,
+    "fudd": gen_fudd,
+    "tpt": gen_tpt,
+    "tfup": gen_tfup,
+    "atprompt_pets": gen_atprompt,
+}
 
 
 def run_one(name: str, refs: Path) -> None:
