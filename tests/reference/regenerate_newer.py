@@ -1,4 +1,4 @@
-"""Regenerate the reference fixtures of the newer methods (CuPL, FuDD, TPT, TFUP, ATPrompt, PRE) from their official code.
+"""Regenerate the reference fixtures of the newer methods (CuPL, FuDD, TPT, TFUP, ATPrompt, PRE) from official code.
 
     python tests/reference/regenerate_newer.py --refs DIR [--only cupl,fudd,...]
 
