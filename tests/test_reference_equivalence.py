@@ -627,3 +627,21 @@ def test_pre_equals_the_reference(backbone, inputs, tmp_path):
     check_forward(method, features, fix)
     assert F.cross_entropy(method(features), fix["labels"]).item() == pytest.approx(fix["loss"]["ce"], rel=RTOL)
     step_and_check(method, ctx, features, fix, tmp_path)
+
+
+def test_msgcoop_equals_the_reference(backbone, inputs, tmp_path):
+    """MSGCoOp: 4 prompts from "a photo of a", description anchors ("a photo of {class}, {description}"), KgCoOp's
+    term (weight 8) on the mean of the prompts and the diversity term (weight 1): logits, every loss term,
+    gradient and one step."""
+    fix = fixture("msgcoop")
+    ctx = context(backbone, fix, descriptions=fix["settings"]["descriptions"])
+    method = build("msgcoop", ctx, n_ctx=4, n_prompts=4, kg_weight=8.0, diversity_weight=1.0)
+    load_init(method, fix)
+    close(F.normalize(method.anchors, dim=-1), fix["anchors"], what="description anchors")
+    features = backbone.model.encode_image(inputs["images"])
+    close(method(features), fix["logits"], what="logits")
+    loss, parts = method.loss(features, fix["labels"])
+    for ours, theirs in (("ce", "ce"), ("sg", "kg"), ("div", "diversity")):
+        assert parts[ours] == pytest.approx(fix["loss"][theirs], rel=RTOL, abs=1e-7), ours
+    assert loss.item() == pytest.approx(fix["loss"]["total"], rel=RTOL)
+    step_and_check(method, ctx, features, fix, tmp_path)

@@ -1,4 +1,4 @@
-"""Regenerate the reference fixtures of the newer methods (CuPL, FuDD, TPT, TFUP, ATPrompt, PRE) from official code.
+"""Regenerate the reference fixtures of the newer methods (CuPL, FuDD, TPT, TFUP, ATPrompt, PRE, MSGCoOp).
 
     python tests/reference/regenerate_newer.py --refs DIR [--only cupl,fudd,...]
 
@@ -76,6 +76,7 @@ FIXTURES = {
     "tfup": (["TFUP", "ml-ogen"], ["TFUP", "ml-ogen"]),
     "atprompt_pets": (["ATPrompt", "ATPrompt/Dassl.pytorch"], ["ATPrompt"]),
     "pre": (["PRE", "MSGCoOp/Dassl.ProGrad.pytorch"], ["PRE", "MSGCoOp"]),  # PRE.md: built on Dassl.ProGrad
+    "msgcoop": (["MSGCoOp/MSGCoOp", "MSGCoOp/Dassl.ProGrad.pytorch"], ["MSGCoOp"]),
 }
 # Class descriptions of the fixture's classes (CuPL's and TFUP's format: class name -> sentences).
 DESCRIPTIONS = {
@@ -341,7 +342,50 @@ def gen_pre(data: dict, refs: Path, tmp: Path) -> dict:
     return out
 
 
+def gen_msgcoop(data: dict, refs: Path, tmp: Path) -> dict:
+    """MSGCoOp (MSGCoOp/trainers/msgcoop.py) as scripts/base2new_train.sh runs it (configs/trainers/MSGCoOp/
+    vit_b16_ep100_ctxv1.yaml, 4 prompts of 4 tokens, the weights given as its arguments: W 8, DIV_WEIGHT 1), its
+    descriptions read from ./desc/gpt-4.1/descriptions_top4/Caltech101.json (written to a temporary working
+    directory from ``DESCRIPTIONS``); precision fp16 (train.py's default), fp32 by the stubs; one training step."""
+    import os
+
+    from trainers.msgcoop import MSGCoOp
+
+    repo = refs / "MSGCoOp" / "MSGCoOp"
+    folder = tmp / "desc" / "gpt-4.1" / "descriptions_top4"
+    folder.mkdir(parents=True)
+    (folder / "Caltech101.json").write_text(json.dumps(DESCRIPTIONS))
+    opts = ["TRAINER.COOP.N_CTX", 4, "TRAINER.COOP.CSC", False, "TRAINER.COOP.W", 8.0]
+    opts += ["TRAINER.COOP.DIV_WEIGHT", 1.0, "TRAINER.COOP.N_PROMPTS", 4]
+    config = "configs/trainers/MSGCoOp/vit_b16_ep100_ctxv1.yaml"
+    torch.manual_seed(0)
+    cfg = regenerate.reference_cfg(repo, config, ["DATASET.NAME", "Caltech101", *opts])
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        t = regenerate.dassl_trainer(MSGCoOp, cfg, data["classnames"])
+    finally:
+        os.chdir(cwd)
+    m = t.model
+    names = {"prompt_learner.ctx": "prompt_learner.ctx"}
+    out = {
+        "settings": {"config": config, "opts": opts, "descriptions": DESCRIPTIONS},
+        "init": regenerate.named(m, names),
+    }
+    with torch.no_grad():
+        logits, score, diversity = m(data["images"])
+        out["logits"], out["anchors"] = logits, regenerate.normalize(m.ori_embedding)
+    out["lr"] = regenerate.current_lr(t)
+    summary = regenerate.step(t, data["images"], data["labels"])
+    ce = torch.nn.functional.cross_entropy(logits, data["labels"]).item()
+    out["loss"] = {"total": summary["loss"], "ce": ce, "kg": score.item(), "diversity": diversity.item()}
+    out["grad"], out["after"] = regenerate.grads(m, names), regenerate.named(m, names)
+    out["labels"] = data["labels"]
+    return out
+
+
 GENERATORS = {
+    "msgcoop": gen_msgcoop,
     "pre": gen_pre,
     "tpt_coop": lambda data, refs, tmp: gen_tpt(data, refs, tmp, trained=True),
     "cupl": gen_cupl,
