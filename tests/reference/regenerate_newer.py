@@ -292,21 +292,25 @@ def gen_atprompt(data: dict, refs: Path, tmp: Path) -> dict:
         repo, "configs/trainers/CoOp/vit_b16.yaml", ["TRAINER.COOP.PREC", "fp32", "DATASET.NAME", "OxfordPets", *opts]
     )
     t = regenerate.dassl_trainer(CoOp_ATP, cfg, data["classnames"])
-    m = t.model
     names = {
         "prompt_learner.slots.att0": "prompt_learner.ctx_att1",
         "prompt_learner.slots.att1": "prompt_learner.ctx_att2",
     }
     names["prompt_learner.slots.ctx"] = "prompt_learner.ctx"
-    out = {"settings": {"config": "configs/trainers/CoOp/vit_b16.yaml", "opts": opts, "dataset": "OxfordPets"}}
-    out["init"] = regenerate.named(m, names)
+    settings = {"config": "configs/trainers/CoOp/vit_b16.yaml", "opts": opts, "dataset": "OxfordPets"}
+    return one_step_record(t, data, names, settings)
+
+
+def one_step_record(trainer, data: dict, names: dict, settings: dict) -> dict:
+    """A CoOp-like trainer's fixture: initial parameters, text features, logits, the lr and cross-entropy of one
+    ``forward_backward``, the gradient and the parameters after it (``names``: vlprompt's -> the reference's)."""
+    m = trainer.model
+    out = {"settings": settings, "init": regenerate.named(m, names)}
     with torch.no_grad():
         out["text_features"] = regenerate.normalize(m.text_encoder(m.prompt_learner(), m.tokenized_prompts))
         out["logits"] = m(data["images"])
-        out["tokenized_prompts"] = m.tokenized_prompts
-    out["lr"] = regenerate.current_lr(t)
-    summary = regenerate.step(t, data["images"], data["labels"])
-    out["loss"] = {"ce": summary["loss"]}
+    out["lr"] = regenerate.current_lr(trainer)
+    out["loss"] = {"ce": regenerate.step(trainer, data["images"], data["labels"])["loss"]}
     out["grad"], out["after"] = regenerate.grads(m, names), regenerate.named(m, names)
     out["labels"] = data["labels"]
     return out
@@ -325,21 +329,11 @@ def gen_pre(data: dict, refs: Path, tmp: Path) -> dict:
     cfg = regenerate.reference_cfg(repo, config, ["DATASET.NAME", "Caltech101", *opts])
     with contextlib.redirect_stderr(io.StringIO()):
         t = regenerate.dassl_trainer(PRE, cfg, data["classnames"])
-    m = t.model
     lstm = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
     names = {"prompt_learner.ctx": "prompt_learner.ctx"}
     for w in (*lstm, *(f"{n}_reverse" for n in lstm)):
         names[f"prompt_encoder.lstm.{w}"] = f"prompt_learner.encoder_network.lstm_head.{w}"
-    out = {"settings": {"config": config, "opts": opts}, "init": regenerate.named(m, names)}
-    with torch.no_grad():
-        out["text_features"] = regenerate.normalize(m.text_encoder(m.prompt_learner(), m.tokenized_prompts))
-        out["logits"] = m(data["images"])
-    out["lr"] = regenerate.current_lr(t)
-    summary = regenerate.step(t, data["images"], data["labels"])
-    out["loss"] = {"ce": summary["loss"]}
-    out["grad"], out["after"] = regenerate.grads(m, names), regenerate.named(m, names)
-    out["labels"] = data["labels"]
-    return out
+    return one_step_record(t, data, names, {"config": config, "opts": opts})
 
 
 def gen_msgcoop(data: dict, refs: Path, tmp: Path) -> dict:
