@@ -75,6 +75,7 @@ REFERENCES = {  # folder under --refs: (repository, commit the fixtures were gen
         "69bce21ae8eda80ad6187534b2dce09cf6c59e17",
     ),
     "PromptSRC": ("muzairkhattak/PromptSRC", "bb95c77b634d63488f2cad81ff4a72d53bdd06d5"),
+    "CLIP-LoRA": ("MaxZanella/CLIP-LoRA", "358f0d7361f59e66c0b2d0b672a3dafb143a759b"),
 }
 
 # Each fixture: the code folders it puts on sys.path (first wins) and the references it records.
@@ -94,6 +95,8 @@ FIXTURES = {
     "maple": (["multimodal-prompt-learning", "Dassl.pytorch"], ["multimodal-prompt-learning", "Dassl.pytorch"]),
     "vpt": (["multimodal-prompt-learning", "Dassl.pytorch"], ["multimodal-prompt-learning", "Dassl.pytorch"]),
     "promptsrc": (["PromptSRC", "Dassl.pytorch"], ["PromptSRC", "Dassl.pytorch"]),
+    "clip_lora": (["CLIP-LoRA"], ["CLIP-LoRA"]),
+    "clip_lora_dropout0": (["CLIP-LoRA"], ["CLIP-LoRA"]),
 }
 
 CLASSNAMES = ["car_side", "sea_lion", "water_lily", "ant"]  # underscores: the references replace them by spaces
@@ -781,6 +784,131 @@ def gen_deep(name: str, data: dict, repo: Path) -> dict:
     return out
 
 
+def gen_clip_lora(name: str, data: dict, repo: Path) -> dict:
+    """CLIP-LoRA: the reference's own ``run_lora`` for one iteration (``n_iters × shots`` = 1) on the batch, LoRA
+    on q, k, v of both towers at rank 2, α 1. ``clip_lora``: the preset's dropout 0.25, which takes the reference's
+    dropout path (``LinearLoRA.forward``: base output + adapter on the dropped-out input), with every mask replaced
+    by the identity (masks cannot be matched draw for draw). ``clip_lora_dropout0``: dropout 0, which takes its
+    merged-weight path instead. Its B matrices start at zero, which would leave every A without gradient:
+    ``apply_lora`` is wrapped to set them to seeded values first. Recorded: the adapters' initial values, the text
+    and image features and logits of the training step, the loss, every adapter's gradient and value after the
+    AdamW step, and the test logits after it."""
+    import argparse as ap
+
+    import clip
+    import lora
+    import utils
+
+    # NumPy 2 refuses float() of a one-element array, which utils.cls_acc relies on: take its element, as NumPy 1 did
+    utils.float = lambda x: float(x.reshape(-1)[0]) if hasattr(x, "reshape") else float(x)
+    torch.manual_seed(0)
+    clip_model = clip.model.build_model(tiny_clip.state_dict()).float().eval()
+    dropout = 0.25 if name == "clip_lora" else 0.0
+
+    class Unmasked(torch.nn.Module):  # the dropout path of LinearLoRA (its p > 0) with an identity mask
+        p = dropout
+
+        def forward(self, x):
+            return x
+
+    args = ap.Namespace(
+        encoder="both",
+        position="all",
+        params=["q", "k", "v"],
+        r=2,
+        alpha=1,
+        dropout_rate=dropout,
+        n_iters=1,
+        shots=1,
+        lr=2e-4,
+        eval_only=False,
+        save_path=None,
+        backbone="ViT-B/16",
+    )
+    layers: list = []
+    original = lora.apply_lora
+
+    def apply_lora(args, model):  # then B ~ N(0, 0.1²), seeded, so that every A has a gradient
+        out = original(args, model)
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for layer in out:
+                for proj in ("q_proj", "k_proj", "v_proj"):
+                    b = getattr(layer, proj).w_lora_B
+                    b.copy_(0.1 * torch.randn(b.shape, generator=gen))
+                    if dropout:
+                        getattr(layer, proj).dropout = Unmasked()
+        layers.extend(out)
+        return out
+
+    lora.apply_lora = apply_lora
+    names = {}
+    for i, tower in enumerate(["text"] * tiny_clip.LAYERS + ["vision"] * tiny_clip.LAYERS):
+        for t in "qkv":
+            for m in "AB":
+                names[f"{tower}_{i % tiny_clip.LAYERS}_{t}_{m}"] = (i, f"{t}_proj", f"w_lora_{m}")
+    get = lambda what: {k: getattr(getattr(layers[i], proj), p) for k, (i, proj, p) in names.items()}  # noqa: E731
+    calls = {"text": [], "image": []}
+    for kind, attr in (("text", "encode_text"), ("image", "encode_image")):
+        method = getattr(clip_model, attr)
+
+        def recording(x, _method=method, _kind=kind):
+            out = _method(x)
+            calls[_kind].append((torch.is_grad_enabled(), out.detach().clone()))
+            return out
+
+        setattr(clip_model, attr, recording)
+    losses = []
+    ce = torch.nn.functional.cross_entropy
+
+    def recording_ce(logits, target, *a, **k):
+        loss = ce(logits, target, *a, **k)
+        losses.append((logits.detach().clone(), loss.detach().clone()))
+        return loss
+
+    torch.nn.functional.cross_entropy = recording_ce
+    dataset = types.SimpleNamespace(classnames=list(data["classnames"]), template=["a photo of a {}."])
+    train = [(data["images"], data["labels"])]
+    test = [(data["val_images"], data["val_labels"])]
+    init = {}
+    original_adamw = torch.optim.AdamW
+
+    def adamw(params, **kwargs):  # the adapters as the optimiser receives them, before the step
+        init.update({k: v.detach().clone() for k, v in get("param").items()})
+        return original_adamw(params, **kwargs)
+
+    torch.optim.AdamW = adamw
+    with contextlib.redirect_stdout(io.StringIO()):
+        lora.run_lora(args, clip_model, 100, dataset, train, test, test)
+    text_train = [o for grad, o in calls["text"] if grad]
+    image_train = [o for grad, o in calls["image"] if grad]
+    assert len(text_train) == 1 and len(image_train) == 1 and len(losses) == 1, (len(text_train), len(losses))
+    after = get("param")
+    test_text = calls["text"][-1][1]
+    test_image = calls["image"][-1][1]
+    return {
+        "settings": {
+            "rank": 2,
+            "alpha": 1,
+            "dropout": dropout,
+            "masks": "identity",
+            "targets": ["q", "k", "v"],
+            "lr": 2e-4,
+            "weight_decay": 1e-2,
+            "logit_scale": 100,
+            "template": "a photo of a {}.",
+        },
+        "init": init,
+        "text_features": normalize(text_train[0]),
+        "image_features": normalize(image_train[0]),
+        "logits": losses[0][0],
+        "loss": losses[0][1],
+        "grad": {k: v.grad.detach().clone() for k, v in after.items()},
+        "after": {k: v.detach().clone() for k, v in after.items()},
+        "test_logits": 100 * normalize(test_image) @ normalize(test_text).t(),
+    }
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
@@ -801,6 +929,8 @@ GENERATORS = {
     "maple": gen_deep,
     "vpt": gen_deep,
     "promptsrc": gen_deep,
+    "clip_lora": gen_clip_lora,
+    "clip_lora_dropout0": gen_clip_lora,
 }
 
 
@@ -834,7 +964,9 @@ def main() -> None:
         return make_weights(refs)
     if args.child:
         return run_one(args.child, refs)
-    missing = [r for r in REFERENCES if not (refs / r).is_dir()]
+    wanted = args.only.split(",") if args.only else list(FIXTURES)
+    needed = {r for name in wanted for r in FIXTURES.get(name, ([], []))[1]}
+    missing = [r for r in REFERENCES if r in needed and not (refs / r).is_dir()]
     if missing:
         sys.exit(f"missing reference checkouts under {refs}: {missing} (fetch {[REFERENCES[r][0] for r in missing]})")
     tiny_clip.FIXTURES.mkdir(exist_ok=True)
