@@ -76,6 +76,7 @@ REFERENCES = {  # folder under --refs: (repository, commit the fixtures were gen
     ),
     "PromptSRC": ("muzairkhattak/PromptSRC", "bb95c77b634d63488f2cad81ff4a72d53bdd06d5"),
     "CLIP-LoRA": ("MaxZanella/CLIP-LoRA", "358f0d7361f59e66c0b2d0b672a3dafb143a759b"),
+    "CoPrompt": ("ShuvenduRoy/CoPrompt", "a2a6c12e3622cfe4b3a127f4ba0c4f3eb841418c"),
 }
 
 # Each fixture: the code folders it puts on sys.path (first wins) and the references it records.
@@ -97,6 +98,7 @@ FIXTURES = {
     "promptsrc": (["PromptSRC", "Dassl.pytorch"], ["PromptSRC", "Dassl.pytorch"]),
     "clip_lora": (["CLIP-LoRA"], ["CLIP-LoRA"]),
     "clip_lora_dropout0": (["CLIP-LoRA"], ["CLIP-LoRA"]),
+    "coprompt": (["CoPrompt", "Dassl.pytorch"], ["CoPrompt", "Dassl.pytorch"]),
 }
 
 CLASSNAMES = ["car_side", "sea_lion", "water_lily", "ant"]  # underscores: the references replace them by spaces
@@ -909,6 +911,117 @@ def gen_clip_lora(name: str, data: dict, repo: Path) -> dict:
     }
 
 
+COPROMPT_DESCRIPTIONS = ("seen from the side", "in bright light", "on a plain background")
+
+
+def gen_coprompt(name: str, data: dict, repo: Path) -> dict:
+    """CoPrompt: the reference's ``CustomCLIP`` and trainer (``trainers/coprompt.py``) at depth 2 with 2 tokens,
+    fp32, W 1 and cosine consistency (its config file), both views fed explicitly (``data["images"]`` and the first
+    of ``data["views"]``), the description index k fixed at 1 (``random.randint`` patched), and three descriptions
+    per class written to a temporary ``gpt_file/oxford_pets_prompt.json`` (the file it reads from the working
+    folder). The hard-coded ViT-B/16 widths (512-d deep text prompts, 768-d couplings, 512-d adapters) are rebuilt
+    at the tiny model's widths with the reference's own classes; their initial values are recorded."""
+    import json as _json
+    import os
+    import random
+
+    import trainers.coprompt as ref
+
+    depth, n_ctx, k = 2, 2, 1
+    sentences = {
+        c.replace("_", " "): [f"a photo of a {c.replace('_', ' ')}, {s}." for s in COPROMPT_DESCRIPTIONS]
+        for c in data["classnames"]
+    }
+    work = Path(tempfile.mkdtemp())
+    (work / "gpt_file").mkdir()
+    (work / "gpt_file" / "oxford_pets_prompt.json").write_text(_json.dumps(sentences))
+    os.chdir(work)
+    original = ref.MultiModalPromptLearner.__init__
+
+    def init(self, cfg, classnames, clip_model, clip_model_distill=None):
+        original(self, cfg, classnames, clip_model, clip_model_distill)
+        d_t, d_v = tiny_clip.TEXT_WIDTH, tiny_clip.VISION_WIDTH
+        gen = torch.Generator().manual_seed(2)
+        self.proj = torch.nn.Linear(d_t, d_v)
+        self.compound_prompts_text = torch.nn.ParameterList(
+            [torch.nn.Parameter(0.02 * torch.randn(self.n_ctx, d_t, generator=gen)) for _ in range(depth - 1)]
+        )
+        self.compound_prompt_projections = torch.nn.ModuleList(torch.nn.Linear(d_t, d_v) for _ in range(depth - 1))
+
+    ref.MultiModalPromptLearner.__init__ = init
+    custom = ref.CustomCLIP.__init__
+
+    def custom_init(self, *args, **kwargs):
+        custom(self, *args, **kwargs)
+        self.adapter_image = ref.Adapter(tiny_clip.EMBED_DIM, 4)
+        self.adapter_text = ref.Adapter(tiny_clip.EMBED_DIM, 4)
+
+    ref.CustomCLIP.__init__ = custom_init
+    random.randint = lambda a, b: k
+    opts = ["TRAINER.CoPrompt.PREC", "fp32", "TRAINER.CoPrompt.PROMPT_DEPTH", depth, "TRAINER.CoPrompt.N_CTX", n_ctx]
+    torch.manual_seed(0)
+    cfg = reference_cfg(repo, "configs/trainers/coprompt.yaml", ["DATASET.NAME", "OxfordPets", *opts])
+    t = dassl_trainer(ref.CoPrompt, cfg, data["classnames"])
+    m = t.model
+    names = {
+        "prompt_learner.ctx": "prompt_learner.ctx",
+        "text_deep": [f"prompt_learner.compound_prompts_text.{i}" for i in range(depth - 1)],
+        "couplings.0.weight": "prompt_learner.proj.weight",
+        "couplings.0.bias": "prompt_learner.proj.bias",
+    }
+    for i in range(depth - 1):
+        names[f"couplings.{i + 1}.weight"] = f"prompt_learner.compound_prompt_projections.{i}.weight"
+        names[f"couplings.{i + 1}.bias"] = f"prompt_learner.compound_prompt_projections.{i}.bias"
+    for side in ("image", "text"):
+        for j in (0, 2):
+            names[f"adapter_{side}.{j}.weight"] = f"adapter_{side}.fc.{j}.weight"
+    image1, image2, labels = data["images"], data["views"][0], data["labels"]
+    out = {
+        "settings": {
+            "config": "configs/trainers/coprompt.yaml",
+            "opts": opts,
+            "dataset": "OxfordPets",
+            "depth": depth,
+            "n_ctx": n_ctx,
+            "k": k,
+            "W": float(cfg.TRAINER.W),
+        },
+        "descriptions": sentences,
+        "description_features": m.ori_embedding.detach().clone(),
+        "init": named(m, names),
+        "trained": sorted(n for n, p in m.named_parameters() if p.requires_grad),
+        "views": image2,
+    }
+    f = torch.nn.functional
+    m.eval()
+    with torch.no_grad():
+        out["logits"] = m(image1)
+        prompts, shared, deep_text, deep_vision = m.prompt_learner()
+        text = m.text_encoder(prompts, m.tokenized_prompts, deep_text)
+        text = normalize(m.text_adapter_m * m.adapter_text(text) + (1 - m.text_adapter_m) * text)
+        image = m.image_encoder(image1, shared, deep_vision)
+        image = normalize(m.image_adapter_m * m.adapter_image(image) + (1 - m.image_adapter_m) * image)
+        out["text_features"], out["image_features"] = text, image
+        m.train()
+        desc = normalize(m.ori_embedding[k])
+        frozen = normalize(m.model_distill.encode_image(image2))
+        cos = torch.nn.CosineSimilarity(dim=1, eps=1e-07)
+        out["loss"] = {
+            "ce": f.cross_entropy(m.logit_scale.exp() * image @ text.t(), labels).item(),
+            "text": (1.0 - cos(text, desc).mean()).item(),
+            "image": (1.0 - cos(image, frozen).mean()).item(),
+            "total": m(image1, image2, labels).item(),
+        }
+    assert abs(out["loss"]["total"] - out["loss"]["ce"] - out["loss"]["text"] - out["loss"]["image"]) < 1e-5
+    out["lr"] = current_lr(t)
+    with contextlib.redirect_stdout(io.StringIO()):
+        t.model.train()
+        summary = t.forward_backward({"img": [image1, image2], "label": labels})
+    assert abs(summary["loss"] - out["loss"]["total"]) < 1e-5
+    out["grad"], out["after"] = grads(m, names), named(m, names)
+    return out
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
@@ -931,6 +1044,7 @@ GENERATORS = {
     "promptsrc": gen_deep,
     "clip_lora": gen_clip_lora,
     "clip_lora_dropout0": gen_clip_lora,
+    "coprompt": gen_coprompt,
 }
 
 

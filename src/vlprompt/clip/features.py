@@ -81,6 +81,24 @@ def train_transform(image_size: int, mean, std, scale_min: float = 0.08):
     )
 
 
+def randaugment_transform(image_size: int, mean, std, ops: int = 2, magnitude: int = 10):
+    """Dassl's ``randaugment`` input choice as CoPrompt configures it (``TRANSFORMS: [randaugment, normalize]``): a
+    resize to the input size (bicubic, no crop, no flip), RandAugment with ``ops`` operations at ``magnitude`` of
+    30, CLIP normalisation. torchvision's RandAugment (magnitude m of 30 bins, the same fraction as Dassl's m/30)
+    stands in for Dassl's own, whose list of operations differs (a documented difference of the methods using it).
+    """
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [
+            T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BICUBIC),
+            T.RandAugment(num_ops=ops, magnitude=magnitude, num_magnitude_bins=31),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+
+
 def test_view_transform(image_size: int, mean, std, scale_min: float = 0.08):
     """TPT's test views (azshue/TPT data/datautils.py ``get_preaugment`` then ``preprocess``): random resized crop
     (torchvision's default bilinear interpolation) + horizontal flip + CLIP normalisation."""
@@ -96,7 +114,7 @@ def test_view_transform(image_size: int, mean, std, scale_min: float = 0.08):
     )
 
 
-def view_seed(view: int, relpath: str) -> int:
+def view_seed(view: int | str, relpath: str) -> int:
     """Seed of the augmentation of ``relpath`` in view ``view`` (stable across processes and machines)."""
     digest = hashlib.sha256(f"{AUG_SEED}/{view}/{relpath}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
@@ -105,7 +123,7 @@ def view_seed(view: int, relpath: str) -> int:
 class ImageList(torch.utils.data.Dataset):
     """Images by path; with ``view`` set, each image is augmented with a generator seeded by (view, relpath)."""
 
-    def __init__(self, root: Path, relpaths: Sequence[str], transform, view: int | None = None):
+    def __init__(self, root: Path, relpaths: Sequence[str], transform, view: int | str | None = None):
         self.root, self.relpaths, self.transform, self.view = Path(root), list(relpaths), transform, view
 
     def __len__(self):

@@ -129,6 +129,9 @@ class Method(nn.Module):
     needs_training: ClassVar[bool] = True
     supports_new_classes: ClassVar[bool] = True
     inputs: ClassVar[str] = "features"  # "features" (cached bank) or "images" (encoder in the loop)
+    # image methods: independently augmented views of each training image per step (``loss`` gets (B, V, 3, H, W)
+    # when V > 1: CoPrompt's consistency between a prompted and a frozen view)
+    train_views: ClassVar[int] = 1
     # Further inputs a method declares; vlprompt.experiment.grid turns them into the run's input files (and the
     # DAG's jobs):
     reads_unlabelled: ClassVar[bool] = False  # the target's unlabelled images (config `unlabelled`; ctx.unlabelled)
