@@ -45,7 +45,8 @@ def build(name: str, backbone, classnames: list[str], overrides: dict):
     from vlprompt.clip.backbone import PromptedTextEncoder
     from vlprompt.methods import MethodContext, get_method
 
-    descriptions = {c: [f"a photo of a {c}.", f"a {c}, seen from the side.", f"a close-up of a {c}."] for c in classnames}
+    sentences = ("a photo of a {}.", "a {}, seen from the side.", "a close-up of a {}.")
+    descriptions = {c: [s.format(c) for s in sentences] for c in classnames}
     ctx = MethodContext(
         backbone=backbone,
         encoder=PromptedTextEncoder(backbone.model),
