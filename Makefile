@@ -35,11 +35,13 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
-## lint: ruff (rules and formatting), the import layers of docs/architecture.md, Snakemake's linter
+## lint: ruff (rules and formatting), the import layers of docs/architecture.md, the type checker over src/
+## ([tool.mypy] in pyproject.toml), Snakemake's linter; tests/test_lint.py runs all but the last in `make test`
 lint: install
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/lint-imports --no-logo
+	$(BIN)/mypy
 	$(BIN)/snakemake --lint
 
 ## refresh the example reports (reports/examples/<experiment>/) from reports/<experiment>/ of the experiments

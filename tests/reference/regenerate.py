@@ -1,4 +1,4 @@
-"""Regenerate the reference-equivalence fixtures (issue 13 item 7) from the official code of each method.
+"""Regenerate the reference-equivalence fixtures from the official code of each method.
 
     python tests/reference/regenerate.py --refs DIR [--only coop,kgcoop,...] [--new-weights]
 

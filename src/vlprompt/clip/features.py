@@ -134,8 +134,8 @@ class ImageList(torch.utils.data.Dataset):
 
         path = self.root / self.relpaths[k]
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
+            with Image.open(path) as file:
+                img = file.convert("RGB")
         except (OSError, ValueError) as err:
             raise RuntimeError(f"cannot read image {path}: {err}; re-prepare the dataset") from err
         if self.view is None:
@@ -149,7 +149,7 @@ class ImageList(torch.utils.data.Dataset):
 @torch.inference_mode()
 def encode_images(
     model,
-    dataset: torch.utils.data.Dataset,
+    dataset: ImageList | torch.utils.data.ConcatDataset,
     out: np.ndarray,
     progress_path: Path,
     batch_size: int,
@@ -195,10 +195,11 @@ def encode_images(
 
 def _flush(arr: np.ndarray) -> None:
     """Write a memory-mapped array (or a view of one) to its file; no-op for plain arrays."""
-    while isinstance(arr, np.ndarray) and not isinstance(arr, np.memmap):
-        arr = arr.base
-    if isinstance(arr, np.memmap):
-        arr.flush()
+    base: np.ndarray | None = arr
+    while isinstance(base, np.ndarray) and not isinstance(base, np.memmap):
+        base = base.base
+    if isinstance(base, np.memmap):
+        base.flush()
 
 
 @dataclasses.dataclass
@@ -419,6 +420,7 @@ def _encode(
         atomic_write_json(partial_meta, meta)
         arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=tuple(meta["shape"]))
     relpaths = [r[0] for r in spec.rows]
+    dataset: ImageList | torch.utils.data.ConcatDataset
     if spec.split == "train_views":  # one flat pass over (view, image): one DataLoader, one progress marker
         dataset = torch.utils.data.ConcatDataset(
             [ImageList(root, relpaths, transform, view=v) for v in range(spec.views)]
@@ -458,7 +460,7 @@ def _jsonable(obj):
 
 def union_rows(subsets: Sequence[Sequence[list]]) -> list:
     """Rows of several few-shot subsets, deduplicated, in a stable (sorted) order."""
-    seen = {}
+    seen: dict[str, list] = {}
     for rows in subsets:
         for row in rows:
             seen.setdefault(row[0], list(row))

@@ -107,6 +107,12 @@ class MethodContext:
 
         return method_templates(spec, self.dataset, self.template)
 
+    def training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(train_features, train_labels)``: (V, N, D) and (N,); a MethodError when the context has none."""
+        if self.train_features is None or self.train_labels is None:
+            raise MethodError("this method needs the training images' features and labels; the context has none")
+        return self.train_features, self.train_labels
+
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``load_split(name)``, or None without a loader."""
         return None if self.load_split is None else self.load_split(name)
