@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -37,17 +38,20 @@ class LoRAError(ValueError):
     """Adapters that do not fit the model (unknown tower or projection, a layer it does not have)."""
 
 
-def _transformer(model: nn.Module, tower: str) -> nn.Module:
+def _blocks(model: nn.Module, tower: str) -> nn.ModuleList:
+    """The residual attention blocks of ``tower``."""
     if tower == "vision":
-        return deep_prompts._visual(model).transformer
-    if tower == "text":
-        return model.transformer
-    raise LoRAError(f"unknown tower {tower!r}; use one of {TOWERS}")
+        transformer = deep_prompts._visual(model).transformer
+    elif tower == "text":
+        transformer = model.transformer
+    else:
+        raise LoRAError(f"unknown tower {tower!r}; use one of {TOWERS}")
+    return cast(nn.ModuleList, cast(nn.Module, transformer).resblocks)
 
 
 def adapted_blocks(model: nn.Module, tower: str, layers: Sequence[int] | None) -> list[int]:
     """The block indices of ``tower`` to adapt: ``layers`` (None: every block), checked against the tower."""
-    n = len(_transformer(model, tower).resblocks)
+    n = len(_blocks(model, tower))
     chosen = list(range(n)) if layers is None else [int(i) for i in layers]
     bad = [i for i in chosen if not 0 <= i < n]
     if bad:
@@ -80,9 +84,9 @@ class LoRAAdapters(nn.Module):
         device = next(model.parameters()).device
         for tower in towers:
             self.blocks[tower] = adapted_blocks(model, tower, (layers or {}).get(tower))
-            resblocks = _transformer(model, tower).resblocks
+            resblocks = _blocks(model, tower)
             for i in self.blocks[tower]:
-                width = resblocks[i].attn.embed_dim
+                width = int(cast(nn.MultiheadAttention, resblocks[i].attn).embed_dim)
                 for t in self.targets:
                     a = torch.empty(rank, width)
                     _kaiming_uniform(a, generator)
@@ -116,7 +120,7 @@ def _kaiming_uniform(t: torch.Tensor, generator: torch.Generator | None) -> None
 
 def _adapted_attention(block: nn.Module, adapters: LoRAAdapters, tower: str, index: int):
     """The block's attention with the adapters added to its projections (same arguments as open_clip's)."""
-    attn: nn.MultiheadAttention = block.attn
+    attn = cast(nn.MultiheadAttention, block.attn)
     width, heads = attn.embed_dim, attn.num_heads
     batch_first = getattr(attn, "batch_first", True)
 
@@ -154,7 +158,7 @@ def lora_attention(model: nn.Module, adapters: LoRAAdapters) -> Iterator[None]:
     patched = []
     try:
         for tower, indices in adapters.blocks.items():
-            resblocks = _transformer(model, tower).resblocks
+            resblocks = _blocks(model, tower)
             for i in indices:
                 block = resblocks[i]
                 if "attention" in vars(block):

@@ -77,6 +77,7 @@ class CLIPLoRA(Method):
     description = "LoRA (rank 2) on q, k, v of every attention block of both towers; cross-entropy"
     Config = CLIPLoRAConfig
     inputs = "images"
+    tokens: torch.Tensor  # (n_cls, L) token ids of the hand-crafted prompts (a buffer)
 
     def __init__(self, config: CLIPLoRAConfig, ctx: MethodContext):
         super().__init__(config, ctx)

@@ -67,16 +67,11 @@ class CoPromptConfig(MaPLeConfig):
 def bottleneck(width: int, reduction: int, gen: torch.Generator) -> nn.Sequential:
     """The reference's Adapter: Linear(D, D/r) → ReLU → Linear(D/r, D) → ReLU, no biases, PyTorch's default
     initialisation drawn from ``gen``."""
-    layers = nn.Sequential(
-        nn.Linear(width, width // reduction, bias=False),
-        nn.ReLU(),
-        nn.Linear(width // reduction, width, bias=False),
-        nn.ReLU(),
-    )
+    down, up = nn.Linear(width, width // reduction, bias=False), nn.Linear(width // reduction, width, bias=False)
     with torch.no_grad():
-        for layer in (layers[0], layers[2]):
+        for layer in (down, up):
             nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=gen)
-    return layers
+    return nn.Sequential(down, nn.ReLU(), up, nn.ReLU())
 
 
 @register
@@ -86,8 +81,10 @@ class CoPrompt(MaPLe):
     description = "MaPLe prompts with adapters; consistency with the frozen CLIP on a second view and on descriptions"
     Config = CoPromptConfig
     train_views = 2
+    description_features: torch.Tensor  # (K, C, D) frozen features of the k-th description of each class (a buffer)
 
-    def build_prompts(self, config: CoPromptConfig, ctx: MethodContext, gen: torch.Generator) -> None:
+    def build_prompts(self, config: MaPLeConfig, ctx: MethodContext, gen: torch.Generator) -> None:
+        assert isinstance(config, CoPromptConfig)
         super().build_prompts(config, ctx, gen)
         if self.prompt_learner is None:
             raise MethodError("coprompt needs depth >= 1 and n_ctx >= 1 (the reference asserts PROMPT_DEPTH >= 1)")
@@ -112,6 +109,7 @@ class CoPrompt(MaPLe):
     # -- the model ----------------------------------------------------------------------------
     def text_features(self) -> torch.Tensor:
         pl = self.prompt_learner
+        assert pl is not None  # build_prompts refuses depth 0
         t = deep_prompts.encode_text(pl.encoder, pl.prompts(), pl.eot, self.text_prompts()[1:])
         r = self.config.text_adapter_ratio
         return normalize(r * self.adapter_text(t) + (1 - r) * t)
