@@ -20,8 +20,10 @@ UV_VERSION := 0.13.8
 UV := .tools/uv-$(UV_VERSION)/bin/uv
 LOCK_PLATFORM := x86_64-manylinux_2_28
 # the only packages PyPI has no wheel of (pure Python, built at install; scripts/check_python_versions.py checks
-# they build into py3-none-any wheels): everything else in a lock is a wheel for its Python and platform
-LOCK_SDISTS := baycomp connection-pool
+# they build into py3-none-any wheels): everything else in a lock is a wheel for its Python and platform. Without
+# antlr4-python3-runtime here the wheels-only resolution falls back to a pre-release of hydra-core (dvc's); no lock
+# holds a pre-release (--prerelease disallow)
+LOCK_SDISTS := antlr4-python3-runtime baycomp connection-pool
 # extra uv arguments, e.g. `make lock LOCK_FLAGS=--upgrade` (newest versions of every unpinned package;
 # without it a re-lock keeps each locked version that still fits)
 LOCK_FLAGS ?=
@@ -51,7 +53,7 @@ lock: $(UV)
 	@for v in $(SUPPORTED); do \
 	  echo "make: locking Python $$v -> requirements/py$$v.txt"; \
 	  $(UV) pip compile --quiet pyproject.toml --extra test --python-version $$v --python-platform $(LOCK_PLATFORM) \
-	    --generate-hashes --only-binary :all: $(addprefix --no-binary ,$(LOCK_SDISTS)) $(LOCK_FLAGS) \
+	    --generate-hashes --prerelease disallow --only-binary :all: $(addprefix --no-binary ,$(LOCK_SDISTS)) $(LOCK_FLAGS) \
 	    -o requirements/py$$v.txt || exit 1; \
 	done
 	@sed -i "s/^# lock sha256: .*/# lock sha256: $$(sha256sum requirements/py$(firstword $(SUPPORTED)).txt | cut -d' ' -f1)/" workflow/envs/vlprompt.yaml
