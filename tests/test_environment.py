@@ -22,6 +22,7 @@ from vlprompt.analysis.report.render import _provenance_section
 from vlprompt.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+RUNNING = f"{sys.version_info.major}.{sys.version_info.minor}"  # the Python running the tests (.venv's)
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==(\S+)$")
 
 
@@ -142,13 +143,13 @@ def test_the_makefile_installs_the_lock_of_its_python_with_hashes():
     assert "pip install --quiet --require-hashes -r $(LOCK)" in makefile
     assert "pip install --quiet --no-deps -e ." in makefile
     dry = subprocess.run(["make", "-n", "-B", "install"], cwd=REPO, capture_output=True, text=True).stdout
-    version = "%d.%d" % sys.version_info[:2]  # .venv's Python, which runs the tests
+    version = RUNNING
     assert f"--require-hashes -r requirements/py{version}.txt" in dry
 
 
 def test_the_environment_make_install_built_is_its_lock():
     """In CI (`make test` on a fresh clone) .venv was installed from the lock: it must be that lock exactly."""
-    lock = lock_of("%d.%d" % sys.version_info[:2])
+    lock = lock_of(RUNNING)
     cksum = subprocess.run(
         f"cat pyproject.toml {lock.relative_to(REPO)} | cksum", shell=True, cwd=REPO, capture_output=True, text=True
     ).stdout.split()[0]
@@ -206,7 +207,7 @@ def test_provenance_names_the_lock_its_sha256_and_python(lock_env):
 
 def test_the_repositorys_lock_is_found_for_the_running_python(monkeypatch):
     monkeypatch.delenv(vio.LOCK_ENV, raising=False)
-    assert vio.lock_path() == lock_of("%d.%d" % sys.version_info[:2])
+    assert vio.lock_path() == lock_of(RUNNING)
     assert vio.lock_path("3.99") is None
 
 
@@ -278,9 +279,7 @@ def test_the_conda_environment_installs_the_lock_and_nothing_else():
 def definition_sections(text: str) -> tuple[dict[str, str], dict[str, str]]:
     """An Apptainer definition file: its header (``Key: value``) and its ``%section`` bodies."""
     header_text, *rest = re.split(r"^(%\w+)[^\n]*\n", text, flags=re.M)
-    header = dict(
-        line.split(":", 1) for line in header_text.splitlines() if line.strip() and not line.startswith("#")
-    )
+    header = dict(line.split(":", 1) for line in header_text.splitlines() if line.strip() and not line.startswith("#"))
     sections = dict(zip(rest[::2], rest[1::2], strict=True))
     return {k.strip(): v.strip() for k, v in header.items()}, sections
 

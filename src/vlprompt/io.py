@@ -176,7 +176,7 @@ def lock_path(python: str | None = None) -> Path | None:
     given = os.environ.get(LOCK_ENV)
     if given:
         return Path(given) if Path(given).is_file() else None
-    version = python or "%d.%d" % sys.version_info[:2]
+    version = python or f"{sys.version_info.major}.{sys.version_info.minor}"
     path = _SOURCE_ROOT / "requirements" / f"py{version}.txt"
     return path if path.is_file() else None
 
