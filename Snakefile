@@ -17,7 +17,7 @@ from vlprompt.pipeline.workflow import job_environment, resolve_config
 min_version("9.0")
 
 # Rules call `python -m vlprompt`: run Snakemake with the project's environment active (`make run` does);
-# workflow/envs/vlprompt.yaml lists the same software for --use-conda.
+# workflow/envs/vlprompt.yaml (--sdm conda) and containers/vlprompt.def (--sdm apptainer) install the same lock.
 
 # A config given with --configfile is the whole experiment: its own keys plus the schema's defaults, nothing
 # from this default file (Snakemake would otherwise merge the two). The default experiment applies only
@@ -34,6 +34,18 @@ CFG, CONFIG_PATH = resolve_config(config, base_dir=workflow.basedir)
 # stops if this snakemake process dies (vlprompt.pipeline.watchdog).
 os.environ.update(job_environment(CONFIG_PATH, workflow.overwrite_configfiles))
 LOGS = f"{CFG['results_root']}/{CFG['experiment']}/logs"
+# Jobs import this checkout's code whichever environment runs them: the .venv, a conda environment (--sdm conda,
+# workflow/envs/vlprompt.yaml) or the container (--sdm apptainer), which hold the lock's packages; the commit in a
+# run's provenance is then the code it ran.
+_SRC = str(Path(workflow.basedir) / "src")
+if Path(_SRC).is_dir() and _SRC not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")]))
+
+
+# With --software-deployment-method apptainer every rule runs in this image: containers/vlprompt.def built here, or
+# $VLPROMPT_CONTAINER (a path, or docker://<registry>/<image>@sha256:<digest>); docs/containers.md. Ignored otherwise.
+container: os.environ.get("VLPROMPT_CONTAINER", "containers/vlprompt.sif")
+
 
 if workflow.is_main_process:
     for _other in running():

@@ -297,6 +297,8 @@ def test_the_apptainer_recipe_installs_the_lock_with_hashes_and_the_project():
     post = sections["%post"].replace("\\\n", " ")
     assert re.search(rf"pip install [^\n]*--require-hashes -r /opt/vlprompt/{re.escape(lock)}", post)
     assert re.search(r"pip install [^\n]*--no-deps -e /opt/vlprompt", post)
+    pip = re.search(r"^PIP_VERSION := (\S+)$", (REPO / "Makefile").read_text(), re.M).group(1)
+    assert f"pip install --no-cache-dir pip=={pip}" in post  # the pip `make install` uses
     assert "python -m vlprompt env --check" in sections["%test"]
     assert "%runscript" in sections and "%environment" in sections
 
