@@ -310,3 +310,53 @@ def test_the_dockerfile_installs_the_same_lock_as_the_apptainer_recipe():
     python = header["From"].split(":")[1].split("-")[0]
     assert re.search(rf"pip install [^\n]*--require-hashes -r /opt/vlprompt/requirements/py{python}\.txt", text)
     assert re.search(r"pip install [^\n]*--no-deps -e /opt/vlprompt", text)
+
+
+STUB_APPTAINER = """#!/bin/bash
+# stands in for apptainer: records how Snakemake calls it, then runs the job's command on this machine
+if [ "$1" = "--version" ]; then echo "apptainer version 1.3.4"; exit 0; fi
+printf '%s\\n' "$*" >> "$STUB_LOG"
+echo "PYTHONPATH=$PYTHONPATH" >> "$STUB_LOG"
+while [ $# -gt 0 ] && [ "$1" != "-c" ]; do shift; done
+exec bash -c "$2"
+"""
+
+
+@pytest.mark.slow
+def test_snakemake_runs_each_job_in_the_image_with_the_checkouts_code(tmp_path):
+    """`--sdm apptainer`: Snakemake calls `apptainer exec` on the image $VLPROMPT_CONTAINER names (the Snakefile's
+    container directive), with the job's command and this checkout's src/ first on PYTHONPATH. A stub apptainer
+    records the call and runs the command here (no container runtime on this machine)."""
+    import os
+
+    bin_dir, work = tmp_path / "bin", tmp_path / "work"
+    bin_dir.mkdir()
+    (bin_dir / "apptainer").write_text(STUB_APPTAINER)
+    (bin_dir / "apptainer").chmod(0o755)
+    image = tmp_path / "vlprompt.sif"
+    image.write_bytes(b"")
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg.update(experiment="container", datasets=["pocket_noisy"])
+    cfg["pocket"]["per_class"] = {"train": 4, "val": 2, "test": 2}
+    (work / "config").mkdir(parents=True)
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        "STUB_LOG": str(tmp_path / "calls.log"),
+        "VLPROMPT_CONTAINER": str(image),
+        "PYTHONPATH": str(tmp_path / "elsewhere"),  # the Snakefile puts the checkout's src/ before it
+    }
+    snakemake = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work)]
+    proc = subprocess.run(
+        [*snakemake, "--cores", "1", "--sdm", "apptainer", "--apptainer-args=--nv", "--until", "prepare_dataset"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    call, pythonpath = (tmp_path / "calls.log").read_text().splitlines()[:2]
+    assert re.search(rf"exec --home '?{re.escape(str(work))}'? .*--nv .*{re.escape(str(image))} bash -c ", call)
+    assert "python -m vlprompt prepare --dataset pocket_noisy" in call
+    assert pythonpath == f"PYTHONPATH={REPO / 'src'}{os.pathsep}{tmp_path / 'elsewhere'}"
+    assert list((work / "data").glob("pocket_noisy-*/split_zhou_pocket_noisy.json"))
