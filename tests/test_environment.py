@@ -193,6 +193,19 @@ def test_differences_name_the_package_and_both_versions():
     assert vio.lock_differences({"numpy": "2.4.6", "pyyaml": "6.0.3"}, installed) == []
 
 
+def test_installed_versions_are_the_ones_importlib_metadata_finds():
+    """installed_versions reads the dist-info folders' names: for every locked package, the version metadata has."""
+    from importlib import metadata
+
+    expected = {}
+    for dist in metadata.distributions():
+        expected.setdefault(vio.canonical_name(dist.metadata["Name"]), dist.version)
+    locked = vio.read_pins(lock_of(RUNNING).read_text())
+    found = vio.installed_versions()
+    assert {n: found.get(n) for n in locked} == {n: expected.get(n) for n in locked}
+    assert sum(n in found for n in locked) > 100
+
+
 def test_provenance_names_the_lock_its_sha256_and_python(lock_env):
     numpy = vio.installed_versions()["numpy"]
     env = lock_env(f"numpy=={numpy} \\\n    --hash=sha256:00\n")

@@ -182,14 +182,20 @@ def lock_path(python: str | None = None) -> Path | None:
 
 
 def installed_versions() -> dict[str, str]:
-    """``{canonical name: version}`` of every distribution the running Python imports from."""
-    from importlib import metadata
-
+    """``{canonical name: version}`` of every distribution the running Python imports from: read from the names of
+    the ``<name>-<version>.dist-info`` folders on ``sys.path`` (what ``importlib.metadata`` finds, without reading
+    every METADATA file: 10 ms instead of 0.5 s, paid by every job)."""
     out: dict[str, str] = {}
-    for dist in metadata.distributions():  # the first of a name on sys.path is the one imported
-        name = dist.metadata["Name"]
-        if name:
-            out.setdefault(canonical_name(name), dist.version)
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:  # a zip or a missing folder
+            continue
+        for folder in names:
+            if folder.endswith((".dist-info", ".egg-info")):
+                name, _, version = folder.rsplit(".", 1)[0].partition("-")
+                if version:  # the first of a name on sys.path is the one imported
+                    out.setdefault(canonical_name(name), version)
     return out
 
 
