@@ -47,12 +47,12 @@ $(LOCK):
 
 install: $(STAMP)
 
-## write requirements/py3.X.txt for every supported Python from pyproject.toml (its dependencies and the test
-## extra), every package pinned with its hashes, resolved from PyPI for Linux x86-64; run it after changing a pin
+## write requirements/py3.X.txt for every supported Python from pyproject.toml (its dependencies and every extra),
+## every package pinned with its hashes, resolved from PyPI for Linux x86-64; run it after changing a pin
 lock: $(UV)
 	@for v in $(SUPPORTED); do \
 	  echo "make: locking Python $$v -> requirements/py$$v.txt"; \
-	  $(UV) pip compile --quiet pyproject.toml --extra test --python-version $$v --python-platform $(LOCK_PLATFORM) \
+	  $(UV) pip compile --quiet pyproject.toml --all-extras --python-version $$v --python-platform $(LOCK_PLATFORM) \
 	    --generate-hashes --prerelease disallow --only-binary :all: $(addprefix --no-binary ,$(LOCK_SDISTS)) $(LOCK_FLAGS) \
 	    -o requirements/py$$v.txt || exit 1; \
 	done

@@ -38,10 +38,12 @@ def lock_of(version: str) -> Path:
 
 
 def direct_pins(pyproject_text: str) -> dict[str, str]:
-    """``{canonical name: version}`` of pyproject's dependencies and test extra; every one is an exact pin."""
+    """``{canonical name: version}`` of pyproject's dependencies and extras (`make lock` locks them all); every one
+    is an exact pin."""
     project = tomllib.loads(pyproject_text)["project"]
     out = {}
-    for spec in project["dependencies"] + project["optional-dependencies"]["test"]:
+    extras = [spec for group in project.get("optional-dependencies", {}).values() for spec in group]
+    for spec in project["dependencies"] + extras:
         m = PIN.match(spec.replace(" ", ""))
         assert m, f"pyproject.toml: {spec!r} is not an exact pin (name==version)"
         out[vio.canonical_name(m.group(1))] = m.group(2)
