@@ -12,7 +12,7 @@ from vlprompt.experiment import grid
 from vlprompt.pipeline import integrity
 from vlprompt.experiment.config import SCHEMA_PATH, coerce_strings
 from vlprompt.pipeline.run_registry import describe, register_run, running, unregister_run
-from vlprompt.pipeline.workflow import job_environment, resolve_config
+from vlprompt.pipeline.workflow import container_image, job_environment, resolve_config, source_first
 
 min_version("9.0")
 
@@ -34,17 +34,13 @@ CFG, CONFIG_PATH = resolve_config(config, base_dir=workflow.basedir)
 # stops if this snakemake process dies (vlprompt.pipeline.watchdog).
 os.environ.update(job_environment(CONFIG_PATH, workflow.overwrite_configfiles))
 LOGS = f"{CFG['results_root']}/{CFG['experiment']}/logs"
-# Jobs import this checkout's code whichever environment runs them: the .venv, a conda environment (--sdm conda,
-# workflow/envs/vlprompt.yaml) or the container (--sdm apptainer), which hold the lock's packages; the commit in a
-# run's provenance is then the code it ran.
-_SRC = str(Path(workflow.basedir) / "src")
-if Path(_SRC).is_dir() and _SRC not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")]))
+# Jobs import this checkout's code in whichever environment runs them (.venv, --sdm conda, --sdm apptainer).
+os.environ.update(source_first(workflow.basedir))
 
 
 # With --software-deployment-method apptainer every rule runs in this image: containers/vlprompt.def built here, or
-# $VLPROMPT_CONTAINER (a path, or docker://<registry>/<image>@sha256:<digest>); docs/containers.md. Ignored otherwise.
-container: os.environ.get("VLPROMPT_CONTAINER", "containers/vlprompt.sif")
+# $VLPROMPT_CONTAINER; docs/containers.md. Ignored otherwise.
+container: container_image()
 
 
 if workflow.is_main_process:
