@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 
 from vlprompt.experiment.config import ConfigError, validate
@@ -62,21 +63,21 @@ def job_environment(config_path: str, configfiles: list[str]) -> dict[str, str]:
     }
 
 
-def source_first(basedir: str | Path, environ: dict[str, str] | None = None) -> dict[str, str]:
+def source_first(basedir: str | Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """``PYTHONPATH`` with the checkout's ``src/`` first (unless it is on it already): jobs then import the code of
     the Snakefile's checkout in whichever environment runs them (the .venv, a conda environment, the container),
     and the commit a run records is the code it ran. Empty when ``basedir`` has no ``src/``."""
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     src = str(Path(basedir) / "src")
-    current = environ.get("PYTHONPATH", "")
+    current = env.get("PYTHONPATH", "")
     if not Path(src).is_dir() or src in current.split(os.pathsep):
         return {}
     return {"PYTHONPATH": os.pathsep.join(filter(None, [src, current]))}
 
 
-def container_image(environ: dict[str, str] | None = None) -> str:
+def container_image(environ: Mapping[str, str] | None = None) -> str:
     """The image every rule runs in under ``--software-deployment-method apptainer`` (docs/containers.md):
     ``$VLPROMPT_CONTAINER`` (a path, or docker://<registry>/<image>@sha256:<digest>), else the one
     ``containers/vlprompt.def`` builds."""
-    environ = os.environ if environ is None else environ
-    return environ.get(CONTAINER_ENV) or "containers/vlprompt.sif"
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    return env.get(CONTAINER_ENV) or "containers/vlprompt.sif"
