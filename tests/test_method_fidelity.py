@@ -1,6 +1,7 @@
-"""Where the newer methods read what their references read: MoCoOp's ImageNet templates (the reference's YAML,
+"""Where methods read what their references read: MoCoOp's ImageNet templates (the reference's YAML,
 trailing comments included), OGEN's new-class names under base-to-new (names only, declared and recorded), and
-the smaller points of the second fidelity pass. Tiny random pocket CLIP, one thread."""
+the smaller points where a reading and its reference part (ATPrompt's slicing, RESTORE's shift origin, MoCoOp's
+part sizes, MVLPT's averaged source prompt), and description sources. Tiny random pocket CLIP, one thread."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""vlprompt against the official code of each method (issue 13 item 7).
+"""vlprompt against the official code of each method.
 
 The numbers come from ``tests/reference/fixtures/*.pt``, written by ``tests/reference/regenerate.py`` from the
 official repositories (their commits are recorded in each fixture) on a tiny OpenAI-layout CLIP with fixed
@@ -7,7 +7,7 @@ weights file into open_clip), and each method is compared with its reference: in
 initialisation is deterministic (random ones are copied from the reference), text features, logits, every loss
 term, the gradient and the parameters after one optimiser step of the shared training loop. Tolerance: 1e-5
 relative (fp32). Where vlprompt deviates on purpose the test asserts the documented deviation; where it differs
-today for a reason another item of issue 13 fixes, the test is a strict xfail naming that item.
+today for a reason still to be fixed, the test is a strict xfail naming the difference.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def test_open_clip_loading_equals_the_reference_clip(backbone, inputs):
 
 
 def test_zeroshot(backbone, inputs):
-    """Class names with underscores, written with spaces as the reference does (issue 13 item 1)."""
+    """Class names with underscores, written with spaces as the reference does."""
     fix = fixture("zeroshot")
     method = build("zeroshot", context(backbone, fix))
     assert [fix["settings"]["template"]] == method.templates
@@ -223,7 +223,7 @@ def test_cocoop(backbone, inputs, tmp_path):
 # ---------------------------------------------------------------- KgCoOp, ProGrad (CoOp + a term)
 
 
-@pytest.mark.parametrize("name", ["kgcoop", "kgcoop_dtd"])  # DTD: KgCoOp's own anchor template (issue 13 item 3)
+@pytest.mark.parametrize("name", ["kgcoop", "kgcoop_dtd"])  # DTD: KgCoOp's own anchor template
 def test_kgcoop(backbone, inputs, name, tmp_path):
     fix = fixture(name)
     ctx = context(backbone, fix)
@@ -242,7 +242,7 @@ def test_kgcoop(backbone, inputs, name, tmp_path):
 
 # prograd_pets: ProGrad's own template table ('a type of pet, a photo of a {}.' for OxfordPets) for its teacher and
 # context init; the reference's init counts words, not tokens, so 'pet,' (2 tokens) leaves the template's last 'a'
-# as fixed text before the class name (Prompt-align trainers/prograd.py, PromptLearner; issue 13 item 3)
+# as fixed text before the class name (Prompt-align trainers/prograd.py, PromptLearner)
 @pytest.mark.parametrize("name", ["prograd", "prograd_pets"])
 def test_prograd(backbone, inputs, name, tmp_path):
     fix = fixture(name)
@@ -411,17 +411,17 @@ def test_promptsrc_teacher_and_aggregation(backbone):
 
 
 def test_vpt_default_template(backbone):
-    """The preset's text side is the reference's 'a photo of a {}.' on every dataset (issue 13 item 3)."""
+    """The preset's text side is the reference's 'a photo of a {}.' on every dataset."""
     fix = fixture("vpt")
     overrides = {k: v for k, v in DEEP["vpt"][1].items() if k != "template"}
     method = build("vpt_deep", context(backbone, fix), **overrides)
     close(method.text_features(), fix["text_features"], what="fixed text classifier")
 
 
-# ---------------------------------------------------------------- the newer methods (regenerate_newer.py)
+# ------------------------------------------------ extensions of CoOp and zero-shot CLIP (regenerate_extensions.py)
 
 
-def newer_context(backbone, fix: dict, **kwargs) -> MethodContext:
+def plain_context(backbone, fix: dict, **kwargs) -> MethodContext:
     """A context without a registered dataset: the fixtures give their own descriptions and templates."""
     return MethodContext(
         backbone=backbone,
@@ -437,7 +437,7 @@ def newer_context(backbone, fix: dict, **kwargs) -> MethodContext:
 def test_cupl_pools_descriptions_as_the_reference(backbone, inputs):
     """CuPL's ``zeroshot_classifier_gpt`` (classify_imagenet.py) with and without the templates in the pool."""
     fix = fixture("cupl")
-    ctx = newer_context(backbone, fix, descriptions=fix["settings"]["descriptions"])
+    ctx = plain_context(backbone, fix, descriptions=fix["settings"]["descriptions"])
     cupl = build("cupl", ctx)
     close(cupl.weights, fix["text_features"], what="CuPL text features")
     features = backbone.model.encode_image(inputs["images"])
@@ -454,7 +454,7 @@ def test_fudd_follow_up_logits_equal_the_reference(backbone, inputs, tmp_path, m
     (folder / "tiny_prompt_pairs.json").write_text(fix["settings"]["pairs"])
     (folder / "tiny_class_names.json").write_text(json.dumps(fix["settings"]["class_names"]))
     monkeypatch.setenv("VLPROMPT_DESCRIPTIONS", str(tmp_path))
-    method = build("fudd", newer_context(backbone, fix, dataset="tiny"), top_k=fix["settings"]["top_k"])
+    method = build("fudd", plain_context(backbone, fix, dataset="tiny"), top_k=fix["settings"]["top_k"])
     features = backbone.model.encode_image(inputs["images"])
     f = F.normalize(features, dim=-1)
     close(f @ method.weights.T, fix["step_one_logits"], what="step one (zero-shot, one template)")
@@ -470,7 +470,7 @@ def test_tpt_one_step_per_image_equals_the_reference(backbone, inputs, name):
     the same from a trained context (the fixture's ``start_context``)."""
     fix = fixture(name)
     s = fix["settings"]
-    ctx = newer_context(backbone, fix)
+    ctx = plain_context(backbone, fix)
     method = build(
         name, ctx, n_ctx=s["n_ctx"], ctx_init=s["ctx_init"], views=4, selection=s["selection"], tta_lr=s["lr"]
     )
@@ -499,7 +499,7 @@ def test_tfup_cache_and_logits_equal_the_reference(backbone, inputs):
     images = torch.cat([inputs["images"], inputs["val_images"]])
     features = backbone.model.encode_image(images)
     close(features, fix["unlabelled_features"], what="unlabelled image features")
-    ctx = newer_context(backbone, fix, descriptions=fix["settings"]["descriptions"], unlabelled=lambda: features)
+    ctx = plain_context(backbone, fix, descriptions=fix["settings"]["descriptions"], unlabelled=lambda: features)
     method = build("tfup", ctx)
     close(method.weights, F.normalize(fix["text_weights"], dim=-1), what="text weights")
     assert method.cache_shots == fix["settings"]["cache_shots"]
@@ -533,7 +533,7 @@ def test_restore_loss_by_hand_on_a_toy(backbone):
     text does not move; with s = 10: CE = log(1 + e^{10 (0.6 − 0.8)}) = log(1 + e^{−2}) = 0.126928,
     L_fsc = (√0.4 − 0)² = 0.4."""
     fix = {"classnames": ["car_side", "sea_lion"]}
-    m = build("restore", newer_context(backbone, fix), shift_weight=1.0)
+    m = build("restore", plain_context(backbone, fix), shift_weight=1.0)
     m.prompt_learner = FixedText(basis(0, 1))
     m.shift_origin = basis(0, 1)
     m.logit_scale = 10.0
@@ -556,7 +556,7 @@ def test_kapt_keywords_and_loss_by_hand_on_a_toy(backbone):
     assert discrete_prompt("a photo of a {}.", "car_side", words) == "a photo of a car side, red, round, fruit."
     fix = {"classnames": ["car_side", "sea_lion"]}
     descriptions = {"car_side": ["A red round fruit."], "sea_lion": ["A grey animal."]}
-    m = build("kapt", newer_context(backbone, fix, descriptions=descriptions), discrete_weight=0.5)
+    m = build("kapt", plain_context(backbone, fix, descriptions=descriptions), discrete_weight=0.5)
     m.prompt_learner = FixedText(basis(0, 2))
     m.discrete = basis(0, 1)
     m.logit_scale = 10.0
@@ -569,7 +569,7 @@ def test_pacbayes_bound_by_hand_and_the_search_by_enumeration(backbone, inputs):
     R ≤ 0.1 + √(18.408730 / 198) = 0.404915, so the accuracy bound is 59.5085 %. The greedy search over a few
     candidate tokens picks the token that an enumeration of those prompts ranks first."""
     fix = {"classnames": ["car_side", "sea_lion", "water_lily", "ant"]}
-    ctx = newer_context(backbone, fix)
+    ctx = plain_context(backbone, fix)
     m = build("pacbayes_prompt", ctx, n_tokens=1, candidates=6)
     bound = m.bound(0.1, 100)
     assert bound["kl"] == pytest.approx(10.8078, abs=1e-4)
@@ -591,7 +591,7 @@ def test_pacbayes_bound_by_hand_and_the_search_by_enumeration(backbone, inputs):
     assert m.run_info()["bound"]["n"] == len(labels)
 
 
-# ---------------------------------------------------------------- ATPrompt (regenerate_newer.py)
+# ---------------------------------------------------------------- ATPrompt (regenerate_extensions.py)
 
 
 def test_atprompt_on_oxford_pets_equals_the_reference_slicing(backbone, inputs, tmp_path):

@@ -173,10 +173,10 @@ def source_record(given: dict | None, dataset: str | None, source: str) -> dict:
     if given is not None:
         return {"source": "given to the method (MethodContext.descriptions)"}
     path = store_file(dataset, source) if dataset else None
-    if path is None or not path.is_file():
+    if dataset is None or path is None or not path.is_file():
         return {"source": source, "file": None}
     data = path.read_bytes()
-    record = {"source": source, "file": str(path), "sha256": hashlib.sha256(data).hexdigest()}
+    record: dict[str, object] = {"source": source, "file": str(path), "sha256": hashlib.sha256(data).hexdigest()}
     if dataset.startswith("pocket"):
         return {**record, "source": POCKET_SOURCE, "stands_in_for": source, "file": path.name}
     ref = reference_file(source, dataset)
@@ -216,7 +216,7 @@ class DifferentialDescriptions:
         self.source, self.pairs, self.index = source, pairs, index
 
     def pair(self, a: str, b: str) -> tuple[list[str], list[str]]:
-        if self.pairs is None:
+        if self.pairs is None or self.index is None:  # both given (FuDD's files) or neither (the pocket rule)
             return pocket_differential(a, b)
         i, j = self.index[key(a)], self.index[key(b)]
         entry = self.pairs.get(f"{min(i, j)}_{max(i, j)}")

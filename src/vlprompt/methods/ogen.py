@@ -87,6 +87,13 @@ class OGEN(CoOp):
     description = "CoOp + a class-conditional image-feature generator (synthetic classes in the CE) + mean-teacher"
     Config = OGENConfig
     reads_new_classnames = True
+    prompt_learner: PromptLearner  # CoOp's, whose context this method reads
+
+    ogen_step: torch.Tensor  # () the optimisation steps taken
+    ogen_snapshots: torch.Tensor  # (epochs, *ctx.shape) the context after each epoch
+    class_mean: torch.Tensor  # per-class feature statistics of the training classes
+    class_std: torch.Tensor
+    neighbours: torch.Tensor  # (C, k) each class's nearest classes
 
     def __init__(self, config: OGENConfig, ctx: MethodContext):
         super().__init__(config, ctx)
@@ -104,7 +111,7 @@ class OGEN(CoOp):
             )
             self.unseen.ctx = pl.ctx  # one context, the unseen classes' own token buffers
         self.steps_per_epoch = 1
-        if ctx.train_features is not None:
+        if ctx.train_features is not None and ctx.train_labels is not None:
             self.set_class_statistics(ctx.train_features, ctx.train_labels, len(ctx.classnames))
             n = ctx.train_features.shape[1]  # as the shared loop: N // batch size steps, at least one
             self.steps_per_epoch = max(

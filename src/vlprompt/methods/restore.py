@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.clip.backbone import encode_prompts
-from vlprompt.clip.prompting import class_prompts
+from vlprompt.clip.prompting import PromptLearner, class_prompts
 from vlprompt.methods.base import MethodContext, MethodError, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
 
@@ -76,6 +76,11 @@ class RESTORE(CoOp):
     paper = "Yang et al., RESTORE: Towards Feature Shift for Vision-Language Prompt Learning, ECCV 2024"
     description = "CoOp + surgery adapters on both modalities, their feature shifts kept equal (feature-bank reading)"
     Config = RESTOREConfig
+    prompt_learner: PromptLearner  # CoOp's, whose initial context the text shift is measured from
+    initial_ctx: torch.Tensor  # the context at initialisation
+    shift_origin: torch.Tensor  # (C, D) h_c
+
+    hand_crafted: torch.Tensor  # (C, D) the hand-crafted prompts' normalised features
 
     def __init__(self, config: RESTOREConfig, ctx: MethodContext):
         if config.shift_from not in ("init", "template"):

@@ -1,6 +1,7 @@
-"""Regenerate the reference fixtures of the newer methods (CuPL, FuDD, TPT, TFUP, ATPrompt, PRE, MSGCoOp).
+"""Regenerate the reference fixtures of methods that extend CoOp or zero-shot CLIP (CuPL, FuDD, TPT, TFUP, ATPrompt,
+PRE, MSGCoOp) from their official code.
 
-    python tests/reference/regenerate_newer.py --refs DIR [--only cupl,fudd,...]
+    python tests/reference/regenerate_extensions.py --refs DIR [--only cupl,fudd,...]
 
 DIR holds checkouts of the repositories in ``REFERENCES`` (folder names as given there) at the commits listed.
 As ``regenerate.py`` (whose stubs and tiny CLIP this script reuses), nothing of them is copied into vlprompt: each
