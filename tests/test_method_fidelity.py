@@ -163,12 +163,14 @@ def test_a_config_can_refuse_the_new_class_names_and_the_run_records_it(base2new
 
 
 def test_each_description_method_names_its_references_source_and_a_config_overrides_it():
-    presets = {name: get_method(name).make_config().descriptions for name in ("cupl", "cupl_ensemble", "msgcoop")}
-    assert presets == {"cupl": "cupl", "cupl_ensemble": "cupl", "msgcoop": "msgcoop"}
+    names = ("cupl", "cupl_ensemble", "msgcoop", "coprompt")
+    presets = {name: get_method(name).make_config().descriptions for name in names}
+    assert presets == {"cupl": "cupl", "cupl_ensemble": "cupl", "msgcoop": "msgcoop", "coprompt": "coprompt"}
     assert get_method("kapt").make_config().descriptions == "cupl"  # no reference code (assumption)
     assert get_method("tfup").make_config().descriptions == "cupl"  # its own files cover none of ours
     assert get_method("cupl").make_config({"descriptions": "msgcoop"}).descriptions == "msgcoop"
-    assert set(store.list_sources()) == {"cupl", "msgcoop", "tfup", "pocket"}
+    assert set(store.list_sources()) == {"cupl", "msgcoop", "coprompt", "tfup", "pocket"}
+    assert store.reference_file("coprompt", "OxfordPets")["path"] == "gpt_file/oxford_pets_prompt.json"
 
 
 def test_cupl_on_imagenet_names_the_file_its_imagenet_script_reads(tmp_path, monkeypatch):

@@ -3,7 +3,8 @@ the repositories that publish class descriptions.
 
     python tests/reference/description_sources.py --refs DIR
 
-DIR holds ``DIR/CuPL`` (sarahpratt/CuPL), ``DIR/MSGCoOp`` (Rain-Bus/MSGCoOp) and ``DIR/TFUP`` (wlb12345/TFUP) at the
+DIR holds ``DIR/CuPL`` (sarahpratt/CuPL), ``DIR/MSGCoOp`` (Rain-Bus/MSGCoOp), ``DIR/CoPrompt`` (ShuvenduRoy/CoPrompt)
+and ``DIR/TFUP`` (wlb12345/TFUP) at the
 commits in ``SOURCES``. For every file a method's reference reads, the manifest records its path in the repository,
 its git blob id (what ``git ls-tree`` lists, so a file too large to fetch is still named and checkable), and, where
 the file is in the checkout, its SHA-256 and its numbers of classes and sentences. No description is copied: the
@@ -73,6 +74,35 @@ SOURCES = {
                 "SUN397": "SUN397",
                 "StanfordCars": "StanfordCars",
                 "UCF101": "UCF101",
+            }.items()
+        },
+        "aliases": {},
+    },
+    "coprompt": {
+        "folder": "CoPrompt",
+        "repository": "ShuvenduRoy/CoPrompt",
+        "commit": "a2a6c12",
+        "licence": "MIT (Copyright (c) 2024 Shuvendu Roy); not shipped: users save the files themselves",
+        "about": "LLM descriptions, the same number per class, that CoPrompt's and HiCroPL's trainers read "
+        "(gpt_file/<dataset>_prompt.json)",
+        "files": {
+            name: f"gpt_file/{ref}_prompt.json"
+            for name, ref in {
+                "Caltech101": "caltech",
+                "DTD": "dtd",
+                "EuroSAT": "eurosat",
+                "FGVCAircraft": "fgvc",
+                "Food101": "food101",
+                "ImageNet": "imagenet",
+                "ImageNetA": "imagenet_a",
+                "ImageNetR": "imagenet_r",
+                "ImageNetSketch": "imagenet_sketch",
+                "ImageNetV2": "imagenetv2",
+                "Flowers102": "oxford_flowers",
+                "OxfordPets": "oxford_pets",
+                "StanfordCars": "stanford_cars",
+                "SUN397": "sun397",
+                "UCF101": "ucf101",
             }.items()
         },
         "aliases": {},

@@ -62,9 +62,9 @@ class CoPromptConfig(MaPLeConfig):
     text_adapter_ratio: float = 0.2
     adapter_reduction: int = 4  # bottleneck width D / reduction
     augmentation: str = "randaugment"  # the training views' augmentation (see image_runs.training_transform)
-    # the description store's source: the reference's own gpt_file/ sentences are not in the store; CuPL's files,
-    # the same kind of LLM text (assumption)
-    descriptions: str = "cupl"
+    # the description store's source: CoPrompt's own gpt_file/<dataset>_prompt.json (the store's ``coprompt`` source,
+    # the files its trainer reads; pocket datasets read the pocket rule)
+    descriptions: str = "coprompt"
 
 
 def bottleneck(width: int, reduction: int, gen: torch.Generator) -> nn.Sequential:
