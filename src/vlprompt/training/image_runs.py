@@ -44,8 +44,10 @@ def image_loop(
     workers: int = 0,
     progress: bool = True,
     stop_after: int | None = None,
+    exif: bool = False,
 ) -> dict:
-    """Train ``method`` on the images ``rows`` ([relpath, label, name], labels of the training classes)."""
+    """Train ``method`` on the images ``rows`` ([relpath, label, name], labels of the training classes); ``exif``:
+    read them as a user's images (``ImageList``)."""
     device = ctx.device
     relpaths, labels = [r[0] for r in rows], torch.tensor([r[1] for r in rows])
     n = len(rows)
@@ -53,7 +55,7 @@ def image_loop(
     def batches(epoch: int, gen: torch.Generator, steps: int):
         order = torch.randperm(n, generator=gen)
         idxs = [batch_indices(order, s, cfg.batch_size).tolist() for s in range(steps)]
-        images = ImageList(root, relpaths, transform, view=_epoch_view(ctx.seed, epoch))
+        images = ImageList(root, relpaths, transform, view=_epoch_view(ctx.seed, epoch), exif=exif)
         loader = torch.utils.data.DataLoader(
             images, batch_sampler=idxs, num_workers=workers, pin_memory=device.type == "cuda"
         )
@@ -74,13 +76,14 @@ def evaluate_images(
     device: torch.device,
     batch_size: int = 256,
     workers: int = 0,
+    exif: bool = False,
 ) -> dict:
     """:func:`vlprompt.training.evaluate.evaluate` on images: the same parts, closed sets and metrics."""
 
     @torch.no_grad()
     def predict(rows: list) -> torch.Tensor:
         loader = torch.utils.data.DataLoader(
-            ImageList(root, [r[0] for r in rows], transform),
+            ImageList(root, [r[0] for r in rows], transform, exif=exif),
             batch_size=batch_size,
             num_workers=workers,
             pin_memory=device.type == "cuda",
@@ -115,7 +118,7 @@ def run(
     train_names = [classes["classnames"][i] for i in train_labels]
     ctx = method_context(cfg, dataset, train_names, device, seed)
     backbone = ctx.backbone
-    root = registry.dataset_dir(cfg, dataset)
+    root, exif = registry.image_root(cfg, dataset), registry.reads_exif(cfg, dataset)
     fcfg = cfg["features"]
     t_load = time.time() - t0
     method = cls(mcfg, ctx).to(device)
@@ -142,6 +145,7 @@ def run(
             fcfg["workers"],
             progress,
             stop_after,
+            exif,
         )
     t_train = time.time() - t0 - t_load
     test_rows = splits.read_split(registry.split_path(cfg, dataset))["test"]
@@ -156,6 +160,7 @@ def run(
         device,
         fcfg["batch_size"],
         fcfg["workers"],
+        exif,
     )
     seconds = {"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)}
     return save_run(
@@ -197,7 +202,7 @@ def evaluate_transfer(
     metrics = evaluate_images(
         method,
         test_rows,
-        registry.dataset_dir(cfg, target),
+        registry.image_root(cfg, target),
         ctx.backbone.preprocess,
         target_classes,
         "all",
@@ -205,6 +210,7 @@ def evaluate_transfer(
         device,
         fcfg["batch_size"],
         fcfg["workers"],
+        registry.reads_exif(cfg, target),
     )
     metrics = transfer_metrics(
         cfg,
