@@ -84,8 +84,10 @@ def check_dataset(cfg: dict, name: str, quiet: bool = False) -> None:
     if not user.is_user(cfg, name):
         registry.get_dataset(name, cfg)
         rows = [r for r in registry.status_table(cfg) if r["name"] == name]
-        print(f"{name}: {rows[0]['status']} at {rows[0]['path']} ({rows[0]['detail']}); published datasets are checked "
-              "against their checksums by `prepare`")
+        print(
+            f"{name}: {rows[0]['status']} at {rows[0]['path']} ({rows[0]['detail']}); published datasets are checked "
+            "against their checksums by `prepare`"
+        )
         return
     workers = max(1, (cfg.get("features") or {}).get("workers") or 4)
     try:

@@ -35,7 +35,7 @@ def is_image_name(path: str | Path) -> bool:
 
 
 def to_rgb(img, exif: bool = True):
-    """``img`` as 8-bit RGB: EXIF orientation applied (``exif``), 16-bit grey scaled to 8 bits, then ``convert("RGB")``."""
+    """``img`` as 8-bit RGB: EXIF orientation applied (``exif``), 16-bit grey scaled to 8 bits, ``convert("RGB")``."""
     from PIL import Image, ImageOps
 
     if exif:

@@ -266,11 +266,21 @@ def user_status(cfg: dict, name: str) -> dict:
     try:
         path = split_path(cfg, name)
     except DatasetError as err:
-        return {**row, "status": "missing", "path": str(user.entries(cfg)[name]["root"]), "split_file": None,
-                "detail": str(err)}
+        return {
+            **row,
+            "status": "missing",
+            "path": str(user.entries(cfg)[name]["root"]),
+            "split_file": None,
+            "detail": str(err),
+        }
     before = [p for p in Path(cfg.get("data_root", "data")).glob(f"{name}-*/{path.name}") if p != path]
     detail = f"your images at {user.root(cfg, name)}"
     if not path.is_file() and before:
         detail += f"; changed since {before[0].parent.name} was prepared: prepared again on the next run"
-    return {**row, "status": "prepared" if path.is_file() else "missing", "path": str(path.parent),
-            "split_file": str(path), "detail": detail}
+    return {
+        **row,
+        "status": "prepared" if path.is_file() else "missing",
+        "path": str(path.parent),
+        "split_file": str(path),
+        "detail": detail,
+    }

@@ -84,7 +84,7 @@ def settings(cfg: dict, name: str) -> dict:
     if entry["layout"] == "csv" and not entry.get("csv"):
         raise UserDatasetError(f"{where}: layout csv needs `csv: <file>` or `csv: {{train: f, val: f, test: f}}`")
     if isinstance(entry.get("csv"), dict) and not {"train", "test"} <= set(entry["csv"]):
-        raise UserDatasetError(f"{where}.csv: one file per split needs at least train and test, got {sorted(entry['csv'])}")
+        raise UserDatasetError(f"{where}.csv: one file per split needs train and test, got {sorted(entry['csv'])}")
     if entry.get("csv") and entry["layout"] != "csv":
         raise UserDatasetError(f"{where}: `csv` is only read with layout csv (the layout is {entry['layout']})")
     if entry.get("split_file") and entry["layout"] != "coop_split":
@@ -93,7 +93,7 @@ def settings(cfg: dict, name: str) -> dict:
     if abs(sum(ratios) - 1) > 1e-6:
         raise UserDatasetError(f"{where}.split: train + val + test must be 1, got {sum(ratios):g}")
     if "{}" not in entry["template"]:
-        raise UserDatasetError(f"{where}.template must hold '{{}}' where the class name goes, got {entry['template']!r}")
+        raise UserDatasetError(f"{where}.template needs '{{}}' where the class name goes, got {entry['template']!r}")
     return entry
 
 
@@ -412,9 +412,8 @@ def check(cfg: dict, name: str, workers: int = 4) -> dict:
     found = _inspect_all(listing.root, [i[0] for i in listing.items], workers)
     unreadable = sorted(rel for rel, info in found.items() if "error" in info)
     if unreadable:
-        line = (
-            f"{where}: {len(unreadable)} unreadable or truncated image(s): "
-            + _few([f"{r} ({found[r]['error']})" for r in unreadable])
+        line = f"{where}: {len(unreadable)} unreadable or truncated image(s): " + _few(
+            [f"{r} ({found[r]['error']})" for r in unreadable]
         )
         if entry["skip_unreadable"]:
             warnings.append(line + "; skipped (skip_unreadable: true)")
@@ -483,7 +482,8 @@ def check(cfg: dict, name: str, workers: int = 4) -> dict:
         )
     within = [g for g in duplicates if g not in leaks]
     if within:
-        warnings.append(f"{where}: {len(within)} group(s) of files with the same content (not across splits): " + _few([" = ".join(g) for g in within]))
+        groups = _few([" = ".join(g) for g in within])
+        warnings.append(f"{where}: {len(within)} group(s) of files with the same content (not across splits): {groups}")
     counts = _counts({**split, "all": [r[:3] for r in rows]}, listing.names)
     return {
         "dataset": name,
