@@ -10,8 +10,12 @@ Where a file comes from:
   rule :func:`pocket_descriptions` (a stand-in for the language model that writes the real datasets'
   descriptions; every pocket dataset has the same classes, so they share the file);
 - a real dataset: ``<dir>/<Dataset>.json`` in ``$VLPROMPT_DESCRIPTIONS`` when set, else in the shipped
-  ``class_descriptions/`` folder. The published LLM-written files carry no licence, so none is shipped: the README next
-  to the store lists where each one is published, its checksum and the name to save it under.
+  ``class_descriptions/`` folder;
+- a user's own dataset (``user_datasets``): ``<name>.json`` there too when written; without one, each class's one
+  description is its template's sentence ("a photo of a {}." by default), and the run records that fallback.
+
+The published LLM-written files carry no licence, so none is shipped: the README next to the store lists where each
+one is published, its checksum and the name to save it under.
 
 Class names match after lower-casing and turning underscores into spaces (CuPL's keys are plain names).
 
@@ -98,6 +102,9 @@ def load_descriptions(dataset: str | None, classnames: list[str]) -> dict[str, l
             "class descriptions need the dataset's name (MethodContext.dataset) or MethodContext.descriptions"
         )
     path = store_file(dataset)
+    fallback = _user_fallback(dataset, path)
+    if fallback is not None:
+        return {c: [fallback.format(c.replace("_", " "))] for c in classnames}
     if not path.is_file():
         raise DescriptionError(
             f"no class descriptions for dataset {dataset!r}: {path} does not exist. Save the dataset's description "
@@ -121,7 +128,24 @@ def source_of(given: dict | None, dataset: str | None) -> str:
     path = store_file(dataset) if dataset else None
     if dataset and dataset.startswith("pocket"):
         return f"{path.name}: the pocket rule (generated, a stand-in for a language model)"
+    fallback = _user_fallback(dataset, path) if dataset else None
+    if fallback is not None:
+        return f"fallback for a user dataset without {path}: one sentence per class, its template {fallback!r}"
     return str(path)
+
+
+def _user_fallback(dataset: str, path: Path) -> str | None:
+    """A user dataset (``user_datasets``) with no description file at ``path``: its template, whose sentence is then
+    each class's one description (the documented default: docs/your_data.md); None otherwise."""
+    from vlprompt.data.registry import DatasetError, get_dataset
+
+    if path.is_file():
+        return None
+    try:
+        spec = get_dataset(dataset)
+    except DatasetError:
+        return None
+    return spec.template if spec.kind == "user" else None
 
 
 def descriptions_for(

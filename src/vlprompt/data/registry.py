@@ -188,6 +188,11 @@ def image_root(cfg: dict, name: str) -> Path:
     return dataset_dir(cfg, name)
 
 
+def provenance(cfg: dict, name: str) -> dict | None:
+    """What a run records of a user dataset (:func:`vlprompt.data.user.provenance`); None for the others."""
+    return user.provenance(cfg, name, dataset_dir(cfg, name)) if user.is_user(cfg, name) else None
+
+
 def reads_exif(cfg: dict, name: str) -> bool:
     """Whether images are read with their EXIF orientation applied (a user's images; :mod:`vlprompt.data.images`)."""
     return user.is_user(cfg, name)

@@ -101,11 +101,11 @@ def root(cfg: dict, name: str) -> Path:
     """The folder the images are read from (relative paths are from the working directory, as ``data_root``)."""
     path = Path(entries(cfg)[name]["root"]).expanduser().resolve()
     if not path.is_dir():
-        before = [r for r in _prepared_records(cfg, name) if Path(r["root"]) != path]
-        hint = f" (prepared before from {before[0]['root']})" if before else ""
+        before = [r for r in _prepared_records(cfg, name) if r["root"] == str(path)]
+        hint = f" (it was there when {before[-1]['key']} was prepared: moved or renamed?)" if before else ""
         raise UserDatasetError(
-            f"user dataset {name!r}: its root {path} is not a folder{hint}; if the images moved, set "
-            f"user_datasets.{name}.root to their new place"
+            f"user dataset {name!r}: its root {path} is not a folder{hint}; set user_datasets.{name}.root to the "
+            "images' folder"
         )
     return path
 
@@ -598,3 +598,30 @@ def base_new(cfg: dict, name: str, classnames: list[str]) -> tuple[list[int], li
     if set(base) & set(new) or not base or not new:
         raise UserDatasetError(f"user_datasets.{name}: base and new must be non-empty and disjoint")
     return base, new
+
+
+#: what methods that read more than the dataset's template fall back to on a user dataset (recorded in each run)
+FALLBACKS = {
+    "template_tables": "the dataset's template (method_templates.json knows only the published datasets)",
+    "descriptions": "<$VLPROMPT_DESCRIPTIONS>/<name>.json if you write one (CuPL's format), else one sentence per "
+    "class: the dataset's template",
+    "differential_descriptions": "none: FuDD needs differential/<name>_prompt_pairs.json and stops naming it",
+}
+
+
+def provenance(cfg: dict, name: str, folder: Path) -> dict:
+    """What a run on a user dataset records of it: the prepared copy's key, root, split origin, what the check
+    converted and skipped, the template and the fallbacks of methods that read template tables or descriptions."""
+    record = json.loads((folder / "PREPARED.json").read_text()) if (folder / "PREPARED.json").is_file() else {}
+    return {
+        "kind": "user",
+        "key": folder.name,
+        "root": record.get("root"),
+        "layout": record.get("layout"),
+        "split_origin": record.get("split_origin"),
+        "images": record.get("images"),
+        "conversions": record.get("conversions"),
+        "skipped": len(record.get("skipped") or []),
+        "template": settings(cfg, name)["template"],
+        "fallbacks": FALLBACKS,
+    }
