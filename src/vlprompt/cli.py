@@ -89,9 +89,8 @@ def check_dataset(cfg: dict, name: str, quiet: bool = False) -> None:
             "against their checksums by `prepare`"
         )
         return
-    workers = max(1, (cfg.get("features") or {}).get("workers") or 4)
     try:
-        report = user.check(cfg, name, workers=workers)
+        report = user.check(cfg, name, workers=user.check_workers(cfg))
     except user.UserDatasetError as err:
         raise registry.DatasetError(str(err)) from None
     print(user.format_report(report))

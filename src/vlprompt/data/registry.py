@@ -220,7 +220,7 @@ def prepare(cfg: dict, name: str, progress: bool = True) -> Path:
     spec = get_dataset(name, cfg)
     if spec.kind == "user":
         try:
-            return user.prepare(cfg, name, dataset_dir(cfg, name), spec.split_filename())
+            return user.prepare(cfg, name, dataset_dir(cfg, name), spec.split_filename(), user.check_workers(cfg))
         except user.UserDatasetError as err:
             raise DatasetError(str(err)) from None
     if spec.kind == "pocket":

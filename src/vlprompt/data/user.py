@@ -110,6 +110,11 @@ def root(cfg: dict, name: str) -> Path:
     return path
 
 
+def check_workers(cfg: dict) -> int:
+    """Threads that read the images in the check: ``features.workers`` (the data loader's), at least 4."""
+    return max(4, (cfg.get("features") or {}).get("workers") or 0)
+
+
 def clean_name(label: str) -> str:
     """A raw label as a class name, cleaned as the references clean theirs: ``_`` to space, whitespace squeezed."""
     return re.sub(r"\s+", " ", label.replace("_", " ")).strip()
