@@ -358,3 +358,22 @@ def test_the_default_config_has_no_user_datasets_and_keeps_its_keys():
     assert "user_datasets" not in cfg
     assert all(registry.get_dataset(d).kind != "user" for d in cfg["datasets"])
     assert os.path.basename(str(registry.dataset_dir(cfg, cfg["datasets"][0]))).startswith(cfg["datasets"][0] + "-")
+
+
+def test_a_users_images_are_encoded_upright_and_their_banks_say_so(tmp_path, pocket_random_backbone):
+    from PIL import Image
+
+    from vlprompt.clip.features import ExtractionSpec, ImageList, extraction_meta
+
+    img = draw("red", "arrow", 0).resize((40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotated 270 degrees
+    img.save(tmp_path / "turned.jpg", exif=exif)
+    seen = []
+    ImageList(tmp_path, ["turned.jpg"], seen.append, exif=True)[0]
+    ImageList(tmp_path, ["turned.jpg"], seen.append)[0]
+    assert [s.size for s in seen] == [(20, 40), (40, 20)]
+    rows = [["turned.jpg", 0, "arrow"]]
+    plain = extraction_meta(pocket_random_backbone, ExtractionSpec("test", rows, 1), "t", 1.0)
+    mine = extraction_meta(pocket_random_backbone, ExtractionSpec("test", rows, 1, exif=True), "t", 1.0)
+    assert "exif" not in plain and mine == {**plain, "exif": True}

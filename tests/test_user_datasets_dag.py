@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -26,27 +25,10 @@ pytestmark = pytest.mark.slow
 
 
 def snakemake(workdir: Path, config: Path, *args: str) -> str:
-    from test_isolation import ENV
+    """``snakemake --configfile config *args`` in ``workdir`` (it must succeed); its output."""
+    from test_isolation import snakemake as run
 
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(REPO / "Snakefile"),
-            "-d",
-            str(workdir),
-            "--configfile",
-            str(config),
-        ]
-        + list(args),
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run(workdir, "--configfile", str(config), *args)
     return proc.stdout + proc.stderr
 
 
