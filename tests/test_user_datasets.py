@@ -377,3 +377,16 @@ def test_a_users_images_are_encoded_upright_and_their_banks_say_so(tmp_path, poc
     plain = extraction_meta(pocket_random_backbone, ExtractionSpec("test", rows, 1), "t", 1.0)
     mine = extraction_meta(pocket_random_backbone, ExtractionSpec("test", rows, 1, exif=True), "t", 1.0)
     assert "exif" not in plain and mine == {**plain, "exif": True}
+
+
+def test_per_dataset_files_fall_back_to_imagenets_entry_for_a_users_dataset(tmp_path, folder):
+    from vlprompt.methods.atprompt import per_dataset
+
+    validate(config(tmp_path, folder))
+    assert per_dataset("atprompt_attributes.json", "shapes", "x") == per_dataset(
+        "atprompt_attributes.json", "ImageNet", "x"
+    )
+    from vlprompt.methods.base import MethodError
+
+    with pytest.raises(MethodError, match="no x for dataset 'unknown'"):
+        per_dataset("atprompt_attributes.json", "unknown", "x")

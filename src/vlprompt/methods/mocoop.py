@@ -32,6 +32,9 @@ Deviations: the reference also fine-tunes the image encoder's LayerNorms (``FINE
 cached features; its text-to-text loss runs over the names of all classes of the dataset (new ones included),
 here over the training classes only (the protocol gives a method no other names); its experts' prompts drop the
 final "." that their prototypes keep, here both keep it.
+
+Templates (``templates="auto"``): the dataset's list in ``mocoop_templates.json``; a pocket dataset puts its own
+template first as a group of its own; a user's own dataset (``user_datasets``) likewise, before ImageNet's list.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from torch import nn
 
 from vlprompt.clip.backbone import encode_prompts
 from vlprompt.clip.prompting import PatternPrompts, class_prompts, format_tokens
-from vlprompt.methods.atprompt import per_dataset
+from vlprompt.methods.atprompt import is_user_dataset, per_dataset
 from vlprompt.methods.base import Method, MethodContext, MethodError, TrainConfig, normalize, register
 
 
@@ -103,7 +106,8 @@ class MoCoOp(Method):
         if templates == "auto":
             entry = per_dataset("mocoop_templates.json", ctx.dataset, "MoCoOp templates")
             templates, groups = list(entry["templates"]), tuple(entry["groups"])
-            if ctx.dataset and ctx.dataset.startswith("pocket"):  # the dataset's own template, its own group
+            if ctx.dataset and (ctx.dataset.startswith("pocket") or is_user_dataset(ctx.dataset)):
+                # the dataset's own template, its own group (a user dataset: ImageNet's list after it)
                 templates, groups = [ctx.template] + templates, (1,) + groups
         templates = [templates] if isinstance(templates, str) else list(templates)
         groups = groups or (1,) * len(templates)
