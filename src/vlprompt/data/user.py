@@ -81,6 +81,8 @@ def settings(cfg: dict, name: str) -> dict:
     entry.setdefault("skip_unreadable", False)
     entry["split"] = {**DEFAULT_SPLIT, **(entry.get("split") or {})}
     where = f"user_datasets.{name}"
+    if entry["layout"] not in LAYOUTS:
+        raise UserDatasetError(f"{where}.layout: {entry['layout']!r} is not one of {list(LAYOUTS)}")
     if entry["layout"] == "csv" and not entry.get("csv"):
         raise UserDatasetError(f"{where}: layout csv needs `csv: <file>` or `csv: {{train: f, val: f, test: f}}`")
     if isinstance(entry.get("csv"), dict) and not {"train", "test"} <= set(entry["csv"]):
