@@ -20,6 +20,9 @@ The published files carry no licence that allows shipping them; a user saves eac
 ``$VLPROMPT_DESCRIPTIONS`` (or in the shipped folder), and a run records the source, the file and its SHA-256, and
 whether it is the reference's file (its git blob id matches the manifest's).
 
+A user's own dataset (``user_datasets``) reads ``<source>/<name>.json`` there too when written; without one, each
+class's one description is its template's sentence ("a photo of a {}." by default), and the run records that fallback.
+
 Class names match after lower-casing and turning underscores into spaces (CuPL's keys are plain names).
 
 Differential descriptions (FuDD: sentences that tell two classes apart, Esfandiarpoor & Bach, ICLR 2024) come in the
@@ -139,6 +142,9 @@ def load_descriptions(dataset: str | None, classnames: list[str], source: str = 
             "class descriptions need the dataset's name (MethodContext.dataset) or MethodContext.descriptions"
         )
     path = store_file(dataset, source)
+    fallback = _user_fallback(dataset, path)
+    if fallback is not None:
+        return {c: [fallback.format(c.replace("_", " "))] for c in classnames}
     if not path.is_file():
         ref = reference_file(source, dataset)
         entry = manifest()[source]
@@ -173,7 +179,12 @@ def source_record(given: dict | None, dataset: str | None, source: str) -> dict:
     if given is not None:
         return {"source": "given to the method (MethodContext.descriptions)"}
     path = store_file(dataset, source) if dataset else None
-    if dataset is None or path is None or not path.is_file():
+    if dataset is None or path is None:
+        return {"source": source, "file": None}
+    fallback = _user_fallback(dataset, path)
+    if fallback is not None:
+        return {"source": source, "file": None, "fallback": f"user dataset without {path}: its template {fallback!r}"}
+    if not path.is_file():
         return {"source": source, "file": None}
     data = path.read_bytes()
     record: dict[str, object] = {"source": source, "file": str(path), "sha256": hashlib.sha256(data).hexdigest()}
@@ -183,6 +194,20 @@ def source_record(given: dict | None, dataset: str | None, source: str) -> dict:
     record["reference_file"] = None if ref is None else f"{manifest()[source]['repository']}:{ref['path']}"
     record["matches_reference"] = None if ref is None else git_blob_id(data) == ref["git_blob"]
     return record
+
+
+def _user_fallback(dataset: str, path: Path) -> str | None:
+    """A user dataset (``user_datasets``) with no description file at ``path``: its template, whose sentence is then
+    each class's one description (the documented default: docs/your_data.md); None otherwise."""
+    from vlprompt.data.registry import DatasetError, get_dataset
+
+    if path.is_file():
+        return None
+    try:
+        spec = get_dataset(dataset)
+    except DatasetError:
+        return None
+    return spec.template if spec.kind == "user" else None
 
 
 def descriptions_for(

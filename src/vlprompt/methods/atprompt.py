@@ -18,7 +18,8 @@ embeddings of their tokens. Then as CoOp: w_c = normalize(g(t_c)), logits = s ·
 The attributes are the ones the paper's differentiable search selected per dataset, shipped with their source in
 ``vlprompt/data/atprompt_attributes.json``; the search itself (which needs a language model to propose the
 candidates) is not reimplemented. The pocket datasets use the pocket world's own attributes, "colour" and
-"shape".
+"shape". A user's own dataset (``user_datasets``), which no search covered, uses ImageNet's ("color", "shape";
+give ``attributes`` in ``method_overrides`` for better ones).
 
 The reference slices its tokenised prompt as if every attribute word were one token (``token_middle1 =
 embedding[:, 1 + n_att1 : n_att1 + 2]`` and so on). Where a word is several tokens the slices shift: on OxfordPets
@@ -68,10 +69,22 @@ def _per_dataset(filename: str) -> dict:
     return json.loads((DATA_DIR / filename).read_text())["datasets"]
 
 
+def is_user_dataset(dataset: str | None) -> bool:
+    """Whether ``dataset`` is one of the config's own datasets (``user_datasets``), which no reference knows."""
+    from vlprompt.data.registry import DatasetError, get_dataset
+
+    try:
+        return dataset is not None and get_dataset(dataset).kind == "user"
+    except DatasetError:
+        return False
+
+
 def per_dataset(filename: str, dataset: str | None, what: str) -> dict:
-    """The entry of ``dataset`` in a per-dataset data file (aliases resolved; every pocket_* dataset -> "pocket")."""
+    """The entry of ``dataset`` in a per-dataset data file (aliases resolved; every pocket_* dataset -> "pocket"; a
+    user's own dataset, which no reference searched, -> "ImageNet", the references' general-purpose entry)."""
     entries = _per_dataset(filename)
     name = "pocket" if dataset and dataset.startswith("pocket") else dataset
+    name = "ImageNet" if is_user_dataset(dataset) else name
     entry = entries.get(name or "")
     if isinstance(entry, str):
         entry = entries[entry]

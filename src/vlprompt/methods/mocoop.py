@@ -42,6 +42,9 @@ words after the class name start with a space ("{} texture.": two "words", the e
 reference's slot holds "texture" and the end-of-text embedding and the frozen suffix keeps a second "texture").
 Following the reference would make the prompt of those experts depend on a counting slip rather than on the
 template; ``tests/test_method_fidelity.py`` pins where the two agree and where not.
+
+Templates (``templates="auto"``): the dataset's list in ``mocoop_templates.json``; a pocket dataset puts its own
+template first as a group of its own; a user's own dataset (``user_datasets``) likewise, before ImageNet's list.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from torch import nn
 
 from vlprompt.clip.backbone import encode_prompts
 from vlprompt.clip.prompting import PatternPrompts, class_prompts, format_tokens
-from vlprompt.methods.atprompt import per_dataset
+from vlprompt.methods.atprompt import is_user_dataset, per_dataset
 from vlprompt.methods.base import Method, MethodContext, MethodError, TrainConfig, normalize, register
 
 
@@ -116,7 +119,8 @@ class MoCoOp(Method):
         if spec == "auto":
             entry = per_dataset("mocoop_templates.json", ctx.dataset, "MoCoOp templates")
             templates, groups = list(entry["templates"]), tuple(entry["groups"])
-            if ctx.dataset and ctx.dataset.startswith("pocket"):  # the dataset's own template, its own group
+            if ctx.dataset and (ctx.dataset.startswith("pocket") or is_user_dataset(ctx.dataset)):
+                # the dataset's own template, its own group (a user dataset: ImageNet's list after it)
                 templates, groups = [ctx.template] + templates, (1,) + groups
         else:
             templates = [spec] if isinstance(spec, str) else list(spec)

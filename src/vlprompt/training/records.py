@@ -77,6 +77,7 @@ def save_run(
         seconds=seconds,
         provenance=prov,
     )
+    _dataset_provenance(cfg, metrics, dataset)
     atomic_torch_save(
         out_dir / "model.pt",
         {
@@ -117,7 +118,17 @@ def transfer_metrics(
         config_hash=method_config_hash(cfg, method_name, dataset, shots),
         provenance=prov,
     )
+    _dataset_provenance(cfg, metrics, target)
     return metrics
+
+
+def _dataset_provenance(cfg: dict, metrics: dict, dataset: str) -> None:
+    """A user dataset's record (its key, root, split, conversions, template, fallbacks) in the run's metrics."""
+    from vlprompt.data.registry import provenance
+
+    record = provenance(cfg, dataset)
+    if record is not None:
+        metrics["dataset_provenance"] = record
 
 
 def asdict(obj) -> dict:
