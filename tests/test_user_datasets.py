@@ -345,8 +345,10 @@ def test_template_tables_and_descriptions_fall_back_to_the_users_template(tmp_pa
     assert method_templates("tip_adapter", "shapes", template) == [template]
     monkeypatch.setenv("VLPROMPT_DESCRIPTIONS", str(tmp_path))
     assert descriptions.load_descriptions("shapes", ["AC/DC"]) == {"AC/DC": ["a microscope image of AC/DC."]}
-    assert "fallback for a user dataset" in descriptions.source_of(None, "shapes")
-    (tmp_path / "shapes.json").write_text(json.dumps({"AC/DC": ["a loud band."]}))
+    record = descriptions.source_record(None, "shapes", "cupl")
+    assert record["file"] is None and "user dataset without" in record["fallback"]
+    (tmp_path / "cupl").mkdir()
+    (tmp_path / "cupl" / "shapes.json").write_text(json.dumps({"AC/DC": ["a loud band."]}))
     descriptions._read.cache_clear()
     assert descriptions.load_descriptions("shapes", ["AC/DC"]) == {"AC/DC": ["a loud band."]}
     assert cfg["user_datasets"]["shapes"]["template"] == template
