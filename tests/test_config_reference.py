@@ -15,7 +15,9 @@ def test_every_schema_key_has_a_row_in_config_readme():
 
 
 def test_config_readme_is_the_generated_one():
-    assert README.read_text() == render(), "config/README.md differs from the schema: run python scripts/config_readme.py"
+    assert README.read_text() == render(), (
+        "config/README.md differs from the schema: run python scripts/config_readme.py"
+    )
 
 
 def test_a_new_schema_key_gets_a_row_with_its_type_default_and_description():
@@ -24,7 +26,10 @@ def test_a_new_schema_key_gets_a_row_with_its_type_default_and_description():
         "properties": {
             "a": {"type": "string", "description": "first | one"},
             "b": {"type": "object", "properties": {"c": {"enum": [1, 2], "default": 1}}},
-            "m": {"type": "object", "additionalProperties": {"type": "object", "properties": {"d": {"type": "integer"}}}},
+            "m": {
+                "type": "object",
+                "additionalProperties": {"type": "object", "properties": {"d": {"type": "integer"}}},
+            },
         },
     }
     assert [k for k, _, _ in keys(schema)] == ["a", "b", "b.c", "m", "m.<name>.d"]

@@ -9,6 +9,7 @@ workflow's Snakefile, not in the user's folder), which is found.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,10 +18,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from doc_commands import blocks
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
 ENV.pop("SNAKEMAKE_PROFILE", None)
+DOC = REPO / "docs" / "workflow_module.md"
+RELEASE = "https://github.com/owner/vlprompt"  # the docs' release; the test deploys a clone of this checkout
+MARKED = re.compile(r"<!-- (not )?tested: [^>]*-->\s*\n```bash\n.*?```", re.S)
 SKIPPED = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
 
 
@@ -49,14 +55,28 @@ def files(root: Path) -> set[str]:
     return out
 
 
+def page_commands(name: str) -> str:
+    """The block ``name`` of docs/workflow_module.md as one shell line, the release's address a local clone's."""
+    return " && ".join(blocks(DOC)[name][1])
+
+
+def test_every_bash_block_of_the_module_and_s3_pages_says_which_test_runs_it():
+    for page in (DOC, REPO / "docs" / "dvc_s3.md"):
+        text = page.read_text()
+        untold = re.findall(r"```bash\n(.*?)```", re.sub(MARKED, "", text), re.S)
+        assert untold == [], f"{page.name}: bash blocks without a tested/not tested marker: {untold}"
+        for path, name in re.findall(r"<!-- tested: (tests/[\w/]+\.py)::(\w+) -->", text):
+            assert f'"{name}"' in (REPO / path).read_text(), f"{path} does not run the block {name!r} of {page.name}"
+
+
 @pytest.mark.slow
 def test_a_folder_with_only_a_config_runs_the_workflow_as_a_module(tmp_path):
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs git and a git checkout of the project (snakedeploy copies a clone of it)")
     before = files(REPO)
     run(["git", "clone", "--quiet", REPO, tmp_path / "vlprompt"], tmp_path)
-    mine = tmp_path / "mine"
-    run([BIN / "snakedeploy", "deploy-workflow", tmp_path / "vlprompt", mine, "--tag", "v0.1.0", "--name", "vlprompt"], tmp_path)
+    run(["bash", "-c", page_commands("deploy").replace(RELEASE, str(tmp_path / "vlprompt"))], tmp_path)
+    mine = tmp_path / "my-project"
 
     snakefile = mine / "workflow" / "Snakefile"
     deployed = snakefile.read_text()
@@ -68,7 +88,7 @@ def test_a_folder_with_only_a_config_runs_the_workflow_as_a_module(tmp_path):
     snakefile.write_text(deployed.replace(declaration, repr(str(REPO / "Snakefile"))))
     (mine / "config" / "config.yaml").write_text(yaml.safe_dump(small_config()))
 
-    run([sys.executable, "-m", "snakemake", "--cores", "2", "--quiet"], mine)
+    run(["bash", "-c", page_commands("run_module")], tmp_path)
 
     report = mine / "reports" / "mine" / "report.md"
     assert report.exists() and (mine / "reports" / "mine" / "index.html").exists()
