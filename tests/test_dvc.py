@@ -141,7 +141,10 @@ def clones(tmp_path_factory):
     clone_line, make_line = commands("make_pull", {"https://example.org/vlprompt.git": str(work)})
     shell(clone_line, tmp / "pull")
     fresh = tmp / "pull" / "vlprompt"
-    stamp = VENV / f".installed-{run(['cksum', 'pyproject.toml'], fresh).stdout.split()[0]}"
+    # the Makefile's install stamp (pyproject.toml and the lock of this Python): `make pull` must not reinstall the
+    # environment the test runs in (that would point its editable install at this temporary clone)
+    lock = f"requirements/py{sys.version_info.major}.{sys.version_info.minor}.txt"
+    stamp = VENV / f".installed-{shell(f'cat pyproject.toml {lock} | cksum', fresh).stdout.split()[0]}"
     out["make pull"] = shell(f"{make_line} VENV={VENV} -o {stamp}", fresh)
 
     # another fresh clone, the three commands of `make pull` by hand
