@@ -29,13 +29,20 @@ if not workflow.overwrite_configfiles:
 
 config.update(coerce_strings(config))  # --config shots=[1,4,16] gives strings; the schema says integers
 validate(config, str(SCHEMA_PATH))
-CFG, CONFIG_PATH = resolve_config(config, base_dir=workflow.basedir)
+# Paths of the config (data_root, results_root, reports_root) are relative to the working directory: the user's
+# folder when another Snakefile uses this one as a module (docs/workflow_module.md). What is read from this
+# repository is found beside this Snakefile: workflow.basedir would be the user's Snakefile's folder,
+# current_basedir is this file's (a local checkout; a release read from GitHub has no local folder: None).
+_OWN_DIR = workflow.current_basedir.get_path_or_uri(secret_free=True)
+CHECKOUT = _OWN_DIR if Path(_OWN_DIR).is_dir() else None
+# report.notes_file: looked up in the working directory, then in the checkout
+CFG, CONFIG_PATH = resolve_config(config, base_dir=CHECKOUT)
 # Every job reads this experiment's resolved config from $VLPROMPT_CONFIG (a file named by its content), and
 # stops if this snakemake process dies (vlprompt.pipeline.watchdog).
 os.environ.update(job_environment(CONFIG_PATH, workflow.overwrite_configfiles))
 LOGS = f"{CFG['results_root']}/{CFG['experiment']}/logs"
 # Jobs import this checkout's code in whichever environment runs them (.venv, --sdm conda, --sdm apptainer).
-os.environ.update(source_first(workflow.basedir))
+os.environ.update(source_first(CHECKOUT) if CHECKOUT else {})
 
 
 # With --software-deployment-method apptainer every rule runs in this image: containers/vlprompt.def built here, or

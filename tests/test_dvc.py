@@ -10,6 +10,7 @@ one's own) are run for their configuration: credentials land in the git-ignored 
 
 import hashlib
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -50,16 +51,16 @@ TRACKED = [
 ]
 
 
-def run(cmd, cwd, check=True):
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=ENV, capture_output=True, text=True)
+def run(cmd, cwd, check=True, env=None):
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env or ENV, capture_output=True, text=True)
     if check:
         assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 
-def shell(line: str, cwd: Path, check=True):
+def shell(line: str, cwd: Path, check=True, env=None):
     """A command line of the docs, as a user's shell runs it."""
-    return run(["bash", "-c", line], cwd, check)
+    return run(["bash", "-c", line], cwd, check, env)
 
 
 def porcelain(path: Path) -> str:
@@ -140,7 +141,10 @@ def clones(tmp_path_factory):
     clone_line, make_line = commands("make_pull", {"https://example.org/vlprompt.git": str(work)})
     shell(clone_line, tmp / "pull")
     fresh = tmp / "pull" / "vlprompt"
-    stamp = VENV / f".installed-{run(['cksum', 'pyproject.toml'], fresh).stdout.split()[0]}"
+    # the Makefile's install stamp (pyproject.toml and the lock of this Python): `make pull` must not reinstall the
+    # environment the test runs in (that would point its editable install at this temporary clone)
+    lock = f"requirements/py{sys.version_info.major}.{sys.version_info.minor}.txt"
+    stamp = VENV / f".installed-{shell(f'cat pyproject.toml {lock} | cksum', fresh).stdout.split()[0]}"
     out["make pull"] = shell(f"{make_line} VENV={VENV} -o {stamp}", fresh)
 
     # another fresh clone, the three commands of `make pull` by hand
@@ -256,3 +260,86 @@ def test_a_remote_of_ones_own(tmp_path):
     ]
     assert "mine" in listed.stdout and str(tmp_path / "dvc") in listed.stdout
     assert ".dvc/config.local\tremote.mine.url" in config.stdout and porcelain(repo) == ""
+
+
+# docs/dvc_s3.md: an S3 bucket as the remote, checked against moto's S3 server on loopback
+S3_DOC = REPO / "docs" / "dvc_s3.md"
+# what the page's example keys become: any key works with the local server; made here, so that no file of the
+# repository holds them and finding one in a committed file means the test's run wrote it there
+S3_KEYS = {"mykeyid": f"TESTKEY{secrets.token_hex(6).upper()}", "mysecret": secrets.token_hex(20)}
+
+
+def s3_commands(name: str, replace: dict[str, str] | None = None) -> str:
+    """The block ``name`` of docs/dvc_s3.md as one shell line (its exports reach the commands after them)."""
+    lines = blocks(S3_DOC)[name][1]
+    for old, new in {**S3_KEYS, **(replace or {})}.items():
+        lines = [line.replace(old, new) for line in lines]
+    return " && ".join(lines)
+
+
+def test_s3_bucket_remote_keeps_the_keys_out_of_the_committed_config(tmp_path):
+    repo = clone(REPO, tmp_path / "repo")
+    shell(s3_commands("s3_bucket_remote"), repo)
+    shared, local = (repo / ".dvc" / "config").read_text(), (repo / ".dvc" / "config.local").read_text()
+    assert "url = s3://my-bucket/vlprompt" in shared and "remote = s3store" in shared, shared
+    assert all(k not in shared and k in local for k in ("access_key_id", "secret_access_key")), (shared, local)
+    assert run(["git", "show", "--name-only", "--format=", "HEAD"], repo).stdout.split() == [".dvc/config"]
+
+
+@pytest.fixture
+def s3_server(tmp_path):
+    """moto's S3 server on 127.0.0.1 at a free port, and an environment whose only credentials are the test's keys."""
+    pytest.importorskip("boto3", reason="needs boto3 (from moto[server], the test extra) for the local S3 server")
+    pytest.importorskip("dvc_s3", reason="needs dvc-s3 (the test extra): DVC's S3 remote")
+    server_module = pytest.importorskip("moto.server", reason="needs moto[server] (the test extra)")
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {k: v for k, v in ENV.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),  # no profile of the machine's user is read
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    try:
+        yield port, env
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_push_to_and_pull_from_an_s3_compatible_server(clones, s3_server, tmp_path):
+    import boto3
+
+    port, env = s3_server
+    endpoint = {"5555": str(port)}
+    # a copy of the clone that ran the pipeline (its DVC cache holds the outputs), the S3 remote committed
+    work = tmp_path / "work"
+    shutil.copytree(clones["work"], work, symlinks=True)
+    shell(s3_commands("s3_local_server", endpoint), work, env=env)
+    shell('git add .dvc/config && git commit --quiet -m "DVC remote: S3"', work, env=env)
+    shell(s3_commands("s3_push"), work, env=env)
+
+    for key in S3_KEYS.values():  # in no committed file (git grep searches the tracked files as they are now)
+        assert run(["git", "grep", "-q", key], work, check=False, env=env).returncode == 1, key
+    shared = (work / ".dvc" / "config").read_text()
+    assert f"endpointurl = http://127.0.0.1:{port}" in shared and "access_key" not in shared, shared
+    assert not (work / ".dvc" / "config.local").exists()
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        aws_access_key_id=S3_KEYS["mykeyid"],
+        aws_secret_access_key=S3_KEYS["mysecret"],
+        region_name="us-east-1",
+    )
+    stored = client.list_objects_v2(Bucket="vlprompt", Prefix="dvc/")
+    assert stored.get("KeyCount", 0) > 0, "nothing was pushed to the bucket"
+
+    (tmp_path / "pull").mkdir()
+    shell(s3_commands("s3_pull", {"https://example.org/vlprompt.git": str(work)}), tmp_path / "pull", env=env)
+    fresh = tmp_path / "pull" / "vlprompt"
+    assert digests(fresh) == digests(clones["work"])
