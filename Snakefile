@@ -5,12 +5,13 @@ import os
 import sys
 from pathlib import Path
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 from vlprompt.experiment import grid
 
 from vlprompt.pipeline import integrity
-from vlprompt.experiment.config import SCHEMA_PATH, coerce_strings
+from vlprompt.experiment.checks import plan_problems
+from vlprompt.experiment.config import ConfigError, coerce_strings
 from vlprompt.pipeline.run_registry import describe, register_run, running, unregister_run
 from vlprompt.pipeline.workflow import job_environment, resolve_config
 
@@ -28,8 +29,19 @@ if not workflow.overwrite_configfiles:
 
 
 config.update(coerce_strings(config))  # --config shots=[1,4,16] gives strings; the schema says integers
-validate(config, str(SCHEMA_PATH))
-CFG, CONFIG_PATH = resolve_config(config, base_dir=workflow.basedir)
+# Everything wrong with the config, one line each (key, value, fix; never the schema), then stop: the schema, the
+# registries' names, and what the plan knows (shots against the datasets' images per class, methods against the
+# protocol). `python -m vlprompt check-config FILE` prints the same, and a YAML syntax error's line and column.
+try:
+    CFG, CONFIG_PATH = resolve_config(config, base_dir=workflow.basedir)
+    _problems = plan_problems(CFG)
+except ConfigError as _err:
+    _problems = str(_err).split("\n")
+if _problems:
+    _source = ", ".join(map(str, workflow.overwrite_configfiles)) or "config/config.yaml"
+    for _line in _problems:
+        print(f"vlprompt: {_source}: {_line}", file=sys.stderr)
+    sys.exit(1)
 # Every job reads this experiment's resolved config from $VLPROMPT_CONFIG (a file named by its content), and
 # stops if this snakemake process dies (vlprompt.pipeline.watchdog).
 os.environ.update(job_environment(CONFIG_PATH, workflow.overwrite_configfiles))

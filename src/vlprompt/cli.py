@@ -95,6 +95,7 @@ def cmd_classes(args) -> None:
 def cmd_fewshot(args) -> None:
     """Sample one few-shot subset (shots, seed) of one dataset, once: an existing subset is never re-drawn."""
     from vlprompt.data import registry, splits
+    from vlprompt.experiment.config import ConfigError
     from vlprompt.experiment import grid
 
     cfg = _cfg(args)
@@ -104,6 +105,11 @@ def cmd_fewshot(args) -> None:
         splits.read_fewshot(path, allow_fewer)  # checks it
         return
     split = splits.read_split(registry.split_path(cfg, args.dataset))
+    from vlprompt.experiment.checks import fewshot_problem
+
+    problem = fewshot_problem(cfg, args.dataset, split, args.shots)  # the line `snakemake -n` prints
+    if problem:
+        raise ConfigError(problem)
     subset = splits.fewshot_sample(split, args.shots, args.seed, strict=not allow_fewer)
     splits.write_fewshot(path, subset, args.shots, args.seed)
 
@@ -188,6 +194,19 @@ def cmd_unlock_stale(args) -> None:
         print(f"vlprompt: {done}")
     for rec in running(args.directory):
         print(f"vlprompt: still running in this folder: {describe(rec)}")
+
+
+def cmd_check_config(args) -> None:
+    """Check an experiment config file: YAML syntax (line and column), the schema, names, what the plan knows;
+    one line per problem, then exit 2; ``ok`` and exit 0 when there is none."""
+    from vlprompt.experiment.checks import file_problems
+
+    problems = file_problems(args.file)
+    for line in problems:
+        print(f"vlprompt check-config: {line}", file=sys.stderr)
+    if problems:
+        raise SystemExit(2)
+    print(f"vlprompt check-config: {args.file}: ok")
 
 
 def cmd_cluster_check(args) -> None:
@@ -388,6 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, help="override the preset's number of steps")
     s.add_argument("--seed", type=int)
     s.add_argument("--threads", type=int, default=1)
+    s = add(
+        "check-config",
+        cmd_check_config,
+        "check an experiment config file (YAML syntax, keys, values, names, shots against the datasets): "
+        "one line per problem with its fix",
+        config=False,
+    )
+    s.add_argument("file", help="the experiment config, e.g. config/fewshot.yaml")
     s = add("unlock-stale", cmd_unlock_stale, "remove a stale Snakemake lock left by a killed run", config=False)
     s.add_argument("--directory", default=".", help="the workflow's working directory")
     s = add(
@@ -449,8 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         args.fn(args)
-    except expected as err:
-        print(f"vlprompt {args.command}: error: {err}", file=sys.stderr)
+    except expected as err:  # a ConfigError holds one line per problem
+        for line in str(err).split("\n"):
+            print(f"vlprompt {args.command}: error: {line}", file=sys.stderr)
         return 2
     return 0
 

@@ -64,70 +64,27 @@ def coerce_strings(value: Any, schema: dict | None = None) -> Any:
     return value
 
 
-def validate(cfg: dict[str, Any], check_names: bool = True) -> dict[str, Any]:
-    """Return a copy of ``cfg`` with defaults filled in, or raise :class:`ConfigError`."""
-    import jsonschema
-
+def fill_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``cfg`` (valid against the schema) with the schema's defaults filled in."""
     cfg = copy.deepcopy(cfg)
-    schema = load_schema()
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = []
-        for e in errors:
-            where = "/".join(str(p) for p in e.absolute_path) or "<top level>"
-            lines.append(f"  {where}: {e.message}")
-        raise ConfigError("invalid config:\n" + "\n".join(lines))
-    _fill_defaults(cfg, schema)
-    if check_names:
-        from vlprompt.data.registry import get_dataset, list_datasets
-        from vlprompt.methods import get_method
-
-        for name in cfg["datasets"] + cfg.get("targets", []):
-            get_dataset(name)
-        if cfg["protocol"] in ("crossdataset", "domain_generalization") and not cfg.get("targets"):
-            raise ConfigError(
-                f"protocol {cfg['protocol']!r} needs `targets`: the datasets to evaluate the trained models on"
-            )
-        for key in ("allow_new_split", "split_files", "files"):  # a typo here would silently do nothing
-            for name in cfg["download"][key]:
-                if name not in list_datasets("real"):
-                    raise ConfigError(
-                        f"download.{key} names {name!r}, not a real dataset; real datasets: {list_datasets('real')}"
-                    )
-        for name in cfg["methods"]:
-            get_method(name)
-        for name in cfg["sources"]:
-            get_dataset(name)
-        check_declared_inputs(cfg)
-        try:
-            check_method_overrides(cfg)
-        except OverridesError as err:
-            raise ConfigError(str(err)) from None
+    _fill_defaults(cfg, load_schema())
     return cfg
 
 
-def check_declared_inputs(cfg: dict) -> None:
-    """The inputs the experiment's methods declare exist in the config: the unlabelled images (``unlabelled``) for
-    methods that read them, source datasets (``sources``) apart from the evaluated ones for multitask methods."""
-    from vlprompt.methods import get_method
+def validate(cfg: dict[str, Any], check_names: bool = True) -> dict[str, Any]:
+    """Return a copy of ``cfg`` with defaults filled in, or raise :class:`ConfigError` with one line per problem
+    (:mod:`vlprompt.experiment.checks`: the schema, then, with ``check_names``, the registries' names)."""
+    from vlprompt.experiment.checks import name_problems, schema_problems
 
-    needing = [m for m in cfg["methods"] if get_method(m).reads_unlabelled]
-    if needing and cfg.get("unlabelled", "none") == "none":
-        raise ConfigError(
-            f"{', '.join(needing)} need(s) the target's unlabelled images: set `unlabelled: train` (the "
-            "training split without labels) or `unlabelled: test` (transductive), or drop the method"
-        )
-    multitask = [m for m in cfg["methods"] if get_method(m).reads_multitask_prompt]
-    if multitask and not cfg.get("sources"):
-        raise ConfigError(
-            f"{', '.join(multitask)} start(s) from a multitask prompt: list its source datasets under "
-            "`sources` (datasets other than `datasets` and `targets`)"
-        )
-    evaluated = set(cfg["datasets"]) | set(cfg.get("targets") or [])
-    overlap = sorted(set(cfg.get("sources") or []) & evaluated)
-    if overlap:
-        raise ConfigError(f"`sources` must not hold a dataset that is trained on or evaluated: {overlap}")
+    problems = schema_problems(cfg)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    cfg = fill_defaults(cfg)
+    if check_names:
+        problems = name_problems(cfg)
+        if problems:
+            raise ConfigError("\n".join(problems))
+    return cfg
 
 
 def load_config(path: str | Path, check_names: bool = True) -> dict[str, Any]:
@@ -141,7 +98,7 @@ def load_config(path: str | Path, check_names: bool = True) -> dict[str, Any]:
     try:
         return validate(cfg, check_names=check_names)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError("\n".join(f"{path}: {line}" for line in str(err).split("\n"))) from None
 
 
 def backbone_key(cfg: dict) -> str:
