@@ -196,7 +196,7 @@ def cmd_unlock_stale(args) -> None:
         print(f"vlprompt: still running in this folder: {describe(rec)}")
 
 
-def cmd_check_config(args) -> None:
+def cmd_check_config(args) -> int:
     """Check an experiment config file: YAML syntax (line and column), the schema, names, what the plan knows;
     one line per problem, then exit 2; ``ok`` and exit 0 when there is none."""
     from vlprompt.experiment.checks import file_problems
@@ -205,8 +205,9 @@ def cmd_check_config(args) -> None:
     for line in problems:
         print(f"vlprompt check-config: {line}", file=sys.stderr)
     if problems:
-        raise SystemExit(2)
+        return 2
     print(f"vlprompt check-config: {args.file}: ok")
+    return 0
 
 
 def cmd_cluster_check(args) -> None:
@@ -475,12 +476,12 @@ def main(argv: list[str] | None = None) -> int:
         CorruptArtefactError,
     )
     try:
-        args.fn(args)
+        rc = args.fn(args)
     except expected as err:  # a ConfigError holds one line per problem
         for line in str(err).split("\n"):
             print(f"vlprompt {args.command}: error: {line}", file=sys.stderr)
         return 2
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":
