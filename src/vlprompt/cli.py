@@ -28,6 +28,16 @@ def _cfg(args):
             f"results/<experiment>/config.json), or run through snakemake, which sets ${CONFIG_ENV}"
         )
     cfg = load_config(path)
+    from vlprompt.io import register_folder_keys
+
+    register_folder_keys(  # a full disk's error names the key that moves the folder
+        {
+            "data_root": cfg["data_root"],
+            "results_root": cfg["results_root"],
+            "reports_root": cfg["reports_root"],
+            "download.downloads_root": cfg["download"].get("downloads_root"),
+        }
+    )
     key = getattr(args, "key", None)
     if key is not None:
         from vlprompt.experiment.grid import dataset_key
@@ -460,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     from vlprompt.data.registry import DatasetError
     from vlprompt.data.splits import SplitError
     from vlprompt.experiment.config import ConfigError
-    from vlprompt.io import CorruptArtefactError
+    from vlprompt.io import CorruptArtefactError, NoSpaceError
     from vlprompt.methods.base import MethodError
 
     # expected failures (bad config, missing or corrupt data, dead link, unsafe archive) get their message,
@@ -474,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         DownloadError,
         FileNotFoundError,
         CorruptArtefactError,
+        NoSpaceError,
     )
     try:
         rc = args.fn(args)
