@@ -87,8 +87,10 @@ def plan(args) -> None:
     cfg = study_config(Path(args.config))
     work = Path(tempfile.mkdtemp(prefix="dag_scale_"))
     datasets = cfg["datasets"]
-    print(f"# {args.config}: {len(cfg['methods'])} methods, {len(datasets)} datasets, shots {cfg['shots']}, "
-          f"seeds {cfg['seeds']}, job_granularity {cfg['train']['job_granularity']}")
+    print(
+        f"# {args.config}: {len(cfg['methods'])} methods, {len(datasets)} datasets, shots {cfg['shots']}, "
+        f"seeds {cfg['seeds']}, job_granularity {cfg['train']['job_granularity']}"
+    )
     print(f"{'datasets':>8} {'jobs':>7} {'seconds':>8} {'peak MiB':>9} {'s / 1000 jobs':>14}")
     sizes = sorted({max(1, round(len(datasets) * k / args.steps)) for k in range(1, args.steps + 1)})
     for n in sizes:
@@ -118,8 +120,9 @@ def schedule(args) -> None:
     cfg = yaml.safe_load((REPO / "tests" / "configs" / "pocket_tiny.yaml").read_text())
     datasets = ["pocket_dark", "pocket_noisy", "pocket_sketch", "pocket_blurry", "pocket_pixelated", "pocket_cluttered"]
     seeds = list(range(1, -(-args.jobs // len(datasets)) + 1))
-    cfg.update(datasets=datasets, seeds=seeds, methods=["zeroshot"], shots=[2], results_root="results",
-               data_root="data")
+    cfg.update(
+        datasets=datasets, seeds=seeds, methods=["zeroshot"], shots=[2], results_root="results", data_root="data"
+    )
     (work / "config").mkdir(parents=True)
     config = work / "config" / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
@@ -142,19 +145,36 @@ def schedule(args) -> None:
     for target in targets:
         match = re.search(r"splits/[^/]+/shot(\d+)_seed(\d+)\.json", target)
         dataset = next(d for d in datasets if f"/{grid.dataset_key(full, d)}/" in target)
-        commands.append([sys.executable, "-m", "vlprompt", "fewshot", "--config", str(config), "--dataset", dataset,
-                         "--shots", match.group(1), "--seed", match.group(2), "--out", str(work / "pool" / target),
-                         "--quiet"])
+        commands.append(
+            [
+                sys.executable,
+                "-m",
+                "vlprompt",
+                "fewshot",
+                "--config",
+                str(config),
+                "--dataset",
+                dataset,
+                "--shots",
+                match.group(1),
+                "--seed",
+                match.group(2),
+                "--out",
+                str(work / "pool" / target),
+                "--quiet",
+            ]
+        )
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(args.cores) as pool:
-        codes = list(pool.map(lambda c: subprocess.run(c, env=ENV, cwd=work, capture_output=True).returncode,
-                              commands))
+        codes = list(pool.map(lambda c: subprocess.run(c, env=ENV, cwd=work, capture_output=True).returncode, commands))
     plain = time.perf_counter() - t0
     assert not any(codes), "a plain few-shot draw failed"
     n = len(targets)
     print(f"# {n} few-shot jobs of {len(datasets)} pocket datasets, --cores {args.cores}")
-    print(f"snakemake: {seconds:.1f} s ({seconds / n:.2f} s per job); plain pool: {plain:.1f} s "
-          f"({plain / n:.2f} s per job); scheduler overhead: {(seconds - plain) / n * args.cores:.2f} core-s per job")
+    print(
+        f"snakemake: {seconds:.1f} s ({seconds / n:.2f} s per job); plain pool: {plain:.1f} s "
+        f"({plain / n:.2f} s per job); scheduler overhead: {(seconds - plain) / n * args.cores:.2f} core-s per job"
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 

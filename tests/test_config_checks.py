@@ -47,9 +47,21 @@ def check_config(capsys, path) -> tuple[int, list[str]]:
 def dry_run(tmp_path, path) -> tuple[int, list[str]]:
     (tmp_path / "wd").mkdir(exist_ok=True)
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "wd"),
-         "--configfile", str(path)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path / "wd"),
+            "--configfile",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     return proc.returncode, (proc.stdout + proc.stderr).splitlines()
 
@@ -87,7 +99,9 @@ def test_unknown_keys_name_the_nearest_valid_one_at_their_level(tmp_path, capsys
     cfg = config(tmp_path, backbone={"model": "PocketCLIP-ViT-T8", "pretrained": "pocket_v2", "quickgelu": True})
     rc, lines = check_config(capsys, write(tmp_path, cfg))
     assert len(lines) == 1
-    assert "unknown key `backbone.quickgelu`; did you mean `backbone.quick_gelu`? (the keys under `backbone`: " in lines[0]
+    assert (
+        "unknown key `backbone.quickgelu`; did you mean `backbone.quick_gelu`? (the keys under `backbone`: " in lines[0]
+    )
 
 
 def test_wrong_types_and_values_name_the_key_path_the_value_and_what_is_allowed(tmp_path, capsys):
@@ -102,8 +116,7 @@ def test_wrong_types_and_values_name_the_key_path_the_value_and_what_is_allowed(
 
 
 def test_unknown_names_suggest_the_registered_ones(tmp_path, capsys):
-    cfg = config(tmp_path, datasets=["pocket_drak"], methods=["coopp", "kgcop"],
-                 method_overrides={"zeroshot": {}})
+    cfg = config(tmp_path, datasets=["pocket_drak"], methods=["coopp", "kgcop"], method_overrides={"zeroshot": {}})
     rc, lines = check_config(capsys, write(tmp_path, cfg))
     assert len(lines) == 3, lines
     assert "`datasets`: unknown dataset 'pocket_drak'; did you mean 'pocket_dark'?" in lines[0]
@@ -174,7 +187,9 @@ def test_shots_beyond_a_pocket_worlds_images_fail_the_plan_with_the_jobs_line(tm
     rc, lines = check_config(capsys, path)
     assert len(lines) == 1, lines
     plan_line = lines[0].removeprefix(f"vlprompt check-config: {path}: ")
-    assert plan_line.startswith("pocket_dark: class ") and "has only 2 train images, fewer than the 3 shots" in plan_line
+    assert (
+        plan_line.startswith("pocket_dark: class ") and "has only 2 train images, fewer than the 3 shots" in plan_line
+    )
     assert "raise `pocket.per_class.train`" in plan_line
     rc, lines = dry_run(tmp_path, path)
     assert rc == 1 and lines == [f"vlprompt: {path}: {plan_line}"]

@@ -102,9 +102,21 @@ def test_a_run_stopped_by_a_full_disk_recovers_to_the_same_summary(tmp_path):
 
     def run(work: Path, *args) -> subprocess.CompletedProcess:  # up to the summary (the report adds nothing here)
         return subprocess.run(
-            [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), *args,
-             "results/tiny/summary.csv"],
-            capture_output=True, text=True, env=env, timeout=900,
+            [
+                sys.executable,
+                "-m",
+                "snakemake",
+                "-s",
+                str(REPO / "Snakefile"),
+                "-d",
+                str(work),
+                *args,
+                "results/tiny/summary.csv",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
         )
 
     def setup(work: Path) -> Path:

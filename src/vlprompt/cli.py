@@ -105,8 +105,8 @@ def cmd_classes(args) -> None:
 def cmd_fewshot(args) -> None:
     """Sample one few-shot subset (shots, seed) of one dataset, once: an existing subset is never re-drawn."""
     from vlprompt.data import registry, splits
-    from vlprompt.experiment.config import ConfigError
     from vlprompt.experiment import grid
+    from vlprompt.experiment.config import ConfigError
 
     cfg = _cfg(args)
     path = Path(args.out) if args.out else grid.fewshot_path(cfg, args.dataset, args.shots, args.seed)

@@ -437,7 +437,9 @@ def prepare(cfg: dict, name: str, progress: bool = True) -> Path:
             f"prepared dataset (left by hand or by another tool); move it away and re-run"
         )
     to_fetch = [
-        e for e in resolve_files(cfg, name) if not (downloads_dir(cfg, name) / e["name"]).is_file() and not e.get("manual")
+        e
+        for e in resolve_files(cfg, name)
+        if not (downloads_dir(cfg, name) / e["name"]).is_file() and not e.get("manual")
     ]
     require_space(downloads_dir(cfg, name), sum(e.get("size_bytes") or 0 for e in to_fetch))  # the recorded sizes
     with space_errors(downloads_dir(cfg, name)):

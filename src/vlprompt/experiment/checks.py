@@ -229,28 +229,36 @@ def name_problems(cfg: dict) -> list[str]:
     for key in ("datasets", "targets", "sources"):
         lines += _unknown_names(key, cfg.get(key) or [], datasets, "dataset", "datasets")
     for key in ("allow_new_split", "split_files", "files"):  # a typo here would silently do nothing
-        lines += _unknown_names(f"download.{key}", cfg["download"][key], list_datasets("real"), "real dataset",
-                                "datasets")
+        lines += _unknown_names(
+            f"download.{key}", cfg["download"][key], list_datasets("real"), "real dataset", "datasets"
+        )
     lines += _unknown_names("methods", cfg["methods"], methods, "method", "methods")
     stats = cfg.get("stats", {})
     for key in ("reference_methods", "methods"):
         lines += _unknown_names(f"stats.{key}", stats.get(key) or [], methods, "method", "methods")
     if cfg["protocol"] in ("crossdataset", "domain_generalization") and not cfg.get("targets"):
-        lines.append(f"protocol {cfg['protocol']!r} needs `targets`: the datasets to evaluate the trained models "
-                     "on; list them, or use protocol fewshot or base2new")
+        lines.append(
+            f"protocol {cfg['protocol']!r} needs `targets`: the datasets to evaluate the trained models "
+            "on; list them, or use protocol fewshot or base2new"
+        )
     known = [m for m in cfg["methods"] if m in methods]
     needing = [m for m in known if get_method(m).reads_unlabelled]
     if needing and cfg.get("unlabelled", "none") == "none":
-        lines.append(f"{', '.join(needing)} need(s) the target's unlabelled images: set `unlabelled: train` (the "
-                     "training split without labels) or `unlabelled: test` (transductive), or drop the method")
+        lines.append(
+            f"{', '.join(needing)} need(s) the target's unlabelled images: set `unlabelled: train` (the "
+            "training split without labels) or `unlabelled: test` (transductive), or drop the method"
+        )
     multitask = [m for m in known if get_method(m).reads_multitask_prompt]
     if multitask and not cfg.get("sources"):
-        lines.append(f"{', '.join(multitask)} start(s) from a multitask prompt: list its source datasets under "
-                     "`sources` (datasets other than `datasets` and `targets`)")
+        lines.append(
+            f"{', '.join(multitask)} start(s) from a multitask prompt: list its source datasets under "
+            "`sources` (datasets other than `datasets` and `targets`)"
+        )
     overlap = sorted(set(cfg.get("sources") or []) & (set(cfg["datasets"]) | set(cfg.get("targets") or [])))
     if overlap:
-        lines.append(f"`sources` must not hold a dataset that is trained on or evaluated: {overlap}; remove it "
-                     "from `sources`")
+        lines.append(
+            f"`sources` must not hold a dataset that is trained on or evaluated: {overlap}; remove it from `sources`"
+        )
     if not lines:  # the overrides are checked against every run of the grid: only with valid names
         lines += method_override_problems(cfg)
     return lines
@@ -385,11 +393,15 @@ def file_problems(path: str | Path, plan: bool = True) -> list[str]:
         opened = err.context_mark if err.problem and err.context else None
         if opened and mark and opened.line != mark.line:  # an unclosed bracket or quote: where it opened
             problem += f" ({' '.join(err.context.split())} at line {opened.line + 1}, column {opened.column + 1})"
-        return [f"{where}: YAML syntax error: {problem}; fix that line (a list is [a, b], a mapping key: value, "
-                "indent with spaces, quote values holding ': ' or '#')"]
+        return [
+            f"{where}: YAML syntax error: {problem}; fix that line (a list is [a, b], a mapping key: value, "
+            "indent with spaces, quote values holding ': ' or '#')"
+        ]
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         return [f"{path}: not a YAML file ({' '.join(str(err).split())[:120]}); fix it or give another file"]
     if cfg is None:
-        return [f"{path}: the file is empty; an experiment config needs experiment, protocol, backbone, datasets, "
-                "methods, shots and seeds (see config/config.yaml)"]
+        return [
+            f"{path}: the file is empty; an experiment config needs experiment, protocol, backbone, datasets, "
+            "methods, shots and seeds (see config/config.yaml)"
+        ]
     return [f"{path}: {line}" for line in config_problems(cfg, plan=plan)]
