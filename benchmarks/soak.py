@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 ENV = {
     **os.environ,
     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -68,18 +69,7 @@ def soak_config(short: bool, data_root: Path) -> dict:
 
 def snakemake(work: Path, cores: int, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(REPO / "Snakefile"),
-            "-d",
-            str(work),
-            "--cores",
-            str(cores),
-            *extra,
-        ],
+        [*SNAKEMAKE, "-d", str(work), "--cores", str(cores), *extra],
         stdout=subprocess.DEVNULL,
         stderr=open(work / "snakemake.log", "a"),
         env=ENV,

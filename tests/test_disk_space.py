@@ -16,6 +16,7 @@ import yaml
 from vlprompt import io
 
 REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 
 @contextlib.contextmanager
@@ -102,17 +103,7 @@ def test_a_run_stopped_by_a_full_disk_recovers_to_the_same_summary(tmp_path):
 
     def run(work: Path, *args) -> subprocess.CompletedProcess:  # up to the summary (the report adds nothing here)
         return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "snakemake",
-                "-s",
-                str(REPO / "Snakefile"),
-                "-d",
-                str(work),
-                *args,
-                "results/tiny/summary.csv",
-            ],
+            [*SNAKEMAKE, "-d", str(work), *args, "results/tiny/summary.csv"],
             capture_output=True,
             text=True,
             env=env,
