@@ -122,6 +122,11 @@ def test_unknown_names_suggest_the_registered_ones(tmp_path, capsys):
     assert "`datasets`: unknown dataset 'pocket_drak'; did you mean 'pocket_dark'?" in lines[0]
     assert "`methods`: unknown method 'coopp'; did you mean 'coop'?" in lines[1]
     assert "`methods`: unknown method 'kgcop'; did you mean 'kgcoop'?" in lines[2]
+    cfg = config(tmp_path, protocol="crossdataset", targets=["pocket_skech"], sources=["Imagenet"])
+    rc, lines = check_config(capsys, write(tmp_path, cfg))
+    assert len(lines) == 2, lines
+    assert "`targets`: unknown dataset 'pocket_skech'; did you mean 'pocket_sketch'?" in lines[0]
+    assert "`sources`: unknown dataset 'Imagenet'; did you mean 'ImageNet'?" in lines[1]
     cfg = config(tmp_path, method_overrides={"coop": {"epoch": 3}, "zeroshot": {"templat": "x"}})
     rc, lines = check_config(capsys, write(tmp_path, cfg))
     assert len(lines) == 2 and "method_overrides.coop: unknown hyperparameter(s) ['epoch']" in lines[0]
