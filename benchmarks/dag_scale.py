@@ -137,7 +137,7 @@ def schedule(args) -> None:
     seconds, _, out, rc = timed([*SNAKEMAKE, "--cores", str(args.cores), "-d", str(work), *prepared])
     if rc != 0:
         raise SystemExit(out[-3000:])
-    seconds, _, out, rc = timed([*SNAKEMAKE, "--cores", str(args.cores), "-d", str(work), "-q", "rules", *targets])
+    seconds, _, out, rc = timed([*SNAKEMAKE, "--cores", str(args.cores), "-d", str(work), *targets, "-q", "rules"])
     if rc != 0:
         raise SystemExit(out[-3000:])
     # the same command lines, run by a pool of the same size, into a second folder
