@@ -488,8 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         rc = args.fn(args)
-    except expected as err:  # a ConfigError holds one line per problem
-        for line in str(err).split("\n"):
+    except expected as err:  # a ConfigError holds one line per problem, each printed as its own error
+        lines = str(err).split("\n") if isinstance(err, ConfigError) else [str(err)]
+        for line in lines:
             print(f"vlprompt {args.command}: error: {line}", file=sys.stderr)
         return 2
     return rc or 0

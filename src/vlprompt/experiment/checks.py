@@ -29,8 +29,10 @@ from vlprompt.experiment.config import load_schema
 
 
 def nearest(name: object, choices, n: int = 1) -> list[str]:
-    """The valid names closest to ``name`` (difflib), best first; none when nothing is close."""
-    return difflib.get_close_matches(str(name), [str(c) for c in choices], n=n, cutoff=0.6)
+    """The valid names closest to ``name`` (difflib, ignoring case), best first; none when nothing is close."""
+    by_lower = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=n, cutoff=0.6)
+    return [by_lower[c] for c in close]
 
 
 def _did_you_mean(name: object, choices) -> str:
@@ -210,11 +212,13 @@ def schema_problems(cfg: Any) -> list[str]:
 
 
 def _unknown_names(key: str, names, known: list[str], what: str, command: str) -> list[str]:
-    return [
-        f"`{key}`: unknown {what} {name!r}; {_did_you_mean(name, known)}(`python -m vlprompt {command}` lists them)"
-        for name in names
-        if name not in known
-    ]
+    lines = []
+    for name in names:
+        if name not in known:
+            listed = f"`python -m vlprompt {command}` lists them"
+            hint = _did_you_mean(name, known)
+            lines.append(f"`{key}`: unknown {what} {name!r}; " + (f"{hint}({listed})" if hint else listed))
+    return lines
 
 
 def name_problems(cfg: dict) -> list[str]:
