@@ -140,6 +140,9 @@ def schedule(args) -> None:
     seconds, _, out, rc = timed([*SNAKEMAKE, "--cores", str(args.cores), "-d", str(work), *targets, "-q", "rules"])
     if rc != 0:
         raise SystemExit(out[-3000:])
+    n = len(targets)
+    print(f"# {n} few-shot jobs of {len(datasets)} pocket datasets, --cores {args.cores}")
+    print(f"snakemake: {seconds:.1f} s ({seconds / n:.2f} s per job)", flush=True)
     # the same command lines, run by a pool of the same size, into a second folder
     commands = []
     for target in targets:
@@ -169,11 +172,9 @@ def schedule(args) -> None:
         codes = list(pool.map(lambda c: subprocess.run(c, env=ENV, cwd=work, capture_output=True).returncode, commands))
     plain = time.perf_counter() - t0
     assert not any(codes), "a plain few-shot draw failed"
-    n = len(targets)
-    print(f"# {n} few-shot jobs of {len(datasets)} pocket datasets, --cores {args.cores}")
     print(
-        f"snakemake: {seconds:.1f} s ({seconds / n:.2f} s per job); plain pool: {plain:.1f} s "
-        f"({plain / n:.2f} s per job); scheduler overhead: {(seconds - plain) / n * args.cores:.2f} core-s per job"
+        f"plain pool: {plain:.1f} s ({plain / n:.2f} s per job); scheduler overhead: "
+        f"{(seconds - plain) / n * args.cores:.2f} core-s per job"
     )
     shutil.rmtree(work, ignore_errors=True)
 
