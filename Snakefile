@@ -5,12 +5,13 @@ import os
 import sys
 from pathlib import Path
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 from vlprompt.experiment import grid
 
 from vlprompt.pipeline import integrity
-from vlprompt.experiment.config import SCHEMA_PATH, coerce_strings
+from vlprompt.experiment.checks import plan_problems
+from vlprompt.experiment.config import ConfigError, coerce_strings
 from vlprompt.pipeline.run_registry import describe, register_run, running, unregister_run
 from vlprompt.pipeline.workflow import container_image, job_environment, resolve_config, source_first
 
@@ -28,15 +29,26 @@ if not workflow.overwrite_configfiles:
 
 
 config.update(coerce_strings(config))  # --config shots=[1,4,16] gives strings; the schema says integers
-validate(config, str(SCHEMA_PATH))
 # Paths of the config (data_root, results_root, reports_root) are relative to the working directory: the user's
 # folder when another Snakefile uses this one as a module (docs/workflow_module.md). What is read from this
 # repository is found beside this Snakefile: workflow.basedir would be the user's Snakefile's folder,
 # current_basedir is this file's (a local checkout; a release read from GitHub has no local folder: None).
 _OWN_DIR = workflow.current_basedir.get_path_or_uri(secret_free=True)
 CHECKOUT = _OWN_DIR if Path(_OWN_DIR).is_dir() else None
-# report.notes_file: looked up in the working directory, then in the checkout
-CFG, CONFIG_PATH = resolve_config(config, base_dir=CHECKOUT)
+# Everything wrong with the config, one line each (key, value, fix; never the schema), then stop: the schema, the
+# registries' names, and what the plan knows (shots against the datasets' images per class, methods against the
+# protocol). `python -m vlprompt check-config FILE` prints the same, and a YAML syntax error's line and column.
+# report.notes_file is looked up in the working directory, then in the checkout.
+try:
+    CFG, CONFIG_PATH = resolve_config(config, base_dir=CHECKOUT)
+    _problems = plan_problems(CFG)
+except ConfigError as _err:
+    _problems = str(_err).split("\n")
+if _problems:
+    _source = ", ".join(map(str, workflow.overwrite_configfiles)) or "config/config.yaml"
+    for _line in _problems:
+        print(f"vlprompt: {_source}: {_line}", file=sys.stderr)
+    sys.exit(1)
 # Every job reads this experiment's resolved config from $VLPROMPT_CONFIG (a file named by its content), and
 # stops if this snakemake process dies (vlprompt.pipeline.watchdog).
 os.environ.update(job_environment(CONFIG_PATH, workflow.overwrite_configfiles))

@@ -593,9 +593,9 @@ def test_prepare_cli_manual_dataset(tmp_path, capsys):
 
 def test_prepare_cli_download_block_is_checked(tmp_path, capsys):
     error = prepare_error(capsys, write_config(tmp_path, "DTD", allow_new_split=["Eurosat"]), "DTD")
-    assert "download.allow_new_split names 'Eurosat', not a real dataset" in error
+    assert "`download.allow_new_split`: unknown real dataset 'Eurosat'; did you mean 'EuroSAT'?" in error
     error = prepare_error(capsys, write_config(tmp_path, "DTD", mirorr="http://example.org"), "DTD")
-    assert "download: Additional properties are not allowed ('mirorr' was unexpected)" in error
+    assert "unknown key `download.mirorr`; did you mean `download.mirror`?" in error
 
 
 def test_snakemake_prepares_and_splits_a_real_dataset(server, tmp_path):

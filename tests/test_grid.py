@@ -76,9 +76,7 @@ def test_declared_inputs_are_checked_when_the_config_is_read(tmp_path):
         load(sources=[])
     with pytest.raises(ConfigError, match=r"`sources` must not hold .*'pocket_dark'"):
         load(sources=["pocket_dark", "pocket_sketch"])
-    from vlprompt.data.registry import DatasetError
-
-    with pytest.raises(DatasetError, match="unknown dataset 'pocket_nope'"):
+    with pytest.raises(ConfigError, match="unknown dataset 'pocket_nope'"):
         load(sources=["pocket_nope"])
     # the keys behind declared inputs change the hash of the runs that read them, and of no other
     a, b = load(), load(unlabelled="test", sources=["pocket_sketch"])

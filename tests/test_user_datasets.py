@@ -285,7 +285,7 @@ def test_too_few_images_for_the_shots_is_the_published_sets_error(tmp_path):
         ({"layout": "csv"}, r"layout csv needs `csv: <file>`"),
         ({"split": {"train": 0.5, "val": 0.2, "test": 0.2}}, r"train \+ val \+ test must be 1"),
         ({"template": "a photo"}, r"template needs '\{\}'"),
-        ({"colour": "red"}, r"user_datasets/shapes: Additional properties are not allowed \('colour'"),
+        ({"colour": "red"}, r"unknown key `user_datasets\.shapes\.colour`"),
         ({"classnames": "/nonexistent/names.tsv"}, r"the classnames file /nonexistent/names.tsv does not exist"),
     ],
 )

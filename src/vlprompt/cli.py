@@ -28,6 +28,16 @@ def _cfg(args):
             f"results/<experiment>/config.json), or run through snakemake, which sets ${CONFIG_ENV}"
         )
     cfg = load_config(path)
+    from vlprompt.io import register_folder_keys
+
+    register_folder_keys(  # a full disk's error names the key that moves the folder
+        {
+            "data_root": cfg["data_root"],
+            "results_root": cfg["results_root"],
+            "reports_root": cfg["reports_root"],
+            "download.downloads_root": cfg["download"].get("downloads_root"),
+        }
+    )
     key = getattr(args, "key", None)
     if key is not None:
         from vlprompt.experiment.grid import dataset_key
@@ -126,6 +136,7 @@ def cmd_fewshot(args) -> None:
     """Sample one few-shot subset (shots, seed) of one dataset, once: an existing subset is never re-drawn."""
     from vlprompt.data import registry, splits
     from vlprompt.experiment import grid
+    from vlprompt.experiment.config import ConfigError
 
     cfg = _cfg(args)
     path = Path(args.out) if args.out else grid.fewshot_path(cfg, args.dataset, args.shots, args.seed)
@@ -134,6 +145,11 @@ def cmd_fewshot(args) -> None:
         splits.read_fewshot(path, allow_fewer)  # checks it
         return
     split = splits.read_split(registry.split_path(cfg, args.dataset))
+    from vlprompt.experiment.checks import fewshot_problem
+
+    problem = fewshot_problem(cfg, args.dataset, split, args.shots)  # the line `snakemake -n` prints
+    if problem:
+        raise ConfigError(problem)
     subset = splits.fewshot_sample(split, args.shots, args.seed, strict=not allow_fewer)
     splits.write_fewshot(path, subset, args.shots, args.seed)
 
@@ -222,6 +238,20 @@ def cmd_unlock_stale(args) -> None:
         print(f"vlprompt: {done}")
     for rec in running(args.directory):
         print(f"vlprompt: still running in this folder: {describe(rec)}")
+
+
+def cmd_check_config(args) -> int:
+    """Check an experiment config file: YAML syntax (line and column), the schema, names, what the plan knows;
+    one line per problem, then exit 2; ``ok`` and exit 0 when there is none."""
+    from vlprompt.experiment.checks import file_problems
+
+    problems = file_problems(args.file)
+    for line in problems:
+        print(f"vlprompt check-config: {line}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"vlprompt check-config: {args.file}: ok")
+    return 0
 
 
 def cmd_cluster_check(args) -> None:
@@ -455,6 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, help="override the preset's number of steps")
     s.add_argument("--seed", type=int)
     s.add_argument("--threads", type=int, default=1)
+    s = add(
+        "check-config",
+        cmd_check_config,
+        "check an experiment config file (YAML syntax, keys, values, names, shots against the datasets): "
+        "one line per problem with its fix",
+        config=False,
+    )
+    s.add_argument("file", help="the experiment config, e.g. config/fewshot.yaml")
     s = add("unlock-stale", cmd_unlock_stale, "remove a stale Snakemake lock left by a killed run", config=False)
     s.add_argument("--directory", default=".", help="the workflow's working directory")
     s = add(
@@ -501,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     from vlprompt.data.registry import DatasetError
     from vlprompt.data.splits import SplitError
     from vlprompt.experiment.config import ConfigError
-    from vlprompt.io import CorruptArtefactError
+    from vlprompt.io import CorruptArtefactError, NoSpaceError
     from vlprompt.methods.base import MethodError
 
     # expected failures (bad config, missing or corrupt data, dead link, unsafe archive) get their message,
@@ -515,13 +553,16 @@ def main(argv: list[str] | None = None) -> int:
         DownloadError,
         FileNotFoundError,
         CorruptArtefactError,
+        NoSpaceError,
     )
     try:
-        args.fn(args)
-    except expected as err:
-        print(f"vlprompt {args.command}: error: {err}", file=sys.stderr)
+        rc = args.fn(args)
+    except expected as err:  # a ConfigError holds one line per problem, each printed as its own error
+        lines = str(err).split("\n") if isinstance(err, ConfigError) else [str(err)]
+        for line in lines:
+            print(f"vlprompt {args.command}: error: {line}", file=sys.stderr)
         return 2
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,20 +19,123 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str | None = None):
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+def atomic_path(path: str | Path, suffix: str | None = None, nbytes: int | None = None):
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    ``nbytes``, the size about to be written, is checked against the free space first; a full disk met while
+    writing (ENOSPC) is a :class:`NoSpaceError` either way, never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if nbytes is not None:
+        require_space(path, nbytes)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
     try:
-        yield Path(tmp)
+        with space_errors(path, nbytes):
+            yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+# --- disk space: a full disk is one line naming the file, the bytes, and the config key that moves the folder ---
+
+_FOLDER_KEYS: dict[Path, str] = {}  # folder -> the config key that moves it (set from the config by the CLI)
+
+
+def register_folder_keys(folders: dict[str, str | Path | None]) -> None:
+    """``{config key: folder}``, e.g. ``{"results_root": "results", "data_root": "data"}``: a :class:`NoSpaceError`
+    for a file under one of them names its key."""
+    for key, folder in folders.items():
+        if folder:
+            _FOLDER_KEYS[Path(os.path.abspath(folder))] = key
+
+
+def folder_key(path: str | Path) -> str:
+    """The config key of the innermost registered folder holding ``path``."""
+    path = Path(os.path.abspath(path))  # not resolved: a folder that links elsewhere is still under its key
+    best = None
+    for folder, key in _FOLDER_KEYS.items():
+        if path.is_relative_to(folder) and (best is None or len(folder.parts) > len(best[0].parts)):
+            best = (folder, key)
+    return best[1] if best else "results_root` or `data_root"
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the filesystem that holds (or will hold) ``path``."""
+    path = Path(path).absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _size(n: int) -> str:
+    """``12928`` as ``12.6 KiB (12928 bytes)``; under a KiB, ``1000 bytes``."""
+    value, unit = float(n), "bytes"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit} ({n} bytes)"
+
+
+class NoSpaceError(RuntimeError):
+    """The disk is too full for a file a job writes; one line: the file, the bytes needed and free, the fix."""
+
+    def __init__(self, path: str | Path, needed: int | None, free: int):
+        self.path, self.needed, self.free = Path(path), needed, free
+        need = f"needs {_size(needed)}" if needed is not None else "needs more"
+        super().__init__(
+            f"no space for {path}: it {need} and its disk has {_size(free)} free; free space "
+            f"there, or move the folder to a disk with room (config key `{folder_key(path)}`), and run the same "
+            "command again"
+        )
+
+
+def require_space(path: str | Path, nbytes: int) -> None:
+    """Raise :class:`NoSpaceError` unless ``nbytes`` fit on the filesystem of ``path``."""
+    free = free_bytes(path)
+    if nbytes > free:
+        raise NoSpaceError(path, nbytes, free)
+
+
+@contextlib.contextmanager
+def space_errors(path: str | Path, nbytes: int | None = None):
+    """Turn a full disk (ENOSPC, EDQUOT) met inside the block into :class:`NoSpaceError` for ``path``."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpaceError(path, nbytes, free_bytes(path)) from None
+        raise
+
+
+def preallocate(path: str | Path, nbytes: int, name: str | Path | None = None) -> None:
+    """Reserve the blocks of ``path``'s first ``nbytes`` now (``posix_fallocate``), so that writing through a memory
+    map later cannot meet a full disk: that would be a SIGBUS ("Bus error"), not an error. ``name``: the file to
+    name in the error (the final path of a temporary file)."""
+    with open(path, "r+b") as f, space_errors(name or path, nbytes):
+        try:
+            os.posix_fallocate(f.fileno(), 0, nbytes)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without it: written as before
+                raise
+
+
+def create_memmap(path: str | Path, dtype, shape: tuple, name: str | Path | None = None):
+    """A new ``.npy`` file of ``shape`` opened as a memory map (``np.lib.format.open_memmap``), its space checked
+    and allocated before the first write (:func:`preallocate`)."""
+    import numpy as np
+
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize + 128  # the .npy header is 128 bytes or a multiple
+    require_space(name or path, nbytes)
+    with space_errors(name or path, nbytes):
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    preallocate(path, os.path.getsize(path), name)
+    return arr
 
 
 def _umask() -> int:
@@ -40,8 +145,9 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    data = text.encode()
+    with atomic_path(path, nbytes=len(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -58,7 +164,7 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, nbytes=buffer.getbuffer().nbytes) as tmp:
         tmp.write_bytes(buffer.getvalue())
 
 

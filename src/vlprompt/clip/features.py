@@ -47,7 +47,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlprompt.io import CorruptArtefactError, atomic_write_json, atomic_write_text, file_record, read_json, verify_file
+from vlprompt.io import (
+    CorruptArtefactError,
+    atomic_write_json,
+    atomic_write_text,
+    create_memmap,
+    file_record,
+    read_json,
+    verify_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +389,7 @@ def _assemble(spec: ExtractionSpec, meta: dict, known: dict, final: Path, augmen
     from vlprompt.io import atomic_path
 
     with atomic_path(final) as tmp:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=tuple(meta["shape"]))
+        arr = create_memmap(tmp, np.float16, tuple(meta["shape"]), name=final)
         for j, row in enumerate(spec.rows):
             src, i = known[row[0]]
             if augmented:
@@ -424,7 +432,8 @@ def _encode(
     else:
         progress_path.unlink(missing_ok=True)
         atomic_write_json(partial_meta, meta)
-        arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=tuple(meta["shape"]))
+        # its space allocated now: a full disk is a one-line NoSpaceError here, never a SIGBUS in a mapped write
+        arr = create_memmap(partial, np.float16, tuple(meta["shape"]), name=out_dir / f"{spec.stem}.npy")
     relpaths = [r[0] for r in spec.rows]
     dataset: ImageList | torch.utils.data.ConcatDataset
     if spec.split == "train_views":  # one flat pass over (view, image): one DataLoader, one progress marker

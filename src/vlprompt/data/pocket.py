@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from vlprompt.io import atomic_write_text
+from vlprompt.io import atomic_write_text, require_space, space_errors
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -503,6 +503,13 @@ class PocketDataset:
         return STYLES[self.style][1]
 
 
+def png_bytes_bound(image_size: int, block: int = 4096) -> int:
+    """An upper bound of the disk space one image takes: its raw RGB bytes and PNG's overhead, in whole filesystem
+    blocks (a small file takes at least one)."""
+    raw = image_size * image_size * 3 + 1024
+    return -(-raw // block) * block
+
+
 def generate(dataset: PocketDataset, world: World, root: Path, strength: float = 1.0, progress: bool = True) -> Path:
     """Write the dataset's images under ``root`` and its split file; return the split file path.
 
@@ -543,6 +550,8 @@ def generate(dataset: PocketDataset, world: World, root: Path, strength: float =
     atomic_write_text(manifest_path, json.dumps(manifest, sort_keys=True))
     split: dict[str, list] = {}
     total = sum(dataset.per_class.values()) * len(classes)
+    drawn = sum(1 for _ in (root / "images").rglob("*.png")) if (root / "images").exists() else 0
+    require_space(root / "images", (total - drawn) * png_bytes_bound(world.image_size))
     bar = tqdm(total=total, desc=f"generate {dataset.name}", disable=not progress, unit="img")
     for split_name, n in dataset.per_class.items():
         rows = []
@@ -569,7 +578,8 @@ def generate(dataset: PocketDataset, world: World, root: Path, strength: float =
                             quadrant=quadrant,
                         )
                     tmp = path.with_suffix(".tmp.png")
-                    img.save(tmp)
+                    with space_errors(path, png_bytes_bound(world.image_size)):
+                        img.save(tmp)
                     tmp.replace(path)
                 rows.append([str(path.relative_to(root)), label, f"{c} {s}"])
                 bar.update()

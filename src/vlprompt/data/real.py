@@ -40,7 +40,7 @@ from importlib import resources
 from pathlib import Path
 
 from vlprompt.data import download as dl
-from vlprompt.io import atomic_write_json
+from vlprompt.io import atomic_write_json, require_space, space_errors
 
 log = logging.getLogger(__name__)
 
@@ -436,14 +436,24 @@ def prepare(cfg: dict, name: str, progress: bool = True) -> Path:
             f"{name}: {final} exists but holds no {split_path.name}, so it is not a "
             f"prepared dataset (left by hand or by another tool); move it away and re-run"
         )
-    files = fetch_files(cfg, name, progress=progress)
+    to_fetch = [
+        e
+        for e in resolve_files(cfg, name)
+        if not (downloads_dir(cfg, name) / e["name"]).is_file() and not e.get("manual")
+    ]
+    require_space(downloads_dir(cfg, name), sum(e.get("size_bytes") or 0 for e in to_fetch))  # the recorded sizes
+    with space_errors(downloads_dir(cfg, name)):
+        files = fetch_files(cfg, name, progress=progress)
     split_file = fetch_split_file(cfg, name) if kind == "published" else None
     staging = data_root(cfg) / f".{name}.partial"
     if staging.exists():
         shutil.rmtree(staging)
+    # extracted, the images take about their archives' size (JPEGs do not compress further)
+    require_space(staging, sum(path.stat().st_size for entry, path, _ in files if entry.get("extract", True)))
     staging.mkdir(parents=True)
     try:
-        _extract_all(cfg, name, files, staging, progress)
+        with space_errors(final):
+            _extract_all(cfg, name, files, staging, progress)
         if kind == "published":
             split = _published_split(staging, name, split_file) if split_file else _new_split(staging, name)
             origin = f"published {info(name)['split']['file']}" if split_file else "new random split (opt-in)"

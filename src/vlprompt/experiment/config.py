@@ -6,7 +6,6 @@ The schema (``schemas/config.schema.yaml``) is the single description of every k
 
 from __future__ import annotations
 
-import copy
 import functools
 from pathlib import Path
 from typing import Any
@@ -14,30 +13,12 @@ from typing import Any
 import yaml
 
 from vlprompt.experiment.overrides import OverridesError, check_method_overrides, method_settings, override_rows  # noqa: F401
+from vlprompt.experiment.schema import SCHEMA_PATH, _fill_defaults, fill_defaults, load_schema  # noqa: F401
 from vlprompt.io import config_hash
-
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):
     """The config is invalid; the message names the key and what is expected."""
-
-
-def load_schema() -> dict:
-    with open(SCHEMA_PATH) as f:
-        return yaml.safe_load(f)
-
-
-def _fill_defaults(cfg: dict, schema: dict) -> None:
-    for key, sub in schema.get("properties", {}).items():
-        if key not in cfg and "default" in sub:
-            cfg[key] = copy.deepcopy(sub["default"])
-        if isinstance(cfg.get(key), dict) and sub.get("type") == "object":
-            _fill_defaults(cfg[key], sub)
-    for key in ("features", "train", "fewshot", "pocket", "method_overrides", "report", "stats"):
-        if key in schema.get("properties", {}) and key not in cfg:
-            cfg[key] = {}
-            _fill_defaults(cfg[key], schema["properties"][key])
 
 
 def coerce_strings(value: Any, schema: dict | None = None) -> Any:
@@ -64,87 +45,45 @@ def coerce_strings(value: Any, schema: dict | None = None) -> Any:
     return value
 
 
-def validate(cfg: dict[str, Any], check_names: bool = True) -> dict[str, Any]:
-    """Return a copy of ``cfg`` with defaults filled in, or raise :class:`ConfigError`."""
-    import jsonschema
-
-    cfg = copy.deepcopy(cfg)
-    schema = load_schema()
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = []
-        for e in errors:
-            where = "/".join(str(p) for p in e.absolute_path) or "<top level>"
-            lines.append(f"  {where}: {e.message}")
-        raise ConfigError("invalid config:\n" + "\n".join(lines))
-    _fill_defaults(cfg, schema)
-    if check_names:
-        from vlprompt.data.registry import get_dataset, list_datasets, use_config
-        from vlprompt.methods import get_method
-
-        check_user_datasets(cfg)
-        use_config(cfg)
-        for name in cfg["datasets"] + cfg.get("targets", []):
-            get_dataset(name, cfg)
-        if cfg["protocol"] in ("crossdataset", "domain_generalization") and not cfg.get("targets"):
-            raise ConfigError(
-                f"protocol {cfg['protocol']!r} needs `targets`: the datasets to evaluate the trained models on"
-            )
-        for key in ("allow_new_split", "split_files", "files"):  # a typo here would silently do nothing
-            for name in cfg["download"][key]:
-                if name not in list_datasets("real"):
-                    raise ConfigError(
-                        f"download.{key} names {name!r}, not a real dataset; real datasets: {list_datasets('real')}"
-                    )
-        for name in cfg["methods"]:
-            get_method(name)
-        for name in cfg["sources"]:
-            get_dataset(name, cfg)
-        check_declared_inputs(cfg)
-        try:
-            check_method_overrides(cfg)
-        except OverridesError as err:
-            raise ConfigError(str(err)) from None
-    return cfg
-
-
-def check_user_datasets(cfg: dict) -> None:
-    """Each user dataset's entry beyond the schema (layout-specific keys, ratios), its root there, its name new."""
+def user_dataset_problems(cfg: dict) -> list[str]:
+    """Each user dataset's entry beyond the schema (layout-specific keys, ratios), its root there, its name new: one
+    line per problem."""
     from vlprompt.data import user
     from vlprompt.data.registry import list_datasets
 
+    lines = []
     for name in user.entries(cfg):
         if name in list_datasets():
-            raise ConfigError(f"user_datasets: {name!r} is a registered dataset; give your dataset another name")
+            lines.append(f"user_datasets: {name!r} is a registered dataset; give your dataset another name")
+            continue
         try:
             user.settings(cfg, name)
             user.root(cfg, name)
         except user.UserDatasetError as err:
-            raise ConfigError(str(err)) from None
+            lines.append(str(err))
+    return lines
 
 
-def check_declared_inputs(cfg: dict) -> None:
-    """The inputs the experiment's methods declare exist in the config: the unlabelled images (``unlabelled``) for
-    methods that read them, source datasets (``sources``) apart from the evaluated ones for multitask methods."""
-    from vlprompt.methods import get_method
+def validate(cfg: dict[str, Any], check_names: bool = True) -> dict[str, Any]:
+    """Return a copy of ``cfg`` with defaults filled in, or raise :class:`ConfigError` with one line per problem
+    (:mod:`vlprompt.experiment.checks`: the schema, then, with ``check_names``, the user datasets and the
+    registries' names; the config's user datasets are then registered for lookups by name)."""
+    from vlprompt.data.registry import use_config
+    from vlprompt.experiment.checks import name_problems, schema_problems
 
-    needing = [m for m in cfg["methods"] if get_method(m).reads_unlabelled]
-    if needing and cfg.get("unlabelled", "none") == "none":
-        raise ConfigError(
-            f"{', '.join(needing)} need(s) the target's unlabelled images: set `unlabelled: train` (the "
-            "training split without labels) or `unlabelled: test` (transductive), or drop the method"
-        )
-    multitask = [m for m in cfg["methods"] if get_method(m).reads_multitask_prompt]
-    if multitask and not cfg.get("sources"):
-        raise ConfigError(
-            f"{', '.join(multitask)} start(s) from a multitask prompt: list its source datasets under "
-            "`sources` (datasets other than `datasets` and `targets`)"
-        )
-    evaluated = set(cfg["datasets"]) | set(cfg.get("targets") or [])
-    overlap = sorted(set(cfg.get("sources") or []) & evaluated)
-    if overlap:
-        raise ConfigError(f"`sources` must not hold a dataset that is trained on or evaluated: {overlap}")
+    problems = schema_problems(cfg)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    cfg = fill_defaults(cfg)
+    if check_names:
+        problems = user_dataset_problems(cfg)
+        if problems:
+            raise ConfigError("\n".join(problems))
+        use_config(cfg)
+        problems = name_problems(cfg)
+        if problems:
+            raise ConfigError("\n".join(problems))
+    return cfg
 
 
 def load_config(path: str | Path, check_names: bool = True) -> dict[str, Any]:
@@ -158,7 +97,7 @@ def load_config(path: str | Path, check_names: bool = True) -> dict[str, Any]:
     try:
         return validate(cfg, check_names=check_names)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError("\n".join(f"{path}: {line}" for line in str(err).split("\n"))) from None
 
 
 def backbone_key(cfg: dict) -> str:

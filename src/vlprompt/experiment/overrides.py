@@ -66,40 +66,56 @@ def method_settings(cfg: dict, method: str, dataset: str | None = None, shots: i
 
 def check_method_overrides(cfg: dict) -> None:
     """Every method, dataset, number of shots and hyperparameter named in ``method_overrides`` exists, and
-    every run of the grid gets a valid Config; else an OverridesError naming the place."""
+    every run of the grid gets a valid Config; else an OverridesError naming the place (the first problem)."""
+    for problem in method_override_problems(cfg):
+        raise OverridesError(problem)
+
+
+def method_override_problems(cfg: dict) -> list[str]:
+    """Each problem of ``method_overrides`` as one line naming its place; a method's grid is checked only when its
+    blocks are valid."""
     from vlprompt.data.registry import DatasetError, get_dataset
     from vlprompt.methods import MethodError, get_method
 
+    problems = []
     for method, entry in (cfg.get("method_overrides") or {}).items():
         where = f"method_overrides.{method}"
         try:
             cls = get_method(method)
         except MethodError as err:
-            raise OverridesError(f"{where}: {err}") from None
+            problems.append(f"{where}: {err}")
+            continue
         blocks = [(where, entry or {})]
+        found = len(problems)
         for dataset, block in ((entry or {}).get("by_dataset") or {}).items():
             try:
                 get_dataset(dataset, cfg)
             except DatasetError as err:
-                raise OverridesError(f"{where}.by_dataset: {err}") from None
+                problems.append(f"{where}.by_dataset: {err}")
+                continue
             blocks.append((f"{where}.by_dataset.{dataset}", block or {}))
         for place, block in list(blocks):
-            blocks += [
-                (f"{place}.by_shots.{k}", v or {})
-                for k, v in (block.get("by_shots") or {}).items()
-                if _shots_key(k, place)
-            ]
+            for k, v in (block.get("by_shots") or {}).items():
+                try:
+                    _shots_key(k, place)
+                except OverridesError as err:
+                    problems.append(str(err))
+                    continue
+                blocks.append((f"{place}.by_shots.{k}", v or {}))
         for place, block in blocks:
             try:
                 cls.make_config(_own(block))
             except MethodError as err:
-                raise OverridesError(f"{place}: {err}") from None
+                problems.append(f"{place}: {err}")
+        if len(problems) > found:
+            continue
         for dataset in cfg.get("datasets", []):
             for shots in cfg.get("shots", []):
                 try:
                     cls.make_config(method_settings(cfg, method, dataset, shots))
                 except MethodError as err:
-                    raise OverridesError(f"{where} for {dataset}, {shots} shots: {err}") from None
+                    problems.append(f"{where} for {dataset}, {shots} shots: {err}")
+    return problems
 
 
 def override_rows(cfg: dict) -> list[tuple[str, str, dict]]:

@@ -38,7 +38,11 @@ def get_method(name: str) -> type[Method]:
     try:
         return registry[ALIASES.get(name, name)]
     except KeyError:
-        raise MethodError(f"unknown method {name!r}; available: {sorted(registry)}") from None
+        import difflib
+
+        close = difflib.get_close_matches(name, list(registry), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise MethodError(f"unknown method {name!r}; {hint}available: {sorted(registry)}") from None
 
 
 def method_order(names) -> list[str]:

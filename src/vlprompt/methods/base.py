@@ -158,7 +158,13 @@ class Method(nn.Module):
         fields = {f.name for f in dataclasses.fields(cls.Config)}
         unknown = sorted(set(overrides) - fields)
         if unknown:
-            raise MethodError(f"unknown hyperparameter(s) {unknown} for method {cls.name!r}; valid: {sorted(fields)}")
+            import difflib
+
+            close = [m for u in unknown for m in difflib.get_close_matches(u, fields, n=1)]
+            hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+            raise MethodError(
+                f"unknown hyperparameter(s) {unknown} for method {cls.name!r}; {hint}valid: {sorted(fields)}"
+            )
         defaults = {f.name: f.default for f in dataclasses.fields(cls.Config)}
         return cls.Config(**{k: cls._typed(k, defaults[k], v) for k, v in overrides.items()})
 

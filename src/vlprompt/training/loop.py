@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlprompt.io import atomic_path
+from vlprompt.io import atomic_torch_save
 from vlprompt.methods import Method, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -156,19 +156,18 @@ def train_loop(
         done = epoch + 1
         if done % checkpoint_every == 0 and done < cfg.epochs:
             loop_state = getattr(method, "loop_state", None)
-            with atomic_path(ckpt_path) as tmp:
-                torch.save(
-                    {
-                        "model": method.trainable_state(),
-                        "optimizer": opt.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "epoch": done,
-                        "history": history,
-                        "seconds": seconds,
-                        "loop": loop_state() if loop_state is not None else None,
-                    },
-                    tmp,
-                )
+            atomic_torch_save(  # through a buffer: its bytes are checked against the free space before writing
+                ckpt_path,
+                {
+                    "model": method.trainable_state(),
+                    "optimizer": opt.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": done,
+                    "history": history,
+                    "seconds": seconds,
+                    "loop": loop_state() if loop_state is not None else None,
+                },
+            )
         if stop_after is not None and done >= stop_after:
             raise KeyboardInterrupt(f"stopped after epoch {done} (stop_after)")
     train_end = getattr(method, "train_end", None)
