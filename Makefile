@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # the rules call `python -m vlprompt`: make the project's environment the one on PATH
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test lint system-deps clean-results pull examples
+.PHONY: install run test lint docs system-deps clean-results pull examples
 
 $(STAMP): pyproject.toml
 	@if [ ! -x $(BIN)/python ]; then \
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	  echo "make: creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"; \
 	  $(PYTHON) -m venv $(VENV); fi
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -41,6 +41,11 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/lint-imports --no-logo
 	$(BIN)/snakemake --lint
+
+## build the documentation site into site/ (MkDocs, strict: a broken link fails; the method catalogue is generated
+## from the registry)
+docs: install
+	$(BIN)/mkdocs build --strict
 
 ## refresh the example reports (reports/examples/<experiment>/) from reports/<experiment>/ of the experiments
 ## run here: make examples EXPERIMENTS="pocket pocket_deep_prompts"

@@ -44,6 +44,12 @@ def _cfg(args):
 def cmd_methods(args) -> None:
     from vlprompt.methods import get_method, list_methods
 
+    if getattr(args, "format", "text") != "text":
+        from vlprompt.analysis import catalogue
+
+        rows = catalogue.catalogue()
+        print(catalogue.to_markdown(rows) if args.format == "markdown" else catalogue.to_json(rows), end="")
+        return
     for name in list_methods():
         m = get_method(name)
         kind = "cached features" if m.inputs == "features" else "image encoder in the loop"
@@ -307,7 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--quiet", action="store_true", help="no progress bars")
         return s
 
-    add("methods", cmd_methods, "list the methods with a one-line description and paper", config=False)
+    s = add("methods", cmd_methods, "list the methods with a one-line description and paper", config=False)
+    s.add_argument(
+        "--format",
+        choices=["text", "markdown", "json"],
+        default="text",
+        help="text: one line each; markdown, json: the method catalogue (reads, protocols, reference, checks, cost)",
+    )
     s = add("datasets", cmd_datasets, "list every dataset and its status on this machine", config=False)
     s.add_argument("--config", help="read data_root and the download block (downloads_root) from this config")
     s.add_argument("--data-root", help="where prepared datasets go (default: the config's, else data)")
