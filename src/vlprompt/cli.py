@@ -264,6 +264,7 @@ def cmd_aggregate(args) -> None:
         Path(args.summary),
         Path(args.stats),
         Path(args.metrics_json) if args.metrics_json else None,
+        Path(args.curves) if args.curves else None,
     )
 
 
@@ -271,7 +272,7 @@ def cmd_report(args) -> None:
     from vlprompt.analysis import report
 
     cfg = _cfg(args)
-    report.render(Path(args.summary), Path(args.stats), Path(args.out), cfg)
+    report.render(Path(args.summary), Path(args.stats), Path(args.out), cfg, Path(args.curves) if args.curves else None)
 
 
 def cmd_pretrain(args) -> None:
@@ -385,10 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--summary", required=True)
     s.add_argument("--stats", required=True)
     s.add_argument("--metrics-json", help="also write each metric's mean per method and shots (DVC's metrics)")
+    s.add_argument("--curves", help="also write each trained run's training curves as CSV files into this folder")
     s.add_argument("metrics", nargs="+")
     s = add("report", cmd_report, "render reports/<experiment>/ (report.md, index.html, figures)")
     for a in ("--summary", "--stats", "--out"):
         s.add_argument(a, required=True)
+    s.add_argument("--curves", help="the folder of training curves `aggregate --curves` wrote (a figure of them)")
     s = add("pretrain-pocket", cmd_pretrain, "pretrain the tiny pocket CLIP", config=False)
     s.add_argument("--out", required=True)
     s.add_argument(
