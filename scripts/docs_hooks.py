@@ -34,7 +34,7 @@ def index_page(rows: list[dict]) -> str:
         "How each column is derived: `vlprompt.analysis.catalogue`; adding a method and its entry: "
         "[Adding a method](../adding_a_method.md).\n\n"
         f"**Checked**: *fixture* ({counts['fixture']}): compared with outputs of the official code, committed as "
-        "fixtures; *hand-computed* ({counts['hand-computed']}): its tests compute its equations by hand; "
+        f"fixtures; *hand-computed* ({counts['hand-computed']}): its tests compute its equations by hand; "
         f"*reading* ({counts['reading']}): no official code exists, the method is a documented reading of the "
         "paper. **Published**: averages over the papers' datasets (ViT-B/16, 16 shots) from `config/published/`.\n\n"
         + catalogue.to_markdown(rows, link="{name}.md")
@@ -59,7 +59,7 @@ def method_page(r: dict) -> str:
         ("cost", r["cost"]),
         ("module", f"`src/{cls.__module__.replace('.', '/')}.py`"),
     ]
-    lines = [f"# `{r['method']}`\n", "| | |", "|---|---|"]
+    lines = [f"# `{r['method']}`\n", "| property | value |", "|---|---|"]
     lines += [f"| {k} | {str(v).replace('|', chr(92) + '|')} |" for k, v in facts]
     fields = dataclasses.fields(cls.Config) if dataclasses.is_dataclass(cls.Config) else ()
     preset = [(f.name, f.default) for f in fields]

@@ -76,6 +76,7 @@ def test_the_site_builds_strictly(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     catalogue = (tmp_path / "site" / "methods" / "index.html").read_text()
     assert all(f"{name}/" in catalogue for name in list_methods())  # each method's row links its page
+    assert re.search(r"hand-computed</em> \(\d+\)", catalogue), "the catalogue's counts are not filled in"
     assert (tmp_path / "site" / "methods" / "coop" / "index.html").exists()
 
 
