@@ -25,6 +25,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from vlprompt.clip.prompting import PromptLearner
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
 
@@ -43,6 +44,7 @@ class CoCoOp(CoOp):
     paper = "Zhou et al., Conditional Prompt Learning for Vision-Language Models, CVPR 2022"
     description = "CoOp with a meta-net adding an image-conditioned bias to the context tokens"
     Config = CoCoOpConfig
+    prompt_learner: PromptLearner  # CoOp's, whose context this method reads
 
     def __init__(self, config: CoCoOpConfig, ctx: MethodContext):
         if config.csc or config.class_token_position != "end":

@@ -20,7 +20,7 @@ import dataclasses
 
 import torch
 
-from vlprompt.clip.prompting import PromptLearner
+from vlprompt.clip.prompting import ClassPrompts, PromptLearner
 from vlprompt.methods.base import Method, MethodContext, TrainConfig, normalize, register
 
 
@@ -39,6 +39,7 @@ class CoOp(Method):
     paper = "Zhou et al., Learning to Prompt for Vision-Language Models, IJCV 2022"
     description = "learned continuous context shared by all classes"
     Config = CoOpConfig
+    prompt_learner: ClassPrompts  # CoOp's own is a PromptLearner; subclasses may bring other prompts (ATPrompt)
 
     def __init__(self, config: CoOpConfig, ctx: MethodContext):
         super().__init__(config, ctx)

@@ -48,6 +48,8 @@ class KgCoOp(CoOp):
     description = "CoOp regularised towards the hand-crafted prompt's text features (cosine distance, weight 8)"
     Config = KgCoOpConfig
 
+    anchors: torch.Tensor  # (C, D) the hand-crafted prompts' normalised features
+
     def __init__(self, config: KgCoOpConfig, ctx: MethodContext):
         super().__init__(config, ctx)
         self.backbone = ctx.backbone

@@ -44,7 +44,7 @@ def feature_loop(
     """Train the method's parameters on ``ctx.train_features`` ((V, N, D): V augmented views of N images);
     resumable from ``ckpt_path``; ``on_epoch`` receives each epoch's row of the curves (a live logger)."""
     device = ctx.device
-    feats, labels = ctx.train_features, ctx.train_labels  # (V, N, D), (N,)
+    feats, labels = ctx.training_data()  # (V, N, D), (N,)
     views, n = feats.shape[0], feats.shape[1]
 
     def batches(epoch: int, gen: torch.Generator, steps: int):

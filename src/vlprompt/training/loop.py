@@ -114,8 +114,9 @@ def train_loop(
         method.load_trainable_state(state["model"])
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        if hasattr(method, "load_loop_state") and state.get("loop") is not None:
-            method.load_loop_state(state["loop"])
+        load_loop_state = getattr(method, "load_loop_state", None)
+        if load_loop_state is not None and state.get("loop") is not None:
+            load_loop_state(state["loop"])
         start, history, seconds = state["epoch"], state["history"], state.get("seconds", [])
         curves = state.get("curves", [])
         log.info("resuming %s from epoch %d", ckpt_path, start)
@@ -134,7 +135,8 @@ def train_loop(
             group["lr"] = lr_at(cfg, epoch)
         torch.manual_seed(epoch_seed(seed, epoch))  # the whole epoch's randomness, resumable
         gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-        total, terms = 0.0, {}
+        total = 0.0
+        terms: dict[str, float] = {}  # the method's loss terms summed over the epoch's steps
         for step, (x, y) in enumerate(batches(epoch, gen, steps)):
             if cfg.lr_schedule == "step":
                 for group in opt.param_groups:
@@ -143,17 +145,19 @@ def train_loop(
                 loss, parts = method.loss(x, y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if hasattr(method, "adjust_gradients"):
+            adjust_gradients = getattr(method, "adjust_gradients", None)
+            if adjust_gradients is not None:
                 scaler.unscale_(opt)
-                method.adjust_gradients(x, y)
+                adjust_gradients(x, y)
             scaler.step(opt)
             scaler.update()
             total += loss.item()
             for key, value in parts.items():
                 if isinstance(value, (int, float)):
                     terms[key] = terms.get(key, 0.0) + float(value)
-        if hasattr(method, "epoch_end"):
-            method.epoch_end(epoch)
+        epoch_end = getattr(method, "epoch_end", None)
+        if epoch_end is not None:
+            epoch_end(epoch)
         history.append(total / steps)
         seconds.append(round(time.time() - t0, 3))
         row = {"epoch": epoch + 1, "loss": history[-1], "lr": opt.param_groups[0]["lr"]}
@@ -163,6 +167,7 @@ def train_loop(
         bar.set_postfix(loss=f"{history[-1]:.4f}")
         done = epoch + 1
         if done % checkpoint_every == 0 and done < cfg.epochs:
+            loop_state = getattr(method, "loop_state", None)
             with atomic_path(ckpt_path) as tmp:
                 torch.save(
                     {
@@ -173,13 +178,14 @@ def train_loop(
                         "history": history,
                         "seconds": seconds,
                         "curves": curves,
-                        "loop": method.loop_state() if hasattr(method, "loop_state") else None,
+                        "loop": loop_state() if loop_state is not None else None,
                     },
                     tmp,
                 )
         if stop_after is not None and done >= stop_after:
             raise KeyboardInterrupt(f"stopped after epoch {done} (stop_after)")
-    if hasattr(method, "train_end"):
-        method.train_end()
+    train_end = getattr(method, "train_end", None)
+    if train_end is not None:
+        train_end()
     method.eval()
     return {"loss_history": history, "steps_per_epoch": steps, "epoch_seconds": seconds, "curves": curves}
