@@ -1,12 +1,14 @@
 """The commands the README and docs/ show, block by block, for the tests that run them.
 
 Every fenced ``bash`` block (also ``sh``, ``shell``) of ``README.md`` and of a page under ``docs/`` has a marker
-on the line before it:
+in the comment lines right above it:
 
 - ``<!-- tested: tests/<file>.py::<name> -->``: the named test file reads the block with ``commands("<name>")``
-  and runs it (or checks what it can of it, as its docstring says); ``commands`` gives the block's command lines
-  without comments, with the page's example paths and names replaced by temporary ones where a test passes
-  ``replace``. Names are unique across the pages.
+  and runs it (or checks what it can of it, as its docstring says); or ``<name>`` is a test of that file that
+  runs the block through a reader of its own (a page with its own markers, such as docs/your_data.md; the marker
+  may sit above that page's own comment). ``commands`` gives the block's command lines without comments, with
+  the page's example paths and names replaced by temporary ones where a test passes ``replace``. Names are
+  unique across the pages.
 - ``<!-- not tested: <reason> -->``: no test runs it, for the reason given (a GPU, the real data or weights).
 
 ``unmarked()`` lists the blocks with neither, as ``page:line: first command``; tests/test_docs.py asserts there
@@ -39,9 +41,23 @@ def _blocks(page: Path):
             while i < len(lines) and lines[i].strip() != "```":
                 body.append(lines[i])
                 i += 1
-            before = next((lines[j] for j in range(start - 1, -1, -1) if lines[j].strip()), "")
-            yield start + 1, before, body
+            yield start + 1, _marker(lines, start), body
         i += 1
+
+
+def _marker(lines: list[str], fence: int) -> str:
+    """The marker among the comment lines right above line ``fence`` (another page convention's comment, such as
+    ``<!-- example: name -->``, may sit between it and the block), or the line above the block."""
+    comments = []
+    for j in range(fence - 1, -1, -1):
+        line = lines[j].strip()
+        if not line:
+            continue
+        if not (line.startswith("<!--") and line.endswith("-->")):
+            break
+        comments.append(lines[j])
+    marker = next((c for c in comments if TESTED.match(c) or NOT_TESTED.match(c)), None)
+    return marker or (comments[0] if comments else "")
 
 
 def _command_lines(body: list[str]) -> list[str]:

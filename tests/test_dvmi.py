@@ -191,7 +191,7 @@ def test_readings_are_registered_with_their_presets():
         cfg = get_method(name).make_config()
         assert all(getattr(cfg, k) == v for k, v in preset.items()), name
         assert get_method(name).name == name
-    assert get_method("dvmi_issue3").make_config().mi_temperature == pytest.approx(1 / 21.5)
+    assert get_method("dvmi_text_logit_scale_within").make_config().mi_temperature == pytest.approx(1 / 21.5)
     assert set(CANDIDATES) <= set(READINGS) and "dvmi_mixup_only" not in CANDIDATES
 
 
@@ -296,3 +296,75 @@ def test_selection_script_recomputes_the_choice_from_recorded_metrics(tmp_path):
     ).stdout
     assert out.strip().endswith(f"chosen by mean validation HM over 2 datasets: {CANDIDATES[3]}")
     assert f"| {CANDIDATES[3]} | **chosen** | 50.00 | 50.00 | 46.50 |" in out
+
+
+# ---------------------------------------------------------------- text views and Mixup features under one critic
+
+
+def test_text_mixup_reading_scores_text_pairs_and_mixup_features_with_one_critic(ctx):
+    m = build("dvmi_text_mixup_critic", ctx)
+    assert (m.config.mi_between, m.config.mi_estimator, m.config.augment) == ("text_mixup", "bilinear", "mixup")
+    with torch.no_grad():
+        m.critic.residual.copy_(0.01 * torch.randn(m.critic.residual.shape, generator=torch.Generator().manual_seed(1)))
+    text = m.text_features()
+    real = F.normalize(ctx.train_features[0, :4], dim=-1)
+    synthetic = F.normalize(ctx.train_features[1, 4:7], dim=-1)
+    soft = torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.0, 1.0], [0.5, 0.0, 0.5]])  # three classes (NAMES)
+    targets = torch.cat([F.one_hot(ctx.train_labels[:4], len(NAMES)).float(), soft])
+    # by hand: f(a, b) = â (I + A) b̂ᵀ / τ, A = √100 · A'; InfoNCE of the text pairs + InfoNCE of the synthetic rows
+    a_mat = torch.eye(text.shape[1]) + 10 * m.critic.residual.detach()
+    tau, c = m.config.mi_temperature, len(text)
+
+    def f(a, b):
+        return F.normalize(a, dim=-1) @ a_mat @ F.normalize(b, dim=-1).T / tau
+
+    pairs = f(text, m.hand_crafted)
+    nce = 0.5 * (F.cross_entropy(pairs, torch.arange(c)) + F.cross_entropy(pairs.T, torch.arange(c)))
+    mix_nce = (-(soft * F.log_softmax(f(synthetic, text), -1)).sum(-1)).mean()
+    expected = 2 * math.log(c) - nce - mix_nce
+    got = m.mi_estimate(text, torch.cat([real, synthetic]), targets, n_real=4)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    # the real rows do not enter the Mixup term; without synthetic rows only the text pairs' term remains
+    moved = m.mi_estimate(text, torch.cat([real.flip(0), synthetic]), targets, n_real=4)
+    assert moved.item() == pytest.approx(got.item(), rel=1e-6)
+    assert m.mi_estimate(text, real, targets[:4], n_real=4).item() == pytest.approx(
+        (math.log(c) - nce).item(), rel=1e-5
+    )
+    m.critic.residual.grad = None
+    m.mi_estimate(text, torch.cat([real, synthetic]), targets, n_real=4).backward()
+    assert m.critic.residual.grad.abs().sum() > 0  # the critic learns from both terms
+    _, parts = m.loss(ctx.train_features[0, :8], ctx.train_labels[:8])
+    assert parts["n_synthetic"] == 8 and math.isfinite(parts["mi"])
+    with pytest.raises(MethodError, match="text_mixup"):
+        build("dvmi", ctx, mi_between="text_mixup", mi_estimator="jsd")
+
+
+def test_ensemble_prediction_averages_the_two_views_on_any_classes(ctx):
+    from vlprompt.clip.prompting import text_classifier
+
+    m = build("dvmi_text_mixup_critic_ensemble", ctx)
+    x = ctx.train_features[0, :5]
+    soft = build("dvmi_text_mixup_critic", ctx)
+    hand = text_classifier(ctx.backbone, [ctx.template], list(NAMES))
+    expected = 0.5 * (soft(x) + m.logit_scale * F.normalize(x, dim=-1) @ hand.T)
+    torch.testing.assert_close(m(x), expected, atol=1e-4, rtol=1e-5)
+    new = ["cyan cross", "orange diamond"]
+    m.set_classes(new)
+    soft.set_classes(new)
+    hand_new = text_classifier(ctx.backbone, [ctx.template], new)
+    torch.testing.assert_close(
+        m(x), 0.5 * (soft(x) + m.logit_scale * F.normalize(x, dim=-1) @ hand_new.T), atol=1e-4, rtol=1e-5
+    )
+    with pytest.raises(MethodError, match="predict_with"):
+        build("dvmi", ctx, predict_with="both")
+
+
+def test_the_old_name_of_the_logit_scale_reading_is_only_an_alias():
+    from vlprompt.methods import list_methods
+
+    assert get_method("dvmi_issue3") is get_method("dvmi_text_logit_scale_within")
+    assert "dvmi_issue3" not in list_methods() and "dvmi_issue3" not in READINGS
+    ablation = yaml.safe_load(open("config/explore/dvmi_ablation.yaml"))
+    for reading in ("dvmi_text_mixup_critic", "dvmi_text_mixup_critic_ensemble", "dvmi_text_logit_scale_within"):
+        assert reading in ablation["methods"] and reading in CANDIDATES
+    assert "dvmi_issue3" not in ablation["methods"]

@@ -144,9 +144,10 @@ def test_pocket_descriptions_follow_the_rule_and_the_shipped_file_is_its_output(
 
 def test_missing_descriptions_name_the_file_and_the_classes(tmp_path, monkeypatch):
     monkeypatch.setenv("VLPROMPT_DESCRIPTIONS", str(tmp_path))
-    with pytest.raises(store.DescriptionError, match=r"DTD\.json does not exist.*README"):
+    with pytest.raises(store.DescriptionError, match=r"cupl/DTD\.json does not exist.*texture_prompts_full.*README"):
         store.load_descriptions("DTD", ["banded"])
-    (tmp_path / "DTD.json").write_text(json.dumps({"banded": ["Bands."], "Blotchy": ["Blots."]}))
+    (tmp_path / "cupl").mkdir()
+    (tmp_path / "cupl" / "DTD.json").write_text(json.dumps({"banded": ["Bands."], "Blotchy": ["Blots."]}))
     assert store.load_descriptions("DTD", ["blotchy"]) == {"blotchy": ["Blots."]}
     with pytest.raises(store.DescriptionError, match=r"no descriptions for 1 class.*'zigzagged'"):
         store.load_descriptions("DTD", ["banded", "zigzagged"])
@@ -353,7 +354,7 @@ def test_restore_starts_as_coop_and_its_loss_is_ce_plus_weighted_shift(ctx):
     x, y = ctx.train_features[0, :5], ctx.train_labels[:5]
     torch.testing.assert_close(m(x), build("coop", ctx)(x), atol=1e-4, rtol=1e-5)  # zero-initialised surgery
     loss, parts = m.loss(x, y)
-    assert parts["shift"] == pytest.approx(0.0, abs=1e-8)  # no image shift; text = template "a photo of a {}."
+    assert parts["shift"] == pytest.approx(0.0, abs=1e-8)  # no shift at the initialisation
     with torch.no_grad():
         m.image_surgery.up.bias.fill_(0.1)
         m.text_surgery.up.bias.fill_(-0.05)
@@ -361,7 +362,7 @@ def test_restore_starts_as_coop_and_its_loss_is_ce_plus_weighted_shift(ctx):
     img = F.normalize(xh + 0.1, dim=-1)
     coop_text = F.normalize(m.prompt_learner(), dim=-1)
     text = F.normalize(coop_text - 0.05, dim=-1)
-    shift = ((img - xh).norm(dim=-1).mean() - (text - m.hand_crafted).norm(dim=-1).mean()) ** 2
+    shift = ((img - xh).norm(dim=-1).mean() - (text - m.shift_origin).norm(dim=-1).mean()) ** 2
     loss, parts = m.loss(x, y)
     assert parts["shift"] == pytest.approx(shift.item(), rel=1e-4)
     assert loss.item() == pytest.approx((hand_ce(m.logit_scale * img @ text.T, y) + 2 * shift).item(), rel=1e-4)

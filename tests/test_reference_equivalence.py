@@ -416,3 +416,232 @@ def test_vpt_default_template(backbone):
     overrides = {k: v for k, v in DEEP["vpt"][1].items() if k != "template"}
     method = build("vpt_deep", context(backbone, fix), **overrides)
     close(method.text_features(), fix["text_features"], what="fixed text classifier")
+
+
+# ------------------------------------------------ extensions of CoOp and zero-shot CLIP (regenerate_extensions.py)
+
+
+def plain_context(backbone, fix: dict, **kwargs) -> MethodContext:
+    """A context without a registered dataset: the fixtures give their own descriptions and templates."""
+    return MethodContext(
+        backbone=backbone,
+        encoder=PromptedTextEncoder(backbone.model),
+        classnames=fix["classnames"],
+        template="a photo of a {}.",
+        device=torch.device("cpu"),
+        seed=0,
+        **kwargs,
+    )
+
+
+def test_cupl_pools_descriptions_as_the_reference(backbone, inputs):
+    """CuPL's ``zeroshot_classifier_gpt`` (classify_imagenet.py) with and without the templates in the pool."""
+    fix = fixture("cupl")
+    ctx = plain_context(backbone, fix, descriptions=fix["settings"]["descriptions"])
+    cupl = build("cupl", ctx)
+    close(cupl.weights, fix["text_features"], what="CuPL text features")
+    features = backbone.model.encode_image(inputs["images"])
+    close(cupl(features) * 100 / cupl.logit_scale, fix["logits"], what="logits (the reference's scale 100)")
+    both = build("cupl_ensemble", ctx, templates=tuple(fix["settings"]["templates"]))
+    close(both.weights, fix["text_features_ensemble"], what="CuPL + e text features")
+
+
+def test_fudd_follow_up_logits_equal_the_reference(backbone, inputs, tmp_path, monkeypatch):
+    """FuDD's ``forward`` (fudd_model.py) with its ``PromptFactory`` on differential descriptions in its format."""
+    fix = fixture("fudd")
+    folder = tmp_path / "differential"
+    folder.mkdir()
+    (folder / "tiny_prompt_pairs.json").write_text(fix["settings"]["pairs"])
+    (folder / "tiny_class_names.json").write_text(json.dumps(fix["settings"]["class_names"]))
+    monkeypatch.setenv("VLPROMPT_DESCRIPTIONS", str(tmp_path))
+    method = build("fudd", plain_context(backbone, fix, dataset="tiny"), top_k=fix["settings"]["top_k"])
+    features = backbone.model.encode_image(inputs["images"])
+    f = F.normalize(features, dim=-1)
+    close(f @ method.weights.T, fix["step_one_logits"], what="step one (zero-shot, one template)")
+    logits = method(features)
+    for i, preds in enumerate(fix["preds"]):
+        assert set(torch.isfinite(logits[i]).nonzero().flatten().tolist()) == set(preds.tolist())
+        close(logits[i, preds] / method.logit_scale, fix["logits"][i], what=f"follow-up logits of image {i}")
+
+
+@pytest.mark.parametrize("name", ["tpt", "tpt_coop"])
+def test_tpt_one_step_per_image_equals_the_reference(backbone, inputs, name):
+    """TPT's ``test_time_tuning`` (one step, selection 0.5) on each image's original and three noisy views; TPT + CoOp
+    the same from a trained context (the fixture's ``start_context``)."""
+    fix = fixture(name)
+    s = fix["settings"]
+    ctx = plain_context(backbone, fix)
+    method = build(
+        name, ctx, n_ctx=s["n_ctx"], ctx_init=s["ctx_init"], views=4, selection=s["selection"], tta_lr=s["lr"]
+    )
+    if "start_context" in fix:
+        with torch.no_grad():
+            method.prompt_learner.ctx.copy_(fix["start_context"])
+    views = torch.cat([inputs["images"].unsqueeze(0), inputs["views"]])  # (V, B, 3, H, W), the original first
+    feats = torch.stack([backbone.model.encode_image(v) for v in views], dim=1)  # (B, V, D)
+    from vlprompt.methods.tpt import average_entropy, select_confident
+
+    with torch.no_grad():
+        logits = method.logit_scale * F.normalize(feats, dim=-1) @ method.text_features().T  # (B, V, C)
+        keep = select_confident(logits, s["selection"])
+        chosen = logits.gather(1, keep.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    # the entropy of near one-hot posteriors (logits of magnitude 60) turns the fp32 rounding of the logits
+    # (~1e-7 relative) into ~2e-5 of the loss: 1e-4 here; the logits below agree at 1e-5
+    close(average_entropy(chosen), fix["initial_loss"], 1e-4, what="initial loss (avg_entropy of the selected views)")
+    method.eval()
+    close(method(feats), fix["logits"], what="logits after one tuning step")
+
+
+def test_tfup_cache_and_logits_equal_the_reference(backbone, inputs):
+    """TFUP's ``get_clip_weights``, ``refine_few_shots_without_label`` (the cache) and ``TFUP`` (utils.py, main.py)
+    on the fixed images as the unlabelled pool and the test set (transductive, the reference's Office-Home)."""
+    fix = fixture("tfup")
+    images = torch.cat([inputs["images"], inputs["val_images"]])
+    features = backbone.model.encode_image(images)
+    close(features, fix["unlabelled_features"], what="unlabelled image features")
+    ctx = plain_context(backbone, fix, descriptions=fix["settings"]["descriptions"], unlabelled=lambda: features)
+    method = build("tfup", ctx)
+    close(method.weights, F.normalize(fix["text_weights"], dim=-1), what="text weights")
+    assert method.cache_shots == fix["settings"]["cache_shots"]
+    ours = sorted(map(tuple, torch.cat([method.cache_keys, method.cache_values], 1).tolist()))
+    keys = F.normalize(fix["cache_keys"], dim=-1)
+    theirs = sorted(map(tuple, torch.cat([keys, fix["cache_values"]], 1).tolist()))
+    close(torch.tensor(ours), torch.tensor(theirs), what="cache (keys and one-hot values, as sets)")
+    close(method(features), fix["logits"], what="logits")
+
+
+# ---------------------------------------------------------------- no official code: losses computed by hand on toys
+
+
+class FixedText(torch.nn.Module):
+    """Stands in for a prompt learner: fixed (C, D) text features, so the loss can be computed by hand."""
+
+    def __init__(self, rows: torch.Tensor):
+        super().__init__()
+        self.rows = rows
+
+    def forward(self, ctx=None) -> torch.Tensor:
+        return self.rows
+
+
+def basis(*indices: int, dim: int = tiny_clip.EMBED_DIM) -> torch.Tensor:
+    return torch.eye(dim)[list(indices)]
+
+
+def test_restore_loss_by_hand_on_a_toy(backbone):
+    """x̂ = e1, W = H = (e1, e2), image surgery adds 0.75 e2: x̃ = (0.8, 0.6), δ_v = (−0.2, 0.6), ‖δ_v‖² = 0.4, the
+    text does not move; with s = 10: CE = log(1 + e^{10 (0.6 − 0.8)}) = log(1 + e^{−2}) = 0.126928,
+    L_fsc = (√0.4 − 0)² = 0.4."""
+    fix = {"classnames": ["car_side", "sea_lion"]}
+    m = build("restore", plain_context(backbone, fix), shift_weight=1.0)
+    m.prompt_learner = FixedText(basis(0, 1))
+    m.shift_origin = basis(0, 1)
+    m.logit_scale = 10.0
+    with torch.no_grad():
+        m.image_surgery.up.bias.copy_(0.75 * basis(1)[0])
+    loss, parts = m.loss(2 * basis(0), torch.tensor([0]))
+    assert parts["shift"] == pytest.approx(0.4, rel=1e-6)
+    assert parts["ce"] == pytest.approx(0.12692801104297252, rel=1e-6)
+    assert loss.item() == pytest.approx(0.5269280110429725, rel=1e-6)
+
+
+def test_kapt_keywords_and_loss_by_hand_on_a_toy(backbone):
+    """Keywords: "red" ×2, "round" ×2, "fruit" ×2, "skin" ×1 (stop words out; ties by first appearance) -> red,
+    round, fruit. Loss with d = (e1, e2), w = (e1, e3), β = ½: t_0 = e1, t_1 = ½ (e2 + e3); x̂ = (e1 + e2)/√2, the
+    head the identity at the start; s = 10, label 1: logits (10/√2, 5/√2), CE = log(1 + e^{5/√2}) = 3.564261."""
+    from vlprompt.methods.kapt import discrete_prompt, keywords
+
+    words = keywords(["A red round fruit.", "A round fruit with red skin."], 3)
+    assert words == ["red", "round", "fruit"]
+    assert discrete_prompt("a photo of a {}.", "car_side", words) == "a photo of a car side, red, round, fruit."
+    fix = {"classnames": ["car_side", "sea_lion"]}
+    descriptions = {"car_side": ["A red round fruit."], "sea_lion": ["A grey animal."]}
+    m = build("kapt", plain_context(backbone, fix, descriptions=descriptions), discrete_weight=0.5)
+    m.prompt_learner = FixedText(basis(0, 2))
+    m.discrete = basis(0, 1)
+    m.logit_scale = 10.0
+    loss, _ = m.loss(basis(0, 1).sum(0, keepdim=True), torch.tensor([1]))
+    assert loss.item() == pytest.approx(3.5642607, rel=1e-6)
+
+
+def test_pacbayes_bound_by_hand_and_the_search_by_enumeration(backbone, inputs):
+    """L = 1 token, |V| = 49406, n = 100, training error 0.1, δ = 0.05: KL = ln 49406 = 10.807827, ln(n/δ) = 7.600902,
+    R ≤ 0.1 + √(18.408730 / 198) = 0.404915, so the accuracy bound is 59.5085 %. The greedy search over a few
+    candidate tokens picks the token that an enumeration of those prompts ranks first."""
+    fix = {"classnames": ["car_side", "sea_lion", "water_lily", "ant"]}
+    ctx = plain_context(backbone, fix)
+    m = build("pacbayes_prompt", ctx, n_tokens=1, candidates=6)
+    bound = m.bound(0.1, 100)
+    assert bound["kl"] == pytest.approx(10.8078, abs=1e-4)
+    assert bound["accuracy_bound"] == pytest.approx(59.5085, abs=1e-4)
+    features = backbone.model.encode_image(inputs["images"])
+    labels = inputs["labels"]
+    ctx.train_features, ctx.train_labels = features.unsqueeze(0), labels
+    m.fit(ctx)
+    names = m.class_tokens(m.classnames)
+    x = F.normalize(features, dim=-1)
+    ranked = []
+    for token in m.candidate_tokens(0).tolist():
+        w = m.text_features(torch.tensor([[token]]), names)[0]  # (C, D)
+        logits = m.logit_scale * x @ w.T
+        ranked.append(
+            ((logits.argmax(-1) == labels).float().mean().item(), -F.cross_entropy(logits, labels).item(), -token)
+        )
+    assert m.prompt_tokens.tolist() == [-max(ranked)[2]]
+    assert m.run_info()["bound"]["n"] == len(labels)
+
+
+# ---------------------------------------------------------------- ATPrompt (regenerate_extensions.py)
+
+
+def test_atprompt_on_oxford_pets_equals_the_reference_slicing(backbone, inputs, tmp_path):
+    """CoOp_ATP on OxfordPets ("playfulness" is two tokens): the default ``attribute_tokens: reference`` writes the
+    soft tokens where the reference's slicing does; text features, logits, loss, gradient and one step."""
+    fix = fixture("atprompt_pets")
+    ctx = context(backbone, fix)
+    method = build("atprompt", ctx, n_ctx=2, n_att_ctx=2)
+    assert method.config.attribute_tokens == "reference" and method.attributes == ["playfulness", "energy"]
+    load_init(method, fix)
+    features = backbone.model.encode_image(inputs["images"])
+    check_forward(method, features, fix)
+    assert F.cross_entropy(method(features), fix["labels"]).item() == pytest.approx(fix["loss"]["ce"], rel=RTOL)
+    step_and_check(method, ctx, features, fix, tmp_path)
+
+
+def test_atprompt_keeping_every_attribute_token_differs_from_the_reference_on_oxford_pets(backbone):
+    fix = fixture("atprompt_pets")
+    method = build("atprompt", context(backbone, fix), n_ctx=2, n_att_ctx=2, attribute_tokens="all")
+    load_init(method, fix)
+    with torch.no_grad():
+        assert (method.text_features() - fix["text_features"]).abs().max() > 1e-3
+
+
+def test_pre_equals_the_reference(backbone, inputs, tmp_path):
+    """PRE's shared residual BiLSTM encoder (LSTM1) on CoOp's context from "a photo of a": text features, logits,
+    loss, gradient and one step (the reference's random LSTM initialisation copied)."""
+    fix = fixture("pre")
+    ctx = context(backbone, fix)
+    method = build("pre", ctx)
+    load_init(method, fix)
+    features = backbone.model.encode_image(inputs["images"])
+    check_forward(method, features, fix)
+    assert F.cross_entropy(method(features), fix["labels"]).item() == pytest.approx(fix["loss"]["ce"], rel=RTOL)
+    step_and_check(method, ctx, features, fix, tmp_path)
+
+
+def test_msgcoop_equals_the_reference(backbone, inputs, tmp_path):
+    """MSGCoOp: 4 prompts from "a photo of a", description anchors ("a photo of {class}, {description}"), KgCoOp's
+    term (weight 8) on the mean of the prompts and the diversity term (weight 1): logits, every loss term,
+    gradient and one step."""
+    fix = fixture("msgcoop")
+    ctx = context(backbone, fix, descriptions=fix["settings"]["descriptions"])
+    method = build("msgcoop", ctx, n_ctx=4, n_prompts=4, kg_weight=8.0, diversity_weight=1.0)
+    load_init(method, fix)
+    close(F.normalize(method.anchors, dim=-1), fix["anchors"], what="description anchors")
+    features = backbone.model.encode_image(inputs["images"])
+    close(method(features), fix["logits"], what="logits")
+    loss, parts = method.loss(features, fix["labels"])
+    for ours, theirs in (("ce", "ce"), ("sg", "kg"), ("div", "diversity")):
+        assert parts[ours] == pytest.approx(fix["loss"][theirs], rel=RTOL, abs=1e-7), ours
+    assert loss.item() == pytest.approx(fix["loss"]["total"], rel=RTOL)
+    step_and_check(method, ctx, features, fix, tmp_path)

@@ -59,6 +59,7 @@ def cmd_methods(args) -> None:
                 (m.reads_unlabelled, "unlabelled images"),
                 (m.reads_test_views, "test views"),
                 (m.reads_multitask_prompt, "multitask prompt"),
+                (m.reads_new_classnames, "new-class names under base2new"),
             )
             if flag
         )
@@ -76,8 +77,32 @@ def cmd_datasets(args) -> None:
             cfg["data_root"] = args.data_root
     else:
         cfg = {"data_root": args.data_root or "data"}
+    if args.check:
+        check_dataset(cfg, args.check, args.quiet)
+        return
     for r in registry.status_table(cfg):
         print(f"{r['name']:22s} {r['status']:11s} {r['path']}  ({r['detail']})")
+
+
+def check_dataset(cfg: dict, name: str, quiet: bool = False) -> None:
+    """``datasets --check NAME``: a user dataset's check (every finding; exit 1 on an error), else its status."""
+    from vlprompt.data import registry, user
+
+    if not user.is_user(cfg, name):
+        registry.get_dataset(name, cfg)
+        rows = [r for r in registry.status_table(cfg) if r["name"] == name]
+        print(
+            f"{name}: {rows[0]['status']} at {rows[0]['path']} ({rows[0]['detail']}); published datasets are checked "
+            "against their checksums by `prepare`"
+        )
+        return
+    try:
+        report = user.check(cfg, name, workers=user.check_workers(cfg))
+    except user.UserDatasetError as err:
+        raise registry.DatasetError(str(err)) from None
+    print(user.format_report(report))
+    if report["errors"]:
+        raise SystemExit(1)
 
 
 def cmd_prepare(args) -> None:
@@ -90,12 +115,17 @@ def cmd_prepare(args) -> None:
 
 def cmd_classes(args) -> None:
     """Write the base/new class file of one prepared dataset."""
-    from vlprompt.data import registry, splits
+    import functools
+
+    from vlprompt.data import registry, splits, user
     from vlprompt.experiment import grid
 
     cfg = _cfg(args)
     split = splits.read_split(registry.split_path(cfg, args.dataset))
-    splits.write_classes(args.out or grid.classes_path(cfg, args.dataset), split)
+    base_new = None
+    if user.is_user(cfg, args.dataset):  # the entry's explicit base/new classes, if any
+        base_new = functools.partial(user.base_new, cfg, args.dataset)
+    splits.write_classes(args.out or grid.classes_path(cfg, args.dataset), split, base_new)
 
 
 def cmd_fewshot(args) -> None:
@@ -117,6 +147,8 @@ def cmd_fewshot(args) -> None:
 def cmd_extract(args) -> None:
     """Extract the test features of one dataset, or (with --shots and --seed) a few-shot subset's, or (--part) the
     whole training split or the test images in views."""
+    import dataclasses
+
     import torch
 
     from vlprompt.clip import features
@@ -170,11 +202,13 @@ def cmd_extract(args) -> None:
         ]
     device = features.pick_device(fcfg["device"])
     backbone = load_backbone_from_config(cfg, device)
+    root = registry.image_root(cfg, args.dataset)
+    exif = registry.reads_exif(cfg, args.dataset)
     for spec in specs:
         features.extract_split(
             backbone,
-            registry.dataset_dir(cfg, args.dataset),
-            spec,
+            root,
+            dataclasses.replace(spec, exif=exif),
             out,
             batch_size=fcfg["batch_size"],
             workers=fcfg["workers"],
@@ -351,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("datasets", cmd_datasets, "list every dataset and its status on this machine", config=False)
     s.add_argument("--config", help="read data_root and the download block (downloads_root) from this config")
     s.add_argument("--data-root", help="where prepared datasets go (default: the config's, else data)")
+    s.add_argument(
+        "--check",
+        metavar="NAME",
+        help="check one dataset before anything trains (a user dataset: classes, images per split and class, "
+        "unreadable, converted and non-image files, duplicates across splits, similar labels); exit 1 on an error",
+    )
     s = add("prepare", cmd_prepare, "download/generate, verify and prepare one dataset")
     s.add_argument("--dataset", required=True)
     s.add_argument("--key", help=argparse.SUPPRESS)  # the DAG's dataset key: checked against the config

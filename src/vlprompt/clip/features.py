@@ -123,19 +123,22 @@ def view_seed(view: int | str, relpath: str) -> int:
 class ImageList(torch.utils.data.Dataset):
     """Images by path; with ``view`` set, each image is augmented with a generator seeded by (view, relpath)."""
 
-    def __init__(self, root: Path, relpaths: Sequence[str], transform, view: int | str | None = None):
+    def __init__(
+        self, root: Path, relpaths: Sequence[str], transform, view: int | str | None = None, exif: bool = False
+    ):
+        """``exif``: apply the EXIF orientation and scale 16-bit images (a user's images, vlprompt.data.images)."""
         self.root, self.relpaths, self.transform, self.view = Path(root), list(relpaths), transform, view
+        self.exif = exif
 
     def __len__(self):
         return len(self.relpaths)
 
     def __getitem__(self, k: int):
-        from PIL import Image
+        from vlprompt.data.images import open_rgb
 
         path = self.root / self.relpaths[k]
         try:
-            with Image.open(path) as file:
-                img = file.convert("RGB")
+            img = open_rgb(path, exif=self.exif)
         except (OSError, ValueError) as err:
             raise RuntimeError(f"cannot read image {path}: {err}; re-prepare the dataset") from err
         if self.view is None:
@@ -208,6 +211,7 @@ class ExtractionSpec:
     rows: list  # [relpath, label, classname] in bank order
     views: int  # 1 for test/val
     name: str | None = None  # file stem in the output folder (default: the split)
+    exif: bool = False  # read with the EXIF orientation applied, 16-bit scaled (a user's images: data.images)
 
     @property
     def stem(self) -> str:
@@ -218,7 +222,9 @@ def extraction_meta(backbone, spec: ExtractionSpec, transform, scale_min: float)
     """What the features of ``spec`` depend on; a bank whose ``.json`` differs is re-extracted."""
     augmented = spec.split in AUGMENTED
     shape = (spec.views, len(spec.rows), backbone.embed_dim) if augmented else (len(spec.rows), backbone.embed_dim)
-    extra = {"original_view": repr(backbone.preprocess)} if spec.split == "test_views" else {}
+    extra: dict[str, object] = {"original_view": repr(backbone.preprocess)} if spec.split == "test_views" else {}
+    if spec.exif:  # recorded only when set, so the published and pocket banks' records stay as they were
+        extra["exif"] = True
     return _jsonable(
         {
             "split": spec.split,
@@ -281,7 +287,7 @@ def extract_split(
             len(missing),
         )
     if known and missing:  # encode the new images into a bank of their own, then assemble
-        part = ExtractionSpec(spec.split, missing, spec.views, name=f"{spec.stem}.new")
+        part = ExtractionSpec(spec.split, missing, spec.views, name=f"{spec.stem}.new", exif=spec.exif)
         extract_split(
             backbone,
             root,
@@ -423,15 +429,15 @@ def _encode(
     dataset: ImageList | torch.utils.data.ConcatDataset
     if spec.split == "train_views":  # one flat pass over (view, image): one DataLoader, one progress marker
         dataset = torch.utils.data.ConcatDataset(
-            [ImageList(root, relpaths, transform, view=v) for v in range(spec.views)]
+            [ImageList(root, relpaths, transform, view=v, exif=spec.exif) for v in range(spec.views)]
         )
     elif spec.split == "test_views":  # view 0 the original, then the augmented views
         dataset = torch.utils.data.ConcatDataset(
-            [ImageList(root, relpaths, backbone.preprocess)]
-            + [ImageList(root, relpaths, transform, view=v) for v in range(1, spec.views)]
+            [ImageList(root, relpaths, backbone.preprocess, exif=spec.exif)]
+            + [ImageList(root, relpaths, transform, view=v, exif=spec.exif) for v in range(1, spec.views)]
         )
     else:
-        dataset = ImageList(root, relpaths, transform)
+        dataset = ImageList(root, relpaths, transform, exif=spec.exif)
     flat = arr.reshape(-1, arr.shape[-1])  # (V * N, D) view of the memmap
     desc = f"features {out_dir.name}/{spec.stem}" + (f" ({spec.views} views)" if spec.views > 1 else "")
     encode_images(

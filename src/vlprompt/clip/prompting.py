@@ -64,7 +64,9 @@ def method_templates(spec: str | None, dataset: str | None, default: str) -> lis
     - ``None`` or ``"coop"``: the dataset's hand-crafted template ``default`` (CoOp's table);
     - a template with ``{}``: that template, on every dataset;
     - a table name of ``data/method_templates.json``: the table's entry for the dataset's CoOp name, or its
-      ``"*"`` entry (every real dataset); a pocket dataset, which no reference knows, uses ``default``.
+      ``"*"`` entry (every real dataset); a pocket dataset or a user's own dataset (``user_datasets``), which no
+      reference knows, uses ``default``: its hand-crafted template (a user dataset's ``template``, by default
+      "a photo of a {}."). The run's metrics record a user dataset's template (``dataset_provenance``).
     """
     if spec is None or spec == "coop":
         return [default]
@@ -81,7 +83,7 @@ def method_templates(spec: str | None, dataset: str | None, default: str) -> lis
     if dataset is not None:
         from vlprompt.data.registry import get_dataset
 
-        key = get_dataset(dataset).coop_name  # None for a pocket dataset
+        key = get_dataset(dataset).coop_name  # None for a pocket or a user dataset
     value = table.get(key, table.get("*", default)) if key else default
     return [value] if isinstance(value, str) else list(value)
 

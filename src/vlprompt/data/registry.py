@@ -7,6 +7,10 @@ written last, so its presence marks a complete dataset.
 The 15 real benchmarks (the 11 of CoOp's base-to-new tables and the four ImageNet variants) are
 registered from ``datasets.json`` (sources, checksums, layouts, split files, class-name cleanup) and
 ``templates.json`` (CoOp's hand-crafted templates); :mod:`vlprompt.data.real` fetches and prepares them.
+
+A user's own dataset is an entry of the config's ``user_datasets`` block (:mod:`vlprompt.data.user`): the functions
+here that take a config find it there (``kind`` "user"); :func:`use_config` also registers the entries of the
+config a process works with, so that code holding only a dataset's name (its template) finds them too.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from vlprompt.data import pocket, real
+from vlprompt.data import pocket, real, user
 
 
 class DatasetError(ValueError):
@@ -25,7 +29,7 @@ class DatasetError(ValueError):
 class DatasetSpec:
     name: str
     template: str  # CoOp's hand-crafted template for the zero-shot baseline
-    kind: str  # "pocket" or "real"
+    kind: str  # "pocket", "real" or "user"
     description: str = ""
     style: str | None = None  # pocket datasets: the rendering style
     n_classes: int | None = None
@@ -75,16 +79,47 @@ for _name in REAL_DATASETS:
     )
 
 
+_USER: dict[str, DatasetSpec] = {}  # the user datasets of the config this process works with (use_config)
+
+
 def list_datasets(kind: str | None = None) -> list[str]:
     """Registered dataset names, optionally only those of one kind ("pocket" or "real")."""
     return [n for n, s in _REGISTRY.items() if kind is None or s.kind == kind]
 
 
-def get_dataset(name: str) -> DatasetSpec:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise DatasetError(f"unknown dataset {name!r}; available: {list_datasets()}") from None
+def user_spec(cfg: dict, name: str) -> DatasetSpec:
+    entry = user.entries(cfg)[name]
+    return DatasetSpec(
+        name=name,
+        template=entry.get("template") or user.DEFAULT_TEMPLATE,
+        kind="user",
+        description=f"your images at {entry['root']}",
+    )
+
+
+def use_config(cfg: dict) -> None:
+    """Register the user datasets of ``cfg`` for lookups by name alone (those of an earlier config are dropped)."""
+    clash = sorted(set(user.entries(cfg)) & set(_REGISTRY))
+    if clash:
+        raise DatasetError(
+            f"user_datasets: {clash} already name(s) a registered dataset; give your dataset another name"
+        )
+    _USER.clear()
+    _USER.update({name: user_spec(cfg, name) for name in user.entries(cfg)})
+
+
+def get_dataset(name: str, cfg: dict | None = None) -> DatasetSpec:
+    """The dataset called ``name``: the config's user dataset of that name, else a registered one."""
+    if cfg is not None and user.is_user(cfg, name):
+        return user_spec(cfg, name)
+    spec = _REGISTRY.get(name) or (_USER.get(name) if cfg is None else None)
+    if spec is None:
+        mine = sorted(user.entries(cfg)) if cfg is not None else sorted(_USER)
+        raise DatasetError(
+            f"unknown dataset {name!r}; available: {list_datasets()}"
+            + (f", and this config's user_datasets {mine}" if mine else "; your own images: a `user_datasets` entry")
+        )
+    return spec
 
 
 POCKET_PER_CLASS = {"train": 24, "val": 8, "test": 20}
@@ -124,7 +159,12 @@ def dataset_key(cfg: dict, name: str) -> str:
     """
     from vlprompt.io import config_hash
 
-    spec = get_dataset(name)
+    spec = get_dataset(name, cfg)
+    if spec.kind == "user":
+        try:
+            return f"{name}-{user.fingerprint(cfg, name)[:8]}"
+        except user.UserDatasetError as err:
+            raise DatasetError(str(err)) from None
     if spec.kind == "pocket":
         return f"{name}-{config_hash(pocket_settings(cfg))[:8]}"
     return name
@@ -135,7 +175,27 @@ def dataset_dir(cfg: dict, name: str) -> Path:
 
 
 def split_path(cfg: dict, name: str) -> Path:
-    return dataset_dir(cfg, name) / get_dataset(name).split_filename()
+    return dataset_dir(cfg, name) / get_dataset(name, cfg).split_filename()
+
+
+def image_root(cfg: dict, name: str) -> Path:
+    """The folder a split file's image paths are relative to: the prepared folder, or a user dataset's root."""
+    if user.is_user(cfg, name):
+        try:
+            return user.root(cfg, name)
+        except user.UserDatasetError as err:
+            raise DatasetError(str(err)) from None
+    return dataset_dir(cfg, name)
+
+
+def provenance(cfg: dict, name: str) -> dict | None:
+    """What a run records of a user dataset (:func:`vlprompt.data.user.provenance`); None for the others."""
+    return user.provenance(cfg, name, dataset_dir(cfg, name)) if user.is_user(cfg, name) else None
+
+
+def reads_exif(cfg: dict, name: str) -> bool:
+    """Whether images are read with their EXIF orientation applied (a user's images; :mod:`vlprompt.data.images`)."""
+    return user.is_user(cfg, name)
 
 
 def pocket_world(cfg: dict) -> pocket.World:
@@ -157,7 +217,12 @@ def pocket_world(cfg: dict) -> pocket.World:
 
 def prepare(cfg: dict, name: str, progress: bool = True) -> Path:
     """Make the dataset ready on disk; return its split file."""
-    spec = get_dataset(name)
+    spec = get_dataset(name, cfg)
+    if spec.kind == "user":
+        try:
+            return user.prepare(cfg, name, dataset_dir(cfg, name), spec.split_filename(), user.check_workers(cfg))
+        except user.UserDatasetError as err:
+            raise DatasetError(str(err)) from None
     if spec.kind == "pocket":
         assert spec.style is not None, f"the registry's pocket dataset {name} has no style"
         ds = pocket.PocketDataset(name=name, style=spec.style, per_class=pocket_settings(cfg)["per_class"])
@@ -198,4 +263,30 @@ def status_table(cfg: dict) -> list[dict]:
                 "detail": "generated offline",
             }
         )
-    return rows
+    return rows + [user_status(cfg, name) for name in user.entries(cfg)]
+
+
+def user_status(cfg: dict, name: str) -> dict:
+    """A user dataset's row of :func:`status_table`: prepared (for its files as they are now), or missing."""
+    row = {"name": name, "kind": "user", "downloads": None, "automatic": True}
+    try:
+        path = split_path(cfg, name)
+    except DatasetError as err:
+        return {
+            **row,
+            "status": "missing",
+            "path": str(user.entries(cfg)[name]["root"]),
+            "split_file": None,
+            "detail": str(err),
+        }
+    before = [p for p in Path(cfg.get("data_root", "data")).glob(f"{name}-*/{path.name}") if p != path]
+    detail = f"your images at {user.root(cfg, name)}"
+    if not path.is_file() and before:
+        detail += f"; changed since {before[0].parent.name} was prepared: prepared again on the next run"
+    return {
+        **row,
+        "status": "prepared" if path.is_file() else "missing",
+        "path": str(path.parent),
+        "split_file": str(path),
+        "detail": detail,
+    }

@@ -130,9 +130,12 @@ def read_fewshot(path: str | Path, allow_fewer: bool = False) -> dict:
     return subset
 
 
-def write_classes(path: str | Path, split: dict[str, list[Row]]) -> dict:
+def write_classes(path: str | Path, split: dict[str, list[Row]], base_new=None) -> dict:
+    """The class names and the base/new labels (``base_new``: given ones, e.g. a user dataset's; default
+    :func:`base_new_labels`, or a function of the class names returning them or None)."""
     names = classnames(split["train"] + split["val"] + split["test"])
-    base, new = base_new_labels(range(len(names)))
+    given = base_new(names) if callable(base_new) else base_new
+    base, new = given or base_new_labels(range(len(names)))
     info = {"classnames": names, "base": base, "new": new}
     atomic_write_json(path, info)
     return info

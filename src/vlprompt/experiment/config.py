@@ -80,11 +80,13 @@ def validate(cfg: dict[str, Any], check_names: bool = True) -> dict[str, Any]:
         raise ConfigError("invalid config:\n" + "\n".join(lines))
     _fill_defaults(cfg, schema)
     if check_names:
-        from vlprompt.data.registry import get_dataset, list_datasets
+        from vlprompt.data.registry import get_dataset, list_datasets, use_config
         from vlprompt.methods import get_method
 
+        check_user_datasets(cfg)
+        use_config(cfg)
         for name in cfg["datasets"] + cfg.get("targets", []):
-            get_dataset(name)
+            get_dataset(name, cfg)
         if cfg["protocol"] in ("crossdataset", "domain_generalization") and not cfg.get("targets"):
             raise ConfigError(
                 f"protocol {cfg['protocol']!r} needs `targets`: the datasets to evaluate the trained models on"
@@ -98,13 +100,28 @@ def validate(cfg: dict[str, Any], check_names: bool = True) -> dict[str, Any]:
         for name in cfg["methods"]:
             get_method(name)
         for name in cfg["sources"]:
-            get_dataset(name)
+            get_dataset(name, cfg)
         check_declared_inputs(cfg)
         try:
             check_method_overrides(cfg)
         except OverridesError as err:
             raise ConfigError(str(err)) from None
     return cfg
+
+
+def check_user_datasets(cfg: dict) -> None:
+    """Each user dataset's entry beyond the schema (layout-specific keys, ratios), its root there, its name new."""
+    from vlprompt.data import user
+    from vlprompt.data.registry import list_datasets
+
+    for name in user.entries(cfg):
+        if name in list_datasets():
+            raise ConfigError(f"user_datasets: {name!r} is a registered dataset; give your dataset another name")
+        try:
+            user.settings(cfg, name)
+            user.root(cfg, name)
+        except user.UserDatasetError as err:
+            raise ConfigError(str(err)) from None
 
 
 def check_declared_inputs(cfg: dict) -> None:
@@ -194,7 +211,14 @@ def _declared_settings(cfg: dict, method: str) -> dict:
         out["unlabelled"] = cfg.get("unlabelled", "none")
     if cls.reads_multitask_prompt:
         out["sources"] = list(cfg.get("sources") or [])
+    if cls.reads_new_classnames:
+        out["new_class_names"] = new_class_names_given(cfg)
     return out
+
+
+def new_class_names_given(cfg: dict) -> bool:
+    """Whether methods declaring ``reads_new_classnames`` see the new classes' names (base2new, not refused)."""
+    return cfg["protocol"] == "base2new" and bool(cfg.get("new_class_names", True))
 
 
 def stage_hash(cfg: dict, stage: str) -> str:
@@ -216,6 +240,8 @@ def method_config_hash(cfg: dict, method: str, dataset: str | None = None, shots
     relevant = {k: cfg.get(k) for k in ("backbone", "protocol", "fewshot", "pocket")}
     relevant["features"] = _features_settings(cfg)
     relevant.update(_declared_settings(cfg, method))
+    if dataset in (cfg.get("user_datasets") or {}):  # its template makes the hand-crafted prompts
+        relevant["template"] = cfg["user_datasets"][dataset].get("template")
     if dataset is None:
         relevant["method"] = (cfg.get("method_overrides") or {}).get(method, {})
     elif shots is None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from vlprompt.experiment.config import backbone_key, method_config_hash, stage_hash
+from vlprompt.experiment.config import backbone_key, method_config_hash, method_settings, stage_hash
 
 DATA = "{data}/{dkey}"
 CLASSES = "{results}/splits/{dkey}/classes.json"
@@ -246,7 +246,9 @@ def declared_inputs(
         stem = test_views_stem(cfg, dataset, method, shots, trained_on)
         paths += [Path(f"{stem}.npy"), Path(f"{stem}.json")]
     if cls.reads_multitask_prompt and int(shots) > 0 and seed is not None:
-        paths += [multitask_dir(cfg, method, shots, seed) / name for name in MULTITASK_FILES]
+        mcfg = cls.make_config(method_settings(cfg, method, dataset, int(shots)))
+        for stage_seed in cls.multitask_seeds(mcfg, int(seed)):
+            paths += [multitask_dir(cfg, method, shots, stage_seed) / name for name in MULTITASK_FILES]
     return paths
 
 

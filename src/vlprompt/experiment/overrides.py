@@ -79,7 +79,7 @@ def check_method_overrides(cfg: dict) -> None:
         blocks = [(where, entry or {})]
         for dataset, block in ((entry or {}).get("by_dataset") or {}).items():
             try:
-                get_dataset(dataset)
+                get_dataset(dataset, cfg)
             except DatasetError as err:
                 raise OverridesError(f"{where}.by_dataset: {err}") from None
             blocks.append((f"{where}.by_dataset.{dataset}", block or {}))

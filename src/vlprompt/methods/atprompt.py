@@ -18,7 +18,16 @@ embeddings of their tokens. Then as CoOp: w_c = normalize(g(t_c)), logits = s ·
 The attributes are the ones the paper's differentiable search selected per dataset, shipped with their source in
 ``vlprompt/data/atprompt_attributes.json``; the search itself (which needs a language model to propose the
 candidates) is not reimplemented. The pocket datasets use the pocket world's own attributes, "colour" and
-"shape". The reference keeps one token per attribute word; here an attribute of several tokens keeps all of them.
+"shape". A user's own dataset (``user_datasets``), which no search covered, uses ImageNet's ("color", "shape";
+give ``attributes`` in ``method_overrides`` for better ones).
+
+The reference slices its tokenised prompt as if every attribute word were one token (``token_middle1 =
+embedding[:, 1 + n_att1 : n_att1 + 2]`` and so on). Where a word is several tokens the slices shift: on OxfordPets
+("playfulness" = "play" + "fulness", "energy") its prompt is [SOS][u¹] play [u²] X [v] X CLASS. — "fulness" and
+"energy" are overwritten by soft tokens and the placeholder words "X" stay in. ``attribute_tokens`` chooses:
+``"reference"`` (the default, because the published numbers come from it; identical to ``"all"`` wherever every
+attribute is one token, i.e. every dataset but OxfordPets) writes the soft tokens where the reference does;
+``"all"`` keeps every token of every attribute word (the paper's prompt as written).
 """
 
 from __future__ import annotations
@@ -34,6 +43,24 @@ from vlprompt.clip.prompting import PatternPrompts
 from vlprompt.methods.base import Method, MethodContext, MethodError, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
 
+ATTRIBUTE_TOKENS = ("reference", "all")
+
+
+class ReferenceSlicedPrompts(PatternPrompts):
+    """ATPrompt's pattern with the soft tokens at the positions the reference's slicing gives them: after SOS, each
+    attribute's A soft tokens followed by ONE frozen token, then the M context tokens, whatever the number of
+    tokens of each attribute word (see the module docstring)."""
+
+    def set_classes(self, classnames: list[str]) -> None:
+        super().set_classes(classnames)
+        at = 1
+        for name, p in self.slots.items():  # att0, att1, ..., ctx in the pattern's order
+            n = p.shape[0]
+            pos = torch.arange(at, at + n, device=self.tokens.device).expand(len(classnames), n)
+            self.register_buffer(f"pos_{name}", pos.contiguous(), persistent=False)
+            at += n + 1
+
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
@@ -42,10 +69,22 @@ def _per_dataset(filename: str) -> dict:
     return json.loads((DATA_DIR / filename).read_text())["datasets"]
 
 
+def is_user_dataset(dataset: str | None) -> bool:
+    """Whether ``dataset`` is one of the config's own datasets (``user_datasets``), which no reference knows."""
+    from vlprompt.data.registry import DatasetError, get_dataset
+
+    try:
+        return dataset is not None and get_dataset(dataset).kind == "user"
+    except DatasetError:
+        return False
+
+
 def per_dataset(filename: str, dataset: str | None, what: str) -> dict:
-    """The entry of ``dataset`` in a per-dataset data file (aliases resolved; every pocket_* dataset -> "pocket")."""
+    """The entry of ``dataset`` in a per-dataset data file (aliases resolved; every pocket_* dataset -> "pocket"; a
+    user's own dataset, which no reference searched, -> "ImageNet", the references' general-purpose entry)."""
     entries = _per_dataset(filename)
     name = "pocket" if dataset and dataset.startswith("pocket") else dataset
+    name = "ImageNet" if is_user_dataset(dataset) else name
     entry = entries.get(name or "")
     if isinstance(entry, str):
         entry = entries[entry]
@@ -66,6 +105,7 @@ class ATPromptConfig(CoOpConfig):
     att_init_std: float = 0.01
     ctx_init_std: float = 0.02
     attributes: str | tuple[str, ...] = "auto"  # "auto": the searched attributes of the dataset; or words
+    attribute_tokens: str = "reference"  # reference: soft tokens where the reference's slicing puts them | all
 
 
 @register
@@ -92,7 +132,12 @@ class ATPrompt(CoOp):
         init: dict[str, str | float] = {s: config.att_init_std for s in slots}
         slots["ctx"], init["ctx"] = config.n_ctx, config.ctx_init_std
         pattern = " ".join(f"{{att{k}}} {a}" for k, a in enumerate(attrs)) + " {ctx} {}."
+        if config.attribute_tokens not in ATTRIBUTE_TOKENS:
+            raise MethodError(
+                f"atprompt: attribute_tokens must be one of {ATTRIBUTE_TOKENS}, got {config.attribute_tokens!r}"
+            )
         gen = torch.Generator().manual_seed(ctx.seed)
-        self.prompt_learner = PatternPrompts(
+        prompts = ReferenceSlicedPrompts if config.attribute_tokens == "reference" else PatternPrompts
+        self.prompt_learner = prompts(
             ctx.encoder, ctx.backbone.tokenizer, ctx.classnames, pattern, slots, init, generator=gen
         )

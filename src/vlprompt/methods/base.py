@@ -87,8 +87,9 @@ class MethodContext:
     # Class descriptions (class name -> sentences, CuPL's format) for MSGCoOp, KAPT, ...; None: the description
     # store's file for ``dataset`` (vlprompt.data.descriptions), read when a method asks for it.
     descriptions: dict[str, list[str]] | None = None
-    # Names of classes that the protocol lets a method see as text only during training (OGEN's unknown
-    # classes); None: none (the default: the training loop gives the training classes' names only).
+    # Methods with ``reads_new_classnames`` (OGEN), under base2new: the new classes' NAMES, which the protocol lets
+    # such a method see as text during training (never their images or labels); None: not given (other protocols,
+    # other methods, or a config with `new_class_names: false`).
     unseen_classnames: list[str] | None = None
     # Methods with ``reads_unlabelled`` (TFUP): () -> (N, D) features of the target's unlabelled images, every image
     # of the split that the config's ``unlabelled`` option names, whatever its class, and no label (None elsewhere).
@@ -143,11 +144,13 @@ class Method(nn.Module):
     reads_unlabelled: ClassVar[bool] = False  # the target's unlabelled images (config `unlabelled`; ctx.unlabelled)
     reads_test_views: ClassVar[bool] = False  # forward gets (B, V, D): V views per test image, view 0 the original
     reads_multitask_prompt: ClassVar[bool] = False  # starts from a prompt trained on the config's `sources`
+    reads_new_classnames: ClassVar[bool] = False  # base2new: new classes' names, text only (unseen_classnames)
 
     def __init__(self, config: Any, ctx: MethodContext):
         super().__init__()
         self.config = config
         self.logit_scale = ctx.logit_scale
+        self.new_classnames_given = len(ctx.unseen_classnames or [])  # recorded by every run (0: none)
 
     @classmethod
     def make_config(cls, overrides: dict | None = None):
@@ -188,6 +191,11 @@ class Method(nn.Module):
             f"method {cls.name!r}: hyperparameter {name!r} must be of type {kind.__name__} like its "
             f"preset {default!r}, got {value!r}"
         )
+
+    @classmethod
+    def multitask_seeds(cls, config: Any, seed: int) -> list[int]:
+        """``reads_multitask_prompt``: the seeds of the multitask stages a run of ``seed`` starts from."""
+        return [int(seed)]
 
     def set_classes(self, classnames: list[str]) -> None:
         """Switch to another set of classes (evaluation on new classes)."""

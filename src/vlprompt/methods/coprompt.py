@@ -48,7 +48,7 @@ from torch import nn
 
 from vlprompt.clip import deep_prompts
 from vlprompt.clip.backbone import encode_prompts
-from vlprompt.data.descriptions import descriptions_for, source_of
+from vlprompt.data.descriptions import descriptions_for, source_record
 from vlprompt.methods.base import MethodContext, MethodError, normalize, register
 from vlprompt.methods.maple import MaPLe, MaPLeConfig
 
@@ -62,6 +62,9 @@ class CoPromptConfig(MaPLeConfig):
     text_adapter_ratio: float = 0.2
     adapter_reduction: int = 4  # bottleneck width D / reduction
     augmentation: str = "randaugment"  # the training views' augmentation (see image_runs.training_transform)
+    # the description store's source: CoPrompt's own gpt_file/<dataset>_prompt.json (the store's ``coprompt`` source,
+    # the files its trainer reads; pocket datasets read the pocket rule)
+    descriptions: str = "coprompt"
 
 
 def bottleneck(width: int, reduction: int, gen: torch.Generator) -> nn.Sequential:
@@ -97,11 +100,11 @@ class CoPrompt(MaPLe):
         super().__init__(config, ctx)
         if config.distill not in ("cosine", "mse"):
             raise MethodError(f"coprompt: distill must be cosine or mse, got {config.distill!r}")
-        given = descriptions_for(ctx.descriptions, ctx.dataset, ctx.classnames)
+        given = descriptions_for(ctx.descriptions, ctx.dataset, ctx.classnames, config.descriptions)
         sentences = [given[c] for c in ctx.classnames]
         self.per_class = min(len(s) for s in sentences)
         self.truncated = any(len(s) != self.per_class for s in sentences)
-        self.description_source = source_of(ctx.descriptions, ctx.dataset)
+        self.description_source = source_record(ctx.descriptions, ctx.dataset, config.descriptions)
         flat = [s[k] for k in range(self.per_class) for s in sentences]  # k-major: (K · C) prompts
         feats = encode_prompts(self.frozen.backbone, flat).view(self.per_class, len(sentences), -1)
         self.register_buffer("description_features", feats, persistent=False)  # (K, C, D), each normalised

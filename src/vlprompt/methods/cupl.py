@@ -12,11 +12,13 @@ open_clip's tokenizer does.
     S_c = D_c (cupl)   or   S_c = {t.format(class_c) : t ∈ T} ∪ D_c (cupl_ensemble: templates and descriptions pooled)
     logits(x) = s · normalize(f(x)) · w_cᵀ
 
-D_c comes from the description store (vlprompt.data.descriptions, CuPL's published format): the published files
-for the real datasets where they are saved (none is shipped: no licence), the pocket world's generated sentences
-(a documented rule standing in for the language model) on the pocket datasets. T is the template set of
+D_c comes from the description store's source ``descriptions`` (vlprompt.data.descriptions; preset ``cupl``: CuPL's
+own files, on ImageNet ``imagenet_prompts/CuPL_image_prompts.json``, the file classify_imagenet.py reads): the
+published files where they are saved (none is shipped: no licence), the pocket world's generated sentences (a
+documented rule standing in for the language model) on the pocket datasets. T is the template set of
 zero-shot CLIP's ensemble (``templates="auto"``: CLIP's set for the dataset, the pocket set on the pocket CLIP); the
-reference uses CLIP's 80 ImageNet templates on ImageNet. Each run records which description file it read.
+reference uses CLIP's 80 ImageNet templates on ImageNet. Each run records the source, the file it read and its
+SHA-256.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 
 from vlprompt.clip.backbone import encode_prompts
 from vlprompt.clip.prompting import prompt_name
-from vlprompt.data.descriptions import descriptions_for, source_of
+from vlprompt.data.descriptions import descriptions_for, source_record
 from vlprompt.methods.base import Method, MethodContext, register
 from vlprompt.methods.zeroshot import ZeroShot
 from vlprompt.methods.zeroshot_ensemble import resolve_templates
@@ -37,6 +39,9 @@ from vlprompt.methods.zeroshot_ensemble import resolve_templates
 @dataclasses.dataclass(frozen=True)
 class CuPLConfig:
     templates: str | tuple[str, ...] | None = None  # None: descriptions only (CuPL); else as zeroshot_ensemble
+    descriptions: str = (
+        "cupl"  # the store's source: CuPL's GPT-3 files (on ImageNet the one classify_imagenet.py reads)
+    )
 
 
 def pooled_classifier(backbone, sentences: list[list[str]]) -> torch.Tensor:
@@ -68,12 +73,13 @@ class CuPL(ZeroShot):
         self.set_classes(ctx.classnames)
 
     def set_classes(self, classnames: list[str]) -> None:
-        descs = descriptions_for(self.descriptions, self.dataset, classnames)
+        descs = descriptions_for(self.descriptions, self.dataset, classnames, self.config.descriptions)
         sentences = [[t.format(prompt_name(c)) for t in self.templates] + descs[c] for c in classnames]
         self.register_buffer("weights", pooled_classifier(self.backbone, sentences), persistent=False)
 
     def run_info(self) -> dict:
-        return {"descriptions": source_of(self.descriptions, self.dataset), "templates": len(self.templates)}
+        descriptions = source_record(self.descriptions, self.dataset, self.config.descriptions)
+        return {"descriptions": descriptions, "templates": len(self.templates)}
 
 
 @dataclasses.dataclass(frozen=True)

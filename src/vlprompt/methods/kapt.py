@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from vlprompt.clip.backbone import encode_prompts
 from vlprompt.clip.prompting import prompt_name
-from vlprompt.data.descriptions import descriptions_for
+from vlprompt.data.descriptions import descriptions_for, source_record
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
 from vlprompt.methods.restore import ResidualAdapter
@@ -50,6 +50,7 @@ class KAPTConfig(CoOpConfig):
     n_keywords: int = 3  # k keywords per class in the discrete prompt (assumption)
     discrete_weight: float = 0.5  # β, weight of the discrete prompt's classifier (assumption)
     head_reduction: int = 4  # adaptation head bottleneck D -> D / r (assumption)
+    descriptions: str = "cupl"  # the store's source (no reference code: CuPL's files, the most complete; assumption)
 
 
 def keywords(sentences: list[str], k: int) -> list[str]:
@@ -93,8 +94,14 @@ class KAPT(CoOp):
         super().set_classes(classnames)
         self.set_discrete(classnames)
 
+    def run_info(self) -> dict:
+        return {
+            **super().run_info(),
+            "descriptions": source_record(self.descriptions, self.dataset, self.config.descriptions),
+        }
+
     def set_discrete(self, classnames: list[str]) -> None:
-        descs = descriptions_for(self.descriptions, self.dataset, classnames)
+        descs = descriptions_for(self.descriptions, self.dataset, classnames, self.config.descriptions)
         self.discrete_texts = [
             discrete_prompt(self.template, c, keywords(descs[c], self.config.n_keywords)) for c in classnames
         ]

@@ -32,6 +32,19 @@ Deviations: the reference also fine-tunes the image encoder's LayerNorms (``FINE
 cached features; its text-to-text loss runs over the names of all classes of the dataset (new ones included),
 here over the training classes only (the protocol gives a method no other names); its experts' prompts drop the
 final "." that their prototypes keep, here both keep it.
+
+Known difference, kept on purpose: the reference sizes an expert's learnable parts by WORDS
+(``len(words.split(" "))``) and takes that many token embeddings, while the text is cut into BPE tokens; here a
+part has one learnable vector per BPE token of its words. They agree where every word is one token (most groups'
+first templates: "a photo of a", "a photo of the large", ", a type of aircraft"); they differ where a word is
+several tokens ("itap" = it + ap, "pixelated" = pixel + ated, "jpeg", "close-up" = close + - + up) and where the
+words after the class name start with a space ("{} texture.": two "words", the empty one and "texture", so the
+reference's slot holds "texture" and the end-of-text embedding and the frozen suffix keeps a second "texture").
+Following the reference would make the prompt of those experts depend on a counting slip rather than on the
+template; ``tests/test_method_fidelity.py`` pins where the two agree and where not.
+
+Templates (``templates="auto"``): the dataset's list in ``mocoop_templates.json``; a pocket dataset puts its own
+template first as a group of its own; a user's own dataset (``user_datasets``) likewise, before ImageNet's list.
 """
 
 from __future__ import annotations
@@ -45,7 +58,7 @@ from torch import nn
 
 from vlprompt.clip.backbone import encode_prompts
 from vlprompt.clip.prompting import PatternPrompts, class_prompts, format_tokens
-from vlprompt.methods.atprompt import per_dataset
+from vlprompt.methods.atprompt import is_user_dataset, per_dataset
 from vlprompt.methods.base import Method, MethodContext, MethodError, TrainConfig, normalize, register
 
 
@@ -106,7 +119,8 @@ class MoCoOp(Method):
         if spec == "auto":
             entry = per_dataset("mocoop_templates.json", ctx.dataset, "MoCoOp templates")
             templates, groups = list(entry["templates"]), tuple(entry["groups"])
-            if ctx.dataset and ctx.dataset.startswith("pocket"):  # the dataset's own template, its own group
+            if ctx.dataset and (ctx.dataset.startswith("pocket") or is_user_dataset(ctx.dataset)):
+                # the dataset's own template, its own group (a user dataset: ImageNet's list after it)
                 templates, groups = [ctx.template] + templates, (1,) + groups
         else:
             templates = [spec] if isinstance(spec, str) else list(spec)

@@ -9,7 +9,8 @@ base2new_train.sh and MSGCoOp/README.md (``base2new_all.sh MSGCoOp 8.0 1.0``: N 
 (batch 128, 100 epochs, SGD lr 0.002, cosine, 1 constant warm-up epoch).
 
 N contexts v^1 … v^N, each CoOp's shared context; w^i_c = g(t^i_c) (unnormalised) and ŵ^i_c its normalisation.
-The anchor of class c averages its M descriptions d_{c,m} (the description store, CuPL's format):
+The anchor of class c averages its M descriptions d_{c,m} (the description store's source ``msgcoop``: the reference's
+GPT-4.1 files, 4 per class; see vlprompt.data.descriptions):
 
     a_c = (1/M) Σ_m normalize(E_text("a photo of {class_c}, {d_{c,m}}"))
     logits(x) = (1/N) Σ_i s · x̂ · Ŵ^iᵀ
@@ -38,7 +39,7 @@ from torch import nn
 
 from vlprompt.clip.backbone import encode_prompts
 from vlprompt.clip.prompting import PromptLearner, prompt_name
-from vlprompt.data.descriptions import descriptions_for
+from vlprompt.data.descriptions import descriptions_for, source_record
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.kgcoop import KgCoOp, KgCoOpConfig, knowledge_loss
 
@@ -50,6 +51,7 @@ class MSGCoOpConfig(KgCoOpConfig):
     kg_weight: float = 8.0  # λ_sg, weight of the semantic guidance (KgCoOp's term with description anchors)
     anchor_format: str = "a photo of {}, {}"  # class name, description (the reference's)
     init_noise: float = 0.0  # σ of noise added to each context at init (0: identical contexts, the reference)
+    descriptions: str = "msgcoop"  # the store's source: MSGCoOp's GPT-4.1 files, 4 per class (the reference's)
 
 
 def diversity_loss(features: torch.Tensor) -> torch.Tensor:
@@ -86,12 +88,18 @@ class MSGCoOp(KgCoOp):
             ctxs = ctxs + config.init_noise * torch.randn(ctxs.shape, generator=gen).to(ctxs)
         pl.ctx = nn.Parameter(ctxs)
 
+    def run_info(self) -> dict:
+        return {
+            **super().run_info(),
+            "descriptions": source_record(self.descriptions, self.dataset, self.config.descriptions),
+        }
+
     def set_anchors(self, classnames: list[str]) -> None:
         """a_c from the class descriptions; at evaluation (other classes) the anchors are not needed."""
         if hasattr(self, "anchors") and list(classnames) != getattr(self, "anchor_classes", None):
             self.register_buffer("anchors", None, persistent=False)
             return
-        descs = descriptions_for(self.descriptions, self.dataset, classnames)
+        descs = descriptions_for(self.descriptions, self.dataset, classnames, self.config.descriptions)
         rows = []
         for c in classnames:
             feats = encode_prompts(

@@ -16,7 +16,11 @@ Two stages:
    once, with the cross-entropy over all the sources' classes (the reference's concatenated label space) and
    batches drawn from the union of their images;
 2. target stage, every run: CoOp on the target's few-shot data, its context initialised from the multitask
-   context (the reference's ``--model-dir``) instead of at random.
+   context (the reference's ``--model-dir``) instead of at random. The reference's instructions start every
+   target run from the source prompt averaged over the source stages of seeds 1, 2 and 3 (scripts/avg_ckpt.py
+   writes the mean of their ``prompt_learner`` checkpoints to the folder without a seed that
+   main_single_coopdata_cut.sh passes as ``--model-dir``): ``source_seeds`` (default (1, 2, 3), as the reference)
+   names the stages averaged; ``()`` starts each run from the stage of its own seed.
 
 Sources never include a target dataset (the config is rejected). Under base-to-new the sources train on their
 base classes, as every run does. Classes with the same name in several sources are one class here: the reference
@@ -43,6 +47,7 @@ class MVLPTConfig(CoOpConfig):
     ctx_init: str | None = None  # N(0, 0.02²), as MCoOp
     class_token_position: str = "middle"
     source_epochs: int = 200  # epochs of the multitask stage (the rest of its settings: this config's)
+    source_seeds: tuple[int, ...] = (1, 2, 3)  # stages whose contexts are averaged (the reference's avg_ckpt.py)
 
 
 def merge_sources(contexts: list[MethodContext]) -> MethodContext:
@@ -94,6 +99,10 @@ class MVLPT(CoOp):
             with torch.no_grad():
                 self.prompt_learner.ctx.copy_(state["prompt_learner.ctx"])
             self.initialised_from = state.get("source", "the multitask prompt given")
+
+    @classmethod
+    def multitask_seeds(cls, config: MVLPTConfig, seed: int) -> list[int]:
+        return [int(s) for s in config.source_seeds] or [int(seed)]
 
     @classmethod
     def source_config(cls, config: MVLPTConfig) -> MVLPTConfig:

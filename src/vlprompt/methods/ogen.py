@@ -19,15 +19,23 @@ drawn once per batch (as the reference):
     L_gen = D·MSE(z, x̂) + D·MSE(z', V)                                        (D = feature width; 512 in the reference)
     L_syn = ¼ CE(s·zWᵀ, y) + ¼ CE(s·z'Wᵀ, N(y)) / k + ¼ CE(s·x̂Wᵀ, y)          (the real-image CE is CoOp's)
 
-and, when the protocol gives names of classes without images (``MethodContext.unseen_classnames``; the reference
-uses the dataset's new classes), their prompted features W_u, the k unseen classes nearest to w_b and
-z''_b = G(W_u[those], w_b, x̂_b) add ½ CE(s·z''W_uᵀ, those) / k. The first 20% of the epochs train L_gen alone
-(the reference's schedule: the prompt receives no gradient then), afterwards L_gen + L_syn (+ the unseen term).
+and the unseen-class term, which the reference always adds (``CustomCLIP`` is built with ``classnames_new``, the
+dataset's new classes): with the prompted features W_u of the names of classes without images, the k unseen
+classes nearest to w_b and z''_b = G(W_u[those], w_b, x̂_b), it adds ½ CE(s·z''W_uᵀ, those) / k. OGEN declares
+``reads_new_classnames``: under base-to-new the run gives it the new classes' names from classes.json
+(``MethodContext.unseen_classnames``; never their images or labels), unless the config sets
+``new_class_names: false``; every run records how many names it had (``new_class_names`` in metrics.json) and
+whether the term was on (``method_info``). Without names (other protocols, refused) the term is off. The first 20%
+of the epochs train L_gen alone (the reference's schedule: the prompt receives no gradient then), afterwards
+L_gen + L_syn (+ the unseen term).
 
-Adaptive self-distillation (assumption: the released code builds a teacher model but the code that uses it is not
-in the repository): a local mean teacher. After each epoch e the context is stored; the teacher's context is the
-mean of the last m_e = ⌈``teacher_window`` · e⌉ stored contexts (a window growing with training), and after the
-warm phase the student's logits on the real images are distilled from the teacher's:
+Adaptive self-distillation is on by default because the paper makes it half of the method (its abstract:
+"Equally important is our adaptive self-distillation mechanism to regularize our feature generation model during
+joint optimization"); the released code builds a teacher model but the code that uses it is not in the
+repository, so its form here is an assumption (``distill_weight: 0`` turns it off): a local mean teacher. After
+each epoch e the context is stored; the teacher's context is the mean of the last m_e = ⌈``teacher_window`` · e⌉
+stored contexts (a window growing with training), and after the warm phase the student's logits on the real images
+are distilled from the teacher's:
 L_sd = λ_sd · KL(softmax(teacher) ‖ softmax(student)). Only the context and the generator train; prediction is
 CoOp's with the trained context (the generator and the teacher are training aids). The step counter and the stored
 contexts are part of the trained state, so a resumed run continues exactly.
@@ -56,7 +64,7 @@ class OGENConfig(CoOpConfig):
     warm_fraction: float = 0.2  # share of the epochs training the generator alone
     distill_weight: float = 1.0  # λ_sd (assumption)
     teacher_window: float = 0.5  # local mean teacher over the last ⌈window · epoch⌉ epochs (assumption)
-    use_unseen_names: bool = True  # use MethodContext.unseen_classnames when the protocol provides them
+    use_unseen_names: bool = True  # use the new classes' names when the run gives them (the reference: always)
 
 
 class FeatureGenerator(nn.Module):
@@ -78,6 +86,7 @@ class OGEN(CoOp):
     paper = "Zang et al., Overcoming the Pitfalls of Vision-Language Model Finetuning for OOD Generalization, ICLR 2024"
     description = "CoOp + a class-conditional image-feature generator (synthetic classes in the CE) + mean-teacher"
     Config = OGENConfig
+    reads_new_classnames = True
     prompt_learner: PromptLearner  # CoOp's, whose context this method reads
 
     ogen_step: torch.Tensor  # () the optimisation steps taken
@@ -108,6 +117,9 @@ class OGEN(CoOp):
             self.steps_per_epoch = max(
                 config.min_steps_per_epoch, n // config.batch_size if n >= config.batch_size else 1
             )
+
+    def run_info(self) -> dict:
+        return {**super().run_info(), "unseen_class_term": self.unseen is not None}
 
     def set_class_statistics(self, features: torch.Tensor, labels: torch.Tensor, n_cls: int) -> None:
         """μ_c, σ_c over every view of the class's normalised training features and its k nearest classes."""

@@ -8,8 +8,12 @@ both encoders; on cached image features only the final embeddings exist, so this
 learns CoOp's text context, and puts the "surgery" adapters on the final features of both modalities.
 
 Feature shift = how far a modality's embedding moves from the frozen CLIP's once the learned parts are in. With
-x̂ = normalize(f(x)) the frozen image feature, h_c = normalize(E_text(template(c))) the hand-crafted prompt's
-feature and w_c = normalize(g(t_c)) CoOp's prompted text feature:
+x̂ = normalize(f(x)) the frozen image feature, w_c = normalize(g(t_c)) CoOp's prompted text feature and h_c the
+text feature the shift is measured from (``shift_from``): by default the prompt at its initialisation,
+h_c = normalize(g(t_c⁰)) with the initial context (frozen), so both shifts start at 0 and the loss measures only
+what training moved; ``shift_from: template`` measures from the dataset's hand-crafted prompt,
+h_c = normalize(E_text(template(c))), which differs from the initial prompt "a photo of a {c}." on 7 of the 11
+datasets (every one whose template is not "a photo of a {}."), so there the loss is non-zero before any step:
 
     S_v(x̂) = x̂ + A_v(x̂),  S_t(w) = w + A_t(w)      surgery adapters: A = Linear(D, D/r) → ReLU → Linear(D/r, D),
                                                     the last layer initialised to zero (identity at the start)
@@ -20,9 +24,9 @@ feature and w_c = normalize(g(t_c)) CoOp's prompted text feature:
 
 so the image side (which has no prompt on cached features) is moved by its adapter as far as the text side is
 moved by the prompt and its adapter, and neither can drift alone. New classes use the trained context and text
-adapter with their own names. Optimisation: CoOp's base-to-new preset (4 tokens from "a photo of a", batch 32,
-200 epochs, SGD lr 0.002; assumption: the paper trains MaPLe's prompts with MaPLe's schedule); where the
-dataset's template is "a photo of a {}." the text shift starts at 0.
+adapter with their own names (h_c from the initial context with their names). Optimisation: CoOp's base-to-new
+preset (4 tokens from "a photo of a", batch 32, 200 epochs, SGD lr 0.002; assumption: the paper trains MaPLe's
+prompts with MaPLe's schedule).
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.clip.backbone import encode_prompts
-from vlprompt.clip.prompting import class_prompts
-from vlprompt.methods.base import MethodContext, normalize, register
+from vlprompt.clip.prompting import PromptLearner, class_prompts
+from vlprompt.methods.base import MethodContext, MethodError, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
 
 
@@ -43,7 +47,8 @@ from vlprompt.methods.coop import CoOp, CoOpConfig
 class RESTOREConfig(CoOpConfig):
     shift_weight: float = 1.0  # λ, weight of the feature-shift consistency (assumption: not known here)
     adapter_reduction: int = 4  # surgery adapter bottleneck D -> D / r (assumption: CLIP-Adapter's r)
-    template: str | None = None  # hand-crafted prompt the text shift is measured from; None: the dataset's
+    shift_from: str = "init"  # init: the prompt at its initialisation | template: the hand-crafted prompt
+    template: str | None = None  # shift_from=template: the hand-crafted prompt; None: the dataset's
 
 
 class ResidualAdapter(nn.Module):
@@ -71,26 +76,37 @@ class RESTORE(CoOp):
     paper = "Yang et al., RESTORE: Towards Feature Shift for Vision-Language Prompt Learning, ECCV 2024"
     description = "CoOp + surgery adapters on both modalities, their feature shifts kept equal (feature-bank reading)"
     Config = RESTOREConfig
+    prompt_learner: PromptLearner  # CoOp's, whose initial context the text shift is measured from
+    initial_ctx: torch.Tensor  # the context at initialisation
+    shift_origin: torch.Tensor  # (C, D) h_c
 
     hand_crafted: torch.Tensor  # (C, D) the hand-crafted prompts' normalised features
 
     def __init__(self, config: RESTOREConfig, ctx: MethodContext):
+        if config.shift_from not in ("init", "template"):
+            raise MethodError(f"restore: shift_from must be 'init' or 'template', got {config.shift_from!r}")
         super().__init__(config, ctx)
         self.backbone, self.template = ctx.backbone, config.template or ctx.template
+        self.register_buffer("initial_ctx", self.prompt_learner.ctx.detach().clone(), persistent=False)
         dim = ctx.backbone.embed_dim
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ctx.seed)
             self.image_surgery = ResidualAdapter(dim, config.adapter_reduction).to(ctx.device)
             self.text_surgery = ResidualAdapter(dim, config.adapter_reduction).to(ctx.device)
-        self.set_hand_crafted(ctx.classnames)
+        self.set_shift_origin(ctx.classnames)
 
     def set_classes(self, classnames: list[str]) -> None:
         super().set_classes(classnames)
-        self.set_hand_crafted(classnames)
+        self.set_shift_origin(classnames)
 
-    def set_hand_crafted(self, classnames: list[str]) -> None:
-        texts = class_prompts(self.template, classnames)
-        self.register_buffer("hand_crafted", encode_prompts(self.backbone, texts), persistent=False)  # (C, D)
+    def set_shift_origin(self, classnames: list[str]) -> None:
+        """h_c (C, D): the initial prompt's features (``shift_from: init``) or the hand-crafted prompt's."""
+        if self.config.shift_from == "init":
+            with torch.no_grad():
+                origin = normalize(self.prompt_learner(self.initial_ctx))
+        else:
+            origin = encode_prompts(self.backbone, class_prompts(self.template, classnames))
+        self.register_buffer("shift_origin", origin, persistent=False)
 
     def text_features(self) -> torch.Tensor:
         return normalize(self.text_surgery(super().text_features()))
@@ -105,5 +121,5 @@ class RESTORE(CoOp):
         x_hat = normalize(image_features)
         image, text = self.image_features(image_features), self.text_features()
         ce = F.cross_entropy(self.logit_scale * image @ text.T, labels)
-        fsc = shift_consistency(image - x_hat, text - self.hand_crafted)
+        fsc = shift_consistency(image - x_hat, text - self.shift_origin)
         return ce + self.config.shift_weight * fsc, {"ce": ce.item(), "shift": fsc.item()}

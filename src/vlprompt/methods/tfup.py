@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from vlprompt.clip.backbone import PromptedTextEncoder
 from vlprompt.clip.prompting import text_classifier
-from vlprompt.data.descriptions import descriptions_for, source_of
+from vlprompt.data.descriptions import descriptions_for, source_record
 from vlprompt.methods.base import Method, MethodContext, MethodError, normalize, register
 
 TEXTS = ("descriptions", "template")
@@ -52,6 +52,9 @@ class TFUPConfig:
     max_cache_shots: int = 16
     select_scale: float = 10.0  # temperature of the pseudo-label distributions (the reference's 10)
     text: str = "descriptions"  # descriptions (the reference) | template (its VisDA setting)
+    # the store's source: TFUP's own gpt-3.5 files exist only for its benchmarks (DomainNet, Office-31, Office-Home:
+    # source "tfup"); on the registered datasets CuPL's GPT-3 files, the same kind of text (assumption)
+    descriptions: str = "cupl"
     template: str | None = None  # text="template": a template or table (None: the dataset's)
     logit_scale: float | None = 100.0  # the reference hard-codes 100; None: the model's
 
@@ -108,7 +111,7 @@ class TFUP(Method):
         """W (C, D): the normalised mean of the unnormalised description features (or the template's classifier)."""
         if self.config.text == "template":
             return text_classifier(self.backbone, self.templates, classnames)
-        descs = descriptions_for(self.descriptions, self.dataset, classnames)
+        descs = descriptions_for(self.descriptions, self.dataset, classnames, self.config.descriptions)
         encoder = PromptedTextEncoder(self.backbone.model)
         device = next(self.backbone.model.parameters()).device
         rows = []
@@ -148,7 +151,8 @@ class TFUP(Method):
         return self.logit_scale * sims + c.alpha * cache
 
     def run_info(self) -> dict:
-        texts = source_of(self.descriptions, self.dataset) if self.config.text == "descriptions" else "template"
+        descriptions = source_record(self.descriptions, self.dataset, self.config.descriptions)
+        texts = descriptions if self.config.text == "descriptions" else "template"
         return {
             "unlabelled": self.pool,
             "unlabelled_images": len(self.unlabelled),

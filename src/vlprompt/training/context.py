@@ -13,7 +13,7 @@ from vlprompt.clip.features import FeatureBank, pick_device
 from vlprompt.data.registry import get_dataset, split_path
 from vlprompt.data.splits import read_fewshot, subsample_classes
 from vlprompt.experiment import grid
-from vlprompt.experiment.config import ConfigError
+from vlprompt.experiment.config import ConfigError, method_settings, new_class_names_given
 from vlprompt.io import read_artefact_json
 from vlprompt.methods import MethodContext, get_method
 from vlprompt.training.loop import seed_everything
@@ -62,8 +62,8 @@ def method_context(
 
 def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: torch.device, for_training: bool = True):
     """The method's context for a run: backbone, training classes, few-shot features (if trained), and what the
-    method declares it reads: the unlabelled images' features, the multitask prompt it starts from (when
-    ``for_training``; a trained model's evaluation loads its own state instead).
+    method declares it reads: the unlabelled images' features, the multitask prompt it starts from and the new
+    classes' names under base2new (when ``for_training``; a trained model's evaluation loads its own state instead).
 
     Returns (context, feature bank, classes.json content). Training classes are the base classes
     under base2new and all classes under the other protocols.
@@ -90,7 +90,10 @@ def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: t
     if cls.reads_unlabelled:
         ctx.unlabelled = unlabelled_features(cfg, dataset)
     if cls.reads_multitask_prompt and shots > 0 and for_training:
-        ctx.multitask_prompt = load_multitask_prompt(cfg, cls.name, shots, seed, device)
+        seeds = cls.multitask_seeds(cls.make_config(method_settings(cfg, cls.name, dataset, shots)), seed)
+        ctx.multitask_prompt = load_multitask_prompt(cfg, cls.name, shots, seeds, device)
+    if cls.reads_new_classnames and for_training and new_class_names_given(cfg):
+        ctx.unseen_classnames = [names[i] for i in classes["new"]]  # names from classes.json; no image, no label
     return ctx, bank, classes
 
 
@@ -120,8 +123,11 @@ def eval_features(
     return bank.take("test", [r[0] for r in rows])
 
 
-def load_multitask_prompt(cfg: dict, method: str, shots: int, seed: int, device: torch.device) -> dict:
-    """The multitask stage's state for (shots, seed), checked against its record; ``source`` names the file."""
-    folder = grid.multitask_dir(cfg, method, shots, seed)
-    state = load_model_state(folder, device)["state"]
-    return {**state, "source": str(folder / "model.pt")}
+def load_multitask_prompt(cfg: dict, method: str, shots: int, seeds: list[int], device: torch.device) -> dict:
+    """The multitask stages' state for ``shots``, averaged over the stages of ``seeds`` (each checked against its
+    record; the reference's avg_ckpt.py); ``source`` names the file, or the files averaged."""
+    folders = [grid.multitask_dir(cfg, method, shots, s) for s in seeds]
+    states = [load_model_state(folder, device)["state"] for folder in folders]
+    state = {k: torch.stack([s[k] for s in states]).float().mean(0).to(states[0][k].dtype) for k in states[0]}
+    files = [str(folder / "model.pt") for folder in folders]
+    return {**state, "source": files[0] if len(files) == 1 else "mean of " + ", ".join(files)}

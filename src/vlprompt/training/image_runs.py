@@ -46,13 +46,18 @@ class Views(torch.utils.data.Dataset):
         return torch.stack([v[k] for v in self.views])
 
 
-def epoch_images(root: Path, relpaths: list[str], transform, seed: int, epoch: int, views: int = 1):
+def epoch_images(root: Path, relpaths: list[str], transform, seed: int, epoch: int, views: int = 1, exif: bool = False):
     """Epoch ``epoch``'s training images: one augmentation stream, or ``views`` independent ones (view 0 the same
     as the single stream's; view v > 0 seeded by (epoch stream, v))."""
     first = _epoch_view(seed, epoch)
     if views == 1:
-        return ImageList(root, relpaths, transform, view=first)
-    return Views([ImageList(root, relpaths, transform, view=first if v == 0 else f"{first}/{v}") for v in range(views)])
+        return ImageList(root, relpaths, transform, view=first, exif=exif)
+    return Views(
+        [
+            ImageList(root, relpaths, transform, view=first if v == 0 else f"{first}/{v}", exif=exif)
+            for v in range(views)
+        ]
+    )
 
 
 def image_loop(
@@ -67,9 +72,11 @@ def image_loop(
     workers: int = 0,
     progress: bool = True,
     stop_after: int | None = None,
+    exif: bool = False,
     on_epoch=None,
 ) -> dict:
-    """Train ``method`` on the images ``rows`` ([relpath, label, name], labels of the training classes)."""
+    """Train ``method`` on the images ``rows`` ([relpath, label, name], labels of the training classes); ``exif``:
+    read them as a user's images (``ImageList``)."""
     device = ctx.device
     relpaths, labels = [r[0] for r in rows], torch.tensor([r[1] for r in rows])
     n = len(rows)
@@ -77,7 +84,7 @@ def image_loop(
     def batches(epoch: int, gen: torch.Generator, steps: int):
         order = torch.randperm(n, generator=gen)
         idxs = [batch_indices(order, s, cfg.batch_size).tolist() for s in range(steps)]
-        images = epoch_images(root, relpaths, transform, ctx.seed, epoch, getattr(method, "train_views", 1))
+        images = epoch_images(root, relpaths, transform, ctx.seed, epoch, getattr(method, "train_views", 1), exif)
         loader = torch.utils.data.DataLoader(
             images, batch_sampler=idxs, num_workers=workers, pin_memory=device.type == "cuda"
         )
@@ -112,13 +119,14 @@ def evaluate_images(
     device: torch.device,
     batch_size: int = 256,
     workers: int = 0,
+    exif: bool = False,
 ) -> dict:
     """:func:`vlprompt.training.evaluate.evaluate` on images: the same parts, closed sets and metrics."""
 
     @torch.no_grad()
     def predict(rows: list) -> torch.Tensor:
         loader = torch.utils.data.DataLoader(
-            ImageList(root, [r[0] for r in rows], transform),
+            ImageList(root, [r[0] for r in rows], transform, exif=exif),
             batch_size=batch_size,
             num_workers=workers,
             pin_memory=device.type == "cuda",
@@ -153,7 +161,7 @@ def run(
     train_names = [classes["classnames"][i] for i in train_labels]
     ctx = method_context(cfg, dataset, train_names, device, seed)
     backbone = ctx.backbone
-    root = registry.dataset_dir(cfg, dataset)
+    root, exif = registry.image_root(cfg, dataset), registry.reads_exif(cfg, dataset)
     fcfg = cfg["features"]
     t_load = time.time() - t0
     method = cls(mcfg, ctx).to(device)
@@ -178,6 +186,7 @@ def run(
                 fcfg["workers"],
                 progress,
                 stop_after,
+                exif,
                 on_epoch,
             )
     t_train = time.time() - t0 - t_load
@@ -193,6 +202,7 @@ def run(
         device,
         fcfg["batch_size"],
         fcfg["workers"],
+        exif,
     )
     seconds = {"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)}
     return save_run(
@@ -234,7 +244,7 @@ def evaluate_transfer(
     metrics = evaluate_images(
         method,
         test_rows,
-        registry.dataset_dir(cfg, target),
+        registry.image_root(cfg, target),
         ctx.backbone.preprocess,
         target_classes,
         "all",
@@ -242,6 +252,7 @@ def evaluate_transfer(
         device,
         fcfg["batch_size"],
         fcfg["workers"],
+        registry.reads_exif(cfg, target),
     )
     metrics = transfer_metrics(
         cfg,

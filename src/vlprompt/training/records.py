@@ -71,11 +71,13 @@ def save_run(
         hyperparameters=hyperparameters,
         overrides=method_settings(cfg, method.name, dataset, shots),
         method_info=method.run_info(),
+        new_class_names=method.new_classnames_given,  # names of new classes seen as text in training (0: none)
         trained=method.needs_training,
         train=train_info,
         seconds=seconds,
         provenance=prov,
     )
+    _dataset_provenance(cfg, metrics, dataset)
     atomic_torch_save(
         out_dir / "model.pt",
         {
@@ -116,7 +118,17 @@ def transfer_metrics(
         config_hash=method_config_hash(cfg, method_name, dataset, shots),
         provenance=prov,
     )
+    _dataset_provenance(cfg, metrics, target)
     return metrics
+
+
+def _dataset_provenance(cfg: dict, metrics: dict, dataset: str) -> None:
+    """A user dataset's record (its key, root, split, conversions, template, fallbacks) in the run's metrics."""
+    from vlprompt.data.registry import provenance
+
+    record = provenance(cfg, dataset)
+    if record is not None:
+        metrics["dataset_provenance"] = record
 
 
 def asdict(obj) -> dict:

@@ -595,6 +595,38 @@ def _curves_figure(s: Section, curves_dir: Path | None, out: Path, cfg: dict) ->
         )
 
 
+def _user_datasets(s: Section, cfg: dict) -> None:
+    """The experiment's own datasets (config ``user_datasets``) as their prepare step found them (PREPARED.json)."""
+    from vlprompt.data import registry, user
+    from vlprompt.experiment.grid import all_datasets
+
+    rows = []
+    for name in (d for d in all_datasets(cfg) if user.is_user(cfg, d)):
+        path = registry.dataset_dir(cfg, name) / "PREPARED.json"
+        if not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        rows.append(
+            {
+                "dataset": name,
+                "root": record["root"],
+                "prepared as": record["key"],
+                "classes": record["counts"]["classes"],
+                "train / val / test": " / ".join(str(record["images"][p]) for p in ("train", "val", "test")),
+                "split": record["split_origin"],
+                "converted on reading": ", ".join(f"{k} {v}" for k, v in record["conversions"].items()) or "none",
+                "skipped": ", ".join(r for r, _ in record["skipped"][:5]) or "none",
+                "warnings": len(record["warnings"]),
+            }
+        )
+    if rows:
+        s.text(
+            "Datasets of your own (`user_datasets`, docs/your_data.md), as the prepare step checked and split them; "
+            "the findings in full are in each prepared folder's PREPARED.json."
+        )
+        s.table(pd.DataFrame(rows), css="wrap")
+
+
 def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict, curves_dir: Path | None = None) -> None:
     """Write ``out_dir/report.md``, ``out_dir/index.html``, ``out_dir/figures/*.png`` and ``out_dir/cells.csv``
     from the experiment's ``summary.csv`` and ``stats.csv`` (and the training curves in ``curves_dir``)."""
@@ -645,6 +677,7 @@ def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict, curves_
         sections.append(s)
     sections.append(_cells_section(cells, summary, scfg))
     s = _provenance_section(summary, protocol, backbone, scfg)
+    _user_datasets(s, cfg)
     _overrides(s, cfg)
     sections.append(s)
 
