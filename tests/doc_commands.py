@@ -65,8 +65,9 @@ def _command_lines(body: list[str]) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def blocks(doc: Path | None = None) -> dict[str, tuple[str, list[str]]]:
-    """name -> (test file, command lines) for every block marked as tested (of one page, or of every page)."""
+def blocks(doc: Path | None = DOC) -> dict[str, tuple[str, list[str]]]:
+    """name -> (test file, command lines) for every block marked as tested on ``doc`` (docs/dvc_and_slurm.md by
+    default), or on every page with ``doc=None``."""
     out = {}
     for page in [doc] if doc else pages():
         for _, before, body in _blocks(page):
@@ -113,7 +114,7 @@ def unmarked_blocks(doc: Path = DOC) -> list[str]:
 
 
 def commands(name: str, replace: dict[str, str] | None = None) -> list[str]:
-    lines = blocks()[name][1]
+    lines = blocks(None)[name][1]
     for old, new in (replace or {}).items():
         lines = [line.replace(old, new) for line in lines]
     return lines

@@ -215,5 +215,5 @@ def test_the_real_benchmark_dry_runs_here(tmp_path):
 
 
 def test_the_blocks_this_file_checks_exist():
-    mine = {name for name, (path, _) in blocks().items() if path == "tests/test_docs.py"}
+    mine = {name for name, (path, _) in blocks(None).items() if path == "tests/test_docs.py"}
     assert mine == {"readme_quick_start", "quick_start", "using_it", "shipped_configs", "real_benchmark_dry_run"}
