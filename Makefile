@@ -30,7 +30,7 @@ LOCK_FLAGS ?=
 # the rules call `python -m vlprompt`: make the project's environment the one on PATH
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install lock run test lint system-deps clean-results pull examples
+.PHONY: install lock run test lint docs system-deps clean-results pull examples
 
 $(STAMP): pyproject.toml $(LOCK)
 	@if [ ! -x $(BIN)/python ]; then \
@@ -80,6 +80,11 @@ lint: install
 	$(BIN)/lint-imports --no-logo
 	$(BIN)/mypy
 	$(BIN)/snakemake --lint
+
+## build the documentation site into site/ (MkDocs, strict: a broken link fails; the method catalogue is generated
+## from the registry)
+docs: install
+	$(BIN)/mkdocs build --strict
 
 ## refresh the example reports (reports/examples/<experiment>/) from reports/<experiment>/ of the experiments
 ## run here: make examples EXPERIMENTS="pocket pocket_deep_prompts"

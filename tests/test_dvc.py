@@ -199,6 +199,7 @@ def test_metrics_params_and_plots_show(clones):
     assert "stats.bootstrap_resamples" in edited and "200" in edited and "300" in edited, edited
     html = (clones["work"] / "dvc_plots" / "index.html").read_text()
     assert "summary.csv" in html and ".png" in html
+    assert "/curves/" in html and "seed1.csv" in html  # each trained run's training curve
 
 
 @pytest.mark.slow

@@ -72,6 +72,12 @@ def test_report_is_rendered(workdir):
     assert "coop" in md and "pocket_dark" in md
     assert (report / "index.html").stat().st_size > 1000
     assert list((report / "figures").glob("*.png"))
+    # the training curves: one CSV per trained run (coop: 2 datasets x 2 shots x 2 seeds; the linear probe fits
+    # in closed form, zero-shot does not train), and their figure on the first dataset
+    curves = sorted((workdir / "results" / "e2e" / "curves").rglob("*.csv"))
+    assert len(curves) == 8 and all("/coop/" in str(c) for c in curves)
+    assert len(pd.read_csv(curves[0])) == 10  # coop's 10 epochs
+    assert (report / "figures" / "training_curves.png").exists() and "training_curves.png" in md
 
 
 @pytest.mark.slow

@@ -54,6 +54,12 @@ def _cfg(args):
 def cmd_methods(args) -> None:
     from vlprompt.methods import get_method, list_methods
 
+    if getattr(args, "format", "text") != "text":
+        from vlprompt.analysis import catalogue
+
+        rows = catalogue.catalogue()
+        print(catalogue.to_markdown(rows) if args.format == "markdown" else catalogue.to_json(rows), end="")
+        return
     for name in list_methods():
         m = get_method(name)
         kind = "cached features" if m.inputs == "features" else "image encoder in the loop"
@@ -322,6 +328,7 @@ def cmd_aggregate(args) -> None:
         Path(args.summary),
         Path(args.stats),
         Path(args.metrics_json) if args.metrics_json else None,
+        Path(args.curves) if args.curves else None,
     )
 
 
@@ -329,7 +336,7 @@ def cmd_report(args) -> None:
     from vlprompt.analysis import report
 
     cfg = _cfg(args)
-    report.render(Path(args.summary), Path(args.stats), Path(args.out), cfg)
+    report.render(Path(args.summary), Path(args.stats), Path(args.out), cfg, Path(args.curves) if args.curves else None)
 
 
 def cmd_pretrain(args) -> None:
@@ -398,7 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--quiet", action="store_true", help="no progress bars")
         return s
 
-    add("methods", cmd_methods, "list the methods with a one-line description and paper", config=False)
+    s = add("methods", cmd_methods, "list the methods with a one-line description and paper", config=False)
+    s.add_argument(
+        "--format",
+        choices=["text", "markdown", "json"],
+        default="text",
+        help="text: one line each; markdown, json: the method catalogue (reads, protocols, reference, checks, cost)",
+    )
     s = add("datasets", cmd_datasets, "list every dataset and its status on this machine", config=False)
     s.add_argument("--config", help="read data_root and the download block (downloads_root) from this config")
     s.add_argument("--data-root", help="where prepared datasets go (default: the config's, else data)")
@@ -470,10 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--summary", required=True)
     s.add_argument("--stats", required=True)
     s.add_argument("--metrics-json", help="also write each metric's mean per method and shots (DVC's metrics)")
+    s.add_argument("--curves", help="also write each trained run's training curves as CSV files into this folder")
     s.add_argument("metrics", nargs="+")
     s = add("report", cmd_report, "render reports/<experiment>/ (report.md, index.html, figures)")
     for a in ("--summary", "--stats", "--out"):
         s.add_argument(a, required=True)
+    s.add_argument("--curves", help="the folder of training curves `aggregate --curves` wrote (a figure of them)")
     s = add("pretrain-pocket", cmd_pretrain, "pretrain the tiny pocket CLIP", config=False)
     s.add_argument("--out", required=True)
     s.add_argument(

@@ -9,6 +9,7 @@ rule aggregate:
         summary=grid.summary_path(CFG),
         stats=grid.stats_path(CFG),
         metrics=grid.summary_path(CFG).with_name("metrics.json"),
+        curves=directory(grid.summary_path(CFG).with_name("curves")),
     params:
         settings=grid.stage_hash(CFG, "report"),
     conda:
@@ -17,13 +18,15 @@ rule aggregate:
         f"{LOGS}/aggregate.log",
     shell:
         "python -m vlprompt aggregate --summary {output.summary} --stats {output.stats} "
-        "--metrics-json {output.metrics} {input} > {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
+        "--metrics-json {output.metrics} --curves {output.curves} "
+        "{input} > {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
 
 
 rule report:
     input:
         summary=rules.aggregate.output.summary,
         stats=rules.aggregate.output.stats,
+        curves=rules.aggregate.output.curves,
         notes=CFG.get("report", {}).get("notes_file", []),  # findings written by hand, shown in the report
     output:
         md=grid.report_dir(CFG) / "report.md",
@@ -48,6 +51,6 @@ rule report:
     log:
         f"{LOGS}/report.log",
     shell:
-        "python -m vlprompt report --summary {input.summary} --stats {input.stats} "
+        "python -m vlprompt report --summary {input.summary} --stats {input.stats} --curves {input.curves} "
         "--out {params.out} > {log} 2>&1"
 

@@ -7,12 +7,19 @@ that every comparison at every shots setting has its reference.
 
 ``metrics.json`` beside it is the experiment in a few numbers, DVC's metrics file (``dvc metrics show``,
 ``dvc metrics diff``): each metric's mean per method and shots over datasets and seeds.
+
+``curves/`` beside it holds the training curves, one CSV per trained run
+(``curves/<dataset>/<method>/<K>shot/seed<S>.csv``: per epoch the mean loss, each loss term the method reports,
+the learning rate), taken from the ``train.curves`` each run's metrics.json records; DVC's plots
+(``dvc plots show``) and the report's training-curve figure read them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -108,12 +115,69 @@ def write_metrics(summary: pd.DataFrame, path: Path) -> dict:
     return metrics
 
 
+CURVE_KEYS = ["dataset", "method", "shots", "seed", "epoch", "loss", "lr"]  # then the method's loss terms
+
+
+def training_curves(metrics_files: list[Path]) -> pd.DataFrame:
+    """One row per trained run × epoch: the run's identity and what the training loop recorded per epoch
+    (``train.curves`` of its metrics.json); runs without curves (no gradient training, transfer evaluations,
+    runs recorded before curves were) add nothing."""
+    frames = []
+    for path in metrics_files:
+        m = read_artefact_json(path)
+        train = m.get("train")
+        curves = train.get("curves") if isinstance(train, dict) else None
+        if curves:
+            ident = {"dataset": m["dataset"], "method": m["method"], "shots": m["shots"], "seed": m["seed"]}
+            frames.append(pd.DataFrame([{**ident, **row} for row in curves]))
+    if not frames:
+        return pd.DataFrame(columns=CURVE_KEYS)
+    df = pd.concat(frames, ignore_index=True)
+    terms = sorted(c for c in df.columns if c not in CURVE_KEYS)
+    return df[CURVE_KEYS + terms].sort_values(["dataset", "method", "shots", "seed", "epoch"])
+
+
+def curve_path(directory: Path, dataset: str, method: str, shots: int, seed: int) -> Path:
+    return Path(directory) / str(dataset) / str(method) / f"{int(shots)}shot" / f"seed{int(seed)}.csv"
+
+
+def write_curves(curves: pd.DataFrame, directory: Path) -> None:
+    """One CSV per run under ``directory``, the run's own terms only; written into a temporary folder beside it,
+    which then replaces it, so a killed job leaves no partly written folder at the declared path."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for (dataset, method, shots, seed), run in curves.groupby(["dataset", "method", "shots", "seed"]):
+        path = curve_path(tmp, dataset, method, shots, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        run.dropna(axis=1, how="all").to_csv(path, index=False, float_format="%.6g")
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+
+
+def read_curves(directory: Path) -> pd.DataFrame:
+    """Every run's curves under ``directory`` in one table (empty when there are none)."""
+    files = sorted(Path(directory).rglob("*.csv")) if Path(directory).is_dir() else []
+    if not files:
+        return pd.DataFrame(columns=CURVE_KEYS)
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+
+
 def aggregate(
-    cfg: dict, metrics_files: list[Path], summary_csv: Path, stats_csv: Path, metrics_json: Path | None = None
+    cfg: dict,
+    metrics_files: list[Path],
+    summary_csv: Path,
+    stats_csv: Path,
+    metrics_json: Path | None = None,
+    curves_dir: Path | None = None,
 ) -> pd.DataFrame:
     from vlprompt.analysis.stats import compute_stats
 
     df = summary_table(cfg, metrics_files)
+    if curves_dir is not None:
+        write_curves(training_curves(metrics_files), curves_dir)
     with atomic_path(summary_csv) as tmp:
         df.to_csv(tmp, index=False, float_format="%.4f")
     if metrics_json is not None:

@@ -26,6 +26,7 @@ from vlprompt.training.context import (
     unlabelled_features,
 )
 from vlprompt.training.evaluate import evaluate
+from vlprompt.training.loggers import live_logger
 from vlprompt.training.loop import batch_indices, seed_everything, train_loop
 from vlprompt.training.records import load_model_state, save_run, transfer_metrics
 
@@ -38,9 +39,10 @@ def feature_loop(
     checkpoint_every: int,
     progress: bool = True,
     stop_after: int | None = None,
+    on_epoch=None,
 ) -> dict:
     """Train the method's parameters on ``ctx.train_features`` ((V, N, D): V augmented views of N images);
-    resumable from ``ckpt_path``."""
+    resumable from ``ckpt_path``; ``on_epoch`` receives each epoch's row of the curves (a live logger)."""
     device = ctx.device
     feats, labels = ctx.training_data()  # (V, N, D), (N,)
     views, n = feats.shape[0], feats.shape[1]
@@ -52,8 +54,10 @@ def feature_loop(
             idx = batch_indices(order, step, cfg.batch_size)
             yield feats[view[idx], idx].to(device), labels[idx].to(device)
 
-    info = train_loop(method, cfg, ctx.seed, device, n, batches, ckpt_path, checkpoint_every, progress, stop_after)
-    return {"loss_history": info["loss_history"], "steps_per_epoch": info["steps_per_epoch"]}
+    info = train_loop(
+        method, cfg, ctx.seed, device, n, batches, ckpt_path, checkpoint_every, progress, stop_after, on_epoch
+    )
+    return {key: info[key] for key in ("loss_history", "steps_per_epoch", "curves")}
 
 
 def run(
@@ -79,7 +83,9 @@ def run(
     train_info: dict = {}
     ckpt = out_dir / "checkpoint.pt"
     if cls.needs_training and not method.fit(ctx):
-        train_info = feature_loop(method, ctx, mcfg, ckpt, cfg["train"]["checkpoint_every"], progress, stop_after)
+        with live_logger(cfg, out_dir, ckpt) as on_epoch:
+            every = cfg["train"]["checkpoint_every"]
+            train_info = feature_loop(method, ctx, mcfg, ckpt, every, progress, stop_after, on_epoch)
         method.after_training(ctx)
     t_train = time.time() - t0 - t_load
     test_rows = bank.rows("test")

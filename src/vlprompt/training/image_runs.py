@@ -23,6 +23,7 @@ from vlprompt.io import atomic_write_json, provenance, read_artefact_json
 from vlprompt.methods import MethodContext, MethodError, TrainConfig, get_method
 from vlprompt.training.context import method_context, start_job, training_classes
 from vlprompt.training.evaluate import evaluate_parts
+from vlprompt.training.loggers import live_logger
 from vlprompt.training.loop import batch_indices, seed_everything, train_loop
 from vlprompt.training.records import load_model_state, save_run, transfer_metrics
 
@@ -72,6 +73,7 @@ def image_loop(
     progress: bool = True,
     stop_after: int | None = None,
     exif: bool = False,
+    on_epoch=None,
 ) -> dict:
     """Train ``method`` on the images ``rows`` ([relpath, label, name], labels of the training classes); ``exif``:
     read them as a user's images (``ImageList``)."""
@@ -89,7 +91,9 @@ def image_loop(
         for idx, x in zip(idxs, loader, strict=True):
             yield x.to(device, non_blocking=True), labels[idx].to(device)
 
-    return train_loop(method, cfg, ctx.seed, device, n, batches, ckpt_path, checkpoint_every, progress, stop_after)
+    return train_loop(
+        method, cfg, ctx.seed, device, n, batches, ckpt_path, checkpoint_every, progress, stop_after, on_epoch
+    )
 
 
 def training_transform(backbone, mcfg, crop_scale_min: float):
@@ -169,20 +173,22 @@ def run(
         )
         rows = subsample_classes(fewshot["train"], train_labels)
         transform = training_transform(backbone, mcfg, fcfg["crop_scale_min"])
-        train_info = image_loop(
-            method,
-            ctx,
-            mcfg,
-            root,
-            rows,
-            transform,
-            ckpt,
-            cfg["train"]["checkpoint_every"],
-            fcfg["workers"],
-            progress,
-            stop_after,
-            exif,
-        )
+        with live_logger(cfg, out_dir, ckpt) as on_epoch:
+            train_info = image_loop(
+                method,
+                ctx,
+                mcfg,
+                root,
+                rows,
+                transform,
+                ckpt,
+                cfg["train"]["checkpoint_every"],
+                fcfg["workers"],
+                progress,
+                stop_after,
+                exif,
+                on_epoch,
+            )
     t_train = time.time() - t0 - t_load
     test_rows = splits.read_split(registry.split_path(cfg, dataset))["test"]
     metrics = evaluate_images(

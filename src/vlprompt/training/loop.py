@@ -94,6 +94,7 @@ def train_loop(
     checkpoint_every: int,
     progress: bool = True,
     stop_after: int | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train ``method`` for ``cfg.epochs`` on ``n`` training examples drawn by ``batches``; resumable from
     ``ckpt_path``. Hooks a method may define: ``adjust_gradients(x, y)`` after the backward (ProGrad's gradient
@@ -101,11 +102,13 @@ def train_loop(
     prompt aggregation), ``loop_state()``/``load_loop_state()`` for what the checkpoint must carry besides the
     trainable parameters.
 
-    Returns the per-epoch mean loss (``loss_history``), ``steps_per_epoch`` and each epoch's wall seconds."""
+    Returns the per-epoch mean loss (``loss_history``), ``steps_per_epoch``, each epoch's wall seconds and its
+    ``curves``: per epoch, the mean loss, the mean of each term the method's ``loss`` reports in its parts, and
+    the learning rate (of the epoch's last step), the row also passed to ``on_epoch`` (a live logger)."""
     from tqdm import tqdm
 
     opt, scaler, steps = loop_setup(method, cfg, device, n)
-    start, history, seconds = 0, [], []
+    start, history, seconds, curves = 0, [], [], []
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         method.load_trainable_state(state["model"])
@@ -115,6 +118,7 @@ def train_loop(
         if load_loop_state is not None and state.get("loop") is not None:
             load_loop_state(state["loop"])
         start, history, seconds = state["epoch"], state["history"], state.get("seconds", [])
+        curves = state.get("curves", [])
         log.info("resuming %s from epoch %d", ckpt_path, start)
     method.train()
     bar = tqdm(
@@ -132,12 +136,13 @@ def train_loop(
         torch.manual_seed(epoch_seed(seed, epoch))  # the whole epoch's randomness, resumable
         gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
         total = 0.0
+        terms: dict[str, float] = {}  # the method's loss terms summed over the epoch's steps
         for step, (x, y) in enumerate(batches(epoch, gen, steps)):
             if cfg.lr_schedule == "step":
                 for group in opt.param_groups:
                     group["lr"] = lr_at(cfg, epoch, step, steps)
             with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-                loss, _ = method.loss(x, y)
+                loss, parts = method.loss(x, y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             adjust_gradients = getattr(method, "adjust_gradients", None)
@@ -147,11 +152,18 @@ def train_loop(
             scaler.step(opt)
             scaler.update()
             total += loss.item()
+            for key, value in parts.items():
+                if isinstance(value, (int, float)):
+                    terms[key] = terms.get(key, 0.0) + float(value)
         epoch_end = getattr(method, "epoch_end", None)
         if epoch_end is not None:
             epoch_end(epoch)
         history.append(total / steps)
         seconds.append(round(time.time() - t0, 3))
+        row = {"epoch": epoch + 1, "loss": history[-1], "lr": opt.param_groups[0]["lr"]}
+        curves.append(row | {key: value / steps for key, value in terms.items() if key not in row})
+        if on_epoch is not None:
+            on_epoch(curves[-1])
         bar.set_postfix(loss=f"{history[-1]:.4f}")
         done = epoch + 1
         if done % checkpoint_every == 0 and done < cfg.epochs:
@@ -165,6 +177,7 @@ def train_loop(
                     "epoch": done,
                     "history": history,
                     "seconds": seconds,
+                    "curves": curves,
                     "loop": loop_state() if loop_state is not None else None,
                 },
             )
@@ -174,4 +187,4 @@ def train_loop(
     if train_end is not None:
         train_end()
     method.eval()
-    return {"loss_history": history, "steps_per_epoch": steps, "epoch_seconds": seconds}
+    return {"loss_history": history, "steps_per_epoch": steps, "epoch_seconds": seconds, "curves": curves}

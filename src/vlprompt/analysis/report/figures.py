@@ -282,3 +282,35 @@ def cd_diagram(scores: pd.DataFrame, path: Path, alpha: float = 0.05, title: str
     )
     ax.set_title(f"{title}   (CD = {cd:.2f})", pad=22)
     _save(fig, path)
+
+
+def median_seed(runs: pd.DataFrame) -> int:
+    """The seed whose final-epoch loss is the median of the seeds' (the lower of the two middle ones when even)."""
+    final = runs.sort_values("epoch").groupby("seed").loss.last().sort_values(kind="stable")
+    return int(final.index[(len(final) - 1) // 2])
+
+
+def training_curves(curves: pd.DataFrame, dataset: str, path: Path) -> str | None:
+    """The mean training loss per epoch on ``dataset`` at its largest shots setting, one panel per method:
+    a thin line per seed, the median seed (:func:`median_seed`) drawn thick."""
+    sub = curves[curves.dataset == dataset]
+    if sub.empty:
+        return None
+    sub = sub[sub.shots == sub.shots.max()]
+    methods = method_order(sub.method.unique())
+    _theme()
+    colours = palette(methods)
+    fig, axes, _ = _panel_grid(len(methods), 2.6)
+    for ax, method in zip(axes, methods, strict=True):
+        runs = sub[sub.method == method]
+        middle = median_seed(runs)
+        for seed, run in runs.groupby("seed"):
+            run = run.sort_values("epoch")
+            thick = seed == middle
+            ax.plot(run.epoch, run.loss, color=colours[method], lw=2.0 if thick else 0.8, alpha=1 if thick else 0.45)
+        ax.set_title(method)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+    fig.tight_layout()
+    _save(fig, path)
+    return ""

@@ -35,6 +35,7 @@ CAPTIONS = {  # what each figure shows; the report adds the numbers, workflow/re
     "base_vs_new": "Base against new accuracy, the Average over datasets and each dataset",
     "per_dataset": "per dataset and on average",
     "cd_diagram": "Critical-difference diagram: mean rank over datasets (1 = best)",
+    "training_curves": "Training loss per epoch, one panel per method: thin lines = seeds, thick = the median seed",
 }
 
 
@@ -570,11 +571,37 @@ def _overrides(s: Section, cfg: dict) -> None:
         )
 
 
+def _curves_figure(s: Section, curves_dir: Path | None, out: Path, cfg: dict) -> None:
+    """The training curves of one dataset (``report.curves_dataset``, else the first dataset that has them)."""
+    from vlprompt.analysis.aggregate import read_curves
+
+    curves = read_curves(curves_dir) if curves_dir is not None else None
+    if curves is None or curves.empty:
+        return
+    chosen = (cfg.get("report") or {}).get("curves_dataset")
+    have = [str(d) for d in dict.fromkeys(curves.dataset)]
+    dataset: str = chosen if chosen in have else next((d for d in cfg.get("datasets", []) if d in have), have[0])
+    top = int(curves[curves.dataset == dataset].shots.max())
+    note = figures.training_curves(curves, dataset, out / "figures" / "training_curves.png")
+    if note is not None:
+        _figure(
+            s,
+            "training_curves",
+            f"{CAPTIONS['training_curves']} (median final loss), on {dataset}, {top} shots; the mean loss of the "
+            "epoch's steps, every term the method reports in its run's `curves/` CSV.",
+            f"`report.curves_dataset` {chosen!r} has no curves, {dataset} shown"
+            if chosen and chosen != dataset
+            else None,
+        )
+
+
 def _user_datasets(s: Section, cfg: dict) -> None:
     """The experiment's own datasets (config ``user_datasets``) as their prepare step found them (PREPARED.json)."""
     from vlprompt.data import registry, user
     from vlprompt.experiment.grid import all_datasets
 
+    if not user.entries(cfg):  # the report of an experiment without user datasets (also a partial config) has none
+        return
     rows = []
     for name in (d for d in all_datasets(cfg) if user.is_user(cfg, d)):
         path = registry.dataset_dir(cfg, name) / "PREPARED.json"
@@ -602,9 +629,9 @@ def _user_datasets(s: Section, cfg: dict) -> None:
         s.table(pd.DataFrame(rows), css="wrap")
 
 
-def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict) -> None:
+def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict, curves_dir: Path | None = None) -> None:
     """Write ``out_dir/report.md``, ``out_dir/index.html``, ``out_dir/figures/*.png`` and ``out_dir/cells.csv``
-    from the experiment's ``summary.csv`` and ``stats.csv``."""
+    from the experiment's ``summary.csv`` and ``stats.csv`` (and the training curves in ``curves_dir``)."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     summary = pd.read_csv(summary_csv)
@@ -638,6 +665,7 @@ def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict) -> None
         s.table(shots_table(summary, scfg["confidence_level"]))
         sections.append(s)
     sections.append(_figures_section(summary, cells, out, scfg))
+    _curves_figure(sections[-1], curves_dir, out, cfg)
     sections.append(_stats_section(st, summary, scfg, Path(stats_csv)))
     sections.append(_published_section(cells, summary, cfg, scfg))
     notes = "\n\n".join(filter(None, [report_cfg.get("notes"), read_notes_file(report_cfg.get("notes_file"))]))
