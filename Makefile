@@ -30,7 +30,7 @@ LOCK_FLAGS ?=
 # the rules call `python -m vlprompt`: make the project's environment the one on PATH
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install lock run test lint docs system-deps clean-results pull examples
+.PHONY: install lock run test test-fast lint docs system-deps clean-results pull examples
 
 $(STAMP): pyproject.toml $(LOCK)
 	@if [ ! -x $(BIN)/python ]; then \
@@ -68,9 +68,19 @@ run: install
 	$(BIN)/python -m vlprompt unlock-stale
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
 
-## run the test suite (unit tests and end-to-end DAG runs on reduced pocket configs)
+## the test suite in two tiers (docs/testing.md), both in TEST_WORKERS processes (pytest-xdist, one per core):
+##   make test       everything: unit tests and the end-to-end DAG runs on reduced pocket configs (DVC, SLURM, a
+##                   fresh clone, faults), as CI runs it (.ci/run); target 10 minutes on 2 cores
+##   make test-fast  the edit-run loop: every test not marked slow (no end-to-end DAG run), without the DVC, SLURM
+##                   and end-to-end files (their other tests are Snakemake dry runs); target 2 minutes
+## one test: .venv/bin/python -m pytest tests/test_grid.py -k keys (one process; add -n 2 for two)
+TEST_WORKERS ?= 2
+FAST_SKIPS := --ignore=tests/test_dvc.py --ignore=tests/test_slurm.py --ignore=tests/test_e2e.py
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+
+test-fast: install
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow" $(FAST_SKIPS)
 
 ## lint: ruff (rules and formatting), the import layers of docs/architecture.md, the type checker over src/
 ## ([tool.mypy] in pyproject.toml), Snakemake's linter; tests/test_lint.py runs all but the last in `make test`

@@ -1,10 +1,263 @@
+"""Fixtures and helpers every test module may use, and how the suite is spread over pytest-xdist's workers.
+
+docs/testing.md describes the tiers (`make test`, `make test-fast`), the markers and the xdist groups. In short:
+
+- `make test` runs `pytest -n 2 --dist loadgroup`: two worker processes. Tests of one group run one after the
+  other in one worker. A test that uses a module-scoped fixture (an end-to-end DAG run, a clone, a cluster) is put
+  in the group of its module here, so the fixture is built once; `@pytest.mark.xdist_group("name")` puts tests
+  (of any module) in one group by hand, e.g. tests that must never run at the same time as each other.
+- The artefacts several modules need (a finished run of the tiny pocket config, a fresh clone run by Snakemake)
+  are built once per test run, whichever worker asks first, under a file lock (`build_once`); a test that changes
+  one works on a copy (`copy_tree`).
+"""
+
+from __future__ import annotations
+
+import json
 import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from filelock import FileLock  # torch's own dependency
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "configs" / "pocket_tiny.yaml"
+
+# The long poles, started first so that the last minutes are not one worker running one long group alone:
+# the SLURM runs (mostly waiting on the scheduler), then the longest end-to-end groups (measured: docs/testing.md).
+# Any other group follows in collection order.
+RUN_FIRST = ("test_slurm", "test_isolation", "test_dvc", "test_real_size", "test_e2e")
+
+
+# --- xdist groups and order ---------------------------------------------------------------------------------
+
+
+def _module_name(item: pytest.Item) -> str:
+    return Path(item.nodeid.split("::")[0]).stem
+
+
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(defs and defs[-1].scope in ("module", "class") for defs in info.name2fixturedefs.values())
+
+
+def _set_group_in_nodeid(item: pytest.Item) -> None:
+    """What pytest-xdist 3.8 does for --dist loadgroup (the node id gets "@<group>", which its scheduler reads),
+    done here because it sets ``item._nodeid``, which pytest 9 no longer reads (the id is ``item._id``)."""
+    from _pytest.nodeid import NodeId
+
+    names = sorted(
+        {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+    )
+    if names and "@" not in item.nodeid.rsplit("]", 1)[-1]:
+        item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None and _uses_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(_module_name(item)))
+    if not hasattr(config, "workerinput"):
+        return
+    # an xdist worker: every worker sorts the same collection the same way
+    rank = {name: i for i, name in enumerate(RUN_FIRST)}
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(_module_name(item), len(rank)), order[id(item)]))
+    if config.getvalue("loadgroup"):
+        for item in items:
+            _set_group_in_nodeid(item)
+
+
+# --- artefacts built once per test run ----------------------------------------------------------------------
+
+
+def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of this test run that every xdist worker sees (the parent of the workers' own basetemps)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """``shared_root()/name``, built by ``build(folder)`` the first time any worker of this test run asks for it.
+
+    The first caller builds under a file lock while the others wait; a build that fails leaves no folder
+    behind (the next caller tries again and fails with the same message). Treat the result as read-only:
+    copy it (``copy_tree``) where a test changes files."""
+    folder = shared_root(tmp_path_factory) / name
+    done = folder.with_name(name + ".done")
+    with FileLock(str(folder) + ".lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            try:
+                build(folder)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            done.touch()
+    return folder
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    """A copy of a shared artefact for a test to change (symbolic links copied as links)."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+# --- the environment of the end-to-end tests ----------------------------------------------------------------
+
+# The rules call `python -m vlprompt` and the DVC stages `snakemake`: the test's interpreter first on PATH; commits
+# in temporary clones need an author; no profile or config of the caller's shell leaks in.
+TEST_ENV = {
+    **os.environ,
+    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    "GIT_AUTHOR_NAME": "vlprompt-test",
+    "GIT_AUTHOR_EMAIL": "test@localhost",
+    "GIT_COMMITTER_NAME": "vlprompt-test",
+    "GIT_COMMITTER_EMAIL": "test@localhost",
+    "DVC_NO_ANALYTICS": "1",
+}
+TEST_ENV.pop("SNAKEMAKE_PROFILE", None)
+TEST_ENV.pop("VLPROMPT_CONFIG", None)
+
+
+def _run(cmd: list, cwd: Path) -> None:
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=TEST_ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def tiny_config(**changes) -> dict:
+    """tests/configs/pocket_tiny.yaml (one dataset, 2 shots, zero-shot and a 3-epoch CoOp) with top-level keys
+    replaced."""
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg.update(changes)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_finished_run(tmp_path_factory) -> Path:
+    """A folder holding the whole DAG's outputs for the tiny pocket config with seeds 1 and 2 (its
+    config/config.yaml, data/, results/, reports/, .snakemake/), run once per test run by `snakemake --cores 2`.
+    Read-only: ``copy_tree(tiny_finished_run, tmp_path / "work")`` for a test that changes it."""
+
+    def build(work: Path) -> None:
+        (work / "config").mkdir()
+        (work / "config" / "config.yaml").write_text(yaml.safe_dump(tiny_config(seeds=[1, 2])))
+        _run([sys.executable, "-m", "snakemake", "-s", REPO / "Snakefile", "-d", work, "--cores", "2"], work)
+
+    return build_once(tmp_path_factory, "tiny_finished_run", build)
+
+
+@pytest.fixture(scope="session")
+def tiny_clone(tmp_path_factory) -> dict[str, Path]:
+    """A clone of this repository's last commit whose config/config.yaml is the tiny pocket config, committed
+    ("origin"), and a fresh clone of that one in which `snakemake --cores 2` ran the whole DAG ("run"), built
+    once per test run. Read-only: clone "origin" again, or copy "run", to change anything."""
+
+    def build(root: Path) -> None:
+        if shutil.which("git") is None or not (REPO / ".git").exists():
+            pytest.skip("needs git and a git checkout of the project (the test works in clones of it)")
+        _run(["git", "clone", "--quiet", REPO, root / "origin"], root)
+        shutil.copy(TINY, root / "origin" / "config" / "config.yaml")
+        _run(["git", "commit", "--quiet", "-am", "test: tiny pocket config"], root / "origin")
+        _run(["git", "clone", "--quiet", root / "origin", root / "run"], root)
+        _run([sys.executable, "-m", "snakemake", "--cores", "2", "--quiet"], root / "run")
+
+    root = build_once(tmp_path_factory, "tiny_clone", build)
+    return {"origin": root / "origin", "run": root / "run"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `snakemake -n --quiet rules` printed for one shipped config in a fresh clone (``output``: stdout and
+    stderr), its exit status, the config it resolved (results/<experiment>/config.json; None if not written) and
+    the files it wrote or changed (relative to the clone; .git left out)."""
+
+    returncode: int
+    output: str
+    resolved: dict | None
+    written: list[str]
+
+
+def _file_times(root: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(root)): p.stat().st_mtime_ns
+        for p in root.rglob("*")
+        if p.is_file() and p.relative_to(root).parts[0] != ".git"
+    }
+
+
+@pytest.fixture(scope="session")
+def config_plans(tmp_path_factory) -> Callable[[str], Plan]:
+    """``plan("config/base2novel.yaml")``: the dry run of a shipped config (a path relative to the repository) in
+    a fresh clone of this repository's last commit (`snakemake -s Snakefile -d <clone> -n --quiet rules
+    --configfile <clone>/config/<name>.yaml`); ``plan("config/config.yaml", given=False)``: the default config's
+    dry run without --configfile, as `make run` plans it. Each dry run runs once per test run, when a test first
+    asks for it, one at a time in the clone; the clone is ``plan.clone``."""
+    from vlprompt.experiment.config import load_config
+
+    def clone_it(root: Path) -> None:
+        if shutil.which("git") is None or not (REPO / ".git").exists():
+            pytest.skip("needs git and a git checkout of the project (the test works in a clone of it)")
+        _run(["git", "clone", "--quiet", REPO, root / "vlprompt"], root)
+
+    clone = build_once(tmp_path_factory, "plans_clone", clone_it) / "vlprompt"
+
+    def plan(config: str, given: bool = True) -> Plan:
+        assert given or config == "config/config.yaml", "only the default config is found without --configfile"
+
+        def build(folder: Path) -> None:
+            args = ["--configfile", str(clone / config)] if given else []
+            cfg = load_config(clone / config, check_names=False)
+            resolved = clone / cfg["results_root"] / cfg["experiment"] / "config.json"
+            with FileLock(str(clone) + ".busy"):  # one dry run at a time in the clone
+                resolved.unlink(missing_ok=True)
+                before = _file_times(clone)
+                proc = subprocess.run(
+                    [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(clone)]
+                    + ["-n", "--quiet", "rules", *args],
+                    env=TEST_ENV,
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )
+                after = _file_times(clone)
+                if resolved.exists():
+                    shutil.copy(resolved, folder / "config.json")
+            written = sorted(path for path, time in after.items() if before.get(path) != time)
+            (folder / "written.json").write_text(json.dumps(written))
+            (folder / "output.txt").write_text(proc.stdout + proc.stderr)
+            (folder / "returncode").write_text(str(proc.returncode))
+
+        folder = build_once(tmp_path_factory, "plan-" + config.replace("/", "-") + ("" if given else "-default"), build)
+        resolved = folder / "config.json"
+        return Plan(
+            returncode=int((folder / "returncode").read_text()),
+            output=(folder / "output.txt").read_text(),
+            resolved=json.loads(resolved.read_text()) if resolved.exists() else None,
+            written=json.loads((folder / "written.json").read_text()),
+        )
+
+    plan.clone = clone  # type: ignore[attr-defined]
+    return plan
+
+
+# --- small pocket data and models ----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ one's own) are run for their configuration: credentials land in the git-ignored 
 """
 
 import hashlib
-import os
 import secrets
 import shutil
 import subprocess
@@ -18,24 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TEST_ENV
 from doc_commands import blocks, commands, unmarked_blocks
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "tests" / "configs" / "pocket_tiny.yaml"
 EXPERIMENT = "tiny"
 BIN = Path(sys.executable).parent
 VENV = BIN.parent
 # DVC's stage commands call `snakemake`, the rules `python -m vlprompt`: the test's environment on PATH
-ENV = {
-    **os.environ,
-    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    "GIT_AUTHOR_NAME": "vlprompt-test",
-    "GIT_AUTHOR_EMAIL": "test@localhost",
-    "GIT_COMMITTER_NAME": "vlprompt-test",
-    "GIT_COMMITTER_EMAIL": "test@localhost",
-    "DVC_NO_ANALYTICS": "1",
-}
-ENV.pop("SNAKEMAKE_PROFILE", None)
+ENV = TEST_ENV
 DVC = [sys.executable, "-m", "dvc"]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 # what DVC versions (relative to a clone), compared file by file after the pull
@@ -104,7 +94,7 @@ def test_make_pull_runs_the_commands_the_docs_list():
 
 
 @pytest.fixture(scope="module")
-def clones(tmp_path_factory):
+def clones(tmp_path_factory, tiny_clone):
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs git and a git checkout of the project (the test works in clones of it)")
     if (
@@ -113,15 +103,10 @@ def clones(tmp_path_factory):
     ):
         pytest.skip("dvc.yaml is not committed: the test clones the repository's last commit")
     tmp = tmp_path_factory.mktemp("dvc")
-    # the project at its last commit, with the reduced config as the experiment's config
-    origin = clone(REPO, tmp / "origin")
-    shutil.copy(TINY, origin / "config" / "config.yaml")
-    run(["git", "commit", "--quiet", "-am", "test: tiny pocket config"], origin)
-    out = {}
-
-    reference = clone(origin, tmp / "snakemake")
-    run(SNAKEMAKE + ["--cores", "2", "--quiet"], reference)
-    out["after snakemake"] = porcelain(reference)
+    # the project at its last commit, with the reduced config as the experiment's config ("origin"), and a clone
+    # of it run by `snakemake` (conftest's tiny_clone, shared with tests/test_isolation.py)
+    origin, reference = tiny_clone["origin"], tiny_clone["run"]
+    out = {"after snakemake": porcelain(reference)}
 
     # the docs' directory remote (committed to .dvc/config, so clones use it), then the docs' commands
     work = clone(origin, tmp / "work")

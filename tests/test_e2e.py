@@ -170,23 +170,19 @@ def test_a_new_shots_setting_adds_jobs_and_reruns_nothing(workdir, tmp_path):
     assert sorted(summary.shots.unique()) == [2, 4, 16]
 
 
-def planned_jobs(work, configfile):
-    proc = subprocess.run(
-        SNAKEMAKE + ["-d", str(work), "-n", "--quiet", "rules", "--configfile", str(configfile)],
-        capture_output=True,
-        text=True,
-        env=ENV,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = proc.stdout + proc.stderr
+def planned_jobs(config_plans, config: str) -> dict[str, str]:
+    """The job-stats table of the config's dry run in a fresh clone (conftest's config_plans)."""
+    plan = config_plans(config)
+    assert plan.returncode == 0, plan.output[-3000:]
+    text = plan.output
     return dict(re.findall(r"^(\w+)\s+(\d+)$", text[text.index("Job stats:") :], re.M))
 
 
-def test_declared_inputs_add_their_jobs_and_the_default_plan_keeps_its_own(tmp_path):
+def test_declared_inputs_add_their_jobs_and_the_default_plan_keeps_its_own(config_plans):
     """Declared inputs: the unlabelled training split, the test views and the multitask stage are jobs only for the
     methods that declare them (4 datasets; 3 seeds of one multitask method); the default experiment plans what it
     did."""
-    assert planned_jobs(tmp_path / "wave3", REPO / "config" / "pocket_wave3.yaml") == {
+    assert planned_jobs(config_plans, "config/pocket_wave3.yaml") == {
         "prepare_dataset": "6",
         "extract_test": "4",
         "extract_test_views": "4",
@@ -202,7 +198,7 @@ def test_declared_inputs_add_their_jobs_and_the_default_plan_keeps_its_own(tmp_p
         "all": "1",
         "total": "110",
     }
-    assert planned_jobs(tmp_path / "default", REPO / "config" / "config.yaml") == {
+    assert planned_jobs(config_plans, "config/config.yaml") == {
         "prepare_dataset": "4",
         "extract_test": "4",
         "sample_fewshot": "12",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,21 +24,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import TEST_ENV, copy_tree
 from vlprompt.experiment.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "pocket_tiny.yaml"
-BIN = Path(sys.executable).parent
-ENV = {
-    **os.environ,
-    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@localhost",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@localhost",
-}
-ENV.pop("SNAKEMAKE_PROFILE", None)
-ENV.pop("VLPROMPT_CONFIG", None)
+ENV = TEST_ENV
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "config").rglob("*.yaml") if "published" not in p.parts)
 
@@ -75,10 +65,10 @@ def digests(root: Path, *parts: str) -> dict[str, str]:
     return out
 
 
-def planned(proc: subprocess.CompletedProcess) -> dict[str, int]:
+def planned(text: str) -> dict[str, int]:
+    """Jobs per rule of a dry run's job-stats table (``text``: its stdout and stderr)."""
     import re
 
-    text = proc.stdout + proc.stderr
     if "Job stats:" not in text:
         return {}
     body = text[text.index("Job stats:") :]
@@ -88,27 +78,19 @@ def planned(proc: subprocess.CompletedProcess) -> dict[str, int]:
 # --- a fresh clone ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def clone(tmp_path_factory):
-    """A clone of this repository's last commit, as a new user gets it."""
-    dst = tmp_path_factory.mktemp("clone") / "vlprompt"
-    subprocess.run(["git", "clone", "--quiet", str(REPO), str(dst)], check=True, env=ENV)
-    return dst
-
-
 @pytest.mark.slow
-def test_a_fresh_clone_plans_the_whole_dag_of_every_config(clone):
-    """Nothing committed at a path the DAG writes: for every shipped config, `snakemake -n` plans every
-    job up to the report (no "Nothing to be done")."""
+def test_a_fresh_clone_plans_the_whole_dag_of_every_config(config_plans):
+    """Nothing committed at a path the DAG writes: for every shipped config, `snakemake -n` in a fresh clone plans
+    every job up to the report (no "Nothing to be done"). The dry runs are conftest's config_plans, shared with
+    the tests that check one config's plan or resolved config."""
     assert CONFIGS, "no configs found"
+    clone = config_plans.clone
     for config in CONFIGS:
         cfg = load_config(clone / config, check_names=False)
-        args = ["-n", "--quiet", "rules"] + (
-            [] if config == Path("config/config.yaml") else ["--configfile", str(clone / config)]
-        )
-        proc = snakemake(clone, *args)
-        jobs = planned(proc)
-        assert jobs.get("report") == 1 and jobs.get("aggregate") == 1, (config, proc.stdout[-2000:])
+        plan = config_plans(str(config), given=config != Path("config/config.yaml"))
+        assert plan.returncode == 0, (config, plan.output[-3000:])
+        jobs = planned(plan.output)
+        assert jobs.get("report") == 1 and jobs.get("aggregate") == 1, (config, plan.output[-2000:])
         assert any(rule.startswith("train") for rule in jobs), (config, jobs)
         trained = [m for m in cfg["methods"] if m not in ("zeroshot", "zeroshot_ensemble")]
         if trained:
@@ -118,11 +100,13 @@ def test_a_fresh_clone_plans_the_whole_dag_of_every_config(clone):
 
 
 @pytest.mark.slow
-def test_a_run_in_a_fresh_clone_leaves_git_status_clean(clone):
-    snakemake(clone, "--cores", "2", "--configfile", str(TINY))
-    assert (clone / "reports" / "tiny" / "index.html").exists()
+def test_a_run_in_a_fresh_clone_leaves_git_status_clean(tiny_clone):
+    """A fresh clone (its config the tiny pocket config, committed) after `snakemake --cores 2` ran the whole DAG:
+    nothing untracked, nothing changed. The same run is tests/test_dvc.py's reference."""
+    run = tiny_clone["run"]
+    assert (run / "reports" / "tiny" / "index.html").exists()
     status = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone, capture_output=True, text=True
+        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=run, capture_output=True, text=True
     )
     assert status.stdout == "", status.stdout
 
@@ -132,22 +116,20 @@ def as_json(value):
 
 
 @pytest.mark.slow
-def test_a_configfile_is_the_whole_experiment(tmp_path):
+def test_a_configfile_is_the_whole_experiment(config_plans, tmp_path):
     """Through the Snakefile: each shipped config resolves to its own keys plus the schema's defaults,
     never to config/config.yaml's (its method overrides, pocket notes, grid); the default config applies
     only when none is given, and `method_overrides: {}` means no overrides."""
     defaults = load_config(REPO / "config" / "config.yaml")
-    for config in CONFIGS:
+    for config in CONFIGS:  # each with --configfile, in a fresh clone (conftest's config_plans)
         own = yaml.safe_load((REPO / config).read_text())
-        workdir = tmp_path / config.stem
-        workdir.mkdir()
-        snakemake(workdir, "-n", "--quiet", "rules", "--configfile", str(REPO / config))
-        resolved = json.loads(
-            (workdir / own.get("results_root", "results") / own["experiment"] / "config.json").read_text()
-        )
+        plan = config_plans(str(config))
+        assert plan.returncode == 0, (config, plan.output[-3000:])
+        resolved = plan.resolved
         expected = load_config(REPO / config)
-        if expected["report"].get("notes_file"):  # found in the workflow's folder (snakemake -d elsewhere)
-            expected["report"]["notes_file"] = str(REPO / expected["report"]["notes_file"])
+        notes = expected["report"].get("notes_file")
+        if notes and not (config_plans.clone / notes).exists():  # found in the workflow's folder (-d elsewhere)
+            expected["report"]["notes_file"] = str(REPO / notes)
         # config.json is JSON: YAML's `by_shots: {1: ...}` keys come back as "1" (overrides.py reads both)
         assert resolved == as_json(expected), config
         assert resolved["method_overrides"] == as_json(own.get("method_overrides", {})), config
@@ -163,18 +145,14 @@ def test_a_configfile_is_the_whole_experiment(tmp_path):
 # --- one finished reduced experiment, copied for each fault ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    work = tmp_path_factory.mktemp("finished")
-    write_config(work / "config" / "config.yaml", seeds=[1, 2])
-    snakemake(work, "--cores", "2")
-    return work
+@pytest.fixture
+def finished(tiny_finished_run):
+    """The tiny pocket config with seeds 1 and 2, run once per test run (conftest's tiny_finished_run)."""
+    return tiny_finished_run
 
 
 def copy_of(finished: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "work"
-    shutil.copytree(finished, dst, symlinks=True)
-    return dst
+    return copy_tree(finished, tmp_path / "work")
 
 
 def run_files(work: Path) -> list[Path]:
@@ -247,7 +225,8 @@ def test_a_deleted_bank_or_run_is_rebuilt_and_the_summary_follows(finished, tmp_
     (run / "metrics.json").unlink()
     summary = work / "results/tiny/summary.csv"
     stamp = summary.stat().st_mtime_ns
-    jobs = planned(snakemake(work, "-n"))
+    proc = snakemake(work, "-n")
+    jobs = planned(proc.stdout + proc.stderr)
     assert jobs.get("extract_test") == 1 and jobs.get("aggregate") == 1, jobs
     snakemake(work, "--cores", "2")
     assert (run / "metrics.json").exists() and summary.stat().st_mtime_ns > stamp
@@ -265,6 +244,7 @@ def test_a_truncated_model_is_noticed_and_retrained(finished, tmp_path):
     assert model.read_bytes() == before  # retrained to the same bytes (same config and seed)
 
 
+@pytest.mark.xdist_group("timing")  # waits on other processes with deadlines: one at a time (docs/testing.md)
 @pytest.mark.slow
 def test_two_experiments_at_once_share_artefacts_without_touching_each_other(finished, tmp_path):
     """The second starts while the first trains: it needs the first's data and features (built) and
@@ -308,6 +288,7 @@ def test_two_experiments_at_once_share_artefacts_without_touching_each_other(fin
                 assert m["hyperparameters"]["epochs"] == epochs
 
 
+@pytest.mark.xdist_group("timing")  # waits on other processes with deadlines: one at a time (docs/testing.md)
 @pytest.mark.slow
 def test_a_second_experiment_needing_the_same_new_files_stops_at_once_naming_the_first(tmp_path):
     first_cfg = write_config(tmp_path / "first.yaml", experiment="first", method_overrides={"coop": {"epochs": 300}})
@@ -346,6 +327,7 @@ def test_a_second_experiment_needing_the_same_new_files_stops_at_once_naming_the
         first.wait()
 
 
+@pytest.mark.xdist_group("timing")  # waits on other processes with deadlines: one at a time (docs/testing.md)
 @pytest.mark.slow
 def test_after_kill_9_the_jobs_stop_and_one_command_recovers(finished, tmp_path):
     """`kill -9` of Snakemake mid-run: its jobs stop with it (no orphans), and the commands `make run`

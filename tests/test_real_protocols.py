@@ -6,10 +6,7 @@
   classifier over those 200 classes only, i.e. its 1000-way logits restricted to the subset's columns.
 """
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,8 +20,6 @@ from vlprompt.methods.base import MethodContext, normalize
 from vlprompt.training.evaluate import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 COOP_11 = [
     "ImageNet",
     "Caltech101",
@@ -106,24 +101,14 @@ EXPECTED = {
 }
 
 
-def dry_run_jobs(config: Path, workdir: Path) -> dict[str, int]:
-    """Jobs per rule of ``snakemake -n`` (its job-stats table), run in ``workdir``: the config's relative
-    data/results/reports roots resolve there, so nothing is written into the repository."""
-    proc = subprocess.run(
-        SNAKEMAKE + ["-n", "--quiet", "rules", "-d", str(workdir), "--configfile", str(config)],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    table = proc.stdout + proc.stderr
-    body = table[table.index("Job stats:") :]
+def dry_run_jobs(text: str) -> dict[str, int]:
+    """Jobs per rule of a dry run's job-stats table (``text``: its stdout and stderr)."""
+    body = text[text.index("Job stats:") :]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", body, re.M) if m.group(1) != "total"}
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
-def test_real_protocol_dry_run_has_the_protocols_jobs(tmp_path, name):
+def test_real_protocol_dry_run_has_the_protocols_jobs(config_plans, name):
     config = REPO / "config" / name
     cfg = load_config(config)
     assert cfg["backbone"] == {"model": "ViT-B-16", "pretrained": "openai", "quick_gelu": True}
@@ -134,12 +119,18 @@ def test_real_protocol_dry_run_has_the_protocols_jobs(tmp_path, name):
     else:
         assert cfg["datasets"] == ["ImageNet"]
         assert cfg["targets"] == (COOP_11[1:] if cfg["protocol"] == "crossdataset" else DG_TARGETS)
-    assert not (tmp_path / "data").exists()
-    assert dry_run_jobs(config, tmp_path) == EXPECTED[name]
-    # the DAG resolved its config into the experiment's folder, and wrote nothing else outside it
-    assert (tmp_path / cfg["results_root"] / cfg["experiment"] / "config.json").is_file()
-    assert sorted(p.name for p in (tmp_path / cfg["results_root"]).iterdir()) == [cfg["experiment"]]
-    assert not (tmp_path / "data").exists()  # a dry run needs no data and fetches none
+    # `snakemake -n` in a fresh clone (conftest's config_plans, shared with test_isolation's checks of every config)
+    plan = config_plans(f"config/{name}")
+    assert plan.returncode == 0, plan.output[-4000:]
+    assert dry_run_jobs(plan.output) == EXPECTED[name]
+    # the DAG resolved its config into the experiment's folder, and wrote nothing else outside it (but
+    # Snakemake's own .snakemake/)
+    assert plan.resolved is not None
+    outside = [
+        p for p in plan.written if not p.startswith((f"{cfg['results_root']}/{cfg['experiment']}/", ".snakemake/"))
+    ]
+    assert outside == [], outside
+    assert not (config_plans.clone / cfg["data_root"]).exists()  # a dry run needs no data and fetches none
 
 
 # ---- domain generalisation: ImageNet-A / -R are evaluated on their own 200 classes ----------------------

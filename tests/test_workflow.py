@@ -102,6 +102,7 @@ def test_running_pipelines_are_recorded_and_stale_records_dropped(tmp_path):
     assert not path.exists()
 
 
+@pytest.mark.xdist_group("timing")  # waits on other processes with deadlines: one at a time (docs/testing.md)
 def test_a_stale_lock_is_removed_only_when_no_snakemake_works_there(tmp_path):
     locks = tmp_path / ".snakemake" / "locks"
     locks.mkdir(parents=True)
@@ -131,6 +132,7 @@ def test_a_stale_lock_is_removed_only_when_no_snakemake_works_there(tmp_path):
     assert run_registry.unlock_stale(tmp_path) is None and (locks / "0.input.lock").exists()
 
 
+@pytest.mark.xdist_group("timing")  # waits on other processes with deadlines: one at a time (docs/testing.md)
 @pytest.mark.parametrize("sigint", ["default", "ignored"])
 def test_a_job_stops_when_its_snakemake_is_killed(tmp_path, sigint):
     """`kill -9` of Snakemake leaves its jobs orphaned; a vlprompt job watches the process named in
