@@ -34,6 +34,9 @@ CFG, CONFIG_PATH = resolve_config(config, base_dir=workflow.basedir)
 # stops if this snakemake process dies (vlprompt.pipeline.watchdog).
 os.environ.update(job_environment(CONFIG_PATH, workflow.overwrite_configfiles))
 LOGS = f"{CFG['results_root']}/{CFG['experiment']}/logs"
+# Wall time, CPU time and memory of every job (Snakemake's benchmark files; benchmarks/pipeline_profile.py
+# sums them by stage and method). Not outputs: a missing one never re-runs a job.
+BENCHMARKS = f"{CFG['results_root']}/{CFG['experiment']}/benchmarks"
 
 if workflow.is_main_process:
     for _other in running():

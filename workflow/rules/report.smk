@@ -15,6 +15,8 @@ rule aggregate:
         "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/aggregate.log",
+    benchmark:
+        f"{BENCHMARKS}/aggregate.tsv",
     shell:
         "python -m vlprompt aggregate --summary {output.summary} --stats {output.stats} "
         "--metrics-json {output.metrics} {input} > {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
@@ -47,6 +49,8 @@ rule report:
         "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/report.log",
+    benchmark:
+        f"{BENCHMARKS}/report.tsv",
     shell:
         "python -m vlprompt report --summary {input.summary} --stats {input.stats} "
         "--out {params.out} > {log} 2>&1"
