@@ -39,6 +39,7 @@ class CoOp(Method):
     paper = "Zhou et al., Learning to Prompt for Vision-Language Models, IJCV 2022"
     description = "learned continuous context shared by all classes"
     Config = CoOpConfig
+    batchable = True  # its loss draws no randomness: seeds train together (vlprompt.training.batched)
 
     def __init__(self, config: CoOpConfig, ctx: MethodContext):
         super().__init__(config, ctx)
@@ -74,6 +75,7 @@ class CoOpCSC(CoOp):
     name = "coop_csc"
     description = "CoOp with class-specific context (one set of context vectors per class)"
     Config = CoOpCSCConfig
+    batchable = True  # its loss draws no randomness: seeds train together (vlprompt.training.batched)
     supports_new_classes = False
 
     def set_classes(self, classnames: list[str]) -> None:

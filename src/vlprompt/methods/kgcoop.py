@@ -47,6 +47,7 @@ class KgCoOp(CoOp):
     paper = "Yao et al., Visual-Language Prompt Tuning with Knowledge-guided Context Optimization, CVPR 2023"
     description = "CoOp regularised towards the hand-crafted prompt's text features (cosine distance, weight 8)"
     Config = KgCoOpConfig
+    batchable = True  # its loss draws no randomness: seeds train together (vlprompt.training.batched)
 
     def __init__(self, config: KgCoOpConfig, ctx: MethodContext):
         super().__init__(config, ctx)

@@ -86,6 +86,7 @@ class ProGrad(CoOp):
     paper = "Zhu et al., Prompt-aligned Gradient for Prompt Tuning, ICCV 2023"
     description = "CoOp whose CE gradient loses its component against the zero-shot (KL) gradient on conflict"
     Config = ProGradConfig
+    batchable = True  # its loss draws no randomness: seeds train together (vlprompt.training.batched)
 
     def __init__(self, config: ProGradConfig, ctx: MethodContext):
         super().__init__(dataclasses.replace(config, ctx_init=None), ctx)  # random init, replaced below

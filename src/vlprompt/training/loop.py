@@ -171,3 +171,35 @@ def train_loop(
         method.train_end()
     method.eval()
     return {"loss_history": history, "steps_per_epoch": steps, "epoch_seconds": seconds}
+
+
+def save_checkpoint(path: Path, method: Method, opt, scaler, done: int, history: list, seconds: list) -> None:
+    """The checkpoint :func:`train_loop` writes after epoch ``done`` (the same keys, so either trainer resumes it)."""
+    with atomic_path(path) as tmp:
+        torch.save(
+            {
+                "model": method.trainable_state(),
+                "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": done,
+                "history": history,
+                "seconds": seconds,
+                "loop": method.loop_state() if hasattr(method, "loop_state") else None,
+            },
+            tmp,
+        )
+
+
+def load_checkpoint(path: Path, method: Method, opt, scaler, device: torch.device) -> tuple[int, list, list]:
+    """Restore a checkpoint of :func:`train_loop` (or :func:`save_checkpoint`) into the method, optimiser and
+    scaler; returns (epochs done, loss history, epoch seconds), (0, [], []) when there is none."""
+    if not path.exists():
+        return 0, [], []
+    state = torch.load(path, map_location=device, weights_only=False)
+    method.load_trainable_state(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    if hasattr(method, "load_loop_state") and state.get("loop") is not None:
+        method.load_loop_state(state["loop"])
+    log.info("resuming %s from epoch %d", path, state["epoch"])
+    return state["epoch"], state["history"], state.get("seconds", [])
