@@ -121,3 +121,29 @@ def test_run_many_batches_only_when_the_config_says(mini, monkeypatch):
     calls.clear()
     runs.run_many(cfg, "pocket_noisy", "linear_probe", [(2, 1), (2, 2)])  # not batchable
     assert calls == ["alone", "alone"]
+
+
+@pytest.mark.slow
+def test_default_experiment_runs_match_the_committed_example(tmp_path):
+    """The default experiment's runs of the batchable methods on one dataset, trained together as its jobs train
+    them, give the committed example report's cells (reports/examples/pocket/cells.csv: means over the three
+    seeds, written to 4 decimals)."""
+    import csv
+
+    cfg = yaml.safe_load(open("config/config.yaml"))
+    cfg.update(data_root=str(tmp_path / "data"), results_root=str(tmp_path / "results"))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    dataset, methods = "pocket_dark", ["coop", "kgcoop", "cocoop"]
+    for seed in cfg["seeds"]:
+        prepare_run_inputs(path, dataset, shots=16, seed=seed, test_bank=seed == cfg["seeds"][0])
+    cfg = load_config(path)
+    assert cfg["train"]["batch_seeds"]
+    with open("reports/examples/pocket/cells.csv") as f:
+        cells = {(r["method"], r["dataset"]): r for r in csv.DictReader(f)}
+    for method in methods:
+        metrics = runs.run_many(cfg, dataset, method, [(16, s) for s in cfg["seeds"]], progress=False)
+        assert len(metrics) == len(cfg["seeds"])
+        for key in ("base_acc", "new_acc", "hm"):
+            mean = sum(m[key] for m in metrics) / len(metrics)
+            assert mean == pytest.approx(float(cells[(method, dataset)][f"{key}_mean"]), abs=1e-3), (method, key)
