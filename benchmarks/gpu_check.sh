@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks in one run, on a machine with a CUDA device: the GPU tests (fp16-autocast extraction against the
 # CPU's, a CoOp job under autocast + GradScaler against the CPU's), then the extraction, text-encoder and training
-# benchmarks on the GPU (each prints its figures), the last one seeds trained together against one after the other. Run from the repository root with the project installed
-# (`make install`, then `.venv/bin/bash benchmarks/gpu_check.sh`), or with its dependencies on PYTHONPATH.
+# benchmarks on the GPU (each prints its figures), and seeds trained together against one after the other.
+# Run from the repository root with the project installed (`make install`, then
+# `.venv/bin/bash benchmarks/gpu_check.sh`), or with its dependencies on PYTHONPATH.
 set -euo pipefail
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
