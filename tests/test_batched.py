@@ -138,7 +138,7 @@ def test_default_experiment_runs_match_the_committed_example(tmp_path):
     cfg.update(data_root=str(tmp_path / "data"), results_root=str(tmp_path / "results"))
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    dataset, methods = "pocket_dark", ["coop", "kgcoop", "cocoop"]
+    dataset, methods = "pocket_dark", ["coop", "kgcoop"]
     for seed in cfg["seeds"]:
         prepare_run_inputs(path, dataset, shots=16, seed=seed, test_bank=seed == cfg["seeds"][0])
     cfg = load_config(path)
