@@ -12,12 +12,12 @@ from vlprompt.experiment import grid
 from vlprompt.pipeline import integrity
 from vlprompt.experiment.config import SCHEMA_PATH, coerce_strings
 from vlprompt.pipeline.run_registry import describe, register_run, running, unregister_run
-from vlprompt.pipeline.workflow import job_environment, resolve_config
+from vlprompt.pipeline.workflow import container_image, job_environment, resolve_config, source_first
 
 min_version("9.0")
 
 # Rules call `python -m vlprompt`: run Snakemake with the project's environment active (`make run` does);
-# workflow/envs/vlprompt.yaml lists the same software for --use-conda.
+# workflow/envs/vlprompt.yaml (--sdm conda) and containers/vlprompt.def (--sdm apptainer) install the same lock.
 
 # A config given with --configfile is the whole experiment: its own keys plus the schema's defaults, nothing
 # from this default file (Snakemake would otherwise merge the two). The default experiment applies only
@@ -37,6 +37,14 @@ LOGS = f"{CFG['results_root']}/{CFG['experiment']}/logs"
 # Wall time, CPU time and memory of every job (Snakemake's benchmark files; benchmarks/pipeline_profile.py
 # sums them by stage and method). Not outputs: a missing one never re-runs a job.
 BENCHMARKS = f"{CFG['results_root']}/{CFG['experiment']}/benchmarks"
+# Jobs import this checkout's code in whichever environment runs them (.venv, --sdm conda, --sdm apptainer).
+os.environ.update(source_first(workflow.basedir))
+
+
+# With --software-deployment-method apptainer every rule runs in this image: containers/vlprompt.def built here, or
+# $VLPROMPT_CONTAINER; docs/containers.md. Ignored otherwise.
+container: container_image()
+
 
 if workflow.is_main_process:
     for _other in running():

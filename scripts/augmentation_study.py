@@ -1,4 +1,4 @@
-"""The table of docs/augmentation.md (issue 13, item 6): fixed feature-bank views against fresh augmentation.
+"""The table of docs/augmentation.md: fixed feature-bank views against fresh augmentation.
 
 Reads the runs of the three experiments of ``config/explore/augmentation*.yaml`` (run them first, in one
 folder). Test accuracy (base, new, HM: the result) is each run's own, as in the experiments' summary.csv.

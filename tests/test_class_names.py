@@ -1,4 +1,4 @@
-"""Issue 13, item 1: class names with underscores ("car_side", Caltech101's folder names) are written with
+"""Class names with underscores ("car_side", Caltech101's folder names) are written with
 spaces in every prompt, as the references do (CoOp trainers/zsclip.py: ``c.replace("_", " ")``)."""
 
 import pytest

@@ -177,8 +177,9 @@ def planned_jobs(work, configfile):
 
 
 def test_declared_inputs_add_their_jobs_and_the_default_plan_keeps_its_own(tmp_path):
-    """Wave 3: the unlabelled training split, the test views and the multitask stage are jobs only for the methods
-    that declare them (4 datasets; 3 seeds of one multitask method); the default experiment plans what it did."""
+    """Declared inputs: the unlabelled training split, the test views and the multitask stage are jobs only for the
+    methods that declare them (4 datasets; 3 seeds of one multitask method); the default experiment plans what it
+    did."""
     assert planned_jobs(tmp_path / "wave3", REPO / "config" / "pocket_wave3.yaml") == {
         "prepare_dataset": "6",
         "extract_test": "4",

@@ -24,7 +24,7 @@ def test_paths_spell_out_the_run_identity():
 
 
 def test_declared_inputs_become_the_runs_input_files():
-    """Wave 3 (issue 18): the inputs a method declares (unlabelled images, test views, a multitask prompt) are files
+    """The inputs a method declares (unlabelled images, test views, a multitask prompt) are files
     of its runs, keyed by what defines them; other methods' inputs do not change."""
     cfg = load_config("config/pocket_wave3.yaml")
     feats = grid.features_dir(cfg, "pocket_dark")

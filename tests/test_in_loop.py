@@ -1,5 +1,6 @@
-"""Feature-bank methods trained with the image encoder in the loop (``vlprompt.methods.in_loop``; issue 13,
-item 6): the same method on encoded images, a fresh augmentation at every step, a model the feature method loads."""
+"""Feature-bank methods trained with the image encoder in the loop (``vlprompt.methods.in_loop``, the
+augmentation study of docs/augmentation.md): the same method on encoded images, a fresh augmentation at every
+step, a model the feature method loads."""
 
 import pytest
 import torch

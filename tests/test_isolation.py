@@ -1,4 +1,4 @@
-"""Every experiment is its own, from a fresh clone (issue 12), replayed as a new user would hit it.
+"""Every experiment is its own, from a fresh clone, replayed as a new user would hit it.
 
 - A fresh clone plans the whole DAG for every shipped config (nothing committed in its way), and a run
   leaves `git status` clean.

@@ -1,4 +1,4 @@
-"""Issue 13, item 5: the linear probe as CoOp's lpclip (lpclip/linear_probe.py): scikit-learn's
+"""The linear probe as CoOp's lpclip (lpclip/linear_probe.py): scikit-learn's
 LogisticRegression (lbfgs, max_iter 1000) on un-augmented, un-normalised features, C searched on the
 validation set over 1e6 … 1e-6 and then by the reference's binary search."""
 

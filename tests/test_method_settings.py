@@ -1,4 +1,4 @@
-"""Issue 13, item 2: hyperparameter overrides per dataset and per shots, resolved in one place
+"""Hyperparameter overrides per dataset and per shots, resolved in one place
 (config.method_settings) and read by training, the run's hash, its record and the report."""
 
 import copy

@@ -1,4 +1,4 @@
-"""Issue 13, item 3: each method's hand-crafted templates are part of its preset, from the reference's own
+"""Each method's hand-crafted templates are part of its preset, from the reference's own
 table (data/method_templates.json, with its source): ProGrad's for its teacher and context, KgCoOp's DTD
 anchor, VPT's "a photo of a {}." on every dataset, Tip-Adapter's 7 ImageNet templates."""
 

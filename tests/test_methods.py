@@ -1,5 +1,6 @@
-"""The method zoo of issue 3: every loss against values computed by hand, new classes, configs, and a few
-training steps through the shared loop on random features (tiny random pocket CLIP, one thread)."""
+"""The core method zoo (zero-shot CLIP, CoOp and its family, the adapters): every loss against values computed by hand,
+new classes, configs, and a few training steps through the shared loop on random features (tiny random pocket
+CLIP, one thread)."""
 
 import dataclasses
 import math

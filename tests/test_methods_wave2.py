@@ -1,7 +1,7 @@
-"""The method zoo, wave 2 (issue 17): PRE, ATPrompt, MoCoOp, MSGCoOp, RESTORE, OGEN, KAPT, the pattern prompts
-and the description store. Losses and forwards against values computed by hand or by the official code (the
-fixtures in tests/data/wave2_reference_fixtures.json), new classes, and training and resuming through the shared
-loop on random features (tiny random pocket CLIP, one thread)."""
+"""The prompt methods that extend CoOp's context: PRE, ATPrompt, MoCoOp, MSGCoOp, RESTORE, OGEN, KAPT, the
+pattern prompts and the description store. Losses and forwards against values computed by hand or by the official
+code (the fixtures in tests/data/wave2_reference_fixtures.json), new classes, and training and resuming through the
+shared loop on random features (tiny random pocket CLIP, one thread)."""
 
 import json
 import math

@@ -1,4 +1,5 @@
-"""The method zoo, wave 3 (issue 18): CuPL, FuDD, TFUP, TPT (+ CoOp), MVLPT and the PAC-Bayes prompt search.
+"""Class descriptions, test-time and multitask methods: CuPL, FuDD, TFUP, TPT (+ CoOp), MVLPT and the PAC-Bayes
+prompt search.
 
 Forwards and losses against values computed by hand and against the reference code's formulas, new classes; then,
 on a pocket miniature extracted through the CLI (the shipped pocket CLIP): TFUP reads no label (identical

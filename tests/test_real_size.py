@@ -1,4 +1,4 @@
-"""The real-size path, end to end, on this CPU (issue 13, item 8).
+"""The real-size path, end to end, on this CPU.
 
 ``config/base2novel.yaml`` as a user would run it, changed only where this machine differs from a GPU
 cluster with the real data and weights:

@@ -1,4 +1,4 @@
-"""vlprompt against the official code of each method (issue 13 item 7).
+"""vlprompt against the official code of each method.
 
 The numbers come from ``tests/reference/fixtures/*.pt``, written by ``tests/reference/regenerate.py`` from the
 official repositories (their commits are recorded in each fixture) on a tiny OpenAI-layout CLIP with fixed
@@ -7,7 +7,7 @@ weights file into open_clip), and each method is compared with its reference: in
 initialisation is deterministic (random ones are copied from the reference), text features, logits, every loss
 term, the gradient and the parameters after one optimiser step of the shared training loop. Tolerance: 1e-5
 relative (fp32). Where vlprompt deviates on purpose the test asserts the documented deviation; where it differs
-today for a reason another item of issue 13 fixes, the test is a strict xfail naming that item.
+today for a reason still to be fixed, the test is a strict xfail naming the difference.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def test_open_clip_loading_equals_the_reference_clip(backbone, inputs):
 
 
 def test_zeroshot(backbone, inputs):
-    """Class names with underscores, written with spaces as the reference does (issue 13 item 1)."""
+    """Class names with underscores, written with spaces as the reference does."""
     fix = fixture("zeroshot")
     method = build("zeroshot", context(backbone, fix))
     assert [fix["settings"]["template"]] == method.templates
@@ -223,7 +223,7 @@ def test_cocoop(backbone, inputs, tmp_path):
 # ---------------------------------------------------------------- KgCoOp, ProGrad (CoOp + a term)
 
 
-@pytest.mark.parametrize("name", ["kgcoop", "kgcoop_dtd"])  # DTD: KgCoOp's own anchor template (issue 13 item 3)
+@pytest.mark.parametrize("name", ["kgcoop", "kgcoop_dtd"])  # DTD: KgCoOp's own anchor template
 def test_kgcoop(backbone, inputs, name, tmp_path):
     fix = fixture(name)
     ctx = context(backbone, fix)
@@ -242,7 +242,7 @@ def test_kgcoop(backbone, inputs, name, tmp_path):
 
 # prograd_pets: ProGrad's own template table ('a type of pet, a photo of a {}.' for OxfordPets) for its teacher and
 # context init; the reference's init counts words, not tokens, so 'pet,' (2 tokens) leaves the template's last 'a'
-# as fixed text before the class name (Prompt-align trainers/prograd.py, PromptLearner; issue 13 item 3)
+# as fixed text before the class name (Prompt-align trainers/prograd.py, PromptLearner)
 @pytest.mark.parametrize("name", ["prograd", "prograd_pets"])
 def test_prograd(backbone, inputs, name, tmp_path):
     fix = fixture(name)
@@ -411,7 +411,7 @@ def test_promptsrc_teacher_and_aggregation(backbone):
 
 
 def test_vpt_default_template(backbone):
-    """The preset's text side is the reference's 'a photo of a {}.' on every dataset (issue 13 item 3)."""
+    """The preset's text side is the reference's 'a photo of a {}.' on every dataset."""
     fix = fixture("vpt")
     overrides = {k: v for k, v in DEEP["vpt"][1].items() if k != "template"}
     method = build("vpt_deep", context(backbone, fix), **overrides)

@@ -1,4 +1,4 @@
-"""Issue 13, item 4: Tip-Adapter(-F) as gaopengcuhk/Tip-Adapter: α, β searched on the whole validation split
+"""Tip-Adapter(-F) as gaopengcuhk/Tip-Adapter: α, β searched on the whole validation split
 (ImageNet: the test set, flagged), cache keys from the first 10 augmented views (crop-scale deviations
 recorded), AdamW with eps 1e-4 and a cosine schedule stepped per iteration, the last batch kept."""
 

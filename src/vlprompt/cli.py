@@ -281,6 +281,33 @@ def cmd_pretrain(args) -> None:
     pretrain(Path(args.out), dataclasses.replace(cfg, **overrides), world)
 
 
+def cmd_env(args) -> None:
+    """The environment's summary and whether it is its lock (docs/environments.md)."""
+    import platform
+
+    from vlprompt.io import environment, package_versions
+
+    env = environment()
+    print(f"python          {env['python']} ({sys.executable})")
+    print(f"platform        {env['platform']} ({platform.platform()})")
+    for name, version in package_versions().items():
+        if name != "python":
+            print(f"{name:15s} {version}")
+    print(f"lock            {env['lock']}")
+    if env["lock_sha256"] is None:
+        print("matches         unknown: no lock to compare with (set VLPROMPT_LOCK to a requirements/py3.X.txt)")
+        return
+    print(f"sha256          {env['lock_sha256']}")
+    if env["matches_lock"]:
+        print("matches         yes: every locked package is installed at its locked version")
+        return
+    print(f"matches         NO: {len(env['differences'])} package(s) differ from the lock (make install reinstalls it)")
+    for line in env["differences"]:
+        print(f"                {line}")
+    if args.check:
+        raise SystemExit(1)
+
+
 def cmd_fetch_weights(args) -> None:
     """Download open_clip weights into the local cache (run where there is network)."""
     from vlprompt.clip.backbone import load_backbone
@@ -413,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="after --: the other arguments you give "
         "snakemake (--configfile, --set-resources, ...), checked with the profile",
     )
+    s = add("env", cmd_env, "the environment: Python, key packages, its lock and whether it matches", config=False)
+    s.add_argument("--check", action="store_true", help="exit 1 when the environment differs from its lock")
     s = add("fetch-weights", cmd_fetch_weights, "download open_clip weights into the cache", config=False)
     s.add_argument("--model", required=True)
     s.add_argument("--pretrained", required=True)

@@ -1,4 +1,4 @@
-"""Regenerate the reference-equivalence fixtures (issue 13 item 7) from the official code of each method.
+"""Regenerate the reference-equivalence fixtures from the official code of each method.
 
     python tests/reference/regenerate.py --refs DIR [--only coop,kgcoop,...] [--new-weights]
 
@@ -75,6 +75,8 @@ REFERENCES = {  # folder under --refs: (repository, commit the fixtures were gen
         "69bce21ae8eda80ad6187534b2dce09cf6c59e17",
     ),
     "PromptSRC": ("muzairkhattak/PromptSRC", "bb95c77b634d63488f2cad81ff4a72d53bdd06d5"),
+    "CLIP-LoRA": ("MaxZanella/CLIP-LoRA", "358f0d7361f59e66c0b2d0b672a3dafb143a759b"),
+    "CoPrompt": ("ShuvenduRoy/CoPrompt", "a2a6c12e3622cfe4b3a127f4ba0c4f3eb841418c"),
 }
 
 # Each fixture: the code folders it puts on sys.path (first wins) and the references it records.
@@ -94,6 +96,9 @@ FIXTURES = {
     "maple": (["multimodal-prompt-learning", "Dassl.pytorch"], ["multimodal-prompt-learning", "Dassl.pytorch"]),
     "vpt": (["multimodal-prompt-learning", "Dassl.pytorch"], ["multimodal-prompt-learning", "Dassl.pytorch"]),
     "promptsrc": (["PromptSRC", "Dassl.pytorch"], ["PromptSRC", "Dassl.pytorch"]),
+    "clip_lora": (["CLIP-LoRA"], ["CLIP-LoRA"]),
+    "clip_lora_dropout0": (["CLIP-LoRA"], ["CLIP-LoRA"]),
+    "coprompt": (["CoPrompt", "Dassl.pytorch"], ["CoPrompt", "Dassl.pytorch"]),
 }
 
 CLASSNAMES = ["car_side", "sea_lion", "water_lily", "ant"]  # underscores: the references replace them by spaces
@@ -781,6 +786,242 @@ def gen_deep(name: str, data: dict, repo: Path) -> dict:
     return out
 
 
+def gen_clip_lora(name: str, data: dict, repo: Path) -> dict:
+    """CLIP-LoRA: the reference's own ``run_lora`` for one iteration (``n_iters × shots`` = 1) on the batch, LoRA
+    on q, k, v of both towers at rank 2, α 1. ``clip_lora``: the preset's dropout 0.25, which takes the reference's
+    dropout path (``LinearLoRA.forward``: base output + adapter on the dropped-out input), with every mask replaced
+    by the identity (masks cannot be matched draw for draw). ``clip_lora_dropout0``: dropout 0, which takes its
+    merged-weight path instead. Its B matrices start at zero, which would leave every A without gradient:
+    ``apply_lora`` is wrapped to set them to seeded values first. Recorded: the adapters' initial values, the text
+    and image features and logits of the training step, the loss, every adapter's gradient and value after the
+    AdamW step, and the test logits after it."""
+    import argparse as ap
+
+    import clip
+    import lora
+    import utils
+
+    # NumPy 2 refuses float() of a one-element array, which utils.cls_acc relies on: take its element, as NumPy 1 did
+    utils.float = lambda x: float(x.reshape(-1)[0]) if hasattr(x, "reshape") else float(x)
+    torch.manual_seed(0)
+    clip_model = clip.model.build_model(tiny_clip.state_dict()).float().eval()
+    dropout = 0.25 if name == "clip_lora" else 0.0
+
+    class Unmasked(torch.nn.Module):  # the dropout path of LinearLoRA (its p > 0) with an identity mask
+        p = dropout
+
+        def forward(self, x):
+            return x
+
+    args = ap.Namespace(
+        encoder="both",
+        position="all",
+        params=["q", "k", "v"],
+        r=2,
+        alpha=1,
+        dropout_rate=dropout,
+        n_iters=1,
+        shots=1,
+        lr=2e-4,
+        eval_only=False,
+        save_path=None,
+        backbone="ViT-B/16",
+    )
+    layers: list = []
+    original = lora.apply_lora
+
+    def apply_lora(args, model):  # then B ~ N(0, 0.1²), seeded, so that every A has a gradient
+        out = original(args, model)
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for layer in out:
+                for proj in ("q_proj", "k_proj", "v_proj"):
+                    b = getattr(layer, proj).w_lora_B
+                    b.copy_(0.1 * torch.randn(b.shape, generator=gen))
+                    if dropout:
+                        getattr(layer, proj).dropout = Unmasked()
+        layers.extend(out)
+        return out
+
+    lora.apply_lora = apply_lora
+    names = {}
+    for i, tower in enumerate(["text"] * tiny_clip.LAYERS + ["vision"] * tiny_clip.LAYERS):
+        for t in "qkv":
+            for m in "AB":
+                names[f"{tower}_{i % tiny_clip.LAYERS}_{t}_{m}"] = (i, f"{t}_proj", f"w_lora_{m}")
+    get = lambda what: {k: getattr(getattr(layers[i], proj), p) for k, (i, proj, p) in names.items()}  # noqa: E731
+    calls = {"text": [], "image": []}
+    for kind, attr in (("text", "encode_text"), ("image", "encode_image")):
+        method = getattr(clip_model, attr)
+
+        def recording(x, _method=method, _kind=kind):
+            out = _method(x)
+            calls[_kind].append((torch.is_grad_enabled(), out.detach().clone()))
+            return out
+
+        setattr(clip_model, attr, recording)
+    losses = []
+    ce = torch.nn.functional.cross_entropy
+
+    def recording_ce(logits, target, *a, **k):
+        loss = ce(logits, target, *a, **k)
+        losses.append((logits.detach().clone(), loss.detach().clone()))
+        return loss
+
+    torch.nn.functional.cross_entropy = recording_ce
+    dataset = types.SimpleNamespace(classnames=list(data["classnames"]), template=["a photo of a {}."])
+    train = [(data["images"], data["labels"])]
+    test = [(data["val_images"], data["val_labels"])]
+    init = {}
+    original_adamw = torch.optim.AdamW
+
+    def adamw(params, **kwargs):  # the adapters as the optimiser receives them, before the step
+        init.update({k: v.detach().clone() for k, v in get("param").items()})
+        return original_adamw(params, **kwargs)
+
+    torch.optim.AdamW = adamw
+    with contextlib.redirect_stdout(io.StringIO()):
+        lora.run_lora(args, clip_model, 100, dataset, train, test, test)
+    text_train = [o for grad, o in calls["text"] if grad]
+    image_train = [o for grad, o in calls["image"] if grad]
+    assert len(text_train) == 1 and len(image_train) == 1 and len(losses) == 1, (len(text_train), len(losses))
+    after = get("param")
+    test_text = calls["text"][-1][1]
+    test_image = calls["image"][-1][1]
+    return {
+        "settings": {
+            "rank": 2,
+            "alpha": 1,
+            "dropout": dropout,
+            "masks": "identity",
+            "targets": ["q", "k", "v"],
+            "lr": 2e-4,
+            "weight_decay": 1e-2,
+            "logit_scale": 100,
+            "template": "a photo of a {}.",
+        },
+        "init": init,
+        "text_features": normalize(text_train[0]),
+        "image_features": normalize(image_train[0]),
+        "logits": losses[0][0],
+        "loss": losses[0][1],
+        "grad": {k: v.grad.detach().clone() for k, v in after.items()},
+        "after": {k: v.detach().clone() for k, v in after.items()},
+        "test_logits": 100 * normalize(test_image) @ normalize(test_text).t(),
+    }
+
+
+COPROMPT_DESCRIPTIONS = ("seen from the side", "in bright light", "on a plain background")
+
+
+def gen_coprompt(name: str, data: dict, repo: Path) -> dict:
+    """CoPrompt: the reference's ``CustomCLIP`` and trainer (``trainers/coprompt.py``) at depth 2 with 2 tokens,
+    fp32, W 1 and cosine consistency (its config file), both views fed explicitly (``data["images"]`` and the first
+    of ``data["views"]``), the description index k fixed at 1 (``random.randint`` patched), and three descriptions
+    per class written to a temporary ``gpt_file/oxford_pets_prompt.json`` (the file it reads from the working
+    folder). The hard-coded ViT-B/16 widths (512-d deep text prompts, 768-d couplings, 512-d adapters) are rebuilt
+    at the tiny model's widths with the reference's own classes; their initial values are recorded."""
+    import json as _json
+    import os
+    import random
+
+    import trainers.coprompt as ref
+
+    depth, n_ctx, k = 2, 2, 1
+    sentences = {
+        c.replace("_", " "): [f"a photo of a {c.replace('_', ' ')}, {s}." for s in COPROMPT_DESCRIPTIONS]
+        for c in data["classnames"]
+    }
+    work = Path(tempfile.mkdtemp())
+    (work / "gpt_file").mkdir()
+    (work / "gpt_file" / "oxford_pets_prompt.json").write_text(_json.dumps(sentences))
+    os.chdir(work)
+    original = ref.MultiModalPromptLearner.__init__
+
+    def init(self, cfg, classnames, clip_model, clip_model_distill=None):
+        original(self, cfg, classnames, clip_model, clip_model_distill)
+        d_t, d_v = tiny_clip.TEXT_WIDTH, tiny_clip.VISION_WIDTH
+        gen = torch.Generator().manual_seed(2)
+        self.proj = torch.nn.Linear(d_t, d_v)
+        self.compound_prompts_text = torch.nn.ParameterList(
+            [torch.nn.Parameter(0.02 * torch.randn(self.n_ctx, d_t, generator=gen)) for _ in range(depth - 1)]
+        )
+        self.compound_prompt_projections = torch.nn.ModuleList(torch.nn.Linear(d_t, d_v) for _ in range(depth - 1))
+
+    ref.MultiModalPromptLearner.__init__ = init
+    custom = ref.CustomCLIP.__init__
+
+    def custom_init(self, *args, **kwargs):
+        custom(self, *args, **kwargs)
+        self.adapter_image = ref.Adapter(tiny_clip.EMBED_DIM, 4)
+        self.adapter_text = ref.Adapter(tiny_clip.EMBED_DIM, 4)
+
+    ref.CustomCLIP.__init__ = custom_init
+    random.randint = lambda a, b: k
+    opts = ["TRAINER.CoPrompt.PREC", "fp32", "TRAINER.CoPrompt.PROMPT_DEPTH", depth, "TRAINER.CoPrompt.N_CTX", n_ctx]
+    torch.manual_seed(0)
+    cfg = reference_cfg(repo, "configs/trainers/coprompt.yaml", ["DATASET.NAME", "OxfordPets", *opts])
+    t = dassl_trainer(ref.CoPrompt, cfg, data["classnames"])
+    m = t.model
+    names = {
+        "prompt_learner.ctx": "prompt_learner.ctx",
+        "text_deep": [f"prompt_learner.compound_prompts_text.{i}" for i in range(depth - 1)],
+        "couplings.0.weight": "prompt_learner.proj.weight",
+        "couplings.0.bias": "prompt_learner.proj.bias",
+    }
+    for i in range(depth - 1):
+        names[f"couplings.{i + 1}.weight"] = f"prompt_learner.compound_prompt_projections.{i}.weight"
+        names[f"couplings.{i + 1}.bias"] = f"prompt_learner.compound_prompt_projections.{i}.bias"
+    for side in ("image", "text"):
+        for j in (0, 2):
+            names[f"adapter_{side}.{j}.weight"] = f"adapter_{side}.fc.{j}.weight"
+    image1, image2, labels = data["images"], data["views"][0], data["labels"]
+    out = {
+        "settings": {
+            "config": "configs/trainers/coprompt.yaml",
+            "opts": opts,
+            "dataset": "OxfordPets",
+            "depth": depth,
+            "n_ctx": n_ctx,
+            "k": k,
+            "W": float(cfg.TRAINER.W),
+        },
+        "descriptions": sentences,
+        "description_features": m.ori_embedding.detach().clone(),
+        "init": named(m, names),
+        "trained": sorted(n for n, p in m.named_parameters() if p.requires_grad),
+        "views": image2,
+    }
+    f = torch.nn.functional
+    m.eval()
+    with torch.no_grad():
+        out["logits"] = m(image1)
+        prompts, shared, deep_text, deep_vision = m.prompt_learner()
+        text = m.text_encoder(prompts, m.tokenized_prompts, deep_text)
+        text = normalize(m.text_adapter_m * m.adapter_text(text) + (1 - m.text_adapter_m) * text)
+        image = m.image_encoder(image1, shared, deep_vision)
+        image = normalize(m.image_adapter_m * m.adapter_image(image) + (1 - m.image_adapter_m) * image)
+        out["text_features"], out["image_features"] = text, image
+        m.train()
+        desc = normalize(m.ori_embedding[k])
+        frozen = normalize(m.model_distill.encode_image(image2))
+        cos = torch.nn.CosineSimilarity(dim=1, eps=1e-07)
+        out["loss"] = {
+            "ce": f.cross_entropy(m.logit_scale.exp() * image @ text.t(), labels).item(),
+            "text": (1.0 - cos(text, desc).mean()).item(),
+            "image": (1.0 - cos(image, frozen).mean()).item(),
+            "total": m(image1, image2, labels).item(),
+        }
+    assert abs(out["loss"]["total"] - out["loss"]["ce"] - out["loss"]["text"] - out["loss"]["image"]) < 1e-5
+    out["lr"] = current_lr(t)
+    with contextlib.redirect_stdout(io.StringIO()):
+        t.model.train()
+        summary = t.forward_backward({"img": [image1, image2], "label": labels})
+    assert abs(summary["loss"] - out["loss"]["total"]) < 1e-5
+    out["grad"], out["after"] = grads(m, names), named(m, names)
+    return out
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
@@ -801,6 +1042,9 @@ GENERATORS = {
     "maple": gen_deep,
     "vpt": gen_deep,
     "promptsrc": gen_deep,
+    "clip_lora": gen_clip_lora,
+    "clip_lora_dropout0": gen_clip_lora,
+    "coprompt": gen_coprompt,
 }
 
 
@@ -834,7 +1078,9 @@ def main() -> None:
         return make_weights(refs)
     if args.child:
         return run_one(args.child, refs)
-    missing = [r for r in REFERENCES if not (refs / r).is_dir()]
+    wanted = args.only.split(",") if args.only else list(FIXTURES)
+    needed = {r for name in wanted for r in FIXTURES.get(name, ([], []))[1]}
+    missing = [r for r in REFERENCES if r in needed and not (refs / r).is_dir()]
     if missing:
         sys.exit(f"missing reference checkouts under {refs}: {missing} (fetch {[REFERENCES[r][0] for r in missing]})")
     tiny_clip.FIXTURES.mkdir(exist_ok=True)

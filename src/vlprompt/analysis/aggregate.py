@@ -35,6 +35,9 @@ COLUMNS = [
     "weights_sha256",
     "config_hash",
     "trained",
+    "python",
+    "lock_sha256",
+    "env_matches_lock",
 ]
 # A run whose method reports a generalisation bound (``method_info.bound``: PAC-Bayes prompt search) adds these
 # columns to the table (absent otherwise): the training accuracy, the bound's lower bounds on test accuracy, its prior.
@@ -55,6 +58,7 @@ def summary_table(cfg: dict, metrics_files: list[Path]) -> pd.DataFrame:
         for name, record in m.get("artefacts", {}).items():
             verify_file(Path(path).with_name(name), record)
         prov = m.get("provenance", {})
+        env = prov.get("environment") or {}  # absent in runs recorded before environments were
         base = {
             "method": m["method"],
             "protocol": m["protocol"],
@@ -68,6 +72,9 @@ def summary_table(cfg: dict, metrics_files: list[Path]) -> pd.DataFrame:
             "weights_sha256": prov.get("weights_sha256"),
             "config_hash": m.get("config_hash"),
             "trained": bool(m.get("trained", True)),
+            "python": env.get("python", (prov.get("versions") or {}).get("python")),
+            "lock_sha256": env.get("lock_sha256"),
+            "env_matches_lock": env.get("matches_lock"),
         }
         bound = (m.get("method_info") or {}).get("bound") or {}
         base.update({col: bound[key] for col, key in BOUND_COLUMNS.items() if key in bound})

@@ -13,11 +13,19 @@ import hashlib
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeGuard
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # open_clip ships no type information: to the type checker these names are untyped (Any)
+    from open_clip import CLIP, CustomTextCLIP
+    from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
+    from open_clip.transformer import Transformer
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +62,7 @@ def resolve_pretrained(pretrained: str | None) -> str | None:
     return pretrained
 
 
-def is_local_file(pretrained: str | None) -> bool:
+def is_local_file(pretrained: str | None) -> TypeGuard[str]:
     return pretrained is not None and (
         os.sep in pretrained or pretrained.endswith(WEIGHT_SUFFIXES) or Path(pretrained).exists()
     )
@@ -122,9 +130,9 @@ def cached_weights(name: str, tag: str, cache_dir: str | None = None) -> str | N
 class Backbone:
     """A loaded CLIP: the model in eval mode, its test transform, tokenizer and identity."""
 
-    model: nn.Module
-    preprocess: object
-    tokenizer: object
+    model: CLIP | CustomTextCLIP
+    preprocess: Callable[[Image.Image], torch.Tensor]  # torchvision's Compose
+    tokenizer: SimpleTokenizer | HFTokenizer
     name: str
     pretrained: str | None
     weights_sha256: str
@@ -269,7 +277,7 @@ def load_backbone(
         preprocess=preprocess,
         tokenizer=oc.get_tokenizer(name),
         name=name,
-        pretrained=Path(pretrained).name if source == "file" else pretrained,
+        pretrained=Path(pretrained).name if source == "file" and pretrained else pretrained,
         weights_sha256=state_dict_sha256(model),
         quick_gelu=bool(force_quick_gelu or name.endswith("quickgelu")),
         source=source,
@@ -293,7 +301,14 @@ class PromptedTextEncoder(nn.Module):
     against about 12 for a CoOp prompt; see ``benchmarks/text_encoder.py``).
     """
 
-    def __init__(self, model: nn.Module):
+    token_embedding: nn.Embedding
+    positional_embedding: torch.Tensor  # (context_length, width)
+    transformer: Transformer
+    ln_final: nn.LayerNorm
+    text_projection: torch.Tensor | nn.Linear | None  # (width, embed_dim) in the OpenAI layout
+    attn_mask: torch.Tensor  # (context_length, context_length) causal mask
+
+    def __init__(self, model: CLIP):
         super().__init__()
         for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask"):
             if getattr(model, attr, None) is None:
@@ -324,7 +339,7 @@ class PromptedTextEncoder(nn.Module):
 
     # Set by a trainer that runs several runs' prompts through the tower in one pass
     # (vlprompt.training.batched): called instead of the tower as ``intercept(x, eot, trim)``.
-    intercept = None
+    intercept: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, eot: torch.Tensor, trim: bool = True) -> torch.Tensor:
         if self.intercept is not None:

@@ -35,9 +35,16 @@ import contextlib
 import logging
 import weakref
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # open_clip ships no type information: to the type checker its names are untyped (Any)
+    from open_clip import CLIP
+    from open_clip.transformer import VisionTransformer
+
+    from vlprompt.clip.backbone import PromptedTextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +55,10 @@ class DeepPromptError(RuntimeError):
     """The model cannot take deep prompts (not an open_clip ViT), or the prompts do not fit it."""
 
 
-def _visual(model: nn.Module) -> nn.Module:
+def _visual(model: CLIP) -> VisionTransformer:
     visual = getattr(model, "visual", None)
     missing = [a for a in ("conv1", "class_embedding", "ln_pre", "transformer") if not hasattr(visual, a)]
-    if missing or not hasattr(getattr(visual, "transformer", None), "resblocks"):
+    if visual is None or missing or not hasattr(visual.transformer, "resblocks"):
         raise DeepPromptError(
             f"{type(visual).__name__} is not open_clip's VisionTransformer (lacks {missing}): "
             "deep vision prompts need a ViT image tower"
@@ -63,19 +70,19 @@ def _visual(model: nn.Module) -> nn.Module:
     return visual
 
 
-def vision_width(model: nn.Module) -> int:
+def vision_width(model: CLIP) -> int:
     return int(_visual(model).conv1.out_channels)
 
 
-def vision_layers(model: nn.Module) -> int:
+def vision_layers(model: CLIP) -> int:
     return len(_visual(model).transformer.resblocks)
 
 
-def text_width(model_or_encoder: nn.Module) -> int:
+def text_width(model_or_encoder: CLIP | PromptedTextEncoder) -> int:
     return int(model_or_encoder.token_embedding.weight.shape[1])
 
 
-def text_layers(model_or_encoder: nn.Module) -> int:
+def text_layers(model_or_encoder: CLIP | PromptedTextEncoder) -> int:
     return len(model_or_encoder.transformer.resblocks)
 
 
@@ -117,7 +124,7 @@ def _exclusive(tower: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def vision_prompts(model: nn.Module, prompts: Sequence[torch.Tensor]) -> Iterator[None]:
+def vision_prompts(model: CLIP, prompts: Sequence[torch.Tensor]) -> Iterator[None]:
     """Within the block, ``model.visual`` / ``model.encode_image`` run with deep vision prompts.
 
     ``prompts[j]`` (n, width) are the tokens of block j: ``prompts[0]`` is appended after the class
@@ -159,7 +166,7 @@ def vision_prompts(model: nn.Module, prompts: Sequence[torch.Tensor]) -> Iterato
 
 
 @contextlib.contextmanager
-def text_prompts(tower: nn.Module, prompts: Sequence[torch.Tensor], start: int = 1) -> Iterator[None]:
+def text_prompts(tower: CLIP | PromptedTextEncoder, prompts: Sequence[torch.Tensor], start: int = 1) -> Iterator[None]:
     """Within the block, the text transformer of ``tower`` (a CLIP model or a PromptedTextEncoder)
     replaces positions ``start .. start + n`` at the input of block ``j + 1`` by ``prompts[j]``.
 
@@ -194,14 +201,14 @@ def text_prompts(tower: nn.Module, prompts: Sequence[torch.Tensor], start: int =
                 h.remove()
 
 
-def encode_image(model: nn.Module, images: torch.Tensor, prompts: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+def encode_image(model: CLIP, images: torch.Tensor, prompts: Sequence[torch.Tensor] = ()) -> torch.Tensor:
     """``model.encode_image(images)`` (unnormalised) with deep vision prompts."""
     with vision_prompts(model, prompts):
         return model.encode_image(images)
 
 
 def encode_text(
-    encoder: nn.Module, embeddings: torch.Tensor, eot: torch.Tensor, deep: Sequence[torch.Tensor] = ()
+    encoder: PromptedTextEncoder, embeddings: torch.Tensor, eot: torch.Tensor, deep: Sequence[torch.Tensor] = ()
 ) -> torch.Tensor:
     """Text features (unnormalised) of prompt ``embeddings`` (n, L, width) through a
     :class:`~vlprompt.clip.backbone.PromptedTextEncoder`, with deep prompts at positions 1..n of blocks 1..J-1."""

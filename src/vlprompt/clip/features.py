@@ -81,6 +81,24 @@ def train_transform(image_size: int, mean, std, scale_min: float = 0.08):
     )
 
 
+def randaugment_transform(image_size: int, mean, std, ops: int = 2, magnitude: int = 10):
+    """Dassl's ``randaugment`` input choice as CoPrompt configures it (``TRANSFORMS: [randaugment, normalize]``): a
+    resize to the input size (bicubic, no crop, no flip), RandAugment with ``ops`` operations at ``magnitude`` of
+    30, CLIP normalisation. torchvision's RandAugment (magnitude m of 30 bins, the same fraction as Dassl's m/30)
+    stands in for Dassl's own, whose list of operations differs (a documented difference of the methods using it).
+    """
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [
+            T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BICUBIC),
+            T.RandAugment(num_ops=ops, magnitude=magnitude, num_magnitude_bins=31),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+
+
 def test_view_transform(image_size: int, mean, std, scale_min: float = 0.08):
     """TPT's test views (azshue/TPT data/datautils.py ``get_preaugment`` then ``preprocess``): random resized crop
     (torchvision's default bilinear interpolation) + horizontal flip + CLIP normalisation."""
@@ -96,7 +114,7 @@ def test_view_transform(image_size: int, mean, std, scale_min: float = 0.08):
     )
 
 
-def view_seed(view: int, relpath: str) -> int:
+def view_seed(view: int | str, relpath: str) -> int:
     """Seed of the augmentation of ``relpath`` in view ``view`` (stable across processes and machines)."""
     digest = hashlib.sha256(f"{AUG_SEED}/{view}/{relpath}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
@@ -105,7 +123,7 @@ def view_seed(view: int, relpath: str) -> int:
 class ImageList(torch.utils.data.Dataset):
     """Images by path; with ``view`` set, each image is augmented with a generator seeded by (view, relpath)."""
 
-    def __init__(self, root: Path, relpaths: Sequence[str], transform, view: int | None = None):
+    def __init__(self, root: Path, relpaths: Sequence[str], transform, view: int | str | None = None):
         self.root, self.relpaths, self.transform, self.view = Path(root), list(relpaths), transform, view
 
     def __len__(self):
@@ -116,8 +134,8 @@ class ImageList(torch.utils.data.Dataset):
 
         path = self.root / self.relpaths[k]
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
+            with Image.open(path) as file:
+                img = file.convert("RGB")
         except (OSError, ValueError) as err:
             raise RuntimeError(f"cannot read image {path}: {err}; re-prepare the dataset") from err
         if self.view is None:
@@ -187,7 +205,7 @@ def decode_on_device(size: int, mean, std, device: torch.device):
 @torch.inference_mode()
 def encode_images(
     model,
-    dataset: torch.utils.data.Dataset,
+    dataset: ImageList | EncodedImages | torch.utils.data.ConcatDataset,
     out: np.ndarray,
     progress_path: Path,
     batch_size: int,
@@ -242,10 +260,11 @@ def encode_images(
 
 def _flush(arr: np.ndarray) -> None:
     """Write a memory-mapped array (or a view of one) to its file; no-op for plain arrays."""
-    while isinstance(arr, np.ndarray) and not isinstance(arr, np.memmap):
-        arr = arr.base
-    if isinstance(arr, np.memmap):
-        arr.flush()
+    base: np.ndarray | None = arr
+    while isinstance(base, np.ndarray) and not isinstance(base, np.memmap):
+        base = base.base
+    if isinstance(base, np.memmap):
+        base.flush()
 
 
 @dataclasses.dataclass
@@ -472,6 +491,7 @@ def _encode(
         atomic_write_json(partial_meta, meta)
         arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=tuple(meta["shape"]))
     relpaths = [r[0] for r in spec.rows]
+    dataset: ImageList | EncodedImages | torch.utils.data.ConcatDataset
     if spec.split == "train_views":  # one flat pass over (view, image): one DataLoader, one progress marker
         dataset = torch.utils.data.ConcatDataset(
             [ImageList(root, relpaths, transform, view=v) for v in range(spec.views)]
@@ -518,7 +538,7 @@ def _jsonable(obj):
 
 def union_rows(subsets: Sequence[Sequence[list]]) -> list:
     """Rows of several few-shot subsets, deduplicated, in a stable (sorted) order."""
-    seen = {}
+    seen: dict[str, list] = {}
     for rows in subsets:
         for row in rows:
             seen.setdefault(row[0], list(row))

@@ -17,9 +17,10 @@ token embeddings are non-persistent buffers, so saving and loading stay strict a
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +86,24 @@ def method_templates(spec: str | None, dataset: str | None, default: str) -> lis
     return [value] if isinstance(value, str) else list(value)
 
 
+class ClassPrompts(Protocol):
+    """What a learned prompt offers a CoOp-style method: the current classes, a switch to other classes, and
+    the unnormalised text features (n_cls, D) of the current prompts when called (PromptLearner, PatternPrompts)."""
+
+    classnames: list[str]
+
+    def set_classes(self, classnames: list[str]) -> None: ...
+
+    def __call__(self) -> torch.Tensor: ...
+
+
 class PromptLearner(nn.Module):
+    # frozen token buffers, rebuilt by set_classes
+    tokens: torch.Tensor  # (n_cls, L) token ids
+    token_prefix: torch.Tensor  # (n_cls, 1, width) SOS
+    token_suffix: torch.Tensor  # (n_cls, L - 1 - n_ctx, width) class name, ".", EOS
+    eot: torch.Tensor  # (n_cls,) end-token positions
+
     def __init__(
         self,
         encoder: PromptedTextEncoder,
@@ -206,6 +224,11 @@ class PatternPrompts(nn.Module):
     (n_tokens, width) shared by all classes. ``forward()`` returns the unnormalised text features (n_cls, D).
     """
 
+    # frozen token buffers, rebuilt by set_classes (and pos_<slot>: (n_cls, n_tokens) each slot's positions)
+    tokens: torch.Tensor  # (n_cls, L) token ids
+    embedding: torch.Tensor  # (n_cls, L, width)
+    eot: torch.Tensor  # (n_cls,) end-token positions
+
     def __init__(
         self,
         encoder: PromptedTextEncoder,
@@ -213,7 +236,7 @@ class PatternPrompts(nn.Module):
         classnames: list[str],
         pattern: str,
         slots: dict[str, int],
-        init: dict[str, str | float],
+        init: Mapping[str, str | float],
         generator: torch.Generator | None = None,
     ):
         super().__init__()
@@ -266,7 +289,7 @@ class PatternPrompts(nn.Module):
         tokens = self.tokenizer([self.text(c) for c in classnames]).to(device)  # (n_cls, L)
         length, eot = tokens.shape[1], tokens.argmax(-1)
         placeholder = int(self.tokenizer([PLACEHOLDER])[0, 1])
-        positions = {name: [] for name in self.slots}
+        positions: dict[str, list[list[int]]] = {name: [] for name in self.slots}
         for i, c in enumerate(classnames):
             if int(eot[i]) >= length - 1:
                 raise ValueError(f"the prompt {self.text(c)!r} does not fit the text encoder's {length} tokens")

@@ -118,10 +118,9 @@ def source_of(given: dict | None, dataset: str | None) -> str:
     """Where the descriptions a method used came from, for its run record."""
     if given is not None:
         return "given to the method (MethodContext.descriptions)"
-    path = store_file(dataset) if dataset else None
     if dataset and dataset.startswith("pocket"):
-        return f"{path.name}: the pocket rule (generated, a stand-in for a language model)"
-    return str(path)
+        return f"{store_file(dataset).name}: the pocket rule (generated, a stand-in for a language model)"
+    return str(store_file(dataset) if dataset else None)
 
 
 def descriptions_for(
@@ -155,7 +154,7 @@ class DifferentialDescriptions:
         self.source, self.pairs, self.index = source, pairs, index
 
     def pair(self, a: str, b: str) -> tuple[list[str], list[str]]:
-        if self.pairs is None:
+        if self.pairs is None or self.index is None:  # both given (FuDD's files) or neither (the pocket rule)
             return pocket_differential(a, b)
         i, j = self.index[key(a)], self.index[key(b)]
         entry = self.pairs.get(f"{min(i, j)}_{max(i, j)}")

@@ -353,7 +353,7 @@ def render(
         if style == "cluttered":
             _draw_distractors(draw, rng, big, strength)
         _draw_shape(draw, shape, rgb, bg, centre, radius, angle, rng)
-    img = img.resize((size, size), Image.BOX)
+    img = img.resize((size, size), Image.Resampling.BOX)
     return _apply_style(img, style, rng, strength)
 
 
@@ -431,8 +431,8 @@ def _render_v2(
     angle = rng.uniform(-0.35, 0.35)
     if style == "sketch":  # paper with a pencil texture, stray strokes, the outline in colour
         paper = np.asarray(_jitter((240, 238, 230), rng, 8), np.float32)
-        img = paper - 40.0 * _texture_mask(texture, rng, big)[..., None]
-        img = Image.fromarray(np.broadcast_to(img, (big, big, 3)).clip(0, 255).astype(np.uint8))
+        pencil = paper - 40.0 * _texture_mask(texture, rng, big)[..., None]
+        img = Image.fromarray(np.broadcast_to(pencil, (big, big, 3)).clip(0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(img)
         for _ in range(rng.integers(2, 6)):
             p = rng.uniform(0, big, size=4)
@@ -447,7 +447,7 @@ def _render_v2(
         if style == "cluttered":
             _draw_distractors(draw, rng, big, strength)
         _draw_shape(draw, shape, rgb, bg, centre, radius, angle, rng)
-    img = img.resize((size, size), Image.BOX)
+    img = img.resize((size, size), Image.Resampling.BOX)
     return _apply_style(img, style, rng, strength)
 
 
@@ -456,7 +456,7 @@ def _apply_style(img: Image.Image, style: str, rng: np.random.Generator, strengt
         img = img.filter(ImageFilter.GaussianBlur(radius=1.4 * strength))
     if style == "pixelated":
         cells = max(4, int(round(img.size[0] / (4 * strength))))
-        img = img.resize((cells, cells), Image.BOX).resize(img.size, Image.NEAREST)
+        img = img.resize((cells, cells), Image.Resampling.BOX).resize(img.size, Image.Resampling.NEAREST)
     x = np.asarray(img, dtype=np.float32) / 255.0
     if style == "noisy":
         x = x + rng.normal(0, 0.22 * strength, size=x.shape)

@@ -343,7 +343,7 @@ def _imagenet_split(root: Path, name: str) -> dict:
     ic = imagenet_classes()
     labels = {w: i for i, w in enumerate(ic["wnids"])}
     names = dict(zip(ic["wnids"], ic["classnames"], strict=True))
-    out = {"val": []}
+    out: dict[str, list] = {"val": []}
     for part, folder in (("train", "images/train"), ("test", "images/val")):
         _expect_folders(name, root / folder, _subfolders(root / folder), ic["wnids"])
         out[part] = _folder_rows(root, folder, ic["wnids"], labels, names)
@@ -354,7 +354,7 @@ def _check_split(name: str, root: Path, split: dict) -> None:
     """Every listed image exists, labels are 0..n-1 with one name each, n matches the catalogue."""
     spec = info(name)
     names: dict[int, str] = {}
-    missing = []
+    missing: list[str] = []
     for part in ("train", "val", "test"):
         for rel, label, cname in split[part]:
             if names.setdefault(label, cname) != cname:

@@ -159,6 +159,7 @@ def prepare(cfg: dict, name: str, progress: bool = True) -> Path:
     """Make the dataset ready on disk; return its split file."""
     spec = get_dataset(name)
     if spec.kind == "pocket":
+        assert spec.style is not None, f"the registry's pocket dataset {name} has no style"
         ds = pocket.PocketDataset(name=name, style=spec.style, per_class=pocket_settings(cfg)["per_class"])
         return pocket.generate(ds, pocket_world(cfg), dataset_dir(cfg, name), progress=progress)
     if spec.kind == "real":

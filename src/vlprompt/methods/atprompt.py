@@ -81,10 +81,10 @@ class ATPrompt(CoOp):
                 "atprompt: shared, randomly initialised context with the class at the end only (as the reference)"
             )
         Method.__init__(self, config, ctx)
-        attrs = config.attributes
-        if attrs == "auto":
-            attrs = per_dataset("atprompt_attributes.json", ctx.dataset, "ATPrompt attributes")["searched"]
-        attrs = [attrs] if isinstance(attrs, str) else list(attrs)
+        spec = config.attributes
+        if spec == "auto":
+            spec = per_dataset("atprompt_attributes.json", ctx.dataset, "ATPrompt attributes")["searched"]
+        attrs = [spec] if isinstance(spec, str) else list(spec)
         if not 1 <= len(attrs) <= 3:
             raise MethodError(f"atprompt: 1 to 3 attributes, got {attrs}")
         self.attributes = attrs

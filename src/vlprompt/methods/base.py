@@ -107,6 +107,12 @@ class MethodContext:
 
         return method_templates(spec, self.dataset, self.template)
 
+    def training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(train_features, train_labels)``: (V, N, D) and (N,); a MethodError when the context has none."""
+        if self.train_features is None or self.train_labels is None:
+            raise MethodError("this method needs the training images' features and labels; the context has none")
+        return self.train_features, self.train_labels
+
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``load_split(name)``, or None without a loader."""
         return None if self.load_split is None else self.load_split(name)
@@ -129,6 +135,9 @@ class Method(nn.Module):
     needs_training: ClassVar[bool] = True
     supports_new_classes: ClassVar[bool] = True
     inputs: ClassVar[str] = "features"  # "features" (cached bank) or "images" (encoder in the loop)
+    # image methods: independently augmented views of each training image per step (``loss`` gets (B, V, 3, H, W)
+    # when V > 1: CoPrompt's consistency between a prompted and a frozen view)
+    train_views: ClassVar[int] = 1
     # Further inputs a method declares; vlprompt.experiment.grid turns them into the run's input files (and the
     # DAG's jobs):
     reads_unlabelled: ClassVar[bool] = False  # the target's unlabelled images (config `unlabelled`; ctx.unlabelled)

@@ -49,6 +49,8 @@ class CLIPAdapter(Method):
     description = "residual bottleneck MLP on the image feature, zero-shot text classifier"
     Config = CLIPAdapterConfig
 
+    weights: torch.Tensor  # (C, D) normalised text features of the current classes
+
     def __init__(self, config: CLIPAdapterConfig, ctx: MethodContext):
         super().__init__(config, ctx)
         if not 0 <= config.ratio <= 1 or config.reduction < 1:

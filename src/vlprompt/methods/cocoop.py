@@ -25,6 +25,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from vlprompt.clip.prompting import PromptLearner
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
 
@@ -44,6 +45,7 @@ class CoCoOp(CoOp):
     description = "CoOp with a meta-net adding an image-conditioned bias to the context tokens"
     Config = CoCoOpConfig
     batchable = True  # its loss draws no randomness: seeds train together (vlprompt.training.batched)
+    prompt_learner: PromptLearner  # CoOp's, whose context this method reads
 
     def __init__(self, config: CoCoOpConfig, ctx: MethodContext):
         if config.csc or config.class_token_position != "end":

@@ -20,7 +20,7 @@ import dataclasses
 
 import torch
 
-from vlprompt.clip.prompting import PromptLearner
+from vlprompt.clip.prompting import ClassPrompts, PromptLearner
 from vlprompt.methods.base import Method, MethodContext, TrainConfig, normalize, register
 
 
@@ -40,6 +40,7 @@ class CoOp(Method):
     description = "learned continuous context shared by all classes"
     Config = CoOpConfig
     batchable = True  # its loss draws no randomness: seeds train together (vlprompt.training.batched)
+    prompt_learner: ClassPrompts  # CoOp's own is a PromptLearner; subclasses may bring other prompts (ATPrompt)
 
     def __init__(self, config: CoOpConfig, ctx: MethodContext):
         super().__init__(config, ctx)

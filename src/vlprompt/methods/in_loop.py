@@ -12,7 +12,7 @@ frozen image encoder, under no gradient (the learned parameters are all on the t
 :func:`vlprompt.training.image_runs.image_loop` (the augmentation of each image in epoch e drawn from (seed, e),
 CoOp's random resized crop at ``features.crop_scale_min`` and flip) and is evaluated on the test images
 through the backbone's test transform. Its ``model.pt`` holds the feature method's own parameters, so the
-feature method can load it. Used by ``docs/augmentation.md`` (issue 13, item 6) to measure what fixed views
+feature method can load it. Used by ``docs/augmentation.md`` to measure what fixed views
 cost against fresh augmentation.
 
 Only methods that train in the shared SGD loop on the training features alone can be wrapped: a method with a

@@ -22,6 +22,7 @@ PromptSRC repository's IVLP uses 4+4 tokens, depth 9 and 20 epochs (override to 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -70,7 +71,7 @@ class IVLP(VPTDeep):
     name = "ivlp"
     paper = "Khattak et al., MaPLe: Multi-modal Prompt Learning, CVPR 2023 (independent V-L prompting baseline)"
     description = "independent deep prompts in the image and the text encoder"
-    Config = IVLPConfig
+    Config: ClassVar[type] = IVLPConfig  # MaPLe brings a config of its own
 
     def build_prompts(self, config, ctx: MethodContext, gen: torch.Generator) -> None:
         super().build_prompts(config, ctx, gen)
@@ -107,8 +108,9 @@ class IVLP(VPTDeep):
 
     def set_classes(self, classnames: list[str]) -> None:
         super().set_classes(classnames)
-        if getattr(self, "prompt_learner", None) is not None:
-            self.prompt_learner.set_classes(self._prompt_names(classnames))
+        prompt_learner = getattr(self, "prompt_learner", None)  # None until build_prompts has run
+        if prompt_learner is not None:
+            prompt_learner.set_classes(self._prompt_names(classnames))
 
     def text_prompts(self) -> list[torch.Tensor]:
         """The context of every prompted text block: layer 0 (the prompt learner's) then the deeper ones."""

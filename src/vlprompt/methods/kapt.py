@@ -56,7 +56,7 @@ def keywords(sentences: list[str], k: int) -> list[str]:
     """The k most frequent words of ``sentences`` (lower-cased, stop words out), ties broken by first appearance."""
     words = [w for s in sentences for w in re.findall(r"[a-z][a-z\-]*", s.lower()) if w not in STOP_WORDS]
     counts = Counter(words)
-    first = {}
+    first: dict[str, int] = {}
     for i, w in enumerate(words):
         first.setdefault(w, i)
     return sorted(counts, key=lambda w: (-counts[w], first[w]))[:k]
@@ -75,6 +75,8 @@ class KAPT(CoOp):
     paper = "Kan et al., Knowledge-Aware Prompt Tuning for Generalizable Vision-Language Models, ICCV 2023"
     description = "CoOp + a frozen discrete prompt of description keywords + an image adaptation head (reading)"
     Config = KAPTConfig
+
+    discrete: torch.Tensor  # (C, D) normalised features of the discrete knowledge prompts
 
     def __init__(self, config: KAPTConfig, ctx: MethodContext):
         super().__init__(config, ctx)

@@ -49,6 +49,8 @@ class KgCoOp(CoOp):
     Config = KgCoOpConfig
     batchable = True  # its loss draws no randomness: seeds train together (vlprompt.training.batched)
 
+    anchors: torch.Tensor  # (C, D) the hand-crafted prompts' normalised features
+
     def __init__(self, config: KgCoOpConfig, ctx: MethodContext):
         super().__init__(config, ctx)
         self.backbone = ctx.backbone

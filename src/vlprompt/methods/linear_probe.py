@@ -110,9 +110,10 @@ class LinearProbe(Method):
             x, y = plain
             self.info["features"] = "plain"
         else:
-            x = ctx.train_features.flatten(0, 1)  # (V·N, D)
-            y = ctx.train_labels.repeat(ctx.train_features.shape[0])
-            self.info["features"] = f"views ({ctx.train_features.shape[0]} augmented views per image)"
+            features, labels = ctx.training_data()
+            x = features.flatten(0, 1)  # (V·N, D)
+            y = labels.repeat(features.shape[0])
+            self.info["features"] = f"views ({features.shape[0]} augmented views per image)"
             if self.config.features == "plain":
                 self.info["deviations"] = [
                     "fitted on augmented views: the feature bank holds no un-augmented training features"
@@ -120,7 +121,7 @@ class LinearProbe(Method):
         return x.float().numpy(), y.numpy()
 
     def fit(self, ctx: MethodContext) -> bool:
-        if ctx.val_features is None or len(ctx.val_features) == 0:
+        if ctx.val_features is None or ctx.val_labels is None or len(ctx.val_features) == 0:
             raise MethodError("linear_probe chooses C on validation features; the context has none")
         x, y = self.training_set(ctx)
         xv, yv = ctx.val_features.float().numpy(), ctx.val_labels.numpy()

@@ -37,6 +37,7 @@ final "." that their prototypes keep, here both keep it.
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -97,15 +98,18 @@ class MoCoOp(Method):
     description = "mixture of soft prompts, routed per image (top-2) by hard-prompt prototypes, text-to-text loss"
     Config = MoCoOpConfig
 
+    prototypes: torch.Tensor  # the class prototypes the experts are matched to
+
     def __init__(self, config: MoCoOpConfig, ctx: MethodContext):
         super().__init__(config, ctx)
-        templates, groups = config.templates, tuple(config.groups)
-        if templates == "auto":
+        spec, groups = config.templates, tuple(config.groups)
+        if spec == "auto":
             entry = per_dataset("mocoop_templates.json", ctx.dataset, "MoCoOp templates")
             templates, groups = list(entry["templates"]), tuple(entry["groups"])
             if ctx.dataset and ctx.dataset.startswith("pocket"):  # the dataset's own template, its own group
                 templates, groups = [ctx.template] + templates, (1,) + groups
-        templates = [templates] if isinstance(templates, str) else list(templates)
+        else:
+            templates = [spec] if isinstance(spec, str) else list(spec)
         groups = groups or (1,) * len(templates)
         if sum(groups) != len(templates) or min(groups) < 1:
             raise MethodError(
@@ -132,7 +136,7 @@ class MoCoOp(Method):
 
     def set_classes(self, classnames: list[str]) -> None:
         for e in self.experts:
-            e.set_classes(classnames)
+            cast(PatternPrompts, e).set_classes(classnames)  # nn.ModuleList is not generic
         self.set_prototypes(classnames)
 
     def set_prototypes(self, classnames: list[str]) -> None:

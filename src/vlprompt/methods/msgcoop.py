@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.clip.backbone import encode_prompts
-from vlprompt.clip.prompting import prompt_name
+from vlprompt.clip.prompting import PromptLearner, prompt_name
 from vlprompt.data.descriptions import descriptions_for
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.kgcoop import KgCoOp, KgCoOpConfig, knowledge_loss
@@ -71,6 +71,7 @@ class MSGCoOp(KgCoOp):
     )
     description = "N parallel CoOp contexts, anchored to class descriptions (KgCoOp's term), with a diversity term"
     Config = MSGCoOpConfig
+    prompt_learner: PromptLearner  # CoOp's, whose context this method reads
 
     def __init__(self, config: MSGCoOpConfig, ctx: MethodContext):
         if config.csc or config.class_token_position != "end" or config.n_prompts < 1:
@@ -88,7 +89,7 @@ class MSGCoOp(KgCoOp):
     def set_anchors(self, classnames: list[str]) -> None:
         """a_c from the class descriptions; at evaluation (other classes) the anchors are not needed."""
         if hasattr(self, "anchors") and list(classnames) != getattr(self, "anchor_classes", None):
-            self.anchors = None
+            self.register_buffer("anchors", None, persistent=False)
             return
         descs = descriptions_for(self.descriptions, self.dataset, classnames)
         rows = []

@@ -32,6 +32,7 @@ import dataclasses
 
 import torch
 
+from vlprompt.clip.prompting import PromptLearner
 from vlprompt.methods.base import MethodContext, MethodError, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
 
@@ -49,13 +50,14 @@ def merge_sources(contexts: list[MethodContext]) -> MethodContext:
     training images of all sources with labels into the merged classes. Views must agree."""
     names: dict[str, int] = {}
     feats, labels = [], []
-    views = {c.train_features.shape[0] for c in contexts}
-    if len(views) != 1:
-        raise MethodError(f"mvlpt: the sources' feature banks hold different numbers of views {sorted(views)}")
     for c in contexts:
         index = [names.setdefault(n, len(names)) for n in c.classnames]
-        feats.append(c.train_features)
-        labels.append(torch.tensor(index)[c.train_labels])
+        features, train_labels = c.training_data()
+        feats.append(features)
+        labels.append(torch.tensor(index)[train_labels])
+    views = {f.shape[0] for f in feats}
+    if len(views) != 1:
+        raise MethodError(f"mvlpt: the sources' feature banks hold different numbers of views {sorted(views)}")
     first = contexts[0]
     return dataclasses.replace(
         first,
@@ -76,6 +78,7 @@ class MVLPT(CoOp):
     paper = "Shen et al., Multitask Vision-Language Prompt Tuning, WACV 2024"
     description = "CoOp started from a context trained on several source datasets at once (MCoOp)"
     Config = MVLPTConfig
+    prompt_learner: PromptLearner  # CoOp's, whose context this method reads
     reads_multitask_prompt = True
 
     def __init__(self, config: MVLPTConfig, ctx: MethodContext):

@@ -78,6 +78,13 @@ class OGEN(CoOp):
     paper = "Zang et al., Overcoming the Pitfalls of Vision-Language Model Finetuning for OOD Generalization, ICLR 2024"
     description = "CoOp + a class-conditional image-feature generator (synthetic classes in the CE) + mean-teacher"
     Config = OGENConfig
+    prompt_learner: PromptLearner  # CoOp's, whose context this method reads
+
+    ogen_step: torch.Tensor  # () the optimisation steps taken
+    ogen_snapshots: torch.Tensor  # (epochs, *ctx.shape) the context after each epoch
+    class_mean: torch.Tensor  # per-class feature statistics of the training classes
+    class_std: torch.Tensor
+    neighbours: torch.Tensor  # (C, k) each class's nearest classes
 
     def __init__(self, config: OGENConfig, ctx: MethodContext):
         super().__init__(config, ctx)
@@ -95,7 +102,7 @@ class OGEN(CoOp):
             )
             self.unseen.ctx = pl.ctx  # one context, the unseen classes' own token buffers
         self.steps_per_epoch = 1
-        if ctx.train_features is not None:
+        if ctx.train_features is not None and ctx.train_labels is not None:
             self.set_class_statistics(ctx.train_features, ctx.train_labels, len(ctx.classnames))
             n = ctx.train_features.shape[1]  # as the shared loop: N // batch size steps, at least one
             self.steps_per_epoch = max(

@@ -87,6 +87,9 @@ class PACBayesPrompt(Method):
     description = "greedy search over discrete prompt tokens on the training set, with its PAC-Bayes bound"
     Config = PACBayesPromptConfig
 
+    prompt_tokens: torch.Tensor  # the selected discrete prompt's token ids
+    weights: torch.Tensor  # (C, D) normalised text features of the current classes
+
     def __init__(self, config: PACBayesPromptConfig, ctx: MethodContext):
         super().__init__(config, ctx)
         if config.n_tokens < 1 or config.candidates < 0:
@@ -157,7 +160,8 @@ class PACBayesPrompt(Method):
 
         plain = ctx.split("train_plain")
         if plain is None:  # a context without the bank's plain part (unit tests): the first augmented view
-            plain = (ctx.train_features[0], ctx.train_labels)
+            features, labels = ctx.training_data()
+            plain = (features[0], labels)
             self.info["training_features"] = "view 0 of the augmented views (no un-augmented features given)"
         x, y = normalize(plain[0]).to(ctx.device), plain[1].to(ctx.device)
         names = self.class_tokens(self.classnames)

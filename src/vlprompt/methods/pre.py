@@ -27,6 +27,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from vlprompt.clip.prompting import PromptLearner
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
 
@@ -66,6 +67,7 @@ class PRE(CoOp):
     paper = "Pham et al., PRE: Vision-Language Prompt Learning with Reparameterization Encoder, arXiv 2309.07760"
     description = "CoOp whose context passes through a residual BiLSTM encoder before the text encoder"
     Config = PREConfig
+    prompt_learner: PromptLearner  # CoOp's, whose context this method reads
 
     def __init__(self, config: PREConfig, ctx: MethodContext):
         if config.csc:

@@ -43,7 +43,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from vlprompt.clip.prompting import PLACEHOLDER, prompt_name, text_classifier
+from vlprompt.clip.prompting import PLACEHOLDER, PromptLearner, prompt_name, text_classifier
 from vlprompt.methods.base import MethodContext, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
 
@@ -87,6 +87,8 @@ class ProGrad(CoOp):
     description = "CoOp whose CE gradient loses its component against the zero-shot (KL) gradient on conflict"
     Config = ProGradConfig
     batchable = True  # its loss draws no randomness: seeds train together (vlprompt.training.batched)
+    prompt_learner: PromptLearner  # CoOp's, whose context this method reads
+    teacher_weights: torch.Tensor  # (C, D) the zero-shot teacher's normalised text features
 
     def __init__(self, config: ProGradConfig, ctx: MethodContext):
         super().__init__(dataclasses.replace(config, ctx_init=None), ctx)  # random init, replaced below

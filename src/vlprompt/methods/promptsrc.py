@@ -150,7 +150,7 @@ def promptsrc_losses(
         )
         / logits.numel(),
     }
-    out["total"] = sum(out.values())
+    out["total"] = out["ce"] + out["text"] + out["image"] + out["logits"]
     return out
 
 
@@ -176,7 +176,7 @@ class PromptSRC(IVLP):
 
     def set_classes(self, classnames: list[str]) -> None:
         super().set_classes(classnames)
-        self._teacher_text = None  # computed when a loss needs it (training classes only)
+        self._teacher_text: torch.Tensor | None = None  # computed when a loss needs it (training classes only)
 
     def teacher_templates(self) -> list[str]:
         mode = self.config.teacher_templates
@@ -190,10 +190,12 @@ class PromptSRC(IVLP):
         if self._teacher_text is None:
             encoder, tokenizer = self.frozen.encoder, self.frozen.tokenizer
             device = self.fixed_text.device
-            total = 0
+            total: torch.Tensor | None = None
             for template in self.teacher_templates():
                 tokens = tokenizer(class_prompts(template, self.classnames)).to(device)
-                total = total + encoder.encode(tokens).float()
+                features = encoder.encode(tokens).float()
+                total = features if total is None else total + features
+            assert total is not None, "PromptSRC's teacher needs at least one template"
             self._teacher_text = normalize(total / len(self.teacher_templates()))
         return self._teacher_text
 

@@ -72,6 +72,8 @@ class RESTORE(CoOp):
     description = "CoOp + surgery adapters on both modalities, their feature shifts kept equal (feature-bank reading)"
     Config = RESTOREConfig
 
+    hand_crafted: torch.Tensor  # (C, D) the hand-crafted prompts' normalised features
+
     def __init__(self, config: RESTOREConfig, ctx: MethodContext):
         super().__init__(config, ctx)
         self.backbone, self.template = ctx.backbone, config.template or ctx.template

@@ -80,6 +80,11 @@ class TFUP(Method):
     needs_training = False
     reads_unlabelled = True
 
+    unlabelled: torch.Tensor  # (N, D) the target's unlabelled image features
+    weights: torch.Tensor  # (C, D) text classifier
+    cache_keys: torch.Tensor  # (M, D) normalised cache keys
+    cache_values: torch.Tensor  # (M, C) one-hot cache values
+
     def __init__(self, config: TFUPConfig, ctx: MethodContext):
         super().__init__(config, ctx)
         if config.text not in TEXTS:

@@ -93,6 +93,10 @@ class TipAdapter(Method):
     train_keys = False
     cache_crop_scale_min = 0.5  # the reference's random resized crop scale for the cache (and training) views
 
+    cache_values: torch.Tensor  # the cache's one-hot labels
+    weights: torch.Tensor  # (C, D) normalised text features of the current classes
+    class_map: torch.Tensor  # the cache's columns for the current classes
+
     def __init__(self, config, ctx: MethodContext):
         super().__init__(config, ctx)
         if config.search_split not in SEARCH_SPLITS:
@@ -104,7 +108,7 @@ class TipAdapter(Method):
         if config.logit_scale is not None:
             self.logit_scale = config.logit_scale
         self.info: dict = {"deviations": []}
-        if ctx.train_features is not None:  # (V, N, D) -> keys (N, D), values (N, C)
+        if ctx.train_features is not None and ctx.train_labels is not None:  # (V, N, D) -> keys (N, D), values (N, C)
             keys = normalize(ctx.train_features[: config.cache_views].float().mean(dim=0))
             values = F.one_hot(ctx.train_labels.long(), len(ctx.classnames)).float()
             self.check_views(ctx)
@@ -117,7 +121,7 @@ class TipAdapter(Method):
 
     def check_views(self, ctx: MethodContext) -> None:
         """Record where the cached views differ from the reference's (crop scale, number of views)."""
-        views, scale = ctx.train_features.shape[0], ctx.train_crop_scale_min
+        views, scale = ctx.training_data()[0].shape[0], ctx.train_crop_scale_min
         self.info.update(cache_views=min(views, self.config.cache_views), views_crop_scale_min=scale)
         if views < self.config.cache_views:
             self.info["deviations"].append(
@@ -161,7 +165,7 @@ class TipAdapter(Method):
             self.info["deviations"].append(
                 "searched on the few-shot validation subset: the feature bank does not hold the whole validation split"
             )
-        if ctx.val_features is None or len(ctx.val_features) == 0:
+        if ctx.val_features is None or ctx.val_labels is None or len(ctx.val_features) == 0:
             return None
         return ctx.val_features, ctx.val_labels, "val (few-shot subset)"
 

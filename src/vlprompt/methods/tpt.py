@@ -36,6 +36,7 @@ import math
 
 import torch
 
+from vlprompt.clip.prompting import PromptLearner
 from vlprompt.methods.base import MethodContext, MethodError, normalize, register
 from vlprompt.methods.coop import CoOp, CoOpConfig
 
@@ -74,6 +75,7 @@ class TPT(CoOp):
     paper = "Shu et al., Test-Time Prompt Tuning for Zero-Shot Generalization in Vision-Language Models, NeurIPS 2022"
     description = "per test image, one entropy-minimisation step of the prompt on its most confident views"
     Config = TPTConfig
+    prompt_learner: PromptLearner  # CoOp's, whose context this method reads
     needs_training = False
     reads_test_views = True
 

@@ -26,6 +26,7 @@ the prompted tower, logits, and the eval-time cache of the text classifier.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -63,8 +64,10 @@ class VPTDeep(Method):
     family = "deep prompt"
     paper = "Jia et al., Visual Prompt Tuning, ECCV 2022 (CLIP variant as in Khattak et al., MaPLe, CVPR 2023)"
     description = "deep learnable tokens in every image-encoder block; fixed hand-crafted text prompts"
-    Config = VPTDeepConfig
+    Config: ClassVar[type] = VPTDeepConfig  # IVLP's and MaPLe's configs are their own
     inputs = "images"
+
+    fixed_text: torch.Tensor  # (C, D) normalised features of the fixed hand-crafted prompts
 
     def __init__(self, config, ctx: MethodContext):
         super().__init__(config, ctx)

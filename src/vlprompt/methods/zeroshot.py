@@ -10,6 +10,7 @@ from CoOp's table (``vlprompt/data/templates.json``), class names with "_" writt
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -23,16 +24,25 @@ class ZeroShotConfig:
     template: str | None = None
 
 
+class TemplateConfig(Protocol):
+    """What ZeroShot reads of its config; methods built on it (FuDD) bring configs of their own."""
+
+    @property
+    def template(self) -> str | None: ...
+
+
 @register
 class ZeroShot(Method):
     name = "zeroshot"
     family = "zero-shot"
     paper = "Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021"
     description = "zero-shot CLIP with the dataset's hand-crafted prompt"
-    Config = ZeroShotConfig
+    Config: ClassVar[type] = ZeroShotConfig  # subclasses bring configs of their own (CuPL, FuDD)
     needs_training = False
 
-    def __init__(self, config: ZeroShotConfig, ctx: MethodContext):
+    weights: torch.Tensor  # (C, D) normalised text features of the current classes
+
+    def __init__(self, config: TemplateConfig, ctx: MethodContext):
         super().__init__(config, ctx)
         self.backbone = ctx.backbone
         self.templates = ctx.templates(config.template)

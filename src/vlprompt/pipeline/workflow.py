@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 
 from vlprompt.experiment.config import ConfigError, validate
@@ -17,6 +18,7 @@ from vlprompt.io import atomic_write_text, config_hash
 CONFIG_ENV = "VLPROMPT_CONFIG"  # the resolved config a job reads (set by the Snakefile)
 CONFIGFILES_ENV = "VLPROMPT_CONFIGFILES"  # the config files given to snakemake, for rebuild hints
 PARENT_ENV = "VLPROMPT_SNAKEMAKE"  # "<host>:<pid>" of the snakemake process that runs the job
+CONTAINER_ENV = "VLPROMPT_CONTAINER"  # the image of --sdm apptainer, instead of containers/vlprompt.sif
 
 
 def resolve_config(config: dict, base_dir: str | Path | None = None) -> tuple[dict, str]:
@@ -59,3 +61,23 @@ def job_environment(config_path: str, configfiles: list[str]) -> dict[str, str]:
         CONFIGFILES_ENV: os.pathsep.join(str(c) for c in configfiles),
         PARENT_ENV: f"{socket.gethostname()}:{os.getpid()}",
     }
+
+
+def source_first(basedir: str | Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``PYTHONPATH`` with the checkout's ``src/`` first (unless it is on it already): jobs then import the code of
+    the Snakefile's checkout in whichever environment runs them (the .venv, a conda environment, the container),
+    and the commit a run records is the code it ran. Empty when ``basedir`` has no ``src/``."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    src = str(Path(basedir) / "src")
+    current = env.get("PYTHONPATH", "")
+    if not Path(src).is_dir() or src in current.split(os.pathsep):
+        return {}
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [src, current]))}
+
+
+def container_image(environ: Mapping[str, str] | None = None) -> str:
+    """The image every rule runs in under ``--software-deployment-method apptainer`` (docs/containers.md):
+    ``$VLPROMPT_CONTAINER`` (a path, or docker://<registry>/<image>@sha256:<digest>), else the one
+    ``containers/vlprompt.def`` builds."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    return env.get(CONTAINER_ENV) or "containers/vlprompt.sif"

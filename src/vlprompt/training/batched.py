@@ -71,7 +71,7 @@ class _Lane:
     start: int
     history: list
     seconds: list
-    batches: Iterator | None = None
+    batches: Iterator = iter(())
     total: float = 0.0
     outputs: list = dataclasses.field(default_factory=list)  # this step's tower results, in call order
     calls: int = 0
@@ -93,13 +93,14 @@ class _Lane:
 def shared_tower_pass(lanes: list[_Lane], tower) -> None:
     """Run the pending calls of ``lanes`` through ``tower`` once per (shape, dtype, trim) and hand each lane
     its rows."""
-    groups: dict[tuple, list[_Lane]] = {}
+    groups: dict[tuple, list[tuple[_Lane, tuple]]] = {}
     for lane in lanes:
+        assert lane.pending is not None, "a lane without a recorded call"
         x, _, trim = lane.pending
-        groups.setdefault((tuple(x.shape[1:]), x.dtype, trim), []).append(lane)
+        groups.setdefault((tuple(x.shape[1:]), x.dtype, trim), []).append((lane, lane.pending))
     for (_, _, trim), group in groups.items():
-        out = tower(torch.cat([g.pending[0] for g in group]), torch.cat([g.pending[1] for g in group]), trim)
-        for lane, rows in zip(group, out.split([len(g.pending[0]) for g in group]), strict=True):
+        out = tower(torch.cat([call[0] for _, call in group]), torch.cat([call[1] for _, call in group]), trim)
+        for (lane, _), rows in zip(group, out.split([len(call[0]) for _, call in group]), strict=True):
             lane.outputs.append(rows)
             lane.pending = None
 
@@ -132,7 +133,7 @@ def train_together(runs: list[PreparedRun], checkpoint_every: int, stop_after: i
     device = runs[0].ctx.device
     lanes = []
     for r in runs:
-        opt, scaler, steps = loop_setup(r.method, r.mcfg, device, r.ctx.train_features.shape[1])
+        opt, scaler, steps = loop_setup(r.method, r.mcfg, device, r.ctx.training_data()[0].shape[1])
         start, history, seconds = load_checkpoint(r.checkpoint, r.method, opt, scaler, device)
         lanes.append(_Lane(r, opt, scaler, steps, start, history, seconds))
         r.method.train()
@@ -154,8 +155,9 @@ def train_together(runs: list[PreparedRun], checkpoint_every: int, stop_after: i
         for r in runs:
             r.ctx.encoder.intercept = None
     for lane in lanes:
-        if hasattr(lane.method, "train_end"):
-            lane.method.train_end()
+        train_end = getattr(lane.method, "train_end", None)
+        if train_end is not None:
+            train_end()
         lane.method.eval()
     return [{"loss_history": lane.history, "steps_per_epoch": lane.steps} for lane in lanes]
 
@@ -184,16 +186,18 @@ def train_epoch(active: list[_Lane], epoch: int, device: torch.device, tower) ->
             lane.opt.zero_grad(set_to_none=True)
         torch.stack([lane.scaler.scale(losses[i]).float() for i, lane in enumerate(stepping)]).sum().backward()
         for i, lane in enumerate(stepping):
-            if hasattr(lane.method, "adjust_gradients"):
+            adjust_gradients = getattr(lane.method, "adjust_gradients", None)
+            if adjust_gradients is not None:
                 lane.scaler.unscale_(lane.opt)
-                lane.method.adjust_gradients(*inputs[i])
+                adjust_gradients(*inputs[i])
             lane.scaler.step(lane.opt)
             lane.scaler.update()
             lane.total += losses[i].item()
     seconds = round((time.time() - t0) / len(active), 3)  # the epoch's wall time, shared by its runs
     for lane in active:
-        if hasattr(lane.method, "epoch_end"):
-            lane.method.epoch_end(epoch)
+        epoch_end = getattr(lane.method, "epoch_end", None)
+        if epoch_end is not None:
+            epoch_end(epoch)
         lane.history.append(lane.total / lane.steps)
         lane.seconds.append(seconds)
 

@@ -35,7 +35,7 @@ def feature_batches(ctx: MethodContext, cfg: TrainConfig):
     """The ``batches(epoch, generator, steps)`` of a run on ``ctx.train_features`` ((V, N, D): V augmented views of
     N images): a shuffled order and one random view per image and epoch, both drawn from the epoch's generator."""
     device = ctx.device
-    feats, labels = ctx.train_features, ctx.train_labels  # (V, N, D), (N,)
+    feats, labels = ctx.training_data()  # (V, N, D), (N,)
     views, n = feats.shape[0], feats.shape[1]
 
     def batches(epoch: int, gen: torch.Generator, steps: int):
@@ -59,7 +59,7 @@ def feature_loop(
 ) -> dict:
     """Train the method's parameters on ``ctx.train_features`` ((V, N, D): V augmented views of N images);
     resumable from ``ckpt_path``."""
-    n = ctx.train_features.shape[1]
+    n = ctx.training_data()[0].shape[1]
     batches = feature_batches(ctx, cfg)
     info = train_loop(method, cfg, ctx.seed, ctx.device, n, batches, ckpt_path, checkpoint_every, progress, stop_after)
     return {"loss_history": info["loss_history"], "steps_per_epoch": info["steps_per_epoch"]}
@@ -74,7 +74,7 @@ class PreparedRun:
     shots: int
     seed: int
     out_dir: Path
-    cls: type
+    cls: type[Method]
     mcfg: TrainConfig
     method: Method
     ctx: MethodContext

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from vlprompt.clip.features import ImageList, pick_device, train_transform
+from vlprompt.clip.features import ImageList, pick_device, randaugment_transform, train_transform
 from vlprompt.data import registry, splits
 from vlprompt.data.splits import subsample_classes
 from vlprompt.experiment import grid
 from vlprompt.experiment.config import method_settings
 from vlprompt.io import atomic_write_json, provenance, read_artefact_json
-from vlprompt.methods import MethodContext, TrainConfig, get_method
+from vlprompt.methods import MethodContext, MethodError, TrainConfig, get_method
 from vlprompt.training.context import method_context, start_job, training_classes
 from vlprompt.training.evaluate import evaluate_parts
 from vlprompt.training.loop import batch_indices, seed_everything, train_loop
@@ -30,6 +30,28 @@ from vlprompt.training.records import load_model_state, save_run, transfer_metri
 def _epoch_view(seed: int, epoch: int) -> int:
     """The augmentation stream of an epoch (ImageList seeds each image from (view, relpath))."""
     return 1_000_000 + seed * 100_003 + epoch
+
+
+class Views(torch.utils.data.Dataset):
+    """Several independently augmented views of each image: item k is (V, 3, H, W)."""
+
+    def __init__(self, views: list[ImageList]):
+        self.views = views
+
+    def __len__(self):
+        return len(self.views[0])
+
+    def __getitem__(self, k: int):
+        return torch.stack([v[k] for v in self.views])
+
+
+def epoch_images(root: Path, relpaths: list[str], transform, seed: int, epoch: int, views: int = 1):
+    """Epoch ``epoch``'s training images: one augmentation stream, or ``views`` independent ones (view 0 the same
+    as the single stream's; view v > 0 seeded by (epoch stream, v))."""
+    first = _epoch_view(seed, epoch)
+    if views == 1:
+        return ImageList(root, relpaths, transform, view=first)
+    return Views([ImageList(root, relpaths, transform, view=first if v == 0 else f"{first}/{v}") for v in range(views)])
 
 
 def image_loop(
@@ -53,7 +75,7 @@ def image_loop(
     def batches(epoch: int, gen: torch.Generator, steps: int):
         order = torch.randperm(n, generator=gen)
         idxs = [batch_indices(order, s, cfg.batch_size).tolist() for s in range(steps)]
-        images = ImageList(root, relpaths, transform, view=_epoch_view(ctx.seed, epoch))
+        images = epoch_images(root, relpaths, transform, ctx.seed, epoch, getattr(method, "train_views", 1))
         loader = torch.utils.data.DataLoader(
             images, batch_sampler=idxs, num_workers=workers, pin_memory=device.type == "cuda"
         )
@@ -61,6 +83,18 @@ def image_loop(
             yield x.to(device, non_blocking=True), labels[idx].to(device)
 
     return train_loop(method, cfg, ctx.seed, device, n, batches, ckpt_path, checkpoint_every, progress, stop_after)
+
+
+def training_transform(backbone, mcfg, crop_scale_min: float):
+    """The training augmentation a method's config names (``augmentation``): CoOp's random resized crop and flip
+    (the default, at ``features.crop_scale_min``) or ``randaugment`` (Dassl's choice as CoPrompt uses it)."""
+    mean, std = backbone.model.visual.image_mean, backbone.model.visual.image_std
+    kind = getattr(mcfg, "augmentation", "crop_flip")
+    if kind == "randaugment":
+        return randaugment_transform(backbone.image_size, mean, std)
+    if kind != "crop_flip":
+        raise MethodError(f"unknown augmentation {kind!r}; use crop_flip or randaugment")
+    return train_transform(backbone.image_size, mean, std, crop_scale_min)
 
 
 def evaluate_images(
@@ -126,10 +160,7 @@ def run(
             grid.fewshot_path(cfg, dataset, shots, seed), cfg["fewshot"].get("allow_fewer", False)
         )
         rows = subsample_classes(fewshot["train"], train_labels)
-        model = backbone.model
-        transform = train_transform(
-            backbone.image_size, model.visual.image_mean, model.visual.image_std, fcfg["crop_scale_min"]
-        )
+        transform = training_transform(backbone, mcfg, fcfg["crop_scale_min"])
         train_info = image_loop(
             method,
             ctx,

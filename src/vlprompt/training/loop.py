@@ -111,8 +111,9 @@ def train_loop(
         method.load_trainable_state(state["model"])
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        if hasattr(method, "load_loop_state") and state.get("loop") is not None:
-            method.load_loop_state(state["loop"])
+        load_loop_state = getattr(method, "load_loop_state", None)
+        if load_loop_state is not None and state.get("loop") is not None:
+            load_loop_state(state["loop"])
         start, history, seconds = state["epoch"], state["history"], state.get("seconds", [])
         log.info("resuming %s from epoch %d", ckpt_path, start)
     method.train()
@@ -139,19 +140,22 @@ def train_loop(
                 loss, _ = method.loss(x, y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if hasattr(method, "adjust_gradients"):
+            adjust_gradients = getattr(method, "adjust_gradients", None)
+            if adjust_gradients is not None:
                 scaler.unscale_(opt)
-                method.adjust_gradients(x, y)
+                adjust_gradients(x, y)
             scaler.step(opt)
             scaler.update()
             total += loss.item()
-        if hasattr(method, "epoch_end"):
-            method.epoch_end(epoch)
+        epoch_end = getattr(method, "epoch_end", None)
+        if epoch_end is not None:
+            epoch_end(epoch)
         history.append(total / steps)
         seconds.append(round(time.time() - t0, 3))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
         done = epoch + 1
         if done % checkpoint_every == 0 and done < cfg.epochs:
+            loop_state = getattr(method, "loop_state", None)
             with atomic_path(ckpt_path) as tmp:
                 torch.save(
                     {
@@ -161,20 +165,22 @@ def train_loop(
                         "epoch": done,
                         "history": history,
                         "seconds": seconds,
-                        "loop": method.loop_state() if hasattr(method, "loop_state") else None,
+                        "loop": loop_state() if loop_state is not None else None,
                     },
                     tmp,
                 )
         if stop_after is not None and done >= stop_after:
             raise KeyboardInterrupt(f"stopped after epoch {done} (stop_after)")
-    if hasattr(method, "train_end"):
-        method.train_end()
+    train_end = getattr(method, "train_end", None)
+    if train_end is not None:
+        train_end()
     method.eval()
     return {"loss_history": history, "steps_per_epoch": steps, "epoch_seconds": seconds}
 
 
 def save_checkpoint(path: Path, method: Method, opt, scaler, done: int, history: list, seconds: list) -> None:
     """The checkpoint :func:`train_loop` writes after epoch ``done`` (the same keys, so either trainer resumes it)."""
+    loop_state = getattr(method, "loop_state", None)
     with atomic_path(path) as tmp:
         torch.save(
             {
@@ -184,7 +190,7 @@ def save_checkpoint(path: Path, method: Method, opt, scaler, done: int, history:
                 "epoch": done,
                 "history": history,
                 "seconds": seconds,
-                "loop": method.loop_state() if hasattr(method, "loop_state") else None,
+                "loop": loop_state() if loop_state is not None else None,
             },
             tmp,
         )
@@ -199,7 +205,8 @@ def load_checkpoint(path: Path, method: Method, opt, scaler, device: torch.devic
     method.load_trainable_state(state["model"])
     opt.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
-    if hasattr(method, "load_loop_state") and state.get("loop") is not None:
-        method.load_loop_state(state["loop"])
+    load_loop_state = getattr(method, "load_loop_state", None)
+    if load_loop_state is not None and state.get("loop") is not None:
+        load_loop_state(state["loop"])
     log.info("resuming %s from epoch %d", path, state["epoch"])
     return state["epoch"], state["history"], state.get("seconds", [])

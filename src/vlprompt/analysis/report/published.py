@@ -45,9 +45,9 @@ def _key(name: str) -> str:
     return DATASET_ALIASES.get(k, k)
 
 
-def load(protocol: str, directory: Path | None = None) -> pd.DataFrame | None:
+def load(protocol: str | None, directory: Path | None = None) -> pd.DataFrame | None:
     """Published numbers of a protocol in long form: method, dataset, metric, published, source."""
-    name = FILES.get(protocol)
+    name = FILES.get(protocol) if protocol is not None else None
     path = Path(directory or default_dir()) / name if name else None
     if path is None or not path.exists():
         return None
@@ -129,6 +129,8 @@ def compare(cells: pd.DataFrame, summary: pd.DataFrame, cfg: dict, directory: Pa
         return pd.DataFrame(columns=columns)
     scfg = stats.settings(cfg.get("stats"))
     pub = load(summary.protocol.iloc[0], directory)
+    if pub is None:  # why_not said the table exists
+        return pd.DataFrame(columns=columns)
     top = cells[cells.shots == PAPER_SHOTS]
     ours_by_key = {(m, _key(d)): d for m, d in zip(top.method, top.dataset, strict=True)}
     rows = []

@@ -414,6 +414,7 @@ def read_notes_file(path: str | None) -> str | None:
 
 
 def _versions() -> dict[str, str]:
+    """The git commit and package versions of the process that renders the report, and its environment."""
     info = provenance()
     versions = dict(info["versions"])
     for name in REPORT_PACKAGES:
@@ -421,7 +422,45 @@ def _versions() -> dict[str, str]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
-    return {"git commit": info["git_commit"], **versions}
+    env = info["environment"]
+    if env["lock_sha256"] is None:
+        lock = env["lock"]
+    else:
+        lock = f"{env['lock']} (sha256 {env['lock_sha256']}), " + (
+            "matches" if env["matches_lock"] else f"differs: {'; '.join(env['differences'])}"
+        )
+    return {"git commit": info["git_commit"], **versions, "report environment": lock}
+
+
+def _unique(summary: pd.DataFrame, column: str) -> str:
+    if column not in summary:
+        return "not recorded"
+    return ", ".join(sorted(summary[column].dropna().astype(str).unique())) or "not recorded"
+
+
+def _run_environments(s: Section, summary: pd.DataFrame) -> dict[str, str]:
+    """The runs' Python versions and lock hashes; a note flags runs made in an environment that differs from its
+    lock (``env_matches_lock`` false in summary.csv) or with no lock to compare with."""
+    prov = {"runs: python": _unique(summary, "python"), "runs: lock sha256": _unique(summary, "lock_sha256")}
+    if "env_matches_lock" not in summary:
+        return prov
+    runs = summary.drop_duplicates(["method", "dataset", "train_dataset", "shots", "seed"])
+    matches = runs.env_matches_lock.map(lambda v: str(v).lower())
+    differ = runs[matches == "false"]
+    unknown = runs[~matches.isin(["true", "false"])]
+    if len(differ):
+        which = ", ".join(sorted({f"{r.method} on {r.dataset}" for r in differ.itertuples()}))
+        s.note(
+            f"{len(differ)} of {len(runs)} runs were made in an environment that differs from its lock ({which}); "
+            "each run's metrics.json lists the differences (provenance.environment). `python -m vlprompt env` "
+            "shows an environment's; `make install` reinstalls the lock."
+        )
+    if len(unknown):
+        s.note(
+            f"{len(unknown)} of {len(runs)} runs recorded no lock to compare their environment with "
+            "(an installation without the repository's requirements/, or a run recorded before locks)."
+        )
+    return prov
 
 
 def _cells_section(cells: pd.DataFrame, summary: pd.DataFrame, scfg: dict) -> Section:
@@ -485,6 +524,7 @@ def _provenance_section(summary: pd.DataFrame, protocol: str, backbone: str, scf
         if "config_hash" in summary
         else "unknown",
         **{f"stats.{k}": json.dumps(v) for k, v in sorted(scfg.items())},
+        **_run_environments(s, summary),
         **_versions(),
     }
     s.table(pd.DataFrame({"item": list(prov), "value": list(prov.values())}), css="wrap")

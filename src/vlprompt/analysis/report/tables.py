@@ -127,7 +127,9 @@ def _chunks(groups: list[tuple[str, list[str]]], limit: int | None = None) -> li
     """Whole groups per table, at most ``limit`` (``MAX_COLUMNS``) value columns each (a larger group gets a
     table of its own)."""
     limit = limit or MAX_COLUMNS
-    chunks, current, width = [], [], 0
+    chunks: list[list[tuple[str, list[str]]]] = []
+    current: list[tuple[str, list[str]]] = []
+    width = 0
     for g in groups:
         if current and width + len(g[1]) > limit:
             chunks.append(current)
