@@ -114,6 +114,7 @@ def finish(run: PreparedRun, train_info: dict, train_seconds: float | None = Non
     ``model.pt`` and ``metrics.json`` written. ``train_seconds``: the run's share of a batched training."""
     cfg, method, ctx, cls = run.cfg, run.method, run.ctx, run.cls
     device, backbone, train_names = ctx.device, ctx.backbone, ctx.classnames
+    t_finish = time.time()
     if run.trains:
         method.after_training(ctx)
     t_train = time.time() - run.t0 - run.t_load if train_seconds is None else train_seconds
@@ -124,7 +125,9 @@ def finish(run: PreparedRun, train_info: dict, train_seconds: float | None = Non
         metrics.update(
             validation_metrics(cfg, run.dataset, run.shots, run.seed, method, run.classes, train_names, device)
         )
-    seconds = {"load": round(run.t_load, 2), "train": round(t_train, 2), "total": round(time.time() - run.t0, 2)}
+    # trained with others: the run's own load and evaluation plus its share of the training (no overlap)
+    total = time.time() - run.t0 if train_seconds is None else run.t_load + train_seconds + time.time() - t_finish
+    seconds = {"load": round(run.t_load, 2), "train": round(t_train, 2), "total": round(total, 2)}
     return save_run(
         cfg,
         run.out_dir,
