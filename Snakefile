@@ -53,6 +53,9 @@ if _problems:
 # stops if this snakemake process dies (vlprompt.pipeline.watchdog).
 os.environ.update(job_environment(CONFIG_PATH, workflow.overwrite_configfiles))
 LOGS = f"{CFG['results_root']}/{CFG['experiment']}/logs"
+# Wall time, CPU time and memory of every job (Snakemake's benchmark files; benchmarks/pipeline_profile.py
+# sums them by stage and method). Not outputs: a missing one never re-runs a job.
+BENCHMARKS = f"{CFG['results_root']}/{CFG['experiment']}/benchmarks"
 # Jobs import this checkout's code in whichever environment runs them (.venv, --sdm conda, --sdm apptainer).
 os.environ.update(source_first(CHECKOUT) if CHECKOUT else {})
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks in one run, on a machine with a CUDA device: the GPU tests (fp16-autocast extraction against the
 # CPU's, a CoOp job under autocast + GradScaler against the CPU's), then the extraction, text-encoder and training
-# benchmarks on the GPU (each prints its figures). Run from the repository root with the project installed
-# (`make install`, then `.venv/bin/bash benchmarks/gpu_check.sh`), or with its dependencies on PYTHONPATH.
+# benchmarks on the GPU (each prints its figures), and seeds trained together against one after the other.
+# Run from the repository root with the project installed (`make install`, then
+# `.venv/bin/bash benchmarks/gpu_check.sh`), or with its dependencies on PYTHONPATH.
 set -euo pipefail
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -12,3 +13,5 @@ PY=${PYTHON:-python3}
 "$PY" benchmarks/extract.py --device cuda --images 4096 --batch-size 256 --workers 8 --threads 8 --vit-b-16 4096
 "$PY" benchmarks/text_encoder.py --device cuda --classes 100 --repeat 5
 "$PY" benchmarks/train_speed.py --device cuda --model ViT-B-16 --classes 100 --shots 16 --steps 20 --threads 8
+# seeds trained together (train.batch_seeds) against one after the other: runs per GPU-hour (target >= 3x)
+"$PY" benchmarks/batched_speed.py --device cuda --model ViT-B-16 --classes 100 --epochs 1 --runs 1 3 8

@@ -26,6 +26,8 @@ rule prepare_dataset:
         "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/prepare/{{dataset}}/{{dkey}}.log",
+    benchmark:
+        f"{BENCHMARKS}/prepare/{{dataset}}/{{dkey}}.tsv",
     shell:
         "python -m vlprompt prepare --dataset {wildcards.dataset} --key {wildcards.dkey} --quiet > {log} 2>&1 "
         "|| (tail -n 20 {log} >&2; exit 1)"
@@ -42,6 +44,8 @@ rule split_classes:
         "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/split/{{dkey}}_classes.log",
+    benchmark:
+        f"{BENCHMARKS}/split/{{dkey}}_classes.tsv",
     shell:
         "python -m vlprompt classes --dataset {params.dataset} --key {wildcards.dkey} --out {output} > {log} 2>&1"
 
@@ -57,6 +61,8 @@ rule sample_fewshot:
         "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/split/{{dkey}}_shot{{shots}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/split/{{dkey}}_shot{{shots}}_seed{{seed}}.tsv",
     shell:
         "python -m vlprompt fewshot --dataset {params.dataset} --key {wildcards.dkey} --shots {wildcards.shots} "
         "--seed {wildcards.seed} --out {output} > {log} 2>&1 || (tail -n 5 {log} >&2; exit 1)"

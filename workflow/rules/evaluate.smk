@@ -21,6 +21,8 @@ rule evaluate_transfer:
         "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/transfer/{{dataset}}/{{method}}/{{shots}}shot_seed{{seed}}_{{target}}.log",
+    benchmark:
+        f"{BENCHMARKS}/transfer/{{dataset}}/{{method}}/{{shots}}shot_seed{{seed}}_{{target}}.tsv",
     shell:
         "python -m vlprompt evaluate-transfer --dataset {wildcards.dataset} "
         "--method {wildcards.method} --shots {wildcards.shots} --seed {wildcards.seed} "

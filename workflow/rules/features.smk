@@ -32,6 +32,8 @@ rule extract_test:
         "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/features/{{dkey}}_test.log",
+    benchmark:
+        f"{BENCHMARKS}/features/{{dkey}}_test.tsv",
     shell:
         "python -m vlprompt extract --dataset {params.dataset} --key {wildcards.dkey} --quiet > {log} 2>&1"
 
@@ -53,6 +55,8 @@ rule extract_fewshot:
         "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/features/{{dkey}}_shot{{shots}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/features/{{dkey}}_shot{{shots}}_seed{{seed}}.tsv",
     shell:
         "python -m vlprompt extract --dataset {params.dataset} --key {wildcards.dkey} --shots {wildcards.shots} "
         "--seed {wildcards.seed} --quiet > {log} 2>&1"
@@ -74,6 +78,8 @@ rule extract_unlabelled:
         "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/features/{{dkey}}_train.log",
+    benchmark:
+        f"{BENCHMARKS}/features/{{dkey}}_train.tsv",
     shell:
         "python -m vlprompt extract --dataset {params.dataset} --key {wildcards.dkey} --part train --quiet > {log} 2>&1"
 
@@ -97,6 +103,8 @@ rule extract_test_views:
         "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/features/{{dkey}}_test_views{{views}}_crop{{crop}}.log",
+    benchmark:
+        f"{BENCHMARKS}/features/{{dkey}}_test_views{{views}}_crop{{crop}}.tsv",
     shell:
         "python -m vlprompt extract --dataset {params.dataset} --key {wildcards.dkey} --part test_views "
         "--views {wildcards.views} --crop {wildcards.crop} --quiet > {log} 2>&1"

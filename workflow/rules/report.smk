@@ -16,6 +16,8 @@ rule aggregate:
         "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/aggregate.log",
+    benchmark:
+        f"{BENCHMARKS}/aggregate.tsv",
     shell:
         "python -m vlprompt aggregate --summary {output.summary} --stats {output.stats} "
         "--metrics-json {output.metrics} --curves {output.curves} "
@@ -50,6 +52,8 @@ rule report:
         "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/report.log",
+    benchmark:
+        f"{BENCHMARKS}/report.tsv",
     shell:
         "python -m vlprompt report --summary {input.summary} --stats {input.stats} --curves {input.curves} "
         "--out {params.out} > {log} 2>&1"

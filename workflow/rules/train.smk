@@ -43,6 +43,8 @@ rule train_multitask:
         "../envs/vlprompt.yaml"
     log:
         f"{LOGS}/multitask/{{method}}/{{shots}}shot_seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/multitask/{{method}}/{{shots}}shot_seed{{seed}}.tsv",
     shell:
         "python -m vlprompt train-multitask --method {wildcards.method} --shots {wildcards.shots} "
         "--seed {wildcards.seed} --out {params.out} --quiet > {log} 2>&1"
@@ -65,6 +67,8 @@ if CFG["train"]["job_granularity"] == "run":
             "../envs/vlprompt.yaml"
         log:
             f"{LOGS}/train/{{dataset}}/{{method}}/{{shots}}shot_seed{{seed}}.log",
+        benchmark:
+            f"{BENCHMARKS}/train/{{dataset}}/{{method}}/{{shots}}shot_seed{{seed}}.tsv",
         shell:
             "python -m vlprompt train --dataset {wildcards.dataset} --method {wildcards.method} "
             "--shots {wildcards.shots} --seed {wildcards.seed} --out {params.out} --quiet > {log} 2>&1"
@@ -99,6 +103,8 @@ else:
             "../envs/vlprompt.yaml"
         log:
             f"{LOGS}/train/{{dataset}}/{{method}}/{{shots}}shot.log",
+        benchmark:
+            f"{BENCHMARKS}/train/{{dataset}}/{{method}}/{{shots}}shot.tsv",
         shell:
             "python -m vlprompt train-group --dataset {wildcards.dataset} --method {wildcards.method} "
             "--shots {wildcards.shots} --seeds {params.seeds} --quiet > {log} 2>&1"
@@ -124,6 +130,8 @@ else:
             "../envs/vlprompt.yaml"
         log:
             f"{LOGS}/train/{{dataset}}/{{method}}/0shot_seed0.log",
+        benchmark:
+            f"{BENCHMARKS}/train/{{dataset}}/{{method}}/0shot_seed0.tsv",
         shell:
             "python -m vlprompt train-group --dataset {wildcards.dataset} --method {wildcards.method} "
             "--shots 0 --seeds 0 --quiet > {log} 2>&1"

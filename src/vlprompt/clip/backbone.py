@@ -337,7 +337,17 @@ class PromptedTextEncoder(nn.Module):
         """(n, L) token ids -> (n, L, width) embeddings."""
         return self.token_embedding(tokens)
 
+    # Set by a trainer that runs several runs' prompts through the tower in one pass
+    # (vlprompt.training.batched): called instead of the tower as ``intercept(x, eot, trim)``.
+    intercept: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor] | None = None
+
     def forward(self, x: torch.Tensor, eot: torch.Tensor, trim: bool = True) -> torch.Tensor:
+        if self.intercept is not None:
+            return self.intercept(x, eot, trim)
+        return self.tower(x, eot, trim)
+
+    def tower(self, x: torch.Tensor, eot: torch.Tensor, trim: bool = True) -> torch.Tensor:
+        """The text tower over prompt embeddings ``x`` (n, L, width) with end tokens at ``eot`` (n,)."""
         n, length, width = x.shape
         assert width == self.width and eot.shape == (n,), (x.shape, eot.shape)
         assert length <= self.context_length, (length, self.context_length)

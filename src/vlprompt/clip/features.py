@@ -157,10 +157,66 @@ class ImageList(torch.utils.data.Dataset):
             return self.transform(img)
 
 
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".JPG", ".JPEG")
+
+
+def choose_decoder(device: torch.device, split: str, relpaths: Sequence[str]) -> str:
+    """How an un-augmented split's images reach the encoder: ``"jpeg-on-device"`` (the files' bytes are read by the
+    DataLoader, decoded by ``torchvision.io.decode_jpeg`` on the device in batches, then resized, cropped and
+    normalised as tensors: :func:`tensor_preprocess`) on a CUDA device when every image is a JPEG, which takes
+    decoding and resizing off the CPU workers that bound the bank on a GPU; ``"pil"`` (the backbone's own
+    transform in the workers) otherwise, and always for augmented views (seeded PIL augmentation)."""
+    if device.type != "cuda" or split in ("train_views", "test_views"):
+        return "pil"
+    return "jpeg-on-device" if relpaths and all(r.endswith(JPEG_SUFFIXES) for r in relpaths) else "pil"
+
+
+class EncodedImages(torch.utils.data.Dataset):
+    """The files' bytes (uint8 tensors), decoded later on the device (:func:`choose_decoder`)."""
+
+    def __init__(self, root: Path, relpaths: Sequence[str]):
+        self.root, self.relpaths = Path(root), list(relpaths)
+
+    def __len__(self):
+        return len(self.relpaths)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        from torchvision.io import read_file
+
+        return read_file(str(self.root / self.relpaths[k]))
+
+
+def tensor_preprocess(images: Sequence[torch.Tensor], size: int, mean, std) -> torch.Tensor:
+    """CLIP's test transform on decoded (3, H, W) uint8 tensors, on their device: resize the shorter side to
+    ``size`` (bicubic, antialiased), centre crop, scale to [0, 1], normalise. Equals the PIL transform up to
+    the two libraries' resampling (tests/test_features.py bounds the difference of the features)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    out = []
+    for img in images:
+        img = img[:3] if img.shape[0] >= 3 else img.expand(3, -1, -1)  # grey -> RGB, drop alpha
+        img = TF.resize(img, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        out.append(TF.center_crop(img, [size, size]))
+    x = torch.stack(out).float().div_(255)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def decode_on_device(size: int, mean, std, device: torch.device):
+    """The ``prepare`` of :func:`encode_images` for ``"jpeg-on-device"``: a batch of file bytes -> (B, 3, S, S)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    def prepare(batch: list[torch.Tensor]) -> torch.Tensor:
+        return tensor_preprocess(decode_jpeg(batch, mode=ImageReadMode.RGB, device=device), size, mean, std)
+
+    return prepare
+
+
 @torch.inference_mode()
 def encode_images(
     model,
-    dataset: ImageList | torch.utils.data.ConcatDataset,
+    dataset: ImageList | EncodedImages | torch.utils.data.ConcatDataset,
     out: np.ndarray,
     progress_path: Path,
     batch_size: int,
@@ -170,8 +226,11 @@ def encode_images(
     progress: bool = True,
     checkpoint_s: float = 2.0,
     stop_after_batches: int | None = None,
+    prepare=None,
 ) -> None:
     """Fill ``out`` (N, D) batch by batch, starting after the images recorded in ``progress_path``.
+    ``prepare`` turns a batch of the dataset (then a list) into the encoder's input on the device
+    (:func:`decode_on_device`); by default the batch is a tensor moved to the device.
 
     Every ``checkpoint_s`` seconds (and at the end) the array is flushed, then the number of images
     done is written (atomically) to ``progress_path``: a marker never counts data not on disk.
@@ -184,14 +243,20 @@ def encode_images(
         return
     subset = torch.utils.data.Subset(dataset, range(start, n))
     loader = torch.utils.data.DataLoader(
-        subset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda", shuffle=False
+        subset,
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda" and prepare is None,
+        shuffle=False,
+        collate_fn=list if prepare is not None else None,
     )
     cuda = device.type == "cuda"
     bar = tqdm(total=n, initial=start, desc=desc, unit="img", disable=not progress, smoothing=0.1)
     done, last = start, time.monotonic()
     for b, images in enumerate(loader, start=1):
         with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-            feats = model.encode_image(images.to(device, non_blocking=True))  # (b, D)
+            x = prepare(images) if prepare is not None else images.to(device, non_blocking=True)
+            feats = model.encode_image(x)  # (b, D)
         out[done : done + len(feats)] = feats.float().cpu().numpy()  # cast to the bank's fp16
         done += len(feats)
         bar.update(len(feats))
@@ -226,13 +291,16 @@ class ExtractionSpec:
         return self.name or self.split
 
 
-def extraction_meta(backbone, spec: ExtractionSpec, transform, scale_min: float) -> dict:
-    """What the features of ``spec`` depend on; a bank whose ``.json`` differs is re-extracted."""
+def extraction_meta(backbone, spec: ExtractionSpec, transform, scale_min: float, decoder: str = "pil") -> dict:
+    """What the features of ``spec`` depend on; a bank whose ``.json`` differs is re-extracted. ``decoder``
+    (:func:`choose_decoder`) is recorded when it is not PIL, so banks decoded on the device are told apart."""
     augmented = spec.split in AUGMENTED
     shape = (spec.views, len(spec.rows), backbone.embed_dim) if augmented else (len(spec.rows), backbone.embed_dim)
     extra: dict[str, object] = {"original_view": repr(backbone.preprocess)} if spec.split == "test_views" else {}
     if spec.exif:  # recorded only when set, so the published and pocket banks' records stay as they were
         extra["exif"] = True
+    if decoder != "pil":
+        extra["decoder"] = decoder
     return _jsonable(
         {
             "split": spec.split,
@@ -276,7 +344,8 @@ def extract_split(
     meta_path = out_dir / f"{spec.stem}.json"
     augmented = spec.split in AUGMENTED
     transform = _transform(backbone, spec, scale_min)
-    meta = extraction_meta(backbone, spec, transform, scale_min)
+    decoder = choose_decoder(device or next(backbone.model.parameters()).device, spec.split, [r[0] for r in spec.rows])
+    meta = extraction_meta(backbone, spec, transform, scale_min, decoder)
     if final.exists() and meta_path.exists():
         if _inputs(read_json(meta_path)) == meta:
             log.info("%s is complete, nothing to do", final)
@@ -311,7 +380,9 @@ def extract_split(
             reuse=False,
         )
         known.update(
-            _known_rows(out_dir, part, extraction_meta(backbone, part, transform, scale_min), stems=[part.stem])
+            _known_rows(
+                out_dir, part, extraction_meta(backbone, part, transform, scale_min, decoder), stems=[part.stem]
+            )
         )
     if known:
         _assemble(spec, meta, known, final, augmented)
@@ -435,7 +506,7 @@ def _encode(
         # its space allocated now: a full disk is a one-line NoSpaceError here, never a SIGBUS in a mapped write
         arr = create_memmap(partial, np.float16, tuple(meta["shape"]), name=out_dir / f"{spec.stem}.npy")
     relpaths = [r[0] for r in spec.rows]
-    dataset: ImageList | torch.utils.data.ConcatDataset
+    dataset: ImageList | EncodedImages | torch.utils.data.ConcatDataset
     if spec.split == "train_views":  # one flat pass over (view, image): one DataLoader, one progress marker
         dataset = torch.utils.data.ConcatDataset(
             [ImageList(root, relpaths, transform, view=v, exif=spec.exif) for v in range(spec.views)]
@@ -445,8 +516,14 @@ def _encode(
             [ImageList(root, relpaths, backbone.preprocess, exif=spec.exif)]
             + [ImageList(root, relpaths, transform, view=v, exif=spec.exif) for v in range(1, spec.views)]
         )
+    elif meta.get("decoder") == "jpeg-on-device":
+        dataset = EncodedImages(root, relpaths)
     else:
         dataset = ImageList(root, relpaths, transform, exif=spec.exif)
+    prepare = None
+    if meta.get("decoder") == "jpeg-on-device":
+        visual = model.visual
+        prepare = decode_on_device(backbone.image_size, visual.image_mean, visual.image_std, device)
     flat = arr.reshape(-1, arr.shape[-1])  # (V * N, D) view of the memmap
     desc = f"features {out_dir.name}/{spec.stem}" + (f" ({spec.views} views)" if spec.views > 1 else "")
     encode_images(
@@ -461,6 +538,7 @@ def _encode(
         progress,
         checkpoint_s=checkpoint_s,
         stop_after_batches=stop_after_batches,
+        prepare=prepare,
     )
     arr.flush()
     del arr, flat

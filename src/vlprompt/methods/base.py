@@ -145,6 +145,10 @@ class Method(nn.Module):
     reads_test_views: ClassVar[bool] = False  # forward gets (B, V, D): V views per test image, view 0 the original
     reads_multitask_prompt: ClassVar[bool] = False  # starts from a prompt trained on the config's `sources`
     reads_new_classnames: ClassVar[bool] = False  # base2new: new classes' names, text only (unseen_classnames)
+    # Runs of the method (seeds of one job) may train in one computation, the text tower once per step over all
+    # their prompts (vlprompt.training.batched): its loss and evaluation draw no global randomness. Read from the
+    # class itself, never inherited: a subclass that adds randomness must not batch on its parent's word.
+    batchable: ClassVar[bool] = False
 
     def __init__(self, config: Any, ctx: MethodContext):
         super().__init__()

@@ -44,6 +44,7 @@ class CoCoOp(CoOp):
     paper = "Zhou et al., Conditional Prompt Learning for Vision-Language Models, CVPR 2022"
     description = "CoOp with a meta-net adding an image-conditioned bias to the context tokens"
     Config = CoCoOpConfig
+    batchable = True  # its loss draws no randomness: seeds train together (vlprompt.training.batched)
     prompt_learner: PromptLearner  # CoOp's, whose context this method reads
 
     def __init__(self, config: CoCoOpConfig, ctx: MethodContext):

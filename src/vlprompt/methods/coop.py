@@ -39,6 +39,7 @@ class CoOp(Method):
     paper = "Zhou et al., Learning to Prompt for Vision-Language Models, IJCV 2022"
     description = "learned continuous context shared by all classes"
     Config = CoOpConfig
+    batchable = True  # its loss draws no randomness: seeds train together (vlprompt.training.batched)
     prompt_learner: ClassPrompts  # CoOp's own is a PromptLearner; subclasses may bring other prompts (ATPrompt)
 
     def __init__(self, config: CoOpConfig, ctx: MethodContext):
@@ -75,6 +76,7 @@ class CoOpCSC(CoOp):
     name = "coop_csc"
     description = "CoOp with class-specific context (one set of context vectors per class)"
     Config = CoOpCSCConfig
+    batchable = True  # its loss draws no randomness: seeds train together (vlprompt.training.batched)
     supports_new_classes = False
 
     def set_classes(self, classnames: list[str]) -> None:

@@ -47,6 +47,7 @@ class KgCoOp(CoOp):
     paper = "Yao et al., Visual-Language Prompt Tuning with Knowledge-guided Context Optimization, CVPR 2023"
     description = "CoOp regularised towards the hand-crafted prompt's text features (cosine distance, weight 8)"
     Config = KgCoOpConfig
+    batchable = True  # its loss draws no randomness: seeds train together (vlprompt.training.batched)
 
     anchors: torch.Tensor  # (C, D) the hand-crafted prompts' normalised features
 

@@ -86,6 +86,7 @@ class ProGrad(CoOp):
     paper = "Zhu et al., Prompt-aligned Gradient for Prompt Tuning, ICCV 2023"
     description = "CoOp whose CE gradient loses its component against the zero-shot (KL) gradient on conflict"
     Config = ProGradConfig
+    batchable = True  # its loss draws no randomness: seeds train together (vlprompt.training.batched)
     prompt_learner: PromptLearner  # CoOp's, whose context this method reads
     teacher_weights: torch.Tensor  # (C, D) the zero-shot teacher's normalised text features
 

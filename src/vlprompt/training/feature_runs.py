@@ -7,6 +7,7 @@ closed form, then evaluates on the test features and writes ``model.pt`` and ``m
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from vlprompt.data.splits import read_fewshot
 from vlprompt.experiment import grid
 from vlprompt.experiment.config import method_settings
 from vlprompt.io import atomic_write_json, provenance, read_artefact_json
-from vlprompt.methods import MethodContext, TrainConfig, get_method
+from vlprompt.methods import Method, MethodContext, TrainConfig, get_method
 from vlprompt.training.context import (
     build_context,
     eval_features,
@@ -29,6 +30,23 @@ from vlprompt.training.evaluate import evaluate
 from vlprompt.training.loggers import live_logger
 from vlprompt.training.loop import batch_indices, seed_everything, train_loop
 from vlprompt.training.records import load_model_state, save_run, transfer_metrics
+
+
+def feature_batches(ctx: MethodContext, cfg: TrainConfig):
+    """The ``batches(epoch, generator, steps)`` of a run on ``ctx.train_features`` ((V, N, D): V augmented views of
+    N images): a shuffled order and one random view per image and epoch, both drawn from the epoch's generator."""
+    device = ctx.device
+    feats, labels = ctx.training_data()  # (V, N, D), (N,)
+    views, n = feats.shape[0], feats.shape[1]
+
+    def batches(epoch: int, gen: torch.Generator, steps: int):
+        order = torch.randperm(n, generator=gen)
+        view = torch.randint(views, (n,), generator=gen)
+        for step in range(steps):
+            idx = batch_indices(order, step, cfg.batch_size)
+            yield feats[view[idx], idx].to(device), labels[idx].to(device)
+
+    return batches
 
 
 def feature_loop(
@@ -43,21 +61,91 @@ def feature_loop(
 ) -> dict:
     """Train the method's parameters on ``ctx.train_features`` ((V, N, D): V augmented views of N images);
     resumable from ``ckpt_path``; ``on_epoch`` receives each epoch's row of the curves (a live logger)."""
-    device = ctx.device
-    feats, labels = ctx.training_data()  # (V, N, D), (N,)
-    views, n = feats.shape[0], feats.shape[1]
-
-    def batches(epoch: int, gen: torch.Generator, steps: int):
-        order = torch.randperm(n, generator=gen)
-        view = torch.randint(views, (n,), generator=gen)
-        for step in range(steps):
-            idx = batch_indices(order, step, cfg.batch_size)
-            yield feats[view[idx], idx].to(device), labels[idx].to(device)
-
+    n = ctx.training_data()[0].shape[1]
+    batches = feature_batches(ctx, cfg)
     info = train_loop(
-        method, cfg, ctx.seed, device, n, batches, ckpt_path, checkpoint_every, progress, stop_after, on_epoch
+        method, cfg, ctx.seed, ctx.device, n, batches, ckpt_path, checkpoint_every, progress, stop_after, on_epoch
     )
     return {key: info[key] for key in ("loss_history", "steps_per_epoch", "curves")}
+
+
+@dataclasses.dataclass
+class PreparedRun:
+    """A run built and ready to train: its method, context and what evaluation and saving need."""
+
+    cfg: dict
+    dataset: str
+    shots: int
+    seed: int
+    out_dir: Path
+    cls: type[Method]
+    mcfg: TrainConfig
+    method: Method
+    ctx: MethodContext
+    bank: FeatureBank
+    classes: dict
+    t0: float
+    t_load: float
+    fitted: bool = False  # fitted in closed form by ``fit`` (no SGD loop)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    @property
+    def trains(self) -> bool:
+        """Whether the SGD loop trains this run (it needs training and ``fit`` did not fit it in closed form)."""
+        return self.cls.needs_training and not self.fitted
+
+
+def prepare(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_dir: str | Path) -> PreparedRun:
+    """Seed the process for the run, build its context and method (fitted in closed form when it fits so)."""
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device, cls = start_job(cfg, method_name, seed)
+    mcfg = cls.make_config(method_settings(cfg, method_name, dataset, shots))
+    ctx, bank, classes = build_context(cfg, dataset, cls, shots, seed, device)
+    t_load = time.time() - t0
+    method = cls(mcfg, ctx).to(device)
+    prepared = PreparedRun(cfg, dataset, shots, seed, out_dir, cls, mcfg, method, ctx, bank, classes, t0, t_load)
+    prepared.fitted = cls.needs_training and method.fit(ctx)
+    return prepared
+
+
+def finish(run: PreparedRun, train_info: dict, train_seconds: float | None = None) -> dict:
+    """After training: the method's ``after_training``, evaluation (test, and validation when trained), and
+    ``model.pt`` and ``metrics.json`` written. ``train_seconds``: the run's share of a batched training."""
+    cfg, method, ctx, cls = run.cfg, run.method, run.ctx, run.cls
+    device, backbone, train_names = ctx.device, ctx.backbone, ctx.classnames
+    t_finish = time.time()
+    if run.trains:
+        method.after_training(ctx)
+    t_train = time.time() - run.t0 - run.t_load if train_seconds is None else train_seconds
+    test_rows = run.bank.rows("test")
+    test_features = eval_features(cfg, run.bank, test_rows, cls, run.dataset, run.shots)
+    metrics = evaluate(method, test_rows, test_features, run.classes, cfg["protocol"], train_names, device)
+    if cls.needs_training:  # accuracy on the few-shot val split, the only data defaults are chosen on
+        metrics.update(
+            validation_metrics(cfg, run.dataset, run.shots, run.seed, method, run.classes, train_names, device)
+        )
+    # trained with others: the run's own load and evaluation plus its share of the training (no overlap)
+    total = time.time() - run.t0 if train_seconds is None else run.t_load + train_seconds + time.time() - t_finish
+    seconds = {"load": round(run.t_load, 2), "train": round(t_train, 2), "total": round(total, 2)}
+    return save_run(
+        cfg,
+        run.out_dir,
+        metrics,
+        method,
+        run.mcfg,
+        run.dataset,
+        run.shots,
+        run.seed,
+        train_names,
+        train_info,
+        seconds,
+        provenance(**backbone.provenance(), device=str(device)),
+    )
 
 
 def run(
@@ -71,43 +159,15 @@ def run(
     stop_after: int | None = None,
 ) -> dict:
     """Train and evaluate one run of a feature-bank method; write ``model.pt`` and ``metrics.json`` into ``out_dir``."""
-    t0 = time.time()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device, cls = start_job(cfg, method_name, seed)
-    mcfg = cls.make_config(method_settings(cfg, method_name, dataset, shots))
-    ctx, bank, classes = build_context(cfg, dataset, cls, shots, seed, device)
-    backbone, train_names = ctx.backbone, ctx.classnames
-    t_load = time.time() - t0
-    method = cls(mcfg, ctx).to(device)
+    prepared = prepare(cfg, dataset, method_name, shots, seed, out_dir)
     train_info: dict = {}
-    ckpt = out_dir / "checkpoint.pt"
-    if cls.needs_training and not method.fit(ctx):
-        with live_logger(cfg, out_dir, ckpt) as on_epoch:
+    if prepared.trains:
+        with live_logger(cfg, prepared.out_dir, prepared.checkpoint) as on_epoch:
             every = cfg["train"]["checkpoint_every"]
-            train_info = feature_loop(method, ctx, mcfg, ckpt, every, progress, stop_after, on_epoch)
-        method.after_training(ctx)
-    t_train = time.time() - t0 - t_load
-    test_rows = bank.rows("test")
-    test_features = eval_features(cfg, bank, test_rows, cls, dataset, shots)
-    metrics = evaluate(method, test_rows, test_features, classes, cfg["protocol"], train_names, device)
-    if cls.needs_training:  # accuracy on the few-shot val split, the only data defaults are chosen on
-        metrics.update(validation_metrics(cfg, dataset, shots, seed, method, classes, train_names, device))
-    seconds = {"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)}
-    return save_run(
-        cfg,
-        out_dir,
-        metrics,
-        method,
-        mcfg,
-        dataset,
-        shots,
-        seed,
-        train_names,
-        train_info,
-        seconds,
-        provenance(**backbone.provenance(), device=str(device)),
-    )
+            train_info = feature_loop(
+                prepared.method, prepared.ctx, prepared.mcfg, prepared.checkpoint, every, progress, stop_after, on_epoch
+            )
+    return finish(prepared, train_info)
 
 
 def validation_metrics(

@@ -108,18 +108,7 @@ def train_loop(
     from tqdm import tqdm
 
     opt, scaler, steps = loop_setup(method, cfg, device, n)
-    start, history, seconds, curves = 0, [], [], []
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        method.load_trainable_state(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        load_loop_state = getattr(method, "load_loop_state", None)
-        if load_loop_state is not None and state.get("loop") is not None:
-            load_loop_state(state["loop"])
-        start, history, seconds = state["epoch"], state["history"], state.get("seconds", [])
-        curves = state.get("curves", [])
-        log.info("resuming %s from epoch %d", ckpt_path, start)
+    start, history, seconds, curves = load_checkpoint(ckpt_path, method, opt, scaler, device)
     method.train()
     bar = tqdm(
         range(start, cfg.epochs),
@@ -167,20 +156,7 @@ def train_loop(
         bar.set_postfix(loss=f"{history[-1]:.4f}")
         done = epoch + 1
         if done % checkpoint_every == 0 and done < cfg.epochs:
-            loop_state = getattr(method, "loop_state", None)
-            atomic_torch_save(  # through a buffer: its bytes are checked against the free space before writing
-                ckpt_path,
-                {
-                    "model": method.trainable_state(),
-                    "optimizer": opt.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": done,
-                    "history": history,
-                    "seconds": seconds,
-                    "curves": curves,
-                    "loop": loop_state() if loop_state is not None else None,
-                },
-            )
+            save_checkpoint(ckpt_path, method, opt, scaler, done, history, seconds, curves)
         if stop_after is not None and done >= stop_after:
             raise KeyboardInterrupt(f"stopped after epoch {done} (stop_after)")
     train_end = getattr(method, "train_end", None)
@@ -188,3 +164,39 @@ def train_loop(
         train_end()
     method.eval()
     return {"loss_history": history, "steps_per_epoch": steps, "epoch_seconds": seconds, "curves": curves}
+
+
+def save_checkpoint(
+    path: Path, method: Method, opt, scaler, done: int, history: list, seconds: list, curves: list | None = None
+) -> None:
+    """The checkpoint :func:`train_loop` writes after epoch ``done`` (the same keys, so either trainer resumes it)."""
+    loop_state = getattr(method, "loop_state", None)
+    atomic_torch_save(  # through a buffer: its bytes are checked against the free space before writing
+        path,
+        {
+            "model": method.trainable_state(),
+            "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": done,
+            "history": history,
+            "seconds": seconds,
+            "curves": curves or [],
+            "loop": loop_state() if loop_state is not None else None,
+        },
+    )
+
+
+def load_checkpoint(path: Path, method: Method, opt, scaler, device: torch.device) -> tuple[int, list, list, list]:
+    """Restore a checkpoint of :func:`train_loop` (or :func:`save_checkpoint`) into the method, optimiser and
+    scaler; returns (epochs done, loss history, epoch seconds, curves), (0, [], [], []) when there is none."""
+    if not path.exists():
+        return 0, [], [], []
+    state = torch.load(path, map_location=device, weights_only=False)
+    method.load_trainable_state(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    load_loop_state = getattr(method, "load_loop_state", None)
+    if load_loop_state is not None and state.get("loop") is not None:
+        load_loop_state(state["loop"])
+    log.info("resuming %s from epoch %d", path, state["epoch"])
+    return state["epoch"], state["history"], state.get("seconds", []), state.get("curves", [])
