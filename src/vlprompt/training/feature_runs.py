@@ -18,7 +18,7 @@ from vlprompt.data.registry import get_dataset
 from vlprompt.data.splits import read_fewshot
 from vlprompt.experiment import grid
 from vlprompt.experiment.config import method_settings
-from vlprompt.io import atomic_write_json, provenance, read_artefact_json
+from vlprompt.io import provenance, read_artefact_json
 from vlprompt.methods import Method, MethodContext, TrainConfig, get_method
 from vlprompt.training.context import (
     build_context,
@@ -29,7 +29,7 @@ from vlprompt.training.context import (
 from vlprompt.training.evaluate import evaluate
 from vlprompt.training.loggers import live_logger
 from vlprompt.training.loop import batch_indices, seed_everything, train_loop
-from vlprompt.training.records import load_model_state, save_run, transfer_metrics
+from vlprompt.training.records import load_model_state, save_run, save_transfer
 
 
 def feature_batches(ctx: MethodContext, cfg: TrainConfig):
@@ -215,16 +215,6 @@ def evaluate_transfer(
         ctx.classnames,
         device,
     )
-    metrics = transfer_metrics(
-        cfg,
-        metrics,
-        method_name,
-        dataset,
-        target,
-        shots,
-        seed,
-        cls.needs_training,
-        provenance(**ctx.backbone.provenance(), device=str(device)),
+    return save_transfer(
+        cfg, out, metrics, method_name, dataset, target, shots, seed, cls.needs_training, ctx.backbone, device
     )
-    atomic_write_json(out, metrics)
-    return metrics

@@ -19,13 +19,13 @@ from vlprompt.data import registry, splits
 from vlprompt.data.splits import subsample_classes
 from vlprompt.experiment import grid
 from vlprompt.experiment.config import method_settings
-from vlprompt.io import atomic_write_json, provenance, read_artefact_json
+from vlprompt.io import provenance, read_artefact_json
 from vlprompt.methods import MethodContext, MethodError, TrainConfig, get_method
 from vlprompt.training.context import method_context, start_job, training_classes
 from vlprompt.training.evaluate import evaluate_parts
 from vlprompt.training.loggers import live_logger
 from vlprompt.training.loop import batch_indices, seed_everything, train_loop
-from vlprompt.training.records import load_model_state, save_run, transfer_metrics
+from vlprompt.training.records import load_model_state, save_run, save_transfer
 
 
 def _epoch_view(seed: int, epoch: int) -> int:
@@ -254,16 +254,6 @@ def evaluate_transfer(
         fcfg["workers"],
         registry.reads_exif(cfg, target),
     )
-    metrics = transfer_metrics(
-        cfg,
-        metrics,
-        method_name,
-        dataset,
-        target,
-        shots,
-        seed,
-        cls.needs_training,
-        provenance(**ctx.backbone.provenance(), device=str(device)),
+    return save_transfer(
+        cfg, out, metrics, method_name, dataset, target, shots, seed, cls.needs_training, ctx.backbone, device
     )
-    atomic_write_json(out, metrics)
-    return metrics

@@ -17,6 +17,7 @@ from vlprompt.io import (
     atomic_torch_save,
     atomic_write_json,
     file_record,
+    provenance,
     read_artefact_json,
     verify_file,
 )
@@ -94,8 +95,9 @@ def save_run(
     return metrics
 
 
-def transfer_metrics(
+def save_transfer(
     cfg: dict,
+    out: str | Path,
     metrics: dict,
     method_name: str,
     dataset: str,
@@ -103,9 +105,12 @@ def transfer_metrics(
     shots: int,
     seed: int,
     trained: bool,
-    prov: dict,
+    backbone,
+    device,
 ) -> dict:
-    """A transfer evaluation's metrics completed with what identifies it (``dataset`` is the target)."""
+    """A transfer evaluation's metrics completed with what identifies it (``dataset`` is the target) and its
+    provenance, written atomically to ``out``."""
+    prov = provenance(**backbone.provenance(), device=str(device))
     metrics.update(
         method=method_name,
         dataset=target,
@@ -119,6 +124,7 @@ def transfer_metrics(
         provenance=prov,
     )
     _dataset_provenance(cfg, metrics, target)
+    atomic_write_json(out, metrics)
     return metrics
 
 
