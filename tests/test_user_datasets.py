@@ -347,6 +347,11 @@ def test_template_tables_and_descriptions_fall_back_to_the_users_template(tmp_pa
     assert descriptions.load_descriptions("shapes", ["AC/DC"]) == {"AC/DC": ["a microscope image of AC/DC."]}
     record = descriptions.source_record(None, "shapes", "cupl")
     assert record["file"] is None and "user dataset without" in record["fallback"]
+    fudd = descriptions.differential_descriptions("shapes", ["AC/DC", "plain ring"])
+    assert fudd.pair("AC/DC", "plain ring") == (["a microscope image of AC/DC."], ["a microscope image of plain ring."])
+    assert "user dataset without shapes_prompt_pairs.json" in fudd.source
+    with pytest.raises(descriptions.DescriptionError, match="DTD_prompt_pairs.json does not exist"):
+        descriptions.differential_descriptions("DTD", ["banded"])  # a published dataset still needs FuDD's files
     (tmp_path / "cupl").mkdir()
     (tmp_path / "cupl" / "shapes.json").write_text(json.dumps({"AC/DC": ["a loud band."]}))
     descriptions._read.cache_clear()

@@ -237,8 +237,16 @@ class DifferentialDescriptions:
     """``pair(a, b)`` -> (sentences for a, sentences for b) that tell classes a and b apart; ``source`` says where
     they come from."""
 
-    def __init__(self, source: str, pairs: dict | None = None, index: dict[str, int] | None = None):
-        self.source, self.pairs, self.index = source, pairs, index
+    def __init__(
+        self,
+        source: str,
+        pairs: dict | None = None,
+        index: dict[str, int] | None = None,
+        default: str | None = None,
+    ):
+        """``default``: the sentence template of a pair the file lacks; None = the reference's (FUDD_DEFAULT, over
+        the normalised class name), a string = a user dataset's template over the class name as given."""
+        self.source, self.pairs, self.index, self.default = source, pairs, index, default
 
     def pair(self, a: str, b: str) -> tuple[list[str], list[str]]:
         if self.pairs is None or self.index is None:  # both given (FuDD's files) or neither (the pocket rule)
@@ -246,7 +254,9 @@ class DifferentialDescriptions:
         i, j = self.index[key(a)], self.index[key(b)]
         entry = self.pairs.get(f"{min(i, j)}_{max(i, j)}")
         if entry is None:
-            return [FUDD_DEFAULT.format(key(a))], [FUDD_DEFAULT.format(key(b))]
+            if self.default is None:
+                return [FUDD_DEFAULT.format(key(a))], [FUDD_DEFAULT.format(key(b))]
+            return [self.default.format(a)], [self.default.format(b)]
         first = entry["classes"][0] == i
         sa = [p["prompt_pair"][0 if first else 1] for p in entry["prompt_pairs"]]
         sb = [p["prompt_pair"][1 if first else 0] for p in entry["prompt_pairs"]]
@@ -279,6 +289,15 @@ def differential_descriptions(dataset: str | None, classnames: list[str]) -> Dif
     root = Path(os.environ.get("VLPROMPT_DESCRIPTIONS") or STORE_DIR) / "differential"
     pairs_path, names_path = root / f"{dataset}_prompt_pairs.json", root / f"{dataset}_class_names.json"
     missing = [p for p in (pairs_path, names_path) if not p.is_file()]
+    template = _user_fallback(dataset, missing[0]) if missing else None
+    if template is not None:  # a user dataset without FuDD's files: every pair as the reference treats a pair its
+        # file lacks, with the dataset's template in place of the reference's sentence (docs/your_data.md)
+        return DifferentialDescriptions(
+            f"user dataset without {missing[0].name}: every pair's sentence is the template {template!r}",
+            {},
+            {key(c): i for i, c in enumerate(classnames)},
+            template,
+        )
     if missing:
         raise DescriptionError(
             f"no differential descriptions for dataset {dataset!r}: {missing[0]} does not exist. Save FuDD's files "

@@ -18,7 +18,8 @@ The language model runs offline: the descriptions come from the description stor
 (vlprompt.data.descriptions.differential_descriptions): FuDD's published files for the real datasets where they are
 saved (none is shipped: the repository has no licence), and on the pocket world a documented rule that writes, for
 two classes, one sentence per attribute in which they differ (colour, shape): a stand-in for the language model
-that knows exactly what tells pocket classes apart. Every run records which it used (``method_info``).
+that knows exactly what tells pocket classes apart. A user dataset without FuDD's files gets its template sentence
+for every pair (so FuDD equals zero-shot CLIP there). Every run records which it used (``method_info``).
 """
 
 from __future__ import annotations
