@@ -7,7 +7,7 @@ good/bad selection and response check, ProAPO's fitness and weighted draws. Then
 bit-exactly, and an altered score stops the replay at the step whose meta-prompt it changes, with one line.
 
 Re-record the toy traces (only when the meta-prompt or the search changes on purpose):
-``python tests/test_language_model_search.py --record``.
+``python tests/test_language_model_search.py --record tests/data/traces``.
 """
 
 from __future__ import annotations
@@ -259,9 +259,43 @@ def test_the_replayer_refuses_a_step_the_trace_lacks(tmp_path):
         replayer.propose(Request(1, "hello", 1))
 
 
+def test_the_summary_and_the_report_say_which_proposer_answered(tmp_path):
+    from vlprompt.analysis.aggregate import summary_table
+    from vlprompt.analysis.report.render import _proposers_section
+
+    rule = RuleProposer(pocket_vocabulary(), 1).record()
+    files = []
+    for method, info in (("ipo", {"proposer": rule}), ("zeroshot", {})):
+        path = tmp_path / f"{method}.json"
+        metrics = {"method": method, "protocol": "base2new", "dataset": "pocket_dark", "shots": 1, "seed": 1}
+        path.write_text(json.dumps({**metrics, "base_acc": 50.0, "new_acc": 40.0, "hm": 44.4, "method_info": info}))
+        files.append(path)
+    summary = summary_table({"shots": [1], "seeds": [1]}, files)
+    assert summary.set_index("method").proposer.to_dict()["ipo"].startswith("rule: rule-based stand-in, not a")
+    section = _proposers_section(summary)
+    assert section is not None and "not a language model" in str(vars(section))
+    assert _proposers_section(summary[summary.method == "zeroshot"].drop(columns="proposer")) is None
+
+
+def test_re_recording_the_toy_traces_gives_the_same_bytes(tmp_path):
+    """docs/language_models.md's command, writing into a temporary folder: the committed traces come out again."""
+    import subprocess
+
+    from doc_commands import REPO, commands
+
+    (line,) = commands("record_toy_traces", {"tests/data/traces": str(tmp_path)})
+    subprocess.run(line.replace("python ", f"{sys.executable} ", 1), shell=True, cwd=REPO, check=True)
+    made = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert made == sorted(p.relative_to(TRACES) for p in TRACES.rglob("*") if p.is_file())
+    for path in made:
+        assert (tmp_path / path).read_bytes() == (TRACES / path).read_bytes(), path
+
+
 if __name__ == "__main__" and "--record" in sys.argv:
     from vlprompt.clip.backbone import POCKET_MODEL, load_backbone
 
+    args = sys.argv[sys.argv.index("--record") + 1 :]
+    folder = Path(args[0]) if args else TRACES
     torch.manual_seed(0)  # as conftest's pocket_random_backbone
-    record_toy_traces(TRACES, load_backbone(POCKET_MODEL, None))
-    print(f"recorded the toy traces under {TRACES}")
+    record_toy_traces(folder, load_backbone(POCKET_MODEL, None))
+    print(f"recorded the toy traces under {folder}")
