@@ -166,6 +166,28 @@ def test_template_pools_rule_and_missing_file(tmp_path, monkeypatch):
     assert template_pool("DTD")[0] == ["a {} texture."]
 
 
+def test_glov_replay_is_the_hand_built_ensemble_of_the_reference_fill_rule(ctx, tmp_path):
+    from vlprompt.clip.backbone import encode_prompts
+    from vlprompt.methods.glov_replay import fill
+
+    assert fill("a {} photo.", "cat") == "a cat photo."
+    assert fill("no slot here", "cat") is None and fill("a {x} of {}", "cat") is None
+    assert fill("a {} and a {}", "cat") == "a cat and a cat"
+    lists = {"pocket_dark": ["a {} shape.", "no slot", "a {} and a {}."], "Other": ["x {}"]}
+    path = tmp_path / "glov.json"
+    path.write_text(json.dumps({"lov_guidance_templates_clip": lists, "lov_templates_clip": {"pocket_dark": ["{}"]}}))
+    m = build("glov_replay", ctx, prompts_file=str(path))
+    for i, c in enumerate(ctx.classnames):
+        feats = encode_prompts(ctx.backbone, [f"a {c} shape.", f"a {c} and a {c}."])
+        assert torch.allclose(m.weights[i], torch.nn.functional.normalize(feats.mean(0), dim=-1), atol=1e-6)
+    assert m.run_info()["list"] == "lov_guidance_templates_clip['pocket_dark']"
+    assert build("glov_replay", ctx, prompts_file=str(path), guidance=False).templates == ["{}"]
+    with pytest.raises(MethodError, match="no 'lov_guidance_templates_clip' list for 'ImageNet'"):
+        build("glov_replay", ctx, prompts_file=str(path), dataset_name="ImageNet")
+    with pytest.raises(MethodError, match="is not a file"):
+        build("glov_replay", ctx)
+
+
 # ---------------------------------------------------------------- proposers and traces
 
 
