@@ -204,12 +204,10 @@ class ProAPO(Method):
         return {**scores, "fitness_score": fitness(scores, *rates)}
 
     def fit(self, ctx: MethodContext) -> bool:
-        plain = ctx.split("train_plain")
-        if plain is None:  # a context without the bank's plain part (unit tests): the first augmented view
-            features, labels = ctx.training_data()
-            plain = (features[0], labels)
-            self.info["training_features"] = "view 0 of the augmented views (no un-augmented features given)"
-        x, y = normalize(plain[0]).to(ctx.device), plain[1].to(ctx.device)
+        features, labels, note = ctx.plain_training_data()
+        if note:
+            self.info["training_features"] = note
+        x, y = normalize(features).to(ctx.device), labels.to(ctx.device)
         self.templates = self.search(x, y)
         self.chosen = torch.tensor([self.pool.index(t) for t in self.templates], device=self.chosen.device)
         self.set_classes(self.classnames)

@@ -89,12 +89,10 @@ class TemplateSearch(Method):
         raise NotImplementedError
 
     def fit(self, ctx: MethodContext) -> bool:
-        plain = ctx.split("train_plain")
-        if plain is None:  # a context without the bank's plain part (unit tests): the first augmented view
-            features, labels = ctx.training_data()
-            plain = (features[0], labels)
-            self.info["training_features"] = "view 0 of the augmented views (no un-augmented features given)"
-        x, y = normalize(plain[0]).to(ctx.device), plain[1].to(ctx.device)
+        features, labels, note = ctx.plain_training_data()
+        if note:
+            self.info["training_features"] = note
+        x, y = normalize(features).to(ctx.device), labels.to(ctx.device)
         proposer = self.make_proposer()
         self.template = self.search(x, y, proposer, ctx)
         self.template_utf8 = torch.tensor(list(self.template.encode()), dtype=torch.uint8)
