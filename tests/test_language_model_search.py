@@ -61,9 +61,15 @@ def test_ipo_meta_prompt_equals_the_reference_string():
     assert ipo.meta_prompt([tuple(h) for h in changed], f["descriptions"]) != f["meta_prompts"][1]
 
 
-def test_ipo_parses_responses_as_the_reference():
+def test_ipo_parses_responses_and_scores_as_the_reference():
+    from vlprompt.methods.template_search import accuracy_and_loss
+
     f = FIXTURES["ipo"]
     assert [ipo.parse_response(r) for r in f["responses"]] == f["parsed"]
+    s = f["scoring"]
+    acc, loss = accuracy_and_loss(torch.tensor(s["logits"]), torch.tensor(s["labels"]))
+    assert acc == s["accuracy"] and repr(acc) == repr(s["accuracy"])  # the digits the meta-prompt shows
+    assert loss == pytest.approx(s["loss"], rel=1e-6)
 
 
 def test_llm_bbo_message_selection_and_check_equal_the_reference():

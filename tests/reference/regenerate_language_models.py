@@ -91,6 +91,16 @@ def gen_ipo(refs: Path) -> dict:
         )
         for history in IPO_HISTORIES
     ]
+    accuracy = function_from(refs / "IPO" / "dassl" / "metrics" / "accuracy.py", "compute_accuracy", {})
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(7, 5, generator=gen) * 3  # 7 images: a percentage that float32 rounds
+    labels = torch.tensor([0, 1, 2, 3, 4, 0, 1])
+    scoring = {  # forward_backward_llm: compute_accuracy(output, label)[0].item() and F.cross_entropy
+        "logits": logits.tolist(),
+        "labels": labels.tolist(),
+        "accuracy": accuracy(logits, labels)[0].item(),
+        "loss": F.cross_entropy(logits, labels).item(),
+    }
     parsed = []
     for raw in IPO_RESPONSES:  # run_evolution's cut, then polish_sentence
         start = raw.index("<INS>") + len("<INS>") if "<INS>" in raw else 0
@@ -102,6 +112,7 @@ def gen_ipo(refs: Path) -> dict:
         "meta_prompts": prompts,
         "responses": IPO_RESPONSES,
         "parsed": parsed,
+        "scoring": scoring,
     }
 
 
@@ -179,8 +190,8 @@ def main() -> None:
     refs = parser.parse_args().refs
     data = {
         "_source": {
-            "ipo": "lmsdss/IPO optimization/opt_utils.py gen_meta_prompt and eval_utils.py polish_sentence, commit "
-            "ac804a9",
+            "ipo": "lmsdss/IPO optimization/opt_utils.py gen_meta_prompt, eval_utils.py polish_sentence and "
+            "dassl/metrics/accuracy.py compute_accuracy, commit ac804a9",
             "llm_bbo": "shihongl1998/LLM-as-a-blackbox-optimizer prompt_pool.py get_message and utils.py getTopBotK, "
             "validate_message, commit 6612c84",
             "proapo": "MorningStarOvO/ProAPO tools/models/APO_score_func/get_score_based_ACC.py get_acc_scores and "

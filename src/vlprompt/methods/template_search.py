@@ -115,6 +115,7 @@ class TemplateSearch(Method):
 
 
 def accuracy_and_loss(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(top-1 accuracy in percent, as Dassl's ``compute_accuracy``; mean cross-entropy)."""
-    correct = int((logits.argmax(-1) == y).sum())
-    return correct * 100.0 / len(y), float(F.cross_entropy(logits, y))
+    """(top-1 accuracy in percent, as Dassl's ``compute_accuracy`` computes it: the count as a float32 tensor times
+    100 / N, so the number IPO's meta-prompt shows is the reference's to the last digit; mean cross-entropy)."""
+    correct = (logits.argmax(-1) == y).float().sum(0, keepdim=True).cpu()
+    return correct.mul_(100.0 / len(y)).item(), float(F.cross_entropy(logits, y))
