@@ -54,6 +54,8 @@ BOUND_COLUMNS = {
     "acc_bound_kl": "accuracy_bound_kl",
     "bound_prior": "prior",
 }
+# A run whose method has a proposer in its loop (``method_info.proposer``: a language model live or replayed from a
+# trace, the rule-based stand-in, a fixed pool) adds the column ``proposer`` ("<kind>: <what it is>").
 
 
 def summary_table(cfg: dict, metrics_files: list[Path]) -> pd.DataFrame:
@@ -85,11 +87,14 @@ def summary_table(cfg: dict, metrics_files: list[Path]) -> pd.DataFrame:
         }
         bound = (m.get("method_info") or {}).get("bound") or {}
         base.update({col: bound[key] for col, key in BOUND_COLUMNS.items() if key in bound})
+        proposer = (m.get("method_info") or {}).get("proposer") or {}
+        if proposer:
+            base["proposer"] = f"{proposer.get('kind')}: {proposer.get('about', '')}".rstrip(": ")
         if m.get("trained", True):
             rows.append({**base, "shots": m["shots"], "seed": m["seed"]})
         else:
             rows.extend({**base, "shots": k, "seed": s} for k in cfg["shots"] for s in cfg["seeds"])
-    extra = [c for c in BOUND_COLUMNS if any(c in r for r in rows)]
+    extra = [c for c in [*BOUND_COLUMNS, "proposer"] if any(c in r for r in rows)]
     df = pd.DataFrame(rows, columns=COLUMNS + extra)
     return df.sort_values(["method", "dataset", "shots", "seed"]).reset_index(drop=True)
 

@@ -118,6 +118,15 @@ class MethodContext:
         """``load_split(name)``, or None without a loader."""
         return None if self.load_split is None else self.load_split(name)
 
+    def plain_training_data(self) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+        """(features, labels, note) of the few-shot training images un-augmented (the bank's ``plain`` part; note
+        None), or, in a context without that part (unit tests), of the first augmented view with a note saying so."""
+        plain = self.split("train_plain")
+        if plain is not None:
+            return plain[0], plain[1], None
+        features, labels = self.training_data()
+        return features[0], labels, "view 0 of the augmented views (no un-augmented features given)"
+
 
 class Method(nn.Module):
     """A classifier over cached image features for a set of class names.

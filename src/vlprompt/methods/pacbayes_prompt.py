@@ -158,12 +158,10 @@ class PACBayesPrompt(Method):
         """Greedy search on the un-augmented training images, then the bound."""
         from tqdm import tqdm
 
-        plain = ctx.split("train_plain")
-        if plain is None:  # a context without the bank's plain part (unit tests): the first augmented view
-            features, labels = ctx.training_data()
-            plain = (features[0], labels)
-            self.info["training_features"] = "view 0 of the augmented views (no un-augmented features given)"
-        x, y = normalize(plain[0]).to(ctx.device), plain[1].to(ctx.device)
+        features, labels, note = ctx.plain_training_data()
+        if note:
+            self.info["training_features"] = note
+        x, y = normalize(features).to(ctx.device), labels.to(ctx.device)
         names = self.class_tokens(self.classnames)
         prefix = torch.zeros(0, dtype=torch.long)
         step = max(1, self.config.batch_size // len(names))

@@ -130,6 +130,24 @@ def _bounds_section(summary: pd.DataFrame) -> Section | None:
     return s
 
 
+def _proposers_section(summary: pd.DataFrame) -> Section | None:
+    """What proposed the candidates of the searches with a language model in their loop (``proposer``), or None."""
+    if "proposer" not in summary or summary.proposer.isna().all():
+        return None
+    rows = summary[summary.proposer.notna()].groupby(["method", "proposer"], sort=True).size().reset_index()
+    s = Section("Proposers", "proposers")
+    s.text(
+        "Methods that search with a language model in the loop, or with a pool one wrote, and what answered in "
+        "these runs (each run's metrics.json, `method_info.proposer`): a recorded trace replayed exactly (the "
+        "model's own answers), a model called live, the rule-based stand-in (not a language model: its results "
+        "show the search and its scoring with proposals of that kind, not what a language model would propose), or "
+        "a fixed pool. See docs/language_models.md."
+    )
+    rows.columns = ["Method", "Proposer", "Runs"]
+    s.table(rows)
+    return s
+
+
 def _figure(s: Section, name: str, caption: str, note: str | None) -> None:
     s.figure(f"figures/{name}.png", caption + (f" Note: {note}." if note else ""))
 
@@ -660,6 +678,9 @@ def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict, curves_
     bounds = _bounds_section(summary)
     if bounds is not None:
         sections.append(bounds)
+    proposers = _proposers_section(summary)
+    if proposers is not None:
+        sections.append(proposers)
     if "hm" in _metrics(summary) and len(all_shots) > 1:
         s = Section("Average over datasets by shots", "shots")
         s.table(shots_table(summary, scfg["confidence_level"]))

@@ -1,0 +1,210 @@
+"""Regenerate the fixtures of the searches with a language model (or a pool it wrote) in the loop, IPO, LLM-BBO and
+ProAPO, from their official code:
+
+    python tests/reference/regenerate_language_models.py --refs DIR
+
+DIR holds checkouts of the repositories in ``REFERENCES`` (folder names as given there) at the commits listed.
+Nothing of them is copied into vlprompt: each value in ``tests/data/language_model_fixtures.json`` is computed here
+by the reference's own functions on the fixed inputs stored beside it. The functions are taken from the files' syntax
+trees (``regenerate_extensions.function_from``), because the modules import what this machine lacks at import time
+(OpenAI's client, Dassl, a GPU CLIP, transformers); what they are given instead:
+
+* IPO (``optimization/opt_utils.py``): ``gen_meta_prompt``, ``gen_ins_and_score_pairs_substr`` and
+  ``_bucketize_float`` with NumPy, called as ``run_evolution`` calls them with ``train.py``'s settings
+  (gpt-3.5-turbo, "Q_beginning", both_instructions_and_exemplars, threshold 20, 30 instructions, 100 buckets).
+  The loss is given as a float (the reference passes a tensor). ``polish_sentence`` from ``eval_utils.py`` on
+  responses cut between <INS> and </INS> as ``run_evolution`` cuts them.
+* LLM-BBO: ``prompt_pool.get_message`` (imported as is), ``getTopBotK`` and ``validate_message`` from ``utils.py``
+  with Python's ``random`` seeded (``getTopBotK``'s third list is random; method_1 does not show it).
+* ProAPO: ``get_acc_scores`` and ``get_redundant_matrix_score_l2_norm`` (``get_score_based_ACC.py``), ``accuracy``,
+  ``get_fitness_score`` and ``random_weighted_choice`` (``utils/util_model.py``), on CPU (``Tensor.cuda`` returns
+  the tensor), with the 1-shot template stage's weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from regenerate_extensions import function_from  # noqa: E402
+
+REFERENCES = {  # folder under --refs: (repository, commit the fixtures were generated from)
+    "IPO": ("lmsdss/IPO", "ac804a9"),
+    "LLMBBO": ("shihongl1998/LLM-as-a-blackbox-optimizer", "6612c84"),
+    "ProAPO": ("MorningStarOvO/ProAPO", "fefdf18"),
+}
+OUT = Path(__file__).parents[1] / "data" / "language_model_fixtures.json"
+
+IPO_HISTORIES = [
+    [["a photo of a <CLASS>.", 62.5, 1.2345, -1]],
+    [
+        ["a photo of a <CLASS>.", 62.5, 1.2345, -1],
+        ["A blurry picture of a <CLASS>.", 75.0, 0.9876, 0],
+        ["A <CLASS> on a dark background.", 12.5, 2.5, 0],
+        ["An image of a <CLASS> shape.", 75.0, 0.8, 1],
+        ["A <CLASS>.", 20.0, 1.9, 1],
+    ],
+]
+IPO_DESCRIPTIONS = "Image_0:The image shows a red circle.\n\nImage_1:The image shows a blue square.\n"
+IPO_RESPONSES = [
+    "<INS>a sketch of a <CLASS>.</INS>",
+    "Sure! <INS> **a** photo of the <CLASS>, small.</INS> done",
+    "no tags at all <CLASS>",
+    "<INS>x",
+]
+BBO_POOLS = [
+    {"a photo of a {}.": 0.5, "a {} in the wild.": 0.75, "art of a {}.": 0.25, "a {}.": 0.5, "my {}.": 0.0},
+    {"t1 {}": 0.1, "t2 {}": 0.9, "t3 {}": 0.4, "t4 {}": 0.9},
+]
+BBO_RESPONSES = ["- a picture of a {}.", "Here:\n- a {} seen up close.\n- a {} drawing.", "- no slot", "- bad {0} {}"]
+
+
+def gen_ipo(refs: Path) -> dict:
+    path = refs / "IPO" / "optimization" / "opt_utils.py"
+    ns: dict = {"np": np}
+    for name in ("_bucketize_float", "gen_ins_and_score_pairs_substr", "gen_meta_prompt"):
+        function_from(path, name, ns)
+    polish = function_from(refs / "IPO" / "optimization" / "eval_utils.py", "polish_sentence", {})
+    prompts = [
+        ns["gen_meta_prompt"](
+            old_instructions_and_scores=[tuple(h) for h in history],
+            instruction_pos="Q_beginning",
+            optimizer_llm_name="gpt-3.5-turbo",
+            old_instruction_score_threshold=20,
+            max_num_instructions=30,
+            meta_prompt_type="both_instructions_and_exemplars",
+            few_shot_qa_pairs=False,
+            instructions_before_exemplars=True,
+            num_score_buckets=100,
+            dataset_name="prompt_learning",
+            task_name="train",
+            descrip_str=IPO_DESCRIPTIONS,
+        )
+        for history in IPO_HISTORIES
+    ]
+    accuracy = function_from(refs / "IPO" / "dassl" / "metrics" / "accuracy.py", "compute_accuracy", {})
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(7, 5, generator=gen) * 3  # 7 images: a percentage that float32 rounds
+    labels = torch.tensor([0, 1, 2, 3, 4, 0, 1])
+    scoring = {  # forward_backward_llm: compute_accuracy(output, label)[0].item() and F.cross_entropy
+        "logits": logits.tolist(),
+        "labels": labels.tolist(),
+        "accuracy": accuracy(logits, labels)[0].item(),
+        "loss": F.cross_entropy(logits, labels).item(),
+    }
+    parsed = []
+    for raw in IPO_RESPONSES:  # run_evolution's cut, then polish_sentence
+        start = raw.index("<INS>") + len("<INS>") if "<INS>" in raw else 0
+        end = raw.index("</INS>") if "</INS>" in raw else len(raw)
+        parsed.append(polish(raw[start:end].strip()))
+    return {
+        "histories": IPO_HISTORIES,
+        "descriptions": IPO_DESCRIPTIONS,
+        "meta_prompts": prompts,
+        "responses": IPO_RESPONSES,
+        "parsed": parsed,
+        "scoring": scoring,
+    }
+
+
+def gen_llm_bbo(refs: Path) -> dict:
+    root = refs / "LLMBBO"
+    sys.path.insert(0, str(root))
+    from prompt_pool import get_message
+
+    ns: dict = {"random": random}
+    top_bot = function_from(root / "utils.py", "getTopBotK", ns)
+    validate = function_from(root / "utils.py", "validate_message", ns)
+    messages, selections = [], []
+    for pool in BBO_POOLS:
+        ranked = sorted(pool.items(), key=lambda kv: kv[1], reverse=True)  # as the script ranks prompt_dict
+        random.seed(0)
+        good, bad, _ = top_bot(ranked, 3)
+        selections.append([good, bad])
+        messages.append(get_message("method_1", "\n".join(good), "\n".join(bad), "", 1, "dtd"))
+    return {
+        "pools": BBO_POOLS,
+        "selections": selections,
+        "messages": messages,
+        "responses": BBO_RESPONSES,
+        "validated": [validate(r) for r in BBO_RESPONSES],
+    }
+
+
+def gen_proapo(refs: Path) -> dict:
+    root = refs / "ProAPO" / "tools"
+    torch.Tensor.cuda = lambda self, *a, **k: self  # CPU
+    util = function_from(root / "utils" / "util_model.py", "accuracy", {"torch": torch})
+    ns: dict = {"torch": torch, "F": F, "accuracy": util}
+    function_from(
+        root / "models" / "APO_score_func" / "get_score_based_ACC.py", "get_redundant_matrix_score_l2_norm", ns
+    )
+    acc_scores = function_from(root / "models" / "APO_score_func" / "get_score_based_ACC.py", "get_acc_scores", ns)
+    fitness = function_from(root / "utils" / "util_model.py", "get_fitness_score", {})
+    choice = function_from(root / "utils" / "util_model.py", "random_weighted_choice", {"np": np})
+    gen = torch.Generator().manual_seed(0)
+    x = F.normalize(torch.randn(12, 16, generator=gen), dim=-1)
+    y = torch.arange(12) % 6
+    w = F.normalize(torch.randn(6, 16, generator=gen) + 2 * x[:6], dim=-1)
+    model = types.SimpleNamespace(logit_scale=torch.tensor(100.0).log())
+    *_, acc1, acc5, extra = acc_scores(x, y, w, model, return_detail_flag=True, analysis_flag=True)
+    scores = {"top1": acc1, "top5": acc5, **{k: extra[k] for k in ("redundant_score_l2_norm", "inter_class_score_CE")}}
+    args = types.SimpleNamespace(
+        score_top_1_rate=0.005,
+        score_top_5_rate=0.008,
+        score_redundant_score_l2_norm=0.05,
+        score_inter_class_score_CE=10,
+    )
+    items = [f"t{i} {{}}" for i in range(7)]
+    weights = [3, 1, 2, 2, 1, 3, 1]
+    draws = []
+    for seed, k, reverse in ((0, 2, False), (1, 3, False), (2, 1, True), (3, 4, True)):
+        np.random.seed(seed)
+        draws.append({"seed": seed, "k": k, "reverse": reverse, "chosen": choice(items, weights, k, reverse=reverse)})
+    return {
+        "image_features": x.tolist(),
+        "labels": y.tolist(),
+        "text_features": w.tolist(),
+        "logit_scale": 100.0,
+        "scores": scores,
+        "rates": vars(args),
+        "fitness": fitness(args, scores),
+        "choice_items": items,
+        "choice_weights": weights,
+        "choices": draws,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--refs", type=Path, required=True)
+    refs = parser.parse_args().refs
+    data = {
+        "_source": {
+            "ipo": "lmsdss/IPO optimization/opt_utils.py gen_meta_prompt, eval_utils.py polish_sentence and "
+            "dassl/metrics/accuracy.py compute_accuracy, commit ac804a9",
+            "llm_bbo": "shihongl1998/LLM-as-a-blackbox-optimizer prompt_pool.py get_message and utils.py getTopBotK, "
+            "validate_message, commit 6612c84",
+            "proapo": "MorningStarOvO/ProAPO tools/models/APO_score_func/get_score_based_ACC.py get_acc_scores and "
+            "tools/utils/util_model.py get_fitness_score, random_weighted_choice, commit fefdf18",
+        },
+        "references": {k: {"repository": r, "commit": c} for k, (r, c) in REFERENCES.items()},
+        "ipo": gen_ipo(refs),
+        "llm_bbo": gen_llm_bbo(refs),
+        "proapo": gen_proapo(refs),
+    }
+    OUT.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
