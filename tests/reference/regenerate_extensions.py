@@ -1,5 +1,5 @@
 """Regenerate the reference fixtures of methods that extend CoOp or zero-shot CLIP (CuPL, FuDD, TPT, TFUP, ATPrompt,
-PRE, MSGCoOp) from their official code.
+PRE, MSGCoOp, MoCoOp, OGEN, MVLPT) from their official code.
 
     python tests/reference/regenerate_extensions.py --refs DIR [--only cupl,fudd,...]
 
@@ -34,6 +34,10 @@ is stubbed, beyond ``regenerate.install_stubs`` (no GPU, fp32, the tiny CLIP ins
   CPU disables itself: fp32.
 * TPT + CoOp: the same tuning as TPT, the context first set to a trained one (CoOp's ``--load`` in the reference):
   here "a photo of a" plus seeded noise, the same numbers given to vlprompt.
+* MoCoOp (``prompting/moe.py``) runs as the Dassl trainers above; ``wandb`` (its logging) is an empty module; the
+  templates and groups that its released ``extend_cfg`` does not declare are set on the config; its correction
+  vector, sized by the text width where it is added to features of the embedding width (equal at ViT-B/16), is
+  rebuilt with the embedding width (zeros, as the reference's). See ``gen_mocoop``.
 * Where ``pkg_resources`` is gone (setuptools >= 81), OpenAI's ``clip`` gets ``packaging`` from a stand-in module.
 """
 
@@ -52,6 +56,7 @@ import types
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -67,6 +72,8 @@ REFERENCES = {  # folder under --refs: (repository, commit the fixtures were gen
     "PRE": ("minhanh151/PRE", "08be7019e36b1ca62be60dd3336c6b28cfe99780"),
     "MSGCoOp": ("Rain-Bus/MSGCoOp", "a2986699360423a993db43df96ac06b89f90362a"),  # ships Dassl.ProGrad.pytorch
     "ATPrompt": ("zhengli97/ATPrompt", "86980a10041094aeb071badab73597d536a59c73"),  # ships its own Dassl.pytorch
+    "mocoop": ("dyabel/mocoop", "04b5d2ad9635febb1e5b9958cfe908b6db151d43"),
+    "Dassl.pytorch": ("KaiyangZhou/Dassl.pytorch", "c61a1b570ac6333bd50fb5ae06aea59002fb20bb"),
 }
 # Each fixture: the folders put on sys.path (first wins) and the references it records.
 FIXTURES = {
@@ -78,6 +85,8 @@ FIXTURES = {
     "atprompt_pets": (["ATPrompt", "ATPrompt/Dassl.pytorch"], ["ATPrompt"]),
     "pre": (["PRE", "MSGCoOp/Dassl.ProGrad.pytorch"], ["PRE", "MSGCoOp"]),  # PRE.md: built on Dassl.ProGrad
     "msgcoop": (["MSGCoOp/MSGCoOp", "MSGCoOp/Dassl.ProGrad.pytorch"], ["MSGCoOp"]),
+    "mocoop": (["mocoop", "Dassl.pytorch"], ["mocoop", "Dassl.pytorch"]),
+    "mocoop_words_after": (["mocoop", "Dassl.pytorch"], ["mocoop", "Dassl.pytorch"]),
 }
 # Class descriptions of the fixture's classes (CuPL's and TFUP's format: class name -> sentences).
 DESCRIPTIONS = {
@@ -379,7 +388,93 @@ def gen_msgcoop(data: dict, refs: Path, tmp: Path) -> dict:
     return out
 
 
+# MoCoOp's templates for the fixtures, in groups (1, 2, 2); the experts start from the groups' first templates.
+# mocoop: words before the class name only, every word one BPE token (where the reference's word count and
+# vlprompt's token count agree). mocoop_words_after: one expert with words after the class name, whose slot in the
+# reference also takes the end-of-text position (a known difference, see vlprompt.methods.mocoop).
+MOCOOP_TEMPLATES = {
+    "mocoop": ["a photo of a {}.", "a photo of many {}.", "a good photo of the {}.", "art of the {}.", "itap of a {}."],
+    "mocoop_words_after": [
+        "a photo of a {}.",
+        "a {} in a video game.",
+        "a photo of many {}.",
+        "art of the {}.",
+        "a good photo of the {}.",
+    ],
+}
+MOCOOP_GROUPS = [1, 2, 2]
+
+
+def gen_mocoop(data: dict, refs: Path, tmp: Path, name: str = "mocoop") -> dict:
+    """MoCoOp (prompting/moe.py) with configs/MoCoOp/vit_b16_c4_ep25_batch32_cls_t2t_5_wcl_25_g1_b_lr32.yaml
+    (text-to-text weight 5, gate weight 1, correction vector on, precision "amp": on the CPU autocast and the
+    GradScaler switch themselves off, the gradient is still clipped at norm 1), the image encoder's LayerNorms
+    frozen (``FINETUNE_VIT_LN`` False: vlprompt trains on cached features), all classes (``SUBSAMPLE_CLASSES``
+    "all", so the text-to-text loss runs over the training classes, as vlprompt's); one training step.
+
+    The released ``extend_cfg`` declares neither ``GROUPS`` nor ``PROMPTS``, which moe.py reads (the dataset
+    files name the templates ``LASP_PROMPTS``): both are set on the config before the trainer is built. The
+    correction vector ``w`` is sized by the text width (``ctx_dim``) but added to the projected text features;
+    at ViT-B/16 both are 512, on the tiny CLIP 128 and 32: it is rebuilt (zeros, as the reference's) with the
+    embedding width right after the prompt learner's ``__init__``, before the optimiser is made."""
+    sys.modules.setdefault("wandb", types.ModuleType("wandb"))  # train.py and moe.py log to Weights & Biases
+    from prompting import moe
+    from prompting.moe import MoCoOp, increase_top2_logits
+
+    original = moe.PromptLearner.__init__
+
+    def init(self, cfg, classnames, clip_model, *args):
+        original(self, cfg, classnames, clip_model, *args)
+        self.w = torch.nn.Parameter(torch.zeros(1, clip_model.visual.output_dim))
+
+    moe.PromptLearner.__init__ = init
+
+    repo = refs / "mocoop"
+    config = "configs/MoCoOp/vit_b16_c4_ep25_batch32_cls_t2t_5_wcl_25_g1_b_lr32.yaml"
+    opts = ["TRAINER.MoCoOp.FINETUNE_VIT_LN", False, "DATASET.SUBSAMPLE_CLASSES", "all"]
+    torch.manual_seed(0)
+    cfg = regenerate.reference_cfg(repo, config, ["DATASET.NAME", "Caltech101", *opts])
+    templates = MOCOOP_TEMPLATES[name]
+    cfg.TRAINER.MoCoOp.PROMPTS = list(templates)
+    cfg.TRAINER.MoCoOp.GROUPS = list(MOCOOP_GROUPS)
+    classes = list(data["classnames"])
+    t = regenerate.dassl_trainer(MoCoOp, cfg, classes, all_class_names=classes)
+    m = t.model
+    pl = m.prompt_learner
+    firsts = [sum(MOCOOP_GROUPS[:g]) for g in range(len(MOCOOP_GROUPS))]
+    params = {"correction": "prompt_learner.w", "router.weight": "prompt_learner.gate.weight"}
+    params["router.bias"] = "prompt_learner.gate.bias"
+    for e in range(len(firsts)):  # an empty part (no words before or after the class name) is no slot in vlprompt
+        for part in ("before", "after"):
+            if getattr(pl, f"ctx_{part}_{e}").shape[0]:
+                params[f"experts.{e}.slots.{part}"] = f"prompt_learner.ctx_{part}_{e}"
+    out = {
+        "settings": {"config": config, "opts": opts, "templates": templates, "groups": MOCOOP_GROUPS},
+        "init": regenerate.named(m, params),
+    }
+    m.eval()
+    with torch.no_grad():
+        image = regenerate.normalize(m.image_encoder(data["images"]))
+        mixed, gate, _, experts = m.compute_gated_text_feature(image, m.tokenized_prompts_all_experts)
+        out["expert_text_features"], out["prototypes"], out["gate"] = experts, m.group_features, gate
+        out["logits"] = m(data["images"])
+    with torch.no_grad():  # the loss terms as forward() adds them in training
+        ce, _ = m.loss(image, mixed, data["labels"], t=m.logit_scale, instance_loss=True)
+        t2t, _ = m.forward_text_to_text(experts, indices=None)
+        target = torch.einsum("bd, gbd->bg", image, m.group_features[:, data["labels"]])
+        routing = F.cross_entropy(gate, F.softmax(increase_top2_logits(target, increment=10.0), dim=1))
+    out["lr"] = regenerate.current_lr(t)
+    summary = regenerate.step(t, data["images"], data["labels"])
+    out["loss"] = {"total": summary["loss"], "ce": ce.item(), "t2t": t2t.item(), "gate": routing.item()}
+    out["grad_norm"] = float(torch.stack([p.grad.norm() for p in m.parameters() if p.grad is not None]).norm())
+    out["grad"], out["after"] = regenerate.grads(m, params), regenerate.named(m, params)
+    out["labels"] = data["labels"]
+    return out
+
+
 GENERATORS = {
+    "mocoop": gen_mocoop,
+    "mocoop_words_after": lambda data, refs, tmp: gen_mocoop(data, refs, tmp, "mocoop_words_after"),
     "msgcoop": gen_msgcoop,
     "pre": gen_pre,
     "tpt_coop": lambda data, refs, tmp: gen_tpt(data, refs, tmp, trained=True),
