@@ -729,3 +729,63 @@ def test_mocoop_experts_ending_with_a_full_stop_differ_from_the_reference(backbo
     load_init(method, fix)
     with torch.no_grad():
         assert (method.expert_text_features() - fix["expert_text_features"]).abs().max() > 1e-3
+
+
+def ogen_method(backbone, fix: dict, features, **overrides):
+    """OGEN with the fixture's batch as its feature bank (class statistics), the new classes' names, the reference's
+    constant 512 on the MSE terms, attention dropout 0 and no self-distillation (the reference has none)."""
+    ctx = context(
+        backbone,
+        fix,
+        train_features=features.unsqueeze(0),
+        train_labels=fix["labels"],
+        unseen_classnames=fix["settings"]["new_classes"],
+    )
+    settings = {"gen_loss_scale": 512.0, "dropout": fix["settings"]["dropout"], "distill_weight": 0.0}
+    method = build("ogen", ctx, **{**settings, **overrides})
+    return ctx, method
+
+
+def fixed_draw(monkeypatch, u: torch.Tensor) -> None:
+    """The generator's draw u ~ U[0, 1)^D returns the reference's (every other torch.rand call is left alone)."""
+    rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *size, **kw: u.clone() if size == tuple(u.shape) else rand(*size, **kw))
+
+
+@pytest.mark.parametrize("phase", ["warm", "joint"])
+def test_ogen_equals_the_reference(backbone, inputs, phase, tmp_path, monkeypatch):
+    """OGEN: class statistics and neighbours, CoOp's and the new classes' text features, logits, then one step in
+    the generator's warm phase (L_gen alone; the context gets no gradient) or in the joint phase (L_gen + L_syn +
+    the new-class term): every loss term, the gradient and one step."""
+    fix = fixture("ogen")
+    features = backbone.model.encode_image(inputs["images"])
+    ctx, method = ogen_method(backbone, fix, features)
+    assert method.config.neighbours == fix["settings"]["k"] and method.run_info()["unseen_class_term"]
+    close(method.prompt_learner.ctx, fix["init"]["prompt_learner.ctx"], what="context from 'a photo of a'")
+    load_init(method, fix)
+    close(method.class_mean, fix["class_mean"], what="class means")
+    close(method.class_std, fix["class_std"], what="class standard deviations")
+    assert torch.equal(method.neighbours, fix["neighbours"])
+    with torch.no_grad():
+        close(method.text_features(), fix["text_features"], what="text features")
+        close(F.normalize(method.unseen(), dim=-1), fix["new_text_features"], what="new classes' text features")
+        close(method(features), fix["logits"], what="logits")
+    fixed_draw(monkeypatch, fix["u"])
+    ref = fix[phase]
+    method.ogen_step.fill_(ref["epoch"] * method.steps_per_epoch)
+    with torch.no_grad():
+        _, parts = method.loss(features, fix["labels"])
+    method.ogen_step.fill_(ref["epoch"] * method.steps_per_epoch)
+    for ours, theirs in (("gen", "gen"), ("syn", "syn"), ("unseen", "new")):
+        if theirs in ref["loss"]:
+            assert parts[ours] == pytest.approx(ref["loss"][theirs], rel=RTOL), ours
+    assert set(parts) == {"gen"} | ({"syn", "unseen"} if phase == "joint" else set())
+    assert sum(parts.values()) == pytest.approx(ref["loss"]["total"], rel=RTOL)
+    assert lr_at(method.config, 0) == pytest.approx(fix["lr"])
+    feature_step(method, ctx, features, fix["labels"], tmp_path)
+    for n, p in trainable(method).items():
+        if n in ref["grad"]:
+            close(p.grad, ref["grad"][n], what=f"gradient of {n}")
+        else:  # the warm phase trains the generator alone
+            assert p.grad is None or not p.grad.any(), n
+        close(p, ref["after"][n], what=f"{n} after one step")

@@ -38,6 +38,9 @@ is stubbed, beyond ``regenerate.install_stubs`` (no GPU, fp32, the tiny CLIP ins
   templates and groups that its released ``extend_cfg`` does not declare are set on the config; its correction
   vector, sized by the text width where it is added to features of the embedding width (equal at ViT-B/16), is
   rebuilt with the embedding width (zeros, as the reference's). See ``gen_mocoop``.
+* OGEN (``trainers/ogen.py``): its missing class-statistics files, its generator hard-coded at width 512, its
+  ``torch.rand(1, 512)``, its attention dropout and its call of an unpublished Dassl's ``register_model`` are
+  handled as ``gen_ogen`` says; the loss terms as ``OGEN.forward_backward`` adds them.
 * Where ``pkg_resources`` is gone (setuptools >= 81), OpenAI's ``clip`` gets ``packaging`` from a stand-in module.
 """
 
@@ -87,6 +90,7 @@ FIXTURES = {
     "msgcoop": (["MSGCoOp/MSGCoOp", "MSGCoOp/Dassl.ProGrad.pytorch"], ["MSGCoOp"]),
     "mocoop": (["mocoop", "Dassl.pytorch"], ["mocoop", "Dassl.pytorch"]),
     "mocoop_words_after": (["mocoop", "Dassl.pytorch"], ["mocoop", "Dassl.pytorch"]),
+    "ogen": (["ml-ogen", "Dassl.pytorch"], ["ml-ogen", "Dassl.pytorch"]),
 }
 # Class descriptions of the fixture's classes (CuPL's and TFUP's format: class name -> sentences).
 DESCRIPTIONS = {
@@ -472,7 +476,119 @@ def gen_mocoop(data: dict, refs: Path, tmp: Path, name: str = "mocoop") -> dict:
     return out
 
 
+OGEN_NEW_CLASSES = ["red_panda", "sun_flower", "cup", "dog"]  # the names OGEN reads of classes without images
+
+
+def gen_ogen(data: dict, refs: Path, tmp: Path) -> dict:
+    """OGEN (trainers/ogen.py) with configs/trainers/OGEN/vit_b16_ep50_ctxv1.yaml as scripts/ogen/
+    base2new_train_ep50.sh runs it (4 tokens from "a photo of a", k = 3, new class names given; precision fp16,
+    train.py's default, fp32 by the stubs): one step in the generator's warm phase (epoch 0) and one in the joint
+    phase (epoch 10 = 20% of 50), each from the same initial state. Adapted to run here:
+
+    * the class statistics that ``CustomCLIP`` loads from ./data/<dataset>/features_{mean,std}_base.pth (not
+      shipped) are written to a temporary working directory: the per-class mean and standard deviation (1/N) of
+      the batch's normalised image features, as vlprompt computes them from its feature bank;
+    * the generator's attention and FFN are hard-coded at width 512 (ViT-B/16's): rebuilt at the tiny model's 32
+      with the reference's own classes right after the prompt learner's ``__init__``, attention dropout 0 (its
+      random masks cannot be matched across programs; vlprompt's ``dropout`` option is set to 0 as well);
+    * ``torch.rand(1, 512)`` (the neighbours' feature draw u, width hard-coded) returns a recorded u of width 32;
+      in the joint phase the reference draws u twice (``forward`` is called again for the MSE targets, a fresh
+      draw for the neighbours' target) and both draws return the same u, the single draw vlprompt takes (the two
+      are independent draws of one distribution);
+    * ``register_model`` is called with a teacher model (the released code needs a modified Dassl that is not
+      published): the teacher is dropped (it is never used in training).
+    """
+    import os
+
+    from dassl.engine.trainer import TrainerBase
+    from trainers import ogen
+
+    dim = tiny_clip.EMBED_DIM
+    original = ogen.PromptLearner.__init__
+
+    def init(self, *args):
+        original(self, *args)
+        self.multihead_attn = torch.nn.MultiheadAttention(dim, 4, dropout=0.0, batch_first=True)
+        self.ffn = ogen.MLP(dim, dim, dim, 2)
+
+    ogen.PromptLearner.__init__ = init
+    ogen.OGEN.register_model = lambda self, name, model, teacher, optim, sched: TrainerBase.register_model(
+        self, name, model, optim, sched
+    )
+    u = torch.rand(1, dim, generator=torch.Generator().manual_seed(5))
+    torch.rand = lambda *size, **kwargs: u.clone()
+    labels = data["labels"]
+    with torch.no_grad():
+        features = regenerate.normalize(tiny_model().encode_image(data["images"]))
+    n_cls = len(data["classnames"])
+    mean = torch.stack([features[labels == c].mean(0) for c in range(n_cls)])
+    std = torch.stack([features[labels == c].std(0, unbiased=False) for c in range(n_cls)])
+    (tmp / "data" / "caltech-101").mkdir(parents=True)
+    torch.save(mean, tmp / "data" / "caltech-101" / "features_mean_base.pth")
+    torch.save(std, tmp / "data" / "caltech-101" / "features_std_base.pth")
+    config = "configs/trainers/OGEN/vit_b16_ep50_ctxv1.yaml"
+    opts = ["DATASET.SUBSAMPLE_CLASSES", "base"]
+    cfg = regenerate.reference_cfg(refs / "ml-ogen", config, ["DATASET.NAME", "Caltech101", *opts])
+    params = {"prompt_learner.ctx": "prompt_learner.ctx"}
+    for w in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"):
+        params[f"generator.attn.{w}"] = f"prompt_learner.multihead_attn.{w}"
+    for ours, theirs in (("0", "0"), ("2", "1")):
+        for w in ("weight", "bias"):
+            params[f"generator.ffn.{ours}.{w}"] = f"prompt_learner.ffn.layers.{theirs}.{w}"
+
+    def trainer():
+        torch.manual_seed(0)
+        cwd = os.getcwd()
+        os.chdir(tmp)
+        try:
+            return regenerate.dassl_trainer(ogen.OGEN, cfg, data["classnames"], _classnames_new=OGEN_NEW_CLASSES)
+        finally:
+            os.chdir(cwd)
+
+    t = trainer()
+    m = t.model
+    k = m.k
+    out = {
+        "settings": {"config": config, "opts": opts, "new_classes": OGEN_NEW_CLASSES, "k": k, "dropout": 0.0},
+        "init": regenerate.named(m, params),
+        "class_mean": mean,
+        "class_std": std,
+        "neighbours": m.closest_classes_base,
+        "u": u,
+        "labels": labels,
+    }
+    m.eval()
+    with torch.no_grad():
+        out["text_features"] = regenerate.normalize(m.text_encoder(m.prompt_learner(), m.tokenized_prompts))
+        out["new_text_features"] = regenerate.normalize(
+            m.text_encoder(m.prompt_learner.forward_new(), m.tokenized_prompts_new)
+        )
+        out["logits"] = m(data["images"], aug=False)
+        logits, z, y, z_nb, y_nb, z_new, y_new, g, image, g_nb, values = m(data["images"], label=labels)
+        gen = F.mse_loss(g, image) * 512 + F.mse_loss(g_nb, values) * 512
+        syn = F.cross_entropy(z, y) * 0.25 + F.cross_entropy(z_nb, y_nb) * 0.25 / k
+        syn = syn + F.cross_entropy(logits, labels) * 0.25
+        new = F.cross_entropy(z_new, y_new) * 0.5 / k
+    out["generated"], out["new_classes_near"] = g, y_new
+    out["lr"] = regenerate.current_lr(t)
+    for phase, epoch in (("warm", 0), ("joint", int(cfg.OPTIM.MAX_EPOCH * 0.2))):
+        t = trainer() if phase == "joint" else t
+        t.model.train()
+        with contextlib.redirect_stdout(io.StringIO()):
+            summary = t.forward_backward({"img": data["images"], "label": labels}, epoch=epoch)
+        terms = {"gen": gen.item()} if phase == "warm" else {"gen": gen.item(), "syn": syn.item(), "new": new.item()}
+        grads = {n: p.grad for n, p in t.model.named_parameters()}
+        out[phase] = {
+            "epoch": epoch,
+            "loss": {"total": summary["loss"], **terms},
+            "grad": {ours: grads[theirs].clone() for ours, theirs in params.items() if grads[theirs] is not None},
+            "after": regenerate.named(t.model, params),
+        }
+    return out
+
+
 GENERATORS = {
+    "ogen": gen_ogen,
     "mocoop": gen_mocoop,
     "mocoop_words_after": lambda data, refs, tmp: gen_mocoop(data, refs, tmp, "mocoop_words_after"),
     "msgcoop": gen_msgcoop,
