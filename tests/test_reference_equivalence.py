@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from reference import tiny_clip
 from vlprompt.clip.backbone import PromptedTextEncoder, load_backbone, open_clip
 from vlprompt.data.registry import get_dataset
+from vlprompt.experiment import grid
 from vlprompt.methods import MethodContext, get_method
 from vlprompt.training.feature_runs import feature_loop
 from vlprompt.training.loop import loop_setup, lr_at
@@ -789,3 +790,51 @@ def test_ogen_equals_the_reference(backbone, inputs, phase, tmp_path, monkeypatc
         else:  # the warm phase trains the generator alone
             assert p.grad is None or not p.grad.any(), n
         close(p, ref["after"][n], what=f"{n} after one step")
+
+
+def test_mvlpt_multitask_stage_equals_the_reference(backbone, inputs, tmp_path):
+    """MVLPT's multitask stage (MCoOp) on two sources, whose label spaces the reference concatenates: 16 random
+    context tokens with the class name in the middle over the 7 classes, text features, logits on both sources'
+    images, the cross-entropy, the gradient and one step."""
+    from vlprompt.methods.mvlpt import merge_sources
+
+    fix = fixture("mvlpt")
+    first, second = fix["settings"]["sources"]
+    encode = backbone.model.encode_image
+    features = [encode(inputs["images"]), encode(inputs["val_images"][:6])]
+    labels = [fix["labels"][:6], fix["labels"][6:] - len(first)]
+    sources = [
+        dataclasses.replace(context(backbone, fix, train_features=f.unsqueeze(0), train_labels=y), classnames=names)
+        for names, f, y in zip((first, second), features, labels, strict=True)
+    ]
+    ctx = merge_sources(sources)
+    assert ctx.classnames == first + second  # distinct names: the concatenated label space
+    cls = get_method("mvlpt")
+    method = cls(cls.source_config(cls.make_config({})), ctx)
+    assert (method.prompt_learner.n_ctx, method.config.class_token_position) == (16, "middle")
+    load_init(method, fix)
+    merged = ctx.train_features[0]
+    assert torch.equal(ctx.train_labels, fix["labels"])
+    check_forward(method, merged, fix)
+    close(method.loss(merged, ctx.train_labels)[0], fix["loss"]["ce"], what="loss")
+    step_and_check(method, ctx, merged, fix, tmp_path)
+
+
+def test_mvlpt_target_starts_from_the_reference_average_of_the_source_stages(backbone, tmp_path):
+    """The source prompt averaged over the stages of seeds 1-3 (the reference's scripts/avg_ckpt.py on three
+    checkpoints), then the target run's context."""
+    from vlprompt.io import atomic_torch_save, atomic_write_json, file_record
+    from vlprompt.training.context import load_multitask_prompt
+
+    fix = fixture("mvlpt")
+    cfg = {"results_root": str(tmp_path), "experiment": "avg"}
+    seeds = list(get_method("mvlpt").make_config({}).source_seeds)
+    for seed, ctx in zip(seeds, fix["source_contexts"], strict=True):
+        folder = grid.multitask_dir(cfg, "mvlpt", 2, seed)
+        folder.mkdir(parents=True)
+        atomic_torch_save(folder / "model.pt", {"state": {"prompt_learner.ctx": ctx}})
+        atomic_write_json(folder / "metrics.json", {"artefacts": {"model.pt": file_record(folder / "model.pt")}})
+    state = load_multitask_prompt(cfg, "mvlpt", 2, seeds, torch.device("cpu"))
+    close(state["prompt_learner.ctx"], fix["averaged_context"], what="averaged source context")
+    target = build("mvlpt", context(backbone, fix, multitask_prompt=state))
+    assert torch.equal(target.prompt_learner.ctx.detach(), state["prompt_learner.ctx"])

@@ -41,6 +41,10 @@ is stubbed, beyond ``regenerate.install_stubs`` (no GPU, fp32, the tiny CLIP ins
 * OGEN (``trainers/ogen.py``): its missing class-statistics files, its generator hard-coded at width 512, its
   ``torch.rand(1, 512)``, its attention dropout and its call of an unpublished Dassl's ``register_model`` are
   handled as ``gen_ogen`` says; the loss terms as ``OGEN.forward_backward`` adds them.
+* MVLPT (``trainers/mvlpt.py``): ELEVATER's loaders and metrics, imported at the top of the file for the other
+  data managers, are empty modules (they need its ``vision_datasets`` package); the attributes its
+  ``build_data_loader`` sets (``multi_task``) are set by hand; ``average_ckpt`` is taken from scripts/avg_ckpt.py's
+  syntax tree (the script loads checkpoints at import).
 * Where ``pkg_resources`` is gone (setuptools >= 81), OpenAI's ``clip`` gets ``packaging`` from a stand-in module.
 """
 
@@ -76,6 +80,7 @@ REFERENCES = {  # folder under --refs: (repository, commit the fixtures were gen
     "MSGCoOp": ("Rain-Bus/MSGCoOp", "a2986699360423a993db43df96ac06b89f90362a"),  # ships Dassl.ProGrad.pytorch
     "ATPrompt": ("zhengli97/ATPrompt", "86980a10041094aeb071badab73597d536a59c73"),  # ships its own Dassl.pytorch
     "mocoop": ("dyabel/mocoop", "04b5d2ad9635febb1e5b9958cfe908b6db151d43"),
+    "MVLPT": ("sIncerass/MVLPT", "6fa518bb34055975b537be86a74cbc490a9e3383"),
     "Dassl.pytorch": ("KaiyangZhou/Dassl.pytorch", "c61a1b570ac6333bd50fb5ae06aea59002fb20bb"),
 }
 # Each fixture: the folders put on sys.path (first wins) and the references it records.
@@ -91,6 +96,7 @@ FIXTURES = {
     "mocoop": (["mocoop", "Dassl.pytorch"], ["mocoop", "Dassl.pytorch"]),
     "mocoop_words_after": (["mocoop", "Dassl.pytorch"], ["mocoop", "Dassl.pytorch"]),
     "ogen": (["ml-ogen", "Dassl.pytorch"], ["ml-ogen", "Dassl.pytorch"]),
+    "mvlpt": (["MVLPT", "Dassl.pytorch"], ["MVLPT", "Dassl.pytorch"]),
 }
 # Class descriptions of the fixture's classes (CuPL's and TFUP's format: class name -> sentences).
 DESCRIPTIONS = {
@@ -587,7 +593,77 @@ def gen_ogen(data: dict, refs: Path, tmp: Path) -> dict:
     return out
 
 
+MVLPT_SECOND_SOURCE = [
+    "red_panda",
+    "sun_flower",
+    "cup",
+]  # the second source dataset's classes (the first: the fixture's)
+MVLPT_SECOND_LABELS = [0, 1, 2, 0, 1, 2]  # its labels for the fixture's validation images 0-5
+
+
+def gen_mvlpt(data: dict, refs: Path, tmp: Path) -> dict:
+    """MVLPT's multitask stage, MCoOp (trainers/mvlpt.py) as scripts/mvlpt/main_mt_coopdata_cut.sh runs it with
+    configs/trainers/MVLPT/vit_b16.yaml: 16 context tokens from N(0, 0.02²), the class name in the middle, the
+    sources' label spaces concatenated (``MVLPTCOOPDataManager``: the second source's labels offset by the first's
+    class count), the cut context length; precision fp16 (train.py's default), fp32 by the stubs. Two sources:
+    the fixture's images and classes, and its validation images 0-5 as a second dataset of 3 classes; one
+    training step on the 12 images. Then the source-prompt averaging of scripts/avg_ckpt.py (``average_ckpt``) on
+    three checkpoints whose contexts are the initial one plus seeded noise."""
+    # ELEVATER's loaders and metrics (used by the other data managers), which need its vision_datasets package
+    bench = {"evaluation": ("construct_dataloader", "construct_multitask_dataset")}
+    bench["datasets"] = ("class_map_metric", "get_metric")
+    sys.modules["trainers.vision_benchmark"] = types.ModuleType("trainers.vision_benchmark")
+    for module, names in bench.items():
+        stub = sys.modules[f"trainers.vision_benchmark.{module}"] = types.ModuleType(module)
+        for name in names:
+            setattr(stub, name, None)
+    import numpy as np
+    from trainers.mvlpt import MVLPT
+
+    repo = refs / "MVLPT"
+    config = "configs/trainers/MVLPT/vit_b16.yaml"
+    opts = ["TRAINER.MVLPT.VPT.N_CTX", 0, "TRAINER.MVLPT.COOP.N_CTX", 16, "TRAINER.MVLPT.COOP.CLASS_TOKEN_POSITION"]
+    opts += ["middle", "TRAINER.MVLPT.COOP.CSC", False, "TRAINER.CUT_CONTEXTLEN", True]
+    opts += ["DATASET.COOP", True, "DATASET.MULTITASK", True]
+    classnames = list(data["classnames"]) + MVLPT_SECOND_SOURCE
+    images = torch.cat([data["images"], data["val_images"][:6]])
+    labels = torch.cat([data["labels"], torch.tensor(MVLPT_SECOND_LABELS) + len(data["classnames"])])
+    domains = torch.tensor([0] * 6 + [1] * 6)
+    torch.manual_seed(0)
+    cfg = regenerate.reference_cfg(repo, config, ["DATASET.NAME", "Caltech101", *opts])
+    t = regenerate.dassl_trainer(MVLPT, cfg, classnames)
+    t.multi_task, t.multi_task_label_pertask = True, False  # what its build_data_loader sets
+    m = t.model
+    params = {"prompt_learner.ctx": "prompt_learner.ctx"}
+    out = {
+        "settings": {"config": config, "opts": opts, "sources": [list(data["classnames"]), MVLPT_SECOND_SOURCE]},
+        "init": regenerate.named(m, params),
+        "labels": labels,
+    }
+    m.eval()
+    with torch.no_grad():
+        prompts = m.prompt_learner.forward_coop(m.prompt_learner.ctx)
+        out["text_features"] = regenerate.normalize(m.text_encoder(prompts, m.tokenized_prompts))
+        out["logits"] = m(images)
+    out["lr"] = regenerate.current_lr(t)
+    m.train()
+    with contextlib.redirect_stdout(io.StringIO()):
+        summary = t.forward_backward({"img": images, "label": labels, "domain": domains})
+    out["loss"] = {"ce": summary["loss"]}
+    out["grad"], out["after"] = regenerate.grads(m, params), regenerate.named(m, params)
+    gen = torch.Generator().manual_seed(7)
+    start = out["init"]["prompt_learner.ctx"]
+    contexts = torch.stack([start + 0.05 * torch.randn(start.shape, generator=gen) for _ in range(3)])
+    checkpoints = [{"state_dict": {"ctx": c}, "epoch": 200, "val_result": 0.5} for c in contexts]
+    state = {key: [c[key] for c in checkpoints] for key in checkpoints[0]}
+    average = function_from(repo / "scripts" / "avg_ckpt.py", "average_ckpt", {"np": np, "torch": torch})
+    with contextlib.redirect_stdout(io.StringIO()):
+        out["source_contexts"], out["averaged_context"] = contexts, average(state)["state_dict"]["ctx"]
+    return out
+
+
 GENERATORS = {
+    "mvlpt": gen_mvlpt,
     "ogen": gen_ogen,
     "mocoop": gen_mocoop,
     "mocoop_words_after": lambda data, refs, tmp: gen_mocoop(data, refs, tmp, "mocoop_words_after"),
