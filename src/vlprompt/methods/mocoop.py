@@ -61,7 +61,7 @@ from torch import nn
 
 from vlprompt.clip.backbone import encode_prompts
 from vlprompt.clip.prompting import PatternPrompts, class_prompts, format_tokens
-from vlprompt.methods.atprompt import is_user_dataset, per_dataset
+from vlprompt.methods.atprompt import is_user_dataset, per_dataset, prompt_errors
 from vlprompt.methods.base import Method, MethodContext, MethodError, TrainConfig, normalize, register
 
 
@@ -145,7 +145,8 @@ class MoCoOp(Method):
         for i in firsts:
             pattern, init = expert_pattern(templates[i], config.expert_full_stop)
             slots = {k: format_tokens(tok, v) for k, v in init.items()}
-            experts.append(PatternPrompts(ctx.encoder, tok, ctx.classnames, pattern, slots, init))
+            with prompt_errors(self.name):
+                experts.append(PatternPrompts(ctx.encoder, tok, ctx.classnames, pattern, slots, init))
         self.experts = nn.ModuleList(experts)
         dim = ctx.backbone.embed_dim
         self.correction = nn.Parameter(torch.zeros(1, dim, device=ctx.device), requires_grad=config.correction)
@@ -156,7 +157,8 @@ class MoCoOp(Method):
 
     def set_classes(self, classnames: list[str]) -> None:
         for e in self.experts:
-            cast(PatternPrompts, e).set_classes(classnames)  # nn.ModuleList is not generic
+            with prompt_errors(self.name):
+                cast(PatternPrompts, e).set_classes(classnames)  # nn.ModuleList is not generic
         self.set_prototypes(classnames)
 
     def set_prototypes(self, classnames: list[str]) -> None:
