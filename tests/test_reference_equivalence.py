@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from reference import tiny_clip
 from vlprompt.clip.backbone import PromptedTextEncoder, load_backbone, open_clip
 from vlprompt.data.registry import get_dataset
+from vlprompt.experiment import grid
 from vlprompt.methods import MethodContext, get_method
 from vlprompt.training.feature_runs import feature_loop
 from vlprompt.training.loop import loop_setup, lr_at
@@ -645,3 +646,195 @@ def test_msgcoop_equals_the_reference(backbone, inputs, tmp_path):
         assert parts[ours] == pytest.approx(fix["loss"][theirs], rel=RTOL, abs=1e-7), ours
     assert loss.item() == pytest.approx(fix["loss"]["total"], rel=RTOL)
     step_and_check(method, ctx, features, fix, tmp_path)
+
+
+# ---------------------------------------------------------------- MoCoOp, OGEN, MVLPT (regenerate_extensions.py)
+
+
+def mocoop_method(backbone, fix: dict, **overrides):
+    """MoCoOp on the fixture's templates and groups, its experts written as the reference's (no final ".")."""
+    settings = {"templates": tuple(fix["settings"]["templates"]), "groups": tuple(fix["settings"]["groups"])}
+    ctx = context(backbone, fix)
+    return ctx, build("mocoop", ctx, **settings, **{"expert_full_stop": False, **overrides})
+
+
+def test_mocoop_equals_the_reference(backbone, inputs, tmp_path):
+    """MoCoOp's experts (words around the class name learnable), correction vector and top-2 router: prototypes,
+    experts' text features, router logits, mixed logits, CE + 5 · text-to-text + 1 · routing loss, the gradient
+    clipped at norm 1 (the reference's is clipped: its norm was above 1) and one step."""
+    fix = fixture("mocoop")
+    ctx, method = mocoop_method(backbone, fix)
+    c = method.config
+    assert (c.text_loss_weight, c.gate_loss_weight, c.top_k, c.grad_clip) == (5.0, 1.0, 2, 1.0)
+    for name, value in fix["init"].items():  # the experts start from their templates' words, the router at random
+        if name.startswith("experts.") or name == "correction":
+            close(dict(method.named_parameters())[name], value, what=f"initial {name}")
+    load_init(method, fix)
+    features = backbone.model.encode_image(inputs["images"])
+    close(method.prototypes, fix["prototypes"], what="group prototypes")
+    with torch.no_grad():
+        close(method.expert_text_features(), fix["expert_text_features"], what="experts' text features")
+        close(method.router(F.normalize(features, dim=-1)), fix["gate"], what="router logits")
+        close(method(features), fix["logits"], what="logits")
+    loss, parts = method.loss(features, fix["labels"])
+    for ours, theirs in (("ce", "ce"), ("t2t", "t2t"), ("gate", "gate")):
+        assert parts[ours] == pytest.approx(fix["loss"][theirs], rel=RTOL), ours
+    assert loss.item() == pytest.approx(fix["loss"]["total"], rel=RTOL)
+    assert fix["grad_norm"] == pytest.approx(c.grad_clip, rel=1e-4)
+    step_and_check(method, ctx, features, fix, tmp_path)
+
+
+def mocoop_words_after(backbone) -> tuple[dict, object]:
+    """The fixture with an expert "a {} in a video game.", vlprompt's experts from their words, the reference's
+    router and (zero) correction copied."""
+    fix = fixture("mocoop_words_after")
+    _, method = mocoop_method(backbone, fix)
+    params = dict(method.named_parameters())
+    with torch.no_grad():
+        for name in ("router.weight", "router.bias", "correction"):
+            params[name].copy_(fix["init"][name])
+    return fix, method
+
+
+def test_mocoop_expert_with_words_after_the_class_name_starts_as_the_reference(backbone, inputs):
+    """At the start the reference's extra learnable position holds the end-of-text embedding, so the prompts
+    agree: text features, logits and every loss term."""
+    fix, method = mocoop_words_after(backbone)
+    features = backbone.model.encode_image(inputs["images"])
+    with torch.no_grad():
+        close(method.expert_text_features(), fix["expert_text_features"], what="experts' text features")
+        close(method(features), fix["logits"], what="logits")
+    _, parts = method.loss(features, fix["labels"])
+    for term in ("ce", "t2t", "gate"):
+        assert parts[term] == pytest.approx(fix["loss"][term], rel=RTOL), term
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known difference: the reference sizes an expert's words after the class name by splitting on spaces "
+    "(' in a video game' is 5 'words': '' and 4 more), so its slot also makes the end-of-text position learnable; "
+    "vlprompt's slot holds the 4 tokens of the words (vlprompt.methods.mocoop, 'Known difference')",
+)
+def test_mocoop_expert_with_words_after_the_class_name_trains_as_the_reference(backbone, inputs):
+    fix, method = mocoop_words_after(backbone)
+    loss, _ = method.loss(backbone.model.encode_image(inputs["images"]), fix["labels"])
+    loss.backward()
+    slot = dict(method.named_parameters())["experts.1.slots.after"]
+    close(slot.grad, fix["grad"]["experts.1.slots.after"], what="gradient of the words after the class name")
+
+
+def test_mocoop_experts_ending_with_a_full_stop_differ_from_the_reference(backbone):
+    """The default keeps the template's "." in the experts' prompts (the reference strips it)."""
+    fix = fixture("mocoop")
+    _, method = mocoop_method(backbone, fix, expert_full_stop=True)
+    load_init(method, fix)
+    with torch.no_grad():
+        assert (method.expert_text_features() - fix["expert_text_features"]).abs().max() > 1e-3
+
+
+def ogen_method(backbone, fix: dict, features, **overrides):
+    """OGEN with the fixture's batch as its feature bank (class statistics), the new classes' names, the reference's
+    constant 512 on the MSE terms, attention dropout 0 and no self-distillation (the reference has none)."""
+    ctx = context(
+        backbone,
+        fix,
+        train_features=features.unsqueeze(0),
+        train_labels=fix["labels"],
+        unseen_classnames=fix["settings"]["new_classes"],
+    )
+    settings = {"gen_loss_scale": 512.0, "dropout": fix["settings"]["dropout"], "distill_weight": 0.0}
+    method = build("ogen", ctx, **{**settings, **overrides})
+    return ctx, method
+
+
+def fixed_draw(monkeypatch, u: torch.Tensor) -> None:
+    """The generator's draw u ~ U[0, 1)^D returns the reference's (every other torch.rand call is left alone)."""
+    rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *size, **kw: u.clone() if size == tuple(u.shape) else rand(*size, **kw))
+
+
+@pytest.mark.parametrize("phase", ["warm", "joint"])
+def test_ogen_equals_the_reference(backbone, inputs, phase, tmp_path, monkeypatch):
+    """OGEN: class statistics and neighbours, CoOp's and the new classes' text features, logits, then one step in
+    the generator's warm phase (L_gen alone; the context gets no gradient) or in the joint phase (L_gen + L_syn +
+    the new-class term): every loss term, the gradient and one step."""
+    fix = fixture("ogen")
+    features = backbone.model.encode_image(inputs["images"])
+    ctx, method = ogen_method(backbone, fix, features)
+    assert method.config.neighbours == fix["settings"]["k"] and method.run_info()["unseen_class_term"]
+    close(method.prompt_learner.ctx, fix["init"]["prompt_learner.ctx"], what="context from 'a photo of a'")
+    load_init(method, fix)
+    close(method.class_mean, fix["class_mean"], what="class means")
+    close(method.class_std, fix["class_std"], what="class standard deviations")
+    assert torch.equal(method.neighbours, fix["neighbours"])
+    with torch.no_grad():
+        close(method.text_features(), fix["text_features"], what="text features")
+        close(F.normalize(method.unseen(), dim=-1), fix["new_text_features"], what="new classes' text features")
+        close(method(features), fix["logits"], what="logits")
+    fixed_draw(monkeypatch, fix["u"])
+    ref = fix[phase]
+    method.ogen_step.fill_(ref["epoch"] * method.steps_per_epoch)
+    with torch.no_grad():
+        _, parts = method.loss(features, fix["labels"])
+    method.ogen_step.fill_(ref["epoch"] * method.steps_per_epoch)
+    for ours, theirs in (("gen", "gen"), ("syn", "syn"), ("unseen", "new")):
+        if theirs in ref["loss"]:
+            assert parts[ours] == pytest.approx(ref["loss"][theirs], rel=RTOL), ours
+    assert set(parts) == {"gen"} | ({"syn", "unseen"} if phase == "joint" else set())
+    assert sum(parts.values()) == pytest.approx(ref["loss"]["total"], rel=RTOL)
+    assert lr_at(method.config, 0) == pytest.approx(fix["lr"])
+    feature_step(method, ctx, features, fix["labels"], tmp_path)
+    for n, p in trainable(method).items():
+        if n in ref["grad"]:
+            close(p.grad, ref["grad"][n], what=f"gradient of {n}")
+        else:  # the warm phase trains the generator alone
+            assert p.grad is None or not p.grad.any(), n
+        close(p, ref["after"][n], what=f"{n} after one step")
+
+
+def test_mvlpt_multitask_stage_equals_the_reference(backbone, inputs, tmp_path):
+    """MVLPT's multitask stage (MCoOp) on two sources, whose label spaces the reference concatenates: 16 random
+    context tokens with the class name in the middle over the 7 classes, text features, logits on both sources'
+    images, the cross-entropy, the gradient and one step."""
+    from vlprompt.methods.mvlpt import merge_sources
+
+    fix = fixture("mvlpt")
+    first, second = fix["settings"]["sources"]
+    encode = backbone.model.encode_image
+    features = [encode(inputs["images"]), encode(inputs["val_images"][:6])]
+    labels = [fix["labels"][:6], fix["labels"][6:] - len(first)]
+    sources = [
+        dataclasses.replace(context(backbone, fix, train_features=f.unsqueeze(0), train_labels=y), classnames=names)
+        for names, f, y in zip((first, second), features, labels, strict=True)
+    ]
+    ctx = merge_sources(sources)
+    assert ctx.classnames == first + second  # distinct names: the concatenated label space
+    cls = get_method("mvlpt")
+    method = cls(cls.source_config(cls.make_config({})), ctx)
+    assert (method.prompt_learner.n_ctx, method.config.class_token_position) == (16, "middle")
+    load_init(method, fix)
+    merged = ctx.train_features[0]
+    assert torch.equal(ctx.train_labels, fix["labels"])
+    check_forward(method, merged, fix)
+    close(method.loss(merged, ctx.train_labels)[0], fix["loss"]["ce"], what="loss")
+    step_and_check(method, ctx, merged, fix, tmp_path)
+
+
+def test_mvlpt_target_starts_from_the_reference_average_of_the_source_stages(backbone, tmp_path):
+    """The source prompt averaged over the stages of seeds 1-3 (the reference's scripts/avg_ckpt.py on three
+    checkpoints), then the target run's context."""
+    from vlprompt.io import atomic_torch_save, atomic_write_json, file_record
+    from vlprompt.training.context import load_multitask_prompt
+
+    fix = fixture("mvlpt")
+    cfg = {"results_root": str(tmp_path), "experiment": "avg"}
+    seeds = list(get_method("mvlpt").make_config({}).source_seeds)
+    for seed, ctx in zip(seeds, fix["source_contexts"], strict=True):
+        folder = grid.multitask_dir(cfg, "mvlpt", 2, seed)
+        folder.mkdir(parents=True)
+        atomic_torch_save(folder / "model.pt", {"state": {"prompt_learner.ctx": ctx}})
+        atomic_write_json(folder / "metrics.json", {"artefacts": {"model.pt": file_record(folder / "model.pt")}})
+    state = load_multitask_prompt(cfg, "mvlpt", 2, seeds, torch.device("cpu"))
+    close(state["prompt_learner.ctx"], fix["averaged_context"], what="averaged source context")
+    target = build("mvlpt", context(backbone, fix, multitask_prompt=state))
+    assert torch.equal(target.prompt_learner.ctx.detach(), state["prompt_learner.ctx"])

@@ -220,15 +220,16 @@ def reference_cfg(repo_dir: Path, config_file: str | None, opts: list) -> object
     return cfg
 
 
-def dassl_trainer(trainer_cls, cfg, classnames):
-    """The reference trainer with its own ``build_model``, without Dassl's data manager (see the docstring)."""
+def dassl_trainer(trainer_cls, cfg, classnames, **dataset):
+    """The reference trainer with its own ``build_model``, without Dassl's data manager (see the docstring);
+    ``dataset``: further attributes of ``dm.dataset`` that a trainer reads (e.g. OGEN's new class names)."""
     from dassl.engine.trainer import TrainerBase
 
     trainer = object.__new__(trainer_cls)
     TrainerBase.__init__(trainer)
     trainer.cfg = cfg
     trainer.device = torch.device("cpu")
-    trainer.dm = types.SimpleNamespace(dataset=types.SimpleNamespace(classnames=list(classnames)))
+    trainer.dm = types.SimpleNamespace(dataset=types.SimpleNamespace(classnames=list(classnames), **dataset))
     trainer.check_cfg(cfg)
     with contextlib.redirect_stdout(io.StringIO()):
         trainer.build_model()

@@ -1,5 +1,5 @@
 """Regenerate the reference fixtures of methods that extend CoOp or zero-shot CLIP (CuPL, FuDD, TPT, TFUP, ATPrompt,
-PRE, MSGCoOp) from their official code.
+PRE, MSGCoOp, MoCoOp, OGEN, MVLPT) from their official code.
 
     python tests/reference/regenerate_extensions.py --refs DIR [--only cupl,fudd,...]
 
@@ -34,6 +34,17 @@ is stubbed, beyond ``regenerate.install_stubs`` (no GPU, fp32, the tiny CLIP ins
   CPU disables itself: fp32.
 * TPT + CoOp: the same tuning as TPT, the context first set to a trained one (CoOp's ``--load`` in the reference):
   here "a photo of a" plus seeded noise, the same numbers given to vlprompt.
+* MoCoOp (``prompting/moe.py``) runs as the Dassl trainers above; ``wandb`` (its logging) is an empty module; the
+  templates and groups that its released ``extend_cfg`` does not declare are set on the config; its correction
+  vector, sized by the text width where it is added to features of the embedding width (equal at ViT-B/16), is
+  rebuilt with the embedding width (zeros, as the reference's). See ``gen_mocoop``.
+* OGEN (``trainers/ogen.py``): its missing class-statistics files, its generator hard-coded at width 512, its
+  ``torch.rand(1, 512)``, its attention dropout and its call of an unpublished Dassl's ``register_model`` are
+  handled as ``gen_ogen`` says; the loss terms as ``OGEN.forward_backward`` adds them.
+* MVLPT (``trainers/mvlpt.py``): ELEVATER's loaders and metrics, imported at the top of the file for the other
+  data managers, are empty modules (they need its ``vision_datasets`` package); the attributes its
+  ``build_data_loader`` sets (``multi_task``) are set by hand; ``average_ckpt`` is taken from scripts/avg_ckpt.py's
+  syntax tree (the script loads checkpoints at import).
 * Where ``pkg_resources`` is gone (setuptools >= 81), OpenAI's ``clip`` gets ``packaging`` from a stand-in module.
 """
 
@@ -52,6 +63,7 @@ import types
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -67,6 +79,9 @@ REFERENCES = {  # folder under --refs: (repository, commit the fixtures were gen
     "PRE": ("minhanh151/PRE", "08be7019e36b1ca62be60dd3336c6b28cfe99780"),
     "MSGCoOp": ("Rain-Bus/MSGCoOp", "a2986699360423a993db43df96ac06b89f90362a"),  # ships Dassl.ProGrad.pytorch
     "ATPrompt": ("zhengli97/ATPrompt", "86980a10041094aeb071badab73597d536a59c73"),  # ships its own Dassl.pytorch
+    "mocoop": ("dyabel/mocoop", "04b5d2ad9635febb1e5b9958cfe908b6db151d43"),
+    "MVLPT": ("sIncerass/MVLPT", "6fa518bb34055975b537be86a74cbc490a9e3383"),
+    "Dassl.pytorch": ("KaiyangZhou/Dassl.pytorch", "c61a1b570ac6333bd50fb5ae06aea59002fb20bb"),
 }
 # Each fixture: the folders put on sys.path (first wins) and the references it records.
 FIXTURES = {
@@ -78,6 +93,10 @@ FIXTURES = {
     "atprompt_pets": (["ATPrompt", "ATPrompt/Dassl.pytorch"], ["ATPrompt"]),
     "pre": (["PRE", "MSGCoOp/Dassl.ProGrad.pytorch"], ["PRE", "MSGCoOp"]),  # PRE.md: built on Dassl.ProGrad
     "msgcoop": (["MSGCoOp/MSGCoOp", "MSGCoOp/Dassl.ProGrad.pytorch"], ["MSGCoOp"]),
+    "mocoop": (["mocoop", "Dassl.pytorch"], ["mocoop", "Dassl.pytorch"]),
+    "mocoop_words_after": (["mocoop", "Dassl.pytorch"], ["mocoop", "Dassl.pytorch"]),
+    "ogen": (["ml-ogen", "Dassl.pytorch"], ["ml-ogen", "Dassl.pytorch"]),
+    "mvlpt": (["MVLPT", "Dassl.pytorch"], ["MVLPT", "Dassl.pytorch"]),
 }
 # Class descriptions of the fixture's classes (CuPL's and TFUP's format: class name -> sentences).
 DESCRIPTIONS = {
@@ -379,7 +398,275 @@ def gen_msgcoop(data: dict, refs: Path, tmp: Path) -> dict:
     return out
 
 
+# MoCoOp's templates for the fixtures, in groups (1, 2, 2); the experts start from the groups' first templates.
+# mocoop: words before the class name only, every word one BPE token (where the reference's word count and
+# vlprompt's token count agree). mocoop_words_after: one expert with words after the class name, whose slot in the
+# reference also takes the end-of-text position (a known difference, see vlprompt.methods.mocoop).
+MOCOOP_TEMPLATES = {
+    "mocoop": ["a photo of a {}.", "a photo of many {}.", "a good photo of the {}.", "art of the {}.", "itap of a {}."],
+    "mocoop_words_after": [
+        "a photo of a {}.",
+        "a {} in a video game.",
+        "a photo of many {}.",
+        "art of the {}.",
+        "a good photo of the {}.",
+    ],
+}
+MOCOOP_GROUPS = [1, 2, 2]
+
+
+def gen_mocoop(data: dict, refs: Path, tmp: Path, name: str = "mocoop") -> dict:
+    """MoCoOp (prompting/moe.py) with configs/MoCoOp/vit_b16_c4_ep25_batch32_cls_t2t_5_wcl_25_g1_b_lr32.yaml
+    (text-to-text weight 5, gate weight 1, correction vector on, precision "amp": on the CPU autocast and the
+    GradScaler switch themselves off, the gradient is still clipped at norm 1), the image encoder's LayerNorms
+    frozen (``FINETUNE_VIT_LN`` False: vlprompt trains on cached features), all classes (``SUBSAMPLE_CLASSES``
+    "all", so the text-to-text loss runs over the training classes, as vlprompt's); one training step.
+
+    The released ``extend_cfg`` declares neither ``GROUPS`` nor ``PROMPTS``, which moe.py reads (the dataset
+    files name the templates ``LASP_PROMPTS``): both are set on the config before the trainer is built. The
+    correction vector ``w`` is sized by the text width (``ctx_dim``) but added to the projected text features;
+    at ViT-B/16 both are 512, on the tiny CLIP 128 and 32: it is rebuilt (zeros, as the reference's) with the
+    embedding width right after the prompt learner's ``__init__``, before the optimiser is made."""
+    sys.modules.setdefault("wandb", types.ModuleType("wandb"))  # train.py and moe.py log to Weights & Biases
+    from prompting import moe
+    from prompting.moe import MoCoOp, increase_top2_logits
+
+    original = moe.PromptLearner.__init__
+
+    def init(self, cfg, classnames, clip_model, *args):
+        original(self, cfg, classnames, clip_model, *args)
+        self.w = torch.nn.Parameter(torch.zeros(1, clip_model.visual.output_dim))
+
+    moe.PromptLearner.__init__ = init
+
+    repo = refs / "mocoop"
+    config = "configs/MoCoOp/vit_b16_c4_ep25_batch32_cls_t2t_5_wcl_25_g1_b_lr32.yaml"
+    opts = ["TRAINER.MoCoOp.FINETUNE_VIT_LN", False, "DATASET.SUBSAMPLE_CLASSES", "all"]
+    torch.manual_seed(0)
+    cfg = regenerate.reference_cfg(repo, config, ["DATASET.NAME", "Caltech101", *opts])
+    templates = MOCOOP_TEMPLATES[name]
+    cfg.TRAINER.MoCoOp.PROMPTS = list(templates)
+    cfg.TRAINER.MoCoOp.GROUPS = list(MOCOOP_GROUPS)
+    classes = list(data["classnames"])
+    t = regenerate.dassl_trainer(MoCoOp, cfg, classes, all_class_names=classes)
+    m = t.model
+    pl = m.prompt_learner
+    firsts = [sum(MOCOOP_GROUPS[:g]) for g in range(len(MOCOOP_GROUPS))]
+    params = {"correction": "prompt_learner.w", "router.weight": "prompt_learner.gate.weight"}
+    params["router.bias"] = "prompt_learner.gate.bias"
+    for e in range(len(firsts)):  # an empty part (no words before or after the class name) is no slot in vlprompt
+        for part in ("before", "after"):
+            if getattr(pl, f"ctx_{part}_{e}").shape[0]:
+                params[f"experts.{e}.slots.{part}"] = f"prompt_learner.ctx_{part}_{e}"
+    out = {
+        "settings": {"config": config, "opts": opts, "templates": templates, "groups": MOCOOP_GROUPS},
+        "init": regenerate.named(m, params),
+    }
+    m.eval()
+    with torch.no_grad():
+        image = regenerate.normalize(m.image_encoder(data["images"]))
+        mixed, gate, _, experts = m.compute_gated_text_feature(image, m.tokenized_prompts_all_experts)
+        out["expert_text_features"], out["prototypes"], out["gate"] = experts, m.group_features, gate
+        out["logits"] = m(data["images"])
+    with torch.no_grad():  # the loss terms as forward() adds them in training
+        ce, _ = m.loss(image, mixed, data["labels"], t=m.logit_scale, instance_loss=True)
+        t2t, _ = m.forward_text_to_text(experts, indices=None)
+        target = torch.einsum("bd, gbd->bg", image, m.group_features[:, data["labels"]])
+        routing = F.cross_entropy(gate, F.softmax(increase_top2_logits(target, increment=10.0), dim=1))
+    out["lr"] = regenerate.current_lr(t)
+    summary = regenerate.step(t, data["images"], data["labels"])
+    out["loss"] = {"total": summary["loss"], "ce": ce.item(), "t2t": t2t.item(), "gate": routing.item()}
+    out["grad_norm"] = float(torch.stack([p.grad.norm() for p in m.parameters() if p.grad is not None]).norm())
+    out["grad"], out["after"] = regenerate.grads(m, params), regenerate.named(m, params)
+    out["labels"] = data["labels"]
+    return out
+
+
+OGEN_NEW_CLASSES = ["red_panda", "sun_flower", "cup", "dog"]  # the names OGEN reads of classes without images
+
+
+def gen_ogen(data: dict, refs: Path, tmp: Path) -> dict:
+    """OGEN (trainers/ogen.py) with configs/trainers/OGEN/vit_b16_ep50_ctxv1.yaml as scripts/ogen/
+    base2new_train_ep50.sh runs it (4 tokens from "a photo of a", k = 3, new class names given; precision fp16,
+    train.py's default, fp32 by the stubs): one step in the generator's warm phase (epoch 0) and one in the joint
+    phase (epoch 10 = 20% of 50), each from the same initial state. Adapted to run here:
+
+    * the class statistics that ``CustomCLIP`` loads from ./data/<dataset>/features_{mean,std}_base.pth (not
+      shipped) are written to a temporary working directory: the per-class mean and standard deviation (1/N) of
+      the batch's normalised image features, as vlprompt computes them from its feature bank;
+    * the generator's attention and FFN are hard-coded at width 512 (ViT-B/16's): rebuilt at the tiny model's 32
+      with the reference's own classes right after the prompt learner's ``__init__``, attention dropout 0 (its
+      random masks cannot be matched across programs; vlprompt's ``dropout`` option is set to 0 as well);
+    * ``torch.rand(1, 512)`` (the neighbours' feature draw u, width hard-coded) returns a recorded u of width 32;
+      in the joint phase the reference draws u twice (``forward`` is called again for the MSE targets, a fresh
+      draw for the neighbours' target) and both draws return the same u, the single draw vlprompt takes (the two
+      are independent draws of one distribution);
+    * ``register_model`` is called with a teacher model (the released code needs a modified Dassl that is not
+      published): the teacher is dropped (it is never used in training).
+    """
+    import os
+
+    from dassl.engine.trainer import TrainerBase
+    from trainers import ogen
+
+    dim = tiny_clip.EMBED_DIM
+    original = ogen.PromptLearner.__init__
+
+    def init(self, *args):
+        original(self, *args)
+        self.multihead_attn = torch.nn.MultiheadAttention(dim, 4, dropout=0.0, batch_first=True)
+        self.ffn = ogen.MLP(dim, dim, dim, 2)
+
+    ogen.PromptLearner.__init__ = init
+    ogen.OGEN.register_model = lambda self, name, model, teacher, optim, sched: TrainerBase.register_model(
+        self, name, model, optim, sched
+    )
+    u = torch.rand(1, dim, generator=torch.Generator().manual_seed(5))
+    torch.rand = lambda *size, **kwargs: u.clone()
+    labels = data["labels"]
+    with torch.no_grad():
+        features = regenerate.normalize(tiny_model().encode_image(data["images"]))
+    n_cls = len(data["classnames"])
+    mean = torch.stack([features[labels == c].mean(0) for c in range(n_cls)])
+    std = torch.stack([features[labels == c].std(0, unbiased=False) for c in range(n_cls)])
+    (tmp / "data" / "caltech-101").mkdir(parents=True)
+    torch.save(mean, tmp / "data" / "caltech-101" / "features_mean_base.pth")
+    torch.save(std, tmp / "data" / "caltech-101" / "features_std_base.pth")
+    config = "configs/trainers/OGEN/vit_b16_ep50_ctxv1.yaml"
+    opts = ["DATASET.SUBSAMPLE_CLASSES", "base"]
+    cfg = regenerate.reference_cfg(refs / "ml-ogen", config, ["DATASET.NAME", "Caltech101", *opts])
+    params = {"prompt_learner.ctx": "prompt_learner.ctx"}
+    for w in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"):
+        params[f"generator.attn.{w}"] = f"prompt_learner.multihead_attn.{w}"
+    for ours, theirs in (("0", "0"), ("2", "1")):
+        for w in ("weight", "bias"):
+            params[f"generator.ffn.{ours}.{w}"] = f"prompt_learner.ffn.layers.{theirs}.{w}"
+
+    def trainer():
+        torch.manual_seed(0)
+        cwd = os.getcwd()
+        os.chdir(tmp)
+        try:
+            return regenerate.dassl_trainer(ogen.OGEN, cfg, data["classnames"], _classnames_new=OGEN_NEW_CLASSES)
+        finally:
+            os.chdir(cwd)
+
+    t = trainer()
+    m = t.model
+    k = m.k
+    out = {
+        "settings": {"config": config, "opts": opts, "new_classes": OGEN_NEW_CLASSES, "k": k, "dropout": 0.0},
+        "init": regenerate.named(m, params),
+        "class_mean": mean,
+        "class_std": std,
+        "neighbours": m.closest_classes_base,
+        "u": u,
+        "labels": labels,
+    }
+    m.eval()
+    with torch.no_grad():
+        out["text_features"] = regenerate.normalize(m.text_encoder(m.prompt_learner(), m.tokenized_prompts))
+        out["new_text_features"] = regenerate.normalize(
+            m.text_encoder(m.prompt_learner.forward_new(), m.tokenized_prompts_new)
+        )
+        out["logits"] = m(data["images"], aug=False)
+        logits, z, y, z_nb, y_nb, z_new, y_new, g, image, g_nb, values = m(data["images"], label=labels)
+        gen = F.mse_loss(g, image) * 512 + F.mse_loss(g_nb, values) * 512
+        syn = F.cross_entropy(z, y) * 0.25 + F.cross_entropy(z_nb, y_nb) * 0.25 / k
+        syn = syn + F.cross_entropy(logits, labels) * 0.25
+        new = F.cross_entropy(z_new, y_new) * 0.5 / k
+    out["generated"], out["new_classes_near"] = g, y_new
+    out["lr"] = regenerate.current_lr(t)
+    for phase, epoch in (("warm", 0), ("joint", int(cfg.OPTIM.MAX_EPOCH * 0.2))):
+        t = trainer() if phase == "joint" else t
+        t.model.train()
+        with contextlib.redirect_stdout(io.StringIO()):
+            summary = t.forward_backward({"img": data["images"], "label": labels}, epoch=epoch)
+        terms = {"gen": gen.item()} if phase == "warm" else {"gen": gen.item(), "syn": syn.item(), "new": new.item()}
+        grads = {n: p.grad for n, p in t.model.named_parameters()}
+        out[phase] = {
+            "epoch": epoch,
+            "loss": {"total": summary["loss"], **terms},
+            "grad": {ours: grads[theirs].clone() for ours, theirs in params.items() if grads[theirs] is not None},
+            "after": regenerate.named(t.model, params),
+        }
+    return out
+
+
+MVLPT_SECOND_SOURCE = [
+    "red_panda",
+    "sun_flower",
+    "cup",
+]  # the second source dataset's classes (the first: the fixture's)
+MVLPT_SECOND_LABELS = [0, 1, 2, 0, 1, 2]  # its labels for the fixture's validation images 0-5
+
+
+def gen_mvlpt(data: dict, refs: Path, tmp: Path) -> dict:
+    """MVLPT's multitask stage, MCoOp (trainers/mvlpt.py) as scripts/mvlpt/main_mt_coopdata_cut.sh runs it with
+    configs/trainers/MVLPT/vit_b16.yaml: 16 context tokens from N(0, 0.02²), the class name in the middle, the
+    sources' label spaces concatenated (``MVLPTCOOPDataManager``: the second source's labels offset by the first's
+    class count), the cut context length; precision fp16 (train.py's default), fp32 by the stubs. Two sources:
+    the fixture's images and classes, and its validation images 0-5 as a second dataset of 3 classes; one
+    training step on the 12 images. Then the source-prompt averaging of scripts/avg_ckpt.py (``average_ckpt``) on
+    three checkpoints whose contexts are the initial one plus seeded noise."""
+    # ELEVATER's loaders and metrics (used by the other data managers), which need its vision_datasets package
+    bench = {"evaluation": ("construct_dataloader", "construct_multitask_dataset")}
+    bench["datasets"] = ("class_map_metric", "get_metric")
+    sys.modules["trainers.vision_benchmark"] = types.ModuleType("trainers.vision_benchmark")
+    for module, names in bench.items():
+        stub = sys.modules[f"trainers.vision_benchmark.{module}"] = types.ModuleType(module)
+        for name in names:
+            setattr(stub, name, None)
+    import numpy as np
+    from trainers.mvlpt import MVLPT
+
+    repo = refs / "MVLPT"
+    config = "configs/trainers/MVLPT/vit_b16.yaml"
+    opts = ["TRAINER.MVLPT.VPT.N_CTX", 0, "TRAINER.MVLPT.COOP.N_CTX", 16, "TRAINER.MVLPT.COOP.CLASS_TOKEN_POSITION"]
+    opts += ["middle", "TRAINER.MVLPT.COOP.CSC", False, "TRAINER.CUT_CONTEXTLEN", True]
+    opts += ["DATASET.COOP", True, "DATASET.MULTITASK", True]
+    classnames = list(data["classnames"]) + MVLPT_SECOND_SOURCE
+    images = torch.cat([data["images"], data["val_images"][:6]])
+    labels = torch.cat([data["labels"], torch.tensor(MVLPT_SECOND_LABELS) + len(data["classnames"])])
+    domains = torch.tensor([0] * 6 + [1] * 6)
+    torch.manual_seed(0)
+    cfg = regenerate.reference_cfg(repo, config, ["DATASET.NAME", "Caltech101", *opts])
+    t = regenerate.dassl_trainer(MVLPT, cfg, classnames)
+    t.multi_task, t.multi_task_label_pertask = True, False  # what its build_data_loader sets
+    m = t.model
+    params = {"prompt_learner.ctx": "prompt_learner.ctx"}
+    out = {
+        "settings": {"config": config, "opts": opts, "sources": [list(data["classnames"]), MVLPT_SECOND_SOURCE]},
+        "init": regenerate.named(m, params),
+        "labels": labels,
+    }
+    m.eval()
+    with torch.no_grad():
+        prompts = m.prompt_learner.forward_coop(m.prompt_learner.ctx)
+        out["text_features"] = regenerate.normalize(m.text_encoder(prompts, m.tokenized_prompts))
+        out["logits"] = m(images)
+    out["lr"] = regenerate.current_lr(t)
+    m.train()
+    with contextlib.redirect_stdout(io.StringIO()):
+        summary = t.forward_backward({"img": images, "label": labels, "domain": domains})
+    out["loss"] = {"ce": summary["loss"]}
+    out["grad"], out["after"] = regenerate.grads(m, params), regenerate.named(m, params)
+    gen = torch.Generator().manual_seed(7)
+    start = out["init"]["prompt_learner.ctx"]
+    contexts = torch.stack([start + 0.05 * torch.randn(start.shape, generator=gen) for _ in range(3)])
+    checkpoints = [{"state_dict": {"ctx": c}, "epoch": 200, "val_result": 0.5} for c in contexts]
+    state = {key: [c[key] for c in checkpoints] for key in checkpoints[0]}
+    average = function_from(repo / "scripts" / "avg_ckpt.py", "average_ckpt", {"np": np, "torch": torch})
+    with contextlib.redirect_stdout(io.StringIO()):
+        out["source_contexts"], out["averaged_context"] = contexts, average(state)["state_dict"]["ctx"]
+    return out
+
+
 GENERATORS = {
+    "mvlpt": gen_mvlpt,
+    "ogen": gen_ogen,
+    "mocoop": gen_mocoop,
+    "mocoop_words_after": lambda data, refs, tmp: gen_mocoop(data, refs, tmp, "mocoop_words_after"),
     "msgcoop": gen_msgcoop,
     "pre": gen_pre,
     "tpt_coop": lambda data, refs, tmp: gen_tpt(data, refs, tmp, trained=True),

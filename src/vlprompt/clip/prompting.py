@@ -215,6 +215,19 @@ def format_tokens(tokenizer, text: str) -> int:
     return int(tokenizer([text.strip()])[0].argmax()) - 1
 
 
+def piece_ids(tokenizer, text: str) -> list[int]:
+    """The BPE token ids of ``text`` between SOS and EOS."""
+    if not text.strip():
+        return []
+    row = tokenizer([text.strip()])[0]
+    return row[1 : int(row.argmax())].tolist()
+
+
+def shortened(name: str, limit: int = 60) -> str:
+    """A class name for a one-line message: its repr, cut to ``limit`` characters with the total length."""
+    return repr(name) if len(name) <= limit else f"{name[:limit]!r}… ({len(name)} characters)"
+
+
 class PatternPrompts(nn.Module):
     """Prompts that mix hard words, learnable slots and the class name anywhere (ATPrompt, MoCoOp, KAPT).
 
@@ -294,22 +307,27 @@ class PatternPrompts(nn.Module):
         positions: dict[str, list[list[int]]] = {name: [] for name in self.slots}
         for i, c in enumerate(classnames):
             if int(eot[i]) >= length - 1:
-                raise ValueError(f"the prompt {self.text(c)!r} does not fit the text encoder's {length} tokens")
-            at = 1  # after SOS
+                raise ValueError(
+                    f"the prompt for class {shortened(c)} does not fit the text encoder's {length} tokens; "
+                    "give the class a shorter name (a user dataset: in its classnames file)"
+                )
+            ids: list[int] = []  # the prompt tokenized piece by piece, up to the end of the last slot
+            end = 0
             for lit, field in self.pieces:
-                at += format_tokens(self.tokenizer, lit)
+                ids += piece_ids(self.tokenizer, lit)
                 if field == "":
-                    at += format_tokens(self.tokenizer, prompt_name(c))
+                    ids += piece_ids(self.tokenizer, prompt_name(c))
                 elif field is not None:
                     n = self.slots[field].shape[0]
-                    positions[field].append(list(range(at, at + n)))
-                    at += n
-            if at != int(eot[i]) or any(
-                not bool((tokens[i, p[-1]] == placeholder).all()) for p in (positions[f][-1] for f in self.slots)
-            ):
+                    positions[field].append(list(range(1 + len(ids), 1 + len(ids) + n)))
+                    ids += [placeholder] * n
+                    end = len(ids)
+            # a slot's positions hold where the whole prompt is tokenized as its pieces up to the last slot (after
+            # it, punctuation may merge with the class name: 'say "hi"' + "." ends in the one token '".')
+            if tokens[i, 1 : 1 + end].tolist() != ids[:end]:
                 raise ValueError(
                     f"prompt pattern {self.pattern!r} tokenizes differently in pieces than whole for "
-                    f"class {c!r}; separate slots from words and punctuation by spaces"
+                    f"class {shortened(c)}; separate slots from words and punctuation by spaces"
                 )
         with torch.no_grad():
             emb = self.encoder.embed(tokens)  # (n_cls, L, width)

@@ -32,8 +32,10 @@ attribute is one token, i.e. every dataset but OxfordPets) writes the soft token
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -62,6 +64,18 @@ class ReferenceSlicedPrompts(PatternPrompts):
 
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+@contextlib.contextmanager
+def prompt_errors(method: str) -> Iterator[None]:
+    """A class name that cannot be written into the method's prompts (longer than the text encoder's context, or
+    tokenized so that a learnable slot has no place) as a MethodError: one line naming the class and the fix."""
+    try:
+        yield
+    except MethodError:
+        raise
+    except ValueError as err:
+        raise MethodError(f"{method}: {err}") from None
 
 
 @lru_cache(maxsize=4)
@@ -117,7 +131,7 @@ class ATPrompt(CoOp):
 
     def __init__(self, config: ATPromptConfig, ctx: MethodContext):
         if config.csc or config.class_token_position != "end" or config.ctx_init:
-            raise ValueError(
+            raise MethodError(
                 "atprompt: shared, randomly initialised context with the class at the end only (as the reference)"
             )
         Method.__init__(self, config, ctx)
@@ -138,6 +152,11 @@ class ATPrompt(CoOp):
             )
         gen = torch.Generator().manual_seed(ctx.seed)
         prompts = ReferenceSlicedPrompts if config.attribute_tokens == "reference" else PatternPrompts
-        self.prompt_learner = prompts(
-            ctx.encoder, ctx.backbone.tokenizer, ctx.classnames, pattern, slots, init, generator=gen
-        )
+        with prompt_errors(self.name):
+            self.prompt_learner = prompts(
+                ctx.encoder, ctx.backbone.tokenizer, ctx.classnames, pattern, slots, init, generator=gen
+            )
+
+    def set_classes(self, classnames: list[str]) -> None:
+        with prompt_errors(self.name):
+            super().set_classes(classnames)

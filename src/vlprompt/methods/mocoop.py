@@ -31,7 +31,10 @@ tokens, the router and b; gradients are clipped to norm 1 after each backward (`
 Deviations: the reference also fine-tunes the image encoder's LayerNorms (``FINETUNE_VIT_LN``), impossible on
 cached features; its text-to-text loss runs over the names of all classes of the dataset (new ones included),
 here over the training classes only (the protocol gives a method no other names); its experts' prompts drop the
-final "." that their prototypes keep, here both keep it.
+final "." that their prototypes keep (it strips every "." from the template), here both keep it by default
+(``expert_full_stop: false`` writes the experts as the reference; the template the expert starts from ends with
+"." and the prototype it is matched to is written with it, so keeping it is the reading of the method, the
+reference's omission a side effect of its string handling).
 
 Known difference, kept on purpose: the reference sizes an expert's learnable parts by WORDS
 (``len(words.split(" "))``) and takes that many token embeddings, while the text is cut into BPE tokens; here a
@@ -58,7 +61,7 @@ from torch import nn
 
 from vlprompt.clip.backbone import encode_prompts
 from vlprompt.clip.prompting import PatternPrompts, class_prompts, format_tokens
-from vlprompt.methods.atprompt import is_user_dataset, per_dataset
+from vlprompt.methods.atprompt import is_user_dataset, per_dataset, prompt_errors
 from vlprompt.methods.base import Method, MethodContext, MethodError, TrainConfig, normalize, register
 
 
@@ -75,17 +78,20 @@ class MoCoOpConfig(TrainConfig):
     gate_boost: float = 10.0  # added to the top-2 routing targets (the reference's increase_top2_logits)
     correction: bool = True  # the shared vector b added to every expert's text features
     grad_clip: float = 1.0  # max gradient norm (0: off)
+    expert_full_stop: bool = True  # the experts' prompts end with "." as their prototypes (False: the reference's)
 
 
-def expert_pattern(template: str) -> tuple[str, dict[str, str]]:
-    """A template "words {} words." as a pattern with learnable slots for the words around the class name."""
+def expert_pattern(template: str, full_stop: bool = True) -> tuple[str, dict[str, str]]:
+    """A template "words {} words." as a pattern with learnable slots for the words around the class name,
+    ending with "." (``full_stop``) or not (the reference's experts)."""
     if template.count("{}") != 1:
         raise MethodError(f"mocoop: template {template!r} must hold one '{{}}'")
     before, after = template.split("{}")
     after = after.rstrip()
     after = after[:-1] if after.endswith(".") else after
     init = {k: v.strip() for k, v in (("before", before), ("after", after)) if v.strip()}
-    pattern = ("{before} " if "before" in init else "") + "{}" + (" {after}" if "after" in init else "") + "."
+    pattern = ("{before} " if "before" in init else "") + "{}" + (" {after}" if "after" in init else "")
+    pattern += "." if full_stop else ""
     return pattern, init
 
 
@@ -137,9 +143,10 @@ class MoCoOp(Method):
         tok = ctx.backbone.tokenizer
         experts = []
         for i in firsts:
-            pattern, init = expert_pattern(templates[i])
+            pattern, init = expert_pattern(templates[i], config.expert_full_stop)
             slots = {k: format_tokens(tok, v) for k, v in init.items()}
-            experts.append(PatternPrompts(ctx.encoder, tok, ctx.classnames, pattern, slots, init))
+            with prompt_errors(self.name):
+                experts.append(PatternPrompts(ctx.encoder, tok, ctx.classnames, pattern, slots, init))
         self.experts = nn.ModuleList(experts)
         dim = ctx.backbone.embed_dim
         self.correction = nn.Parameter(torch.zeros(1, dim, device=ctx.device), requires_grad=config.correction)
@@ -150,7 +157,8 @@ class MoCoOp(Method):
 
     def set_classes(self, classnames: list[str]) -> None:
         for e in self.experts:
-            cast(PatternPrompts, e).set_classes(classnames)  # nn.ModuleList is not generic
+            with prompt_errors(self.name):
+                cast(PatternPrompts, e).set_classes(classnames)  # nn.ModuleList is not generic
         self.set_prototypes(classnames)
 
     def set_prototypes(self, classnames: list[str]) -> None:

@@ -19,6 +19,9 @@ drawn once per batch (as the reference):
     L_gen = D·MSE(z, x̂) + D·MSE(z', V)                                        (D = feature width; 512 in the reference)
     L_syn = ¼ CE(s·zWᵀ, y) + ¼ CE(s·z'Wᵀ, N(y)) / k + ¼ CE(s·x̂Wᵀ, y)          (the real-image CE is CoOp's)
 
+(the reference writes L_gen's factor as the constant 512, ViT-B/16's D, which makes each term a squared distance
+per feature summed over the dimensions; here it is the backbone's D, ``gen_loss_scale`` sets another value);
+
 and the unseen-class term, which the reference always adds (``CustomCLIP`` is built with ``classnames_new``, the
 dataset's new classes): with the prompted features W_u of the names of classes without images, the k unseen
 classes nearest to w_b and z''_b = G(W_u[those], w_b, x̂_b), it adds ½ CE(s·z''W_uᵀ, those) / k. OGEN declares
@@ -65,6 +68,7 @@ class OGENConfig(CoOpConfig):
     distill_weight: float = 1.0  # λ_sd (assumption)
     teacher_window: float = 0.5  # local mean teacher over the last ⌈window · epoch⌉ epochs (assumption)
     use_unseen_names: bool = True  # use the new classes' names when the run gives them (the reference: always)
+    gen_loss_scale: float | None = None  # weight of each MSE term of L_gen; None: the feature width D (see below)
 
 
 class FeatureGenerator(nn.Module):
@@ -161,8 +165,8 @@ class OGEN(CoOp):
         values = self.class_mean[nb] + u * self.class_std[nb]  # (B, k, D)
         z = self.generator(w, keys, values)  # (B, D)
         z_nb = self.generator(keys, w, x_hat.unsqueeze(1))  # (B·k, D)
-        dim = x_hat.shape[1]
-        gen = dim * F.mse_loss(z, x_hat) + dim * F.mse_loss(z_nb, values.flatten(0, 1))
+        scale = x_hat.shape[1] if self.config.gen_loss_scale is None else self.config.gen_loss_scale
+        gen = scale * F.mse_loss(z, x_hat) + scale * F.mse_loss(z_nb, values.flatten(0, 1))
         return z, z_nb, nb, w, gen
 
     def loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
