@@ -232,6 +232,25 @@ def kept_patches(model: CLIP, keep: torch.Tensor | None) -> Iterator[None]:
             handle.remove()
 
 
+def patch_features(model: CLIP, images: torch.Tensor) -> torch.Tensor:
+    """(B, grid², D) the last block's patch tokens of the plain image tower through ``ln_post`` and the projection,
+    in the joint embedding space (as the class token is; MaskCLIP's reading of patch tokens)."""
+    visual = _visual(model)
+    grid = visual.positional_embedding.shape[0] - 1
+    seen: list[torch.Tensor] = []
+
+    def keep(module, args, out):  # (B, L, width) batch first
+        seen.append(out)
+
+    handle = visual.transformer.register_forward_hook(keep)
+    try:
+        model.encode_image(images)
+    finally:
+        handle.remove()
+    tokens = visual.ln_post(seen[0][:, 1 : 1 + grid])
+    return tokens @ visual.proj if visual.proj is not None else tokens
+
+
 def encode_image(model: CLIP, images: torch.Tensor, prompts: Sequence[torch.Tensor] = ()) -> torch.Tensor:
     """``model.encode_image(images)`` (unnormalised) with deep vision prompts."""
     with vision_prompts(model, prompts):
