@@ -1,10 +1,10 @@
 """DiSa: directional saliency-aware prompt learning (IVLP prompts, PromptSRC's regulation, cross-interactive and
 directional terms).
 
-"DiSa: Directional Saliency-Aware Prompt Learning for Generalizable Vision-Language Models" (KDD 2025). No official
-code was found (a paper list marks it "No code available"), so this is a documented reading of the abstract and the
-summaries that could be read; every detail they leave open is a Config field marked "assumption" below, and the
-catalogue says so.
+Alipour Talemi et al., "DiSa: Directional Saliency-Aware Prompt Learning for Generalizable Vision-Language
+Models", KDD 2025 (arXiv 2505.19373). No official code was found (a paper list marks it "No code available"), so
+this is a documented reading of the abstract and the summaries that could be read; every detail they leave open is
+a Config field marked "assumption" below, and the catalogue says so.
 
 Prompts as IVLP (:mod:`vlprompt.methods.ivlp`), with PromptSRC's self-regulation as L_SR
 (:func:`vlprompt.methods.promptsrc.promptsrc_losses`, its weights, teacher templates and Gaussian prompt
@@ -95,7 +95,10 @@ def kept_by_saliency(saliency: torch.Tensor, ratio: float) -> torch.Tensor | Non
 @register
 class DiSa(PromptSRC):
     name = "disa"
-    paper = "DiSa: Directional Saliency-Aware Prompt Learning for Generalizable Vision-Language Models, KDD 2025"
+    paper = (
+        "Alipour Talemi et al., DiSa: Directional Saliency-Aware Prompt Learning for Generalizable Vision-Language "
+        "Models, KDD 2025"
+    )
     description = (
         "IVLP prompts with PromptSRC's regulation, cross-interactive terms on a saliency-masked second view and "
         "a directional term towards class prototypes (a documented reading; no official code)"
