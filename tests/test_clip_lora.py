@@ -222,17 +222,7 @@ def test_fresh_adapters_are_zero_shot_clip(pocket_random_backbone):
 
 def test_a_run_trains_resumes_and_evaluates_on_images(tmp_path_factory):
     """Through the image runner: metrics, model, and a killed run resumed to the same adapters."""
-    from test_deep_prompts import mini as make_mini
-    from vlprompt.training.image_runs import run
+    from test_deep_prompts import run_and_resume
 
-    cfg, root = make_mini.__wrapped__(tmp_path_factory)
-    cfg = {**cfg, "method_overrides": {"clip_lora": {"epochs": 3, "batch_size": 2}}}
-    full = run(cfg, "pocket_dark", "clip_lora", 2, 1, root / "full", progress=False)
+    full = run_and_resume(tmp_path_factory, "clip_lora", {"epochs": 3, "batch_size": 2})
     assert full["base_n"] == 4 and full["new_n"] == 4 and full["train"]["steps_per_epoch"] == 2
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, "pocket_dark", "clip_lora", 2, 1, root / "killed", progress=False, stop_after=1)
-    resumed = run(cfg, "pocket_dark", "clip_lora", 2, 1, root / "killed", progress=False)
-    assert resumed["train"]["loss_history"] == full["train"]["loss_history"]
-    a = torch.load(root / "full" / "model.pt", weights_only=False)["state"]
-    b = torch.load(root / "killed" / "model.pt", weights_only=False)["state"]
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

@@ -327,6 +327,25 @@ def mini(tmp_path_factory):
     return cfg, root
 
 
+def run_and_resume(tmp_path_factory, method: str, overrides: dict) -> dict:
+    """``method`` through the image runner on ``mini`` (2 shots, seed 1): a full run, and a run killed after its
+    first epoch then resumed, which must end with the same loss history and the same saved state. The full run's
+    metrics."""
+    from vlprompt.training.image_runs import run
+
+    cfg, root = mini.__wrapped__(tmp_path_factory)
+    cfg = {**cfg, "method_overrides": {method: overrides}}
+    full = run(cfg, "pocket_dark", method, 2, 1, root / "full", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, "pocket_dark", method, 2, 1, root / "killed", progress=False, stop_after=1)
+    resumed = run(cfg, "pocket_dark", method, 2, 1, root / "killed", progress=False)
+    assert resumed["train"]["loss_history"] == full["train"]["loss_history"]
+    a = torch.load(root / "full" / "model.pt", weights_only=False)["state"]
+    b = torch.load(root / "killed" / "model.pt", weights_only=False)["state"]
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    return full
+
+
 TINY = {"epochs": 2, "batch_size": 2}
 
 

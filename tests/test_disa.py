@@ -96,17 +96,8 @@ def test_prototypes_are_running_class_means_of_the_frozen_first_view(backbone, i
 
 def test_a_run_on_the_pocket_world_trains_and_resumes(tmp_path_factory):
     """Two views through the image runner; a killed run resumes to the same state (prototypes and GPA included)."""
-    from test_deep_prompts import mini as make_mini
-    from vlprompt.training.image_runs import run
+    from test_deep_prompts import run_and_resume
 
-    cfg, root = make_mini.__wrapped__(tmp_path_factory)
-    cfg = {**cfg, "method_overrides": {"disa": {"epochs": 3, "batch_size": 2, "depth_text": 2, "depth_vision": 2}}}
-    full = run(cfg, "pocket_dark", "disa", 2, 1, root / "full", progress=False)
+    overrides = {"epochs": 3, "batch_size": 2, "depth_text": 2, "depth_vision": 2}
+    full = run_and_resume(tmp_path_factory, "disa", overrides)
     assert full["train"]["steps_per_epoch"] == 2 and "running mean" in full["method_info"]["prototypes"]
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, "pocket_dark", "disa", 2, 1, root / "killed", progress=False, stop_after=1)
-    resumed = run(cfg, "pocket_dark", "disa", 2, 1, root / "killed", progress=False)
-    assert resumed["train"]["loss_history"] == full["train"]["loss_history"]
-    a = torch.load(root / "full" / "model.pt", weights_only=False)["state"]
-    b = torch.load(root / "killed" / "model.pt", weights_only=False)["state"]
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

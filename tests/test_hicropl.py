@@ -4,14 +4,12 @@ mapping (written back outside autograd, aliased vision prompts and proxies), and
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
-from test_reference_equivalence import backbone, close, context, fixture, inputs, trainable  # noqa: F401
+from test_reference_equivalence import backbone, close, context, fixture, inputs, loop_step, trainable  # noqa: F401
 from vlprompt.methods import MethodError, get_method
-from vlprompt.training.loop import lr_at, train_loop
+from vlprompt.training.loop import lr_at
 
 GRAD_RTOL = 5e-5
 
@@ -28,21 +26,6 @@ def hicropl(backbone, fix: dict, **overrides):  # noqa: F811
         for n, p in params.items():
             p.copy_(fix["init"][n].float())
     return method
-
-
-def one_step(method, images, labels, tmp_path) -> None:
-    cfg = dataclasses.replace(method.config, epochs=1, batch_size=len(labels))
-    train_loop(
-        method,
-        cfg,
-        0,
-        torch.device("cpu"),
-        len(labels),
-        lambda e, g, s: [(images, labels)],
-        tmp_path / "checkpoint.pt",
-        checkpoint_every=10**6,
-        progress=False,
-    )
 
 
 def test_one_step_equals_the_reference(backbone, inputs, tmp_path):  # noqa: F811
@@ -72,7 +55,7 @@ def test_one_step_equals_the_reference(backbone, inputs, tmp_path):  # noqa: F81
     close(loss, fix["loss"]["total"], what="total loss")
     method.load_state_dict(state)  # back to the state the reference's step started from
     assert lr_at(method.config, 0) == fix["lr"]
-    one_step(method, images, labels, tmp_path)
+    loop_step(method, images, labels, tmp_path)
     for n, p in trainable(method).items():
         if n in fix["grad"]:
             assert p.grad is not None, n
@@ -119,7 +102,7 @@ def test_autograd_mapping_trains_the_mappers_and_keeps_the_stored_prompts(backbo
         method(inputs["images"])
     assert all(torch.equal(p, before[n]) for n, p in trainable(method).items())  # nothing written back
     method.train()
-    one_step(method, inputs["images"], fix["labels"], tmp_path)
+    loop_step(method, inputs["images"], fix["labels"], tmp_path)
     for n, p in trainable(method).items():
         assert p.grad is not None and p.grad.abs().sum() > 0, n  # the mappers, poolings and proxies train
         assert not torch.equal(p.detach(), before[n]), n
@@ -140,20 +123,9 @@ def test_depth_and_cross_layer_are_capped_together_and_bad_ones_refused(backbone
 def test_a_run_on_the_pocket_world_trains_and_resumes(tmp_path_factory, mapping):
     """Through the image runner, on the pocket CLIP (4 blocks: the preset's depth 12 and cross layer 6 become 4 and 2),
     with the pocket rule's descriptions; a killed run resumes to the same state (the written-back prompts included)."""
-    from test_deep_prompts import mini as make_mini
-    from vlprompt.training.image_runs import run
+    from test_deep_prompts import run_and_resume
 
-    cfg, root = make_mini.__wrapped__(tmp_path_factory)
-    overrides = {"epochs": 3, "batch_size": 2, "n_ctx": 4, "mapping": mapping}
-    cfg = {**cfg, "method_overrides": {"hicropl": overrides}}
-    full = run(cfg, "pocket_dark", "hicropl", 2, 1, root / "full", progress=False)
+    full = run_and_resume(tmp_path_factory, "hicropl", {"epochs": 3, "batch_size": 2, "n_ctx": 4, "mapping": mapping})
     info = full["method_info"]
     assert (info["depth"], info["cross_layer"], info["mapping"]) == (4, 2, mapping)
     assert info["descriptions"]["source"] == "pocket" and full["train"]["steps_per_epoch"] == 2
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, "pocket_dark", "hicropl", 2, 1, root / "killed", progress=False, stop_after=1)
-    resumed = run(cfg, "pocket_dark", "hicropl", 2, 1, root / "killed", progress=False)
-    assert resumed["train"]["loss_history"] == full["train"]["loss_history"]
-    a = torch.load(root / "full" / "model.pt", weights_only=False)["state"]
-    b = torch.load(root / "killed" / "model.pt", weights_only=False)["state"]
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

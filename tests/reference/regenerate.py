@@ -916,6 +916,23 @@ def gen_clip_lora(name: str, data: dict, repo: Path) -> dict:
 COPROMPT_DESCRIPTIONS = ("seen from the side", "in bright light", "on a plain background")
 
 
+def gpt_file_descriptions(classnames: list[str]) -> dict:
+    """Three descriptions per class written as CoPrompt's ``gpt_file/oxford_pets_prompt.json`` (which HiCroPL reads
+    too) in a new temporary folder, made the working folder (the references read the file relative to it)."""
+    import json as _json
+    import os
+
+    sentences = {
+        c.replace("_", " "): [f"a photo of a {c.replace('_', ' ')}, {s}." for s in COPROMPT_DESCRIPTIONS]
+        for c in classnames
+    }
+    work = Path(tempfile.mkdtemp())
+    (work / "gpt_file").mkdir()
+    (work / "gpt_file" / "oxford_pets_prompt.json").write_text(_json.dumps(sentences))
+    os.chdir(work)
+    return sentences
+
+
 def gen_coprompt(name: str, data: dict, repo: Path) -> dict:
     """CoPrompt: the reference's ``CustomCLIP`` and trainer (``trainers/coprompt.py``) at depth 2 with 2 tokens,
     fp32, W 1 and cosine consistency (its config file), both views fed explicitly (``data["images"]`` and the first
@@ -923,21 +940,12 @@ def gen_coprompt(name: str, data: dict, repo: Path) -> dict:
     per class written to a temporary ``gpt_file/oxford_pets_prompt.json`` (the file it reads from the working
     folder). The hard-coded ViT-B/16 widths (512-d deep text prompts, 768-d couplings, 512-d adapters) are rebuilt
     at the tiny model's widths with the reference's own classes; their initial values are recorded."""
-    import json as _json
-    import os
     import random
 
     import trainers.coprompt as ref
 
     depth, n_ctx, k = 2, 2, 1
-    sentences = {
-        c.replace("_", " "): [f"a photo of a {c.replace('_', ' ')}, {s}." for s in COPROMPT_DESCRIPTIONS]
-        for c in data["classnames"]
-    }
-    work = Path(tempfile.mkdtemp())
-    (work / "gpt_file").mkdir()
-    (work / "gpt_file" / "oxford_pets_prompt.json").write_text(_json.dumps(sentences))
-    os.chdir(work)
+    sentences = gpt_file_descriptions(data["classnames"])
     original = ref.MultiModalPromptLearner.__init__
 
     def init(self, cfg, classnames, clip_model, clip_model_distill=None):
@@ -1038,20 +1046,11 @@ def gen_hicropl(name: str, data: dict, repo: Path) -> dict:
     the calls in order: one evaluation forward (``logits``, the stored prompts after it in ``mapped``, features
     recomputed from those stored prompts without another call), then one training step whose loss terms are read
     from the reference's own calls (``F.cross_entropy`` and ``nn.CosineSimilarity`` wrapped to record)."""
-    import json as _json
-    import os
 
     import trainers.hicropl as ref
 
     depth, cross, n_ctx = 3, 2, 2
-    sentences = {
-        c.replace("_", " "): [f"a photo of a {c.replace('_', ' ')}, {s}." for s in COPROMPT_DESCRIPTIONS]
-        for c in data["classnames"]
-    }
-    work = Path(tempfile.mkdtemp())
-    (work / "gpt_file").mkdir()
-    (work / "gpt_file" / "oxford_pets_prompt.json").write_text(_json.dumps(sentences))
-    os.chdir(work)
+    sentences = gpt_file_descriptions(data["classnames"])
     original = ref.CrossModalPromptLearner.__init__
 
     def init(self, cfg, classnames, clip_model):
