@@ -9,18 +9,16 @@ projections. And the context leaves the shared backbone unchanged.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from test_reference_equivalence import backbone, close, inputs  # noqa: F401  (module fixtures)
+from test_reference_equivalence import backbone, close, inputs, loop_step  # noqa: F401  (module fixtures)
 from vlprompt.clip.backbone import PromptedTextEncoder
 from vlprompt.clip.lora import LoRAAdapters, LoRAError, lora_attention
 from vlprompt.methods import MethodContext, get_method
-from vlprompt.training.loop import train_loop
 
 
 def fixture(name: str = "clip_lora") -> dict:
@@ -61,18 +59,7 @@ def one_step(backbone, inputs, tmp_path, name: str) -> None:  # noqa: F811
         close(method.image_features(images), fix["image_features"], what="image features")
         close(method(images), fix["logits"], what="logits")
         close(method.loss(images, labels)[0], fix["loss"], what="loss")
-    one_step = dataclasses.replace(cfg, epochs=1, batch_size=len(labels))
-    train_loop(
-        method,
-        one_step,
-        0,
-        torch.device("cpu"),
-        len(labels),
-        lambda e, g, s: [(images, labels)],
-        tmp_path / "checkpoint.pt",
-        checkpoint_every=10**6,
-        progress=False,
-    )
+    loop_step(method, images, labels, tmp_path)
     params = dict(method.adapters.named_parameters())
     for name, p in params.items():
         close(p.grad, fix["grad"][name], what=f"gradient of {name}")
