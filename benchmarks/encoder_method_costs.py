@@ -22,7 +22,6 @@ import argparse
 import statistics
 import time
 
-
 POCKET_OVERRIDES = {"hicropl": {"n_ctx": 8}}  # the pocket CLIP's 20-token text context
 
 
