@@ -10,7 +10,9 @@ cost the same arithmetic as trained ones; the absolute figures are the CPU's, th
 roughly (the frozen pass and the text tower weigh differently there).
 
 Usage: .venv/bin/python benchmarks/encoder_method_costs.py [--steps 5] [--classes 10] [--vit-batch 2]
-    [--methods vpt_deep,maple,clip_lora,coprompt] [--skip-vit]
+    [--methods vpt_deep,maple,clip_lora,coprompt,hicropl,disa] [--skip-vit]
+On the pocket CLIP HiCroPL runs with 8 tokens (its 16 do not fit the 20-token text context), as in
+config/pocket_inside_encoders.yaml.
 Say whether the machine was quiet when you report the figures.
 """
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+
+POCKET_OVERRIDES = {"hicropl": {"n_ctx": 8}}  # the pocket CLIP's 20-token text context
 
 
 def step_seconds(method, images, labels, steps: int) -> float:
@@ -65,7 +69,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--vit-batch", type=int, default=2)
-    p.add_argument("--methods", default="vpt_deep,maple,clip_lora,coprompt")
+    p.add_argument("--methods", default="vpt_deep,maple,clip_lora,coprompt,hicropl,disa")
     p.add_argument("--skip-vit", action="store_true", help="only the pocket CLIP")
     args = p.parse_args()
 
@@ -87,7 +91,8 @@ def main() -> None:
         labels = torch.arange(batch) % len(classnames)
         seconds = {}
         for name in names:
-            method, views = build(name, backbone, classnames, {})
+            overrides = POCKET_OVERRIDES.get(name, {}) if pretrained == "pocket_v2" else {}
+            method, views = build(name, backbone, classnames, overrides)
             shape = (batch, views, 3, size, size) if views > 1 else (batch, 3, size, size)
             images = torch.randn(shape, generator=gen)
             seconds[name] = step_seconds(method, images, labels, args.steps)

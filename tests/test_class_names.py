@@ -8,7 +8,12 @@ from vlprompt.clip.backbone import PromptedTextEncoder, encode_prompts
 from vlprompt.methods import MethodContext, get_method, list_methods
 
 NAMES = ["car_side", "dollar_bill", "Apply_Eye_Makeup"]
-SMALL = {"prograd": {"n_ctx": 8}, "cocoop": {"max_prompts_per_pass": 64}, "mvlpt": {"n_ctx": 4}}  # 20-token context
+SMALL = {
+    "prograd": {"n_ctx": 8},
+    "cocoop": {"max_prompts_per_pass": 64},
+    "mvlpt": {"n_ctx": 4},
+    "hicropl": {"n_ctx": 4},
+}  # 20-token context
 
 
 def context(backbone, names, template="a photo of a {}.", dataset=None, descriptions=None):

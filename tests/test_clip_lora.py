@@ -9,18 +9,16 @@ projections. And the context leaves the shared backbone unchanged.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from test_reference_equivalence import backbone, close, inputs  # noqa: F401  (module fixtures)
+from test_reference_equivalence import backbone, close, inputs, loop_step  # noqa: F401  (module fixtures)
 from vlprompt.clip.backbone import PromptedTextEncoder
 from vlprompt.clip.lora import LoRAAdapters, LoRAError, lora_attention
 from vlprompt.methods import MethodContext, get_method
-from vlprompt.training.loop import train_loop
 
 
 def fixture(name: str = "clip_lora") -> dict:
@@ -61,18 +59,7 @@ def one_step(backbone, inputs, tmp_path, name: str) -> None:  # noqa: F811
         close(method.image_features(images), fix["image_features"], what="image features")
         close(method(images), fix["logits"], what="logits")
         close(method.loss(images, labels)[0], fix["loss"], what="loss")
-    one_step = dataclasses.replace(cfg, epochs=1, batch_size=len(labels))
-    train_loop(
-        method,
-        one_step,
-        0,
-        torch.device("cpu"),
-        len(labels),
-        lambda e, g, s: [(images, labels)],
-        tmp_path / "checkpoint.pt",
-        checkpoint_every=10**6,
-        progress=False,
-    )
+    loop_step(method, images, labels, tmp_path)
     params = dict(method.adapters.named_parameters())
     for name, p in params.items():
         close(p.grad, fix["grad"][name], what=f"gradient of {name}")
@@ -222,17 +209,7 @@ def test_fresh_adapters_are_zero_shot_clip(pocket_random_backbone):
 
 def test_a_run_trains_resumes_and_evaluates_on_images(tmp_path_factory):
     """Through the image runner: metrics, model, and a killed run resumed to the same adapters."""
-    from test_deep_prompts import mini as make_mini
-    from vlprompt.training.image_runs import run
+    from test_deep_prompts import run_and_resume
 
-    cfg, root = make_mini.__wrapped__(tmp_path_factory)
-    cfg = {**cfg, "method_overrides": {"clip_lora": {"epochs": 3, "batch_size": 2}}}
-    full = run(cfg, "pocket_dark", "clip_lora", 2, 1, root / "full", progress=False)
+    full = run_and_resume(tmp_path_factory, "clip_lora", {"epochs": 3, "batch_size": 2})
     assert full["base_n"] == 4 and full["new_n"] == 4 and full["train"]["steps_per_epoch"] == 2
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, "pocket_dark", "clip_lora", 2, 1, root / "killed", progress=False, stop_after=1)
-    resumed = run(cfg, "pocket_dark", "clip_lora", 2, 1, root / "killed", progress=False)
-    assert resumed["train"]["loss_history"] == full["train"]["loss_history"]
-    a = torch.load(root / "full" / "model.pt", weights_only=False)["state"]
-    b = torch.load(root / "killed" / "model.pt", weights_only=False)["state"]
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

@@ -6,9 +6,18 @@ from __future__ import annotations
 
 import torch
 
-from test_reference_equivalence import backbone, check_step, close, context, fixture, inputs, load_init  # noqa: F401
+from test_reference_equivalence import (  # noqa: F401
+    backbone,
+    check_step,
+    close,
+    context,
+    fixture,
+    inputs,
+    load_init,
+    loop_step,
+)
 from vlprompt.methods import get_method
-from vlprompt.training.loop import lr_at, train_loop
+from vlprompt.training.loop import lr_at
 
 
 def coprompt(backbone, fix: dict):  # noqa: F811
@@ -39,18 +48,7 @@ def test_one_step_equals_the_reference(backbone, inputs, tmp_path):  # noqa: F81
         close(parts[term], fix["loss"][term], what=f"loss term {term}")
     close(loss, fix["loss"]["total"], what="total loss")
     assert lr_at(method.config, 0) == fix["lr"]
-    cfg = method.config.__class__(**{**method.config.__dict__, "epochs": 1, "batch_size": len(labels)})
-    train_loop(
-        method,
-        cfg,
-        0,
-        torch.device("cpu"),
-        len(labels),
-        lambda e, g, s: [(pair, labels)],
-        tmp_path / "checkpoint.pt",
-        checkpoint_every=10**6,
-        progress=False,
-    )
+    loop_step(method, pair, labels, tmp_path)
     check_step(method, fix)
 
 
@@ -83,20 +81,9 @@ def test_two_views_are_independent_augmentations_and_view_one_is_the_single_stre
 
 def test_a_run_trains_on_two_views_and_resumes(tmp_path_factory):
     """Through the image runner: RandAugment on two views, metrics, and a killed run resumed to the same state."""
-    import pytest
 
-    from test_deep_prompts import mini as make_mini
-    from vlprompt.training.image_runs import run
+    from test_deep_prompts import run_and_resume
 
-    cfg, root = make_mini.__wrapped__(tmp_path_factory)
-    cfg = {**cfg, "method_overrides": {"coprompt": {"epochs": 3, "batch_size": 2, "depth": 2}}}
-    full = run(cfg, "pocket_dark", "coprompt", 2, 1, root / "full", progress=False)
+    full = run_and_resume(tmp_path_factory, "coprompt", {"epochs": 3, "batch_size": 2, "depth": 2})
     assert full["base_n"] == 4 and full["train"]["steps_per_epoch"] == 2
     assert full["method_info"]["descriptions_per_class"] > 1 and not full["method_info"]["descriptions_truncated"]
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, "pocket_dark", "coprompt", 2, 1, root / "killed", progress=False, stop_after=1)
-    resumed = run(cfg, "pocket_dark", "coprompt", 2, 1, root / "killed", progress=False)
-    assert resumed["train"]["loss_history"] == full["train"]["loss_history"]
-    a = torch.load(root / "full" / "model.pt", weights_only=False)["state"]
-    b = torch.load(root / "killed" / "model.pt", weights_only=False)["state"]
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

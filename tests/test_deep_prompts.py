@@ -5,6 +5,7 @@ hooked towers are ``encode_image``/``encode_text``, and with prompts they equal 
 the blocks of the pinned open_clip version.
 """
 
+import contextlib
 import math
 
 import pytest
@@ -326,6 +327,25 @@ def mini(tmp_path_factory):
     return cfg, root
 
 
+def run_and_resume(tmp_path_factory, method: str, overrides: dict) -> dict:
+    """``method`` through the image runner on ``mini`` (2 shots, seed 1): a full run, and a run killed after its
+    first epoch then resumed, which must end with the same loss history and the same saved state. The full run's
+    metrics."""
+    from vlprompt.training.image_runs import run
+
+    cfg, root = mini.__wrapped__(tmp_path_factory)
+    cfg = {**cfg, "method_overrides": {method: overrides}}
+    full = run(cfg, "pocket_dark", method, 2, 1, root / "full", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, "pocket_dark", method, 2, 1, root / "killed", progress=False, stop_after=1)
+    resumed = run(cfg, "pocket_dark", method, 2, 1, root / "killed", progress=False)
+    assert resumed["train"]["loss_history"] == full["train"]["loss_history"]
+    a = torch.load(root / "full" / "model.pt", weights_only=False)["state"]
+    b = torch.load(root / "killed" / "model.pt", weights_only=False)["state"]
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    return full
+
+
 TINY = {"epochs": 2, "batch_size": 2}
 
 
@@ -394,3 +414,41 @@ def test_transfer_evaluation_on_images(mini):
     runs.run(cfg, "pocket_dark", "maple", 2, 1, grid.Run("pocket_dark", "maple", 2, 1).dir(cfg), progress=False)
     metrics = evaluate_transfer(cfg, "pocket_dark", "maple", 2, 1, "pocket_dark", root / "transfer.json")
     assert metrics["all_n"] == 8 and 0 <= metrics["all_acc"] <= 100 and (root / "transfer.json").exists()
+
+
+def test_kept_patches_equal_a_hand_written_block_loop_with_and_without_prompts(bb, images):
+    model, v = bb.model, bb.model.visual
+    width, grid = deep_prompts.vision_width(model), v.positional_embedding.shape[0] - 1
+    gen = torch.Generator().manual_seed(0)
+    keep = torch.stack([torch.randperm(grid, generator=gen)[: grid // 2] for _ in range(len(images))])
+    prompts = [torch.randn(3, width, generator=gen) for _ in range(2)]
+    with torch.no_grad():
+        for depth in (0, 2):
+            x = v.conv1(images).flatten(2).transpose(1, 2)
+            x = torch.cat([v.class_embedding.expand(len(x), 1, -1), x], 1) + v.positional_embedding
+            x = torch.cat([x[:, :1], torch.stack([x[b, 1:][keep[b]] for b in range(len(x))])], 1)
+            if depth:
+                x = torch.cat([x, prompts[0].expand(len(x), -1, -1)], 1)
+            x = v.ln_pre(x)
+            for j, block in enumerate(v.transformer.resblocks):
+                if 0 < j < depth:
+                    x = torch.cat([x[:, :-3], prompts[j].expand(len(x), -1, -1)], 1)
+                x = block(x)
+            expected = v.ln_post(x[:, 0]) @ v.proj
+            for order in ("patches first", "prompts first"):
+                with contextlib.ExitStack() as stack:
+                    contexts = [
+                        deep_prompts.kept_patches(model, keep),
+                        deep_prompts.vision_prompts(model, prompts[:depth]),
+                    ]
+                    for c in contexts if order == "patches first" else contexts[::-1]:
+                        stack.enter_context(c)
+                    got = model.encode_image(images)
+                assert torch.allclose(got, expected, atol=1e-5), (depth, order)
+        every = torch.arange(grid).expand(len(images), -1)
+        with deep_prompts.kept_patches(model, every):
+            full = model.encode_image(images)
+    assert torch.allclose(full, model.encode_image(images), atol=1e-6)  # every patch kept: the plain image
+    assert _hook_count(model) == 0
+    with pytest.raises(deep_prompts.DeepPromptError), deep_prompts.kept_patches(model, keep + grid):
+        pass

@@ -37,9 +37,9 @@ DG_TARGETS = ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
 
 # Jobs per rule, from each protocol's grid. A trained method has one run per dataset x shots x seed; a
 # zero-shot method one per dataset (shots 0, seed 0). Feature-bank methods train in `train`, image-encoder
-# methods (vpt_deep, ivlp, maple, promptsrc) in `train_images`; every run is evaluated on every target.
+# methods (vpt_deep, ivlp, maple, promptsrc, hicropl) in `train_images`; every run is evaluated on every target.
 EXPECTED = {
-    # 11 datasets; zeroshot + 5 feature methods (coop, cocoop, kgcoop, prograd, dvmi) + 4 image methods;
+    # 11 datasets; zeroshot + 5 feature methods (coop, cocoop, kgcoop, prograd, dvmi) + 5 image methods;
     # 16 shots; seeds 1-3
     # (few-shot subsets and their features: one job per dataset x shots x seed; test features per dataset)
     "base2novel.yaml": {
@@ -49,7 +49,7 @@ EXPECTED = {
         "extract_test": 11,
         "extract_fewshot": 11 * 3,
         "train": 11 + 11 * 5 * 1 * 3,
-        "train_images": 11 * 4 * 1 * 3,
+        "train_images": 11 * 5 * 1 * 3,
         "aggregate": 1,
         "report": 1,
         "all": 1,

@@ -25,7 +25,7 @@ from vlprompt.data.registry import get_dataset
 from vlprompt.experiment import grid
 from vlprompt.methods import MethodContext, get_method
 from vlprompt.training.feature_runs import feature_loop
-from vlprompt.training.loop import loop_setup, lr_at
+from vlprompt.training.loop import loop_setup, lr_at, train_loop
 
 RTOL = 1e-5
 # name in vlprompt's registry of the Dassl dataset names the fixtures use
@@ -110,6 +110,23 @@ def feature_step(method, ctx: MethodContext, features, labels, tmp_path) -> None
     cfg = dataclasses.replace(method.config, epochs=1, batch_size=len(labels))
     step_ctx = dataclasses.replace(ctx, train_features=features.unsqueeze(0), train_labels=labels)
     feature_loop(method, step_ctx, cfg, tmp_path / "checkpoint.pt", checkpoint_every=10**6, progress=False)
+
+
+def loop_step(method, batch, labels, tmp_path) -> None:
+    """One step of the shared training loop (``train_loop``) on ``batch`` (images, views or features) at the lr of
+    epoch 0, the whole batch at once."""
+    cfg = dataclasses.replace(method.config, epochs=1, batch_size=len(labels))
+    train_loop(
+        method,
+        cfg,
+        0,
+        torch.device("cpu"),
+        len(labels),
+        lambda e, g, s: [(batch, labels)],
+        tmp_path / "checkpoint.pt",
+        checkpoint_every=10**6,
+        progress=False,
+    )
 
 
 def step_and_check(method, ctx: MethodContext, features, fix: dict, tmp_path) -> None:

@@ -77,6 +77,7 @@ REFERENCES = {  # folder under --refs: (repository, commit the fixtures were gen
     "PromptSRC": ("muzairkhattak/PromptSRC", "bb95c77b634d63488f2cad81ff4a72d53bdd06d5"),
     "CLIP-LoRA": ("MaxZanella/CLIP-LoRA", "358f0d7361f59e66c0b2d0b672a3dafb143a759b"),
     "CoPrompt": ("ShuvenduRoy/CoPrompt", "a2a6c12e3622cfe4b3a127f4ba0c4f3eb841418c"),
+    "HiCroPL": ("zzeoZheng/HiCroPL", "2c2b2f2cd39a27e4f9862a202c402e31484b0ef3"),  # ships its own dassl
 }
 
 # Each fixture: the code folders it puts on sys.path (first wins) and the references it records.
@@ -99,6 +100,7 @@ FIXTURES = {
     "clip_lora": (["CLIP-LoRA"], ["CLIP-LoRA"]),
     "clip_lora_dropout0": (["CLIP-LoRA"], ["CLIP-LoRA"]),
     "coprompt": (["CoPrompt", "Dassl.pytorch"], ["CoPrompt", "Dassl.pytorch"]),
+    "hicropl": (["HiCroPL"], ["HiCroPL"]),
 }
 
 CLASSNAMES = ["car_side", "sea_lion", "water_lily", "ant"]  # underscores: the references replace them by spaces
@@ -915,6 +917,23 @@ def gen_clip_lora(name: str, data: dict, repo: Path) -> dict:
 COPROMPT_DESCRIPTIONS = ("seen from the side", "in bright light", "on a plain background")
 
 
+def gpt_file_descriptions(classnames: list[str]) -> dict:
+    """Three descriptions per class written as CoPrompt's ``gpt_file/oxford_pets_prompt.json`` (which HiCroPL reads
+    too) in a new temporary folder, made the working folder (the references read the file relative to it)."""
+    import json as _json
+    import os
+
+    sentences = {
+        c.replace("_", " "): [f"a photo of a {c.replace('_', ' ')}, {s}." for s in COPROMPT_DESCRIPTIONS]
+        for c in classnames
+    }
+    work = Path(tempfile.mkdtemp())
+    (work / "gpt_file").mkdir()
+    (work / "gpt_file" / "oxford_pets_prompt.json").write_text(_json.dumps(sentences))
+    os.chdir(work)
+    return sentences
+
+
 def gen_coprompt(name: str, data: dict, repo: Path) -> dict:
     """CoPrompt: the reference's ``CustomCLIP`` and trainer (``trainers/coprompt.py``) at depth 2 with 2 tokens,
     fp32, W 1 and cosine consistency (its config file), both views fed explicitly (``data["images"]`` and the first
@@ -922,21 +941,12 @@ def gen_coprompt(name: str, data: dict, repo: Path) -> dict:
     per class written to a temporary ``gpt_file/oxford_pets_prompt.json`` (the file it reads from the working
     folder). The hard-coded ViT-B/16 widths (512-d deep text prompts, 768-d couplings, 512-d adapters) are rebuilt
     at the tiny model's widths with the reference's own classes; their initial values are recorded."""
-    import json as _json
-    import os
     import random
 
     import trainers.coprompt as ref
 
     depth, n_ctx, k = 2, 2, 1
-    sentences = {
-        c.replace("_", " "): [f"a photo of a {c.replace('_', ' ')}, {s}." for s in COPROMPT_DESCRIPTIONS]
-        for c in data["classnames"]
-    }
-    work = Path(tempfile.mkdtemp())
-    (work / "gpt_file").mkdir()
-    (work / "gpt_file" / "oxford_pets_prompt.json").write_text(_json.dumps(sentences))
-    os.chdir(work)
+    sentences = gpt_file_descriptions(data["classnames"])
     original = ref.MultiModalPromptLearner.__init__
 
     def init(self, cfg, classnames, clip_model, clip_model_distill=None):
@@ -1023,6 +1033,158 @@ def gen_coprompt(name: str, data: dict, repo: Path) -> dict:
     return out
 
 
+def gen_hicropl(name: str, data: dict, repo: Path) -> dict:
+    """HiCroPL: the reference's ``CustomCLIP`` and trainer (``trainers/hicropl.py``) with its shipped config
+    (``vit_b16_c2_ep50_batch32_16ctx.yaml``: Adam, eps 1e-3, λ 12) at depth 3 (every block of the tiny CLIP), cross
+    layer 2 and 2 tokens (so ``ctx_init`` initialises the context, as with the reference's n_ctx <= 4), fp32, and
+    three descriptions per class written to a temporary ``gpt_file/oxford_pets_prompt.json``.
+
+    The hard-coded ViT-B/16 widths (768-d vision prompts, proxy token and mapper, 512-d deeper text prompts) are
+    rebuilt at the tiny model's widths right after the prompt learner's ``__init__``, with the reference's own
+    classes and its own constructions: the vision prompts are ``depth`` Parameters made from one tensor (so they share
+    one storage, as in the reference), and so are the proxy tokens of each side. Every random initial value is
+    recorded. Each call of the prompt learner rewrites the stored prompts (``.data.copy_``), so the fixture records
+    the calls in order: one evaluation forward (``logits``, the stored prompts after it in ``mapped``, features
+    recomputed from those stored prompts without another call), then one training step whose loss terms are read
+    from the reference's own calls (``F.cross_entropy`` and ``nn.CosineSimilarity`` wrapped to record)."""
+
+    import trainers.hicropl as ref
+
+    depth, cross, n_ctx = 3, 2, 2
+    sentences = gpt_file_descriptions(data["classnames"])
+    original = ref.CrossModalPromptLearner.__init__
+
+    def init(self, cfg, classnames, clip_model):
+        original(self, cfg, classnames, clip_model)
+        d_t, d_v, nn = tiny_clip.TEXT_WIDTH, tiny_clip.VISION_WIDTH, torch.nn
+        gen = torch.Generator().manual_seed(2)
+        deeper = [nn.Parameter(0.02 * torch.randn(self.n_ctx, d_t, generator=gen)) for _ in range(depth - 1)]
+        self.cross_prompts_text = nn.ParameterList([self.ctx, *deeper])
+        shared = 0.02 * torch.randn(self.n_ctx, d_v, generator=gen)
+        self.cross_prompts_visual = nn.ParameterList([nn.Parameter(shared) for _ in range(depth)])
+        torch.manual_seed(3)
+        self.text2visual_net = ref.CrossPromptAttention(hidden_size=d_v, encoder_hidden_size=d_t, num_attention_heads=8)
+        self.visual2text_net = ref.CrossPromptAttention(hidden_size=d_t, encoder_hidden_size=d_v, num_attention_heads=8)
+        pool = ref.AttentionPooling(hidden_size=d_v, num_attention_heads=8)
+        self.attn_pooling_visual_nets = ref._get_clones(pool, depth - cross)
+        token = torch.randn(1, d_v)
+        self.visual_proxy_token = nn.ParameterList([nn.Parameter(token) for _ in range(cross, depth)])
+        with torch.no_grad():
+            for key, p in self.named_parameters():
+                if key.split(".")[0] not in UNTRAINED:
+                    continue
+                if key.endswith("bias") or ".ln_" in f".{key}":  # away from 1 and 0, so that a misplaced one shows
+                    p.add_(0.1 * torch.randn(p.shape, generator=gen))
+                p.copy_(p.to(torch.float16).to(torch.float32))  # fp16 values, stored as such (a small fixture)
+
+    ref.CrossModalPromptLearner.__init__ = init
+    opts = [
+        "TRAINER.HICROPL.PREC",
+        "fp32",
+        "TRAINER.HICROPL.PROMPT_DEPTH",
+        depth,
+        "TRAINER.HICROPL.CROSS_LAYER",
+        cross,
+        "TRAINER.HICROPL.N_CTX",
+        n_ctx,
+    ]
+    config = "configs/trainers/HiCroPL/vit_b16_c2_ep50_batch32_16ctx.yaml"
+    torch.manual_seed(0)
+    cfg = reference_cfg(repo, config, ["DATASET.NAME", "OxfordPets", *opts])
+    t = dassl_trainer(ref.HiCroPL, cfg, data["classnames"])
+    m = t.model
+    pl = m.prompt_learner
+    names = {"prompt_learner.ctx": "prompt_learner.ctx"}
+    names["text_deep"] = [f"prompt_learner.cross_prompts_text.{i}" for i in range(1, depth)]
+    renamed = {  # the reference's names -> vlprompt's (the same modules under other names)
+        "cross_prompts_visual.": "vision_ctx.",
+        "text_proxy_token.": "text_proxies.",
+        "visual_proxy_token.": "vision_proxies.",
+        "attn_pooling_text_nets.": "text_pooling.",
+        "attn_pooling_visual_nets.": "vision_pooling.",
+        "text2visual_net.": "text_to_vision.",
+        "visual2text_net.": "vision_to_text.",
+    }
+    for key, _ in pl.named_parameters():
+        for old, new in renamed.items():
+            if key.startswith(old):
+                names[new + key[len(old) :]] = f"prompt_learner.{key}"
+    assert pl.cross_prompts_visual[0].data_ptr() == pl.cross_prompts_visual[depth - 1].data_ptr()  # one storage
+    out = {
+        "settings": {
+            "config": config,
+            "opts": opts,
+            "dataset": "OxfordPets",
+            "depth": depth,
+            "cross_layer": cross,
+            "n_ctx": n_ctx,
+            "lambda": float(cfg.TRAINER.HICROPL.LAMBD),
+            "adam_eps": float(cfg.OPTIM.EPS),
+        },
+        "descriptions": sentences,
+        "description_features": pl.fixed_embeddings.detach().clone(),
+        "init": named(m, names),
+        "trained": sorted(n for n, p in m.named_parameters() if p.requires_grad),
+    }
+    images, labels = data["images"], data["labels"]
+    deep = {"text_deep": names["text_deep"], **{k: v for k, v in names.items() if k.startswith("vision_ctx.")}}
+    m.eval()
+    with torch.no_grad():
+        out["logits"] = m(images)  # one call of the prompt learner: the stored prompts are rewritten
+        out["mapped"] = named(m, deep)
+        text_input = pl.construct_prompts(
+            pl.ctx.unsqueeze(0).expand(pl.n_cls, -1, -1), pl.token_prefix, pl.token_suffix
+        )
+        text = normalize(m.text_encoder(text_input, m.tokenized_prompts, list(pl.cross_prompts_text)[1:]))
+        image = normalize(m.image_encoder(images, pl.cross_prompts_visual[0], list(pl.cross_prompts_visual)[1:]))
+        frozen = normalize(pl.ZS_image_encoder(images))
+        out["frozen_image_features"] = frozen
+        out["text_features"] = normalize(text + pl.fixed_embeddings)
+        out["image_features"] = normalize(image + frozen)
+    f = torch.nn.functional
+    recorded = {}
+    cross_entropy, cosine = f.cross_entropy, torch.nn.CosineSimilarity
+
+    def recording_ce(*args, **kwargs):
+        value = cross_entropy(*args, **kwargs)
+        recorded["ce"] = value.item()
+        return value
+
+    class RecordingCosine(cosine):
+        def forward(self, a, b):
+            value = super().forward(a, b)
+            recorded["text" if "text" not in recorded else "image"] = (1.0 - value.mean()).item()
+            return value
+
+    f.cross_entropy, torch.nn.CosineSimilarity = recording_ce, RecordingCosine
+    out["lr"] = current_lr(t)
+    summary = step(t, images, labels)
+    f.cross_entropy, torch.nn.CosineSimilarity = cross_entropy, cosine
+    out["loss"] = {**recorded, "total": summary["loss"]}
+    lam = out["settings"]["lambda"]
+    assert abs(recorded["ce"] + lam * (recorded["text"] + recorded["image"]) - summary["loss"]) < 1e-4
+    params = dict(m.named_parameters())
+    stepped = {
+        k: v for k, v in names.items() if all(params[x].grad is not None for x in (v if isinstance(v, list) else [v]))
+    }
+    after = named(m, names)
+    for k in set(names) - set(stepped):  # no gradient (written back outside autograd): unchanged by the step
+        assert torch.equal(after[k], out["init"][k]), k
+        out["init"][k] = out["init"][k].to(torch.float16)
+    out["grad"], out["after"] = grads(m, stepped), {k: after[k] for k in stepped}
+    return out
+
+
+UNTRAINED = (  # HiCroPL's modules that take no gradient in the reference (see gen_hicropl)
+    "text2visual_net",
+    "visual2text_net",
+    "attn_pooling_text_nets",
+    "attn_pooling_visual_nets",
+    "text_proxy_token",
+    "visual_proxy_token",
+)
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
@@ -1046,6 +1208,7 @@ GENERATORS = {
     "clip_lora": gen_clip_lora,
     "clip_lora_dropout0": gen_clip_lora,
     "coprompt": gen_coprompt,
+    "hicropl": gen_hicropl,
 }
 
 

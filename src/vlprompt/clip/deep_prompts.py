@@ -21,6 +21,8 @@ context tokens right after SOS::
 The text prompts *replace* context positions instead of inserting tokens, so the sequence length,
 the causal mask and the end-token index are those of the prompt as tokenized.
 
+:func:`kept_patches` drops patch tokens before ``ln_pre`` (DiSa's masked view), in the same way.
+
 No open_clip model code is copied: prompts enter through forward hooks on its modules
 (``visual.ln_pre``, ``visual.transformer``, ``transformer.resblocks[j]``), registered for the
 duration of a ``with`` block and removed after it, so the shared frozen backbone is never left
@@ -199,6 +201,54 @@ def text_prompts(tower: CLIP | PromptedTextEncoder, prompts: Sequence[torch.Tens
         finally:
             for h in handles:
                 h.remove()
+
+
+@contextlib.contextmanager
+def kept_patches(model: CLIP, keep: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, ``model.visual`` sees only the patch tokens ``keep`` (B, k) indexes (into the grid², each
+    row in the order given), dropped before ``ln_pre``: [CLS + pos, patches + pos] -> [CLS + pos, kept patches + pos]
+    (positions are added first, so a kept patch keeps its own). Tokens after the grid (deep vision prompts, in
+    either order of entering the two contexts) are left in place. ``None`` changes nothing. DiSa's masked view."""
+    if keep is None:
+        yield
+        return
+    visual = _visual(model)
+    grid = visual.positional_embedding.shape[0] - 1
+    if keep.dim() != 2 or keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= grid):
+        raise DeepPromptError(f"kept patches must be (B, k) indices into the {grid} patches, got {tuple(keep.shape)}")
+
+    def gather(module, args):  # args[0]: (B, 1 + grid² [+ prompts], width)
+        x = args[0]
+        if x.shape[0] != keep.shape[0]:
+            raise DeepPromptError(f"kept patches for {keep.shape[0]} images, the batch has {x.shape[0]}")
+        idx = keep.to(x.device).unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        return (torch.cat([x[:, :1], x[:, 1 : 1 + grid].gather(1, idx), x[:, 1 + grid :]], dim=1), *args[1:])
+
+    with _exclusive(visual.ln_pre):
+        handle = visual.ln_pre.register_forward_pre_hook(gather, prepend=True)  # before a prompt insertion
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+def patch_features(model: CLIP, images: torch.Tensor) -> torch.Tensor:
+    """(B, grid², D) the last block's patch tokens of the plain image tower through ``ln_post`` and the projection,
+    in the joint embedding space (as the class token is; MaskCLIP's reading of patch tokens)."""
+    visual = _visual(model)
+    grid = visual.positional_embedding.shape[0] - 1
+    seen: list[torch.Tensor] = []
+
+    def keep(module, args, out):  # (B, L, width) batch first
+        seen.append(out)
+
+    handle = visual.transformer.register_forward_hook(keep)
+    try:
+        model.encode_image(images)
+    finally:
+        handle.remove()
+    tokens = visual.ln_post(seen[0][:, 1 : 1 + grid])
+    return tokens @ visual.proj if visual.proj is not None else tokens
 
 
 def encode_image(model: CLIP, images: torch.Tensor, prompts: Sequence[torch.Tensor] = ()) -> torch.Tensor:

@@ -52,13 +52,13 @@ class TrainConfig:
     epochs: int = 200
     batch_size: int = 32
     lr: float = 0.002
-    optimizer: str = "sgd"  # sgd | adamw
+    optimizer: str = "sgd"  # sgd | adamw | adam
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
     min_steps_per_epoch: int = 1
-    adam_eps: float = 1e-8  # AdamW's epsilon (torch's default; Tip-Adapter-F uses 1e-4)
+    adam_eps: float = 1e-8  # AdamW's and Adam's epsilon (torch's default; Tip-Adapter-F uses 1e-4, HiCroPL 1e-3)
     lr_schedule: str = "epoch"  # epoch: cosine stepped per epoch (Dassl) | step: per iteration (CosineAnnealingLR)
     drop_last: bool = True  # steps per epoch N // batch (Dassl); False: ceil(N / batch), the last batch smaller
 

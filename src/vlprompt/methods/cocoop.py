@@ -57,26 +57,36 @@ class CoCoOp(CoOp):
             torch.manual_seed(ctx.seed)
             self.meta_net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, width)).to(ctx.device)
 
+    def context_bias(self, x_hat: torch.Tensor) -> torch.Tensor:
+        """(B, D) normalised image features -> (B, 1, width) π(x), the bias of every context token of every class
+        (TMML's class-aware bias is (B, C, width))."""
+        return self.meta_net(x_hat).unsqueeze(1)
+
+    def query(self, x_hat: torch.Tensor) -> torch.Tensor:
+        """The image feature the logits use (CoCoOp: x̂ itself; TMML tunes it)."""
+        return x_hat
+
     def instance_text_features(self, x_hat: torch.Tensor) -> torch.Tensor:
         """(B, D) normalised image features -> (B, C, D) normalised text features of their prompts."""
         pl = self.prompt_learner
         b, n_cls = x_hat.shape[0], pl.token_prefix.shape[0]
-        bias = self.meta_net(x_hat)  # (B, width)
-        ctx = pl.ctx.unsqueeze(0) + bias.unsqueeze(1)  # (B, n_ctx, width)
+        bias = self.context_bias(x_hat)  # (B, 1 or C, width)
+        ctx = pl.ctx.view(1, 1, *pl.ctx.shape) + bias.unsqueeze(2)  # (B, 1 or C, n_ctx, width)
         prefix = pl.token_prefix.unsqueeze(0).expand(b, -1, -1, -1)  # (B, C, 1, width)  SOS
         suffix = pl.token_suffix.unsqueeze(0).expand(b, -1, -1, -1)  # (B, C, *, width)  class . EOS
-        ctx = ctx.unsqueeze(1).expand(-1, n_cls, -1, -1).to(prefix.dtype)  # (B, C, n_ctx, width)
+        ctx = ctx.expand(-1, n_cls, -1, -1).to(prefix.dtype)  # (B, C, n_ctx, width)
         prompts = torch.cat([prefix, ctx, suffix], dim=2).flatten(0, 1)  # (B·C, L, width)
         feats = pl.encoder(prompts, pl.eot.repeat(b))  # (B·C, D)
         return normalize(feats).view(b, n_cls, -1)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         x_hat = normalize(image_features)
+        queries = self.query(x_hat)
         n_cls = self.prompt_learner.token_prefix.shape[0]
         chunk = max(1, self.config.max_prompts_per_pass // n_cls)
         out = []
         for i in range(0, len(x_hat), chunk):
-            xb = x_hat[i : i + chunk]
-            text = self.instance_text_features(xb)  # (b, C, D)
+            text = self.instance_text_features(x_hat[i : i + chunk])  # (b, C, D)
+            xb = queries[i : i + chunk]
             out.append(self.logit_scale * torch.einsum("bd,bcd->bc", xb, text.to(xb.dtype)))
         return torch.cat(out)

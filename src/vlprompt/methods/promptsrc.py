@@ -199,7 +199,8 @@ class PromptSRC(IVLP):
             self._teacher_text = normalize(total / len(self.teacher_templates()))
         return self._teacher_text
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def regulated(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[dict, dict]:
+        """(the loss terms, the features they came from: prompted ``text``/``image``, frozen ``frozen_image``)."""
         text = self.text_features()  # (n_cls, D)
         image = self.image_features(images)  # (B, D)
         logits = self.logit_scale * image @ text.T
@@ -220,6 +221,10 @@ class PromptSRC(IVLP):
             c.image_loss_weight,
             c.logit_loss_weight,
         )
+        return parts, {"text": text, "image": image, "frozen_image": frozen_image}
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        parts, _ = self.regulated(images, labels)
         return parts["total"], {k: v.item() for k, v in parts.items() if k != "total"}
 
     # -- Gaussian prompt aggregation, driven by the training loop ----------------------------

@@ -59,7 +59,9 @@ def make_optimizer(cfg: TrainConfig, params):
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adamw")
+    if cfg.optimizer == "adam":  # Dassl's "adam": L2 weight decay added to the gradient (not decoupled)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd, adamw or adam")
 
 
 def loop_setup(method: Method, cfg: TrainConfig, device: torch.device, n: int):
