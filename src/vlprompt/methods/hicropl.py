@@ -183,6 +183,7 @@ class HiCroPL(IVLP):
     )
     Config = HiCroPLConfig
     description_features: torch.Tensor  # (C, D) d_c of the current classes (a buffer)
+    vision_ctx: nn.ParameterList  # type: ignore[assignment]  # one Parameter per block (VPT-deep's: one stacked)
 
     def __init__(self, config: HiCroPLConfig, ctx: MethodContext):
         if config.mapping not in MAPPINGS:
@@ -260,6 +261,7 @@ class HiCroPL(IVLP):
             proxies = torch.cat([pool(u, p) for pool, u, p in upper])
             high = self.vision_to_text(torch.cat(text[cross:]), proxies).view(self.depth - cross, n, -1)
             if reference:
+                assert self.text_deep is not None  # depth >= 2 (checked above): the deep text prompts exist
                 self.text_deep[cross - 1 :].copy_(high)  # text_deep[j - 1] holds T_j
             else:
                 text = text[:cross] + list(high.unbind(0))
