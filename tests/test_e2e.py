@@ -203,6 +203,7 @@ def test_declared_inputs_add_their_jobs_and_the_default_plan_keeps_its_own(confi
     """Declared inputs: the unlabelled training split, the test views and the multitask stage are jobs only for the
     methods that declare them (4 datasets; 3 seeds of one multitask method); the default experiment plans what it
     did."""
+    config_plans.prefetch([("config/pocket_wave3.yaml", True), ("config/config.yaml", True)])  # in one process
     assert planned_jobs(config_plans, "config/pocket_wave3.yaml") == {
         "prepare_dataset": "6",
         "extract_test": "4",
