@@ -13,6 +13,7 @@ docs/testing.md describes the tiers (`make test`, `make test-fast`), the markers
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -194,21 +195,17 @@ class Plan:
     written: list[str]
 
 
-def _file_times(root: Path) -> dict[str, int]:
-    return {
-        str(p.relative_to(root)): p.stat().st_mtime_ns
-        for p in root.rglob("*")
-        if p.is_file() and p.relative_to(root).parts[0] != ".git"
-    }
-
-
 @pytest.fixture(scope="session")
 def config_plans(tmp_path_factory) -> Callable[[str], Plan]:
     """``plan("config/base2novel.yaml")``: the dry run of a shipped config (a path relative to the repository) in
     a fresh clone of this repository's last commit (`snakemake -s Snakefile -d <clone> -n --quiet rules
     --configfile <clone>/config/<name>.yaml`); ``plan("config/config.yaml", given=False)``: the default config's
     dry run without --configfile, as `make run` plans it. Each dry run runs once per test run, when a test first
-    asks for it, one at a time in the clone; the clone is ``plan.clone``."""
+    asks for it, one at a time in the clone; the clone is ``plan.clone``.
+
+    ``plan.prefetch([(config, given), ...])`` runs those of the dry runs not yet run in one process
+    (tests/dry_runs.py: Snakemake's command line, called once per config, imported once), for a test that reads
+    many; ``plan(...)`` then reads them as if each had run alone."""
     from vlprompt.experiment.config import load_config
 
     def clone_it(root: Path) -> None:
@@ -217,34 +214,39 @@ def config_plans(tmp_path_factory) -> Callable[[str], Plan]:
         _run(["git", "clone", "--quiet", REPO, root / "vlprompt"], root)
 
     clone = build_once(tmp_path_factory, "plans_clone", clone_it) / "vlprompt"
+    shared = shared_root(tmp_path_factory)
+
+    def name_of(config: str, given: bool) -> str:
+        assert given or config == "config/config.yaml", "only the default config is found without --configfile"
+        return "plan-" + config.replace("/", "-") + ("" if given else "-default")
+
+    def job(config: str, given: bool, folder: Path) -> dict:
+        cfg = load_config(clone / config, check_names=False)
+        args = ["-s", str(REPO / "Snakefile"), "-d", str(clone), "-n", "--quiet", "rules"]
+        return {
+            "args": args + (["--configfile", str(clone / config)] if given else []),
+            "workdir": str(clone),
+            "resolved": str(clone / cfg["results_root"] / cfg["experiment"] / "config.json"),
+            "folder": str(folder),
+        }
+
+    def run_dry_runs(jobs: list[dict]) -> None:
+        """tests/dry_runs.py over ``jobs`` in one process, alone in the clone."""
+        listing = Path(jobs[0]["folder"]).with_suffix(".jobs.json")
+        listing.write_text(json.dumps(jobs))
+        with FileLock(str(clone) + ".busy"):  # one dry run at a time in the clone
+            proc = subprocess.run(
+                [sys.executable, str(REPO / "tests" / "dry_runs.py"), str(listing)],
+                env=TEST_ENV,
+                capture_output=True,
+                text=True,
+                timeout=600 + 120 * len(jobs),
+            )
+        assert proc.returncode == 0, f"tests/dry_runs.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
     def plan(config: str, given: bool = True) -> Plan:
-        assert given or config == "config/config.yaml", "only the default config is found without --configfile"
-
-        def build(folder: Path) -> None:
-            args = ["--configfile", str(clone / config)] if given else []
-            cfg = load_config(clone / config, check_names=False)
-            resolved = clone / cfg["results_root"] / cfg["experiment"] / "config.json"
-            with FileLock(str(clone) + ".busy"):  # one dry run at a time in the clone
-                resolved.unlink(missing_ok=True)
-                before = _file_times(clone)
-                proc = subprocess.run(
-                    [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(clone)]
-                    + ["-n", "--quiet", "rules", *args],
-                    env=TEST_ENV,
-                    capture_output=True,
-                    text=True,
-                    timeout=600,
-                )
-                after = _file_times(clone)
-                if resolved.exists():
-                    shutil.copy(resolved, folder / "config.json")
-            written = sorted(path for path, time in after.items() if before.get(path) != time)
-            (folder / "written.json").write_text(json.dumps(written))
-            (folder / "output.txt").write_text(proc.stdout + proc.stderr)
-            (folder / "returncode").write_text(str(proc.returncode))
-
-        folder = build_once(tmp_path_factory, "plan-" + config.replace("/", "-") + ("" if given else "-default"), build)
+        name = name_of(config, given)
+        folder = build_once(tmp_path_factory, name, lambda folder: run_dry_runs([job(config, given, folder)]))
         resolved = folder / "config.json"
         return Plan(
             returncode=int((folder / "returncode").read_text()),
@@ -253,7 +255,30 @@ def config_plans(tmp_path_factory) -> Callable[[str], Plan]:
             written=json.loads((folder / "written.json").read_text()),
         )
 
+    def prefetch(wanted: list[tuple[str, bool]]) -> None:
+        names = sorted({name_of(config, given): (config, given) for config, given in wanted}.items())
+        with contextlib.ExitStack() as held:
+            for name, _ in names:  # each dry run's own lock, always in this order, then the clone's (as plan does)
+                held.enter_context(FileLock(str(shared / name) + ".lock"))
+            todo = [
+                (name, config, given) for name, (config, given) in names if not (shared / (name + ".done")).exists()
+            ]
+            if not todo:
+                return
+            for name, _, _ in todo:
+                shutil.rmtree(shared / name, ignore_errors=True)
+                (shared / name).mkdir()
+            try:
+                run_dry_runs([job(config, given, shared / name) for name, config, given in todo])
+            except BaseException:
+                for name, _, _ in todo:
+                    shutil.rmtree(shared / name, ignore_errors=True)
+                raise
+            for name, _, _ in todo:
+                (shared / (name + ".done")).touch()
+
     plan.clone = clone  # type: ignore[attr-defined]
+    plan.prefetch = prefetch  # type: ignore[attr-defined]
     return plan
 
 

@@ -95,9 +95,10 @@ def test_the_cli_prints_the_line_and_exits_2(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_a_run_stopped_by_a_full_disk_recovers_to_the_same_summary(tmp_path):
+def test_a_run_stopped_by_a_full_disk_recovers_to_the_same_summary(tmp_path, tiny_clone):
     """The tiny pocket config with its feature banks on a nearly full tmpfs: the run stops with the line (no Bus
-    error), and after freeing space the README's recovery command gives the summary.csv of a clean run."""
+    error), and after freeing space the README's recovery command gives the summary.csv of a clean run (the
+    tiny config's run in a fresh clone, conftest's tiny_clone, shared with test_dvc and test_isolation)."""
     cfg = yaml.safe_load((REPO / "tests" / "configs" / "pocket_tiny.yaml").read_text())
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
@@ -110,16 +111,11 @@ def test_a_run_stopped_by_a_full_disk_recovers_to_the_same_summary(tmp_path):
             timeout=900,
         )
 
-    def setup(work: Path) -> Path:
-        (work / "config").mkdir(parents=True)
-        (work / "config" / "config.yaml").write_text(
-            yaml.safe_dump({**cfg, "data_root": str(tmp_path / "data")})  # one prepared dataset for both
-        )
-        return work
-
-    clean = setup(tmp_path / "clean")
-    assert run(clean, "--cores", "2").returncode == 0
-    full = setup(tmp_path / "full")
+    clean = tiny_clone["run"]
+    assert yaml.safe_load((clean / "config" / "config.yaml").read_text()) == cfg  # the same experiment
+    full = tmp_path / "full"
+    (full / "config").mkdir(parents=True)
+    (full / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     with small_tmpfs(tmp_path / "disk", "256k") as disk:
         (full / "results").mkdir()
         (full / "results" / "features").symlink_to(disk)  # the banks' folder on the small disk

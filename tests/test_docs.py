@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from doc_commands import REPO, blocks, commands, markers_of_tested_blocks, pages, skipped, unmarked
@@ -196,6 +197,7 @@ def test_the_documented_experiment_configs_validate():
         validate(coerce_strings(yaml.safe_load((REPO / path).read_text())))
 
 
+@pytest.mark.slow  # a dry run of the full-size base-to-novel grid: the full suite, not the fast tier
 def test_the_real_benchmark_dry_runs_here(tmp_path):
     """``snakemake -n --configfile config/base2novel.yaml``, as documented, in an empty folder: no data, no
     weights, and the plan has the training jobs."""

@@ -598,6 +598,7 @@ def test_prepare_cli_download_block_is_checked(tmp_path, capsys):
     assert "unknown key `download.mirorr`; did you mean `download.mirror`?" in error
 
 
+@pytest.mark.slow  # Snakemake runs the DAG's jobs: the full suite, not the fast tier
 def test_snakemake_prepares_and_splits_a_real_dataset(server, tmp_path):
     """The DAG's own rules on a real dataset, offline: prepare (fetch, verify, extract, published split)
     then the base/new classes and a few-shot subset. Snakemake creates the output's folder before the job

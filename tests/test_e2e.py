@@ -42,6 +42,21 @@ def workdir(tmp_path_factory):
     return work
 
 
+@pytest.fixture(scope="module")
+def commands_after_the_run(workdir, tmp_path_factory):
+    """Snakemake's command line on the finished run, the three in one process (tests/dry_runs.py): the packed
+    report (``--report``), a second run's dry run (``--cores 2 -n``) and ``--lint``; their CompletedProcesses, and
+    the packed report's path."""
+    from dry_runs import snakemake_calls
+
+    packed = tmp_path_factory.mktemp("packed") / "report.html"
+    on_the_run = ["-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+    report, dry, lint = snakemake_calls(
+        [on_the_run + ["--report", str(packed)], on_the_run + ["--cores", "2", "-n"], on_the_run + ["--lint"]], ENV
+    )
+    return {"report": report, "dry": dry, "lint": lint, "packed": packed}
+
+
 @pytest.mark.slow
 def test_summary_has_every_row_with_sane_values(workdir):
     df = pd.read_csv(workdir / "results" / "e2e" / "summary.csv")
@@ -81,14 +96,11 @@ def test_report_is_rendered(workdir):
 
 
 @pytest.mark.slow
-def test_snakemakes_packed_report_embeds_every_figure_with_its_caption(workdir, tmp_path):
+def test_snakemakes_packed_report_embeds_every_figure_with_its_caption(workdir, commands_after_the_run):
     import base64
     import re
 
-    packed = tmp_path / "report.html"
-    proc = subprocess.run(
-        SNAKEMAKE + ["-d", str(workdir), "--report", str(packed)], capture_output=True, text=True, env=ENV
-    )
+    packed, proc = commands_after_the_run["packed"], commands_after_the_run["report"]  # snakemake --report
     assert proc.returncode == 0, proc.stderr[-4000:]
     text = packed.read_text()
     pngs = sorted((workdir / "reports" / "e2e" / "figures").glob("*.png"))
@@ -108,16 +120,15 @@ def test_snakemakes_packed_report_embeds_every_figure_with_its_caption(workdir, 
 
 
 @pytest.mark.slow
-def test_second_run_does_nothing(workdir):
-    cmd = SNAKEMAKE + ["-d", str(workdir), "--cores", "2", "-n"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+def test_second_run_does_nothing(commands_after_the_run):
+    proc = commands_after_the_run["dry"]  # snakemake --cores 2 -n
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
-def test_lint_reports_nothing(workdir):
-    proc = subprocess.run(SNAKEMAKE + ["-d", str(workdir), "--lint"], capture_output=True, text=True, env=ENV)
+def test_lint_reports_nothing(commands_after_the_run):
+    proc = commands_after_the_run["lint"]  # snakemake --lint
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -192,6 +203,7 @@ def test_declared_inputs_add_their_jobs_and_the_default_plan_keeps_its_own(confi
     """Declared inputs: the unlabelled training split, the test views and the multitask stage are jobs only for the
     methods that declare them (4 datasets; 3 seeds of one multitask method); the default experiment plans what it
     did."""
+    config_plans.prefetch([("config/pocket_wave3.yaml", True), ("config/config.yaml", True)])  # in one process
     assert planned_jobs(config_plans, "config/pocket_wave3.yaml") == {
         "prepare_dataset": "6",
         "extract_test": "4",

@@ -32,6 +32,8 @@ TINY = REPO / "tests" / "configs" / "pocket_tiny.yaml"
 ENV = TEST_ENV
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "config").rglob("*.yaml") if "published" not in p.parts)
+# the dry runs the two tests over every config read: each config with --configfile, and the default one without
+EVERY_PLAN = [(str(config), True) for config in CONFIGS] + [("config/config.yaml", False)]
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -85,6 +87,7 @@ def test_a_fresh_clone_plans_the_whole_dag_of_every_config(config_plans):
     the tests that check one config's plan or resolved config."""
     assert CONFIGS, "no configs found"
     clone = config_plans.clone
+    config_plans.prefetch(EVERY_PLAN)  # in one process, for this test and the next
     for config in CONFIGS:
         cfg = load_config(clone / config, check_names=False)
         plan = config_plans(str(config), given=config != Path("config/config.yaml"))
@@ -121,6 +124,7 @@ def test_a_configfile_is_the_whole_experiment(config_plans, tmp_path):
     never to config/config.yaml's (its method overrides, pocket notes, grid); the default config applies
     only when none is given, and `method_overrides: {}` means no overrides."""
     defaults = load_config(REPO / "config" / "config.yaml")
+    config_plans.prefetch(EVERY_PLAN)  # in one process, for this test and the one before
     for config in CONFIGS:  # each with --configfile, in a fresh clone (conftest's config_plans)
         own = yaml.safe_load((REPO / config).read_text())
         plan = config_plans(str(config))

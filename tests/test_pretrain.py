@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -82,30 +81,19 @@ def test_the_shipped_checkpoints_are_in_the_form_the_rule_writes(tmp_path, name)
 
 
 def test_the_rule_pretrains_the_experiments_world(tmp_path):
+    from dry_runs import snakemake_calls  # the three dry runs in one process (tests/dry_runs.py)
+
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for config, world in (
-        ("config/pocket_v1.yaml", "v1"),
-        ("config/config.yaml", "v2"),
-        ("config/explore/pocket_world/disjoint.yaml", "v2"),
-    ):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "snakemake",
-                "-s",
-                str(REPO / "Snakefile"),
-                "-d",
-                str(tmp_path),
-                "--configfile",
-                str(REPO / config),
-                "-n",
-                "-p",
-                "pretrain_pocket_clip",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
+    worlds = {
+        "config/pocket_v1.yaml": "v1",
+        "config/config.yaml": "v2",
+        "config/explore/pocket_world/disjoint.yaml": "v2",
+    }
+    calls = [
+        ["-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile", str(REPO / config)]
+        + ["-n", "-p", "pretrain_pocket_clip"]
+        for config in worlds
+    ]
+    for proc, world in zip(snakemake_calls(calls, env), worlds.values(), strict=True):
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert f"pretrain-pocket --world {world} --out results/pocket_clip/pocket_clip_{world}_fp16.pt" in proc.stdout

@@ -70,28 +70,51 @@ def planned_jobs(log: str) -> list[dict]:
     return jobs
 
 
-def dry_run_through_profile(workdir: Path, cfg: dict, *args: str) -> list[dict]:
-    """The jobs a dry run plans with ``cfg`` through the SLURM profile, with the local executor (the
-    profile as a cluster run uses it; a dry run needs no cluster)."""
-    (workdir / "config").mkdir()
-    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run(
-        SNAKEMAKE
-        + ["-d", str(workdir), "-n", "--profile", str(REPO / "workflow/profiles/slurm"), "--executor", "local", *args],
-        env=ENV,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return planned_jobs(proc.stdout + proc.stderr)
-
-
-@pytest.mark.parametrize("granularity", ["run", "shots"])
-def test_profile_gives_image_methods_one_gpu_and_groups_only_cpu_jobs(tmp_path, granularity):
+def profile_config(case: str) -> tuple[dict, list[str]]:
+    """The config and extra Snakemake arguments of each dry run through the profile that the tests below read."""
+    if case == "transfer":
+        cfg = yaml.safe_load((REPO / "config/pocket_crossdataset.yaml").read_text())
+        cfg.update(methods=["coop", "vpt_deep"], seeds=[1], shots=[16], targets=cfg["targets"][:2])
+        return cfg, []
     cfg = yaml.safe_load(TINY.read_text())
+    if case == "set_resources":
+        cfg["methods"] = [*cfg["methods"], "vpt_deep"]
+        return cfg, ["--set-resources", "extract_test:runtime=5", "train_images:gpu=0"]
+    granularity = case.removeprefix("granularity_")  # run or shots
     cfg.update(methods=["zeroshot", "coop", "kgcoop", "maple", "vpt_deep"], seeds=[1, 2])
     cfg["train"]["job_granularity"] = granularity
-    jobs = dry_run_through_profile(tmp_path, cfg)
+    return cfg, []
+
+
+PROFILE_CASES = ("granularity_run", "granularity_shots", "transfer", "set_resources")
+
+
+@pytest.fixture(scope="module")
+def profile_plans(tmp_path_factory) -> dict[str, list[dict]]:
+    """The jobs each case's dry run plans through the SLURM profile, with the local executor (the profile as a
+    cluster run uses it; a dry run needs no cluster): the four dry runs in one process (tests/dry_runs.py), each in
+    a folder of its own."""
+    from dry_runs import snakemake_calls
+
+    through_the_profile = ["-n", "--profile", str(REPO / "workflow/profiles/slurm"), "--executor", "local"]
+    calls = []
+    for case in PROFILE_CASES:
+        cfg, args = profile_config(case)
+        workdir = tmp_path_factory.mktemp(case)
+        (workdir / "config").mkdir()
+        (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+        calls.append(["-s", str(REPO / "Snakefile"), "-d", str(workdir), *through_the_profile, *args])
+    plans = {}
+    for case, proc in zip(PROFILE_CASES, snakemake_calls(calls, ENV), strict=True):
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        plans[case] = planned_jobs(proc.stdout + proc.stderr)
+    return plans
+
+
+@pytest.mark.xdist_group("slurm_profile")  # the four dry runs' group, not the cluster runs' (test_slurm)
+@pytest.mark.parametrize("granularity", ["run", "shots"])
+def test_profile_gives_image_methods_one_gpu_and_groups_only_cpu_jobs(profile_plans, granularity):
+    jobs = profile_plans[f"granularity_{granularity}"]
     image_rule = {"run": "train_images", "shots": "train_images_group"}[granularity]
     feature_rule = {"run": "train", "shots": "train_group"}[granularity]
     images = [j for j in jobs if j["rule"] == image_rule]
@@ -110,10 +133,9 @@ def test_profile_gives_image_methods_one_gpu_and_groups_only_cpu_jobs(tmp_path, 
     assert all("gpu" not in j["resources"] for j in jobs if j["group"]), jobs
 
 
-def test_transfer_evaluation_of_image_methods_asks_for_a_gpu(tmp_path):
-    cfg = yaml.safe_load((REPO / "config/pocket_crossdataset.yaml").read_text())
-    cfg.update(methods=["coop", "vpt_deep"], seeds=[1], shots=[16], targets=cfg["targets"][:2])
-    jobs = [j for j in dry_run_through_profile(tmp_path, cfg) if j["rule"].startswith("evaluate_transfer")]
+@pytest.mark.xdist_group("slurm_profile")
+def test_transfer_evaluation_of_image_methods_asks_for_a_gpu(profile_plans):
+    jobs = [j for j in profile_plans["transfer"] if j["rule"].startswith("evaluate_transfer")]
     rules = ("evaluate_transfer", "evaluate_transfer_images")
     by_rule = {rule: [j for j in jobs if j["rule"] == rule] for rule in rules}
     assert len(by_rule["evaluate_transfer"]) == len(by_rule["evaluate_transfer_images"]) == 2, jobs
@@ -123,10 +145,9 @@ def test_transfer_evaluation_of_image_methods_asks_for_a_gpu(tmp_path):
         assert "method=coop" in job["wildcards"] and "gpu" not in job["resources"] and job["group"] == "transfer"
 
 
-def test_a_set_resources_on_the_command_line_changes_one_value_and_keeps_the_rest(tmp_path):
-    cfg = yaml.safe_load(TINY.read_text())
-    cfg["methods"] = [*cfg["methods"], "vpt_deep"]
-    jobs = dry_run_through_profile(tmp_path, cfg, "--set-resources", "extract_test:runtime=5", "train_images:gpu=0")
+@pytest.mark.xdist_group("slurm_profile")
+def test_a_set_resources_on_the_command_line_changes_one_value_and_keeps_the_rest(profile_plans):
+    jobs = profile_plans["set_resources"]  # --set-resources extract_test:runtime=5 train_images:gpu=0
     res = {j["rule"]: j["resources"] for j in jobs}
     # the rule's own needs, one value changed; the profile's defaults for the rest
     assert {k: res["extract_test"][k] for k in ("gpu", "cpus_per_task", "mem_mb", "runtime")} == {
