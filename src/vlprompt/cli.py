@@ -549,35 +549,42 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from vlprompt.clip.backbone import BackboneError
-    from vlprompt.data.download import DownloadError
-    from vlprompt.data.registry import DatasetError
-    from vlprompt.data.splits import SplitError
-    from vlprompt.experiment.config import ConfigError
-    from vlprompt.io import CorruptArtefactError, NoSpaceError
-    from vlprompt.methods.base import MethodError
-
-    # expected failures (bad config, missing or corrupt data, dead link, unsafe archive) get their message,
-    # which names the file and the fix, and no traceback; ChecksumError and UnsafeArchiveError are DownloadErrors
-    expected = (
-        ConfigError,
-        DatasetError,
-        SplitError,
-        MethodError,
-        BackboneError,
-        DownloadError,
-        FileNotFoundError,
-        CorruptArtefactError,
-        NoSpaceError,
-    )
     try:
         rc = args.fn(args)
-    except expected as err:  # a ConfigError holds one line per problem, each printed as its own error
-        lines = str(err).split("\n") if isinstance(err, ConfigError) else [str(err)]
+    except Exception as err:  # a ConfigError holds one line per problem, each printed as its own error
+        if not isinstance(err, expected_errors()):
+            raise
+        config = sys.modules.get("vlprompt.experiment.config")
+        lines = str(err).split("\n") if config and isinstance(err, config.ConfigError) else [str(err)]
         for line in lines:
             print(f"vlprompt {args.command}: error: {line}", file=sys.stderr)
         return 2
     return rc or 0
+
+
+#: The expected failures (bad config, missing or corrupt data, dead link, unsafe archive, full disk), by module:
+#: their message names the file and the fix and is printed without a traceback (ChecksumError and
+#: UnsafeArchiveError are DownloadErrors).
+EXPECTED_ERRORS = {
+    "vlprompt.experiment.config": ("ConfigError",),
+    "vlprompt.data.registry": ("DatasetError",),
+    "vlprompt.data.splits": ("SplitError",),
+    "vlprompt.methods.base": ("MethodError",),
+    "vlprompt.clip.backbone": ("BackboneError",),
+    "vlprompt.data.download": ("DownloadError",),
+    "vlprompt.io": ("CorruptArtefactError", "NoSpaceError"),
+}
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The expected error classes of the modules imported so far (an error's module is imported before it can be
+    raised), so that naming ``MethodError`` or ``BackboneError`` does not import torch into a command that has not
+    (``env``, ``unlock-stale``: about two seconds of start-up)."""
+    found: list[type[BaseException]] = [FileNotFoundError]
+    for module, names in EXPECTED_ERRORS.items():
+        if module in sys.modules:
+            found += [getattr(sys.modules[module], n) for n in names]
+    return tuple(found)
 
 
 if __name__ == "__main__":
