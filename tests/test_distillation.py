@@ -4,6 +4,8 @@ The reference fixture of PromptKD is checked in ``tests/test_reference_equivalen
 against the base method (a zero-length prefix changes nothing) and against a hand-built longer prompt.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -109,3 +111,107 @@ def test_cascade_shape_errors_are_one_line(ctx):
         from vlprompt.methods.caspl import cascaded
 
         cascaded(get_method("coop"))
+
+
+# ------------------------------------------------ PromptKD against its official code (tests/reference/fixtures)
+
+
+@pytest.fixture(scope="module")
+def ref_clip(tmp_path_factory):
+    """The tiny OpenAI-layout CLIP of the reference fixtures, loaded as test_reference_equivalence loads it."""
+    from reference import tiny_clip
+    from vlprompt.clip.backbone import load_backbone, open_clip
+
+    oc = open_clip()
+    if tiny_clip.MODEL_NAME not in oc.list_models():
+        config = tmp_path_factory.mktemp("tiny_clip_config") / f"{tiny_clip.MODEL_NAME}.json"
+        config.write_text(json.dumps(tiny_clip.OPEN_CLIP_CONFIG))
+        oc.add_model_config(config)
+    weights = tmp_path_factory.mktemp("tiny_clip") / "tiny_clip_openai_layout.pt"
+    torch.save(tiny_clip.state_dict(), weights)
+    return load_backbone(tiny_clip.MODEL_NAME, str(weights), force_quick_gelu=True), tiny_clip.inputs()
+
+
+def promptkd_pair(backbone, fix: dict):
+    """The fixture's teacher (PromptSRC with the reference teacher's prompts) and the student built on it."""
+    from test_reference_equivalence import context
+    from vlprompt.methods.promptkd import Teacher
+
+    teacher_method = build_ref("promptsrc", context(backbone, fix))  # 4 + 4 tokens at depth 9: every tiny block
+    teacher_method.load_trainable_state(fix["teacher_state"])
+    teacher = Teacher(teacher_method)
+    settings = {"depth_vision": fix["settings"]["depth"], "n_ctx_vision": fix["settings"]["n_ctx"]}
+    opts = dict(zip(fix["settings"]["opts"][::2], fix["settings"]["opts"][1::2], strict=True))
+    student = build_ref(
+        "promptkd",
+        context(backbone, fix, teacher=teacher),
+        **settings,
+        temperature=opts["TRAINER.PROMPTKD.TEMPERATURE"],
+        kd_weight=opts["TRAINER.PROMPTKD.KD_WEIGHT"],
+    )
+    return teacher, student
+
+
+def build_ref(name, ctx, **overrides):
+    cls = get_method(name)
+    return cls(cls.make_config(overrides), ctx)
+
+
+def test_promptkd_loss_and_one_student_step_equal_the_reference(ref_clip):
+    backbone, inputs = ref_clip
+    from test_reference_equivalence import close, fixture, image_step, load_init, trainable
+    from vlprompt.training.loop import lr_at
+
+    fix = fixture("promptkd")
+    teacher, student = promptkd_pair(backbone, fix)
+    images = inputs["images"]
+    close(teacher.text_features(fix["classnames"]), fix["teacher_text"], what="teacher's shared text features")
+    close(teacher.logits(images, fix["classnames"]), fix["teacher_logits"], what="teacher's logits")
+    load_init(student, fix)
+    student.train()  # the projector's BatchNorm on the batch's statistics, as the reference's forward_backward
+    close(student.image_features(images), fix["image_features"], what="projected student image features")
+    close(student(images), fix["logits"], what="student logits on the teacher's text features")
+    assert student.config.lr == 0.005 and lr_at(student.config, 0) == pytest.approx(fix["lr"])
+    student.load_trainable_state({**student.trainable_state(), **fix["init"]})  # undo the running statistics
+    with torch.no_grad():
+        student.projector[1].reset_running_stats()
+    loss = image_step(student, images, fix["labels"])
+    assert loss == pytest.approx(fix["loss"]["kd"], rel=1e-5)
+    # The KD term is weighted 1000 and sums products of nearly equal log-probabilities: the projector's gradient
+    # (scale 4.5e3) differs from the reference's by 1.3e-5 relative (measured), fp32 rounding like PromptSRC's. The
+    # bias before the BatchNorm has a gradient of exactly 0 in exact arithmetic (the batch mean removes it): both
+    # sides hold rounding noise of the weight's gradient, so it is compared on the weight's scale.
+    scale = float(fix["grad"]["projector.0.weight"].abs().max())
+    for name, p in trainable(student).items():
+        rtol = 5e-5 * scale / float(fix["grad"][name].abs().max()) if name == "projector.0.bias" else 5e-5
+        close(p.grad, fix["grad"][name], rtol, f"gradient of {name}")
+        close(p, fix["after"][name], 1e-5, f"{name} after one step")
+    state = student.trainable_state()
+    for key in ("running_mean", "running_var"):
+        close(state[f"projector.1.{key}"], fix["bn_after"][key], what=f"BatchNorm {key} after one step")
+    student.eval()
+    close(student(images), fix["eval_logits"], what="evaluation logits (running statistics)")
+
+
+def test_promptkd_reads_no_label_and_needs_a_teacher(ref_clip):
+    backbone, inputs = ref_clip
+    from test_reference_equivalence import context, fixture
+
+    fix = fixture("promptkd")
+    _, student = promptkd_pair(backbone, fix)
+    images = inputs["images"]
+    student.eval()
+    a, _ = student.loss(images, fix["labels"])
+    b, _ = student.loss(images, fix["labels"].flip(0))
+    assert torch.equal(a, b)
+    with pytest.raises(MethodError, match="needs a prompt-tuned teacher"):
+        build_ref("promptkd", context(backbone, fix))
+
+
+def test_kd_loss_by_hand():
+    from vlprompt.methods.promptkd import kd_loss
+
+    s, t = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    p, q = torch.softmax(t / 2, -1), torch.softmax(s / 2, -1)  # teacher, student at T = 2
+    expected = (p * (p.log() - q.log())).sum() * 4 / 4
+    assert kd_loss(s, t, 2.0).item() == pytest.approx(expected.item(), rel=1e-6)
