@@ -215,3 +215,109 @@ def test_kd_loss_by_hand():
     p, q = torch.softmax(t / 2, -1), torch.softmax(s / 2, -1)  # teacher, student at T = 2
     expected = (p * (p.log() - q.log())).sum() * 4 / 4
     assert kd_loss(s, t, 2.0).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# ------------------------------------------------ the teacher: its keyed folder, its stage, the check, a run
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    """A 4-class pocket dataset (2 base, 2 new) with a 2-shot subset, and a config distilling a random S8 teacher."""
+    from vlprompt.data import pocket, registry, splits
+    from vlprompt.experiment import grid
+    from vlprompt.experiment.config import validate
+
+    root = tmp_path_factory.mktemp("distill")
+    cfg = validate(
+        {
+            "experiment": "mini",
+            "protocol": "base2new",
+            "data_root": str(root / "data"),
+            "results_root": str(root / "results"),
+            "reports_root": str(root / "reports"),
+            "backbone": {"model": "PocketCLIP-ViT-T8", "pretrained": None},
+            "datasets": ["pocket_dark"],
+            "methods": ["zeroshot", "promptkd"],
+            "shots": [2],
+            "seeds": [1],
+            "teacher": {
+                "backbone": {"model": "PocketCLIP-ViT-S8", "pretrained": None},
+                "overrides": {"epochs": 1, "depth_vision": 2, "depth_text": 2},
+            },
+            "pocket": {"n_colours": 2, "n_shapes": 2, "per_class": {"train": 3, "val": 2, "test": 2}},
+            "train": {"checkpoint_every": 1, "device": "cpu"},
+            "features": {"workers": 0},
+            "method_overrides": {"promptkd": {"epochs": 1, "depth_vision": 2}},
+        }
+    )
+    world = registry.pocket_world(cfg)
+    ds = pocket.PocketDataset("pocket_dark", "dark", cfg["pocket"]["per_class"])
+    split = splits.read_split(pocket.generate(ds, world, registry.dataset_dir(cfg, "pocket_dark"), progress=False))
+    splits.write_classes(grid.classes_path(cfg, "pocket_dark"), split)
+    splits.write_fewshot(grid.fewshot_path(cfg, "pocket_dark", 2, 1), splits.fewshot_sample(split, 2, 1), 2, 1)
+    return cfg, root
+
+
+def test_the_teacher_folder_is_keyed_by_everything_that_defines_it(mini):
+    import copy
+
+    from vlprompt.experiment import grid
+    from vlprompt.experiment.teacher import teacher_dir, teacher_files
+
+    cfg, _ = mini
+    base = teacher_dir(cfg, "pocket_dark", 2, 1)
+    assert base.parts[-2:] == ("2shot", "seed1") and "PocketCLIP-ViT-S8" in str(base) and "promptsrc-" in str(base)
+    assert teacher_dir(cfg, "pocket_dark", 4, 1) != base and teacher_dir(cfg, "pocket_dark", 2, 2) != base
+    for change in (
+        {"backbone": {"model": "PocketCLIP-ViT-T8", "pretrained": None}},
+        {"method": "ivlp"},
+        {"overrides": {"epochs": 2, "depth_vision": 2, "depth_text": 2}},
+    ):
+        other = copy.deepcopy(cfg)
+        other["teacher"].update(change)
+        assert teacher_dir(other, "pocket_dark", 2, 1) != base, change
+    other = copy.deepcopy(cfg)
+    other["experiment"], other["method_overrides"]["promptkd"]["epochs"] = "another", 3
+    assert teacher_dir(other, "pocket_dark", 2, 1) == base  # shared by experiments asking for the same teacher
+    # a promptkd run reads its teacher; other image methods' inputs are unchanged
+    assert set(teacher_files(cfg, "pocket_dark", 2, 1)) <= set(grid.train_inputs(cfg, "pocket_dark", "promptkd", 2, 1))
+    assert not any("teacher" in str(p) for p in grid.train_inputs(cfg, "pocket_dark", "promptsrc", 2, 1))
+
+
+def test_a_promptkd_run_reads_its_trained_teacher(mini, tmp_path):
+    from vlprompt.experiment.teacher import teacher_config, teacher_dir
+    from vlprompt.training import image_runs
+    from vlprompt.training.records import load_model_state
+    from vlprompt.training.teacher import teacher_method
+
+    cfg, _ = mini
+    with pytest.raises(Exception, match="teacher.*metrics.json is missing; rebuild it with: snakemake"):
+        image_runs.run(cfg, "pocket_dark", "promptkd", 2, 1, tmp_path / "early", progress=False)
+    image_runs.run(
+        teacher_config(cfg), "pocket_dark", teacher_method(cfg), 2, 1, teacher_dir(cfg, "pocket_dark", 2, 1), False
+    )
+    metrics = image_runs.run(cfg, "pocket_dark", "promptkd", 2, 1, tmp_path / "run", progress=False)
+    assert {"base_acc", "new_acc", "hm"} <= set(metrics)
+    state = load_model_state(tmp_path / "run", torch.device("cpu"))["state"]
+    assert state["projector.0.weight"].shape == (96, 64)  # the tiny student's 64 to the S8 teacher's 96
+    assert "projector.1.running_mean" in state
+
+
+def test_the_check_refuses_a_teacher_no_better_than_the_student(tmp_path):
+    from vlprompt.experiment.config import ConfigError
+    from vlprompt.training.teacher import check_teacher_beats_student
+
+    def metrics(name, **values):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"dataset": "pocket_dark", **values}))
+        return path
+
+    teachers = [metrics("t1", hm=60.0), metrics("t2", hm=50.0)]
+    margins = check_teacher_beats_student(teachers, [metrics("zs", hm=40.0)])
+    assert margins == {"pocket_dark": {"teacher": 55.0, "student_zero_shot": 40.0, "margin": 15.0}}
+    with pytest.raises(
+        ConfigError, match=r"not better than the student's zero-shot CLIP on pocket_dark \(55.0 <= 55.0"
+    ):
+        check_teacher_beats_student(teachers, [metrics("zs2", hm=55.0)])
+    with pytest.raises(ConfigError, match="add zeroshot"):
+        check_teacher_beats_student([metrics("t3", all_acc=60.0)], [])
