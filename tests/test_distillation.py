@@ -321,3 +321,14 @@ def test_the_check_refuses_a_teacher_no_better_than_the_student(tmp_path):
         check_teacher_beats_student(teachers, [metrics("zs2", hm=55.0)])
     with pytest.raises(ConfigError, match="add zeroshot"):
         check_teacher_beats_student([metrics("t3", all_acc=60.0)], [])
+
+
+def test_distill_commands():
+    """docs/distillation.md's commands: each config validates as Snakemake loads it and its targets are rules."""
+    from doc_commands import commands
+    from test_docs import _check_line
+
+    lines = commands("distill_commands")
+    assert len(lines) == 2 and "pretrain_pocket_teacher" in lines[0]
+    for line in lines:
+        _check_line(line)
