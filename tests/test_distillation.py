@@ -247,7 +247,11 @@ def mini(tmp_path_factory):
             "pocket": {"n_colours": 2, "n_shapes": 2, "per_class": {"train": 3, "val": 2, "test": 2}},
             "train": {"checkpoint_every": 1, "device": "cpu"},
             "features": {"workers": 0},
-            "method_overrides": {"promptkd": {"epochs": 1, "depth_vision": 2}},
+            "method_overrides": {
+                "promptkd": {"epochs": 1, "depth_vision": 2},
+                "caspl_boost": {"epochs": 1, "depth_vision": 2, "depth_text": 2},
+                "caspl": {"epochs": 1, "depth_vision": 2, "depth_text": 2},
+            },
         }
     )
     world = registry.pocket_world(cfg)
@@ -284,23 +288,50 @@ def test_the_teacher_folder_is_keyed_by_everything_that_defines_it(mini):
     assert not any("teacher" in str(p) for p in grid.train_inputs(cfg, "pocket_dark", "promptsrc", 2, 1))
 
 
-def test_a_promptkd_run_reads_its_trained_teacher(mini, tmp_path):
+def trained_teacher(cfg: dict) -> None:
+    """The rule train_teacher's job for pocket_dark, 2 shots, seed 1 (once per test session)."""
     from vlprompt.experiment.teacher import teacher_config, teacher_dir
     from vlprompt.training import image_runs
-    from vlprompt.training.records import load_model_state
     from vlprompt.training.teacher import teacher_method
+
+    out = teacher_dir(cfg, "pocket_dark", 2, 1)
+    if not (out / "metrics.json").exists():
+        image_runs.run(teacher_config(cfg), "pocket_dark", teacher_method(cfg), 2, 1, out, progress=False)
+
+
+def test_a_promptkd_run_reads_its_trained_teacher(mini, tmp_path):
+    from vlprompt.training import image_runs
+    from vlprompt.training.records import load_model_state
 
     cfg, _ = mini
     with pytest.raises(Exception, match="teacher.*metrics.json is missing; rebuild it with: snakemake"):
         image_runs.run(cfg, "pocket_dark", "promptkd", 2, 1, tmp_path / "early", progress=False)
-    image_runs.run(
-        teacher_config(cfg), "pocket_dark", teacher_method(cfg), 2, 1, teacher_dir(cfg, "pocket_dark", 2, 1), False
-    )
+    trained_teacher(cfg)
     metrics = image_runs.run(cfg, "pocket_dark", "promptkd", 2, 1, tmp_path / "run", progress=False)
     assert {"base_acc", "new_acc", "hm"} <= set(metrics)
     state = load_model_state(tmp_path / "run", torch.device("cpu"))["state"]
     assert state["projector.0.weight"].shape == (96, 64)  # the tiny student's 64 to the S8 teacher's 96
     assert "projector.1.running_mean" in state
+
+
+def test_a_caspl_run_cascades_after_its_boosting_run(mini):
+    from vlprompt.experiment import grid
+    from vlprompt.training import image_runs
+    from vlprompt.training.records import load_model_state
+
+    cfg, _ = mini
+    boost_dir = grid.Run("pocket_dark", "caspl_boost", 2, 1).dir(cfg)
+    assert boost_dir / "model.pt" in grid.train_inputs(cfg, "pocket_dark", "caspl", 2, 1)
+    trained_teacher(cfg)
+    image_runs.run(cfg, "pocket_dark", "caspl_boost", 2, 1, boost_dir, progress=False)
+    out = grid.Run("pocket_dark", "caspl", 2, 1).dir(cfg)
+    image_runs.run(cfg, "pocket_dark", "caspl", 2, 1, out, progress=False)
+    boost = load_model_state(boost_dir, torch.device("cpu"))["state"]
+    cascaded = load_model_state(out, torch.device("cpu"))["state"]
+    assert torch.equal(cascaded["boost_vision"], boost["vision_ctx"])
+    assert torch.equal(cascaded["boost_text"][0], boost["prompt_learner.ctx"])
+    assert torch.equal(cascaded["boost_text"][1:], boost["text_deep"])
+    assert not torch.equal(cascaded["vision_ctx"], boost["vision_ctx"])  # its own prompts trained after them
 
 
 def test_the_check_refuses_a_teacher_no_better_than_the_student(tmp_path):

@@ -253,6 +253,10 @@ def declared_inputs(
         from vlprompt.experiment.teacher import teacher_files
 
         paths += teacher_files(cfg, trained_on or dataset, shots, seed)
+    if cls.reads_boosting_prompts and seed is not None:
+        paths.append(
+            Run(trained_on or dataset, cls.reads_boosting_prompts, int(shots), int(seed)).dir(cfg) / "model.pt"
+        )
     return paths
 
 
@@ -265,7 +269,7 @@ def needs_gpu(method: str) -> int:
 
 def train_inputs(cfg: dict, dataset: str, method: str, shots: int | str, seed: int | str) -> list[Path]:
     """Files a training run reads: the feature bank, or the images for encoder-in-the-loop methods (and the trained
-    teacher of a ``reads_teacher`` method)."""
+    teacher, or the boosting prompts' run, of a distillation method)."""
     from vlprompt.methods import get_method
 
     shots, seed = int(shots), int(seed)
@@ -273,8 +277,13 @@ def train_inputs(cfg: dict, dataset: str, method: str, shots: int | str, seed: i
     if shots > 0:
         inputs.append(fewshot_path(cfg, dataset, shots, seed))
     if needs_gpu(method):
-        teacher = declared_inputs(cfg, dataset, method, shots, seed) if get_method(method).reads_teacher else []
-        return [split_file(cfg, dataset), *inputs, *teacher]
+        cls = get_method(method)
+        distils = cls.reads_teacher or cls.reads_boosting_prompts
+        return [
+            split_file(cfg, dataset),
+            *inputs,
+            *(declared_inputs(cfg, dataset, method, shots, seed) if distils else []),
+        ]
     inputs += eval_feature_files(cfg, dataset)
     if shots > 0:
         inputs += fewshot_feature_files(cfg, dataset, shots, seed)

@@ -152,6 +152,9 @@ class Method(nn.Module):
     reads_multitask_prompt: ClassVar[bool] = False  # starts from a prompt trained on the config's `sources`
     reads_new_classnames: ClassVar[bool] = False  # base2new: new classes' names, text only (unseen_classnames)
     reads_teacher: ClassVar[bool] = False  # a prompt-tuned bigger teacher CLIP (config `teacher`; ctx.teacher)
+    reads_boosting_prompts: ClassVar[str] = (
+        ""  # a method whose run's prompts are a frozen prefix (ctx.boosting_prompts)
+    )
     # Runs of the method (seeds of one job) may train in one computation, the text tower once per step over all
     # their prompts (vlprompt.training.batched): its loss and evaluation draw no global randomness. Read from the
     # class itself, never inherited: a subclass that adds randomness must not batch on its parent's word.

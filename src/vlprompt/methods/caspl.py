@@ -31,15 +31,62 @@ import torch
 
 from vlprompt.clip import deep_prompts
 from vlprompt.methods.base import Method, MethodContext, MethodError, normalize, register
-from vlprompt.methods.ivlp import IVLP
+from vlprompt.methods.ivlp import IVLP, IVLPConfig
+from vlprompt.methods.promptkd import kd_loss
 from vlprompt.methods.promptsrc import PromptSRC, PromptSRCConfig
 from vlprompt.methods.vpt_deep import VPTDeep
 
 BOOST_KEYS = ("boost_vision", "boost_text")
 
 
+@dataclasses.dataclass(frozen=True)
+class BoostingConfig(IVLPConfig):
+    epochs: int = 20  # PromptKD's preset for its student (an assumption for CasPL's first stage)
+    batch_size: int = 8
+    lr: float = 0.005
+    n_ctx_vision: int = 4
+    n_ctx_text: int = 4
+    depth_vision: int = 9
+    depth_text: int = 9
+    temperature: float = 1.0
+    kd_weight: float = 1000.0
+
+
+@register
+class BoostingPrompts(IVLP):
+    """CasPL's first stage: IVLP prompts of the student (both towers, its own text encoder) trained to match the
+    teacher's logits, KD loss as PromptKD's (``promptkd.kd_loss``); no label is read. A ``caspl`` run of the same
+    dataset, shots and seed cascades its prompts after these (:func:`boost_state`)."""
+
+    name = "caspl_boost"
+    paper = "Wu et al., Cascade Prompt Learning for Vision-Language Model Adaptation, ECCV 2024 (boosting stage)"
+    description = "CasPL's boosting prompts: IVLP prompts distilled from a prompt-tuned bigger teacher's logits"
+    Config = BoostingConfig
+    reads_teacher = True
+
+    def build_prompts(self, config, ctx: MethodContext, gen: torch.Generator) -> None:
+        if ctx.teacher is None:
+            raise MethodError("caspl_boost needs a prompt-tuned teacher: set the config's `teacher`")
+        self.teacher = ctx.teacher
+        super().build_prompts(config, ctx, gen)
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        teacher = self.teacher.logits(images, self.classnames)
+        loss = self.config.kd_weight * kd_loss(self(images), teacher, self.config.temperature)
+        return loss, {"kd": loss.item()}
+
+
+def boost_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ``caspl_boost`` model's prompts as the frozen prefix of a cascade: ``boost_vision`` (J_v, n, d_v) and
+    ``boost_text`` (J_t, n, d_t), the layer-0 context first."""
+    text = [state["prompt_learner.ctx"][None]] + ([state["text_deep"]] if "text_deep" in state else [])
+    return {"boost_vision": state["vision_ctx"], "boost_text": torch.cat(text)}
+
+
 class Cascaded:
     """Mixin before a :class:`VPTDeep`-family method: frozen boosting prompts before its learnable ones."""
+
+    reads_boosting_prompts = "caspl_boost"  # the run (same dataset, shots, seed) whose prompts are the prefix
 
     boost_vision: torch.Tensor  # (J_v, n_bv, d_v) frozen vision prompts of the first J_v blocks
     boost_text: torch.Tensor  # (J_t, n_bt, d_t) frozen text prompts: the layer-0 context, then the deeper blocks

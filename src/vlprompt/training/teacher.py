@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlprompt.experiment import grid
 from vlprompt.experiment import teacher as teacher_paths
 from vlprompt.experiment.config import ConfigError, method_settings
 from vlprompt.io import read_artefact_json
 from vlprompt.methods import get_method
+from vlprompt.methods.caspl import boost_state
 from vlprompt.methods.promptkd import Teacher
 from vlprompt.training.context import method_context
 from vlprompt.training.records import load_model_state
@@ -71,9 +73,13 @@ def check_teacher_beats_student(teacher_metrics: list[Path], student_zero_shot: 
 
 
 def attach_teacher(ctx, cls, cfg: dict, dataset: str, shots: int, seed: int) -> None:
-    """Give a ``reads_teacher`` method's context its trained teacher (no-op for other methods)."""
+    """Give a distillation method's context its trained teacher (``reads_teacher``) or the boosting prompts of the
+    run it cascades after (``reads_boosting_prompts``); no-op for other methods."""
     if cls.reads_teacher:
         ctx.teacher = load_teacher(cfg, dataset, shots, seed, ctx.classnames, ctx.device)
+    if cls.reads_boosting_prompts:
+        folder = grid.Run(dataset, cls.reads_boosting_prompts, shots, seed).dir(cfg)
+        ctx.boosting_prompts = boost_state(load_model_state(folder, ctx.device)["state"])
 
 
 __all__ = ["attach_teacher", "check_teacher_beats_student", "headline", "load_teacher", "teacher_method"]
