@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from test_deep_prompts import build
 from vlprompt.clip import deep_prompts
 from vlprompt.clip.backbone import PromptedTextEncoder
 from vlprompt.methods import MethodContext, MethodError, get_method
@@ -33,11 +34,6 @@ def ctx(pocket_random_backbone):
 @pytest.fixture(scope="module")
 def images():
     return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-def build(name, ctx, **overrides):
-    cls = get_method(name)
-    return cls(cls.make_config(overrides), ctx)
 
 
 def boosting(method, n_vision: int, n_text: int, seed: int = 5) -> dict:
@@ -137,12 +133,12 @@ def promptkd_pair(backbone, fix: dict):
     from test_reference_equivalence import context
     from vlprompt.methods.promptkd import Teacher
 
-    teacher_method = build_ref("promptsrc", context(backbone, fix))  # 4 + 4 tokens at depth 9: every tiny block
+    teacher_method = build("promptsrc", context(backbone, fix))  # 4 + 4 tokens at depth 9: every tiny block
     teacher_method.load_trainable_state(fix["teacher_state"])
     teacher = Teacher(teacher_method)
     settings = {"depth_vision": fix["settings"]["depth"], "n_ctx_vision": fix["settings"]["n_ctx"]}
     opts = dict(zip(fix["settings"]["opts"][::2], fix["settings"]["opts"][1::2], strict=True))
-    student = build_ref(
+    student = build(
         "promptkd",
         context(backbone, fix, teacher=teacher),
         **settings,
@@ -150,11 +146,6 @@ def promptkd_pair(backbone, fix: dict):
         kd_weight=opts["TRAINER.PROMPTKD.KD_WEIGHT"],
     )
     return teacher, student
-
-
-def build_ref(name, ctx, **overrides):
-    cls = get_method(name)
-    return cls(cls.make_config(overrides), ctx)
 
 
 def test_promptkd_loss_and_one_student_step_equal_the_reference(ref_clip):
@@ -205,7 +196,7 @@ def test_promptkd_reads_no_label_and_needs_a_teacher(ref_clip):
     b, _ = student.loss(images, fix["labels"].flip(0))
     assert torch.equal(a, b)
     with pytest.raises(MethodError, match="needs a prompt-tuned teacher"):
-        build_ref("promptkd", context(backbone, fix))
+        build("promptkd", context(backbone, fix))
 
 
 def test_kd_loss_by_hand():
