@@ -354,3 +354,16 @@ def test_distill_commands():
     assert len(lines) == 2 and "pretrain_pocket_teacher" in lines[0]
     for line in lines:
         _check_line(line)
+
+
+def test_the_report_says_how_much_better_the_teacher_is(tmp_path):
+    from vlprompt.analysis.report.teacher import teacher_section
+
+    margins = {"pocket_dark": {"teacher": 61.25, "student_zero_shot": 23.5, "margin": 37.75}}
+    (tmp_path / "teacher_margins.json").write_text(json.dumps(margins))
+    cfg = {"methods": ["zeroshot", "promptkd"], "backbone": {"model": "PocketCLIP-ViT-T8", "pretrained": "pocket_v2"}}
+    md = "\n".join(teacher_section(tmp_path / "summary.csv", cfg).md)
+    assert "37.75" in md and "61.25" in md and "stand-in" in md
+    cfg["teacher"] = {"backbone": {"model": "PocketCLIP-ViT-S8", "pretrained": "s8.pt"}}
+    assert "stand-in" not in "\n".join(teacher_section(tmp_path / "summary.csv", cfg).md)
+    assert teacher_section(tmp_path / "summary.csv", {**cfg, "methods": ["coop"]}) is None
