@@ -18,7 +18,7 @@ def teacher_section(summary_csv: Path, cfg: dict) -> Section | None:
     from vlprompt.methods import get_method
 
     path = Path(summary_csv).with_name("teacher_margins.json")
-    if not any(get_method(m).reads_teacher for m in cfg.get("methods", [])) or not path.is_file():
+    if not path.is_file() or not any(get_method(m).reads_teacher for m in cfg.get("methods", [])):
         return None
     margins = json.loads(path.read_text())
     block = teacher_block(cfg)
