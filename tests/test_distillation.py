@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from test_deep_prompts import build
 from vlprompt.clip import deep_prompts
@@ -367,3 +368,14 @@ def test_the_report_says_how_much_better_the_teacher_is(tmp_path):
     cfg["teacher"] = {"backbone": {"model": "PocketCLIP-ViT-S8", "pretrained": "s8.pt"}}
     assert "stand-in" not in "\n".join(teacher_section(tmp_path / "summary.csv", cfg).md)
     assert teacher_section(tmp_path / "summary.csv", {**cfg, "methods": ["coop"]}) is None
+
+
+def test_a_distillation_config_is_checked_before_anything_runs():
+    from vlprompt.experiment.checks import config_problems
+
+    cfg = yaml.safe_load(open("config/pocket_distill.yaml"))
+    assert config_problems(cfg) == []
+    no_zeroshot = {**cfg, "methods": ["promptkd"]}
+    assert any("add zeroshot to `methods`" in line for line in config_problems(no_zeroshot))
+    feature_teacher = {**cfg, "teacher": {**cfg["teacher"], "method": "coop"}}
+    assert any("teacher.method 'coop' is not a deep-prompt method" in line for line in config_problems(feature_teacher))

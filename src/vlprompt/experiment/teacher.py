@@ -87,3 +87,31 @@ def teacher_targets(cfg: dict) -> list[Path]:
         for seed in cfg["seeds"]
         for path in teacher_files(cfg, dataset, shots, seed)
     ]
+
+
+def teacher_problems(cfg: dict, distilling: list[str]) -> list[str]:
+    """One line per problem of an experiment with the ``reads_teacher`` methods ``distilling``: the teacher's
+    check needs the student's zero-shot runs, its method must train prompts in the image loop, and a transfer
+    protocol has no teacher for the targets' classes."""
+    from vlprompt.methods import MethodError, get_method
+
+    if not distilling:
+        return []
+    lines = []
+    if "zeroshot" not in cfg["methods"]:
+        lines.append(
+            f"{', '.join(distilling)} distil(s) a teacher that must beat the student's zero-shot CLIP before the "
+            "report: add zeroshot to `methods`"
+        )
+    method = teacher_block(cfg)["method"]
+    try:
+        if get_method(method).inputs != "images":
+            lines.append(f"teacher.method {method!r} is not a deep-prompt method: use promptsrc or ivlp")
+    except MethodError as err:
+        lines.append(f"teacher.method: {err}")
+    if cfg["protocol"] in ("crossdataset", "domain_generalization"):
+        lines.append(
+            f"{', '.join(distilling)} cannot be evaluated on `targets` yet (no teacher for their classes): use "
+            "protocol base2new or fewshot"
+        )
+    return lines
