@@ -379,3 +379,13 @@ def test_a_distillation_config_is_checked_before_anything_runs():
     assert any("add zeroshot to `methods`" in line for line in config_problems(no_zeroshot))
     feature_teacher = {**cfg, "teacher": {**cfg["teacher"], "method": "coop"}}
     assert any("teacher.method 'coop' is not a deep-prompt method" in line for line in config_problems(feature_teacher))
+
+
+def test_caspl_alone_still_needs_the_teacher_check():
+    from vlprompt.experiment.teacher import distilling_methods
+
+    assert distilling_methods({"methods": ["zeroshot", "coop", "caspl", "promptkd", "caspl_ivlp"]}) == [
+        "caspl",
+        "promptkd",
+        "caspl_ivlp",
+    ]

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from vlprompt.experiment.schema import fill_defaults, load_schema
-from vlprompt.experiment.teacher import teacher_problems
+from vlprompt.experiment.teacher import distilling_methods, teacher_problems
 
 
 def nearest(name: object, choices, n: int = 1) -> list[str]:
@@ -260,7 +260,7 @@ def name_problems(cfg: dict) -> list[str]:
             f"{', '.join(multitask)} start(s) from a multitask prompt: list its source datasets under "
             "`sources` (datasets other than `datasets` and `targets`)"
         )
-    lines += teacher_problems(cfg, [m for m in known if get_method(m).reads_teacher])
+    lines += teacher_problems(cfg, distilling_methods({**cfg, "methods": known}))
     overlap = sorted(set(cfg.get("sources") or []) & (set(cfg["datasets"]) | set(cfg.get("targets") or [])))
     if overlap:
         lines.append(

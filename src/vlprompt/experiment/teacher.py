@@ -74,11 +74,24 @@ def teacher_files(cfg: dict, dataset: str, shots: int | str, seed: int | str) ->
     return [teacher_dir(cfg, dataset, shots, seed) / name for name in TEACHER_FILES]
 
 
-def teacher_targets(cfg: dict) -> list[Path]:
-    """Every teacher the experiment's ``reads_teacher`` methods need (one per dataset × shots × seed)."""
-    from vlprompt.methods import get_method
+def distilling_methods(cfg: dict) -> list[str]:
+    """The experiment's methods that learn from the teacher: ``reads_teacher`` ones (PromptKD) and those that
+    cascade after the prompts of one (CasPL after ``caspl_boost``)."""
+    from vlprompt.methods import MethodError, get_method
 
-    if not any(get_method(m).reads_teacher for m in cfg["methods"]):
+    def distils(name: str) -> bool:
+        try:
+            cls = get_method(name)
+        except MethodError:
+            return False
+        return cls.reads_teacher or bool(cls.reads_boosting_prompts and distils(cls.reads_boosting_prompts))
+
+    return [m for m in cfg["methods"] if distils(m)]
+
+
+def teacher_targets(cfg: dict) -> list[Path]:
+    """Every teacher the experiment's distilling methods need (one per dataset × shots × seed)."""
+    if not distilling_methods(cfg):
         return []
     return [
         path

@@ -10,15 +10,13 @@ from pathlib import Path
 import pandas as pd
 
 from vlprompt.analysis.report.document import Section
-from vlprompt.experiment.teacher import teacher_block
+from vlprompt.experiment.teacher import distilling_methods, teacher_block
 
 
 def teacher_section(summary_csv: Path, cfg: dict) -> Section | None:
     """The section, or None when no method of the experiment reads a teacher."""
-    from vlprompt.methods import get_method
-
     path = Path(summary_csv).with_name("teacher_margins.json")
-    if not path.is_file() or not any(get_method(m).reads_teacher for m in cfg.get("methods", [])):
+    if not path.is_file() or not distilling_methods({"methods": cfg.get("methods", [])}):
         return None
     margins = json.loads(path.read_text())
     block = teacher_block(cfg)
