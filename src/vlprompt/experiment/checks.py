@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
+from vlprompt.experiment.distillation import distilling_methods, teacher_problems
 from vlprompt.experiment.schema import fill_defaults, load_schema
-from vlprompt.experiment.teacher import distilling_methods, teacher_problems
 
 
 def nearest(name: object, choices, n: int = 1) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from vlprompt.analysis.report.document import Section
-from vlprompt.experiment.teacher import distilling_methods, teacher_block
+from vlprompt.experiment.distillation import distilling_methods, teacher_block
 
 
 def teacher_section(summary_csv: Path, cfg: dict) -> Section | None:
