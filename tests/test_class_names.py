@@ -92,9 +92,12 @@ def test_no_method_puts_an_underscore_into_a_prompt(name, pocket_random_backbone
     descriptions = {c: [f"a {c.replace('_', ' ')} seen from the side.", "an object."] for c in names + new}
     differential_files(tmp_path, names + new)  # FuDD's differential descriptions
     monkeypatch.setenv("VLPROMPT_DESCRIPTIONS", str(tmp_path))
-    method = cls(
-        cls.make_config(SMALL.get(name)), context(backbone, names, dataset="Caltech101", descriptions=descriptions)
-    )
+    ctx = context(backbone, names, dataset="Caltech101", descriptions=descriptions)
+    if cls.reads_teacher:  # PromptKD's teacher: PromptSRC on the same backbone (it tokenizes class names too)
+        from vlprompt.methods.promptkd import Teacher
+
+        ctx.teacher = Teacher(get_method("promptsrc")(get_method("promptsrc").make_config(), ctx))
+    method = cls(cls.make_config(SMALL.get(name)), ctx)
     method.eval()
     shape = (2, 3, backbone.image_size, backbone.image_size) if cls.inputs == "images" else (2, backbone.embed_dim)
     with torch.no_grad():

@@ -312,6 +312,30 @@ def cmd_train_multitask(args) -> None:
     )
 
 
+def cmd_train_teacher(args) -> None:
+    from vlprompt.experiment.teacher import teacher_config
+    from vlprompt.training.image_runs import run
+    from vlprompt.training.teacher import headline, teacher_method
+
+    cfg = _cfg(args)
+    name = teacher_method(cfg)
+    m = run(teacher_config(cfg), args.dataset, name, args.shots, args.seed, args.out, progress=not args.quiet)
+    print(f"teacher ({name}) on {args.dataset}, {args.shots} shots, seed {args.seed}: {headline(m):.2f}")
+
+
+def cmd_check_teacher(args) -> None:
+    from vlprompt.io import atomic_write_json
+    from vlprompt.training.teacher import check_teacher_beats_student
+
+    margins = check_teacher_beats_student([Path(p) for p in args.teacher], [Path(p) for p in args.zeroshot])
+    atomic_write_json(Path(args.out), margins)
+    for dataset, m in margins.items():
+        print(
+            f"{dataset}: teacher {m['teacher']:.2f} vs student zero-shot {m['student_zero_shot']:.2f} "
+            f"(+{m['margin']:.2f})"
+        )
+
+
 def cmd_evaluate_transfer(args) -> None:
     from vlprompt.training.runs import evaluate_transfer
 
@@ -474,6 +498,20 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(a, required=True)
     s.add_argument("--shots", type=int, required=True)
     s.add_argument("--seed", type=int, required=True)
+    s = add("train-teacher", cmd_train_teacher, "prompt-tune the config's teacher CLIP (one dataset × shots × seed)")
+    for a in ("--dataset", "--out"):
+        s.add_argument(a, required=True)
+    s.add_argument("--shots", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s = add(
+        "check-teacher",
+        cmd_check_teacher,
+        "refuse a teacher that does not beat the student's zero-shot accuracy; write the margins",
+        config=False,
+    )
+    s.add_argument("--teacher", nargs="+", required=True, help="the teachers' metrics.json")
+    s.add_argument("--zeroshot", nargs="+", required=True, help="the student's zero-shot metrics.json")
+    s.add_argument("--out", required=True)
     s = add("evaluate-transfer", cmd_evaluate_transfer, "evaluate a trained run on another dataset")
     for a in ("--dataset", "--method", "--target", "--out"):
         s.add_argument(a, required=True)
@@ -493,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument(
         "--world",
-        choices=["v1", "v2"],
+        choices=["v1", "v2", "v2_teacher"],
         default="v1",
         help="the pocket world and recipe of a shipped checkpoint (vlprompt.training.pretrain.PRESETS)",
     )

@@ -30,6 +30,7 @@ rule report:
         stats=rules.aggregate.output.stats,
         curves=rules.aggregate.output.curves,
         notes=CFG.get("report", {}).get("notes_file", []),  # findings written by hand, shown in the report
+        teacher=rules.check_teacher.output if TEACHER_TARGETS else [],  # distillation: the teacher beats the student
     output:
         md=grid.report_dir(CFG) / "report.md",
         html=report(

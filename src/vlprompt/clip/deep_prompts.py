@@ -251,6 +251,40 @@ def patch_features(model: CLIP, images: torch.Tensor) -> torch.Tensor:
     return tokens @ visual.proj if visual.proj is not None else tokens
 
 
+def cascade(frozen: Sequence[torch.Tensor], learnable: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Frozen prompts as a prefix of learnable ones, layer by layer: block j gets ``[frozen[j], learnable[j]]``
+    ((n_f + n_l, width), the frozen tokens first and without gradient), as CasPL cascades its boosting prompts
+    before a method's adapting prompts. A prefix of no layers or of zero tokens returns ``learnable`` itself,
+    so a method with an empty prefix computes exactly what it computes without one."""
+    frozen, learnable = list(frozen), list(learnable)
+    if not frozen or frozen[0].shape[0] == 0:
+        return learnable
+    if not learnable:
+        return [f.detach() for f in frozen]
+    if len(frozen) != len(learnable):
+        raise DeepPromptError(
+            f"a frozen prefix of {len(frozen)} layers cannot cascade with learnable prompts of {len(learnable)} "
+            "layers: give both the same depth"
+        )
+    return [torch.cat([f.detach().to(p.dtype), p], dim=0) for f, p in zip(frozen, learnable, strict=True)]
+
+
+def prepend_context(
+    embeddings: torch.Tensor, eot: torch.Tensor, prefix: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text prompt embeddings (n_cls, L, width) with the (n_f, width) frozen ``prefix`` inserted right after SOS
+    (the layer-0 half of :func:`cascade` in the text tower): the sequence keeps its length L (the last n_f
+    positions, padding after the end token, are dropped) and the end-token indices move by n_f."""
+    n = prefix.shape[0]
+    if n == 0:
+        return embeddings, eot
+    length = embeddings.shape[1]
+    if int(eot.max()) + n >= length:
+        raise DeepPromptError(f"text of {length} tokens has no room for {n} more prompt tokens after SOS")
+    tokens = _tokens(prefix.detach(), embeddings)
+    return torch.cat([embeddings[:, :1], tokens, embeddings[:, 1 : length - n]], dim=1), eot + n
+
+
 def encode_image(model: CLIP, images: torch.Tensor, prompts: Sequence[torch.Tensor] = ()) -> torch.Tensor:
     """``model.encode_image(images)`` (unnormalised) with deep vision prompts."""
     with vision_prompts(model, prompts):

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from vlprompt.experiment.distillation import distilling_methods, teacher_problems
 from vlprompt.experiment.schema import fill_defaults, load_schema
 
 
@@ -259,6 +260,7 @@ def name_problems(cfg: dict) -> list[str]:
             f"{', '.join(multitask)} start(s) from a multitask prompt: list its source datasets under "
             "`sources` (datasets other than `datasets` and `targets`)"
         )
+    lines += teacher_problems(cfg, distilling_methods({**cfg, "methods": known}))
     overlap = sorted(set(cfg.get("sources") or []) & (set(cfg["datasets"]) | set(cfg.get("targets") or [])))
     if overlap:
         lines.append(

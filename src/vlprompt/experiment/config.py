@@ -152,6 +152,8 @@ def _declared_settings(cfg: dict, method: str) -> dict:
         out["sources"] = list(cfg.get("sources") or [])
     if cls.reads_new_classnames:
         out["new_class_names"] = new_class_names_given(cfg)
+    if cls.reads_teacher or cls.reads_boosting_prompts:
+        out["teacher"] = cfg.get("teacher") or {}
     return out
 
 

@@ -249,6 +249,14 @@ def declared_inputs(
         mcfg = cls.make_config(method_settings(cfg, method, dataset, int(shots)))
         for stage_seed in cls.multitask_seeds(mcfg, int(seed)):
             paths += [multitask_dir(cfg, method, shots, stage_seed) / name for name in MULTITASK_FILES]
+    if cls.reads_teacher and seed is not None:
+        from vlprompt.experiment.teacher import teacher_files
+
+        paths += teacher_files(cfg, trained_on or dataset, shots, seed)
+    if cls.reads_boosting_prompts and seed is not None:
+        paths.append(
+            Run(trained_on or dataset, cls.reads_boosting_prompts, int(shots), int(seed)).dir(cfg) / "model.pt"
+        )
     return paths
 
 
@@ -260,13 +268,22 @@ def needs_gpu(method: str) -> int:
 
 
 def train_inputs(cfg: dict, dataset: str, method: str, shots: int | str, seed: int | str) -> list[Path]:
-    """Files a training run reads: the feature bank, or the images for encoder-in-the-loop methods."""
+    """Files a training run reads: the feature bank, or the images for encoder-in-the-loop methods (and the trained
+    teacher, or the boosting prompts' run, of a distillation method)."""
+    from vlprompt.methods import get_method
+
     shots, seed = int(shots), int(seed)
     inputs = [classes_path(cfg, dataset)]
     if shots > 0:
         inputs.append(fewshot_path(cfg, dataset, shots, seed))
     if needs_gpu(method):
-        return [split_file(cfg, dataset), *inputs]
+        cls = get_method(method)
+        distils = cls.reads_teacher or cls.reads_boosting_prompts
+        return [
+            split_file(cfg, dataset),
+            *inputs,
+            *(declared_inputs(cfg, dataset, method, shots, seed) if distils else []),
+        ]
     inputs += eval_feature_files(cfg, dataset)
     if shots > 0:
         inputs += fewshot_feature_files(cfg, dataset, shots, seed)

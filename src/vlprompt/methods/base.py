@@ -97,6 +97,12 @@ class MethodContext:
     # Methods with ``reads_multitask_prompt`` (MVLPT): the state the multitask stage trained on the config's
     # ``sources`` for this run's shots and seed, to start from (None elsewhere, and when building that stage).
     multitask_prompt: dict[str, torch.Tensor] | None = None
+    # Methods with ``reads_teacher`` (PromptKD): the prompt-tuned teacher, a ``promptkd.Teacher`` (its class text
+    # features and its logits on images); None elsewhere.
+    teacher: Any | None = None
+    # Cascaded deep-prompt methods (CasPL): the frozen boosting prompts that precede the method's learnable ones
+    # (``caspl.Cascaded.boost_state``); None: zero prompts of the configured sizes (loaded from model.pt later).
+    boosting_prompts: dict[str, torch.Tensor] | None = None
 
     @property
     def logit_scale(self) -> float:
@@ -154,6 +160,10 @@ class Method(nn.Module):
     reads_test_views: ClassVar[bool] = False  # forward gets (B, V, D): V views per test image, view 0 the original
     reads_multitask_prompt: ClassVar[bool] = False  # starts from a prompt trained on the config's `sources`
     reads_new_classnames: ClassVar[bool] = False  # base2new: new classes' names, text only (unseen_classnames)
+    reads_teacher: ClassVar[bool] = False  # a prompt-tuned bigger teacher CLIP (config `teacher`; ctx.teacher)
+    reads_boosting_prompts: ClassVar[str] = (
+        ""  # a method whose run's prompts are a frozen prefix (ctx.boosting_prompts)
+    )
     # Runs of the method (seeds of one job) may train in one computation, the text tower once per step over all
     # their prompts (vlprompt.training.batched): its loss and evaluation draw no global randomness. Read from the
     # class itself, never inherited: a subclass that adds randomness must not batch on its parent's word.

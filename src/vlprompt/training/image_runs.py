@@ -26,6 +26,7 @@ from vlprompt.training.evaluate import evaluate_parts
 from vlprompt.training.loggers import live_logger
 from vlprompt.training.loop import batch_indices, seed_everything, train_loop
 from vlprompt.training.records import load_model_state, save_run, save_transfer
+from vlprompt.training.teacher import attach_teacher
 
 
 def _epoch_view(seed: int, epoch: int) -> int:
@@ -160,6 +161,7 @@ def run(
     train_labels = training_classes(cfg, classes)
     train_names = [classes["classnames"][i] for i in train_labels]
     ctx = method_context(cfg, dataset, train_names, device, seed)
+    attach_teacher(ctx, cls, cfg, dataset, shots, seed)  # reads_teacher methods: the trained teacher
     backbone = ctx.backbone
     root, exif = registry.image_root(cfg, dataset), registry.reads_exif(cfg, dataset)
     fcfg = cfg["features"]

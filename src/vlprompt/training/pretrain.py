@@ -50,6 +50,10 @@ CAPTIONS = {
 }
 
 
+TEACHER_MODEL = "PocketCLIP-ViT-S8"  # 6 + 6 blocks of width 192, embedding 96 (the tiny one: 4 + 4, 128, 64)
+TEACHER_STEPS = 3000  # the v2 recipe's steps: a like-for-like comparison (cost measured in docs/distillation.md)
+
+
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     steps: int = 1000
@@ -62,11 +66,17 @@ class PretrainConfig:
     style_strength: float = 0.5  # downstream datasets use 1.0
     seed: int = 0
     texture_caption_p: float = 0.0  # v2: how often the caption of a textured image names the texture
+    model: str = ""  # an open_clip model config (src/vlprompt/model_configs/); "": the tiny pocket CLIP
 
 
 PRESETS: dict[str, tuple[PretrainConfig, pocket.World]] = {
     "v1": (PretrainConfig(steps=2000), pocket.World(label_order="shuffled")),
     "v2": (PretrainConfig(steps=3000, pool_size=36000, texture_caption_p=0.5), pocket.world("v2")),
+    # the teacher of the distillation methods (docs/distillation.md): a bigger pocket CLIP on the v2 world's pool
+    "v2_teacher": (
+        PretrainConfig(steps=TEACHER_STEPS, pool_size=36000, texture_caption_p=0.5, model=TEACHER_MODEL),
+        pocket.world("v2"),
+    ),
 }
 
 
@@ -140,8 +150,9 @@ def pretrain(out: Path, cfg: PretrainConfig | None = None, world: pocket.World |
     cfg, world = cfg or PRESETS["v1"][0], world or PRESETS["v1"][1]
     torch.manual_seed(cfg.seed)
     oc = open_clip()
-    model, _, _ = oc.create_model_and_transforms(POCKET_MODEL, pretrained=None)
-    tokenizer = oc.get_tokenizer(POCKET_MODEL)
+    name = cfg.model or POCKET_MODEL
+    model, _, _ = oc.create_model_and_transforms(name, pretrained=None)
+    tokenizer = oc.get_tokenizer(name)
     mean = torch.tensor(model.visual.image_mean or (0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
     std = torch.tensor(model.visual.image_std or (0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
     t0 = time.time()
@@ -195,7 +206,7 @@ def pretrain(out: Path, cfg: PretrainConfig | None = None, world: pocket.World |
         provenance(
             config=dataclasses.asdict(cfg),
             world=dataclasses.asdict(world),
-            model=POCKET_MODEL,
+            model=name,
             compositions=len(pretraining_classes(world)),
             threads=torch.get_num_threads(),
             seconds=round(time.time() - start, 1),

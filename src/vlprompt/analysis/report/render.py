@@ -21,6 +21,7 @@ from vlprompt.analysis import stats
 from vlprompt.analysis.report import figures, published, tables
 from vlprompt.analysis.report.document import Section, markdown_to_html, to_html, to_markdown
 from vlprompt.analysis.report.tables import NAMES
+from vlprompt.analysis.report.teacher import teacher_section
 from vlprompt.io import atomic_write_text, provenance
 
 PROTOCOLS = {
@@ -681,6 +682,9 @@ def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict, curves_
     proposers = _proposers_section(summary)
     if proposers is not None:
         sections.append(proposers)
+    teacher = teacher_section(Path(summary_csv), cfg)  # distillation: how much better the teacher is
+    if teacher is not None:
+        sections.append(teacher)
     if "hm" in _metrics(summary) and len(all_shots) > 1:
         s = Section("Average over datasets by shots", "shots")
         s.table(shots_table(summary, scfg["confidence_level"]))
