@@ -91,13 +91,17 @@ def test_no_method_puts_an_underscore_into_a_prompt(name, pocket_random_backbone
     # (descriptions name their class, as CuPL's do: a method that reads only them still writes the class name)
     descriptions = {c: [f"a {c.replace('_', ' ')} seen from the side.", "an object."] for c in names + new}
     differential_files(tmp_path, names + new)  # FuDD's differential descriptions
+    (tmp_path / "templates").mkdir()  # ProAPO's template pool, GLOV's published templates: the user's files
+    (tmp_path / "templates" / "Caltech101.json").write_text('["a photo of a {}.", "a blurry photo of a {}."]')
+    (tmp_path / "glov.json").write_text('{"lov_guidance_templates_clip": {"Caltech101": ["a {} photo."]}}')
+    overrides = {**SMALL, "glov_replay": {"prompts_file": str(tmp_path / "glov.json")}}
     monkeypatch.setenv("VLPROMPT_DESCRIPTIONS", str(tmp_path))
     ctx = context(backbone, names, dataset="Caltech101", descriptions=descriptions)
     if cls.reads_teacher:  # PromptKD's teacher: PromptSRC on the same backbone (it tokenizes class names too)
         from vlprompt.methods.promptkd import Teacher
 
         ctx.teacher = Teacher(get_method("promptsrc")(get_method("promptsrc").make_config(), ctx))
-    method = cls(cls.make_config(SMALL.get(name)), ctx)
+    method = cls(cls.make_config(overrides.get(name)), ctx)
     method.eval()
     shape = (2, 3, backbone.image_size, backbone.image_size) if cls.inputs == "images" else (2, backbone.embed_dim)
     with torch.no_grad():
