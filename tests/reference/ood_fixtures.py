@@ -1,0 +1,122 @@
+"""Regenerate the OOD-detection fixtures from OpenOOD-VLM's own code (YBZh/OpenOOD-VLM, 804f331, MIT).
+
+    python tests/reference/ood_fixtures.py --refs DIR
+
+DIR holds a checkout of YBZh/OpenOOD-VLM in ``DIR/OpenOOD-VLM`` (its ``openood/evaluators/metrics.py`` is the
+metric code of OpenOOD v1.5). Nothing of it is copied into vlprompt: the reference's functions are loaded from
+their files and run on fixed inputs, and the inputs and outputs are written to ``fixtures/ood_metrics.json``:
+
+* ``metrics``: ``compute_all_metrics(conf, label, pred)`` on score vectors with and without ties (ID labels
+  0..C-1, OOD label -1, as OpenOOD's evaluator passes them); the fixture keeps FPR@95, AUROC, AUPR-in, AUPR-out.
+* ``neglabel_score``: ``OneOodPromptPostprocessor.postprocess`` (the score of LAPT's ``test.sh``, NegLabel's
+  grouped score) on fixed image and text features, with its base class stubbed (it only stores the config) and a
+  stand-in network that returns the features; the reference hard-codes 1000 ID classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+FIXTURE = HERE / "fixtures" / "ood_metrics.json"
+
+
+def load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def score_cases() -> list[dict]:
+    rng = np.random.default_rng(0)
+    cases = []
+    for n_id, n_ood, shift, ties in ((40, 30, 1.0, False), (25, 50, 0.3, True), (7, 5, 2.0, False)):
+        id_s, ood_s = rng.normal(shift, 1.0, n_id), rng.normal(0.0, 1.0, n_ood)
+        if ties:  # coarse scores: many ties inside and across the two sets
+            id_s, ood_s = np.round(id_s, 1), np.round(ood_s, 1)
+        cases.append({"id": [float(x) for x in id_s], "ood": [float(x) for x in ood_s]})
+    return cases
+
+
+def metrics_fixture(ref: Path) -> list[dict]:
+    metrics = load(ref / "openood" / "evaluators" / "metrics.py", "openood_metrics")
+    out = []
+    for case in score_cases():
+        conf = np.array(case["id"] + case["ood"])
+        label = np.array([0] * len(case["id"]) + [-1] * len(case["ood"]))
+        fpr, auroc, aupr_in, aupr_out, _ = metrics.compute_all_metrics(conf, label, np.zeros_like(label))
+        out.append({**case, "fpr95": fpr, "auroc": auroc, "aupr_in": aupr_in, "aupr_out": aupr_out})
+    return out
+
+
+def neglabel_fixture(ref: Path) -> dict:
+    import torch
+
+    base = types.ModuleType("openood_vlm_post.base_postprocessor")
+
+    class BasePostprocessor:
+        def __init__(self, config):
+            self.config = config
+
+    base.BasePostprocessor = BasePostprocessor
+    pkg = types.ModuleType("openood_vlm_post")
+    pkg.__path__ = []
+    sys.modules["openood_vlm_post"] = pkg
+    sys.modules["openood_vlm_post.base_postprocessor"] = base
+    post = load(ref / "openood" / "postprocessors" / "oneoodprompt_postprocessor.py", "openood_vlm_post.oneood")
+
+    gen = torch.Generator().manual_seed(0)
+    n_img, n_id, n_neg, dim, groups = 6, 1000, 43, 8, 4
+    # unit vectors rounded to 3 decimals (a small file; the reference does not renormalise them)
+    img = torch.nn.functional.normalize(torch.randn(n_img, dim, generator=gen), dim=-1).mul(1000).round().div(1000)
+    text = torch.nn.functional.normalize(torch.randn(n_id + n_neg, dim, generator=gen), dim=-1)
+    text = text.mul(1000).round().div(1000)
+    scale = 30.0
+
+    class Net(torch.nn.Module):
+        def forward(self, data, return_feat=False):
+            return img, text, scale
+
+    args = types.SimpleNamespace(tau=1.0, beta=0.0, in_score="sum", group_num=groups, random_permute=True)
+    config = types.SimpleNamespace(postprocessor=types.SimpleNamespace(postprocessor_args=args, postprocessor_sweep={}))
+    pred, conf = post.OneOodPromptPostprocessor(config).postprocess(Net(), None)
+    torch.manual_seed(0)
+    perm = torch.randperm(n_neg - n_neg % groups)  # the permutation the reference draws (seed 0, after the drop)
+    return {
+        "image_features": [[round(x, 3) for x in row] for row in img.tolist()],
+        "text_features": [[round(x, 3) for x in row] for row in text.tolist()],
+        "logit_scale": scale,
+        "n_id": n_id,
+        "groups": groups,
+        "permutation": perm.tolist(),
+        "pred": pred.tolist(),
+        "score": conf.tolist(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--refs", type=Path, required=True, help="folder holding the OpenOOD-VLM checkout")
+    args = parser.parse_args()
+    ref = args.refs / "OpenOOD-VLM"
+    fixture = {
+        "reference": "YBZh/OpenOOD-VLM@804f331",
+        "metrics": metrics_fixture(ref),
+        "neglabel_score": neglabel_fixture(ref),
+    }
+    FIXTURE.parent.mkdir(parents=True, exist_ok=True)
+    FIXTURE.write_text(json.dumps(fixture) + "\n")
+    print(f"wrote {FIXTURE}")
+
+
+if __name__ == "__main__":
+    main()
