@@ -109,7 +109,10 @@ def main() -> None:
     args = parser.parse_args()
     ref = args.refs / "OpenOOD-VLM"
     fixture = {
-        "reference": "YBZh/OpenOOD-VLM@804f331",
+        "_source": {
+            "metrics": "YBZh/OpenOOD-VLM commit 804f331, openood/evaluators/metrics.py compute_all_metrics",
+            "neglabel_score": "YBZh/OpenOOD-VLM commit 804f331, openood/postprocessors/oneoodprompt_postprocessor.py",
+        },
         "metrics": metrics_fixture(ref),
         "neglabel_score": neglabel_fixture(ref),
     }

@@ -55,6 +55,10 @@ BOUND_COLUMNS = {
     "bound_prior": "prior",
 }
 
+# Protocol ood: a run scored on an OOD set (``<run>/ood/<set>.json``) adds these columns (absent otherwise): the
+# OOD metrics (vlprompt.training.ood_metrics) and whether the set is near or far; ``all_acc`` is the ID accuracy.
+OOD_COLUMNS = ("fpr95", "auroc", "aupr_in", "aupr_out", "fpr95_id", "ood_group")
+
 
 def summary_table(cfg: dict, metrics_files: list[Path]) -> pd.DataFrame:
     """The tidy table of ``metrics_files``; each run's model is checked against the checksum its metrics
@@ -85,11 +89,12 @@ def summary_table(cfg: dict, metrics_files: list[Path]) -> pd.DataFrame:
         }
         bound = (m.get("method_info") or {}).get("bound") or {}
         base.update({col: bound[key] for col, key in BOUND_COLUMNS.items() if key in bound})
+        base.update({col: m[col] for col in OOD_COLUMNS if col in m})
         if m.get("trained", True):
             rows.append({**base, "shots": m["shots"], "seed": m["seed"]})
         else:
             rows.extend({**base, "shots": k, "seed": s} for k in cfg["shots"] for s in cfg["seeds"])
-    extra = [c for c in BOUND_COLUMNS if any(c in r for r in rows)]
+    extra = [c for c in (*BOUND_COLUMNS, *OOD_COLUMNS) if any(c in r for r in rows)]
     df = pd.DataFrame(rows, columns=COLUMNS + extra)
     return df.sort_values(["method", "dataset", "shots", "seed"]).reset_index(drop=True)
 
