@@ -106,3 +106,58 @@ def test_vocabulary_file_and_errors(tmp_path):
         negative_labels(f"file:{tmp_path / 'none.txt'}", ["a"])
     with pytest.raises(VocabularyError, match="unknown negative-label vocabulary"):
         negative_labels("wordnet", ["a"])
+
+
+# ---- LAPT: the mixing, the loss and the score against OpenOOD-VLM's trainer and postprocessor ------------------
+
+
+def test_wccm_mixing_matches_openood_vlm(reference):
+    from vlprompt.methods.lapt import wccm_mix
+
+    ref = reference["lapt"]
+    img, text = torch.tensor(ref["image_features"]), torch.tensor(ref["text_features"])
+    labels, which = torch.tensor(ref["labels"]), torch.tensor(ref["which"])
+    mixed = wccm_mix(img, text, labels, ref["lam"], which)
+    torch.testing.assert_close(mixed, torch.tensor(ref["mixed"]), rtol=1e-5, atol=1e-6)
+    assert ref["targets_unchanged"]  # within-class mixing keeps the one-hot targets
+    # each term matters: without the text partner, or with another prompt of the class, it misses
+    assert not torch.allclose(wccm_mix(img, text, labels, 1.0, which), torch.tensor(ref["mixed"]), atol=1e-3)
+    assert not torch.allclose(wccm_mix(img, text, labels, ref["lam"], (which + 1) % 3), mixed, atol=1e-3)
+
+
+def test_lapt_loss_matches_openood_soft_cross_entropy(reference):
+    from vlprompt.methods.lapt import soft_cross_entropy
+
+    ref = reference["lapt"]
+    logits = torch.tensor(ref["logits"])
+    targets = torch.nn.functional.one_hot(torch.tensor(ref["labels"]), logits.shape[1]).float()
+    assert soft_cross_entropy(logits, targets).item() == pytest.approx(ref["multice"], rel=1e-6)
+
+
+def test_lapt_trains_on_rendered_images_and_scores_with_its_negatives(pocket_random_backbone):
+    from vlprompt.clip.backbone import PromptedTextEncoder
+    from vlprompt.methods import MethodContext, MethodError, get_method
+
+    ctx = MethodContext(
+        backbone=pocket_random_backbone,
+        encoder=PromptedTextEncoder(pocket_random_backbone.model),
+        classnames=["blue circle", "blue square", "red circle", "red square"],
+        template="a dark photo of a {}.",
+        device=torch.device("cpu"),
+        seed=1,
+        dataset="pocket_dark",
+    )
+    cls = get_method("lapt")
+    method = cls(cls.make_config({"synth_per_label": 2, "epochs": 1, "batch_size": 16}), ctx)
+    assert method.n_id == 4 and "green" in method.negative_names and "striped pattern" not in method.negative_names
+    before = {k: v.clone() for k, v in method.trainable_state().items()}
+    assert method.fit(ctx)
+    assert any(not torch.equal(before[k], v) for k, v in method.trainable_state().items())
+    assert method.run_info()["synthesised_images"] == 2 * (4 + len(method.negative_names))
+    x = torch.randn(3, pocket_random_backbone.embed_dim)
+    logits = method.all_logits(x)
+    assert method(x).shape == (3, 4)
+    torch.testing.assert_close(method.ood_score(x), grouped_id_score(logits[:, :4], logits[:, 4:], 1))
+    real = MethodContext(**{**ctx.__dict__, "dataset": "DTD"})
+    with pytest.raises(MethodError, match="not a pocket dataset"):
+        method.synthesise(real)

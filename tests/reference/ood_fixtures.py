@@ -8,6 +8,11 @@ their files and run on fixed inputs, and the inputs and outputs are written to `
 
 * ``metrics``: ``compute_all_metrics(conf, label, pred)`` on score vectors with and without ties (ID labels
   0..C-1, OOD label -1, as OpenOOD's evaluator passes them); the fixture keeps FPR@95, AUROC, AUPR-in, AUPR-out.
+* ``wccm`` and ``multice``: LAPT's training step pieces, ``mixup_data(..., mix_strategy="wccm")`` of
+  ``openood/trainers/oodmixup_trainer.py`` (taken from the file's syntax tree, as the module imports the whole
+  framework; ``.cuda()`` is the identity on a CPU) with NumPy's and torch's generators seeded, the λ and template
+  indices it drew recorded beside its output; and ``soft_cross_entropy`` of ``openood/losses/sce.py`` on fixed
+  logits and one-hot targets.
 * ``neglabel_score``: ``OneOodPromptPostprocessor.postprocess`` (the score of LAPT's ``test.sh``, NegLabel's
   grouped score) on fixed image and text features, with its base class stubbed (it only stores the config) and a
   stand-in network that returns the features; the reference hard-codes 1000 ID classes.
@@ -103,6 +108,52 @@ def neglabel_fixture(ref: Path) -> dict:
     }
 
 
+def function_from(path: Path, name: str, namespace: dict):
+    import ast
+
+    tree = ast.parse(path.read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    exec(compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec"), namespace)
+    return namespace[name]
+
+
+def lapt_fixture(ref: Path) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    torch.Tensor.cuda = lambda self, *a, **k: self  # CPU: the reference moves its index tensors to the GPU
+    mixup_data = function_from(
+        ref / "openood" / "trainers" / "oodmixup_trainer.py", "mixup_data", {"np": np, "torch": torch, "F": F}
+    )
+    sce = load(ref / "openood" / "losses" / "sce.py", "openood_vlm_sce").soft_cross_entropy
+    gen = torch.Generator().manual_seed(1)
+    batch, n_cls, n_prompts, dim = 8, 5, 3, 6
+    img = torch.nn.functional.normalize(torch.randn(batch, dim, generator=gen), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(n_cls, n_prompts, dim, generator=gen), dim=-1)
+    y = torch.randint(0, n_cls, (batch,), generator=gen)
+    soft_y = torch.nn.functional.one_hot(y, n_cls).float()
+    np.random.seed(3)
+    torch.manual_seed(4)
+    mixed, ya, yb, lam = mixup_data([img, text], y, soft_y, 1.0, "wccm")
+    np.random.seed(3)
+    torch.manual_seed(4)
+    lam_again = np.random.beta(1.0, 1.0)
+    which = torch.randint(0, n_prompts, (batch,))
+    assert lam_again == lam
+    logits = 7.0 * mixed @ text[:, 0].T
+    return {
+        "image_features": img.tolist(),
+        "text_features": text.tolist(),
+        "labels": y.tolist(),
+        "lam": float(lam),
+        "which": which.tolist(),
+        "mixed": mixed.tolist(),
+        "targets_unchanged": bool(torch.equal(ya, soft_y) and torch.equal(yb, soft_y)),
+        "logits": logits.tolist(),
+        "multice": float(sce(logits, soft_y)),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--refs", type=Path, required=True, help="folder holding the OpenOOD-VLM checkout")
@@ -112,9 +163,12 @@ def main() -> None:
         "_source": {
             "metrics": "YBZh/OpenOOD-VLM commit 804f331, openood/evaluators/metrics.py compute_all_metrics",
             "neglabel_score": "YBZh/OpenOOD-VLM commit 804f331, openood/postprocessors/oneoodprompt_postprocessor.py",
+            "lapt": "YBZh/OpenOOD-VLM commit 804f331, openood/trainers/oodmixup_trainer.py mixup_data (wccm), "
+            "openood/losses/sce.py soft_cross_entropy",
         },
         "metrics": metrics_fixture(ref),
         "neglabel_score": neglabel_fixture(ref),
+        "lapt": lapt_fixture(ref),
     }
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
     FIXTURE.write_text(json.dumps(fixture) + "\n")
