@@ -29,18 +29,18 @@ def test_grid_has_one_job_per_run_and_set():
     cfg = load_config(REPO / "config" / "pocket_ood.yaml")
     sets = grid.ood_sets(cfg)
     assert [(s.name, s.group) for s in sets] == [
-        ("pocket_dark.new", "near"),
+        ("pocket_cluttered.new", "near"),
         ("pocket_sketch.new", "far"),
         ("pocket_pixelated.new", "far"),
     ]
-    assert grid.all_datasets(cfg) == ["pocket_dark", "pocket_sketch", "pocket_pixelated"]
+    assert grid.all_datasets(cfg) == ["pocket_cluttered", "pocket_sketch", "pocket_pixelated"]
     paths = grid.ood_paths(cfg)
     assert len(paths) == len(grid.runs(cfg)) * 3 and len(set(paths)) == len(paths)
-    assert str(paths[0]).endswith("/ood/pocket_dark.new.json")
+    assert str(paths[0]).endswith("/ood/pocket_cluttered.new.json")
     assert set(paths) <= set(grid.all_outputs(cfg))
-    inputs = grid.ood_inputs(cfg, "pocket_sketch.new", "coop", "pocket_dark", 16)
+    inputs = grid.ood_inputs(cfg, "pocket_sketch.new", "coop", "pocket_cluttered", 16)
     assert grid.features_dir(cfg, "pocket_sketch") / "test.npy" in inputs
-    assert grid.features_dir(cfg, "pocket_dark") / "test.npy" in inputs
+    assert grid.features_dir(cfg, "pocket_cluttered") / "test.npy" in inputs
     # another protocol has no OOD set, whatever its `ood` block says
     assert grid.ood_sets({**cfg, "protocol": "fewshot"}) == []
 
@@ -58,7 +58,7 @@ def test_config_checks_name_each_problem():
     assert config_problems(cfg, plan=False) == []
     cases = {
         "needs OOD sets": {"ood": {"id_classes": "base", "near": [], "far": []}},
-        "holds in-distribution classes": {"ood": {"id_classes": "all", "near": [{"dataset": "pocket_dark"}]}},
+        "holds in-distribution classes": {"ood": {"id_classes": "all", "near": [{"dataset": "pocket_cluttered"}]}},
         "unknown dataset": {"ood": {"near": [{"dataset": "pocket_drak", "classes": "new"}]}},
         "more than once": {"ood": {"far": [{"dataset": "pocket_noisy"}, {"dataset": "pocket_noisy"}]}},
         "image encoder in the loop": {"methods": ["zeroshot", "vpt_deep"]},
