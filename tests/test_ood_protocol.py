@@ -103,7 +103,7 @@ def test_imagenet_config_plans_every_run_on_every_openood_set(config_plans):
 @pytest.mark.slow
 def test_tiny_ood_experiment_runs_to_the_openood_table(tmp_path):
     """The whole DAG on a tiny v1 pocket world: ID = pocket_dark's base half, near = its new half, far = the new
-    half in the sketch style; zero-shot (MSP), MCM, NegLabel and a short CoOp, to the report's OpenOOD table."""
+    half in the sketch style; zero-shot (MSP), NegLabel and a short CoOp, to the report's OpenOOD table."""
     cfg = tiny_config(
         experiment="tiny_ood",
         protocol="ood",
@@ -112,7 +112,7 @@ def test_tiny_ood_experiment_runs_to_the_openood_table(tmp_path):
             "near": [{"dataset": "pocket_dark", "classes": "new"}],
             "far": [{"dataset": "pocket_sketch", "classes": "new"}],
         },
-        methods=["zeroshot", "mcm", "neglabel", "coop"],
+        methods=["zeroshot", "neglabel", "coop"],
         stats={"bootstrap_resamples": 200, "metrics": ["auroc"], "reference_methods": ["zeroshot"]},
     )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
