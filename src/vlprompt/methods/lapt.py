@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -80,7 +79,7 @@ class LAPT(CoOp):
     family = "text prompt"
     paper = "Zhang et al., LAPT: Label-driven Automated Prompt Tuning for OOD Detection with VLMs, ECCV 2024"
     description = "CoOp over ID and mined negative labels, trained on synthesised images with wccm mixing"
-    Config: ClassVar[type] = LAPTConfig
+    Config = LAPTConfig
     batchable = False  # its own loop draws the synthesis and the mixing
 
     negative_names: list[str]
@@ -130,8 +129,8 @@ class LAPT(CoOp):
 
     def synthesise(self, ctx: MethodContext) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, D) image features of ``synth_per_label`` rendered images per label, (N,) their labels."""
-        spec = get_dataset(ctx.dataset)
-        if spec.style is None:
+        spec = get_dataset(ctx.dataset) if ctx.dataset else None
+        if spec is None or spec.style is None:
             raise MethodError(
                 f"lapt synthesises its training images with the pocket renderer; {ctx.dataset} is not a pocket "
                 "dataset (a folder of generated images per label is not supported yet)"
