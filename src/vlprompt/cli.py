@@ -343,6 +343,13 @@ def cmd_evaluate_transfer(args) -> None:
     print(f"{args.dataset} -> {args.target}: all_acc={m['all_acc']:.2f}")
 
 
+def cmd_evaluate_ood(args) -> None:
+    from vlprompt.training.ood_runs import evaluate_ood
+
+    m = evaluate_ood(_cfg(args), args.dataset, args.method, args.shots, args.seed, args.oodset, args.out)
+    print(f"{args.dataset} vs {args.oodset}: FPR@95={m['fpr95']:.2f} AUROC={m['auroc']:.2f} ID acc={m['all_acc']:.2f}")
+
+
 def cmd_aggregate(args) -> None:
     from vlprompt.analysis.aggregate import aggregate
 
@@ -514,6 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s = add("evaluate-transfer", cmd_evaluate_transfer, "evaluate a trained run on another dataset")
     for a in ("--dataset", "--method", "--target", "--out"):
+        s.add_argument(a, required=True)
+    s.add_argument("--shots", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s = add("evaluate-ood", cmd_evaluate_ood, "score a run on an OOD set against its ID test images (protocol ood)")
+    for a in ("--dataset", "--method", "--oodset", "--out"):
         s.add_argument(a, required=True)
     s.add_argument("--shots", type=int, required=True)
     s.add_argument("--seed", type=int, required=True)

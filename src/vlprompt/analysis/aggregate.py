@@ -57,6 +57,10 @@ BOUND_COLUMNS = {
 # A run whose method has a proposer in its loop (``method_info.proposer``: a language model live or replayed from a
 # trace, the rule-based stand-in, a fixed pool) adds the column ``proposer`` ("<kind>: <what it is>").
 
+# Protocol ood: a run scored on an OOD set (``<run>/ood/<set>.json``) adds these columns (absent otherwise): the
+# OOD metrics (vlprompt.training.ood_metrics) and whether the set is near or far; ``all_acc`` is the ID accuracy.
+OOD_COLUMNS = ("fpr95", "auroc", "aupr_in", "aupr_out", "fpr95_id", "ood_group")
+
 
 def summary_table(cfg: dict, metrics_files: list[Path]) -> pd.DataFrame:
     """The tidy table of ``metrics_files``; each run's model is checked against the checksum its metrics
@@ -90,11 +94,12 @@ def summary_table(cfg: dict, metrics_files: list[Path]) -> pd.DataFrame:
         proposer = (m.get("method_info") or {}).get("proposer") or {}
         if proposer:
             base["proposer"] = f"{proposer.get('kind')}: {proposer.get('about', '')}".rstrip(": ")
+        base.update({col: m[col] for col in OOD_COLUMNS if col in m})
         if m.get("trained", True):
             rows.append({**base, "shots": m["shots"], "seed": m["seed"]})
         else:
             rows.extend({**base, "shots": k, "seed": s} for k in cfg["shots"] for s in cfg["seeds"])
-    extra = [c for c in [*BOUND_COLUMNS, "proposer"] if any(c in r for r in rows)]
+    extra = [c for c in (*BOUND_COLUMNS, "proposer", *OOD_COLUMNS) if any(c in r for r in rows)]
     df = pd.DataFrame(rows, columns=COLUMNS + extra)
     return df.sort_values(["method", "dataset", "shots", "seed"]).reset_index(drop=True)
 

@@ -62,6 +62,9 @@ DEFAULTS = {
     "seed": 0,
 }
 METRICS = ("base_acc", "new_acc", "hm", "all_acc")
+# protocol ood's metrics (vlprompt.training.ood_metrics), summarised when the table has them; the tests compare
+# higher-is-better scores (wins, the ROPE), so the OOD family is AUROC (and AUPR), never FPR@95
+OOD_METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out", "fpr95_id")
 ZERO_METHODS = ("wilcox", "pratt", "zsplit")
 COLUMNS = [
     "comparison",
@@ -109,7 +112,9 @@ def settings(stats_cfg: dict | None) -> dict:
 
 
 def primary_metric(summary: pd.DataFrame) -> str:
-    """HM for base-to-new, all-class accuracy for the other protocols."""
+    """HM for base-to-new, AUROC for OOD detection, all-class accuracy for the other protocols."""
+    if len(summary) and (summary.protocol == "ood").all():
+        return "auroc"
     return "hm" if (summary.protocol == "base2new").all() else "all_acc"
 
 
@@ -124,12 +129,13 @@ def family_shots(summary: pd.DataFrame, cfg: dict) -> list:
 
 
 TRANSFER = ("crossdataset", "domain_generalization")
+SCORED_ON_OTHERS = (*TRANSFER, "ood")  # rows of another dataset than the training one are the results
 
 
 def targets_only(summary: pd.DataFrame) -> pd.DataFrame:
     """For the transfer protocols, the rows of the target datasets (the source dataset, on which the model
     was trained, is not a transfer result: the papers' Average and tests are over targets); else all rows."""
-    if "train_dataset" not in summary or not summary.protocol.isin(TRANSFER).all():
+    if "train_dataset" not in summary or not summary.protocol.isin(SCORED_ON_OTHERS).all():
         return summary
     return summary[summary.dataset != summary.train_dataset]
 
@@ -233,7 +239,7 @@ def cell_summary(summary: pd.DataFrame, stats_cfg: dict | None = None) -> pd.Dat
         if method in single:
             g = g.iloc[:1]
         row["n_runs"] = len(g)
-        for m in METRICS:
+        for m in METRICS + tuple(k for k in OOD_METRICS if k in summary):
             vals = g[m].dropna().to_numpy(dtype=float) if m in g else np.array([])
             row[f"{m}_mean"] = vals.mean() if len(vals) else math.nan
             row[f"{m}_std"] = vals.std(ddof=1) if len(vals) > 1 else math.nan

@@ -339,6 +339,22 @@ def _numeric_split(root: Path, name: str) -> dict:
     return {"train": [], "val": [], "test": rows}
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _ood_images_split(root: Path, name: str) -> dict:
+    """An OOD set (OpenOOD's): every image below ``image_dir``, whatever its folders, one class; test only."""
+    image_dir = info(name)["image_dir"]
+    files = sorted(
+        p.relative_to(root).as_posix()
+        for p in (root / image_dir).rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+    if not files:
+        raise RealDatasetError(f"{name}: no image below {root / image_dir}; expected layout: {info(name)['layout']}")
+    return {"train": [], "val": [], "test": [[rel, 0, "ood image"] for rel in files]}
+
+
 def _imagenet_split(root: Path, name: str) -> dict:
     ic = imagenet_classes()
     labels = {w: i for i, w in enumerate(ic["wnids"])}
@@ -458,9 +474,12 @@ def prepare(cfg: dict, name: str, progress: bool = True) -> Path:
             split = _published_split(staging, name, split_file) if split_file else _new_split(staging, name)
             origin = f"published {info(name)['split']['file']}" if split_file else "new random split (opt-in)"
         else:
-            split = {"official_lists": _fgvc_split, "wnid_folders": _wnid_split, "numeric_folders": _numeric_split}[
-                kind
-            ](staging, name)
+            split = {
+                "official_lists": _fgvc_split,
+                "wnid_folders": _wnid_split,
+                "numeric_folders": _numeric_split,
+                "ood_images": _ood_images_split,
+            }[kind](staging, name)
             origin = kind
         _check_split(name, staging, split)
         _write_manifest(staging, name, files, origin)

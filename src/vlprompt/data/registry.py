@@ -69,7 +69,7 @@ for _name in REAL_DATASETS:
     register(
         DatasetSpec(
             name=_name,
-            template=real.templates()[_info["coop_name"]],
+            template=real.templates().get(_info["coop_name"]) or _info["template"],  # OOD sets: their own
             kind="real",
             description=_info["homepage"],
             n_classes=_info["n_classes"],

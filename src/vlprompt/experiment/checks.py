@@ -248,6 +248,8 @@ def name_problems(cfg: dict) -> list[str]:
             "on; list them, or use protocol fewshot or base2new"
         )
     known = [m for m in cfg["methods"] if m in methods]
+    if cfg["protocol"] == "ood":
+        lines += ood_problems(cfg, datasets, known)
     needing = [m for m in known if get_method(m).reads_unlabelled]
     if needing and cfg.get("unlabelled", "none") == "none":
         lines.append(
@@ -272,6 +274,40 @@ def name_problems(cfg: dict) -> list[str]:
 
 
 # --- plan time: what a job would find out only when it runs ----------------------------------------------------
+
+
+def ood_problems(cfg: dict, datasets: list[str], methods: list[str]) -> list[str]:
+    """Protocol ``ood``: OOD sets that exist and are not the ID classes themselves, methods on the feature bank."""
+    from vlprompt.methods import get_method
+
+    block = cfg.get("ood") or {}
+    sets = [(group, entry) for group in ("near", "far") for entry in block.get(group, [])]
+    lines = []
+    if not sets:
+        lines.append(
+            "protocol 'ood' needs OOD sets: list them under `ood.near` and/or `ood.far` "
+            "(each {dataset: NAME, classes: all|new|base}), or use protocol fewshot"
+        )
+    for group, entry in sets:
+        lines += _unknown_names(f"ood.{group}", [entry["dataset"]], datasets, "dataset", "datasets")
+        classes = entry.get("classes", "all")
+        id_classes = block.get("id_classes", "all")
+        if entry["dataset"] in cfg["datasets"] and (id_classes == "all" or classes in ("all", "base")):
+            lines.append(
+                f"ood.{group}: {entry['dataset']} with classes {classes} holds in-distribution classes "
+                f"(ood.id_classes: {id_classes}); use classes: new with ood.id_classes: base, or another dataset"
+            )
+    names = [e["dataset"] if e.get("classes", "all") == "all" else f"{e['dataset']}.{e['classes']}" for _, e in sets]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        lines.append(f"ood: the OOD set(s) {twice} are listed more than once; list each once, in near or far")
+    images = [m for m in methods if get_method(m).inputs == "images"]
+    if images:
+        lines.append(
+            f"protocol 'ood' scores methods on the feature bank; {', '.join(images)} put(s) the image encoder in the "
+            "loop: drop it (them) from `methods`"
+        )
+    return lines
 
 
 def shots_problem(dataset: str, class_name: str, label: int, n: int, shots: int, what: str, pocket: bool) -> str:

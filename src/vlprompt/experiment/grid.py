@@ -39,6 +39,7 @@ RUN = "{results}/{experiment}/runs/{dataset}/{method}/{shots}shot/seed{seed}"
 MULTITASK = "{results}/{experiment}/multitask/{method}/{shots}shot/seed{seed}"  # model.pt (the prompt), metrics.json
 MULTITASK_FILES = ("metrics.json", "model.pt")
 TRANSFER = RUN + "/transfer/{target}.json"
+OOD = RUN + "/ood/{oodset}.json"  # protocol ood: the run's model scored on one OOD set against its ID test images
 SUMMARY = "{results}/{experiment}/summary.csv"
 STATS = "{results}/{experiment}/stats.csv"
 REPORT = "{reports}/{experiment}"
@@ -78,7 +79,7 @@ def runs(cfg: dict) -> list[Run]:
 
 def all_datasets(cfg: dict) -> list[str]:
     """Training datasets, transfer targets and multitask sources: every dataset the experiment prepares."""
-    return list(dict.fromkeys(cfg["datasets"] + transfer_targets(cfg) + multitask_sources(cfg)))
+    return list(dict.fromkeys(cfg["datasets"] + transfer_targets(cfg) + multitask_sources(cfg) + ood_datasets(cfg)))
 
 
 def multitask_sources(cfg: dict) -> list[str]:
@@ -330,8 +331,69 @@ def all_outputs(cfg: dict) -> list[Path]:
         for target in transfer_targets(cfg):
             paths.update(dict.fromkeys(transfer_inputs(cfg, target, run.method, run.dataset, run.shots)))
     paths.update(dict.fromkeys(transfer_paths(cfg)))
+    for run in runs(cfg):
+        for oodset in ood_sets(cfg):
+            paths.update(dict.fromkeys(ood_inputs(cfg, oodset.name, run.method, run.dataset, run.shots)))
+    paths.update(dict.fromkeys(ood_paths(cfg)))
     paths.update(dict.fromkeys([summary_path(cfg), stats_path(cfg), summary_path(cfg).with_name("metrics.json")]))
     return list(paths)
+
+
+@dataclasses.dataclass(frozen=True)
+class OodSet:
+    """One OOD set of the ``ood`` protocol: ``classes`` (all, new or base) of ``dataset``, in ``group`` near or
+    far. Its ``name`` (the DAG's ``oodset`` wildcard) is the dataset's, with ``.new`` or ``.base`` for a part."""
+
+    dataset: str
+    classes: str
+    group: str
+
+    @property
+    def name(self) -> str:
+        return self.dataset if self.classes == "all" else f"{self.dataset}.{self.classes}"
+
+
+def ood_sets(cfg: dict) -> list[OodSet]:
+    """The config's ``ood.near`` then ``ood.far`` sets under protocol ``ood``; none under the other protocols."""
+    if cfg["protocol"] != "ood":
+        return []
+    block = cfg.get("ood") or {}
+    return [
+        OodSet(entry["dataset"], entry.get("classes", "all"), group)
+        for group in ("near", "far")
+        for entry in block.get(group, [])
+    ]
+
+
+def ood_set(cfg: dict, name: str) -> OodSet:
+    found = [s for s in ood_sets(cfg) if s.name == name]
+    if not found:
+        raise KeyError(f"no OOD set {name!r} in the config; its sets: {[s.name for s in ood_sets(cfg)]}")
+    return found[0]
+
+
+def ood_datasets(cfg: dict) -> list[str]:
+    return list(dict.fromkeys(s.dataset for s in ood_sets(cfg)))
+
+
+def ood_path(cfg: dict, run: Run, oodset: str) -> Path:
+    return Path(OOD.format(results=cfg["results_root"], experiment=cfg["experiment"], oodset=oodset, **run.wildcards()))
+
+
+def ood_paths(cfg: dict) -> list[Path]:
+    """Every run scored on every OOD set."""
+    return [ood_path(cfg, run, s.name) for run in runs(cfg) for s in ood_sets(cfg)]
+
+
+def ood_inputs(cfg: dict, oodset: str, method: str, dataset: str, shots: int | str = 0) -> list[Path]:
+    """What scoring a run on ``oodset`` reads besides the model: the ID dataset's and the OOD set's test features
+    and classes, and what the method declares it reads on each."""
+    target = ood_set(cfg, oodset).dataset
+    inputs = [*eval_feature_files(cfg, dataset), classes_path(cfg, dataset)]
+    inputs += [*eval_feature_files(cfg, target), classes_path(cfg, target)]
+    extra = declared_inputs(cfg, dataset, method, shots, None)
+    extra += declared_inputs(cfg, target, method, shots, None, dataset)
+    return list(dict.fromkeys(inputs + extra))
 
 
 __all__ = [
@@ -348,6 +410,9 @@ __all__ = [
     "multitask_inputs",
     "multitask_sources",
     "needs_gpu",
+    "ood_inputs",
+    "ood_paths",
+    "ood_sets",
     "runs",
     "stage_hash",
     "test_views_stem",

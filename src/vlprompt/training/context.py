@@ -38,8 +38,12 @@ def start_job(cfg: dict, method_name: str, seed: int):
 
 
 def training_classes(cfg: dict, classes: dict) -> list[int]:
-    """The labels a run trains on: the base classes under base2new, every class under the other protocols."""
-    return classes["base"] if cfg["protocol"] == "base2new" else list(range(len(classes["classnames"])))
+    """The labels a run trains on: the base classes under base2new (and under ood with ``ood.id_classes: base``),
+    every class under the other protocols."""
+    base_only = cfg["protocol"] == "base2new" or (
+        cfg["protocol"] == "ood" and (cfg.get("ood") or {}).get("id_classes") == "base"
+    )
+    return classes["base"] if base_only else list(range(len(classes["classnames"])))
 
 
 def method_context(

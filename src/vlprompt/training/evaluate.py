@@ -77,6 +77,8 @@ def evaluate_parts(method, test_rows: list, classes: dict, protocol: str, traine
         if protocol == "base2new"
         else [("all", list(range(len(names))))]
     )  # fewshot, crossdataset, domain generalisation: all classes
+    if protocol == "ood":  # ID accuracy: the in-distribution classes, those the model was trained on
+        parts = [("all", [names.index(n) for n in trained_on])]
     for part, keep in parts:
         keep_names = [names[i] for i in keep]
         rows = subsample_classes(test_rows, keep)  # labels relabelled to 0..len(keep)-1

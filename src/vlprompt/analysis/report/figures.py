@@ -24,6 +24,7 @@ import seaborn as sns  # noqa: E402
 from vlprompt.analysis import stats  # noqa: E402
 
 LABELS = {"base_acc": "Base (%)", "new_acc": "New (%)", "hm": "HM (%)", "all_acc": "Accuracy (%)"}
+LABELS.update({"auroc": "AUROC (%)", "aupr_in": "AUPR-in (%)", "aupr_out": "AUPR-out (%)"})  # protocol ood
 DPI = 100
 WIDTH = 11.0  # inches: 1100 px at DPI, the report page's width
 RC = {

@@ -20,6 +20,7 @@ import pandas as pd
 from vlprompt.analysis import stats
 from vlprompt.analysis.report import figures, published, tables
 from vlprompt.analysis.report.document import Section, markdown_to_html, to_html, to_markdown
+from vlprompt.analysis.report.ood import ood_section
 from vlprompt.analysis.report.tables import NAMES
 from vlprompt.analysis.report.teacher import teacher_section
 from vlprompt.io import atomic_write_text, provenance
@@ -29,6 +30,7 @@ PROTOCOLS = {
     "fewshot": "few-shot classification",
     "crossdataset": "cross-dataset transfer",
     "domain_generalization": "domain generalisation",
+    "ood": "OOD detection",
 }
 REPORT_PACKAGES = ["statsmodels", "scikit-posthocs", "seaborn", "matplotlib", "baycomp"]
 CAPTIONS = {  # what each figure shows; the report adds the numbers, workflow/report/figure.rst the same words
@@ -676,6 +678,12 @@ def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict, curves_
     cells.to_csv(out / "cells.csv", index=False, float_format="%.4f")
 
     sections = [_results_section(summary, cfg, scfg)]
+    if protocol == "ood":
+        from vlprompt.methods import method_order
+
+        ood = ood_section(summary, method_order(summary.method.unique()))
+        if ood is not None:
+            sections.insert(0, ood)
     bounds = _bounds_section(summary)
     if bounds is not None:
         sections.append(bounds)

@@ -18,6 +18,7 @@ import pandas as pd
 from vlprompt.analysis import stats
 
 NAMES = {"base_acc": "Base", "new_acc": "New", "hm": "HM", "hm_mean": "HM (mean)", "all_acc": "Accuracy"}
+NAMES.update({"auroc": "AUROC", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out"})  # protocol ood
 MAX_COLUMNS = 16  # value columns per HTML table: about 60 px each on a page of 1150 px
 
 
