@@ -96,6 +96,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/adaptation.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/pretrain.smk"
 

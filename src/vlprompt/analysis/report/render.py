@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from vlprompt.analysis import stats
-from vlprompt.analysis.report import figures, published, tables
+from vlprompt.analysis.report import adaptation, figures, published, tables
 from vlprompt.analysis.report.document import Section, markdown_to_html, to_html, to_markdown
 from vlprompt.analysis.report.tables import NAMES
 from vlprompt.io import atomic_write_text, provenance
@@ -28,6 +28,7 @@ PROTOCOLS = {
     "fewshot": "few-shot classification",
     "crossdataset": "cross-dataset transfer",
     "domain_generalization": "domain generalisation",
+    "domain_adaptation": "unsupervised domain adaptation",
 }
 REPORT_PACKAGES = ["statsmodels", "scikit-posthocs", "seaborn", "matplotlib", "baycomp"]
 CAPTIONS = {  # what each figure shows; the report adds the numbers, workflow/report/figure.rst the same words
@@ -74,7 +75,8 @@ def _results_section(summary: pd.DataFrame, cfg: dict, scfg: dict) -> Section:
     all_shots = sorted(int(k) for k in summary.shots.unique())
     top = max(all_shots)
     s = Section(f"Results ({top} shots)" if b2n or len(all_shots) == 1 else "Results", "results")
-    table = tables.paper_table(summary, level=scfg["confidence_level"], datasets=cfg.get("datasets"))
+    order = adaptation.pair_order(cfg) or cfg.get("datasets")  # domain_adaptation: the pairs are the datasets
+    table = tables.paper_table(summary, level=scfg["confidence_level"], datasets=order)
     s.raw(tables.to_markdown(table), tables.to_html(table, _families(table.methods)))
     level = f"{scfg['confidence_level']:.0%}"
     legend = (
@@ -657,6 +659,8 @@ def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict, curves_
     cells.to_csv(out / "cells.csv", index=False, float_format="%.4f")
 
     sections = [_results_section(summary, cfg, scfg)]
+    if protocol == "domain_adaptation":
+        sections.append(adaptation.section(summary, cfg, scfg["confidence_level"]))
     bounds = _bounds_section(summary)
     if bounds is not None:
         sections.append(bounds)
