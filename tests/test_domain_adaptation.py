@@ -234,3 +234,15 @@ def test_pocket_uda_runs_end_to_end_to_its_report(tmp_path):
     assert "## Per pair, as the UDA papers print it" in report
     header = next(line for line in report.splitlines() if line.startswith("| Method") and "Avg" in line)
     assert header.split("|")[1:-1] == [" Method ", f" {styles[0]}→{styles[1]} ", " Avg "]
+
+
+def test_pocket_uda_commands():
+    """docs/domain_adaptation.md's block ``pocket_uda_commands``: the config check runs; the snakemake line's
+    config validates as Snakemake loads it and its targets are rules (tests/test_docs.py's check of a line)."""
+    from doc_commands import commands
+    from test_docs import _check_line
+
+    lines = commands("pocket_uda_commands")
+    assert [line.split()[0] for line in lines] == ["python", "snakemake"]
+    for line in lines:
+        _check_line(line)
