@@ -84,12 +84,12 @@ def main() -> None:
         images = torch.randn(2 * args.batch, 3, side, side, device=device)
         with torch.no_grad():
             stats = block_statistics(backbone.model, images)
-            per_step = timed(lambda: block_statistics(backbone.model, images), args.repeats, device)
+            per_step = timed(lambda m=backbone.model, x=images: block_statistics(m, x), args.repeats, device)
         layers, width = stats.shape[1], stats.shape[3]
         n_source = args.classes * args.shots
         bank = np.random.default_rng(0).standard_normal((n_source, layers, 2, width)).astype(np.float16)
         rows = np.random.default_rng(1).choice(n_source, 2 * args.batch, replace=False)
-        read = timed(lambda: torch.from_numpy(bank[rows].astype(np.float32)).to(device), 20, device)
+        read = timed(lambda b=bank, r=rows: torch.from_numpy(b[r].astype(np.float32)).to(device), 20, device)
         per_image = per_step / (2 * args.batch)
         steps = -(-n_source // args.batch)  # per epoch, a source batch and a target batch each
         in_loop = args.epochs * steps * 2 * args.batch * per_image
