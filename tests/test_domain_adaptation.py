@@ -233,7 +233,7 @@ def test_pocket_uda_runs_end_to_end_to_its_report(tmp_path):
     report = (tmp_path / "reports" / cfg["experiment"] / "report.md").read_text()
     assert "## Per pair, as the UDA papers print it" in report
     header = next(line for line in report.splitlines() if line.startswith("| Method") and "Avg" in line)
-    assert header.split("|")[1:-1] == [" Method ", f" {styles[0]}→{styles[1]} ", " Avg "]
+    assert [cell.strip() for cell in header.split("|")[1:-1]] == ["Method", f"{styles[0]}→{styles[1]}", "Avg"], header
 
 
 def test_pocket_uda_commands():
