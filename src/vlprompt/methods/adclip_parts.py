@@ -85,13 +85,9 @@ class ImageTokens(nn.Module):
         return merged.expand(-1, n_tokens, -1)
 
 
-class StyleMappingTokens(nn.Module):
-    """s_l = linear2_l(relu(linear1_l(pairwise_pool([μ_l, σ_l])))): (B, L, E)."""
-
-    def __init__(self, layers: int, width: int, embed: int, hidden: int):
-        super().__init__()
-        self.linear1 = nn.ModuleList(nn.Linear(width, hidden) for _ in range(layers))
-        self.linear2 = nn.ModuleList(nn.Linear(hidden, embed) for _ in range(layers))
+class StyleMappingTokens(DomainTokens):
+    """s_l = linear2_l(relu(linear1_l(pairwise_pool([μ_l, σ_l])))): (B, L, E); the domain tokens' two layers per
+    block with another pool and a ReLU between them."""
 
     def forward(self, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         pooled = pairwise_pool(torch.cat([mu, sigma], dim=-1))  # (L, B, W)
