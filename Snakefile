@@ -98,6 +98,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/ood.smk"
+include: "workflow/rules/adaptation.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/pretrain.smk"
 

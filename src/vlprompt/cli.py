@@ -350,6 +350,15 @@ def cmd_evaluate_ood(args) -> None:
     print(f"{args.dataset} vs {args.oodset}: FPR@95={m['fpr95']:.2f} AUROC={m['auroc']:.2f} ID acc={m['all_acc']:.2f}")
 
 
+def cmd_train_adaptation(args) -> None:
+    from vlprompt.training.adaptation import run_adaptation
+
+    m = run_adaptation(
+        _cfg(args), args.source, args.target, args.method, args.shots, args.seed, args.out, progress=not args.quiet
+    )
+    print(f"{args.source} -> {args.target}: all_acc={m['all_acc']:.2f}")
+
+
 def cmd_aggregate(args) -> None:
     from vlprompt.analysis.aggregate import aggregate
 
@@ -526,6 +535,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, required=True)
     s = add("evaluate-ood", cmd_evaluate_ood, "score a run on an OOD set against its ID test images (protocol ood)")
     for a in ("--dataset", "--method", "--oodset", "--out"):
+        s.add_argument(a, required=True)
+    s.add_argument("--shots", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s = add(
+        "train-adaptation",
+        cmd_train_adaptation,
+        "domain_adaptation: train on a labelled source and an unlabelled target, test on the target",
+    )
+    for a in ("--source", "--target", "--method", "--out"):
         s.add_argument(a, required=True)
     s.add_argument("--shots", type=int, required=True)
     s.add_argument("--seed", type=int, required=True)

@@ -4,7 +4,10 @@
 
 rule aggregate:
     input:
-        [run.dir(CFG) / "metrics.json" for run in grid.runs(CFG)] + grid.transfer_paths(CFG) + grid.ood_paths(CFG),
+        [run.dir(CFG) / "metrics.json" for run in grid.runs(CFG)]
+        + grid.transfer_paths(CFG)
+        + grid.ood_paths(CFG)
+        + grid.adaptation_paths(CFG),
     output:
         summary=grid.summary_path(CFG),
         stats=grid.stats_path(CFG),

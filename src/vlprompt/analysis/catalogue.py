@@ -120,6 +120,8 @@ def protocols(cls: type[Method]) -> list[str]:
         out = list(PROTOCOLS)
     else:
         out = ["base2new (base only)", "fewshot", "domain_generalization (same classes only)"]
+    if cls.inputs == "features":  # the training.adaptation runner: feature-bank methods
+        out.append("domain_adaptation")
     needs = []
     if cls.reads_unlabelled:
         needs.append("`unlabelled`")

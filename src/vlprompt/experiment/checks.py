@@ -247,6 +247,7 @@ def name_problems(cfg: dict) -> list[str]:
             f"protocol {cfg['protocol']!r} needs `targets`: the datasets to evaluate the trained models "
             "on; list them, or use protocol fewshot or base2new"
         )
+    lines += adaptation_problems(cfg, datasets, methods)
     known = [m for m in cfg["methods"] if m in methods]
     if cfg["protocol"] == "ood":
         lines += ood_problems(cfg, datasets, known)
@@ -270,6 +271,43 @@ def name_problems(cfg: dict) -> list[str]:
         )
     if not lines:  # the overrides are checked against every run of the grid: only with valid names
         lines += method_override_problems(cfg)
+    return lines
+
+
+def adaptation_problems(cfg: dict, datasets: list[str], methods: list[str]) -> list[str]:
+    """The domain_adaptation protocol's own keys: its pairs (known datasets, sources among `datasets`, two
+    datasets each), the target's training split as the unlabelled images, methods on the feature bank."""
+    from vlprompt.methods import get_method
+
+    if cfg["protocol"] != "domain_adaptation":
+        return []
+    pairs = cfg.get("pairs") or []
+    if not pairs:
+        return [
+            "protocol 'domain_adaptation' needs `pairs`: [[source, target], ...], datasets with the same classes "
+            "(every source one of `datasets`); list them, or use protocol domain_generalization"
+        ]
+    lines = _unknown_names("pairs", dict.fromkeys(d for pair in pairs for d in pair), datasets, "dataset", "datasets")
+    for source, target in pairs:
+        if source == target:
+            lines.append(f"`pairs`: [{source}, {target}] adapts a dataset to itself; give two different datasets")
+        elif source not in cfg["datasets"]:
+            lines.append(f"`pairs`: the source {source!r} of [{source}, {target}] is not in `datasets`; add it there")
+    idle = [d for d in cfg["datasets"] if d not in {s for s, _ in pairs}]
+    if idle:
+        lines.append(f"`datasets`: {', '.join(idle)} is the source of no pair in `pairs`; remove it or add a pair")
+    known = [m for m in cfg["methods"] if m in methods]
+    if cfg.get("unlabelled") == "test" and any(get_method(m).reads_unlabelled for m in known):
+        lines.append(
+            "`unlabelled`: domain_adaptation shows methods the target's training split without labels, never its "
+            "test images; set `unlabelled: train`"
+        )
+    loop = [m for m in known if get_method(m).inputs == "images"]
+    if loop:
+        lines.append(
+            f"`methods`: {', '.join(loop)} train(s) with the image encoder in the loop, which domain_adaptation "
+            "does not run (feature-bank methods only); drop them"
+        )
     return lines
 
 

@@ -16,7 +16,9 @@ Two kinds of artefacts, two kinds of paths:
 - **Owned** by one experiment, under ``<results>/<experiment>/``: its runs, spelled out in their path as
   CoOp does (``{dataset}/{method}/{shots}shot/seed{seed}``), its tables, logs and resolved config, and the
   multitask prompts of methods that start from one (``reads_multitask_prompt``:
-  ``multitask/{method}/{shots}shot/seed{seed}/``, trained on the config's ``sources``).
+  ``multitask/{method}/{shots}shot/seed{seed}/``, trained on the config's ``sources``). Under the
+  domain_adaptation protocol a run belongs to a (source, target) pair:
+  ``adapt/{source}/{target}/{method}/{shots}shot/seed{seed}/`` (:func:`adaptation_runs`).
 
 The path patterns double as Snakemake wildcard patterns.
 """
@@ -40,6 +42,7 @@ MULTITASK = "{results}/{experiment}/multitask/{method}/{shots}shot/seed{seed}"  
 MULTITASK_FILES = ("metrics.json", "model.pt")
 TRANSFER = RUN + "/transfer/{target}.json"
 OOD = RUN + "/ood/{oodset}.json"  # protocol ood: the run's model scored on one OOD set against its ID test images
+ADAPT = "{results}/{experiment}/adapt/{source}/{target}/{method}/{shots}shot/seed{seed}"  # domain_adaptation
 SUMMARY = "{results}/{experiment}/summary.csv"
 STATS = "{results}/{experiment}/stats.csv"
 REPORT = "{reports}/{experiment}"
@@ -64,6 +67,8 @@ def runs(cfg: dict) -> list[Run]:
     """Every run of the experiment: method × dataset × shots × seed; zero-shot methods once per dataset."""
     from vlprompt.methods import get_method
 
+    if cfg["protocol"] == "domain_adaptation":  # its runs belong to (source, target) pairs: adaptation_runs
+        return []
     out = []
     for method in cfg["methods"]:
         trained = get_method(method).needs_training
@@ -79,7 +84,8 @@ def runs(cfg: dict) -> list[Run]:
 
 def all_datasets(cfg: dict) -> list[str]:
     """Training datasets, transfer targets and multitask sources: every dataset the experiment prepares."""
-    return list(dict.fromkeys(cfg["datasets"] + transfer_targets(cfg) + multitask_sources(cfg) + ood_datasets(cfg)))
+    targets = transfer_targets(cfg) + [t for _, t in adaptation_pairs(cfg)]
+    return list(dict.fromkeys(cfg["datasets"] + targets + multitask_sources(cfg) + ood_datasets(cfg)))
 
 
 def multitask_sources(cfg: dict) -> list[str]:
@@ -335,6 +341,9 @@ def all_outputs(cfg: dict) -> list[Path]:
         for oodset in ood_sets(cfg):
             paths.update(dict.fromkeys(ood_inputs(cfg, oodset.name, run.method, run.dataset, run.shots)))
     paths.update(dict.fromkeys(ood_paths(cfg)))
+    for arun in adaptation_runs(cfg):
+        paths.update(dict.fromkeys(adaptation_inputs(cfg, **arun.wildcards())))
+        paths.update(dict.fromkeys(arun.dir(cfg) / name for name in RUN_FILES))
     paths.update(dict.fromkeys([summary_path(cfg), stats_path(cfg), summary_path(cfg).with_name("metrics.json")]))
     return list(paths)
 
@@ -396,8 +405,69 @@ def ood_inputs(cfg: dict, oodset: str, method: str, dataset: str, shots: int | s
     return list(dict.fromkeys(inputs + extra))
 
 
+# --- domain_adaptation: one run per method x (source, target) pair x shots x seed --------------------------------
+
+
+def adaptation_pairs(cfg: dict) -> list[tuple[str, str]]:
+    """The config's ``pairs`` as (source, target) under the domain_adaptation protocol, else none."""
+    return [(s, t) for s, t in cfg.get("pairs", [])] if cfg["protocol"] == "domain_adaptation" else []
+
+
+def pair_label(source: str, target: str) -> str:
+    """A pair's name in the tables (the ``dataset`` of its runs' metrics), as the UDA papers write Ar→Cl."""
+    return f"{source}→{target}"
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptationRun:
+    source: str
+    target: str
+    method: str
+    shots: int  # 0 for methods that need no training data (zero-shot)
+    seed: int
+
+    def dir(self, cfg: dict) -> Path:
+        return Path(ADAPT.format(results=cfg["results_root"], experiment=cfg["experiment"], **self.wildcards()))
+
+    def wildcards(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def adaptation_runs(cfg: dict) -> list[AdaptationRun]:
+    """Every run of a domain_adaptation experiment; zero-shot methods once per pair."""
+    from vlprompt.methods import get_method
+
+    out = []
+    for method in cfg["methods"]:
+        grid = [(k, s) for k in cfg["shots"] for s in cfg["seeds"]] if get_method(method).needs_training else [(0, 0)]
+        out += [AdaptationRun(src, tgt, method, k, s) for src, tgt in adaptation_pairs(cfg) for k, s in grid]
+    return out
+
+
+def adaptation_paths(cfg: dict) -> list[Path]:
+    return [run.dir(cfg) / "metrics.json" for run in adaptation_runs(cfg)]
+
+
+def adaptation_inputs(
+    cfg: dict, source: str, target: str, method: str, shots: int | str, seed: int | str
+) -> list[Path]:
+    """What a run of ``method`` on the pair reads: the source's classes, few-shot subset and features (labelled),
+    the target's classes and test features, and what the method declares it reads on the target (its training
+    split's features without labels for ``reads_unlabelled``, test views)."""
+    shots, seed = int(shots), int(seed)
+    inputs = [classes_path(cfg, source), *eval_feature_files(cfg, source)]
+    if shots > 0:
+        inputs += [fewshot_path(cfg, source, shots, seed), *fewshot_feature_files(cfg, source, shots, seed)]
+    return list(dict.fromkeys(inputs + transfer_inputs(cfg, target, method, source, shots)))
+
+
 __all__ = [
+    "AdaptationRun",
     "Run",
+    "adaptation_inputs",
+    "adaptation_pairs",
+    "adaptation_paths",
+    "adaptation_runs",
     "all_datasets",
     "all_outputs",
     "backbone_key",

@@ -186,6 +186,30 @@ def validation_metrics(
     return {f"val_{k}": v for k, v in metrics.items() if not k.endswith("_per_class")}
 
 
+def target_model(
+    cfg: dict, dataset: str, cls: type[Method], mcfg, shots: int, seed: int, target: str, state: dict, device
+) -> tuple[Method, MethodContext]:
+    """The model trained on ``dataset`` (its learned ``state``) rebuilt for ``target``: the target's hand-crafted
+    template, and its unlabelled images for methods that read them."""
+    seed_everything(seed)
+    ctx, _, _ = build_context(cfg, dataset, cls, shots, seed, device, for_training=False)
+    ctx.template, ctx.dataset = get_dataset(target).template, target  # hand-crafted prompts: the target's
+    if cls.reads_unlabelled:  # the target's unlabelled images
+        ctx.unlabelled = unlabelled_features(cfg, target)
+    method = cls(mcfg, ctx).to(device)
+    method.load_trainable_state(state)
+    return method, ctx
+
+
+def target_metrics(cfg: dict, method: Method, ctx: MethodContext, dataset: str, target: str, shots: int) -> dict:
+    """``method`` (trained on ``dataset``) on every test image and class of ``target``."""
+    target_bank = FeatureBank(grid.features_dir(cfg, target))
+    target_classes = read_artefact_json(grid.classes_path(cfg, target))
+    rows = target_bank.rows("test")
+    features = eval_features(cfg, target_bank, rows, type(method), target, shots, trained_on=dataset)
+    return evaluate(method, rows, features, target_classes, "all", ctx.classnames, ctx.device)
+
+
 def evaluate_transfer(
     cfg: dict, dataset: str, method_name: str, shots: int, seed: int, target: str, out: str | Path
 ) -> dict:
@@ -195,26 +219,9 @@ def evaluate_transfer(
     device = pick_device(cfg["train"]["device"])
     cls = get_method(method_name)
     mcfg = cls.make_config(method_settings(cfg, method_name, dataset, shots))
-    seed_everything(seed)
-    ctx, _, _ = build_context(cfg, dataset, cls, shots, seed, device, for_training=False)
-    ctx.template, ctx.dataset = get_dataset(target).template, target  # hand-crafted prompts: the target's
-    if cls.reads_unlabelled:  # the target's unlabelled images
-        ctx.unlabelled = unlabelled_features(cfg, target)
-    method = cls(mcfg, ctx).to(device)
     saved = load_model_state(grid.Run(dataset, method_name, shots, seed).dir(cfg), device)
-    method.load_trainable_state(saved["state"])
-    target_bank = FeatureBank(grid.features_dir(cfg, target))
-    target_classes = read_artefact_json(grid.classes_path(cfg, target))
-    rows = target_bank.rows("test")
-    metrics = evaluate(
-        method,
-        rows,
-        eval_features(cfg, target_bank, rows, cls, target, shots, trained_on=dataset),
-        target_classes,
-        "all",
-        ctx.classnames,
-        device,
-    )
+    method, ctx = target_model(cfg, dataset, cls, mcfg, shots, seed, target, saved["state"], device)
+    metrics = target_metrics(cfg, method, ctx, dataset, target, shots)
     return save_transfer(
         cfg, out, metrics, method_name, dataset, target, shots, seed, cls.needs_training, ctx.backbone, device
     )

@@ -56,9 +56,11 @@ def save_run(
     train_info: dict,
     seconds: dict,
     prov: dict,
+    identity: dict | None = None,
 ) -> dict:
     """Complete a run's metrics with what identifies it, write ``model.pt`` then ``metrics.json`` (each
-    atomically: a finished run is one whose metrics.json exists) and drop the training checkpoint."""
+    atomically: a finished run is one whose metrics.json exists) and drop the training checkpoint. ``identity``
+    replaces fields of the identity (a domain-adaptation run: ``dataset`` its pair, ``target``)."""
     hyperparameters = asdict(mcfg)
     metrics.update(
         method=method.name,
@@ -78,6 +80,7 @@ def save_run(
         seconds=seconds,
         provenance=prov,
     )
+    metrics.update(identity or {})
     _dataset_provenance(cfg, metrics, dataset)
     atomic_torch_save(
         out_dir / "model.pt",

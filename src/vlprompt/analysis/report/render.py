@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from vlprompt.analysis import stats
-from vlprompt.analysis.report import figures, published, tables
+from vlprompt.analysis.report import adaptation, figures, published, tables
 from vlprompt.analysis.report.document import Section, markdown_to_html, to_html, to_markdown
 from vlprompt.analysis.report.ood import ood_section
 from vlprompt.analysis.report.tables import NAMES
@@ -31,6 +31,7 @@ PROTOCOLS = {
     "crossdataset": "cross-dataset transfer",
     "domain_generalization": "domain generalisation",
     "ood": "OOD detection",
+    "domain_adaptation": "unsupervised domain adaptation",
 }
 REPORT_PACKAGES = ["statsmodels", "scikit-posthocs", "seaborn", "matplotlib", "baycomp"]
 CAPTIONS = {  # what each figure shows; the report adds the numbers, workflow/report/figure.rst the same words
@@ -77,7 +78,8 @@ def _results_section(summary: pd.DataFrame, cfg: dict, scfg: dict) -> Section:
     all_shots = sorted(int(k) for k in summary.shots.unique())
     top = max(all_shots)
     s = Section(f"Results ({top} shots)" if b2n or len(all_shots) == 1 else "Results", "results")
-    table = tables.paper_table(summary, level=scfg["confidence_level"], datasets=cfg.get("datasets"))
+    order = adaptation.pair_order(cfg) or cfg.get("datasets")  # domain_adaptation: the pairs are the datasets
+    table = tables.paper_table(summary, level=scfg["confidence_level"], datasets=order)
     s.raw(tables.to_markdown(table), tables.to_html(table, _families(table.methods)))
     level = f"{scfg['confidence_level']:.0%}"
     legend = (
@@ -684,6 +686,8 @@ def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict, curves_
         ood = ood_section(summary, method_order(summary.method.unique()))
         if ood is not None:
             sections.insert(0, ood)
+    if protocol == "domain_adaptation":
+        sections.append(adaptation.section(summary, cfg, scfg["confidence_level"]))
     bounds = _bounds_section(summary)
     if bounds is not None:
         sections.append(bounds)
