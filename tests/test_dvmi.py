@@ -3,6 +3,7 @@ critics' gradients, the preset's selection rule, and the diagnostics and validat
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -359,12 +360,17 @@ def test_ensemble_prediction_averages_the_two_views_on_any_classes(ctx):
         build("dvmi", ctx, predict_with="both")
 
 
-def test_the_old_name_of_the_logit_scale_reading_is_only_an_alias():
+def test_the_readings_are_in_the_ablation_and_every_example_report_names_registered_methods():
+    import csv
+
     from vlprompt.methods import list_methods
 
-    assert get_method("dvmi_issue3") is get_method("dvmi_text_logit_scale_within")
-    assert "dvmi_issue3" not in list_methods() and "dvmi_issue3" not in READINGS
     ablation = yaml.safe_load(open("config/explore/dvmi_ablation.yaml"))
     for reading in ("dvmi_text_mixup_critic", "dvmi_text_mixup_critic_ensemble", "dvmi_text_logit_scale_within"):
         assert reading in ablation["methods"] and reading in CANDIDATES
-    assert "dvmi_issue3" not in ablation["methods"]
+    assert set(ablation["methods"]) <= set(list_methods())
+    registered = set(list_methods())
+    for cells in Path("reports/examples").glob("*/cells.csv"):
+        with cells.open() as f:
+            named = {row["method"] for row in csv.DictReader(f)}
+        assert named <= registered, (str(cells), sorted(named - registered))

@@ -13,10 +13,9 @@ import pkgutil
 from vlprompt.methods.base import FAMILIES, Method, MethodContext, MethodError, TrainConfig, register, registry
 
 _LOADED = False
-# Old names that a published result still uses -> the registered name: the example report
-# reports/examples/dvmi_ablation names the DVMI reading "InfoNCE at τ = 1/s, within-class mixing" by its former
-# name (CHANGELOG.md), so the alias stays while that report does.
-ALIASES = {"dvmi_issue3": "dvmi_text_logit_scale_within"}
+# Old names that a published result still uses -> the registered name (none today: every example report names
+# its methods as registered, tests/test_dvmi.py checks it).
+ALIASES: dict[str, str] = {}
 
 
 def _load_all() -> None:
