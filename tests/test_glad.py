@@ -155,3 +155,24 @@ def test_a_run_trains_resumes_and_evaluates_on_images(tmp_path_factory):
     full = run_and_resume(tmp_path_factory, "glad", {"epochs": 2, "batch_size": 2})
     assert full["base_n"] == 4 and full["train"]["steps_per_epoch"] == 2
     assert full["method_info"]["gradient_rule"].startswith("mix")
+
+
+@pytest.mark.parametrize("name", ["base2novel.yaml", "fewshot.yaml", "crossdataset.yaml", "domain_generalization.yaml"])
+def test_the_real_configs_give_glad_clip_loras_iteration_budget(name):
+    """500 × K iterations of batch 32 (the last batch kept) as whole epochs: ⌈500 K / ⌈K · classes / 32⌉⌉, with the
+    base classes (⌈C/2⌉) in base-to-new."""
+    import math
+
+    from doc_commands import REPO
+    from vlprompt.data.registry import get_dataset
+    from vlprompt.experiment.config import load_config, method_settings
+
+    cfg = load_config(REPO / "config" / name)
+    assert "glad" in cfg["methods"]
+    for dataset in cfg["datasets"]:
+        n = get_dataset(dataset).n_classes
+        classes = math.ceil(n / 2) if cfg["protocol"] == "base2new" else n
+        for k in cfg["shots"]:
+            budget = math.ceil(500 * k / math.ceil(k * classes / 32))
+            epochs = method_settings(cfg, "glad", dataset, k).get("epochs", get_method("glad").Config().epochs)
+            assert epochs == budget, (name, dataset, k, epochs, budget)

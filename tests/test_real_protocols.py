@@ -37,9 +37,9 @@ DG_TARGETS = ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
 
 # Jobs per rule, from each protocol's grid. A trained method has one run per dataset x shots x seed; a
 # zero-shot method one per dataset (shots 0, seed 0). Feature-bank methods train in `train`, image-encoder
-# methods (vpt_deep, ivlp, maple, promptsrc, hicropl) in `train_images`; every run is evaluated on every target.
+# methods (vpt_deep, ivlp, maple, promptsrc, hicropl, glad) in `train_images`; every run is evaluated on every target.
 EXPECTED = {
-    # 11 datasets; zeroshot + 5 feature methods (coop, cocoop, kgcoop, prograd, dvmi) + 5 image methods;
+    # 11 datasets; zeroshot + 5 feature methods (coop, cocoop, kgcoop, prograd, dvmi) + 6 image methods;
     # 16 shots; seeds 1-3
     # (few-shot subsets and their features: one job per dataset x shots x seed; test features per dataset)
     "base2novel.yaml": {
@@ -49,12 +49,12 @@ EXPECTED = {
         "extract_test": 11,
         "extract_fewshot": 11 * 3,
         "train": 11 + 11 * 5 * 1 * 3,
-        "train_images": 11 * 5 * 1 * 3,
+        "train_images": 11 * 6 * 1 * 3,
         "aggregate": 1,
         "report": 1,
         "all": 1,
     },
-    # 11 datasets; zeroshot + 7 feature methods; shots 1, 2, 4, 8, 16; seeds 1-3
+    # 11 datasets; zeroshot + 7 feature methods + 1 image method (glad); shots 1, 2, 4, 8, 16; seeds 1-3
     "fewshot.yaml": {
         "prepare_dataset": 11,
         "split_classes": 11,
@@ -62,12 +62,13 @@ EXPECTED = {
         "extract_test": 11,
         "extract_fewshot": 11 * 5 * 3,
         "train": 11 + 11 * 7 * 5 * 3,
+        "train_images": 11 * 1 * 5 * 3,
         "aggregate": 1,
         "report": 1,
         "all": 1,
     },
     # ImageNet + 10 targets prepared and their test features extracted (ImageNet's few-shot subsets too);
-    # zeroshot + 4 feature methods + 2 image methods
+    # zeroshot + 4 feature methods + 3 image methods (maple, promptsrc, glad)
     # trained on ImageNet (16 shots, seeds 1-3); each run evaluated on the 10 targets
     "crossdataset.yaml": {
         "prepare_dataset": 11,
@@ -76,9 +77,9 @@ EXPECTED = {
         "extract_test": 11,
         "extract_fewshot": 3,
         "train": 1 + 4 * 3,
-        "train_images": 2 * 3,
+        "train_images": 3 * 3,
         "evaluate_transfer": (1 + 4 * 3) * 10,
-        "evaluate_transfer_images": 2 * 3 * 10,
+        "evaluate_transfer_images": 3 * 3 * 10,
         "aggregate": 1,
         "report": 1,
         "all": 1,
@@ -91,9 +92,9 @@ EXPECTED = {
         "extract_test": 5,
         "extract_fewshot": 3,
         "train": 1 + 4 * 3,
-        "train_images": 2 * 3,
+        "train_images": 3 * 3,
         "evaluate_transfer": (1 + 4 * 3) * 4,
-        "evaluate_transfer_images": 2 * 3 * 4,
+        "evaluate_transfer_images": 3 * 3 * 4,
         "aggregate": 1,
         "report": 1,
         "all": 1,
