@@ -1,8 +1,8 @@
 """What one training step costs for the methods that work inside the two towers, against VPT-deep and MaPLe.
 
 A step is what the image loop does per batch: the method's loss (its forward through the prompted or adapted
-towers, plus any frozen pass: CoPrompt's second view) and the backward. Timed on the CPU, one thread, after two
-warm-up steps, median of ``--steps``, for each method on
+towers, plus any frozen pass: CoPrompt's second view), the backward and any gradient hook (GLAD's SAM pass).
+Timed on the CPU, one thread, after two warm-up steps, median of ``--steps``, for each method on
   * the pocket CLIP (the shipped ``pocket_v2`` weights, 32 px, batch 4 as the deep-prompt presets), and
   * ViT-B/16 with random weights (open_clip's architecture, 224 px, no download; batch 2 by default),
 with ``--classes`` class names. Prints seconds per step and the ratio to VPT-deep and to MaPLe. Random weights
@@ -10,7 +10,7 @@ cost the same arithmetic as trained ones; the absolute figures are the CPU's, th
 roughly (the frozen pass and the text tower weigh differently there).
 
 Usage: .venv/bin/python benchmarks/encoder_method_costs.py [--steps 5] [--classes 10] [--vit-batch 2]
-    [--methods vpt_deep,maple,clip_lora,coprompt,hicropl,disa] [--skip-vit]
+    [--methods vpt_deep,maple,clip_lora,coprompt,hicropl,disa,glad,dpl] [--skip-vit]
 On the pocket CLIP HiCroPL runs with 8 tokens (its 16 do not fit the 20-token text context), as in
 config/pocket_inside_encoders.yaml.
 Say whether the machine was quiet when you report the figures.
@@ -37,6 +37,9 @@ def step_seconds(method, images, labels, steps: int) -> float:
         loss, _ = method.loss(images, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        adjust = getattr(method, "adjust_gradients", None)  # as the training loop: GLAD's SAM pass
+        if adjust is not None:
+            adjust(images, labels)
         opt.step()
         if i >= 2:
             times.append(time.perf_counter() - t)
@@ -69,7 +72,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--vit-batch", type=int, default=2)
-    p.add_argument("--methods", default="vpt_deep,maple,clip_lora,coprompt,hicropl,disa")
+    p.add_argument("--methods", default="vpt_deep,maple,clip_lora,coprompt,hicropl,disa,glad,dpl")
     p.add_argument("--skip-vit", action="store_true", help="only the pocket CLIP")
     args = p.parse_args()
 
