@@ -62,6 +62,7 @@ EXPECTED = {
         "extract_test": 11,
         "extract_fewshot": 11 * 5 * 3,
         "train": 11 + 11 * 7 * 5 * 3,
+        "train_images": 11 * 1 * 5 * 3,  # prompt_cam
         "aggregate": 1,
         "report": 1,
         "all": 1,

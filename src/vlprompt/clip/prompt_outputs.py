@@ -1,0 +1,63 @@
+"""The outputs of deep vision prompts, kept instead of dropped (Prompt-CAM's class prompts).
+
+:func:`~vlprompt.clip.deep_prompts.vision_prompts` drops the n prompt positions from the vision transformer's output
+so that pooling sees the tokens it sees without prompts. Prompt-CAM (Chowdhury et al., CVPR 2025; Imageomics/
+Prompt_CAM, ``model/vision_transformer.py`` ``forward_features``/``forward_head``) classifies from those outputs
+instead: with one prompt per class, the last block's output o_c at the prompt of class c, through the tower's final
+norm, gives the class's logit. :func:`kept_prompt_outputs` is the extension point: within the block, every forward
+of the image tower records the last block's outputs at the last ``n`` positions (the prompts), before the prompt
+context drops them; the shared frozen backbone is unchanged on exit (one forward hook, removed after the block).
+
+``tests/test_prompt_cam.py`` checks it against a hand-written loop over open_clip's blocks in the reference's own
+order (prompts prepended fresh at every block, their outputs dropped after it, the last block's kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from vlprompt.clip import deep_prompts
+
+if TYPE_CHECKING:
+    from open_clip import CLIP
+
+
+@contextlib.contextmanager
+def kept_prompt_outputs(model: CLIP, n: int) -> Iterator[list[torch.Tensor]]:
+    """Within the block, each forward of ``model.visual`` appends to the yielded list the (B, n, width) outputs of its
+    last block at the last ``n`` positions (the deep vision prompts'), batch first, before
+    :func:`~vlprompt.clip.deep_prompts.vision_prompts` drops them (the hook runs first, whichever context was
+    entered first)."""
+    if n <= 0:
+        raise deep_prompts.DeepPromptError(f"prompt outputs need at least one prompt token, got {n}")
+    visual = deep_prompts._visual(model)
+    seen: list[torch.Tensor] = []
+
+    def keep(module, args, out):  # out: (B, L + n, width), batch first whatever the blocks use
+        if out.shape[1] <= n:
+            raise deep_prompts.DeepPromptError(f"the image tower's output has {out.shape[1]} tokens, not {n} prompts")
+        seen.append(out[:, -n:])
+
+    with deep_prompts._exclusive(visual.transformer):
+        handle = visual.transformer.register_forward_hook(keep, prepend=True)
+        try:
+            yield seen
+        finally:
+            handle.remove()
+
+
+def encode_prompt_outputs(model: CLIP, images: torch.Tensor, prompts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(B, n, width): the image tower's last-block outputs at the n deep prompt positions (``prompts`` as
+    :func:`~vlprompt.clip.deep_prompts.vision_prompts` takes them), through the tower's final norm ``ln_post`` (no
+    projection: Prompt-CAM's head reads the transformer width)."""
+    prompts = list(prompts)
+    if not prompts:
+        raise deep_prompts.DeepPromptError("prompt outputs need deep vision prompts (depth >= 1)")
+    visual = deep_prompts._visual(model)
+    with deep_prompts.vision_prompts(model, prompts), kept_prompt_outputs(model, prompts[0].shape[0]) as seen:
+        model.encode_image(images)
+    return visual.ln_post(seen[-1])
