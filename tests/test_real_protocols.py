@@ -49,7 +49,7 @@ EXPECTED = {
         "extract_test": 11,
         "extract_fewshot": 11 * 3,
         "train": 11 + 11 * 5 * 1 * 3,
-        "train_images": 11 * 6 * 1 * 3,  # and apt
+        "train_images": 11 * 7 * 1 * 3,  # and apt, tcpa
         "aggregate": 1,
         "report": 1,
         "all": 1,
@@ -62,7 +62,7 @@ EXPECTED = {
         "extract_test": 11,
         "extract_fewshot": 11 * 5 * 3,
         "train": 11 + 11 * 7 * 5 * 3,
-        "train_images": 11 * 2 * 5 * 3,  # prompt_cam, apt
+        "train_images": 11 * 3 * 5 * 3,  # prompt_cam, apt, tcpa
         "aggregate": 1,
         "report": 1,
         "all": 1,
