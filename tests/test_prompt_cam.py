@@ -5,6 +5,7 @@ it was."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -51,15 +52,15 @@ def hooks(model) -> int:
     return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in mods)
 
 
-def reference_order(model, images, prompts):
+def reference_order(model, images, prompts, through_ln_pre=False):
     """The reference's loop: at block j, [P_j, tokens] -> block -> keep the first C outputs, drop them. P_0 enters
-    after ``ln_pre`` as ln_pre(P_0), the project's convention (ln_pre is per token)."""
+    after ``ln_pre`` (the reference's), or as ln_pre(P_0) (the project's convention; ln_pre is per token)."""
     v, c = model.visual, prompts[0].shape[0]
     x = v.conv1(images).flatten(2).transpose(1, 2)
     x = v.ln_pre(torch.cat([v.class_embedding.expand(len(x), 1, -1), x], 1) + v.positional_embedding)
     kept = None
     for j, block in enumerate(v.transformer.resblocks):
-        p = v.ln_pre(prompts[0]) if j == 0 else prompts[j]
+        p = v.ln_pre(prompts[0]) if j == 0 and through_ln_pre else prompts[j]
         x = block(torch.cat([p.expand(len(x), -1, -1), x], 1))
         kept, x = x[:, :c], x[:, c:]
     return v.ln_post(kept)
@@ -68,12 +69,24 @@ def reference_order(model, images, prompts):
 def test_prompt_outputs_equal_the_reference_order_by_hand(bb, images):
     model = bb.model
     width = deep_prompts.vision_width(model)
-    prompts = [torch.randn(3, width, generator=torch.Generator().manual_seed(j)) for j in range(4)]
+    prompts = [3 * torch.randn(3, width, generator=torch.Generator().manual_seed(j)) + 1 for j in range(4)]
     with torch.no_grad():
-        got = prompt_outputs.encode_prompt_outputs(model, images, prompts)
+        got = prompt_outputs.encode_prompt_outputs(model, images, prompts, through_ln_pre=False)
         expected = reference_order(model, images, prompts)
+        through = prompt_outputs.encode_prompt_outputs(model, images, prompts)
+        expected_through = reference_order(model, images, prompts, through_ln_pre=True)
     assert got.shape == (4, 3, width)
-    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(got, expected, atol=1e-5) and torch.allclose(through, expected_through, atol=1e-5)
+    assert torch.allclose(got, through, atol=1e-5)  # ln_pre without its own affine map: ln_1(ln_pre(P_0)) = ln_1(P_0)
+    other = copy.deepcopy(model)  # an ln_pre with its own affine map (a trained CLIP's) tells them apart
+    with torch.no_grad():
+        other.visual.ln_pre.weight.copy_(torch.linspace(0.5, 2.0, width))  # per feature: ln_1 does not undo it
+        other.visual.ln_pre.bias.copy_(torch.linspace(-1.0, 1.0, width))
+        after = prompt_outputs.encode_prompt_outputs(other, images, prompts, through_ln_pre=False)
+        before = prompt_outputs.encode_prompt_outputs(other, images, prompts)
+        assert torch.allclose(after, reference_order(other, images, prompts), atol=1e-5)
+        assert torch.allclose(before, reference_order(other, images, prompts, through_ln_pre=True), atol=1e-5)
+    assert not torch.allclose(after, before, atol=1e-3)
     assert hooks(model) == 0  # nothing left on the shared backbone
     with torch.no_grad():  # the pooled features are those of the prompted tower as vision_prompts gives them
         with deep_prompts.vision_prompts(model, prompts), prompt_outputs.kept_prompt_outputs(model, 3) as seen:

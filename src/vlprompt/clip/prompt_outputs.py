@@ -50,14 +50,19 @@ def kept_prompt_outputs(model: CLIP, n: int) -> Iterator[list[torch.Tensor]]:
             handle.remove()
 
 
-def encode_prompt_outputs(model: CLIP, images: torch.Tensor, prompts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(B, n, width): the image tower's last-block outputs at the n deep prompt positions (``prompts`` as
-    :func:`~vlprompt.clip.deep_prompts.vision_prompts` takes them), through the tower's final norm ``ln_post`` (no
-    projection: Prompt-CAM's head reads the transformer width)."""
+def encode_prompt_outputs(
+    model: CLIP, images: torch.Tensor, prompts: Sequence[torch.Tensor], through_ln_pre: bool = True
+) -> torch.Tensor:
+    """(B, n, width): the image tower's last-block outputs at the n deep prompt positions (``prompts`` and
+    ``through_ln_pre`` as :func:`~vlprompt.clip.deep_prompts.vision_prompts` takes them), through the tower's final
+    norm ``ln_post`` (no projection: Prompt-CAM's head reads the transformer width)."""
     prompts = list(prompts)
     if not prompts:
         raise deep_prompts.DeepPromptError("prompt outputs need deep vision prompts (depth >= 1)")
     visual = deep_prompts._visual(model)
-    with deep_prompts.vision_prompts(model, prompts), kept_prompt_outputs(model, prompts[0].shape[0]) as seen:
+    with (
+        deep_prompts.vision_prompts(model, prompts, through_ln_pre),
+        kept_prompt_outputs(model, prompts[0].shape[0]) as seen,
+    ):
         model.encode_image(images)
     return visual.ln_post(seen[-1])

@@ -29,8 +29,9 @@ Preset (``args.yaml`` for CUB on DINO): SGD momentum 0.9, lr 0.005, weight decay
 
 Deviations and readings (the reference's backbones are DINO and DINOv2 ViTs, not CLIP):
 
-* P_0 passes through CLIP's ``ln_pre`` with the image tokens, as every deep prompt in this project does (MaPLe's
-  reference); the reference inserts its prompts after ``norm_pre``, which is the identity on its DINO backbones.
+* P_0 enters after CLIP's ``ln_pre``, as the reference inserts its prompts after ``norm_pre`` (its CLIP ViT's
+  ``ln_pre``; the identity on its DINO backbones). ``prompts_through_ln_pre`` True passes it through ``ln_pre`` with
+  the image tokens instead, as the project's other deep prompts do (MaPLe's reference).
 * The prompts are appended after the patches and replaced at every block; the reference prepends them before the
   class token and drops their outputs after each block. Attention without a causal mask does not depend on the
   order of the tokens, so the two are the same computation (``tests/test_prompt_cam.py`` checks it).
@@ -63,6 +64,7 @@ class PromptCAMConfig(TrainConfig):
     warmup_lr: float = 0.0025  # assumption: the reference's linear warm-up from 0 as a constant at its mean, lr / 2
     depth_vision: int = 12  # blocks with their own class prompts, capped at the tower's (the reference: all)
     prompt_dropout: float = 0.1  # dropout on every block's prompts in training (the reference's vpt_dropout)
+    prompts_through_ln_pre: bool = False  # False: P_0 after ln_pre (the reference's norm_pre); True: through it
 
 
 @register
@@ -101,7 +103,9 @@ class PromptCAM(VPTDeep):
     def class_outputs(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, d_v) the last block's outputs at the class prompts, through ``ln_post``."""
         prompts = [self.prompt_dropout(p) for p in self.vision_prompts()]
-        return prompt_outputs.encode_prompt_outputs(self.frozen.model, images, prompts)
+        return prompt_outputs.encode_prompt_outputs(
+            self.frozen.model, images, prompts, self.config.prompts_through_ln_pre
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.class_outputs(images).to(self.head.weight.dtype)).squeeze(-1)  # (B, C)
