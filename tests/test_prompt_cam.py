@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from test_deep_prompts import mini  # noqa: F401
+from test_reference_equivalence import backbone, close, context, fixture, inputs, load_init, loop_step, trainable  # noqa: F401
 from vlprompt.clip import deep_prompts, prompt_outputs
 from vlprompt.clip.backbone import PromptedTextEncoder
 from vlprompt.methods import MethodContext, MethodError, get_method
@@ -161,3 +162,41 @@ def test_runs_end_to_end_base_classes_only(mini):  # noqa: F811
     metrics = runs.run(cfg, "pocket_dark", "prompt_cam", 2, 1, root / "runs" / "prompt_cam", progress=False)
     assert 0 <= metrics["base_acc"] <= 100 and math.isnan(metrics["new_acc"])
     assert len(metrics["train"]["loss_history"]) == 2
+
+
+def reference_method(backbone, fix, **overrides):  # noqa: F811
+    cls = get_method("prompt_cam")
+    config = cls.make_config({"prompt_dropout": 0.0, "warmup_epochs": 0, **overrides})
+    method = cls(config, context(backbone, fix))
+    load_init(method, fix)
+    return method.train()
+
+
+def test_one_step_equals_the_reference(backbone, inputs, tmp_path):  # noqa: F811
+    """Imageomics/Prompt_CAM's own model on the tiny CLIP's image tower (``tests/reference/fixtures/prompt_cam.pt``,
+    written by ``tests/reference/regenerate_prompt_cam.py``): class-prompt outputs, logits, loss, gradients and one
+    step of its optimiser (SGD at its lr 0.005, momentum 0.9, weight decay 0.001)."""
+    fix = fixture("prompt_cam")
+    method = reference_method(backbone, fix)
+    s, c = fix["settings"], method.config
+    assert (c.lr, c.momentum, c.weight_decay, c.optimizer) == (s["lr"], s["momentum"], s["weight_decay"], "sgd")
+    images, labels = inputs["images"], fix["labels"]
+    close(method.class_outputs(images), fix["class_outputs"], what="class-prompt outputs")
+    close(method(images), fix["logits"], what="logits")
+    loss, _ = method.loss(images, labels)
+    close(loss, fix["loss"], what="loss")
+    loss.backward()
+    for name, p in trainable(method).items():
+        close(p.grad, fix["grads"][name], what=f"gradient of {name}")
+        p.grad = None
+    loop_step(method, images, labels, tmp_path)
+    for name, p in trainable(method).items():
+        close(p, fix["after_step"][name], what=f"{name} after one step")
+
+
+def test_the_fixture_sees_where_the_first_prompts_enter(backbone, inputs):  # noqa: F811
+    """Through ln_pre (the project's other deep prompts) instead of after it, the logits leave the reference's."""
+    fix = fixture("prompt_cam")
+    method = reference_method(backbone, fix, prompts_through_ln_pre=True)
+    with torch.no_grad(), pytest.raises(AssertionError, match="logits"):
+        close(method(inputs["images"]), fix["logits"], what="logits")

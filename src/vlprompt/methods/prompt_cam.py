@@ -34,11 +34,16 @@ Deviations and readings (the reference's backbones are DINO and DINOv2 ViTs, not
   the image tokens instead, as the project's other deep prompts do (MaPLe's reference).
 * The prompts are appended after the patches and replaced at every block; the reference prepends them before the
   class token and drops their outputs after each block. Attention without a causal mask does not depend on the
-  order of the tokens, so the two are the same computation (``tests/test_prompt_cam.py`` checks it).
+  order of the tokens, so the two are the same computation.
 * The reference's drop path (0.1) inside the frozen blocks is not applied: the shared open_clip blocks run as they
   are.
 * The reference warms up linearly from 0 to the lr over 20 epochs (timm's scheduler); the project's loop warms up at
   a constant rate, set to half the lr (the ramp's mean): ``warmup_lr``, an assumption.
+
+Checked in ``tests/test_prompt_cam.py``: against the reference's own model (its ``VisionTransformerPETL`` at the tiny
+OpenAI-layout CLIP's image tower, ``tests/reference/fixtures/prompt_cam.pt``, written by
+``tests/reference/regenerate_prompt_cam.py``): class-prompt outputs, logits, loss, gradients and one optimiser step;
+and the kept prompt outputs against a hand-written loop over open_clip's blocks in the reference's order.
 """
 
 from __future__ import annotations
