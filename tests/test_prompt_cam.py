@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_deep_prompts import mini  # noqa: F401
 from test_reference_equivalence import backbone, close, context, fixture, inputs, load_init, loop_step, trainable  # noqa: F401
 from vlprompt.clip import deep_prompts, prompt_outputs
 from vlprompt.clip.backbone import PromptedTextEncoder
@@ -152,14 +151,13 @@ def test_class_specific_and_needs_prompts(ctx):
         build(ctx, depth_vision=0)
 
 
-def test_runs_end_to_end_base_classes_only(mini):  # noqa: F811
+def test_runs_end_to_end_base_classes_only_and_resumes_exactly(tmp_path_factory):
     """The image runner trains it and evaluates the base classes; the new classes, which it cannot classify, are
-    NaN, as for the other class-specific methods."""
-    from vlprompt.training import runs
+    NaN, as for the other class-specific methods. A run killed after its first epoch and resumed ends as the
+    uninterrupted run."""
+    from test_deep_prompts import run_and_resume
 
-    cfg, root = mini
-    cfg = {**cfg, "method_overrides": {"prompt_cam": {"epochs": 2, "batch_size": 2, "warmup_epochs": 1}}}
-    metrics = runs.run(cfg, "pocket_dark", "prompt_cam", 2, 1, root / "runs" / "prompt_cam", progress=False)
+    metrics = run_and_resume(tmp_path_factory, "prompt_cam", {"epochs": 2, "batch_size": 2, "warmup_epochs": 1})
     assert 0 <= metrics["base_acc"] <= 100 and math.isnan(metrics["new_acc"])
     assert len(metrics["train"]["loss_history"]) == 2
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_deep_prompts import mini  # noqa: F401
 from vlprompt.clip import attention_mask, deep_prompts
 from vlprompt.clip.backbone import PromptedTextEncoder
 from vlprompt.methods import MethodContext, get_method
@@ -226,12 +225,12 @@ def test_loss_preset_gradients_and_the_random_clock(ctx, bb, images):
     assert torch.equal(eval_a, eval_b)
 
 
-def test_runs_end_to_end(mini):  # noqa: F811
-    from vlprompt.training import runs
+def test_runs_end_to_end_and_resumes_exactly(tmp_path_factory):
+    """Through the image runner, a run killed after its first epoch (the random-selection epoch) and resumed ends
+    as the uninterrupted run: the epoch clock travels with the checkpoint."""
+    from test_deep_prompts import run_and_resume
 
-    cfg, root = mini
-    overrides = {"epochs": 2, "batch_size": 2, "warmup_epochs": 0, "random_epochs": 1, "pool_size_image": 4}
-    cfg = {**cfg, "method_overrides": {"tcpa": {**overrides, "topk_image": 2}}}
-    metrics = runs.run(cfg, "pocket_dark", "tcpa", 2, 1, root / "runs" / "tcpa", progress=False)
-    assert 0 <= metrics["hm"] <= 100 and len(metrics["train"]["loss_history"]) == 2
-    assert not math.isnan(metrics["base_acc"])
+    overrides = {"epochs": 3, "batch_size": 2, "warmup_epochs": 0, "random_epochs": 1}
+    full = run_and_resume(tmp_path_factory, "tcpa", {**overrides, "pool_size_image": 4, "topk_image": 2})
+    assert 0 <= full["hm"] <= 100 and len(full["train"]["loss_history"]) == 3
+    assert full["method_info"]["random_epochs"] == 1 and not math.isnan(full["base_acc"])
