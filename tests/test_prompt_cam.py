@@ -190,6 +190,11 @@ def test_one_step_equals_the_reference(backbone, inputs, tmp_path):  # noqa: F81
     loop_step(method, images, labels, tmp_path)
     for name, p in trainable(method).items():
         close(p, fix["after_step"][name], what=f"{name} after one step")
+    with torch.no_grad():  # the explanation: each class prompt's last-block attention over the patches
+        maps = method.eval().trait_maps(images)
+    close(maps.transpose(1, 2), fix["trait_maps_after_step"], what="trait maps")
+    assert maps.shape == (len(images), len(fix["classnames"]), 1, 16)
+    assert torch.all(maps.sum(-1) < 1)  # a share of the attention: the class token and the prompts have the rest
 
 
 def test_the_fixture_sees_where_the_first_prompts_enter(backbone, inputs):  # noqa: F811
@@ -198,3 +203,24 @@ def test_the_fixture_sees_where_the_first_prompts_enter(backbone, inputs):  # no
     method = reference_method(backbone, fix, prompts_through_ln_pre=True)
     with torch.no_grad(), pytest.raises(AssertionError, match="logits"):
         close(method(inputs["images"]), fix["logits"], what="logits")
+
+
+def test_trait_maps_are_the_last_blocks_attention_by_hand(bb, images):
+    """The reference's order by hand up to the last block, whose attention weights torch's own multi-head attention
+    returns per head: the class prompts' rows over the patch columns."""
+    model, v = bb.model, bb.model.visual
+    width = deep_prompts.vision_width(model)
+    prompts = [torch.randn(3, width, generator=torch.Generator().manual_seed(9 + j)) for j in range(4)]
+    with torch.no_grad():
+        x = v.conv1(images).flatten(2).transpose(1, 2)
+        x = v.ln_pre(torch.cat([v.class_embedding.expand(len(x), 1, -1), x], 1) + v.positional_embedding)
+        blocks = v.transformer.resblocks
+        for j, block in enumerate(blocks[:-1]):
+            x = block(torch.cat([prompts[j].expand(len(x), -1, -1), x], 1))[:, 3:]
+        h = blocks[-1].ln_1(torch.cat([prompts[-1].expand(len(x), -1, -1), x], 1))
+        _, weights = blocks[-1].attn(h, h, h, need_weights=True, average_attn_weights=False)  # (B, heads, N, N)
+        expected = weights[:, :, :3, 4:].transpose(1, 2)  # rows: the prompts; columns: the patches after CLS
+        got = prompt_outputs.prompt_attention_maps(model, images, prompts, through_ln_pre=False)
+    assert got.shape == (len(images), 3, blocks[-1].attn.num_heads, 16)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert hooks(model) == 0

@@ -14,7 +14,9 @@ Recorded, on the fixed images and labels stored with the tiny CLIP (4 classes): 
 reference's own initialisation, seeded), the class-prompt outputs through the final norm, the logits, the
 cross-entropy, the gradients, and the parameters after one step of the reference's optimiser (``engine/optimizer.py``:
 SGD, momentum 0.9, weight decay 0.001 on every tuned parameter) at its lr 0.005, in training mode with prompt
-dropout and drop path 0 (the project runs the frozen blocks without drop path).
+dropout and drop path 0 (the project runs the frozen blocks without drop path); then, in eval mode, the stepped
+model's last-block attention of every class prompt over the patches (its ``vis_attn`` path, the slice of
+``experiment/visualize_run.py``).
 """
 
 from __future__ import annotations
@@ -92,6 +94,12 @@ def main() -> None:
     loss.backward()
     grads = {k: v.grad.detach().clone() for k, v in tuned.items()}
     optimizer.step()
+    model.eval()
+    model.params.vis_attn = True  # the reference's visualisation path: the last block's attention maps
+    with torch.no_grad():
+        _, attn_map = model(images)  # (B, heads, C + 1 + G, C + 1 + G): [prompts, CLS, patches]
+    model.params.vis_attn = False
+    trait_maps = attn_map[:, :, : len(classnames), len(classnames) + 1 :]  # visualize_run.py's slice, every class
     torch.save(
         {
             "references": [{"repo": REFERENCE[0], "commit": REFERENCE[1]}],
@@ -104,6 +112,7 @@ def main() -> None:
             "loss": loss.detach(),
             "grads": grads,
             "after_step": {k: v.detach().clone() for k, v in tuned.items()},
+            "trait_maps_after_step": trait_maps,  # the attention maps of the stepped model
         },
         OUT,
     )

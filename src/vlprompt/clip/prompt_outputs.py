@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from vlprompt.clip import deep_prompts
 
@@ -66,3 +67,42 @@ def encode_prompt_outputs(
     ):
         model.encode_image(images)
     return visual.ln_post(seen[-1])
+
+
+def prompt_attention_maps(
+    model: CLIP, images: torch.Tensor, prompts: Sequence[torch.Tensor], through_ln_pre: bool = True
+) -> torch.Tensor:
+    """(B, n, heads, G): at the image tower's last block, the attention weights of each of the n deep prompts over the
+    G patch tokens (softmax over every key: class token, patches and prompts), per head. Prompt-CAM's explanation of
+    class c is row c (the reference's ``attn_map[:, :, c, vpt_num + 1:]`` in ``experiment/visualize_run.py``)."""
+    prompts = list(prompts)
+    if not prompts:
+        raise deep_prompts.DeepPromptError("prompt attention maps need deep vision prompts (depth >= 1)")
+    visual = deep_prompts._visual(model)
+    last = visual.transformer.resblocks[-1]
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    seen: list[torch.Tensor] = []
+
+    def keep(module, args, kwargs):  # the last block's input, after any prompt replacement
+        x = args[0] if args else kwargs["q_x"]
+        seen.append(x if batch_first else x.transpose(0, 1))
+
+    with deep_prompts.vision_prompts(model, prompts, through_ln_pre):
+        handle = last.register_forward_pre_hook(keep, with_kwargs=True)  # after the prompt context's own hook
+        try:
+            model.encode_image(images)
+        finally:
+            handle.remove()
+    h = last.ln_1(seen[-1])  # (B, L + n, width)
+    attn = last.attn
+    width, heads = attn.embed_dim, attn.num_heads
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    q, k = (
+        F.linear(h, w[i * width : (i + 1) * width], None if b is None else b[i * width : (i + 1) * width])
+        .view(h.shape[0], h.shape[1], heads, width // heads)
+        .transpose(1, 2)
+        for i in (0, 1)
+    )
+    weights = (q @ k.transpose(-2, -1) * (width // heads) ** -0.5).softmax(dim=-1)  # (B, heads, L + n, L + n)
+    n, grid = prompts[0].shape[0], visual.positional_embedding.shape[0] - 1
+    return weights[:, :, -n:, 1 : 1 + grid].transpose(1, 2)

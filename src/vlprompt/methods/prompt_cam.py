@@ -16,7 +16,7 @@ with LN the tower's final norm (CLIP's ``ln_post``) and (w, b) one shared ``Line
 head train; the image tower and the text tower are frozen, and the text tower is not used at all: the method is
 class-specific (``supports_new_classes = False``, as CoOp's class-specific context), so it runs in the few-shot
 protocol only. The explanation of a prediction (the "traits") is the true class prompt's last-block attention over
-the patches; it is not computed here.
+the patches (``trait_maps``); the project computes it on demand and does not yet score or store it.
 
 Initialisation as the reference's: P ~ U(−v, v) with v = √(6 / (3·p² + d_v)) (p the patch size; Xavier-uniform for
 the patch embedding's fan), the head's weight ~ N(0, 0.02²) (truncated at ±2, absolute: timm's
@@ -109,6 +109,14 @@ class PromptCAM(VPTDeep):
         """(B, C, d_v) the last block's outputs at the class prompts, through ``ln_post``."""
         prompts = [self.prompt_dropout(p) for p in self.vision_prompts()]
         return prompt_outputs.encode_prompt_outputs(
+            self.frozen.model, images, prompts, self.config.prompts_through_ln_pre
+        )
+
+    def trait_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, heads, G): each class prompt's last-block attention over the G patches (the explanation of class c
+        is row c: the reference's ``attn_map[:, :, c, vpt_num + 1:]``), without prompt dropout."""
+        prompts = self.vision_prompts()
+        return prompt_outputs.prompt_attention_maps(
             self.frozen.model, images, prompts, self.config.prompts_through_ln_pre
         )
 
