@@ -49,7 +49,7 @@ EXPECTED = {
         "extract_test": 11,
         "extract_fewshot": 11 * 3,
         "train": 11 + 11 * 5 * 1 * 3,
-        "train_images": 11 * 6 * 1 * 3,
+        "train_images": 11 * 8 * 1 * 3,  # with glad, apt, tcpa
         "aggregate": 1,
         "report": 1,
         "all": 1,
@@ -62,7 +62,7 @@ EXPECTED = {
         "extract_test": 11,
         "extract_fewshot": 11 * 5 * 3,
         "train": 11 + 11 * 7 * 5 * 3,
-        "train_images": 11 * 1 * 5 * 3,
+        "train_images": 11 * 4 * 5 * 3,  # glad, prompt_cam, apt, tcpa
         "aggregate": 1,
         "report": 1,
         "all": 1,

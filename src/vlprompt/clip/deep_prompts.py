@@ -126,11 +126,12 @@ def _exclusive(tower: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def vision_prompts(model: CLIP, prompts: Sequence[torch.Tensor]) -> Iterator[None]:
+def vision_prompts(model: CLIP, prompts: Sequence[torch.Tensor], through_ln_pre: bool = True) -> Iterator[None]:
     """Within the block, ``model.visual`` / ``model.encode_image`` run with deep vision prompts.
 
     ``prompts[j]`` (n, width) are the tokens of block j: ``prompts[0]`` is appended after the class
-    token and the patches (before ``ln_pre``), ``prompts[j]`` replaces the prompt positions at the
+    token and the patches (before ``ln_pre``; after it with ``through_ln_pre`` False, as timm-style
+    VPT code inserts prompts after ``norm_pre``), ``prompts[j]`` replaces the prompt positions at the
     input of block j. An empty sequence changes nothing.
     """
     prompts = list(prompts)
@@ -146,6 +147,9 @@ def vision_prompts(model: CLIP, prompts: Sequence[torch.Tensor]) -> Iterator[Non
         x = args[0]
         return (torch.cat([x, _tokens(prompts[0], x)], dim=1), *args[1:])
 
+    def insert_after(module, args, out):  # out: (B, 1 + grid², width), through ln_pre
+        return torch.cat([out, _tokens(prompts[0], out)], dim=1)
+
     def replace(j: int):
         def hook(module, args, kwargs):
             x = args[0] if batch_first else args[0].transpose(0, 1)  # (B, L + n, width)
@@ -158,7 +162,12 @@ def vision_prompts(model: CLIP, prompts: Sequence[torch.Tensor]) -> Iterator[Non
         return out[:, :-n]
 
     with _exclusive(visual):
-        handles = [visual.ln_pre.register_forward_pre_hook(insert), visual.transformer.register_forward_hook(drop)]
+        first = (
+            visual.ln_pre.register_forward_pre_hook(insert)
+            if through_ln_pre
+            else visual.ln_pre.register_forward_hook(insert_after)
+        )
+        handles = [first, visual.transformer.register_forward_hook(drop)]
         handles += [blocks[j].register_forward_pre_hook(replace(j), with_kwargs=True) for j in range(1, len(prompts))]
         try:
             yield
