@@ -257,3 +257,64 @@ def test_pocket_uda_commands():
     assert [line.split()[0] for line in lines] == ["python", "snakemake"]
     for line in lines:
         _check_line(line)
+
+
+def test_pocket_uda_plans_adclips_layer_statistics_once_per_dataset_and_part(config_plans):
+    """config/pocket_uda.yaml's dry run in a fresh clone: AD-CLIP's layer statistics are jobs of their own, one per
+    style and part (every style is a target: its test images and unlabelled training split) and one per source's
+    few-shot subset, never one per run; the other methods' jobs are what they were."""
+    from test_e2e import planned_jobs
+
+    assert planned_jobs(config_plans, "config/pocket_uda.yaml") == {
+        "prepare_dataset": "3",
+        "split_classes": "3",
+        "sample_fewshot": "9",  # 3 sources x 3 seeds
+        "extract_test": "3",
+        "extract_unlabelled": "3",
+        "extract_fewshot": "9",
+        "layer_statistics": "6",  # 3 targets x (test, train)
+        "layer_statistics_fewshot": "9",  # 3 sources x 3 seeds
+        "train_adaptation": "48",  # 6 pairs x (zeroshot 1 + coop 3 + tfup 1 + adclip 3)
+        "aggregate": "1",
+        "report": "1",
+        "all": "1",
+        "total": "96",
+    }
+
+
+def test_the_layer_statistics_are_inputs_of_adclip_runs_only(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(uda_config(methods=["zeroshot", "coop", "tfup", "adclip"])))
+    cfg = load_config(path)
+    adclip = grid.adaptation_inputs(cfg, SOURCE, TARGET, "adclip", 2, 1)
+    stats = grid.layer_statistics_dir(cfg, TARGET)
+    assert {stats / "test.npy", stats / "train.npy"} <= set(adclip)
+    assert set(grid.fewshot_layer_statistics_files(cfg, SOURCE, 2, 1)) <= set(adclip)
+    assert grid.layer_statistics_dir(cfg, SOURCE) / "train.npy" not in adclip  # never the source's unlabelled split
+    assert stats.parts[-3:] == (grid.backbone_key(cfg), grid.dataset_key(cfg, TARGET), "blocks_all")  # as the features
+    for method in ("zeroshot", "coop", "tfup"):
+        inputs = grid.adaptation_inputs(cfg, SOURCE, TARGET, method, 2 if method == "coop" else 0, 1)
+        assert not [p for p in inputs if "layer_statistics" in p.parts]
+
+
+def test_a_corrupt_layer_statistics_bank_is_one_line(mini):
+    """A truncated or overwritten statistics file: the reader names it with the command that rebuilds it, and the
+    Snakefile's integrity check finds it before a run, as for the feature bank."""
+    from vlprompt.clip.features import FeatureBank
+    from vlprompt.io import CorruptArtefactError
+    from vlprompt.pipeline import integrity
+
+    root, path, cfg = mini
+    npy = grid.layer_statistics_dir(cfg, TARGET) / "test.npy"
+    intact = npy.read_bytes()
+    try:
+        npy.write_bytes(intact[:-8])
+        assert integrity.check([npy]) == [(npy, f"{len(intact) - 8} bytes, {len(intact)} when it was written")]
+        with pytest.raises(CorruptArtefactError) as err:
+            FeatureBank(npy.parent).array("test")
+        assert "\n" not in str(err.value) and "rebuild it with: snakemake" in str(err.value)
+        npy.write_bytes(intact[:-8] + b"\x01" * 8)  # same size, other bytes
+        with pytest.raises(CorruptArtefactError, match="sha256 differs"):
+            FeatureBank(npy.parent).array("test")
+    finally:
+        npy.write_bytes(intact)
