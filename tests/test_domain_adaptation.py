@@ -97,12 +97,16 @@ def mini(tmp_path_factory):
     extracted as the DAG's jobs do; the source's training split is never extracted."""
     root = tmp_path_factory.mktemp("uda")
     cfg = uda_config(data_root=str(root / "data"), results_root=str(root / "results"))
-    cfg["method_overrides"] = {"coop": {"epochs": 2}}
+    cfg["method_overrides"] = {"coop": {"epochs": 2}, "adclip": {"epochs": 1, "batch_size": 8}}
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     prepare_run_inputs(path, SOURCE, shots=2)
     for cmd in (["prepare"], ["classes"], ["extract"], ["extract", "--part", "train"]):
         assert cli([*cmd, "--config", str(path), "--dataset", TARGET, "--quiet"]) == 0
+    for part in ("test", "train"):  # AD-CLIP's layer statistics: the target's test and unlabelled images
+        assert cli(["layer-statistics", "--config", str(path), "--dataset", TARGET, "--part", part, "--quiet"]) == 0
+    fewshot = ["--part", "fewshot", "--shots", "2", "--seed", "1"]  # the source's few-shot views
+    assert cli(["layer-statistics", "--config", str(path), "--dataset", SOURCE, *fewshot, "--quiet"]) == 0
     return root, path, load_config(path)
 
 
@@ -115,12 +119,12 @@ def adapt(path, method, out, shots=2, seed=1) -> dict:
 def test_runs_are_tested_on_the_targets_test_split(mini, tmp_path):
     root, path, cfg = mini
     target_tests = len(json.loads((grid.features_dir(cfg, TARGET) / "test.json").read_text())["rows"])
-    for method, shots in (("zeroshot", 0), ("coop", 2), ("tfup", 0)):
+    for method, shots in (("zeroshot", 0), ("coop", 2), ("tfup", 0), ("adclip", 2)):
         m = adapt(path, method, tmp_path / method, shots, 1 if shots else 0)
         assert m["dataset"] == f"{SOURCE}→{TARGET}" and m["train_dataset"] == SOURCE and m["target"] == TARGET
         assert m["protocol"] == "domain_adaptation" and m["all_n"] == target_tests
         assert 0 <= m["all_acc"] <= 100
-        assert ("val_all_acc" in m) == (method == "coop")  # the source's validation images, for a trained run
+        assert ("val_all_acc" in m) == (shots > 0)  # the source's validation images, for a trained run
     tfup = json.loads((tmp_path / "tfup" / "metrics.json").read_text())["method_info"]
     target_train = len(json.loads((grid.features_dir(cfg, TARGET) / "train.json").read_text())["rows"])
     assert tfup["unlabelled_images"] == target_train  # the target's whole training split
@@ -141,27 +145,34 @@ def test_zeroshot_uses_the_targets_template(mini, tmp_path):
     assert adapt(path, "zeroshot", tmp_path / "zs", 0, 0)["all_acc"] == pytest.approx(expected)
 
 
-def test_no_target_label_is_read(mini, tmp_path):
-    """TFUP sees the target's training split as features only: with the bank's labels replaced by a sentinel, or
-    its rows removed altogether, the run still works and every prediction is the same."""
+@pytest.mark.parametrize(("method", "shots", "seed"), [("tfup", 0, 0), ("adclip", 2, 1)])
+def test_no_target_label_is_read(mini, tmp_path, method, shots, seed):
+    """TFUP and AD-CLIP see the target's training split as features (AD-CLIP: and layer statistics) only: with the
+    banks' labels replaced by a sentinel, or their rows removed altogether, the run still works and every prediction
+    (and AD-CLIP's training loss, which reads the target's images) is the same."""
     root, path, cfg = mini
-    sidecar = grid.features_dir(cfg, TARGET) / "train.json"
-    intact = sidecar.read_text()
-    meta = json.loads(intact)
-    assert len({r[1] for r in meta["rows"]}) > 1  # the bank does hold labels
+    sidecars = [grid.features_dir(cfg, TARGET) / "train.json"]
+    if method == "adclip":
+        sidecars.append(grid.layer_statistics_dir(cfg, TARGET) / "train.json")
+    intact = [s.read_text() for s in sidecars]
+    metas = [json.loads(text) for text in intact]
+    assert all(len({r[1] for r in meta["rows"]}) > 1 for meta in metas)  # the banks do hold labels
 
     def predictions(out):
-        m = adapt(path, "tfup", out, 0, 0)
-        return m["all_acc"], m["all_per_class"]
+        m = adapt(path, method, out, shots, seed)
+        return m["all_acc"], m["all_per_class"], m.get("loss_history")
 
     try:
         baseline = predictions(tmp_path / "intact")
-        sidecar.write_text(json.dumps({**meta, "rows": [[r[0], -1, "no class"] for r in meta["rows"]]}))
+        for sidecar, meta in zip(sidecars, metas, strict=True):
+            sidecar.write_text(json.dumps({**meta, "rows": [[r[0], -1, "no class"] for r in meta["rows"]]}))
         assert predictions(tmp_path / "sentinel") == baseline
-        sidecar.write_text(json.dumps({k: v for k, v in meta.items() if k != "rows"}))
+        for sidecar, meta in zip(sidecars, metas, strict=True):
+            sidecar.write_text(json.dumps({k: v for k, v in meta.items() if k != "rows"}))
         assert predictions(tmp_path / "absent") == baseline
     finally:
-        sidecar.write_text(intact)
+        for sidecar, text in zip(sidecars, intact, strict=True):
+            sidecar.write_text(text)
 
 
 def test_pairs_with_other_classes_stop_with_one_line(mini, tmp_path):
@@ -246,3 +257,64 @@ def test_pocket_uda_commands():
     assert [line.split()[0] for line in lines] == ["python", "snakemake"]
     for line in lines:
         _check_line(line)
+
+
+def test_pocket_uda_plans_adclips_layer_statistics_once_per_dataset_and_part(config_plans):
+    """config/pocket_uda.yaml's dry run in a fresh clone: AD-CLIP's layer statistics are jobs of their own, one per
+    style and part (every style is a target: its test images and unlabelled training split) and one per source's
+    few-shot subset, never one per run; the other methods' jobs are what they were."""
+    from test_e2e import planned_jobs
+
+    assert planned_jobs(config_plans, "config/pocket_uda.yaml") == {
+        "prepare_dataset": "3",
+        "split_classes": "3",
+        "sample_fewshot": "9",  # 3 sources x 3 seeds
+        "extract_test": "3",
+        "extract_unlabelled": "3",
+        "extract_fewshot": "9",
+        "layer_statistics": "6",  # 3 targets x (test, train)
+        "layer_statistics_fewshot": "9",  # 3 sources x 3 seeds
+        "train_adaptation": "48",  # 6 pairs x (zeroshot 1 + coop 3 + tfup 1 + adclip 3)
+        "aggregate": "1",
+        "report": "1",
+        "all": "1",
+        "total": "96",
+    }
+
+
+def test_the_layer_statistics_are_inputs_of_adclip_runs_only(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(uda_config(methods=["zeroshot", "coop", "tfup", "adclip"])))
+    cfg = load_config(path)
+    adclip = grid.adaptation_inputs(cfg, SOURCE, TARGET, "adclip", 2, 1)
+    stats = grid.layer_statistics_dir(cfg, TARGET)
+    assert {stats / "test.npy", stats / "train.npy"} <= set(adclip)
+    assert set(grid.fewshot_layer_statistics_files(cfg, SOURCE, 2, 1)) <= set(adclip)
+    assert grid.layer_statistics_dir(cfg, SOURCE) / "train.npy" not in adclip  # never the source's unlabelled split
+    assert stats.parts[-3:] == (grid.backbone_key(cfg), grid.dataset_key(cfg, TARGET), "blocks_all")  # as the features
+    for method in ("zeroshot", "coop", "tfup"):
+        inputs = grid.adaptation_inputs(cfg, SOURCE, TARGET, method, 2 if method == "coop" else 0, 1)
+        assert not [p for p in inputs if "layer_statistics" in p.parts]
+
+
+def test_a_corrupt_layer_statistics_bank_is_one_line(mini):
+    """A truncated or overwritten statistics file: the reader names it with the command that rebuilds it, and the
+    Snakefile's integrity check finds it before a run, as for the feature bank."""
+    from vlprompt.clip.features import FeatureBank
+    from vlprompt.io import CorruptArtefactError
+    from vlprompt.pipeline import integrity
+
+    root, path, cfg = mini
+    npy = grid.layer_statistics_dir(cfg, TARGET) / "test.npy"
+    intact = npy.read_bytes()
+    try:
+        npy.write_bytes(intact[:-8])
+        assert integrity.check([npy]) == [(npy, f"{len(intact) - 8} bytes, {len(intact)} when it was written")]
+        with pytest.raises(CorruptArtefactError) as err:
+            FeatureBank(npy.parent).array("test")
+        assert "\n" not in str(err.value) and "rebuild it with: snakemake" in str(err.value)
+        npy.write_bytes(intact[:-8] + b"\x01" * 8)  # same size, other bytes
+        with pytest.raises(CorruptArtefactError, match="sha256 differs"):
+            FeatureBank(npy.parent).array("test")
+    finally:
+        npy.write_bytes(intact)

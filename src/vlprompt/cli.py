@@ -235,6 +235,57 @@ def cmd_extract(args) -> None:
         )
 
 
+def cmd_layer_statistics(args) -> None:
+    """The layer-statistics bank of one dataset's part: its test images, its training split (``--part train``), or
+    (``--part fewshot`` with --shots and --seed) a few-shot subset's training views and validation images."""
+    import dataclasses
+
+    import torch
+
+    from vlprompt.clip import features
+    from vlprompt.clip.backbone import load_backbone_from_config
+    from vlprompt.clip.layer_statistics import extract_statistics
+    from vlprompt.data import registry, splits
+    from vlprompt.experiment import grid
+
+    cfg = _cfg(args)
+    fcfg = cfg["features"]
+    torch.set_num_threads(cfg["train"]["threads"])
+    if (args.part == "fewshot") != (args.shots is not None and args.seed is not None):
+        raise SystemExit("layer-statistics: --part fewshot needs --shots and --seed (and only it takes them)")
+    out = grid.layer_statistics_dir(cfg, args.dataset)
+    if args.part == "fewshot":  # the feature bank's training views (same transform, same seeds) and val images
+        subset = splits.read_fewshot(
+            grid.fewshot_path(cfg, args.dataset, args.shots, args.seed), cfg["fewshot"].get("allow_fewer", False)
+        )
+        stem = grid.fewshot_layer_statistics(cfg, args.dataset, args.shots, args.seed)
+        out = stem.parent
+        specs = [
+            features.ExtractionSpec("val", sorted(subset["val"]), 1, name=f"{stem.name}.val"),
+            features.ExtractionSpec(
+                "train_views", sorted(subset["train"]), fcfg["train_views"], name=f"{stem.name}.train"
+            ),
+        ]
+    else:  # every image of the split, in the split file's order (as the feature bank's test and train parts)
+        split = splits.read_split(registry.split_path(cfg, args.dataset))
+        specs = [features.ExtractionSpec(args.part, split[args.part], 1)]
+    device = features.pick_device(fcfg["device"])
+    backbone = load_backbone_from_config(cfg, device)
+    exif = registry.reads_exif(cfg, args.dataset)
+    for spec in specs:
+        extract_statistics(
+            backbone,
+            registry.image_root(cfg, args.dataset),
+            dataclasses.replace(spec, exif=exif),
+            out,
+            batch_size=fcfg["batch_size"],
+            workers=fcfg["workers"],
+            device=device,
+            scale_min=fcfg["crop_scale_min"],
+            progress=not args.quiet,
+        )
+
+
 def cmd_unlock_stale(args) -> None:
     """Remove a stale Snakemake lock (left by a run that was killed) if no snakemake works here any more."""
     from vlprompt.pipeline.run_registry import describe, running, unlock_stale
@@ -494,6 +545,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--views", type=int)
     s.add_argument("--crop", type=float)
+    s = add(
+        "layer-statistics",
+        cmd_layer_statistics,
+        "per image, the mean and std of every image-tower block's tokens (AD-CLIP's layer-statistics bank)",
+    )
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--part", choices=["test", "train", "fewshot"], required=True)
+    s.add_argument("--shots", type=int)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--key", help=argparse.SUPPRESS)
     s = add("train", cmd_train, "train and evaluate one method × dataset × shots × seed")
     for a in ("--dataset", "--method", "--out"):
         s.add_argument(a, required=True)

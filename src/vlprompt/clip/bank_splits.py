@@ -74,10 +74,22 @@ class BankSplits:
 
 class UnlabelledFeatures:
     """``() -> (N, D)`` features of every image of one bank, the target's unlabelled images (config ``unlabelled``):
-    the array only; the bank's rows, which hold the labels, never reach the method."""
+    the array only; the bank's rows, which hold the labels, never reach the method. With ``statistics`` (a
+    layer-statistics bank of the same split, :mod:`vlprompt.clip.layer_statistics`) each row is followed by its
+    image's statistics, (N, D + 2·L·W): both banks list the split's images in the split file's order, and only
+    their arrays are read."""
 
-    def __init__(self, bank, split: str):
-        self.bank, self.split = bank, split
+    def __init__(self, bank, split: str, statistics=None):
+        self.bank, self.split, self.statistics = bank, split, statistics
 
     def __call__(self) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.bank.array(self.split), dtype=np.float32))
+        out = torch.from_numpy(np.ascontiguousarray(self.bank.array(self.split), dtype=np.float32))
+        if self.statistics is None:
+            return out
+        stats = torch.from_numpy(np.ascontiguousarray(self.statistics.array(self.split), dtype=np.float32))
+        if len(stats) != len(out):
+            raise ValueError(
+                f"the layer statistics of {self.split!r} hold {len(stats)} images, its features {len(out)}; "
+                "rebuild the layer-statistics bank (snakemake)"
+            )
+        return torch.cat([out, stats], dim=1)

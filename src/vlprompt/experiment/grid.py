@@ -43,6 +43,10 @@ MULTITASK_FILES = ("metrics.json", "model.pt")
 TRANSFER = RUN + "/transfer/{target}.json"
 OOD = RUN + "/ood/{oodset}.json"  # protocol ood: the run's model scored on one OOD set against its ID test images
 ADAPT = "{results}/{experiment}/adapt/{source}/{target}/{method}/{shots}shot/seed{seed}"  # domain_adaptation
+# per image, the mean and std of every block's tokens of the image tower (vlprompt.clip.layer_statistics): test.npy,
+# train.npy (N, 2·L·W); per few-shot subset <stem>.train.npy (V, N, 2·L·W) and .val.npy, as the feature bank's
+LAYER_STATISTICS = "{results}/layer_statistics/{backbone}/{dkey}/{blocks}"
+FEWSHOT_LAYER_STATISTICS = LAYER_STATISTICS + "/{views}/shot{shots}_seed{seed}"
 SUMMARY = "{results}/{experiment}/summary.csv"
 STATS = "{results}/{experiment}/stats.csv"
 REPORT = "{reports}/{experiment}"
@@ -454,11 +458,50 @@ def adaptation_inputs(
     """What a run of ``method`` on the pair reads: the source's classes, few-shot subset and features (labelled),
     the target's classes and test features, and what the method declares it reads on the target (its training
     split's features without labels for ``reads_unlabelled``, test views)."""
+    from vlprompt.methods import get_method
+
     shots, seed = int(shots), int(seed)
     inputs = [classes_path(cfg, source), *eval_feature_files(cfg, source)]
     if shots > 0:
         inputs += [fewshot_path(cfg, source, shots, seed), *fewshot_feature_files(cfg, source, shots, seed)]
-    return list(dict.fromkeys(inputs + transfer_inputs(cfg, target, method, source, shots)))
+    inputs += transfer_inputs(cfg, target, method, source, shots)
+    cls = get_method(method)
+    if cls.reads_layer_statistics:  # the source's few-shot images and the target's test (and unlabelled) images
+        if shots > 0:
+            inputs += fewshot_layer_statistics_files(cfg, source, shots, seed)
+        inputs += layer_statistics_files(cfg, target, "test")
+        if cls.reads_unlabelled:
+            inputs += layer_statistics_files(cfg, target, "train")
+    return list(dict.fromkeys(inputs))
+
+
+# --- layer-statistics banks (methods with ``reads_layer_statistics``: AD-CLIP) ------------------------------------
+
+
+def layer_statistics_dir(cfg: dict, dataset: str) -> Path:
+    """The dataset's layer-statistics bank, keyed by the backbone, the prepared dataset and the blocks it holds."""
+    from vlprompt.clip.layer_statistics import BLOCKS
+
+    return Path(
+        LAYER_STATISTICS.format(
+            results=cfg["results_root"], backbone=backbone_key(cfg), dkey=dataset_key(cfg, dataset), blocks=BLOCKS
+        )
+    )
+
+
+def layer_statistics_files(cfg: dict, dataset: str, part: str) -> list[Path]:
+    """``part`` test (every test image) or train (the whole training split): its ``.npy`` and ``.json``."""
+    return [layer_statistics_dir(cfg, dataset) / f"{part}.{ext}" for ext in ("npy", "json")]
+
+
+def fewshot_layer_statistics(cfg: dict, dataset: str, shots: int, seed: int) -> Path:
+    """Stem of a few-shot subset's statistics: ``<stem>.train`` (its training views), ``<stem>.val``."""
+    return layer_statistics_dir(cfg, dataset) / views_key(cfg) / f"shot{shots}_seed{seed}"
+
+
+def fewshot_layer_statistics_files(cfg: dict, dataset: str, shots: int, seed: int) -> list[Path]:
+    stem = fewshot_layer_statistics(cfg, dataset, shots, seed)
+    return [Path(f"{stem}.{part}.{ext}") for part in ("train", "val") for ext in ("npy", "json")]
 
 
 __all__ = [
@@ -473,8 +516,12 @@ __all__ = [
     "backbone_key",
     "dataset_key",
     "dataset_keys",
+    "fewshot_layer_statistics",
+    "fewshot_layer_statistics_files",
     "group_inputs",
     "group_runs",
+    "layer_statistics_dir",
+    "layer_statistics_files",
     "method_config_hash",
     "multitask_dir",
     "multitask_inputs",

@@ -157,6 +157,9 @@ class Method(nn.Module):
     # Further inputs a method declares; vlprompt.experiment.grid turns them into the run's input files (and the
     # DAG's jobs):
     reads_unlabelled: ClassVar[bool] = False  # the target's unlabelled images (config `unlabelled`; ctx.unlabelled)
+    # per image, the mean and std of every block's tokens of the image tower (vlprompt.clip.layer_statistics),
+    # appended to each feature row the method sees: (…, D + 2·L·W) wherever it gets image features
+    reads_layer_statistics: ClassVar[bool] = False
     reads_test_views: ClassVar[bool] = False  # forward gets (B, V, D): V views per test image, view 0 the original
     reads_multitask_prompt: ClassVar[bool] = False  # starts from a prompt trained on the config's `sources`
     reads_new_classnames: ClassVar[bool] = False  # base2new: new classes' names, text only (unseen_classnames)

@@ -67,7 +67,7 @@ def run_adaptation(
     mcfg = cls.make_config(method_settings(cfg, method_name, source, shots))
     ctx, _, classes = build_context(cfg, source, cls, shots, seed, device)
     if cls.reads_unlabelled:
-        ctx.unlabelled = unlabelled_features(cfg, target)  # the target's training split: features, no label
+        ctx.unlabelled = unlabelled_features(cfg, target, cls)  # the target's training split: features, no label
     method = cls(mcfg, ctx).to(device)
     t_load = time.time() - t0
     train_info: dict = {}

@@ -88,11 +88,19 @@ def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: t
         ctx.val_features = subset_bank.take(f"{stem.name}.val", [r[0] for r in val_rows])
         ctx.val_labels = torch.tensor([r[1] for r in val_rows])
         ctx.train_crop_scale_min = subset_bank.meta(f"{stem.name}.train").get("scale_min")
+        if cls.reads_layer_statistics:  # each row followed by its image's (and view's) layer statistics
+            stats = grid.fewshot_layer_statistics(cfg, dataset, shots, seed)
+            ctx.train_features = with_layer_statistics(
+                ctx.train_features, stats.parent, f"{stats.name}.train", [r[0] for r in train_rows]
+            )
+            ctx.val_features = with_layer_statistics(
+                ctx.val_features, stats.parent, f"{stats.name}.val", [r[0] for r in val_rows]
+            )
         ctx.load_split = BankSplits(
             bank, train_labels, train_rows, split_path(cfg, dataset), plain=(subset_bank, f"{stem.name}.plain")
         )
     if cls.reads_unlabelled:
-        ctx.unlabelled = unlabelled_features(cfg, dataset)
+        ctx.unlabelled = unlabelled_features(cfg, dataset, cls)
     if cls.reads_multitask_prompt and shots > 0 and for_training:
         seeds = cls.multitask_seeds(cls.make_config(method_settings(cfg, cls.name, dataset, shots)), seed)
         ctx.multitask_prompt = load_multitask_prompt(cfg, cls.name, shots, seeds, device)
@@ -101,12 +109,28 @@ def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: t
     return ctx, bank, classes
 
 
-def unlabelled_features(cfg: dict, dataset: str) -> UnlabelledFeatures:
-    """The features, without labels, of ``dataset``'s images of the split the config's ``unlabelled`` names."""
+def unlabelled_features(cfg: dict, dataset: str, cls=None) -> UnlabelledFeatures:
+    """The features, without labels, of ``dataset``'s images of the split the config's ``unlabelled`` names (each
+    followed by its layer statistics for a method of class ``cls`` that reads them)."""
     split = cfg.get("unlabelled", "none")
     if split == "none":
         raise ConfigError("a method reads the target's unlabelled images but the config's `unlabelled` is none")
-    return UnlabelledFeatures(FeatureBank(grid.features_dir(cfg, dataset)), split)
+    stats = None
+    if cls is not None and cls.reads_layer_statistics:
+        stats = FeatureBank(grid.layer_statistics_dir(cfg, dataset))
+    return UnlabelledFeatures(FeatureBank(grid.features_dir(cfg, dataset)), split, stats)
+
+
+def with_layer_statistics(features: torch.Tensor, folder, name: str, relpaths: list[str]) -> torch.Tensor:
+    """``features`` (…, N, D) of the images ``relpaths`` followed by their layer statistics from the bank
+    ``folder/name`` (same views): (…, N, D + 2·L·W)."""
+    stats = FeatureBank(folder).take(name, relpaths)
+    if stats.shape[:-1] != features.shape[:-1]:
+        raise ValueError(
+            f"layer statistics {folder}/{name} hold {tuple(stats.shape)}, the features {tuple(features.shape)}; "
+            "rebuild the layer-statistics bank (snakemake)"
+        )
+    return torch.cat([features, stats], dim=-1)
 
 
 def test_view_features(
@@ -124,7 +148,10 @@ def eval_features(
     """What the method classifies for the test images ``rows``: their features, or their views."""
     if cls.reads_test_views:
         return test_view_features(cfg, dataset, cls.name, shots, rows, trained_on)
-    return bank.take("test", [r[0] for r in rows])
+    features = bank.take("test", [r[0] for r in rows])
+    if cls.reads_layer_statistics:
+        return with_layer_statistics(features, grid.layer_statistics_dir(cfg, dataset), "test", [r[0] for r in rows])
+    return features
 
 
 def load_multitask_prompt(cfg: dict, method: str, shots: int, seeds: list[int], device: torch.device) -> dict:

@@ -25,6 +25,7 @@ from vlprompt.training.context import (
     eval_features,
     start_job,
     unlabelled_features,
+    with_layer_statistics,
 )
 from vlprompt.training.evaluate import evaluate
 from vlprompt.training.loggers import live_logger
@@ -182,6 +183,9 @@ def validation_metrics(
     rows = read_fewshot(grid.fewshot_path(cfg, dataset, shots, seed), cfg["fewshot"].get("allow_fewer", False))["val"]
     stem = grid.fewshot_features(cfg, dataset, shots, seed)
     features = FeatureBank(stem.parent).take(f"{stem.name}.val", [r[0] for r in rows])
+    if type(method).reads_layer_statistics:
+        stats = grid.fewshot_layer_statistics(cfg, dataset, shots, seed)
+        features = with_layer_statistics(features, stats.parent, f"{stats.name}.val", [r[0] for r in rows])
     metrics = evaluate(method, rows, features, classes, cfg["protocol"], train_names, device)
     return {f"val_{k}": v for k, v in metrics.items() if not k.endswith("_per_class")}
 
@@ -195,7 +199,7 @@ def target_model(
     ctx, _, _ = build_context(cfg, dataset, cls, shots, seed, device, for_training=False)
     ctx.template, ctx.dataset = get_dataset(target).template, target  # hand-crafted prompts: the target's
     if cls.reads_unlabelled:  # the target's unlabelled images
-        ctx.unlabelled = unlabelled_features(cfg, target)
+        ctx.unlabelled = unlabelled_features(cfg, target, cls)
     method = cls(mcfg, ctx).to(device)
     method.load_trainable_state(state)
     return method, ctx
