@@ -260,6 +260,10 @@ def declared_inputs(
         from vlprompt.experiment.teacher import teacher_files
 
         paths += teacher_files(cfg, trained_on or dataset, shots, seed)
+    if cls.reads_meta_prompt and int(shots) > 0 and seed is not None and trained_on is None:
+        from vlprompt.experiment.meta_prompt import meta_files
+
+        paths += meta_files(cfg, method, dataset, shots)
     if cls.reads_boosting_prompts and seed is not None:
         paths.append(
             Run(trained_on or dataset, cls.reads_boosting_prompts, int(shots), int(seed)).dir(cfg) / "model.pt"

@@ -96,6 +96,10 @@ def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: t
     if cls.reads_multitask_prompt and shots > 0 and for_training:
         seeds = cls.multitask_seeds(cls.make_config(method_settings(cfg, cls.name, dataset, shots)), seed)
         ctx.multitask_prompt = load_multitask_prompt(cfg, cls.name, shots, seeds, device)
+    if cls.reads_meta_prompt and shots > 0 and for_training:
+        from vlprompt.training.meta_prompt import load_meta_prompt
+
+        ctx.meta_prompt = load_meta_prompt(cfg, cls.name, dataset, shots, device)
     if cls.reads_new_classnames and for_training and new_class_names_given(cfg):
         ctx.unseen_classnames = [names[i] for i in classes["new"]]  # names from classes.json; no image, no label
     return ctx, bank, classes
