@@ -15,14 +15,13 @@ import pytest
 import torch
 import yaml
 
+from conftest import prepare_run_inputs
 from vlprompt.cli import main as cli
 from vlprompt.experiment import grid
 from vlprompt.experiment.config import backbone_key, load_config
 from vlprompt.experiment.meta_prompt import meta_dir, meta_files, meta_key, meta_stages
 from vlprompt.methods import get_method
 from vlprompt.methods.gram import GradientRegulator, cluster_pairs
-
-from conftest import prepare_run_inputs
 
 META = {"meta_steps": 4, "meta_pool_size": 48, "meta_clusters": 3, "meta_batch": 8}
 
@@ -182,3 +181,16 @@ def test_a_real_backbone_has_no_pool(mini, tmp_path):
     key = next(iter(meta_stages(load_config(tmp_path / "real.yaml"))))
     args = ["train-meta-prompt", "--config", str(tmp_path / "real.yaml"), "--stage", key, "--out", str(tmp_path)]
     assert cli([*args, "--quiet"]) == 2
+
+
+def test_the_stage_config_plans_one_meta_stage_for_every_run(config_plans):
+    """config/pocket_stages.yaml from a fresh clone: GRAM's three runs read one meta stage, keyed by the backbone."""
+    from test_real_protocols import dry_run_jobs
+
+    cfg = load_config("config/pocket_stages.yaml")
+    plan = config_plans("config/pocket_stages.yaml")
+    assert plan.returncode == 0, plan.output[-4000:]
+    jobs = dry_run_jobs(plan.output)
+    assert jobs["train_meta_prompt"] == 1 and jobs["train"] == 1 + 3 + 3  # zeroshot once; coop and gram x 3 seeds
+    (key,) = meta_stages(cfg)
+    assert f"meta_prompt/{backbone_key(cfg)}/{key}" in plan.output
