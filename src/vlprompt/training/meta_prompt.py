@@ -21,13 +21,13 @@ from vlprompt.clip.backbone import POCKET_MODEL
 from vlprompt.clip.prompting import encode_prompts
 from vlprompt.data import pocket
 from vlprompt.experiment.config import ConfigError, backbone_key, method_settings
-from vlprompt.experiment.meta_prompt import meta_dir, meta_stages, pool_world
+from vlprompt.experiment.meta_prompt import meta_stages, pool_world
 from vlprompt.io import atomic_torch_save, atomic_write_json, file_record, provenance
 from vlprompt.methods import MethodContext
 from vlprompt.methods.gram import cluster_pairs
 from vlprompt.training.context import method_context, start_job
 from vlprompt.training.pretrain import PRESETS, _render_pool, caption, name_texture, pretraining_classes
-from vlprompt.training.records import asdict, load_model_state
+from vlprompt.training.records import asdict
 
 
 def pretraining_pool(world_name: str, size: int, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -107,15 +107,3 @@ def train_meta_prompt(cfg: dict, mkey: str, out_dir: str | Path, progress: bool 
     }
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
-
-
-def load_meta_prompt(cfg: dict, method: str, dataset: str, shots: int, device: torch.device) -> dict | None:
-    """The meta stage's state a run of ``method`` reads (checked against its record), ``source`` naming the
-    file; None when the run needs no meta stage."""
-    from vlprompt.experiment.meta_prompt import meta_key
-
-    key = meta_key(cfg, method, dataset, shots)
-    if key is None:
-        return None
-    folder = meta_dir(cfg, key)
-    return {**load_model_state(folder, device)["state"], "source": str(folder / "model.pt")}
