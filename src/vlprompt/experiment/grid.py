@@ -229,6 +229,11 @@ def multitask_dir(cfg: dict, method: str, shots: int | str, seed: int | str) -> 
 def multitask_inputs(cfg: dict, method: str, shots: int | str, seed: int | str) -> list[Path]:
     """What the multitask stage reads: every source's classes, few-shot subset and its features."""
     paths = []
+    if needs_gpu(method):  # the image loop (PVP): the sources' images, classes and few-shot subsets
+        for source in multitask_sources(cfg):
+            paths += [split_file(cfg, source), classes_path(cfg, source)]
+            paths.append(fewshot_path(cfg, source, int(shots), int(seed)))
+        return paths
     for source in multitask_sources(cfg):
         paths += [
             classes_path(cfg, source),
@@ -289,7 +294,7 @@ def train_inputs(cfg: dict, dataset: str, method: str, shots: int | str, seed: i
         inputs.append(fewshot_path(cfg, dataset, shots, seed))
     if needs_gpu(method):
         cls = get_method(method)
-        distils = cls.reads_teacher or cls.reads_boosting_prompts
+        distils = cls.reads_teacher or cls.reads_boosting_prompts or cls.reads_multitask_prompt
         return [
             split_file(cfg, dataset),
             *inputs,
