@@ -195,3 +195,25 @@ def test_the_stage_config_plans_one_meta_stage_for_every_run(config_plans):
     assert jobs["train_meta_prompt"] == 1 and jobs["train"] == 1 + 3 + 3  # zeroshot once; coop and gram x 3 seeds
     assert jobs["train_images"] == 3 + 3 and jobs["train_multitask"] == 3  # vpt_deep, pvp; PVP's source stages
     assert len(meta_stages(cfg)) == 1
+
+
+def test_batched_seeds_train_as_single_runs(mini, tmp_path):
+    """GRAM is batchable: two seeds trained in one computation (the regulator in each run's gradient hook) match
+    the runs trained alone."""
+    from vlprompt.training import batched, feature_runs
+
+    root, path, cfg = mini
+    (key,) = meta_stages(cfg)
+    stage = meta_dir(cfg, key)
+    if not (stage / "metrics.json").exists():
+        assert cli(["train-meta-prompt", "--config", str(path), "--stage", key, "--out", str(stage), "--quiet"]) == 0
+    prepare_run_inputs(path, "pocket_noisy", shots=2, seed=2, test_bank=False)
+    assert batched.can_batch(get_method("gram"))
+    todo = [(2, seed, tmp_path / f"batched{seed}") for seed in (1, 2)]
+    batched.run_group(cfg, "pocket_noisy", "gram", todo)
+    for seed in (1, 2):
+        feature_runs.run(cfg, "pocket_noisy", "gram", 2, seed, tmp_path / f"alone{seed}", progress=False)
+        a, b = (
+            torch.load(tmp_path / f"{d}{seed}" / "model.pt", weights_only=False)["state"] for d in ("batched", "alone")
+        )
+        torch.testing.assert_close(a["prompt_learner.ctx"], b["prompt_learner.ctx"], rtol=1e-5, atol=1e-7)
