@@ -176,6 +176,10 @@ def run(
         )
         rows = subsample_classes(fewshot["train"], train_labels)
         transform = training_transform(backbone, mcfg, fcfg["crop_scale_min"])
+        prepare_images = getattr(method, "prepare_images", None)
+        if prepare_images is not None:  # DAM-VP: clusters of the un-augmented training images, before training
+            plain = ImageList(root, [r[0] for r in rows], backbone.preprocess, exif=exif)
+            prepare_images(x for x in torch.utils.data.DataLoader(plain, batch_size=fcfg["batch_size"]))
         with live_logger(cfg, out_dir, ckpt) as on_epoch:
             train_info = image_loop(
                 method,

@@ -10,6 +10,9 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
+from vlprompt.clip.features import ImageList
 from vlprompt.data import registry
 from vlprompt.data.splits import read_fewshot, subsample_classes
 from vlprompt.experiment import grid
@@ -97,19 +100,23 @@ def _train_multitask_images(cfg, cls, mcfg, sources, shots, seed, out_dir: Path,
     ctx = method_context(cfg, sources[0], classnames, device, seed)
     method = cls(mcfg, ctx).to(device)
     transform = training_transform(ctx.backbone, mcfg, cfg["features"]["crop_scale_min"])
-    info = image_loop(
-        method,
-        ctx,
-        mcfg,
-        base,
-        rows,
-        transform,
-        out_dir / "checkpoint.pt",
-        cfg["train"]["checkpoint_every"],
-        cfg["features"]["workers"],
-        progress,
-        exif=registry.reads_exif(cfg, sources[0]),
-    )
+    if hasattr(method, "source_procedure"):  # the method's own procedure over the source tasks (DAM-VP's Reptile)
+        info = method.source_procedure(source_tasks(cfg, sources, shots, seed, mcfg, transform, device))
+        info = {"loss_history": info["loss_history"], "steps_per_epoch": len(sources), "curves": []}
+    else:
+        info = image_loop(
+            method,
+            ctx,
+            mcfg,
+            base,
+            rows,
+            transform,
+            out_dir / "checkpoint.pt",
+            cfg["train"]["checkpoint_every"],
+            cfg["features"]["workers"],
+            progress,
+            exif=registry.reads_exif(cfg, sources[0]),
+        )
     prov = provenance(**ctx.backbone.provenance(), device=str(device))
     atomic_torch_save(
         out_dir / "model.pt",
@@ -139,3 +146,22 @@ def _train_multitask_images(cfg, cls, mcfg, sources, shots, seed, out_dir: Path,
     atomic_write_json(out_dir / "metrics.json", metrics)
     (out_dir / "checkpoint.pt").unlink(missing_ok=True)
     return metrics
+
+
+def source_tasks(cfg: dict, sources: list[str], shots: int, seed: int, mcfg, transform, device) -> list[dict]:
+    """One task per source for a method's own procedure: its class names and ``batch(step)``, a batch of its
+    few-shot images (``mcfg.batch_size``, drawn from (seed, step), augmented by ``transform``) with their labels."""
+    tasks = []
+    for index, source in enumerate(sources):
+        base, rows, names = merged_image_rows(cfg, [source], shots, seed)
+        exif = registry.reads_exif(cfg, source)
+
+        def batch(step: int, base=base, rows=rows, exif=exif, index=index):
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + index)
+            pick = torch.randperm(len(rows), generator=gen)[: mcfg.batch_size].tolist()
+            images = ImageList(base, [rows[i][0] for i in pick], transform, view=f"meta{seed}/{step}", exif=exif)
+            x = torch.stack([images[k] for k in range(len(pick))])
+            return x.to(device), torch.tensor([rows[i][1] for i in pick], device=device)
+
+        tasks.append({"classnames": names, "batch": batch})
+    return tasks
