@@ -69,6 +69,7 @@ def cmd_methods(args) -> None:
                 (m.reads_unlabelled, "unlabelled images"),
                 (m.reads_test_views, "test views"),
                 (m.reads_multitask_prompt, "multitask prompt"),
+                (m.reads_meta_prompt, "meta-learned prompt"),
                 (m.reads_new_classnames, "new-class names under base2new"),
             )
             if flag
@@ -363,6 +364,17 @@ def cmd_train_multitask(args) -> None:
     )
 
 
+def cmd_train_meta_prompt(args) -> None:
+    from vlprompt.training.meta_prompt import train_meta_prompt
+
+    m = train_meta_prompt(_cfg(args), args.stage, args.out, progress=not args.quiet)
+    losses = m["train"]["query_loss_history"]
+    print(
+        f"{m['method']}: meta stage {args.stage} on {m['pool']['pairs']} image-text pairs in {len(m['clusters'])} "
+        "clusters" + (f", last query loss {losses[-1]:.4f}" if losses else "")
+    )
+
+
 def cmd_train_teacher(args) -> None:
     from vlprompt.experiment.teacher import teacher_config
     from vlprompt.training.image_runs import run
@@ -575,6 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(a, required=True)
     s.add_argument("--shots", type=int, required=True)
     s.add_argument("--seed", type=int, required=True)
+    s = add(
+        "train-meta-prompt",
+        cmd_train_meta_prompt,
+        "meta-learn a method's initial prompt (and gradient regulator) on the backbone's image-text pool",
+    )
+    for a in ("--stage", "--out"):
+        s.add_argument(a, required=True)
     s = add("train-teacher", cmd_train_teacher, "prompt-tune the config's teacher CLIP (one dataset × shots × seed)")
     for a in ("--dataset", "--out"):
         s.add_argument(a, required=True)

@@ -107,6 +107,7 @@ def reads(cls: type[Method]) -> list[str]:
         (cls.reads_unlabelled, "unlabelled images"),
         (cls.reads_test_views, "test views"),
         (cls.reads_multitask_prompt, "multitask prompt"),
+        (cls.reads_meta_prompt, "meta-learned prompt (pretraining pool)"),
     ):
         if flag:
             out.append(what)
@@ -151,6 +152,8 @@ def cost(cls: type[Method]) -> str:
         base = "light: SGD on the cached bank"
     if cls.reads_multitask_prompt:
         base += " + a multitask stage"
+    if cls.reads_meta_prompt:
+        base += " + a meta stage per backbone"
     return base + (f", preset {epochs} epochs" if epochs and cls.needs_training else "")
 
 

@@ -233,6 +233,11 @@ def multitask_dir(cfg: dict, method: str, shots: int | str, seed: int | str) -> 
 def multitask_inputs(cfg: dict, method: str, shots: int | str, seed: int | str) -> list[Path]:
     """What the multitask stage reads: every source's classes, few-shot subset and its features."""
     paths = []
+    if needs_gpu(method):  # the image loop (PVP): the sources' images, classes and few-shot subsets
+        for source in multitask_sources(cfg):
+            paths += [split_file(cfg, source), classes_path(cfg, source)]
+            paths.append(fewshot_path(cfg, source, int(shots), int(seed)))
+        return paths
     for source in multitask_sources(cfg):
         paths += [
             classes_path(cfg, source),
@@ -264,6 +269,10 @@ def declared_inputs(
         from vlprompt.experiment.teacher import teacher_files
 
         paths += teacher_files(cfg, trained_on or dataset, shots, seed)
+    if cls.reads_meta_prompt and int(shots) > 0 and seed is not None and trained_on is None:
+        from vlprompt.experiment.meta_prompt import meta_files
+
+        paths += meta_files(cfg, method, dataset, shots)
     if cls.reads_boosting_prompts and seed is not None:
         paths.append(
             Run(trained_on or dataset, cls.reads_boosting_prompts, int(shots), int(seed)).dir(cfg) / "model.pt"
@@ -289,7 +298,7 @@ def train_inputs(cfg: dict, dataset: str, method: str, shots: int | str, seed: i
         inputs.append(fewshot_path(cfg, dataset, shots, seed))
     if needs_gpu(method):
         cls = get_method(method)
-        distils = cls.reads_teacher or cls.reads_boosting_prompts
+        distils = cls.reads_teacher or cls.reads_boosting_prompts or cls.reads_multitask_prompt
         return [
             split_file(cfg, dataset),
             *inputs,

@@ -103,6 +103,9 @@ class MethodContext:
     # Cascaded deep-prompt methods (CasPL): the frozen boosting prompts that precede the method's learnable ones
     # (``caspl.Cascaded.boost_state``); None: zero prompts of the configured sizes (loaded from model.pt later).
     boosting_prompts: dict[str, torch.Tensor] | None = None
+    # Methods with ``reads_meta_prompt`` (GRAM): the state the meta stage learned for this backbone (its context and
+    # regulating function, ``source`` naming the file); None elsewhere and when a run does not need it.
+    meta_prompt: dict[str, Any] | None = None
 
     @property
     def logit_scale(self) -> float:
@@ -164,6 +167,7 @@ class Method(nn.Module):
     reads_multitask_prompt: ClassVar[bool] = False  # starts from a prompt trained on the config's `sources`
     reads_new_classnames: ClassVar[bool] = False  # base2new: new classes' names, text only (unseen_classnames)
     reads_teacher: ClassVar[bool] = False  # a prompt-tuned bigger teacher CLIP (config `teacher`; ctx.teacher)
+    reads_meta_prompt: ClassVar[bool] = False  # a meta stage keyed by backbone (GRAM; ctx.meta_prompt)
     reads_boosting_prompts: ClassVar[str] = (
         ""  # a method whose run's prompts are a frozen prefix (ctx.boosting_prompts)
     )
@@ -228,6 +232,21 @@ class Method(nn.Module):
     def multitask_seeds(cls, config: Any, seed: int) -> list[int]:
         """``reads_multitask_prompt``: the seeds of the multitask stages a run of ``seed`` starts from."""
         return [int(seed)]
+
+    @classmethod
+    def needs_meta_stage(cls, config: Any) -> bool:
+        """``reads_meta_prompt``: whether a run with ``config`` reads the method's meta stage."""
+        return cls.reads_meta_prompt
+
+    @classmethod
+    def meta_settings(cls, config: Any) -> dict:
+        """``reads_meta_prompt``: the settings that define the meta stage (its artefact's key)."""
+        return {}
+
+    @classmethod
+    def meta_train(cls, ctx: MethodContext, config: Any, image_features, captions: list[str], clusters) -> dict:
+        """``reads_meta_prompt``: the meta stage's procedure on image-text pairs; returns ``{"state", "history"}``."""
+        raise NotImplementedError(f"{cls.name} has no meta stage")
 
     def set_classes(self, classnames: list[str]) -> None:
         """Switch to another set of classes (evaluation on new classes)."""

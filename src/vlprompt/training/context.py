@@ -14,6 +14,7 @@ from vlprompt.data.registry import get_dataset, split_path
 from vlprompt.data.splits import read_fewshot, subsample_classes
 from vlprompt.experiment import grid
 from vlprompt.experiment.config import ConfigError, method_settings, new_class_names_given
+from vlprompt.experiment.meta_prompt import meta_dir, meta_key
 from vlprompt.io import read_artefact_json
 from vlprompt.methods import MethodContext, get_method
 from vlprompt.training.loop import seed_everything
@@ -104,6 +105,8 @@ def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: t
     if cls.reads_multitask_prompt and shots > 0 and for_training:
         seeds = cls.multitask_seeds(cls.make_config(method_settings(cfg, cls.name, dataset, shots)), seed)
         ctx.multitask_prompt = load_multitask_prompt(cfg, cls.name, shots, seeds, device)
+    if cls.reads_meta_prompt and shots > 0 and for_training:
+        ctx.meta_prompt = load_meta_prompt(cfg, cls.name, dataset, shots, device)
     if cls.reads_new_classnames and for_training and new_class_names_given(cfg):
         ctx.unseen_classnames = [names[i] for i in classes["new"]]  # names from classes.json; no image, no label
     return ctx, bank, classes
@@ -154,6 +157,13 @@ def eval_features(
     return features
 
 
+def attach_multitask_prompt(ctx: MethodContext, cls, cfg: dict, dataset: str, shots: int, seed: int) -> None:
+    """A training run of a ``reads_multitask_prompt`` method in the image loop (PVP): the multitask stages' state."""
+    if cls.reads_multitask_prompt and shots > 0:
+        seeds = cls.multitask_seeds(cls.make_config(method_settings(cfg, cls.name, dataset, shots)), seed)
+        ctx.multitask_prompt = load_multitask_prompt(cfg, cls.name, shots, seeds, ctx.device)
+
+
 def load_multitask_prompt(cfg: dict, method: str, shots: int, seeds: list[int], device: torch.device) -> dict:
     """The multitask stages' state for ``shots``, averaged over the stages of ``seeds`` (each checked against its
     record; the reference's avg_ckpt.py); ``source`` names the file, or the files averaged."""
@@ -162,3 +172,13 @@ def load_multitask_prompt(cfg: dict, method: str, shots: int, seeds: list[int], 
     state = {k: torch.stack([s[k] for s in states]).float().mean(0).to(states[0][k].dtype) for k in states[0]}
     files = [str(folder / "model.pt") for folder in folders]
     return {**state, "source": files[0] if len(files) == 1 else "mean of " + ", ".join(files)}
+
+
+def load_meta_prompt(cfg: dict, method: str, dataset: str, shots: int, device: torch.device) -> dict | None:
+    """The meta stage's state a run of ``method`` reads (checked against its record; rule ``train_meta_prompt``),
+    ``source`` naming the file; None when the run needs no meta stage."""
+    key = meta_key(cfg, method, dataset, shots)
+    if key is None:
+        return None
+    folder = meta_dir(cfg, key)
+    return {**load_model_state(folder, device)["state"], "source": str(folder / "model.pt")}

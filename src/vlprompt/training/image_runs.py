@@ -21,7 +21,7 @@ from vlprompt.experiment import grid
 from vlprompt.experiment.config import method_settings
 from vlprompt.io import provenance, read_artefact_json
 from vlprompt.methods import MethodContext, MethodError, TrainConfig, get_method
-from vlprompt.training.context import method_context, start_job, training_classes
+from vlprompt.training.context import attach_multitask_prompt, method_context, start_job, training_classes
 from vlprompt.training.evaluate import evaluate_parts
 from vlprompt.training.loggers import live_logger
 from vlprompt.training.loop import batch_indices, seed_everything, train_loop
@@ -162,6 +162,7 @@ def run(
     train_names = [classes["classnames"][i] for i in train_labels]
     ctx = method_context(cfg, dataset, train_names, device, seed)
     attach_teacher(ctx, cls, cfg, dataset, shots, seed)  # reads_teacher methods: the trained teacher
+    attach_multitask_prompt(ctx, cls, cfg, dataset, shots, seed)  # reads_multitask_prompt methods (PVP)
     backbone = ctx.backbone
     root, exif = registry.image_root(cfg, dataset), registry.reads_exif(cfg, dataset)
     fcfg = cfg["features"]
@@ -175,6 +176,10 @@ def run(
         )
         rows = subsample_classes(fewshot["train"], train_labels)
         transform = training_transform(backbone, mcfg, fcfg["crop_scale_min"])
+        prepare_images = getattr(method, "prepare_images", None)
+        if prepare_images is not None:  # DAM-VP: clusters of the un-augmented training images, before training
+            plain = ImageList(root, [r[0] for r in rows], backbone.preprocess, exif=exif)
+            prepare_images(x for x in torch.utils.data.DataLoader(plain, batch_size=fcfg["batch_size"]))
         with live_logger(cfg, out_dir, ckpt) as on_epoch:
             train_info = image_loop(
                 method,
