@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_methods_wave2 import build, context  # noqa: E402
+from vlprompt.clip.backbone import encode_prompts  # noqa: E402
 from vlprompt.data import descriptions as store  # noqa: E402
 from vlprompt.data.descriptions import DescriptionError, pocket_template_pool, template_pool  # noqa: E402
-from vlprompt.methods import MethodError, get_method, ipo, llm_bbo, proapo  # noqa: E402  # noqa: E402
+from vlprompt.methods import MethodError, get_method, glov, ipo, llm_bbo, proapo  # noqa: E402
 from vlprompt.methods.proposers import (  # noqa: E402
     Recording,
     Request,
@@ -42,7 +44,7 @@ from vlprompt.methods.proposers import (  # noqa: E402
 
 FIXTURES = json.loads((Path(__file__).parent / "data" / "language_model_fixtures.json").read_text())
 TRACES = Path(__file__).parent / "data" / "traces"
-TOY = {"ipo": {"steps": 4, "per_step": 3}, "llm_bbo": {"steps": 4}}
+TOY = {"ipo": {"steps": 4, "per_step": 3}, "llm_bbo": {"steps": 4}, "glov": {"steps": 3}}
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +193,41 @@ def test_proapo_description_stage_changes_only_classes_it_searched_and_reloads(c
 def train_xy(ctx):
     x = ctx.train_features[0]
     return x / x.norm(dim=-1, keepdim=True), ctx.train_labels
+
+
+def test_glov_meta_prompts_parsing_and_ranking_equal_the_reference():
+    f = FIXTURES["glov"]
+    acc0 = f["rows"][0][1][0]
+    system, user = glov.meta_prompt(f["dataset"], f["description"], 0, acc0)
+    assert user == f["meta_prompt_step0"] and system == f["system"]
+    for n_rows, (history, expected) in enumerate(zip(f["histories"], f["meta_prompts"], strict=True), 1):
+        rows = f["rows"][:n_rows]
+        ranked = glov.sort_history([t for ts, _ in rows for t in ts], [a for _, accs in rows for a in accs])
+        assert [[t, a] for t, a in ranked] == history
+        assert glov.meta_prompt(f["dataset"], f["description"], n_rows, acc0, ranked)[1] == expected
+    assert glov.parse_responses(f["responses"]) == f["parsed"]
+    changed = [(t, a + 1) for t, a in f["histories"][0]]  # one score moved: another meta-prompt
+    assert glov.meta_prompt(f["dataset"], f["description"], 1, acc0, changed)[1] != f["meta_prompts"][0]
+
+
+def test_glov_without_guidance_searches_through_the_proposer_and_reloads(ctx):
+    m = build("glov", ctx, steps=3)
+    assert m.fit(ctx) is True
+    info = m.run_info()
+    assert info["proposer"]["kind"] == "rule" and info["guidance"].startswith("none")
+    assert 1 <= len(info["chosen_step_ensemble"]) <= 3 and m.template.split("\n") == info["chosen_step_ensemble"]
+    x = ctx.train_features[0]
+    again = build("glov", ctx)
+    again.load_trainable_state(m.trainable_state())
+    assert torch.equal(again(x), m(x))
+    by_hand = torch.stack(
+        [
+            F.normalize(encode_prompts(ctx.backbone, [t.format(c) for t in m.template.split("\n")]).mean(0), dim=-1)
+            for c in ctx.classnames
+        ]
+    )
+    torch.testing.assert_close(m.weights, by_hand)
+    assert "white-box" in (glov.__doc__ or "")
 
 
 # ---------------------------------------------------------------- the methods
