@@ -20,11 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_methods_wave2 import build, context  # noqa: E402
+from vlprompt.clip.backbone import encode_prompts  # noqa: E402
+from vlprompt.data import descriptions as store  # noqa: E402
 from vlprompt.data.descriptions import DescriptionError, pocket_template_pool, template_pool  # noqa: E402
-from vlprompt.methods import MethodError, get_method, ipo, llm_bbo, proapo  # noqa: E402  # noqa: E402
+from vlprompt.methods import MethodError, get_method, glov, ipo, llm_bbo, proapo  # noqa: E402
 from vlprompt.methods.proposers import (  # noqa: E402
     Recording,
     Request,
@@ -41,7 +44,7 @@ from vlprompt.methods.proposers import (  # noqa: E402
 
 FIXTURES = json.loads((Path(__file__).parent / "data" / "language_model_fixtures.json").read_text())
 TRACES = Path(__file__).parent / "data" / "traces"
-TOY = {"ipo": {"steps": 4, "per_step": 3}, "llm_bbo": {"steps": 4}}
+TOY = {"ipo": {"steps": 4, "per_step": 3}, "llm_bbo": {"steps": 4}, "glov": {"steps": 3}}
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +118,116 @@ def test_proapo_operators_draw_as_the_reference_lines():
     assert common == ["a"] and diff == {"b": 2, "c": 1, "d": 1}
     child = proapo.op_crossover(common, diff, np.random.RandomState(0), random.Random(0))
     assert child[-1] == "a" and set(child[:-1]) <= {"b", "c", "d"} and len(set(child)) == len(child)
+
+
+def test_proapo_description_operators_draw_as_the_reference_lines():
+    """The description stage's operators on fixed draws: the reference's calls (class_specific_selection_with_
+    same_template.py, add_one and mean sampling), in its order, on the same streams."""
+    pool = [f"c{k}**+*+**d{i}" for k in range(2) for i in range(3)]
+    parent = ["c0", "c1", "c0**+*+**d1", "c1**+*+**d2"]
+    in_group = list(parent)
+    rest = [e for e in pool if e not in parent]
+    baseline = ["c0", "c1"]
+    expect = np.random.RandomState(5)
+    add = expect.choice(rest, 1, replace=False).tolist()
+    remove = expect.choice(in_group, 1, replace=False).tolist()
+    out, into = expect.choice(in_group, 1, replace=False), expect.choice(rest, 1, replace=False)
+    mutation = expect.choice(pool, 3, replace=False).tolist()
+    rng = np.random.RandomState(5)
+    assert proapo.op_add(parent, pool, rng) == parent + add
+    assert proapo.desc_remove(parent, in_group, rng) == [e for e in parent if e != remove[0]]
+    replaced = [e for e in parent if e != out[0]] + [str(into[0])]
+    assert proapo.desc_replace(parent, in_group, pool, rng) == replaced
+    assert proapo.desc_mutation(pool, 3, baseline, rng) == mutation + baseline
+    common, diff = proapo.crossover_parts([["c0", "c1", "x"], ["c0", "c1", "y"], ["c0", "c1", "x", "z"]])
+    expect_py, expect_np = random.Random(2), np.random.RandomState(2)
+    k = expect_py.randint(1, len(diff))  # random.randint(num_other_group, len(diff_template)), one other entry
+    drawn = proapo.weighted_choice(list(diff), list(diff.values()), k, expect_np)
+    got = proapo.desc_crossover(common, diff, 1, np.random.RandomState(2), random.Random(2))
+    assert got == drawn + ["c0", "c1"]
+
+
+def test_proapo_entry_prompts_are_the_reference_template_and_description():
+    got = proapo.entry_prompts(["a photo of a {}.", "art of the {}."], ["Red Circle", "red circle**+*+**which is red."])
+    assert got == [
+        "a photo of a red circle.",
+        "a photo of a red circle. which is red.",
+        "art of the red circle.",
+        "art of the red circle. which is red.",
+    ]
+
+
+def test_the_pocket_description_pool_is_generated_by_rule():
+    pool = store.pocket_description_pool("red circle")
+    assert "which is red." in pool and "drawn as a circle." in pool and "on a striped background." in pool
+    assert all("blue" not in d for d in pool)
+    pools, source = store.description_pool("pocket_dark", ["red circle", "blue star"])
+    assert set(pools) == {"red circle", "blue star"} and "rule" in source
+
+
+def test_proapo_description_stage_changes_only_classes_it_searched_and_reloads(ctx):
+    m = build("proapo", ctx, epochs=1, description_epochs_outer=1, description_epochs_inner=2, description_groups=1)
+    m.fit(ctx)
+    info = m.run_info()
+    assert info["stage"].endswith("class-specific descriptions") and info["descriptions"]["sets_scored"] > 0
+    assert set(m.descriptions) <= set(ctx.classnames)
+    for name, entries in m.descriptions.items():
+        assert entries and all(e.split("**+*+**")[0] == name for e in entries)
+    x = ctx.train_features[0]
+    again = build("proapo", ctx)
+    again.load_trainable_state(m.trainable_state())
+    assert torch.equal(again(x), m(x))
+    template_only = build("proapo", ctx, epochs=1, description_epochs_outer=0)
+    template_only.fit(ctx)
+    assert template_only.descriptions == {} and template_only.templates == m.templates
+    changed = [ctx.classnames.index(c) for c in m.descriptions]
+    same = [i for i in range(len(ctx.classnames)) if i not in changed]
+    torch.testing.assert_close(m.weights[same], template_only.weights[same])
+    if changed:
+        assert (m.weights[changed] - template_only.weights[changed]).abs().max() > 0
+    assert m.score_weights(m.weights, *train_xy(ctx))["fitness_score"] >= (
+        template_only.score_weights(template_only.weights, *train_xy(ctx))["fitness_score"] - 1e-6
+    )
+
+
+def train_xy(ctx):
+    x = ctx.train_features[0]
+    return x / x.norm(dim=-1, keepdim=True), ctx.train_labels
+
+
+def test_glov_meta_prompts_parsing_and_ranking_equal_the_reference():
+    f = FIXTURES["glov"]
+    acc0 = f["rows"][0][1][0]
+    system, user = glov.meta_prompt(f["dataset"], f["description"], 0, acc0)
+    assert user == f["meta_prompt_step0"] and system == f["system"]
+    for n_rows, (history, expected) in enumerate(zip(f["histories"], f["meta_prompts"], strict=True), 1):
+        rows = f["rows"][:n_rows]
+        ranked = glov.sort_history([t for ts, _ in rows for t in ts], [a for _, accs in rows for a in accs])
+        assert [[t, a] for t, a in ranked] == history
+        assert glov.meta_prompt(f["dataset"], f["description"], n_rows, acc0, ranked)[1] == expected
+    assert glov.parse_responses(f["responses"]) == f["parsed"]
+    changed = [(t, a + 1) for t, a in f["histories"][0]]  # one score moved: another meta-prompt
+    assert glov.meta_prompt(f["dataset"], f["description"], 1, acc0, changed)[1] != f["meta_prompts"][0]
+
+
+def test_glov_without_guidance_searches_through_the_proposer_and_reloads(ctx):
+    m = build("glov", ctx, steps=3)
+    assert m.fit(ctx) is True
+    info = m.run_info()
+    assert info["proposer"]["kind"] == "rule" and info["guidance"].startswith("none")
+    assert 1 <= len(info["chosen_step_ensemble"]) <= 3 and m.template.split("\n") == info["chosen_step_ensemble"]
+    x = ctx.train_features[0]
+    again = build("glov", ctx)
+    again.load_trainable_state(m.trainable_state())
+    assert torch.equal(again(x), m(x))
+    by_hand = torch.stack(
+        [
+            F.normalize(encode_prompts(ctx.backbone, [t.format(c) for t in m.template.split("\n")]).mean(0), dim=-1)
+            for c in ctx.classnames
+        ]
+    )
+    torch.testing.assert_close(m.weights, by_hand)
+    assert "white-box" in (glov.__doc__ or "")
 
 
 # ---------------------------------------------------------------- the methods

@@ -181,8 +181,12 @@ def cmd_extract(args) -> None:
         raise SystemExit("extract: give both --shots and --seed, or neither (the test features)")
     if args.part != "eval" and args.shots is not None:
         raise SystemExit(f"extract: --part {args.part} is a part of the dataset's bank; it takes no --shots, --seed")
-    if (args.part == "test_views") != (args.views is not None and args.crop is not None):
-        raise SystemExit("extract: --part test_views needs --views and --crop (and only it takes them)")
+    takes = {"test_views": ("views", "crop"), "generated_views": ("views", "wrong_class_rate")}.get(args.part, ())
+    if any((getattr(args, a) is not None) != (a in takes) for a in ("views", "crop", "wrong_class_rate")):
+        raise SystemExit(
+            "extract: --part test_views takes --views and --crop, generated_views --views and --wrong-class-rate, "
+            "the other parts none of them"
+        )
     if args.part == "train":  # the whole training split, un-augmented (the unlabelled images of `unlabelled: train`)
         split = splits.read_split(registry.split_path(cfg, args.dataset))
         specs = [features.ExtractionSpec("train", split["train"], 1)]
@@ -200,6 +204,32 @@ def cmd_extract(args) -> None:
         )
         specs = [features.ExtractionSpec("test_views", split["test"], args.views, name=stem.name)]
         out, scale_min = stem.parent, args.crop
+    elif args.part == "generated_views":  # every test image in --views views drawn by the pocket renderer
+        spec_ds = registry.get_dataset(args.dataset, cfg)
+        if spec_ds.kind != "pocket" or spec_ds.style is None:
+            raise SystemExit(
+                f"extract: generated views are drawn by the pocket renderer; {args.dataset} is not a pocket dataset "
+                "(generated images of a real dataset are not supported yet)"
+            )
+        split = splits.read_split(registry.split_path(cfg, args.dataset))
+        stem = Path(
+            grid.TEST_GENERATED.format(
+                results=cfg["results_root"],
+                backbone=grid.backbone_key(cfg),
+                dkey=grid.dataset_key(cfg, args.dataset),
+                views=args.views,
+                generator=grid.generator_key(args.wrong_class_rate),
+            )
+        )
+        world = registry.pocket_world(cfg)
+        generator = {
+            "name": "pocket_variation",
+            "world": dataclasses.asdict(world),
+            "style": spec_ds.style,
+            "wrong_class_rate": args.wrong_class_rate,
+        }
+        specs = [features.ExtractionSpec("generated_views", split["test"], args.views, stem.name, generator=generator)]
+        out = stem.parent
     elif args.shots is None:  # the evaluation splits: every test image, and the whole validation split
         split = splits.read_split(registry.split_path(cfg, args.dataset))
         specs = [features.ExtractionSpec("test", split["test"], 1), features.ExtractionSpec("val", split["val"], 1)]
@@ -549,14 +579,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--key", help=argparse.SUPPRESS)
     s.add_argument(
         "--part",
-        choices=["eval", "train", "test_views"],
+        choices=["eval", "train", "test_views", "generated_views"],
         default="eval",
         help="eval: the test images and the validation split (default); train: the whole training split; "
         "test_views: every test image in --views views (the original first) cropped with scale "
-        "(--crop, 1)",
+        "(--crop, 1); generated_views: every test image in --views views drawn by the pocket renderer as an "
+        "image-variation model (--wrong-class-rate of them of a close class)",
     )
     s.add_argument("--views", type=int)
     s.add_argument("--crop", type=float)
+    s.add_argument("--wrong-class-rate", type=float)
     s = add(
         "layer-statistics",
         cmd_layer_statistics,

@@ -16,6 +16,10 @@ trees (``regenerate_extensions.function_from``), because the modules import what
   responses cut between <INS> and </INS> as ``run_evolution`` cuts them.
 * LLM-BBO: ``prompt_pool.get_message`` (imported as is), ``getTopBotK`` and ``validate_message`` from ``utils.py``
   with Python's ``random`` seeded (``getTopBotK``'s third list is random; method_1 does not show it).
+* GLOV (without guidance): ``generate_meta_prompt_llama`` and ``generate_examplers`` (``utils/opt_utils.py``; its
+  ``mistakes`` None, as ``scripts/clip_opt.sh``), ``initialize_dict`` (``trainers/llama_model.py``),
+  ``parse_json_respones`` with ``args.llm = "llama"`` and ``get_previous_prompts`` on a pandas frame
+  (``utils/llm_opt_helpers.py``). ``--only glov`` rewrites that part of the file alone.
 * ProAPO: ``get_acc_scores`` and ``get_redundant_matrix_score_l2_norm`` (``get_score_based_ACC.py``), ``accuracy``,
   ``get_fitness_score`` and ``random_weighted_choice`` (``utils/util_model.py``), on CPU (``Tensor.cuda`` returns
   the tensor), with the 1-shot template stage's weights.
@@ -41,6 +45,7 @@ REFERENCES = {  # folder under --refs: (repository, commit the fixtures were gen
     "IPO": ("lmsdss/IPO", "ac804a9"),
     "LLMBBO": ("shihongl1998/LLM-as-a-blackbox-optimizer", "6612c84"),
     "ProAPO": ("MorningStarOvO/ProAPO", "fefdf18"),
+    "GLOV": ("jmiemirza/GLOV", "4c4fe64"),
 }
 OUT = Path(__file__).parents[1] / "data" / "language_model_fixtures.json"
 
@@ -184,10 +189,71 @@ def gen_proapo(refs: Path) -> dict:
     }
 
 
+GLOV_DATASET = ("pocket_dark", "The pocket_dark dataset consists of small dark renderings of coloured shapes.")
+GLOV_ROWS = [
+    (["A photo of a <category>."], [41.66666666666667]),
+    (["A dark photo of a <category>.", "A <category> shape.", "A picture of a <category>."], [50.0, 12.5, 41.0]),
+    (["A <category> in the dark.", "An image of a <category>."], [75.5, 50.0]),
+]
+GLOV_RESPONSES = [
+    "Here is a new prompt template: A dark photo of a <category>.",
+    "assistant\n\nA sketch of a <category>: small",
+    "A <category> on a dark background.",
+    "no template here",
+]
+
+
+def gen_glov(refs: Path) -> dict:
+    import pandas as pd
+
+    root = refs / "GLOV"
+    ns: dict = {"re": __import__("re"), "np": np}
+    examplers = function_from(root / "utils" / "opt_utils.py", "generate_examplers", ns)
+    ns["generate_examplers"] = examplers
+    meta = function_from(root / "utils" / "opt_utils.py", "generate_meta_prompt_llama", ns)
+    init_dict = function_from(root / "trainers" / "llama_model.py", "initialize_dict", ns)
+    parse = function_from(root / "utils" / "llm_opt_helpers.py", "parse_json_respones", ns)
+    previous = function_from(root / "utils" / "llm_opt_helpers.py", "get_previous_prompts", ns)
+    name, info = GLOV_DATASET
+    infos = {name: info}
+    out: dict = {"dataset": name, "description": info, "rows": GLOV_ROWS, "responses": GLOV_RESPONSES}
+    accuracy = np.array(GLOV_ROWS[0][1])
+    _, _, step0 = meta(name, "a photo of a <category>.", 0, accuracy, infos, None, None, 5)
+    out["meta_prompt_step0"] = step0
+    out["meta_prompts"], out["histories"] = [], []
+    for n_rows in (1, 2, 3):  # the history after 1, 2 and 3 logged rows (one row: k = 0)
+        df = pd.DataFrame([{"Prompts": p, "Accuracy": a} for p, a in GLOV_ROWS[:n_rows]])
+        prompts, accs = previous(df)
+        out["histories"].append([[str(p), float(a)] for p, a in zip(prompts, accs, strict=True)])
+        _, system, task = meta(name, "a photo of a <category>.", n_rows, accuracy, infos, prompts, accs, 5)
+        out["meta_prompts"].append(task)
+        out["system"] = system
+    args = types.SimpleNamespace(llm="llama")
+    parsed, _ = parse(init_dict(GLOV_RESPONSES), 0, args=args)
+    out["parsed"] = parsed
+    return out
+
+
+GLOV_SOURCE = (
+    "jmiemirza/GLOV utils/opt_utils.py generate_meta_prompt_llama, generate_examplers, trainers/llama_model.py "
+    "initialize_dict, utils/llm_opt_helpers.py parse_json_respones, get_previous_prompts, commit 4c4fe64"
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--refs", type=Path, required=True)
-    refs = parser.parse_args().refs
+    parser.add_argument("--only", choices=["glov"], help="regenerate that part of the file alone")
+    opts = parser.parse_args()
+    refs = opts.refs
+    if opts.only == "glov":
+        data = json.loads(OUT.read_text())
+        data["_source"]["glov"] = GLOV_SOURCE
+        data["references"]["GLOV"] = {"repository": REFERENCES["GLOV"][0], "commit": REFERENCES["GLOV"][1]}
+        data["glov"] = gen_glov(refs)
+        OUT.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        print(f"wrote {OUT} (glov)")
+        return
     data = {
         "_source": {
             "ipo": "lmsdss/IPO optimization/opt_utils.py gen_meta_prompt, eval_utils.py polish_sentence and "
@@ -201,7 +267,9 @@ def main() -> None:
         "ipo": gen_ipo(refs),
         "llm_bbo": gen_llm_bbo(refs),
         "proapo": gen_proapo(refs),
+        "glov": gen_glov(refs),
     }
+    data["_source"]["glov"] = GLOV_SOURCE
     OUT.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {OUT}")
 

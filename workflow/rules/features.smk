@@ -3,7 +3,8 @@
 # its training images un-augmented and in augmented views. A subset's job
 # copies what sibling subsets already hold and encodes only the images it adds (vlprompt.clip.features).
 # Two parts are extracted only when a method of the experiment declares it reads them (vlprompt.experiment.grid): the whole
-# training split (`unlabelled: train`, TFUP) and the test images in views (TPT: test_views<V>_crop<s>).
+# training split (`unlabelled: train`, TFUP) and the test images in views (TPT: test_views<V>_crop<s>; DiffTPT also
+# test_generated<G>_pocketvar-p<rate>, views drawn by the pocket renderer as an image-variation model).
 
 FEATURES_DIR = grid.FEATURES.format(results=CFG["results_root"], backbone=grid.backbone_key(CFG), dkey="{dkey}")
 FEWSHOT_STEM = grid.FEWSHOT_FEATURES.format(
@@ -108,3 +109,29 @@ rule extract_test_views:
     shell:
         "python -m vlprompt extract --dataset {params.dataset} --key {wildcards.dkey} --part test_views "
         "--views {wildcards.views} --crop {wildcards.crop} --quiet > {log} 2>&1"
+
+
+rule extract_generated_views:
+    input:
+        lambda wildcards: grid.split_file(CFG, DATASET_OF[wildcards.dkey]),
+    output:
+        multiext(f"{FEATURES_DIR}/test_generated{{views}}_pocketvar-p{{rate}}", ".npy", ".json"),
+    params:
+        dataset=lambda wildcards: DATASET_OF[wildcards.dkey],
+    wildcard_constraints:
+        views=r"\d+",
+        rate=r"[0-9.e+-]+",
+    resources:
+        gpu=1,
+        cpus_per_task=4,
+        mem_mb=16000,
+        runtime=240,  # many rendered views of every test image
+    conda:
+        "../envs/vlprompt.yaml"
+    log:
+        f"{LOGS}/features/{{dkey}}_test_generated{{views}}_pocketvar-p{{rate}}.log",
+    benchmark:
+        f"{BENCHMARKS}/features/{{dkey}}_test_generated{{views}}_pocketvar-p{{rate}}.tsv",
+    shell:
+        "python -m vlprompt extract --dataset {params.dataset} --key {wildcards.dkey} --part generated_views "
+        "--views {wildcards.views} --wrong-class-rate {wildcards.rate} --quiet > {log} 2>&1"

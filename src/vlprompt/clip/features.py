@@ -17,6 +17,9 @@ Two parts exist only where a method of the experiment declares it reads them
 ``test_views<V>_crop<s>.npy`` (V, N, D), every test image in V views: view 0 the original (test transform), views
 1 … V−1 random resized crops with scale (s, 1) and flips (TPT's views; :func:`test_view_transform`), each seeded by
 (view, relpath) as the training views are.
+``test_generated<G>_<generator>.npy`` (G, N, D), every test image in G views drawn by a generator (DiffTPT's
+image variations; on the pocket world the renderer as an idealised image-variation model, :class:`RenderedVariations`)
+under the test transform.
 
 The store grows by subset and never rewrites a file: a new (shots, seed) subset's job copies the rows
 that a sibling bank of the same folder already holds (same backbone and transform: identical features,
@@ -59,8 +62,8 @@ from vlprompt.io import (
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("test", "val", "train_views", "test_views")
-AUGMENTED = ("train_views", "test_views")  # (V, N, D) banks
+SPLITS = ("test", "val", "train_views", "test_views", "generated_views")
+AUGMENTED = ("train_views", "test_views", "generated_views")  # (V, N, D) banks
 AUG_SEED = 20240601
 FORMAT = 2  # 2: augmentation seeded by relpath (1: by row index)
 
@@ -157,6 +160,31 @@ class ImageList(torch.utils.data.Dataset):
             return self.transform(img)
 
 
+class RenderedVariations(torch.utils.data.Dataset):
+    """View ``view`` of each image of ``rows`` drawn by a generator instead of read from disk: ``generator``
+    ``{"name": "pocket_variation", "world": {World fields}, "style": ..., "wrong_class_rate": p}``, the pocket
+    renderer as an idealised image-variation model (:func:`vlprompt.data.pocket.render_variation`)."""
+
+    def __init__(self, generator: dict, rows: Sequence, transform, view: int):
+        from vlprompt.data import pocket
+
+        if generator.get("name") != "pocket_variation":
+            raise ValueError(f"unknown view generator {generator.get('name')!r}; available: ['pocket_variation']")
+        self.world = pocket.World(**generator["world"])
+        self.style, self.rate = generator["style"], float(generator["wrong_class_rate"])
+        self.rows, self.transform, self.view = list(rows), transform, view
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, k: int):
+        from vlprompt.data.pocket import render_variation
+
+        relpath, _, classname = self.rows[k][:3]
+        img, _ = render_variation(self.world, self.style, classname, relpath, self.view, self.rate)
+        return self.transform(img)
+
+
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".JPG", ".JPEG")
 
 
@@ -166,7 +194,7 @@ def choose_decoder(device: torch.device, split: str, relpaths: Sequence[str]) ->
     normalised as tensors: :func:`tensor_preprocess`) on a CUDA device when every image is a JPEG, which takes
     decoding and resizing off the CPU workers that bound the bank on a GPU; ``"pil"`` (the backbone's own
     transform in the workers) otherwise, and always for augmented views (seeded PIL augmentation)."""
-    if device.type != "cuda" or split in ("train_views", "test_views"):
+    if device.type != "cuda" or split in AUGMENTED:
         return "pil"
     return "jpeg-on-device" if relpaths and all(r.endswith(JPEG_SUFFIXES) for r in relpaths) else "pil"
 
@@ -285,6 +313,7 @@ class ExtractionSpec:
     views: int  # 1 for test/val
     name: str | None = None  # file stem in the output folder (default: the split)
     exif: bool = False  # read with the EXIF orientation applied, 16-bit scaled (a user's images: data.images)
+    generator: dict | None = None  # generated_views: the stand-in generator's settings (RenderedVariations)
 
     @property
     def stem(self) -> str:
@@ -297,6 +326,8 @@ def extraction_meta(backbone, spec: ExtractionSpec, transform, scale_min: float,
     augmented = spec.split in AUGMENTED
     shape = (spec.views, len(spec.rows), backbone.embed_dim) if augmented else (len(spec.rows), backbone.embed_dim)
     extra: dict[str, object] = {"original_view": repr(backbone.preprocess)} if spec.split == "test_views" else {}
+    if spec.generator is not None:
+        extra["generator"] = spec.generator
     if spec.exif:  # recorded only when set, so the published and pocket banks' records stay as they were
         extra["exif"] = True
     if decoder != "pil":
@@ -364,7 +395,7 @@ def extract_split(
             len(missing),
         )
     if known and missing:  # encode the new images into a bank of their own, then assemble
-        part = ExtractionSpec(spec.split, missing, spec.views, name=f"{spec.stem}.new", exif=spec.exif)
+        part = dataclasses.replace(spec, rows=missing, name=f"{spec.stem}.new")
         extract_split(
             backbone,
             root,
@@ -416,6 +447,8 @@ def _transform(backbone, spec: ExtractionSpec, scale_min: float):
         if spec.views < 2:
             raise ValueError(f"test views: the original and at least one augmented view, got views={spec.views}")
         return test_view_transform(backbone.image_size, model.visual.image_mean, model.visual.image_std, scale_min)
+    if spec.split == "generated_views":  # the generated images under the test transform (the reference's)
+        return backbone.preprocess
     if spec.views != 1:
         raise ValueError(f"split {spec.split!r} is not augmented: views must be 1, got {spec.views}")
     return backbone.preprocess
@@ -515,6 +548,12 @@ def _encode(
         dataset = torch.utils.data.ConcatDataset(
             [ImageList(root, relpaths, backbone.preprocess, exif=spec.exif)]
             + [ImageList(root, relpaths, transform, view=v, exif=spec.exif) for v in range(1, spec.views)]
+        )
+    elif spec.split == "generated_views":  # view v of every image, drawn by the generator
+        if spec.generator is None:
+            raise ValueError("generated views need the generator's settings (ExtractionSpec.generator)")
+        dataset = torch.utils.data.ConcatDataset(
+            [RenderedVariations(spec.generator, spec.rows, transform, v) for v in range(spec.views)]
         )
     elif meta.get("decoder") == "jpeg-on-device":
         dataset = EncodedImages(root, relpaths)

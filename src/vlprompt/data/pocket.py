@@ -588,3 +588,36 @@ def generate(dataset: PocketDataset, world: World, root: Path, strength: float =
     out = root / f"split_zhou_{dataset.name}.json"
     atomic_write_text(out, json.dumps(split, indent=1))
     return out
+
+
+def close_classes(world: World, colour: str, shape: str) -> list[tuple[str, str]]:
+    """The world's classes that share exactly one of colour and shape with ``colour shape``: the visually close
+    classes an image-variation model may drift to."""
+    return [(c, s) for c, s in world.classes if (c == colour) != (s == shape)]
+
+
+def render_variation(
+    world: World, style: str, classname: str, relpath: str, view: int, wrong_class_rate: float = 0.0
+) -> tuple[Image.Image, str]:
+    """An *idealised image-variation model* of the pocket world: view ``view`` of the image ``relpath`` of class
+    ``classname``, re-drawn with fresh nuisance factors (pose, position, size, colour jitter, background and its
+    texture) in the dataset's ``style``, from a generator seeded by (world seed, style, relpath, view). With
+    probability ``wrong_class_rate`` the object is replaced by a visually close class (:func:`close_classes`), as a
+    diffusion model's variation sometimes drifts. Returns the image and the class actually drawn.
+
+    It reads the image's rendering record (its class), which a real image-variation model never sees: the content
+    of every other view is kept exactly, an upper bound on what Stable Diffusion's variations keep."""
+    if not 0.0 <= wrong_class_rate <= 1.0:
+        raise ValueError(f"wrong_class_rate must be in [0, 1], got {wrong_class_rate}")
+    colour, shape = classname.split(" ", 1)
+    rng = _rng(world.seed, style, "variation", relpath, view)
+    if rng.random() < wrong_class_rate:
+        near = close_classes(world, colour, shape)
+        colour, shape = near[int(rng.integers(len(near)))]
+    if world.version == 1:
+        img = render(colour, shape, style, rng, world.image_size)
+    else:
+        texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
+        quadrant = int(rng.integers(len(QUADRANTS))) if world.spurious == "position" else None
+        img = render(colour, shape, style, rng, world.image_size, version=2, texture=texture, quadrant=quadrant)
+    return img, f"{colour} {shape}"

@@ -37,6 +37,8 @@ FEATURES = "{results}/features/{backbone}/{dkey}"  # test.npy/.json, val.npy/.js
 # per few-shot subset: <stem>.train.npy/.json (V augmented views), .plain (un-augmented), .val (its val images)
 FEWSHOT_FEATURES = FEATURES + "/{views}/shot{shots}_seed{seed}"
 TEST_VIEWS = FEATURES + "/test_views{views}_crop{crop}"  # .npy (V, N, D) and .json: V views of every test image
+# .npy (G, N, D) and .json: G views of every test image drawn by a generator (DiffTPT's image variations)
+TEST_GENERATED = FEATURES + "/test_generated{views}_{generator}"
 RUN = "{results}/{experiment}/runs/{dataset}/{method}/{shots}shot/seed{seed}"
 MULTITASK = "{results}/{experiment}/multitask/{method}/{shots}shot/seed{seed}"  # model.pt (the prompt), metrics.json
 MULTITASK_FILES = ("metrics.json", "model.pt")
@@ -222,6 +224,33 @@ def test_views_stem(cfg: dict, dataset: str, method: str, shots: int | str, trai
     )
 
 
+def generator_key(wrong_class_rate: float) -> str:
+    """The name of the pocket renderer as an image-variation model with this rate of wrong-class views."""
+    return f"pocketvar-p{wrong_class_rate:g}"
+
+
+def generated_views_stem(
+    cfg: dict, dataset: str, method: str, shots: int | str, trained_on: str | None = None
+) -> Path | None:
+    """Stem of the generated test views a ``reads_test_views`` method reads besides its augmented ones (its
+    Config's ``generated_views`` and ``wrong_class_rate``); None when it reads none."""
+    from vlprompt.experiment.config import method_settings
+    from vlprompt.methods import get_method
+
+    mcfg = get_method(method).make_config(method_settings(cfg, method, trained_on or dataset, int(shots)))
+    if not getattr(mcfg, "generated_views", 0):
+        return None
+    return Path(
+        TEST_GENERATED.format(
+            results=cfg["results_root"],
+            backbone=backbone_key(cfg),
+            dkey=dataset_key(cfg, dataset),
+            views=mcfg.generated_views,
+            generator=generator_key(mcfg.wrong_class_rate),
+        )
+    )
+
+
 def multitask_dir(cfg: dict, method: str, shots: int | str, seed: int | str) -> Path:
     return Path(
         MULTITASK.format(
@@ -261,6 +290,9 @@ def declared_inputs(
     if cls.reads_test_views:
         stem = test_views_stem(cfg, dataset, method, shots, trained_on)
         paths += [Path(f"{stem}.npy"), Path(f"{stem}.json")]
+        generated = generated_views_stem(cfg, dataset, method, shots, trained_on)
+        if generated is not None:
+            paths += [Path(f"{generated}.npy"), Path(f"{generated}.json")]
     if cls.reads_multitask_prompt and int(shots) > 0 and seed is not None:
         mcfg = cls.make_config(method_settings(cfg, method, dataset, int(shots)))
         for stage_seed in cls.multitask_seeds(mcfg, int(seed)):
@@ -527,6 +559,8 @@ __all__ = [
     "dataset_keys",
     "fewshot_layer_statistics",
     "fewshot_layer_statistics_files",
+    "generated_views_stem",
+    "generator_key",
     "group_inputs",
     "group_runs",
     "layer_statistics_dir",

@@ -62,6 +62,7 @@ class Request:
     history: tuple[tuple[str, float], ...] = ()
     form: str = "{}"
     slot: str = "{}"
+    system: str = ""  # a system message sent before the meta-prompt (GLOV's); recorded in the trace when set
 
 
 class Proposer:
@@ -175,6 +176,8 @@ class TraceWriter:
             "sampling": self.sampling.as_dict(),
             "responses": list(responses),
         }
+        if request.system:
+            rec["system"] = request.system
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
 
@@ -295,7 +298,8 @@ class LiveProposer(Proposer):
         for _ in range(request.n):
             reply = self.client.chat.completions.create(
                 model=self.sampling.model,
-                messages=[{"role": "user", "content": request.meta_prompt}],
+                messages=[{"role": "system", "content": request.system}] * bool(request.system)
+                + [{"role": "user", "content": request.meta_prompt}],
                 temperature=self.sampling.temperature,
                 max_tokens=self.sampling.max_tokens,
             )

@@ -90,6 +90,10 @@ class TPT(CoOp):
         prompts = torch.cat([pl.prompts(c) for c in ctx])  # (B·C, L, width)
         return normalize(pl.encoder(prompts, pl.eot.repeat(len(ctx)))).view(len(ctx), len(pl.eot), -1)
 
+    def select_views(self, logits: torch.Tensor) -> torch.Tensor:
+        """Indices (B, m) of the views whose mean entropy is minimised; logits (B, V, C) at the initial context."""
+        return select_confident(logits, self.config.selection)
+
     def tune_and_predict(self, views: torch.Tensor) -> torch.Tensor:
         """Logits (B, C) of the original views after tuning a copy of the initial context per image; views (B, V, D)."""
         c = self.config
@@ -102,7 +106,7 @@ class TPT(CoOp):
             for _ in range(c.tta_steps):
                 logits = self.logit_scale * torch.einsum("bvd,bcd->bvc", x, self.batch_text_features(ctx))
                 if keep is None:  # chosen once, at the initial context (as the reference)
-                    keep = select_confident(logits.detach(), c.selection)
+                    keep = self.select_views(logits.detach())
                 chosen = logits.gather(1, keep.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))  # (B, m, C)
                 opt.zero_grad(set_to_none=True)
                 average_entropy(chosen).sum().backward()  # image b's loss reaches only ctx[b]

@@ -139,9 +139,13 @@ def with_layer_statistics(features: torch.Tensor, folder, name: str, relpaths: l
 def test_view_features(
     cfg: dict, dataset: str, method: str, shots: int, rows: list, trained_on: str | None = None
 ) -> torch.Tensor:
-    """(N, V, D) features of the test images ``rows`` in V views (view 0 the original), for ``reads_test_views``."""
+    """(N, V, D) features of the test images ``rows`` in V views (view 0 the original; the generated views, if the
+    method reads any, after the augmented ones), for ``reads_test_views``."""
     stem = grid.test_views_stem(cfg, dataset, method, shots, trained_on)
     views = FeatureBank(stem.parent).take(stem.name, [r[0] for r in rows])  # (V, N, D)
+    generated = grid.generated_views_stem(cfg, dataset, method, shots, trained_on)
+    if generated is not None:  # then the G generated views: (V + G, N, D)
+        views = torch.cat([views, FeatureBank(generated.parent).take(generated.name, [r[0] for r in rows])])
     return views.transpose(0, 1).contiguous()
 
 
