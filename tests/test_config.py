@@ -136,3 +136,69 @@ def test_backbone_key_of_a_weights_file_hashes_it_once_and_follows_its_content(t
     second = config.backbone_key(cfg)
     assert second == f"ViT-B-16__my_clip-{hashlib.sha256(b'weights two').hexdigest()[:8]}__quickgelu"
     assert len(calls) == 2
+
+
+def test_a_job_reading_the_plans_config_skips_only_the_names_the_plan_checked(tmp_path):
+    """A job's config ($VLPROMPT_CONFIG) is the file the plan pinned after validating it: its names (methods,
+    datasets, overrides: a check that imports every method, hence torch) are not checked again; any other file,
+    or a pinned one whose content changed, is checked in full."""
+    import json
+
+    from vlprompt.experiment.config import written_by_the_plan
+    from vlprompt.pipeline.workflow import resolve_config
+
+    cfg = base()
+    cfg["results_root"] = str(tmp_path)
+    _, pinned = resolve_config(cfg)
+    pinned = tmp_path / "pocket" / "configs" / pinned.rsplit("/", 1)[-1]
+    assert written_by_the_plan(pinned, json.loads(pinned.read_text()))
+    assert load_config(pinned, planned=True) == load_config(pinned)
+    # a file named like a pinned config whose content is not its name's: a hand edit, checked in full
+    bad = json.loads(pinned.read_text())
+    bad["methods"] = ["coopp"]
+    edited = pinned.with_name("0" * 12 + ".json")
+    edited.write_text(json.dumps(bad))
+    assert not written_by_the_plan(edited, bad)
+    with pytest.raises(ConfigError, match="unknown method 'coopp'"):
+        load_config(edited, planned=True)
+    # the same content under its own hash passes as the plan's (the plan would have refused it); not planned,
+    # or not in a configs/ folder, it is checked
+    from vlprompt.io import config_hash
+
+    named = pinned.with_name(config_hash(bad) + ".json")
+    named.write_text(json.dumps(bad))
+    assert load_config(named, planned=True)["methods"] == ["coopp"]
+    with pytest.raises(ConfigError, match="unknown method 'coopp'"):
+        load_config(named)
+    elsewhere = tmp_path / named.name
+    elsewhere.write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match="unknown method 'coopp'"):
+        load_config(elsewhere, planned=True)
+    # the schema is still checked
+    bad["featurs"] = {}
+    schema = pinned.with_name(config_hash(bad) + ".json")
+    schema.write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match="featurs"):
+        load_config(schema, planned=True)
+
+
+def test_a_job_that_trains_nothing_starts_without_torch(tmp_path):
+    """`vlprompt prepare` as a job runs it (the config from $VLPROMPT_CONFIG, the plan's pinned file) imports
+    neither torch nor open_clip (given with --config, the same file is checked in full: the test above)."""
+    import os
+    import subprocess
+    import sys
+
+    from vlprompt.pipeline.workflow import CONFIG_ENV, resolve_config
+
+    cfg = yaml.safe_load(open("tests/configs/pocket_tiny.yaml"))
+    cfg["results_root"], cfg["data_root"] = str(tmp_path / "results"), str(tmp_path / "data")
+    _, pinned = resolve_config(cfg)
+    code = (
+        "import sys; from vlprompt.cli import main; rc = main(sys.argv[1:]); "
+        "print(rc, 'torch' in sys.modules, 'open_clip' in sys.modules)"
+    )
+    args = ["prepare", "--dataset", "pocket_dark", "--quiet"]
+    env = {**os.environ, CONFIG_ENV: pinned, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
+    assert out.stdout.split()[-3:] == ["0", "False", "False"], out.stdout + out.stderr

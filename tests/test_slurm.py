@@ -2,19 +2,23 @@
 docs/dvc_and_slurm.md (tests/doc_commands.py reads them).
 
 scripts/slurm/start_local_cluster.sh starts the cluster (Debian's slurm-wlm and munge, as root; `make
-system-deps` installs them): one node with this machine's CPUs (2 here), no accounting database, and one
-placeholder GPU or (`--gpus 0`) none. In a clone of the repository whose config is a reduced pocket config
+system-deps` installs them): one node, no accounting database, and one placeholder GPU or (`--gpus 0`) none.
+With the GPU the node is this machine (2 CPUs here), as the docs start it; without, it is declared larger
+(`--cpus 8 --mem-mb 65536`: NODE), so that the jobs a step of the DAG submits together run side by side
+instead of one after the other (each extraction job asks for 4 CPUs and 16 GB, a group job for 2 CPUs: the
+whole of a 2-CPU node). In a clone of the repository whose config is a reduced pocket config
 plus vpt_deep (a method with the image encoder in the loop), the docs' commands run as a user runs them:
 `cluster-check`, then `snakemake --profile workflow/profiles/slurm $(... cluster-check --flags)`, then `dvc
 repro`. Only flags that make the run observable and quicker are added to the snakemake line
 (TEST_FLAGS: keep SLURM's logs, print the sbatch calls, first status check after 3 s).
 
 Checked, with and without the GPU: cluster-check finds what does not fit (job states with sacct, the
-account, the GPU where there is none, 4 CPUs on a 2-CPU node); every job goes through sbatch (the per-job
-SLURM logs and the controller's allocations); each sbatch call asks for what cluster-check predicted (GPU jobs
-for one GPU where there is one, none where there is not; group jobs no larger than the node); summary.csv
-equals a local run's; `git status` is clean after the run; after the run with the GPU (once: the same DAG and
-files) `snakemake -n` and `dvc repro` run nothing and `git status` shows only dvc.lock. Without a cluster, dry
+account, the GPU where there is none, 4 CPUs on the 2-CPU node, none on the 8-CPU one); every job goes through
+sbatch (the per-job SLURM logs and the controller's allocations); each sbatch call asks for what cluster-check
+predicted (GPU jobs for one GPU where there is one, none where there is not; group jobs no larger than the
+node); summary.csv equals a local run's; on the larger node jobs ran side by side; `git status` is clean after
+the run; after the run with the GPU (once: the same DAG and files) `snakemake -n` and `dvc repro` run nothing
+and `git status` shows only dvc.lock. Without a cluster, dry
 runs through the profile check which jobs ask for a GPU, that only CPU jobs are grouped, and that a
 --set-resources on the command line changes one value and keeps the others.
 """
@@ -51,6 +55,15 @@ ENV = {
 ENV.pop("SNAKEMAKE_PROFILE", None)
 TEST_FLAGS = "--slurm-keep-successful-logs --verbose --slurm-init-seconds-before-status-checks 3"
 GPU_RULES = {"extract_test", "extract_fewshot", "train_images"}
+# the node of each mode: with the GPU, this machine (start_local_cluster.sh as the docs run it); without, one
+# declared larger than the machine, where the two extraction jobs (4 CPUs and 16 GB each), then the training
+# group and the image method's job, run at once (they share the machine's real CPUs)
+NODE = {"gpu": None, "cpu": {"cpus": 8, "mem_mb": 65536}}
+
+
+def node_cpus(mode: str) -> int:
+    """The CPUs of the node in ``mode``: NODE's, else this machine's (getconf, as start_local_cluster.sh)."""
+    return NODE[mode]["cpus"] if NODE[mode] else os.sysconf("SC_NPROCESSORS_ONLN")
 
 
 def planned_jobs(log: str) -> list[dict]:
@@ -269,25 +282,28 @@ def runs(tmp_path_factory):
     local = tmp / "local"
     (local / "config").mkdir(parents=True)
     results = {}
+    local_run = None
     try:
         for mode, start in (("cpu", start_cpu), ("gpu", start_gpu)):
+            if NODE[mode]:
+                start += f" --cpus {NODE[mode]['cpus']} --mem-mb {NODE[mode]['mem_mb']}"
             proc = shell(start, REPO)
             if proc.returncode in (2, 3):  # prerequisites missing / a real cluster's config, left alone
                 pytest.skip(f"SLURM test: cannot start a local cluster here: {proc.stderr.strip()}")
             assert proc.returncode == 0, f"{start} failed:\n{proc.stdout}\n{proc.stderr}"
             work = clone_with_tiny_config(tmp / mode)
             offset = CONTROLLER_LOG.stat().st_size if CONTROLLER_LOG.exists() else 0
-            local_run = None
-            if mode == "cpu":  # the cluster run mostly waits on the scheduler: the local reference run goes meanwhile
+            if mode == "cpu":  # the cluster runs mostly wait on the scheduler: the local reference run goes beside both
                 shutil.copy(work / "config" / "config.yaml", local / "config" / "config.yaml")
-                local_run = subprocess.Popen(
-                    SNAKEMAKE
-                    + ["-d", str(local), "--profile", str(REPO / "workflow/profiles/local"), "--cores", "1", "--quiet"],
-                    env=ENV,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
+                with open(tmp / "local.log", "w") as log:
+                    local_run = subprocess.Popen(
+                        SNAKEMAKE
+                        + ["-d", str(local), "--profile", str(REPO / "workflow/profiles/local"), "--cores", "1"]
+                        + ["--quiet"],
+                        env=ENV,
+                        stdout=subprocess.DEVNULL,
+                        stderr=log,
+                    )
             # dvc repro and the dry run afterwards read only the files of the run: once, after the run with the
             # GPU (the same DAG and files as without; which node ran the jobs changes nothing there)
             results[mode] = run_the_docs_commands(work, afterwards=mode == "gpu")
@@ -295,13 +311,15 @@ def runs(tmp_path_factory):
             results[mode]["controller"] = (
                 CONTROLLER_LOG.read_text(errors="replace")[offset:] if CONTROLLER_LOG.exists() else ""
             )
-            if local_run is not None:
-                assert local_run.wait(timeout=900) == 0, local_run.stderr.read()[-4000:]
         # with a user's own --set-resources given to cluster-check: its flags carry it, with the fixes
         results["extended"] = shell(
             f"{commands('running')[1]} --flags -- --set-resources train_images:runtime=240", results["gpu"]["work"]
         )
+        assert local_run is not None and local_run.wait(timeout=900) == 0, (tmp / "local.log").read_text()[-4000:]
     finally:
+        if local_run is not None and local_run.poll() is None:  # the fixture failed before the reference run ended
+            local_run.kill()
+            local_run.wait()
         results["stopped"] = shell(stop, REPO)
     results["local"] = local
     return results
@@ -315,9 +333,10 @@ def test_cluster_check_names_what_does_not_fit_and_the_fix(runs, mode):
     text = check.stdout
     assert "accounting storage is disabled" in text and "fix: --slurm-status-command squeue" in text, text
     assert "note: account: no accounting database" in text
-    for rule in GPU_RULES:  # 4 CPUs on a 2-CPU node (getconf: this machine's CPUs, the node's)
-        cpus = os.cpu_count()
-        assert (f"fix: {rule}:cpus_per_task={cpus}" in text) == (cpus < 4), text
+    for rule in GPU_RULES:  # 4 CPUs on a 2-CPU node: too many; on the 8-CPU node: fine
+        cpus = node_cpus(mode)
+        assert (f"fix: {rule}:cpus_per_task=" in text) == (cpus < 4), text
+        assert cpus >= 4 or f"fix: {rule}:cpus_per_task={cpus}" in text, text
         assert (f"fix: {rule}:gpu=0" in text) == (mode == "cpu"), text
 
 
@@ -326,8 +345,8 @@ def test_cluster_check_flags_extend_the_users_own(runs):
     flags = runs["extended"].stdout.split()
     entries = flags[flags.index("--set-resources") + 1 :]
     assert "train_images:runtime=240" in entries and "--slurm-status-command" in flags, flags
-    if os.cpu_count() < 4:
-        assert "train_images:cpus_per_task=" + str(os.cpu_count()) in entries, flags
+    if node_cpus("gpu") < 4:  # the last cluster started: the GPU mode's
+        assert "train_images:cpus_per_task=" + str(node_cpus("gpu")) in entries, flags
 
 
 @pytest.mark.slow
@@ -377,16 +396,31 @@ def test_each_job_asked_for_what_cluster_check_predicted(runs, mode):
     for r in report.after:
         kind = f"group_{r.group}" if r.group else f"rule_{r.kind}"
         predicted[kind] = {"cpus": r.cpus, "mem_mb": r.mem_mb, "minutes": r.minutes, "gpus": r.gpus}
-    node_cpus = os.cpu_count()
+    cpus = node_cpus(mode)
     for call in calls:
         # a rule's directory is rule_<rule>, a group's group_<name>_<its rules>
         kind = next(
             k for k in predicted if call["kind"] == k or k.startswith("group_") and call["kind"].startswith(k + "_")
         )
         assert {k: call[k] for k in ("cpus", "mem_mb", "minutes", "gpus")} == predicted[kind], call
-        assert call["cpus"] <= node_cpus  # fits the node: groups run at most `cores` members side by side
+        assert call["cpus"] <= cpus  # fits the node: groups run at most `cores` members side by side
         rule = call["kind"].removeprefix("rule_")
         assert call["gpus"] == (1 if mode == "gpu" and rule in GPU_RULES else 0), call
+
+
+@pytest.mark.slow
+def test_jobs_ran_side_by_side_on_the_larger_node(runs):
+    """On the node declared larger than the machine (start_local_cluster.sh --cpus --mem-mb), the controller
+    ran jobs at the same time: the two extraction jobs the data job's end releases (4 CPUs and 16 GB each)."""
+    events = re.findall(r"(?:Allocate|Started) JobId=(\d+) |_job_complete: JobId=(\d+) done", runs["cpu"]["controller"])
+    running, most = set(), 0
+    for started, done in events:
+        if started:
+            running.add(started)
+        else:
+            running.discard(done)
+        most = max(most, len(running))
+    assert most >= 2, runs["cpu"]["controller"][-3000:]
 
 
 @pytest.mark.slow

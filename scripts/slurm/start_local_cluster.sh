@@ -6,7 +6,13 @@
 #
 #   sudo scripts/slurm/start_local_cluster.sh             # idempotent: a running, healthy cluster is left alone
 #   sudo scripts/slurm/start_local_cluster.sh --gpus 0    # a CPU-only cluster (restarts one with a GPU)
+#   sudo scripts/slurm/start_local_cluster.sh --cpus 8 --mem-mb 65536   # a node larger than this machine
 #   sudo scripts/slurm/stop_local_cluster.sh
+#
+# --cpus and --mem-mb give the node more CPUs or memory than this machine has (slurmd is told to trust the
+# config: SlurmdParameters=config_overrides), so that several jobs that each ask for more than a small machine
+# has run side by side (they share its real CPUs and memory): to see a profile's jobs run at once, as on a
+# larger node. Without them the node is this machine.
 #
 # Exit status: 0 when the cluster answers (sinfo shows the node idle), 2 when it cannot be started
 # here (not root, slurm-wlm or munge missing), 3 when /etc/slurm/slurm.conf belongs to a real cluster
@@ -21,15 +27,23 @@ LOGS=/var/log/slurm
 
 die() { echo "start_local_cluster: $2" >&2; exit "$1"; }
 
-gpus=1
+gpus=1; node_cpus=""; node_mem_mb=""
+usage="usage: start_local_cluster.sh [--gpus 0|1] [--cpus N] [--mem-mb N]"
 while [ $# -gt 0 ]; do
   case "$1" in
     --gpus) [ $# -ge 2 ] || die 1 "--gpus needs 0 or 1"; gpus=$2; shift 2 ;;
     --gpus=*) gpus=${1#--gpus=}; shift ;;
-    *) die 1 "unknown argument '$1' (usage: start_local_cluster.sh [--gpus 0|1])" ;;
+    --cpus) [ $# -ge 2 ] || die 1 "--cpus needs a number of CPUs"; node_cpus=$2; shift 2 ;;
+    --cpus=*) node_cpus=${1#--cpus=}; shift ;;
+    --mem-mb) [ $# -ge 2 ] || die 1 "--mem-mb needs a number of MB"; node_mem_mb=$2; shift 2 ;;
+    --mem-mb=*) node_mem_mb=${1#--mem-mb=}; shift ;;
+    *) die 1 "unknown argument '$1' ($usage)" ;;
   esac
 done
 case "$gpus" in 0|1) ;; *) die 1 "--gpus takes 0 (a CPU-only cluster) or 1 (one placeholder GPU), not '$gpus'" ;; esac
+for value in "$node_cpus" "$node_mem_mb"; do
+  case "$value" in ""|[1-9]|[1-9][0-9]*) ;; *) die 1 "--cpus and --mem-mb take a positive whole number, not '$value'" ;; esac
+done
 
 [ "$(id -u)" = 0 ] || die 2 "needs root (it writes $CONF and starts munged, slurmctld, slurmd)"
 for exe in munged slurmctld slurmd sbatch squeue sinfo scontrol; do
@@ -63,6 +77,10 @@ if [ -e "$CONF" ] && ! grep -qF "$MARK" "$CONF"; then
 fi
 cpus=$(getconf _NPROCESSORS_ONLN)  # not nproc: it follows OMP_NUM_THREADS
 mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 512 ))
+overrides=""  # a node larger than the machine: slurmd takes the config's CPUs and memory instead of the machine's
+if [ -n "$node_cpus$node_mem_mb" ]; then
+  cpus=${node_cpus:-$cpus}; mem_mb=${node_mem_mb:-$mem_mb}; overrides=$'\nSlurmdParameters=config_overrides'
+fi
 mkdir -p "$STATE/ctld" "$STATE/d" "$LOGS"
 node_gres=""; gres_conf="$MARK"
 if [ "$gpus" = 1 ]; then  # a placeholder: a job asking for a GPU is scheduled and runs on the CPU
@@ -88,7 +106,7 @@ JobCompType=jobcomp/none
 # finished jobs stay visible to squeue for 5 minutes (the executor's squeue status checks need them)
 MinJobAge=300
 ReturnToService=2
-SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0$overrides
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/d
 SlurmctldPidFile=/run/slurmctld.pid

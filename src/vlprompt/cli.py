@@ -27,7 +27,7 @@ def _cfg(args):
             f"no config: pass --config <file> (a YAML config or an experiment's resolved "
             f"results/<experiment>/config.json), or run through snakemake, which sets ${CONFIG_ENV}"
         )
-    cfg = load_config(path)
+    cfg = load_config(path, planned=not args.config)  # $VLPROMPT_CONFIG: the plan's, names checked there
     from vlprompt.io import register_folder_keys
 
     register_folder_keys(  # a full disk's error names the key that moves the folder

@@ -64,10 +64,12 @@ def user_dataset_problems(cfg: dict) -> list[str]:
     return lines
 
 
-def validate(cfg: dict[str, Any], check_names: bool = True) -> dict[str, Any]:
+def validate(cfg: dict[str, Any], check_names: bool = True, names_checked: bool = False) -> dict[str, Any]:
     """Return a copy of ``cfg`` with defaults filled in, or raise :class:`ConfigError` with one line per problem
     (:mod:`vlprompt.experiment.checks`: the schema, then, with ``check_names``, the user datasets and the
-    registries' names; the config's user datasets are then registered for lookups by name)."""
+    registries' names; the config's user datasets are then registered for lookups by name). ``names_checked``:
+    the registries' names (methods, datasets, method overrides) were checked already, by the plan that wrote
+    this config (:func:`load_config`'s ``planned``); the user datasets are checked and registered all the same."""
     from vlprompt.data.registry import use_config
     from vlprompt.experiment.checks import name_problems, schema_problems
 
@@ -80,13 +82,26 @@ def validate(cfg: dict[str, Any], check_names: bool = True) -> dict[str, Any]:
         if problems:
             raise ConfigError("\n".join(problems))
         use_config(cfg)
-        problems = name_problems(cfg)
+        problems = [] if names_checked else name_problems(cfg)
         if problems:
             raise ConfigError("\n".join(problems))
     return cfg
 
 
-def load_config(path: str | Path, check_names: bool = True) -> dict[str, Any]:
+def written_by_the_plan(path: Path, cfg: Any) -> bool:
+    """Whether ``path`` is a config the plan resolved and pinned (``configs/<hash>.json``, written by
+    :func:`vlprompt.pipeline.workflow.resolve_config` after :func:`validate` passed): its name is its content's
+    hash."""
+    return path.suffix == ".json" and path.parent.name == "configs" and path.stem == config_hash(cfg)
+
+
+def load_config(path: str | Path, check_names: bool = True, planned: bool = False) -> dict[str, Any]:
+    """The config in ``path`` (YAML, or an experiment's resolved JSON), validated (:func:`validate`).
+
+    ``planned``: the config a job of a running pipeline reads (``$VLPROMPT_CONFIG``). When the file is the one
+    the plan pinned (:func:`written_by_the_plan`), the plan checked its names with this same code, and they are
+    not checked again: that check imports every method (torch, open_clip), seconds of each job's start-up that
+    jobs which train nothing (prepare, split, aggregate) need not pay. Any other file is checked in full."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -95,7 +110,7 @@ def load_config(path: str | Path, check_names: bool = True) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ConfigError(f"config file {path} must hold a mapping, got {type(cfg).__name__}")
     try:
-        return validate(cfg, check_names=check_names)
+        return validate(cfg, check_names=check_names, names_checked=planned and written_by_the_plan(path, cfg))
     except ConfigError as err:
         raise ConfigError("\n".join(f"{path}: {line}" for line in str(err).split("\n"))) from None
 
