@@ -176,6 +176,22 @@ class Method(nn.Module):
         self.new_classnames_given = len(ctx.unseen_classnames or [])  # recorded by every run (0: none)
 
     @classmethod
+    def name_prompt_tokens(cls, config: Any, count: Callable[[str], int]) -> int | None:
+        """The fewest tokens besides the class name in a prompt this method writes a class name into, SOS and EOS
+        included (``count(text)``: the tokens of ``text`` alone); None when class names enter no prompt.
+
+        The plan and the job's start check every class name against it (:func:`vlprompt.experiment.checks.
+        class_name_problems`), so a name too long for the text encoder's context is one line before any work; the
+        prompts themselves check exactly when they are built (``PromptLearner``, ``PatternPrompts``,
+        ``text_classifier``). The default: the learnable text context (``n_ctx_text`` or ``n_ctx`` tokens, or
+        ``ctx_init``'s words), else only SOS and EOS."""
+        n = getattr(config, "n_ctx_text", getattr(config, "n_ctx", 0)) or 0
+        init = getattr(config, "ctx_init", None)
+        if init and n:
+            n = min(int(n), count(init))
+        return 2 + int(n)
+
+    @classmethod
     def make_config(cls, overrides: dict | None = None):
         overrides = dict(overrides or {})
         fields = {f.name for f in dataclasses.fields(cls.Config)}
