@@ -264,7 +264,12 @@ def text_tokenizer(model: str):
         light = bpe_tokenizer(model)
         if light is not None:
             return light
-    return open_clip().get_tokenizer(model)
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)  # open_clip logs each step of finding a tokenizer: not the plan's news
+    try:
+        return open_clip().get_tokenizer(model)
+    finally:
+        logging.disable(previous)
 
 
 def bpe_tokenizer(model: str):

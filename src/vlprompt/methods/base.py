@@ -219,15 +219,16 @@ class Method(nn.Module):
                 return value
             if isinstance(value, str) and value.lower() in ("true", "false"):
                 return value.lower() == "true"
-        elif kind in (int, float) and not isinstance(value, bool):
+        elif kind in (int, float):  # true/false is no number here, although Python's bool is an int
             number = value
             if isinstance(value, str):
                 try:
                     number = float(value)
                 except ValueError:
                     pass
-            if isinstance(number, (int, float)) and (kind is float or float(number).is_integer()):
-                return kind(number)
+            if isinstance(number, (int, float)) and not isinstance(number, bool):
+                if kind is float or float(number).is_integer():
+                    return kind(number)
         elif kind is tuple and isinstance(value, (list, tuple)):
             return tuple(value)
         else:
