@@ -227,3 +227,36 @@ def test_a_prepared_real_split_is_checked_against_the_shots(tmp_path, capsys, mo
         "DTD: class 'banded' (label 0) has only 5 train images, fewer than the 8 shots requested; lower `shots` or "
         "set `fewshot.allow_fewer: true` to keep all of them as Dassl does"
     ]
+
+
+def _registered():
+    from vlprompt.methods import list_methods
+
+    return list_methods()
+
+
+@pytest.mark.parametrize("method", _registered())
+def test_every_methods_hyperparameters_are_one_line_each(method):
+    """A typo, a word for a number and YAML's true for a number, in every registered method's block: one line
+    each, naming the method, the hyperparameter and what it must be (the newest methods' Config fields too)."""
+    import dataclasses
+
+    from vlprompt.experiment.overrides import method_override_problems
+    from vlprompt.experiment.schema import fill_defaults
+    from vlprompt.methods import get_method
+
+    fields = dataclasses.fields(get_method(method).Config)
+    numbers = [f for f in fields if type(f.default) in (int, float)]
+    first = fields[0].name
+    blocks = {"typo": {first + "x": 1}}
+    if numbers:
+        blocks |= {"word": {numbers[0].name: "many"}, "yes": {numbers[-1].name: True}}
+    for case, block in blocks.items():
+        cfg = fill_defaults(config(Path("/nonexistent"), methods=[method], method_overrides={method: block}))
+        lines = method_override_problems(cfg)
+        assert len(lines) == 1 and "\n" not in lines[0], (case, lines)
+        assert lines[0].startswith(f"method_overrides.{method}: "), lines
+        if case == "typo":
+            assert f"unknown hyperparameter(s) ['{first}x']" in lines[0] and f"did you mean '{first}'?" in lines[0]
+        else:
+            assert "must be of type" in lines[0] and ("'many'" in lines[0] or "got True" in lines[0]), lines

@@ -91,6 +91,11 @@ def test_make_config_types_overrides_like_the_preset():
         coop.make_config({"epochs": 2.5})
     with pytest.raises(MethodError, match="'mi_symmetric' must be of type bool"):
         get_method("dvmi").make_config({"mi_symmetric": 1})
+    # YAML's true is no number of epochs, nor a learning rate (Python's bool is an int)
+    with pytest.raises(MethodError, match="'epochs' must be of type int.*got True"):
+        coop.make_config({"epochs": True})
+    with pytest.raises(MethodError, match="'lr' must be of type float.*got False"):
+        coop.make_config({"lr": False})
 
 
 def test_presets_follow_the_reference_configs():

@@ -118,7 +118,7 @@ def test_pattern_prompts_reject_bad_patterns(pocket_random_backbone):
         PatternPrompts(enc, b.tokenizer, NAMES, "{ctx} photo", {"ctx": 2}, {"ctx": 0.02})
     with pytest.raises(ValueError, match="has 2 tokens but"):
         PatternPrompts(enc, b.tokenizer, NAMES, "{ctx} {}.", {"ctx": 2}, {"ctx": "a photo of"})
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="tokens but the text encoder holds 20"):
         PatternPrompts(enc, b.tokenizer, NAMES, "{ctx} {}.", {"ctx": 17}, {"ctx": 0.02})
 
 

@@ -751,6 +751,7 @@ EXPECTED_ERRORS = {
     "vlprompt.data.splits": ("SplitError",),
     "vlprompt.methods.base": ("MethodError",),
     "vlprompt.clip.backbone": ("BackboneError",),
+    "vlprompt.clip.prompting": ("PromptFitError",),
     "vlprompt.data.download": ("DownloadError",),
     "vlprompt.io": ("CorruptArtefactError", "NoSpaceError"),
 }

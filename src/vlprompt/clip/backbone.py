@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from functools import lru_cache
@@ -220,6 +221,74 @@ def _check_request(oc, name: str, pretrained: str | None, cache_dir: str | None)
             f"it), or set backbone.pretrained to a local weights file."
         )
     return "tag"
+
+
+def _open_clip_dir() -> Path | None:
+    """open_clip's package folder, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@lru_cache(maxsize=8)
+def _model_config_file(model: str) -> dict | None:
+    """The open_clip model config of ``model`` read from its file (ours, then open_clip's), or None."""
+    import json
+
+    package = _open_clip_dir()
+    for folder in [MODEL_CONFIG_DIR, *([package / "model_configs"] if package else [])]:
+        file = folder / f"{model}.json"
+        if file.is_file():
+            return json.loads(file.read_text())
+    return None
+
+
+def text_context_length(model: str) -> int:
+    """The text encoder's context in tokens of the open_clip model ``model``, read from its config file (the plan
+    asks before any weights are loaded, and without importing open_clip when the file is found)."""
+    config = _model_config_file(model)
+    if config is None:
+        config = open_clip().get_model_config(model) or {}
+    return int(config.get("text_cfg", {}).get("context_length", 77))
+
+
+@lru_cache(maxsize=8)
+def text_tokenizer(model: str):
+    """The tokenizer of the open_clip model ``model``, no weights loaded. CLIP's BPE tokenizer (what
+    ``open_clip.get_tokenizer`` builds for a model whose config names no other) is built from open_clip's
+    ``tokenizer`` module alone: importing the whole of open_clip costs the plan seconds."""
+    if "open_clip" not in sys.modules:
+        light = bpe_tokenizer(model)
+        if light is not None:
+            return light
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)  # open_clip logs each step of finding a tokenizer: not the plan's news
+    try:
+        return open_clip().get_tokenizer(model)
+    finally:
+        logging.disable(previous)
+
+
+def bpe_tokenizer(model: str):
+    """open_clip's ``SimpleTokenizer`` for ``model`` from its ``tokenizer`` module alone, or None when the model's
+    config names another tokenizer (Hugging Face's, SigLIP's) or open_clip is not found."""
+    import importlib.util
+
+    config, package = _model_config_file(model), _open_clip_dir()
+    text = (config or {}).get("text_cfg", {})
+    if config is None or package is None or "siglip" in model.lower():
+        return None
+    if text.get("hf_tokenizer_name") or text.get("tokenizer_kwargs"):
+        return None
+    spec = importlib.util.spec_from_file_location("_vlprompt_clip_bpe", package / "tokenizer.py")
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SimpleTokenizer(context_length=int(text.get("context_length", 77)))
 
 
 def load_backbone(

@@ -46,6 +46,7 @@ def class_prompts(template: str, classnames: Sequence[str]) -> list[str]:
 def text_classifier(backbone: Backbone, templates: Sequence[str], classnames: Sequence[str]) -> torch.Tensor:
     """(C, D) L2-normalised hand-crafted classifier: the prompts' features for one template, the normalised
     mean of the normalised features over several (CLIP's prompt ensemble, as Tip-Adapter's ``clip_classifier``)."""
+    check_prompts_fit(backbone.tokenizer, [(t.format(prompt_name(c)), c) for c in classnames for t in templates])
     if len(templates) == 1:
         return encode_prompts(backbone, class_prompts(templates[0], classnames))
     feats = encode_prompts(backbone, [t.format(prompt_name(c)) for c in classnames for t in templates])
@@ -164,11 +165,9 @@ class PromptLearner(nn.Module):
         self.name_lens = (name_tokens.argmax(-1) - 1).tolist()  # tokens per class name
         length, eot = tokens.shape[1], tokens.argmax(-1)
         for i, n in enumerate(self.name_lens):
-            if int(eot[i]) >= length - 1:
-                raise ValueError(
-                    f"the prompt for class {classnames[i]!r} ({self.n_ctx} context tokens + "
-                    f"{n} name tokens) does not fit the text encoder's {length} tokens"
-                )
+            needed = prompt_length(self.tokenizer, f"{placeholder} {names[i]}.") if int(eot[i]) >= length - 1 else 0
+            if needed > length:
+                raise PromptFitError(too_long(classnames[i], needed, length, n_ctx=self.n_ctx))
             if self.position != "end" and not torch.equal(
                 tokens[i, 1 + self.n_ctx : 1 + self.n_ctx + n], name_tokens[i, 1 : 1 + n]
             ):
@@ -226,6 +225,52 @@ def piece_ids(tokenizer, text: str) -> list[int]:
 def shortened(name: str, limit: int = 60) -> str:
     """A class name for a one-line message: its repr, cut to ``limit`` characters with the total length."""
     return repr(name) if len(name) <= limit else f"{name[:limit]!r}… ({len(name)} characters)"
+
+
+class PromptFitError(ValueError):
+    """A class name whose prompt does not fit the text encoder's context; the message is one line naming the
+    class, the tokens needed and available, and the fix."""
+
+
+def prompt_length(tokenizer, text: str) -> int:
+    """Tokens of ``text`` with SOS and EOS, counted before the context cuts it (open_clip's tokenizer truncates
+    silently); a tokenizer without ``encode`` (Hugging Face's) counts up to its context."""
+    encode = getattr(tokenizer, "encode", None)
+    if callable(encode) and hasattr(tokenizer, "sot_token_id"):
+        return len(encode(text)) + 2
+    return int(tokenizer([text])[0].ne(0).sum())
+
+
+def context_length(tokenizer) -> int:
+    """The text encoder's context in tokens (open_clip's tokenizers carry it; CLIP's is 77)."""
+    return int(getattr(tokenizer, "context_length", 77) or 77)
+
+
+def too_long(
+    classname: str, needed: int, available: int, n_ctx: int | None = None, at_least: bool = False, fewer: str = ""
+) -> str:
+    """The one line for a class name whose prompt does not fit: the class, the tokens needed and available, the
+    fix (a shorter name in the dataset's class list, or fewer context tokens where the prompt has them: ``fewer``
+    names the setting, else ``n_ctx`` its value)."""
+    fix = "give the class a shorter name in the dataset's class list (a user dataset: in its classnames file)"
+    if fewer or n_ctx:
+        fix += f" or use fewer context tokens ({fewer or f'n_ctx, now {n_ctx}'})"
+    return (
+        f"the prompt for class {shortened(classname)} needs {'at least ' if at_least else ''}{needed} tokens "
+        f"but the text encoder holds {available}; {fix}"
+    )
+
+
+def check_prompts_fit(tokenizer, prompts: Sequence[tuple[str, str]], n_ctx: int | None = None) -> None:
+    """Raise :class:`PromptFitError` for the first ``(prompt, class name)`` whose prompt does not fit the context
+    (the tokenizer would cut it silently, the class name or the end token with it)."""
+    available = context_length(tokenizer)
+    # a BPE token holds at least one byte: a prompt of fewer bytes than the context fits without tokenizing it
+    for prompt, classname in prompts:
+        if len(prompt.encode()) + 2 > available:
+            needed = prompt_length(tokenizer, prompt)
+            if needed > available:
+                raise PromptFitError(too_long(classname, needed, available, n_ctx=n_ctx))
 
 
 class PatternPrompts(nn.Module):
@@ -306,11 +351,10 @@ class PatternPrompts(nn.Module):
         placeholder = int(self.tokenizer([PLACEHOLDER])[0, 1])
         positions: dict[str, list[list[int]]] = {name: [] for name in self.slots}
         for i, c in enumerate(classnames):
-            if int(eot[i]) >= length - 1:
-                raise ValueError(
-                    f"the prompt for class {shortened(c)} does not fit the text encoder's {length} tokens; "
-                    "give the class a shorter name (a user dataset: in its classnames file)"
-                )
+            needed = prompt_length(self.tokenizer, self.text(c)) if int(eot[i]) >= length - 1 else 0
+            if needed > length:
+                n_ctx = sum(int(p.shape[0]) for p in self.slots.values())
+                raise PromptFitError(too_long(c, needed, length, n_ctx=n_ctx or None))
             ids: list[int] = []  # the prompt tokenized piece by piece, up to the end of the last slot
             end = 0
             for lit, field in self.pieces:

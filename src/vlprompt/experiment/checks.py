@@ -423,6 +423,86 @@ def dataset_fewshot_problems(cfg: dict, dataset: str) -> list[str]:
     return _fewshot_problems(dataset, _split_counts(str(path), stat.st_size, stat.st_mtime_ns), cfg["shots"], False)
 
 
+def _token_counter(tokenizer):
+    """``count(text)``: the BPE tokens of ``text`` without SOS and EOS, uncut."""
+    from vlprompt.clip.prompting import prompt_length, prompt_name
+
+    return lambda text: prompt_length(tokenizer, prompt_name(text)) - 2
+
+
+def _bytes(text: str) -> int:
+    """An upper bound of ``text``'s tokens: a BPE token holds at least one byte."""
+    from vlprompt.clip.prompting import prompt_name
+
+    return len(prompt_name(text).encode())
+
+
+def class_name_problems(
+    cfg: dict, dataset: str, classnames: list[str], methods: list[str], tokenizer=None
+) -> list[str]:
+    """The first class name of ``dataset`` that no prompt of one of ``methods`` can hold within the text encoder's
+    context (each method's :meth:`~vlprompt.methods.base.Method.name_prompt_tokens` besides the name): one line naming
+    the class, the tokens needed and available, the methods and the fix; [] when every name fits. The tokenizer is
+    loaded only when a name has more bytes than could fit (``tokenizer`` given: the job's)."""
+    from vlprompt.clip.backbone import text_context_length, text_tokenizer
+    from vlprompt.clip.prompting import too_long
+    from vlprompt.experiment.overrides import method_settings
+    from vlprompt.methods import get_method
+
+    model = cfg["backbone"]["model"]
+    available = text_context_length(model)
+    configs = []  # (method, config) for every shots setting the grid runs
+    for m in methods:
+        cls = get_method(m)
+        for shots in dict.fromkeys(cfg.get("shots") or [None]):
+            configs.append((m, cls, cls.make_config(method_settings(cfg, m, dataset, shots))))
+    bounds = [cls.name_prompt_tokens(c, _bytes) for _, cls, c in configs]
+    if not classnames or all(b is None for b in bounds):
+        return []
+    if max(map(_bytes, classnames)) + max(b for b in bounds if b is not None) <= available:
+        return []
+    count = _token_counter(tokenizer if tokenizer is not None else text_tokenizer(model))
+    overhead: dict[str, tuple[int, Any]] = {}  # method -> (fewest tokens besides the name, its config)
+    for m, cls, c in configs:
+        n = cls.name_prompt_tokens(c, count)
+        if n is not None and (m not in overhead or n < overhead[m][0]):
+            overhead[m] = (n, c)
+    if not overhead:
+        return []
+    least = min(n for n, _ in overhead.values())
+    for name in classnames:
+        if _bytes(name) + least <= available:
+            continue
+        tokens = count(name)
+        failing = [m for m, (n, _) in overhead.items() if tokens + n > available]
+        if not failing:
+            continue
+        needed = tokens + min(overhead[m][0] for m in failing)
+        with_ctx = [m for m in failing if overhead[m][0] > 2]
+        fewer = ""
+        if with_ctx:
+            m = with_ctx[0]
+            key = "ctx_init" if getattr(overhead[m][1], "ctx_init", None) else "n_ctx"
+            fewer = f"`method_overrides.{m}.{key}`" + (": fewer words" if key == "ctx_init" else "")
+        line = too_long(name, needed, available, at_least=True, fewer=fewer)
+        return [f"{dataset}: {line} (methods: {', '.join(failing)})"]
+    return []
+
+
+def known_classnames(cfg: dict, dataset: str) -> list[str]:
+    """The class names the plan knows: a pocket world's (from the config), a dataset's prepared split's; [] else."""
+    from vlprompt.data.registry import get_dataset, pocket_world, split_path
+
+    if get_dataset(dataset).kind == "pocket":
+        return list(pocket_world(cfg).classnames)
+    path = split_path(cfg, dataset)
+    if not path.is_file():
+        return []
+    stat = path.stat()
+    counts = _split_counts(str(path), stat.st_size, stat.st_mtime_ns)
+    return [name for _, name, _ in sorted({c[0]: c for w in ("train", "val") for c in counts[w]}.values())]
+
+
 def plan_problems(cfg: dict) -> list[str]:
     """What the DAG knows when it is planned; ``cfg`` has passed :func:`name_problems`."""
     from vlprompt.methods import get_method
@@ -433,6 +513,8 @@ def plan_problems(cfg: dict) -> list[str]:
         multitask = any(get_method(m).reads_multitask_prompt for m in cfg["methods"])
         for dataset in dict.fromkeys(cfg["datasets"] + (list(cfg.get("sources", [])) if multitask else [])):
             lines += dataset_fewshot_problems(cfg, dataset)
+    for dataset in dict.fromkeys([*cfg["datasets"], *(cfg.get("targets") or [])]):
+        lines += class_name_problems(cfg, dataset, known_classnames(cfg, dataset), cfg["methods"])
     if cfg["protocol"] == "crossdataset":
         closed = [m for m in cfg["methods"] if not get_method(m).supports_new_classes]
         if closed:

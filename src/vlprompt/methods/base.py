@@ -183,6 +183,22 @@ class Method(nn.Module):
         self.new_classnames_given = len(ctx.unseen_classnames or [])  # recorded by every run (0: none)
 
     @classmethod
+    def name_prompt_tokens(cls, config: Any, count: Callable[[str], int]) -> int | None:
+        """The fewest tokens besides the class name in a prompt this method writes a class name into, SOS and EOS
+        included (``count(text)``: the tokens of ``text`` alone); None when class names enter no prompt.
+
+        The plan and the job's start check every class name against it (:func:`vlprompt.experiment.checks.
+        class_name_problems`), so a name too long for the text encoder's context is one line before any work; the
+        prompts themselves check exactly when they are built (``PromptLearner``, ``PatternPrompts``,
+        ``text_classifier``). The default: the learnable text context (``n_ctx_text`` or ``n_ctx`` tokens, or
+        ``ctx_init``'s words), else only SOS and EOS."""
+        n = getattr(config, "n_ctx_text", getattr(config, "n_ctx", 0)) or 0
+        init = getattr(config, "ctx_init", None)
+        if init and n:
+            n = min(int(n), count(init))
+        return 2 + int(n)
+
+    @classmethod
     def make_config(cls, overrides: dict | None = None):
         overrides = dict(overrides or {})
         fields = {f.name for f in dataclasses.fields(cls.Config)}
@@ -210,15 +226,16 @@ class Method(nn.Module):
                 return value
             if isinstance(value, str) and value.lower() in ("true", "false"):
                 return value.lower() == "true"
-        elif kind in (int, float) and not isinstance(value, bool):
+        elif kind in (int, float):  # true/false is no number here, although Python's bool is an int
             number = value
             if isinstance(value, str):
                 try:
                     number = float(value)
                 except ValueError:
                     pass
-            if isinstance(number, (int, float)) and (kind is float or float(number).is_integer()):
-                return kind(number)
+            if isinstance(number, (int, float)) and not isinstance(number, bool):
+                if kind is float or float(number).is_integer():
+                    return kind(number)
         elif kind is tuple and isinstance(value, (list, tuple)):
             return tuple(value)
         else:

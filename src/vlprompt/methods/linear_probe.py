@@ -80,6 +80,10 @@ class LinearProbe(Method):
     Config = LinearProbeConfig
     supports_new_classes = False
 
+    @classmethod
+    def name_prompt_tokens(cls, config, count) -> None:
+        return None  # a class is a row of the probe: its name enters no prompt
+
     def __init__(self, config: LinearProbeConfig, ctx: MethodContext):
         super().__init__(config, ctx)
         if config.features not in ("plain", "views"):

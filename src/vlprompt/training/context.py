@@ -10,9 +10,11 @@ import torch
 from vlprompt.clip.backbone import Backbone, PromptedTextEncoder, load_backbone_from_config
 from vlprompt.clip.bank_splits import BankSplits, UnlabelledFeatures
 from vlprompt.clip.features import FeatureBank, pick_device
+from vlprompt.clip.prompting import PromptFitError
 from vlprompt.data.registry import get_dataset, split_path
 from vlprompt.data.splits import read_fewshot, subsample_classes
 from vlprompt.experiment import grid
+from vlprompt.experiment.checks import class_name_problems
 from vlprompt.experiment.config import ConfigError, method_settings, new_class_names_given
 from vlprompt.experiment.meta_prompt import meta_dir, meta_key
 from vlprompt.io import read_artefact_json
@@ -65,6 +67,14 @@ def method_context(
     )
 
 
+def check_class_names(cfg: dict, dataset: str, names: list[str], cls, backbone: Backbone) -> None:
+    """A job's start: every class name the run writes into a prompt (the new classes' too: evaluated, or given by
+    name) fits the text encoder's context, else the plan's one line (:class:`PromptFitError`)."""
+    problems = class_name_problems(cfg, dataset, names, [cls.name], tokenizer=backbone.tokenizer)
+    if problems:
+        raise PromptFitError(problems[0])
+
+
 def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: torch.device, for_training: bool = True):
     """The method's context for a run: backbone, training classes, few-shot features (if trained), and what the
     method declares it reads: the unlabelled images' features, the multitask prompt it starts from and the new
@@ -78,6 +88,7 @@ def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: t
     names = classes["classnames"]
     train_labels = training_classes(cfg, classes)
     ctx = method_context(cfg, dataset, [names[i] for i in train_labels], device, seed)
+    check_class_names(cfg, dataset, names, cls, ctx.backbone)
     if cls.needs_training:
         fewshot = read_fewshot(grid.fewshot_path(cfg, dataset, shots, seed), cfg["fewshot"].get("allow_fewer", False))
         train_rows = subsample_classes(fewshot["train"], train_labels)

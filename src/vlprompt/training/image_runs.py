@@ -21,7 +21,13 @@ from vlprompt.experiment import grid
 from vlprompt.experiment.config import method_settings
 from vlprompt.io import provenance, read_artefact_json
 from vlprompt.methods import MethodContext, MethodError, TrainConfig, get_method
-from vlprompt.training.context import attach_multitask_prompt, method_context, start_job, training_classes
+from vlprompt.training.context import (
+    attach_multitask_prompt,
+    check_class_names,
+    method_context,
+    start_job,
+    training_classes,
+)
 from vlprompt.training.evaluate import evaluate_parts
 from vlprompt.training.loggers import live_logger
 from vlprompt.training.loop import batch_indices, seed_everything, train_loop
@@ -161,6 +167,7 @@ def run(
     train_labels = training_classes(cfg, classes)
     train_names = [classes["classnames"][i] for i in train_labels]
     ctx = method_context(cfg, dataset, train_names, device, seed)
+    check_class_names(cfg, dataset, classes["classnames"], cls, ctx.backbone)
     attach_teacher(ctx, cls, cfg, dataset, shots, seed)  # reads_teacher methods: the trained teacher
     attach_multitask_prompt(ctx, cls, cfg, dataset, shots, seed)  # reads_multitask_prompt methods (PVP)
     backbone = ctx.backbone
