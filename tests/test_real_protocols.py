@@ -37,9 +37,10 @@ DG_TARGETS = ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
 
 # Jobs per rule, from each protocol's grid. A trained method has one run per dataset x shots x seed; a
 # zero-shot method one per dataset (shots 0, seed 0). Feature-bank methods train in `train`, image-encoder
-# methods (vpt_deep, ivlp, maple, promptsrc, hicropl) in `train_images`; every run is evaluated on every target.
+# methods (vpt_deep, ivlp, maple, promptsrc, hicropl, apt, tcpa, prompt_cam) in `train_images`; every run is
+# evaluated on every target.
 EXPECTED = {
-    # 11 datasets; zeroshot + 5 feature methods (coop, cocoop, kgcoop, prograd, dvmi) + 5 image methods;
+    # 11 datasets; zeroshot + 5 feature methods (coop, cocoop, kgcoop, prograd, dvmi) + 7 image methods;
     # 16 shots; seeds 1-3
     # (few-shot subsets and their features: one job per dataset x shots x seed; test features per dataset)
     "base2novel.yaml": {
@@ -54,7 +55,7 @@ EXPECTED = {
         "report": 1,
         "all": 1,
     },
-    # 11 datasets; zeroshot + 7 feature methods; shots 1, 2, 4, 8, 16; seeds 1-3
+    # 11 datasets; zeroshot + 7 feature methods + 3 image methods; shots 1, 2, 4, 8, 16; seeds 1-3
     "fewshot.yaml": {
         "prepare_dataset": 11,
         "split_classes": 11,

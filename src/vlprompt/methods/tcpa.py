@@ -158,7 +158,8 @@ class TCPA(VPTDeep):
         prompts = torch.cat([self.pool_cls.prompts[layer].flatten(0, 1), self.pool_image.prompts[layer].flatten(0, 1)])
         prompts = self.prompt_dropout(prompts.to(like.dtype).expand(like.shape[0], -1, -1))
         if self.config.fourier:
-            prompts = torch.fft.fft(torch.fft.fft(prompts, dim=-1), dim=-2).real
+            # in fp32 whatever the autocast: cuFFT takes half precision only at power-of-two sizes
+            prompts = torch.fft.fft(torch.fft.fft(prompts.float(), dim=-1), dim=-2).real.to(prompts.dtype)
         return prompts
 
     def plan(self, layer: int):
