@@ -37,9 +37,10 @@ DG_TARGETS = ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
 
 # Jobs per rule, from each protocol's grid. A trained method has one run per dataset x shots x seed; a
 # zero-shot method one per dataset (shots 0, seed 0). Feature-bank methods train in `train`, image-encoder
-# methods (vpt_deep, ivlp, maple, promptsrc, hicropl, glad) in `train_images`; every run is evaluated on every target.
+# methods (vpt_deep, ivlp, maple, promptsrc, hicropl, glad, apt, tcpa, prompt_cam) in `train_images`; every run is
+# evaluated on every target.
 EXPECTED = {
-    # 11 datasets; zeroshot + 5 feature methods (coop, cocoop, kgcoop, prograd, dvmi) + 6 image methods;
+    # 11 datasets; zeroshot + 5 feature methods (coop, cocoop, kgcoop, prograd, dvmi) + 8 image methods;
     # 16 shots; seeds 1-3
     # (few-shot subsets and their features: one job per dataset x shots x seed; test features per dataset)
     "base2novel.yaml": {
@@ -54,7 +55,8 @@ EXPECTED = {
         "report": 1,
         "all": 1,
     },
-    # 11 datasets; zeroshot + 7 feature methods + 1 image method (glad); shots 1, 2, 4, 8, 16; seeds 1-3
+    # 11 datasets; zeroshot + 7 feature methods + 4 image methods (glad, prompt_cam, apt, tcpa); shots 1, 2, 4, 8,
+    # 16; seeds 1-3
     "fewshot.yaml": {
         "prepare_dataset": 11,
         "split_classes": 11,

@@ -181,6 +181,11 @@ def test_prompt_attention_equals_the_reference_layout_by_hand(bb, images, after_
         with attention_mask.prompt_attention(model, [lambda x: (x[:, :0], None)] * 4):
             plain = model.encode_image(images)
     assert torch.allclose(plain, model.encode_image(images), atol=1e-5)
+    hidden = torch.cat([torch.ones(len(images), length, length), torch.zeros(len(images), length, m)], -1)
+    with torch.no_grad():  # every prompt masked out of a masked softmax: the plain attention again
+        with attention_mask.prompt_attention(model, [lambda x: (prompts[0], hidden)] * 4, after_softmax=False):
+            masked = model.encode_image(images)
+    assert torch.allclose(masked, model.encode_image(images), atol=1e-5)
     with pytest.raises(deep_prompts.DeepPromptError, match="blocks"):
         with attention_mask.prompt_attention(model, [None] * 5):
             pass

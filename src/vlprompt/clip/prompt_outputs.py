@@ -8,8 +8,10 @@ norm, gives the class's logit. :func:`kept_prompt_outputs` is the extension poin
 of the image tower records the last block's outputs at the last ``n`` positions (the prompts), before the prompt
 context drops them; the shared frozen backbone is unchanged on exit (one forward hook, removed after the block).
 
-``tests/test_prompt_cam.py`` checks it against a hand-written loop over open_clip's blocks in the reference's own
-order (prompts prepended fresh at every block, their outputs dropped after it, the last block's kept).
+:func:`prompt_attention_maps` gives Prompt-CAM's explanation: the last block's attention of each prompt over the
+patches. ``tests/test_prompt_cam.py`` checks both against a hand-written loop over open_clip's blocks in the
+reference's own order (prompts prepended fresh at every block, their outputs dropped after it, the last block's
+kept), and against the reference's own model on the tiny CLIP.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ s = 0, so at the start K = M.
 Reductions, checked exactly in ``tests/test_apt.py``: with M = 0 (and s = 0) every block's attention output is left
 as it is and APT is zero-shot CLIP with the fixed prompts (VPT-deep at depth 0); the module is also checked on a
 hand-computed toy and against the reference module's own outputs and gradients
-(``tests/reference/fixtures/apt_module.pt``, ``tests/reference/regenerate_apt.py``) when present.
+(``tests/reference/fixtures/apt_module.pt``, written by ``tests/reference/regenerate_apt.py``).
 
 Assumptions (no CLIP code; the paper's CLIP numbers could not be read):
 

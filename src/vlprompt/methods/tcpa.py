@@ -40,8 +40,9 @@ Deviations and readings:
 Checked in ``tests/test_tcpa.py``: the selection, the mask and L_pool against the reference's own ``Pool_TCPA`` at its
 hard-coded ViT-B/16 shapes (``tests/reference/fixtures/tcpa_pool.pt``, written by
 ``tests/reference/regenerate_tcpa.py``), the prompted attention against a hand-written loop in the reference's
-layout, and the exact reduction: with λ_pool = 0 and every prompt masked out the method is zero-shot CLIP with the
-fixed prompts (VPT-deep at depth 0).
+layout (and, with every prompt masked out of a masked softmax, equal to the plain blocks), the pool loss and the mask
+by hand on a toy, and the reduction: without pools (``depth_vision`` 0) the method is exactly zero-shot CLIP with the
+fixed prompts (VPT-deep at depth 0) and its loss the cross-entropy alone.
 """
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ class TCPA(VPTDeep):
         prompts = torch.cat([self.pool_cls.prompts[layer].flatten(0, 1), self.pool_image.prompts[layer].flatten(0, 1)])
         prompts = self.prompt_dropout(prompts.to(like.dtype).expand(like.shape[0], -1, -1))
         if self.config.fourier:
-            prompts = torch.fft.fft(torch.fft.fft(prompts, dim=-1), dim=-2).real
+            # in fp32 whatever the autocast: cuFFT takes half precision only at power-of-two sizes
+            prompts = torch.fft.fft(torch.fft.fft(prompts.float(), dim=-1), dim=-2).real.to(prompts.dtype)
         return prompts
 
     def plan(self, layer: int):
