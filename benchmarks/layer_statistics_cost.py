@@ -1,4 +1,4 @@
-"""What a layer-statistics bank would cost and save for AD-CLIP-style methods (docs/domain_adaptation.md).
+"""What the layer-statistics bank costs and saves for AD-CLIP (docs/domain_adaptation.md).
 
 AD-CLIP reads from each image only the frozen ViT's per-block token mean and std (and its pooled feature). Run in
 the loop, every step encodes its source and target batches again; cached, the images are encoded once (a few-shot
@@ -28,25 +28,7 @@ import torch
 
 from vlprompt.clip.backbone import POCKET_MODEL, load_backbone
 from vlprompt.clip.features import pick_device
-
-
-def block_statistics(model, images: torch.Tensor) -> torch.Tensor:
-    """(B, L, 2, W): per block of the image tower, the mean and std of its output tokens."""
-    blocks = model.visual.transformer.resblocks
-    batch_first = getattr(model.visual.transformer, "batch_first", True)
-    stats: list[torch.Tensor] = []
-
-    def hook(_module, _inputs, output):
-        tokens = output if batch_first else output.transpose(0, 1)  # (B, T, W)
-        stats.append(torch.stack([tokens.mean(1), tokens.std(1, unbiased=False)], dim=1))
-
-    handles = [b.register_forward_hook(hook) for b in blocks]
-    try:
-        model.encode_image(images)
-    finally:
-        for h in handles:
-            h.remove()
-    return torch.stack(stats, dim=1)
+from vlprompt.clip.layer_statistics import block_statistics  # what the bank's rules compute
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:

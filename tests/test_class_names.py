@@ -101,9 +101,18 @@ def test_no_method_puts_an_underscore_into_a_prompt(name, pocket_random_backbone
         from vlprompt.methods.promptkd import Teacher
 
         ctx.teacher = Teacher(get_method("promptsrc")(get_method("promptsrc").make_config(), ctx))
+    width = backbone.embed_dim
+    if cls.reads_layer_statistics:  # AD-CLIP: each feature row followed by its image's layer statistics
+        from vlprompt.clip.layer_statistics import image_blocks
+
+        width += 2 * len(image_blocks(backbone.model)) * int(backbone.model.visual.transformer.width)
+        pool = torch.randn(12, width)
+        ctx.train_features, ctx.val_features = torch.randn(2, 6, width), torch.randn(6, width)
+        ctx.unlabelled = lambda: pool
+        overrides["adclip"] = {"n_image_tokens": 1}  # 2 x 4 + 1 context tokens: these long names fit 20 tokens
     method = cls(cls.make_config(overrides.get(name)), ctx)
     method.eval()
-    shape = (2, 3, backbone.image_size, backbone.image_size) if cls.inputs == "images" else (2, backbone.embed_dim)
+    shape = (2, 3, backbone.image_size, backbone.image_size) if cls.inputs == "images" else (2, width)
     with torch.no_grad():
         method(torch.randn(shape))
         if cls.supports_new_classes:

@@ -55,6 +55,12 @@ def test_config_problems_name_the_key_and_the_fix(changes, expected):
     assert len(lines) == 1 and expected in lines[0], lines
 
 
+def test_adclip_under_another_protocol_is_refused_in_one_line():
+    cfg = uda_config(protocol="fewshot", methods=["zeroshot", "adclip"])
+    lines = config_problems(cfg, plan=False)
+    assert len(lines) == 1 and "adclip adapt(s) a labelled source" in lines[0], lines
+
+
 def test_a_valid_config_has_no_problem():
     assert config_problems(uda_config()) == []
 

@@ -18,8 +18,8 @@ dependencies already) with Dassl replaced by the few names the module imports, a
   lines, its ``entropy_loss``, its Adam step (lr 0.01, the shipped config) through a GradScaler stand-in that scales
   by 1.
 
-What it does not cover: the text encoder and the per-image prompts (the full model on the tiny CLIP), recorded as
-not done in docs/domain_adaptation.md.
+What it does not cover: the text encoder and the per-image prompts, which ``regenerate_adclip.py`` runs (the full
+model's step on the tiny CLIP).
 """
 
 from __future__ import annotations

@@ -257,6 +257,12 @@ def name_problems(cfg: dict) -> list[str]:
             f"{', '.join(needing)} need(s) the target's unlabelled images: set `unlabelled: train` (the "
             "training split without labels) or `unlabelled: test` (transductive), or drop the method"
         )
+    statistics = [m for m in known if get_method(m).reads_layer_statistics]
+    if statistics and cfg["protocol"] != "domain_adaptation":
+        lines.append(
+            f"`methods`: {', '.join(statistics)} adapt(s) a labelled source to an unlabelled target and run(s) "
+            "under protocol domain_adaptation only; use that protocol with `pairs`, or drop the method"
+        )
     multitask = [m for m in known if get_method(m).reads_multitask_prompt]
     if multitask and not cfg.get("sources"):
         lines.append(

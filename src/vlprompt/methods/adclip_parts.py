@@ -1,7 +1,6 @@
 """AD-CLIP's prompt tokens and losses (Singha et al., "AD-CLIP: Adapting Domains in Prompt Space Using CLIP",
-ICCV 2023 workshops): the parts of the ``adclip`` method that does not exist yet. Nothing here is registered:
-the method also needs, per image, the frozen image encoder's per-layer token statistics (a layer-statistics bank
-the DAG does not build yet; docs/domain_adaptation.md says what is missing).
+ICCV 2023 workshops): the projectors and loss terms of the ``adclip`` method (:mod:`vlprompt.methods.adclip`),
+which feeds them the per-block token statistics of its layer-statistics bank (:mod:`vlprompt.clip.layer_statistics`).
 
 Reference read (not copied): mainaksingha01/AD-CLIP at c82d861, ``trainers/adclip_vitB16.py`` (``AdaIN``,
 ``domain_projector``, ``image_projector``, ``style_mapping_projector``, ``PromptLearner.forward``,
