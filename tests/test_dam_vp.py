@@ -125,9 +125,14 @@ def test_the_meta_stage_and_a_clustered_run(mini, tmp_path):
     from vlprompt.training.context import method_context
 
     cls = get_method("dam_vp")
-    ctx = method_context(
-        cfg, "pocket_noisy", run["trained_classes"] if "trained_classes" in run else ["a"], torch.device("cpu"), 1
-    )
+    ctx = method_context(cfg, "pocket_noisy", ["red circle", "blue square"], torch.device("cpu"), 1)
     model = cls(cls.make_config({}), ctx)
     model.load_trainable_state(trained)
     assert len(model.prompters) == clusters and torch.equal(model.prototypes, trained["prototypes"])
+    # other classes (new classes, a transfer target): routed by the training classes' logits, as trained
+    model.prototypes = torch.randn(3, 2)
+    model.prompters = torch.nn.ModuleList([model.prompters[0]] * 3)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    before = model.routes(images)
+    model.set_classes(["red circle", "blue square", "green ring"])
+    assert torch.equal(model.routes(images), before) and model(images).shape == (4, 3)

@@ -184,8 +184,8 @@ def test_a_real_backbone_has_no_pool(mini, tmp_path):
 
 
 def test_the_stage_config_plans_one_meta_stage_for_every_run(config_plans):
-    """config/pocket_stages.yaml from a fresh clone: GRAM's three runs read one meta stage, PVP's one source stage
-    per seed (in the image loop)."""
+    """config/pocket_stages.yaml from a fresh clone: GRAM's three runs read one meta stage, PVP's and DAM-VP's
+    one multitask stage per seed each (in the image loop)."""
     from test_real_protocols import dry_run_jobs
 
     cfg = load_config("config/pocket_stages.yaml")
@@ -193,7 +193,8 @@ def test_the_stage_config_plans_one_meta_stage_for_every_run(config_plans):
     assert plan.returncode == 0, plan.output[-4000:]
     jobs = dry_run_jobs(plan.output)
     assert jobs["train_meta_prompt"] == 1 and jobs["train"] == 1 + 3 + 3  # zeroshot once; coop and gram x 3 seeds
-    assert jobs["train_images"] == 3 + 3 and jobs["train_multitask"] == 3  # vpt_deep, pvp; PVP's source stages
+    assert jobs["train_images"] == 3 + 3 + 3  # vpt_deep, pvp, dam_vp
+    assert jobs["train_multitask"] == 3 + 3  # PVP's source stages, DAM-VP's meta stages
     assert len(meta_stages(cfg)) == 1
 
 
