@@ -211,7 +211,8 @@ class DAMVP(VPTDeep):
         if count == 0 or "prototypes" not in state:
             raise MethodError("checkpoint lacks dam_vp's prompts or prototypes")
         device = self.fixed_text.device
-        self.prompters = nn.ModuleList([copy.deepcopy(self.prompters[0]) for _ in range(count)]).to(device)
+        if len(self.prompters) != count:  # a fresh model (evaluation); in place otherwise, so an optimiser keeps them
+            self.prompters = nn.ModuleList([copy.deepcopy(self.prompters[0]) for _ in range(count)]).to(device)
         self.prompters.load_state_dict({k.removeprefix("prompters."): v for k, v in state.items() if k != "prototypes"})
         self.prototypes = state["prototypes"].to(device)
 
