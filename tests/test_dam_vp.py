@@ -125,9 +125,37 @@ def test_the_meta_stage_and_a_clustered_run(mini, tmp_path):
     from vlprompt.training.context import method_context
 
     cls = get_method("dam_vp")
-    ctx = method_context(
-        cfg, "pocket_noisy", run["trained_classes"] if "trained_classes" in run else ["a"], torch.device("cpu"), 1
-    )
+    ctx = method_context(cfg, "pocket_noisy", ["red circle", "blue square"], torch.device("cpu"), 1)
     model = cls(cls.make_config({}), ctx)
     model.load_trainable_state(trained)
     assert len(model.prompters) == clusters and torch.equal(model.prototypes, trained["prototypes"])
+    # other classes (new classes, a transfer target): routed by the training classes' logits, as trained
+    model.prototypes = torch.randn(3, 2)
+    model.prompters = torch.nn.ModuleList([model.prompters[0]] * 3)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    before = model.routes(images)
+    model.set_classes(["red circle", "blue square", "green ring"])
+    assert torch.equal(model.routes(images), before) and model(images).shape == (4, 3)
+
+
+def test_an_interrupted_run_resumes_to_the_same_prompts(mini, tmp_path):
+    """The checkpoint restores the prompts in place: the optimiser keeps updating the clusters' prompts."""
+    root, path, cfg = mini
+    stage = grid.multitask_dir(cfg, "dam_vp", 1, 1)
+    if not (stage / "metrics.json").exists():
+        args = ["train-multitask", "--config", str(path), "--method", "dam_vp", "--shots", "1", "--seed", "1"]
+        assert cli([*args, "--out", str(stage), "--quiet"]) == 0
+    two = yaml.safe_load(path.read_text())
+    two["method_overrides"]["dam_vp"]["epochs"] = 2
+    two["train"]["checkpoint_every"] = 1
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(two))
+    train = ["train", "--config", str(tmp_path / "two.yaml"), "--dataset", "pocket_noisy", "--method", "dam_vp"]
+    train += ["--shots", "1", "--seed", "1", "--quiet"]
+    assert cli([*train, "--out", str(tmp_path / "full")]) == 0
+    with pytest.raises(KeyboardInterrupt):
+        cli([*train, "--out", str(tmp_path / "killed"), "--stop-after", "1"])
+    assert cli([*train, "--out", str(tmp_path / "killed")]) == 0
+    a, b = (torch.load(tmp_path / d / "model.pt", weights_only=False)["state"] for d in ("full", "killed"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)

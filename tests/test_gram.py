@@ -63,6 +63,17 @@ def test_the_cross_modal_clustering_is_deterministic():
     assert not np.array_equal(first, cluster_pairs(images, torch.randn(40, 8, generator=gen), 4))
 
 
+def test_captions_too_long_for_the_prompt_are_dropped(pocket_random_backbone):
+    from vlprompt.training.meta_prompt import fitting_captions, pretraining_pool
+
+    ctx = type("Ctx", (), {"backbone": pocket_random_backbone})()
+    _, captions = pretraining_pool("v2", 300, 0)
+    keep = fitting_captions(ctx, captions, "a photo of a")
+    longest = max(captions, key=lambda c: len(pocket_random_backbone.tokenizer([c])[0].nonzero()))
+    assert 0 < len(keep) < len(captions) and captions.index(longest) not in keep  # the v2 pool has some
+    assert fitting_captions(ctx, captions[:5], "") == list(range(5))
+
+
 def test_the_meta_stage_keys_and_inputs():
     cfg = load_config("config/pocket_v1.yaml")
     cfg.update(methods=["coop", "gram"], datasets=["pocket_noisy"], shots=[2, 4], method_overrides={"gram": META})
@@ -145,7 +156,8 @@ def test_the_meta_stage_and_a_run_from_it(mini, tmp_path):
     stage = meta_dir(cfg, key)
     assert cli(["train-meta-prompt", "--config", str(path), "--stage", key, "--out", str(stage), "--quiet"]) == 0
     record = json.loads((stage / "metrics.json").read_text())
-    assert record["pool"] == {"world": "v1", "pairs": 48, "captions": record["pool"]["captions"], "labels_read": False}
+    pool = {"world": "v1", "pairs": 48, "dropped_too_long": 0, "labels_read": False}
+    assert {k: v for k, v in record["pool"].items() if k != "captions"} == pool
     assert len(record["clusters"]) == 3 and sum(record["clusters"]) == 48
     assert len(record["train"]["query_loss_history"]) == 4
     state = torch.load(stage / "model.pt", weights_only=False)["state"]
@@ -184,8 +196,8 @@ def test_a_real_backbone_has_no_pool(mini, tmp_path):
 
 
 def test_the_stage_config_plans_one_meta_stage_for_every_run(config_plans):
-    """config/pocket_stages.yaml from a fresh clone: GRAM's three runs read one meta stage, PVP's one source stage
-    per seed (in the image loop)."""
+    """config/pocket_stages.yaml from a fresh clone: GRAM's three runs read one meta stage, PVP's and DAM-VP's
+    one multitask stage per seed each (in the image loop)."""
     from test_real_protocols import dry_run_jobs
 
     cfg = load_config("config/pocket_stages.yaml")
@@ -193,7 +205,8 @@ def test_the_stage_config_plans_one_meta_stage_for_every_run(config_plans):
     assert plan.returncode == 0, plan.output[-4000:]
     jobs = dry_run_jobs(plan.output)
     assert jobs["train_meta_prompt"] == 1 and jobs["train"] == 1 + 3 + 3  # zeroshot once; coop and gram x 3 seeds
-    assert jobs["train_images"] == 3 + 3 and jobs["train_multitask"] == 3  # vpt_deep, pvp; PVP's source stages
+    assert jobs["train_images"] == 3 + 3 + 3  # vpt_deep, pvp, dam_vp
+    assert jobs["train_multitask"] == 3 + 3  # PVP's source stages, DAM-VP's meta stages
     assert len(meta_stages(cfg)) == 1
 
 

@@ -61,7 +61,9 @@ class DAMVPConfig(TrainConfig):
     lr_schedule: str = "step"  # cosine per step, as the reference's ``cosine_lr``
     pad: int = 4  # frame width in pixels (30 of 224 in the reference; 4 of 32 on the pocket CLIP)
     template: str = "a photo of a {}"  # the reference's prompt, no final period
-    cluster_threshold: float = 8.0  # agglomerative distance threshold on zero-shot logits (assumption)
+    # agglomerative distance threshold on zero-shot logits: the reference's DTD value (assumption; on the pocket v1
+    # CLIP it cuts the 64 base-class images of a 2-shot pocket_noisy subset into 6 clusters, 8 into 38, 24 into 1)
+    cluster_threshold: float = 16.0
     max_cluster_images: int = 1000  # images clustered (the reference's first 1000)
     # the meta stage (Reptile over the sources; meta_clip.py)
     source_epochs: int = 20  # meta steps, each over every source task (assumption: the pocket sources are small)
@@ -135,6 +137,7 @@ class DAMVP(VPTDeep):
     reads_multitask_prompt = True
 
     prototypes: torch.Tensor  # (M, C) zero-shot logits' means of the clusters
+    route_text: torch.Tensor  # (C, D) the training classes' text features, for the routing logits
 
     def __init__(self, config: DAMVPConfig, ctx: MethodContext):
         super().__init__(config, ctx)
@@ -158,14 +161,17 @@ class DAMVP(VPTDeep):
         self.classnames = list(classnames)
         fixed = text_classifier(self.frozen.backbone, [self.config.template], classnames)
         self.register_buffer("fixed_text", fixed, persistent=False)
+        if not hasattr(self, "route_text"):  # routing: logits over the training classes, whatever is classified
+            self.register_buffer("route_text", fixed.clone(), persistent=False)
         self._text_cache = None
 
     # -- the clusters -------------------------------------------------------------------------
     @torch.no_grad()
     def zero_shot_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C) the frozen CLIP's logits of un-prompted images (the routing representation)."""
+        """(B, C) the frozen CLIP's logits of un-prompted images over the training classes (the routing
+        representation; evaluation on other classes routes by the same logits)."""
         feats = normalize(self.frozen.model.encode_image(images))
-        return self.logit_scale * feats @ self.fixed_text.T
+        return self.logit_scale * feats @ self.route_text.T
 
     def prepare_images(self, batches) -> dict:
         """Cluster the training images (``batches`` of un-augmented images) and give every cluster a copy of the
@@ -205,7 +211,8 @@ class DAMVP(VPTDeep):
         if count == 0 or "prototypes" not in state:
             raise MethodError("checkpoint lacks dam_vp's prompts or prototypes")
         device = self.fixed_text.device
-        self.prompters = nn.ModuleList([copy.deepcopy(self.prompters[0]) for _ in range(count)]).to(device)
+        if len(self.prompters) != count:  # a fresh model (evaluation); in place otherwise, so an optimiser keeps them
+            self.prompters = nn.ModuleList([copy.deepcopy(self.prompters[0]) for _ in range(count)]).to(device)
         self.prompters.load_state_dict({k.removeprefix("prompters."): v for k, v in state.items() if k != "prototypes"})
         self.prototypes = state["prototypes"].to(device)
 

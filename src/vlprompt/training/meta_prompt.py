@@ -49,6 +49,14 @@ def pretraining_pool(world_name: str, size: int, seed: int) -> tuple[np.ndarray,
     return images, captions
 
 
+def fitting_captions(ctx: MethodContext, captions: list[str], context: str) -> list[int]:
+    """Indices of the captions whose prompt (``context`` words, the caption, ".") fits the text encoder: the pocket
+    CLIP reads 20 tokens, and the longest v2 captions (a style and a texture named) leave no room for the context."""
+    tokens = ctx.backbone.tokenizer([f"{context} {c}." for c in captions])
+    eot = tokens.argmax(-1)
+    return [i for i in range(len(captions)) if int(eot[i]) < tokens.shape[1] - 1]
+
+
 @torch.no_grad()
 def image_features(ctx: MethodContext, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
     """(N, D) frozen image features of uint8 images (N, H, W, 3) at the backbone's resolution."""
@@ -85,6 +93,8 @@ def train_meta_prompt(cfg: dict, mkey: str, out_dir: str | Path, progress: bool 
     world = pool_world(cfg)
     images, captions = pretraining_pool(world, mcfg.meta_pool_size, mcfg.meta_seed)
     ctx = method_context(cfg, dataset, [], device, mcfg.meta_seed)
+    keep = fitting_captions(ctx, captions, mcfg.ctx_init or " ".join(["X"] * mcfg.n_ctx))
+    images, captions = images[keep], [captions[i] for i in keep]
     feats = image_features(ctx, images)
     texts = encode_prompts(ctx.backbone, [f"{c}." for c in captions]).float().cpu()
     clusters = cluster_pairs(feats, texts, mcfg.meta_clusters)
@@ -96,7 +106,13 @@ def train_meta_prompt(cfg: dict, mkey: str, out_dir: str | Path, progress: bool 
         "stage": "meta",
         "key": mkey,
         "backbone_key": backbone_key(cfg),
-        "pool": {"world": world, "pairs": len(captions), "captions": len(set(captions)), "labels_read": False},
+        "pool": {
+            "world": world,
+            "pairs": len(captions),
+            "captions": len(set(captions)),
+            "dropped_too_long": mcfg.meta_pool_size - len(captions),
+            "labels_read": False,
+        },
         "clusters": np.bincount(clusters).tolist(),
         "meta_settings": cls.meta_settings(mcfg),
         "hyperparameters": asdict(mcfg),
