@@ -2,6 +2,7 @@
 
     python benchmarks/dag_scale.py plan [--config config/fewshot.yaml] [--steps 3] [--profile]
     python benchmarks/dag_scale.py schedule [--jobs 200] [--cores 2]
+    python benchmarks/dag_scale.py submit [--jobs 300]
 
 ``plan`` writes a study config from ``--config`` with every registered method that fits its protocol (the schema has
 no ``methods: all``; a method that reads unlabelled images gets ``unlabelled: train``, one that starts from a
@@ -13,6 +14,14 @@ memory and seconds per thousand jobs (a figure that grows with the size is what 
 ``schedule`` times a local run of ``--jobs`` tiny pocket jobs (few-shot draws: one process each, about the cost of
 the cheapest job of the DAG) under Snakemake, and the same command lines run by a plain process pool with the same
 number of cores; the difference per job is what Snakemake's scheduler adds.
+
+``submit`` measures the SLURM profile's submission rate: ``--jobs`` few-shot draws (their datasets prepared locally
+first) through ``snakemake --profile workflow/profiles/slurm`` with the flags ``python -m vlprompt cluster-check
+--flags`` prints (its group sizes), each job submitted held (``sbatch --hold`` through the rule's ``slurm_extra``:
+nothing runs, so the figure is the submission alone and the cluster's other work is not disturbed); a wrapper
+``sbatch`` first on the PATH records the time of every call. It prints the sbatch calls per second from the first
+call to the last and from Snakemake's start, then cancels the held jobs (by their ids) and stops Snakemake. It needs
+a running cluster (``sudo scripts/slurm/start_local_cluster.sh --gpus 0``).
 
 Nothing is downloaded: the real datasets are planned, never prepared. Figures of a shared machine are noisy: say so
 next to them (docs/performance.md).
@@ -114,14 +123,16 @@ def plan(args) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def schedule(args) -> None:
-    """Snakemake's time per job: the same few-shot draws under Snakemake and under a plain process pool."""
-    work = Path(tempfile.mkdtemp(prefix="dag_sched_"))
+DATASETS = ["pocket_dark", "pocket_noisy", "pocket_sketch", "pocket_blurry", "pocket_pixelated", "pocket_cluttered"]
+
+
+def fewshot_draws(work: Path, jobs: int, cores: int) -> tuple[Path, dict, list[str]]:
+    """A pocket experiment in ``work`` whose DAG is ``jobs`` few-shot draws, its datasets and their classes already
+    built (not timed): (config path, validated config, the draws' target paths)."""
     cfg = yaml.safe_load((REPO / "tests" / "configs" / "pocket_tiny.yaml").read_text())
-    datasets = ["pocket_dark", "pocket_noisy", "pocket_sketch", "pocket_blurry", "pocket_pixelated", "pocket_cluttered"]
-    seeds = list(range(1, -(-args.jobs // len(datasets)) + 1))
+    seeds = list(range(1, -(-jobs // len(DATASETS)) + 1))
     cfg.update(
-        datasets=datasets, seeds=seeds, methods=["zeroshot"], shots=[2], results_root="results", data_root="data"
+        datasets=DATASETS, seeds=seeds, methods=["zeroshot"], shots=[2], results_root="results", data_root="data"
     )
     (work / "config").mkdir(parents=True)
     config = work / "config" / "config.yaml"
@@ -131,12 +142,21 @@ def schedule(args) -> None:
     from vlprompt.experiment.config import validate
 
     full = validate(cfg)
-    targets = [str(grid.fewshot_path(full, d, 2, s)) for d in datasets for s in seeds][: args.jobs]
-    # the datasets and their classes first (not timed): what is left is one few-shot draw per job
-    prepared = [str(grid.classes_path(full, d)) for d in datasets]
-    seconds, _, out, rc = timed([*SNAKEMAKE, "--cores", str(args.cores), "-d", str(work), *prepared])
+    targets = [str(grid.fewshot_path(full, d, 2, s)) for d in DATASETS for s in seeds][:jobs]
+    prepared = [str(grid.classes_path(full, d)) for d in DATASETS]
+    _, _, out, rc = timed([*SNAKEMAKE, "--cores", str(cores), "-d", str(work), *prepared])
     if rc != 0:
         raise SystemExit(out[-3000:])
+    return config, full, targets
+
+
+def schedule(args) -> None:
+    """Snakemake's time per job: the same few-shot draws under Snakemake and under a plain process pool."""
+    work = Path(tempfile.mkdtemp(prefix="dag_sched_"))
+    config, full, targets = fewshot_draws(work, args.jobs, args.cores)
+    datasets = DATASETS
+    from vlprompt.experiment import grid
+
     seconds, _, out, rc = timed([*SNAKEMAKE, "--cores", str(args.cores), "-d", str(work), *targets, "-q", "rules"])
     if rc != 0:
         raise SystemExit(out[-3000:])
@@ -179,6 +199,95 @@ def schedule(args) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+SBATCH_WRAPPER = """#!/bin/sh
+# records the time of every sbatch call and its answer (the job id), then answers as sbatch did
+out=$({sbatch} "$@"); rc=$?
+n=$(printf '%s ' "$@" | grep -o 'sample_fewshot:' | wc -l)
+printf '%s %s %s\\n' "$(date +%s.%N)" "$out" "$n" >> {log}
+printf '%s\\n' "$out"
+exit $rc
+"""
+
+
+def submit(args) -> None:
+    """The SLURM profile's submission rate: ``--jobs`` few-shot draws submitted held, every sbatch call timed."""
+    sbatch = shutil.which("sbatch")
+    if sbatch is None or subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
+        raise SystemExit("no SLURM cluster answers: start one (sudo scripts/slurm/start_local_cluster.sh --gpus 0)")
+    work = Path(tempfile.mkdtemp(prefix="dag_submit_"))
+    _, _, targets = fewshot_draws(work, args.jobs, 2)
+    log = work / "sbatch.log"
+    (work / "bin").mkdir()
+    wrapper = work / "bin" / "sbatch"
+    wrapper.write_text(SBATCH_WRAPPER.format(sbatch=sbatch, log=log))
+    wrapper.chmod(0o755)
+    env = {**ENV, "PATH": f"{work / 'bin'}{os.pathsep}{ENV['PATH']}:/usr/sbin"}
+    env.pop("SNAKEMAKE_PROFILE", None)
+    profile = str(REPO / "workflow" / "profiles" / "slurm")
+    held = ["--set-resources", "sample_fewshot:slurm_extra='--hold'"]
+    check = subprocess.run(
+        [sys.executable, "-m", "vlprompt", "cluster-check", "--profile", profile, "--flags", "--", "-d", str(work)]
+        + held,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if check.returncode != 0:
+        raise SystemExit(f"cluster-check failed:\n{check.stderr[-3000:]}")
+    flags = check.stdout.split()
+    # the profile as it is: at most `jobs` (100) SLURM jobs queued at once, so the held jobs stop it there
+    limit = int(yaml.safe_load((Path(profile) / "config.yaml").read_text()).get("jobs", 100))
+    cmd = [*SNAKEMAKE, "--profile", profile, *flags, "-d", str(work), *targets]
+    if "--set-resources" not in flags:
+        cmd[-len(targets) : -len(targets)] = held
+    print("#", " ".join(cmd[len(SNAKEMAKE) :][: -len(targets)]), f"<{len(targets)} few-shot targets>", flush=True)
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rows: list[list[str]] = []
+    try:
+        while time.time() < t0 + args.timeout and proc.poll() is None:
+            rows = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+            if len(rows) >= limit or (rows and time.time() - float(rows[-1][0]) > args.idle):
+                break
+            time.sleep(1)
+    finally:
+        proc.terminate()
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        rows = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+        ids = [r[1].split(";")[0] for r in rows if len(r) > 1 and r[1].split(";")[0].isdigit()]
+        queue = subprocess.run(["squeue", "-h", "-o", "%i %r"], capture_output=True, text=True).stdout.split("\n")
+        held_ids = {line.split()[0] for line in queue if line.strip().endswith("JobHeldUser")}
+        for i in range(0, len(ids), 100):
+            subprocess.run(["scancel", *ids[i : i + 100]], capture_output=True)
+    if not rows:
+        raise SystemExit(f"nothing was submitted; snakemake said:\n{out[-3000:]}")
+    times = [float(r[0]) - t0 for r in rows]
+    n = len(times)
+    members = sum(int(r[2]) for r in rows if len(r) > 2)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    pause = max(range(len(gaps)), key=gaps.__getitem__) if gaps else 0
+    print(
+        f"# {n} SLURM jobs submitted ({members or 'an unknown number of'} few-shot draws in them; the profile's "
+        f"limit {limit}), "
+        f"{len(held_ids & set(ids))} seen held, then all cancelled; cluster-check's flags: {' '.join(flags)}"
+    )
+    print(f"sbatch calls, seconds from snakemake's start: first {times[0]:.1f}, last {times[-1]:.1f}")
+    print(f"overall: {n / times[-1]:.2f} SLURM jobs/s from snakemake's start")
+    if gaps:
+        burst = times[pause + 1 :]
+        rate = (len(burst) - 1) / (burst[-1] - burst[0]) if len(burst) > 1 and burst[-1] > burst[0] else float("nan")
+        print(
+            f"longest pause between calls: {gaps[pause]:.1f} s after call {pause + 1}; the {len(burst)} calls after "
+            f"it: {rate:.1f} jobs/s (first to last: {(n - 1) / (times[-1] - times[0]):.2f} jobs/s)"
+        )
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -191,6 +300,11 @@ def main() -> None:
     s.add_argument("--jobs", type=int, default=200)
     s.add_argument("--cores", type=int, default=2)
     s.set_defaults(fn=schedule)
+    s = sub.add_parser("submit")
+    s.add_argument("--jobs", type=int, default=300)
+    s.add_argument("--timeout", type=int, default=1800, help="stop waiting for the submissions after this long")
+    s.add_argument("--idle", type=int, default=120, help="stop when no job was submitted for this long")
+    s.set_defaults(fn=submit)
     args = p.parse_args()
     args.fn(args)
 
