@@ -266,12 +266,12 @@ def test_pocket_uda_commands():
 
 
 def test_pocket_uda_plans_adclips_layer_statistics_once_per_dataset_and_part(config_plans):
-    """config/pocket_uda.yaml's dry run in a fresh clone: AD-CLIP's layer statistics are jobs of their own, one per
+    """config/pocket_uda_adclip.yaml's dry run in a fresh clone: AD-CLIP's layer statistics are jobs of their own, one per
     style and part (every style is a target: its test images and unlabelled training split) and one per source's
     few-shot subset, never one per run; the other methods' jobs are what they were."""
     from test_e2e import planned_jobs
 
-    assert planned_jobs(config_plans, "config/pocket_uda.yaml") == {
+    assert planned_jobs(config_plans, "config/pocket_uda_adclip.yaml") == {
         "prepare_dataset": "3",
         "split_classes": "3",
         "sample_fewshot": "9",  # 3 sources x 3 seeds
@@ -280,11 +280,11 @@ def test_pocket_uda_plans_adclips_layer_statistics_once_per_dataset_and_part(con
         "extract_fewshot": "9",
         "layer_statistics": "6",  # 3 targets x (test, train)
         "layer_statistics_fewshot": "9",  # 3 sources x 3 seeds
-        "train_adaptation": "48",  # 6 pairs x (zeroshot 1 + coop 3 + tfup 1 + adclip 3)
+        "train_adaptation": "24",  # 6 pairs x (zeroshot 1 + adclip 3)
         "aggregate": "1",
         "report": "1",
         "all": "1",
-        "total": "96",
+        "total": "72",
     }
 
 
