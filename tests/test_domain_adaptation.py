@@ -266,9 +266,9 @@ def test_pocket_uda_commands():
 
 
 def test_pocket_uda_plans_adclips_layer_statistics_once_per_dataset_and_part(config_plans):
-    """config/pocket_uda_adclip.yaml's dry run in a fresh clone: AD-CLIP's layer statistics are jobs of their own, one per
-    style and part (every style is a target: its test images and unlabelled training split) and one per source's
-    few-shot subset, never one per run; the other methods' jobs are what they were."""
+    """config/pocket_uda_adclip.yaml's dry run in a fresh clone: AD-CLIP's layer statistics are jobs of their own,
+    one per style and part (every style is a target: its test images and unlabelled training split) and one per
+    source's few-shot subset, never one per run."""
     from test_e2e import planned_jobs
 
     assert planned_jobs(config_plans, "config/pocket_uda_adclip.yaml") == {
