@@ -32,10 +32,13 @@ def test_image_terms_zeroed_is_coop(backbone):  # noqa: F811
     with torch.no_grad():
         coop.prompt_learner.ctx.copy_(tmml.prompt_learner.ctx)
     x, y = features()
-    close(tmml(x), coop(x), 1e-6, "logits")
+    # equal up to float32 reassociation (1e-5 relative, as the fixtures): TMML encodes every image's prompts (B x C
+    # rows) where CoOp encodes C, and the CPU's matrix-product kernel may block the sums of a different number of
+    # rows differently (1e-6 held on one machine and not on another)
+    close(tmml(x), coop(x), 1e-5, "logits")
     loss, _ = tmml.loss(x, y)
     expected, _ = coop.loss(x, y)
-    close(loss, expected, 1e-6, "loss")
+    close(loss, expected, 1e-5, "loss")
     loss.backward()
     expected.backward()
     close(tmml.prompt_learner.ctx.grad, coop.prompt_learner.ctx.grad, 1e-5, "gradient of the context")
