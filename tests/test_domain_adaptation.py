@@ -122,6 +122,7 @@ def adapt(path, method, out, shots=2, seed=1) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_runs_are_tested_on_the_targets_test_split(mini, tmp_path):
     root, path, cfg = mini
     target_tests = len(json.loads((grid.features_dir(cfg, TARGET) / "test.json").read_text())["rows"])
@@ -151,7 +152,10 @@ def test_zeroshot_uses_the_targets_template(mini, tmp_path):
     assert adapt(path, "zeroshot", tmp_path / "zs", 0, 0)["all_acc"] == pytest.approx(expected)
 
 
-@pytest.mark.parametrize(("method", "shots", "seed"), [("tfup", 0, 0), ("adclip", 2, 1)])
+@pytest.mark.parametrize(
+    ("method", "shots", "seed"),
+    [("tfup", 0, 0), pytest.param("adclip", 2, 1, marks=pytest.mark.slow)],  # AD-CLIP: two minutes of training
+)
 def test_no_target_label_is_read(mini, tmp_path, method, shots, seed):
     """TFUP and AD-CLIP see the target's training split as features (AD-CLIP: and layer statistics) only: with the
     banks' labels replaced by a sentinel, or their rows removed altogether, the run still works and every prediction
