@@ -12,10 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_deep_prompts import mini  # noqa: F401
+from test_deep_prompts import bb, ctx, mini  # noqa: F401  (the pocket CLIP, random weights; its method context)
 from vlprompt.clip import attention_output, deep_prompts
-from vlprompt.clip.backbone import PromptedTextEncoder
-from vlprompt.methods import MethodContext, get_method
+from vlprompt.methods import get_method
 from vlprompt.methods.apt import ApproximatePrompt
 
 FIXTURE = Path(__file__).parent / "reference" / "fixtures" / "apt_module.pt"
@@ -23,28 +22,11 @@ CLASSES = ["red circle", "blue square", "green star"]
 
 
 @pytest.fixture(scope="module")
-def bb(pocket_random_backbone):
-    return pocket_random_backbone
-
-
-@pytest.fixture(scope="module")
-def ctx(bb):
-    return MethodContext(
-        backbone=bb,
-        encoder=PromptedTextEncoder(bb.model),
-        classnames=CLASSES,
-        template="a photo of a {}.",
-        device=torch.device("cpu"),
-        seed=1,
-    )
-
-
-@pytest.fixture(scope="module")
 def images():
     return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def build(ctx, name="apt", **overrides):
+def build(ctx, name="apt", **overrides):  # noqa: F811
     cls = get_method(name)
     return cls(cls.make_config(overrides), ctx)
 
@@ -112,7 +94,7 @@ def test_module_by_hand_on_a_toy():
     assert torch.allclose(out, torch.tensor([[9.0, 1.0], [1.0, 1.0]]), atol=1e-6)
 
 
-def test_attention_outputs_equal_a_hand_written_block_loop(bb, images):
+def test_attention_outputs_equal_a_hand_written_block_loop(bb, images):  # noqa: F811
     model, v = bb.model, bb.model.visual
 
     def f(a, h):
@@ -149,7 +131,7 @@ def test_attention_outputs_equal_a_hand_written_block_loop(bb, images):
             pass
 
 
-def test_zero_memory_is_zero_shot_with_the_fixed_prompts(ctx, images):
+def test_zero_memory_is_zero_shot_with_the_fixed_prompts(ctx, images):  # noqa: F811
     apt = build(ctx).eval()
     with torch.no_grad():
         for m in apt.approx:
@@ -160,7 +142,7 @@ def test_zero_memory_is_zero_shot_with_the_fixed_prompts(ctx, images):
     assert not torch.equal(build(ctx).eval()(images), vpt(images))  # the initial memory does act
 
 
-def test_preset_parameters_and_gradients(ctx, bb, images):
+def test_preset_parameters_and_gradients(ctx, bb, images):  # noqa: F811
     apt = build(ctx).train()
     c = apt.config
     assert (c.lr, c.epochs, c.batch_size, c.memory, c.rank, c.depth_vision) == (0.0025, 5, 4, 50, 4, 12)

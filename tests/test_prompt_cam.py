@@ -12,29 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from test_deep_prompts import bb, ctx  # noqa: F401  (the pocket CLIP, random weights; its method context)
 from test_reference_equivalence import backbone, close, context, fixture, inputs, load_init, loop_step, trainable  # noqa: F401
 from vlprompt.clip import deep_prompts, prompt_outputs
-from vlprompt.clip.backbone import PromptedTextEncoder
-from vlprompt.methods import MethodContext, MethodError, get_method
+from vlprompt.methods import MethodError, get_method
 
 CLASSES = ["red circle", "blue square", "green star"]
-
-
-@pytest.fixture(scope="module")
-def bb(pocket_random_backbone):
-    return pocket_random_backbone
-
-
-@pytest.fixture(scope="module")
-def ctx(bb):
-    return MethodContext(
-        backbone=bb,
-        encoder=PromptedTextEncoder(bb.model),
-        classnames=CLASSES,
-        template="a photo of a {}.",
-        device=torch.device("cpu"),
-        seed=1,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +25,7 @@ def images():
     return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def build(ctx, **overrides):
+def build(ctx, **overrides):  # noqa: F811
     cls = get_method("prompt_cam")
     return cls(cls.make_config(overrides), ctx)
 
@@ -66,7 +49,7 @@ def reference_order(model, images, prompts, through_ln_pre=False):
     return v.ln_post(kept)
 
 
-def test_prompt_outputs_equal_the_reference_order_by_hand(bb, images):
+def test_prompt_outputs_equal_the_reference_order_by_hand(bb, images):  # noqa: F811
     model = bb.model
     width = deep_prompts.vision_width(model)
     prompts = [3 * torch.randn(3, width, generator=torch.Generator().manual_seed(j)) + 1 for j in range(4)]
@@ -98,7 +81,7 @@ def test_prompt_outputs_equal_the_reference_order_by_hand(bb, images):
             pass
 
 
-def test_logits_and_loss_by_hand(ctx, bb, images):
+def test_logits_and_loss_by_hand(ctx, bb, images):  # noqa: F811
     """logit_c = w · ln_post(o_c) + b, CE over them; with w = e_0 and b = 0.5 the logit is the first coordinate of
     the normalised output plus 0.5."""
     method = build(ctx, prompt_dropout=0.0).eval()
@@ -113,7 +96,7 @@ def test_logits_and_loss_by_hand(ctx, bb, images):
     assert loss.item() == pytest.approx(F.cross_entropy(expected, labels).item(), rel=1e-5) and set(parts) == {"ce"}
 
 
-def test_initialisation_preset_and_gradients(ctx, bb, images):
+def test_initialisation_preset_and_gradients(ctx, bb, images):  # noqa: F811
     method = build(ctx).train()
     c = method.config
     assert (c.lr, c.epochs, c.batch_size, c.weight_decay, c.warmup_epochs, c.prompt_dropout) == (
@@ -141,7 +124,7 @@ def test_initialisation_preset_and_gradients(ctx, bb, images):
         assert torch.equal(method(images), method(images))
 
 
-def test_class_specific_and_needs_prompts(ctx):
+def test_class_specific_and_needs_prompts(ctx):  # noqa: F811
     method = build(ctx)
     assert not method.supports_new_classes
     method.set_classes(CLASSES)
@@ -205,7 +188,7 @@ def test_the_fixture_sees_where_the_first_prompts_enter(backbone, inputs):  # no
         close(method(inputs["images"]), fix["logits"], what="logits")
 
 
-def test_trait_maps_are_the_last_blocks_attention_by_hand(bb, images):
+def test_trait_maps_are_the_last_blocks_attention_by_hand(bb, images):  # noqa: F811
     """The reference's order by hand up to the last block, whose attention weights torch's own multi-head attention
     returns per head: the class prompts' rows over the patch columns."""
     model, v = bb.model, bb.model.visual

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from test_deep_prompts import bb, ctx  # noqa: F401  (the pocket CLIP, random weights; its method context)
 from vlprompt.clip import attention_mask, deep_prompts
-from vlprompt.clip.backbone import PromptedTextEncoder
-from vlprompt.methods import MethodContext, get_method
+from vlprompt.methods import get_method
 from vlprompt.methods.tcpa import PromptPool, tcpa_mask
 
 FIXTURE = Path(__file__).parent / "reference" / "fixtures" / "tcpa_pool.pt"
@@ -23,28 +23,11 @@ CLASSES = ["red circle", "blue square", "green star"]
 
 
 @pytest.fixture(scope="module")
-def bb(pocket_random_backbone):
-    return pocket_random_backbone
-
-
-@pytest.fixture(scope="module")
-def ctx(bb):
-    return MethodContext(
-        backbone=bb,
-        encoder=PromptedTextEncoder(bb.model),
-        classnames=CLASSES,
-        template="a photo of a {}.",
-        device=torch.device("cpu"),
-        seed=1,
-    )
-
-
-@pytest.fixture(scope="module")
 def images():
     return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def build(ctx, name="tcpa", **overrides):
+def build(ctx, name="tcpa", **overrides):  # noqa: F811
     cls = get_method(name)
     return cls(cls.make_config(overrides), ctx)
 
@@ -91,7 +74,7 @@ def test_selection_mask_and_pool_loss_equal_the_reference(random):
     assert expected[:, 0].sum(-1).tolist() == [197 + 3 * 2] * 2  # CLS: every token and its 3 entries of 2 prompts
 
 
-def test_prompts_are_the_cls_then_the_image_prompts(ctx):
+def test_prompts_are_the_cls_then_the_image_prompts(ctx):  # noqa: F811
     """``layer_prompts`` (eval, no Fourier) is the reference's ``get_prompts``: every CLS prompt, then every image
     prompt; with Fourier it is Re FFT over the width, then over the prompts."""
     fix = torch.load(FIXTURE, weights_only=False)
@@ -146,7 +129,7 @@ def reference_block(block, x, prompts, mask, after_softmax=True):
 
 
 @pytest.mark.parametrize("after_softmax", [True, False])
-def test_prompt_attention_equals_the_reference_layout_by_hand(bb, images, after_softmax):
+def test_prompt_attention_equals_the_reference_layout_by_hand(bb, images, after_softmax):  # noqa: F811
     model, v = bb.model, bb.model.visual
     width, m, length = deep_prompts.vision_width(model), 5, 17
     gen = torch.Generator().manual_seed(3)
@@ -191,7 +174,7 @@ def test_prompt_attention_equals_the_reference_layout_by_hand(bb, images, after_
             pass
 
 
-def test_no_pools_is_zero_shot_with_the_fixed_prompts(ctx, images):
+def test_no_pools_is_zero_shot_with_the_fixed_prompts(ctx, images):  # noqa: F811
     tcpa = build(ctx, depth_vision=0).eval()
     vpt = build(ctx, "vpt_deep", depth_vision=0).eval()
     with torch.no_grad():
@@ -201,7 +184,7 @@ def test_no_pools_is_zero_shot_with_the_fixed_prompts(ctx, images):
     assert parts["pool"] == 0.0 and loss.item() == pytest.approx(parts["ce"])
 
 
-def test_loss_preset_gradients_and_the_random_clock(ctx, bb, images):
+def test_loss_preset_gradients_and_the_random_clock(ctx, bb, images):  # noqa: F811
     tcpa = build(ctx).train()
     c = tcpa.config
     assert (c.lr, c.epochs, c.batch_size, c.optimizer, c.weight_decay) == (0.01, 100, 128, "adamw", 0.1)
