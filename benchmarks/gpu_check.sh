@@ -15,3 +15,6 @@ PY=${PYTHON:-python3}
 "$PY" benchmarks/train_speed.py --device cuda --model ViT-B-16 --classes 100 --shots 16 --steps 20 --threads 8
 # seeds trained together (train.batch_seeds) against one after the other: runs per GPU-hour (target >= 3x)
 "$PY" benchmarks/batched_speed.py --device cuda --model ViT-B-16 --classes 100 --epochs 1 --runs 1 3 8
+# the same for a deep-prompt method (VPT-deep: the image tower once per step over every seed's images)
+"$PY" benchmarks/batched_speed.py --device cuda --model ViT-B-16 --method vpt_deep --classes 100 --shots 4 \
+  --batch-size 4 --epochs 1 --runs 1 3 8

@@ -107,7 +107,8 @@ def test_killed_batched_job_resumes_to_the_same_result(mini):
 def test_batchable_is_declared_not_inherited():
     assert batched.can_batch(get_method("coop")) and batched.can_batch(get_method("kgcoop"))
     assert not batched.can_batch(get_method("tpt"))  # a CoOp subclass that draws test-time augmentations
-    assert not batched.can_batch(get_method("vpt_deep"))  # image encoder in the loop
+    assert batched.can_batch(get_method("vpt_deep"))  # image encoder in the loop (vlprompt.training.batched_images)
+    assert not batched.can_batch(get_method("ivlp"))  # VPT-deep's subclass, text prompts too: not declared
     assert not batched.can_batch(get_method("linear_probe"))
 
 

@@ -102,15 +102,19 @@ def _check(prompts: Sequence[torch.Tensor], layers: int, width: int, tower: str)
         raise DeepPromptError(f"{len(prompts)} {tower} prompt layers for a tower of {layers} blocks")
     shape = tuple(prompts[0].shape)
     for j, p in enumerate(prompts):
-        if p.dim() != 2 or tuple(p.shape) != shape or p.shape[1] != width:
+        if p.dim() not in (2, 3) or tuple(p.shape) != shape or p.shape[-1] != width:
             raise DeepPromptError(
                 f"{tower} prompt {j} has shape {tuple(p.shape)}; every layer needs "
-                f"(n_tokens, {width}) with the same n_tokens"
+                f"(n_tokens, {width}) (or (batch, n_tokens, {width}), one set per row) with the same shape"
             )
-    return shape[0]
+    return shape[-2]
 
 
 def _tokens(p: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if p.dim() == 3:  # per-row prompts (several runs' images in one batch: vlprompt.training.batched_images)
+        if p.shape[0] != like.shape[0]:
+            raise DeepPromptError(f"per-row prompts for {p.shape[0]} rows, the batch has {like.shape[0]}")
+        return p.to(like.dtype)
     return p.to(like.dtype).unsqueeze(0).expand(like.shape[0], -1, -1)  # (B, n, width)
 
 
@@ -132,7 +136,8 @@ def vision_prompts(model: CLIP, prompts: Sequence[torch.Tensor], through_ln_pre:
     ``prompts[j]`` (n, width) are the tokens of block j: ``prompts[0]`` is appended after the class
     token and the patches (before ``ln_pre``; after it with ``through_ln_pre`` False, as timm-style
     VPT code inserts prompts after ``norm_pre``), ``prompts[j]`` replaces the prompt positions at the
-    input of block j. An empty sequence changes nothing.
+    input of block j. An empty sequence changes nothing. Prompts of shape (B, n, width) give each image of
+    the batch its own tokens (row b gets ``prompts[j][b]``): several runs' images through the tower at once.
     """
     prompts = list(prompts)
     if not prompts:

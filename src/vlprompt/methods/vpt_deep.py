@@ -26,6 +26,7 @@ the prompted tower, logits, and the eval-time cache of the text classifier.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -66,6 +67,9 @@ class VPTDeep(Method):
     description = "deep learnable tokens in every image-encoder block; fixed hand-crafted text prompts"
     Config: ClassVar[type] = VPTDeepConfig  # IVLP's and MaPLe's configs are their own
     inputs = "images"
+    # its loss draws no randomness and calls the image tower once, through ``image_features``: seeds train together
+    # (vlprompt.training.batched_images); IVLP, MaPLe, ... do not inherit this (vlprompt.training.batched.can_batch)
+    batchable = True
 
     fixed_text: torch.Tensor  # (C, D) normalised features of the fixed hand-crafted prompts
 
@@ -101,8 +105,15 @@ class VPTDeep(Method):
     def vision_prompts(self) -> list[torch.Tensor]:
         return [] if self.vision_ctx is None else list(self.vision_ctx.unbind(0))
 
+    # Set by a trainer that runs several runs' images through the tower in one pass
+    # (vlprompt.training.batched_images): called instead of deep_prompts.encode_image as
+    # ``image_intercept(images, prompts)``.
+    image_intercept: Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor] | None = None
+
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, D) L2-normalised features of the images through the prompted image tower."""
+        if self.image_intercept is not None:
+            return normalize(self.image_intercept(images, self.vision_prompts()))
         return normalize(deep_prompts.encode_image(self.frozen.model, images, self.vision_prompts()))
 
     def text_features(self) -> torch.Tensor:

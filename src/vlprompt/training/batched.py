@@ -25,6 +25,10 @@ A method batches when its class itself (not only a parent) sets ``batchable = Tr
 ``loss`` and evaluation draw no global randomness (a run alone seeds the global generator per epoch; runs in
 lockstep share it) and it calls the text tower through its context's ``PromptedTextEncoder``. Other methods
 train one run after the other, as before.
+
+The lockstep itself (:func:`make_lane`, :func:`train_lanes`, :func:`end_training`) does not know which tower is
+shared: :mod:`vlprompt.training.batched_images` drives it for an image-loop method (VPT-deep), whose runs share
+one pass of the prompted image tower instead.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,9 +56,10 @@ log = logging.getLogger(__name__)
 
 
 def can_batch(cls) -> bool:
-    """Whether runs of method class ``cls`` can train in one computation: a feature-bank method whose own class
-    declares ``batchable`` (a subclass that adds randomness to its loss must not inherit its parent's word)."""
-    return cls.inputs == "features" and bool(cls.__dict__.get("batchable", False))
+    """Whether runs of method class ``cls`` can train in one computation: a method whose own class declares
+    ``batchable`` (a subclass that adds randomness to its loss must not inherit its parent's word); feature-bank
+    methods train here, image-loop methods in :mod:`vlprompt.training.batched_images`."""
+    return cls.inputs in ("features", "images") and bool(cls.__dict__.get("batchable", False))
 
 
 class _Recorded(BaseException):  # noqa: N818  (a signal, not an error; BaseException so that no loss swallows it)
@@ -64,7 +70,7 @@ class _Recorded(BaseException):  # noqa: N818  (a signal, not an error; BaseExce
 class _Lane:
     """One run in the lockstep: its prepared run and its own optimisation state."""
 
-    run: PreparedRun
+    run: Any  # a feature_runs.PreparedRun or an image_runs.PreparedImageRun
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     steps: int
@@ -77,18 +83,19 @@ class _Lane:
     terms: dict = dataclasses.field(default_factory=dict)  # the method's loss terms summed over the epoch's steps
     outputs: list = dataclasses.field(default_factory=list)  # this step's tower results, in call order
     calls: int = 0
-    pending: tuple | None = None  # (x, eot, trim) of the call that stopped the loss
+    pending: tuple | None = None  # the arguments of the call that stopped the loss: (x, eot, trim) for the text tower
+    batches_of: Callable | None = None  # the run's batches(epoch, generator, steps)
 
     @property
     def method(self):
         return self.run.method
 
-    def intercept(self, x: torch.Tensor, eot: torch.Tensor, trim: bool) -> torch.Tensor:
+    def intercept(self, *args) -> torch.Tensor:
         k = self.calls
         self.calls += 1
         if k < len(self.outputs):
             return self.outputs[k]
-        self.pending = (x, eot, trim)
+        self.pending = args
         raise _Recorded
 
 
@@ -107,9 +114,12 @@ def shared_tower_pass(lanes: list[_Lane], tower) -> None:
             lane.pending = None
 
 
-def step_losses(lanes: list[_Lane], inputs: dict[int, tuple], tower) -> dict[int, torch.Tensor]:
-    """Every lane's loss on its batch ``inputs[i] = (x, y)``, the text tower run once per round of calls; each
-    lane's loss terms (the parts its ``loss`` reports) are added to its epoch's sums."""
+def step_losses(
+    lanes: list[_Lane], inputs: dict[int, tuple], shared_pass: Callable[[list[_Lane]], None]
+) -> dict[int, torch.Tensor]:
+    """Every lane's loss on its batch ``inputs[i] = (x, y)``, the shared tower run once per round of calls
+    (``shared_pass(stopped lanes)``, e.g. :func:`shared_tower_pass`); each lane's loss terms (the parts its
+    ``loss`` reports) are added to its epoch's sums."""
     losses: dict[int, torch.Tensor] = {}
     for lane in lanes:
         lane.outputs = []
@@ -127,55 +137,78 @@ def step_losses(lanes: list[_Lane], inputs: dict[int, tuple], tower) -> dict[int
             except _Recorded:
                 stopped.append(i)
         if stopped:
-            shared_tower_pass([lanes[i] for i in stopped], tower)
+            shared_pass([lanes[i] for i in stopped])
         todo = stopped
     return losses
+
+
+def make_lane(run, n: int, batches_of: Callable) -> _Lane:
+    """A lane for ``run`` (its ``method``, ``mcfg``, ``ctx``, ``seed`` and ``checkpoint``) on ``n`` training
+    examples drawn by ``batches_of(epoch, generator, steps)``: optimiser, scaler and steps as
+    :func:`~vlprompt.training.loop.train_loop` sets them up, resumed from the run's checkpoint if there is one."""
+    device = run.ctx.device
+    opt, scaler, steps = loop_setup(run.method, run.mcfg, device, n)
+    start, history, seconds, curves = load_checkpoint(run.checkpoint, run.method, opt, scaler, device)
+    run.method.train()
+    return _Lane(run, opt, scaler, steps, start, history, seconds, curves, batches_of=batches_of)
+
+
+def train_lanes(
+    lanes: list[_Lane], checkpoint_every: int, stop_after: int | None, shared_pass: Callable[[list[_Lane]], None]
+) -> None:
+    """Every lane's remaining epochs in lockstep, each checkpointed as a run alone checkpoints; the lanes'
+    intercepts must be installed (the caller removes them after, also on an interruption)."""
+    device = lanes[0].run.ctx.device
+    for epoch in range(min(lane.start for lane in lanes), max(lane.run.mcfg.epochs for lane in lanes)):
+        active = [lane for lane in lanes if lane.start <= epoch < lane.run.mcfg.epochs]
+        train_epoch(active, epoch, device, shared_pass)
+        for lane in active:
+            done = epoch + 1
+            if done % checkpoint_every == 0 and done < lane.run.mcfg.epochs:
+                save_checkpoint(
+                    lane.run.checkpoint,
+                    lane.method,
+                    lane.opt,
+                    lane.scaler,
+                    done,
+                    lane.history,
+                    lane.seconds,
+                    lane.curves,
+                )
+        if stop_after is not None and epoch + 1 >= stop_after:
+            raise KeyboardInterrupt(f"stopped after epoch {epoch + 1} (stop_after)")
+
+
+def end_training(lanes: list[_Lane]) -> None:
+    """What a run alone does after its last epoch: the method's ``train_end``, then evaluation mode."""
+    for lane in lanes:
+        train_end = getattr(lane.method, "train_end", None)
+        if train_end is not None:
+            train_end()
+        lane.method.eval()
 
 
 def train_together(runs: list[PreparedRun], checkpoint_every: int, stop_after: int | None = None) -> list[dict]:
     """Train ``runs`` (prepared by :func:`feature_runs.prepare`, all needing the SGD loop, one method on one
     backbone) in lockstep; resumable, each from its own checkpoint. Returns each run's train info, as
     :func:`feature_runs.feature_loop` does."""
-    device = runs[0].ctx.device
     lanes = []
     for r in runs:
-        opt, scaler, steps = loop_setup(r.method, r.mcfg, device, r.ctx.training_data()[0].shape[1])
-        start, history, seconds, curves = load_checkpoint(r.checkpoint, r.method, opt, scaler, device)
-        lanes.append(_Lane(r, opt, scaler, steps, start, history, seconds, curves))
-        r.method.train()
+        lanes.append(make_lane(r, r.ctx.training_data()[0].shape[1], feature_runs.feature_batches(r.ctx, r.mcfg)))
         r.ctx.encoder.intercept = lanes[-1].intercept
     tower = runs[0].ctx.encoder.tower  # the frozen modules every run's encoder wraps (one backbone per process)
     try:
-        for epoch in range(min(lane.start for lane in lanes), max(lane.run.mcfg.epochs for lane in lanes)):
-            active = [lane for lane in lanes if lane.start <= epoch < lane.run.mcfg.epochs]
-            train_epoch(active, epoch, device, tower)
-            for lane in active:
-                done = epoch + 1
-                if done % checkpoint_every == 0 and done < lane.run.mcfg.epochs:
-                    save_checkpoint(
-                        lane.run.checkpoint,
-                        lane.method,
-                        lane.opt,
-                        lane.scaler,
-                        done,
-                        lane.history,
-                        lane.seconds,
-                        lane.curves,
-                    )
-            if stop_after is not None and epoch + 1 >= stop_after:
-                raise KeyboardInterrupt(f"stopped after epoch {epoch + 1} (stop_after)")
+        train_lanes(lanes, checkpoint_every, stop_after, lambda stopped: shared_tower_pass(stopped, tower))
     finally:
         for r in runs:
             r.ctx.encoder.intercept = None
-    for lane in lanes:
-        train_end = getattr(lane.method, "train_end", None)
-        if train_end is not None:
-            train_end()
-        lane.method.eval()
+    end_training(lanes)
     return [{"loss_history": lane.history, "steps_per_epoch": lane.steps, "curves": lane.curves} for lane in lanes]
 
 
-def train_epoch(active: list[_Lane], epoch: int, device: torch.device, tower) -> None:
+def train_epoch(
+    active: list[_Lane], epoch: int, device: torch.device, shared_pass: Callable[[list[_Lane]], None]
+) -> None:
     """One epoch of every lane in ``active``: each draws its batches from its own (seed, epoch) generator."""
     t0 = time.time()
     for lane in active:
@@ -184,7 +217,8 @@ def train_epoch(active: list[_Lane], epoch: int, device: torch.device, tower) ->
             group["lr"] = lr_at(cfg, epoch)
         torch.manual_seed(epoch_seed(lane.run.seed, epoch))  # as a run alone (batchable losses draw nothing from it)
         gen = torch.Generator().manual_seed(epoch_seed(lane.run.seed, epoch))
-        lane.batches = iter(feature_runs.feature_batches(lane.run.ctx, cfg)(epoch, gen, lane.steps))
+        assert lane.batches_of is not None, "a lane without its batches"
+        lane.batches = iter(lane.batches_of(epoch, gen, lane.steps))
         lane.total, lane.terms = 0.0, {}
     for step in range(max(lane.steps for lane in active)):
         stepping = [lane for lane in active if step < lane.steps]
@@ -194,7 +228,7 @@ def train_epoch(active: list[_Lane], epoch: int, device: torch.device, tower) ->
                 for group in lane.opt.param_groups:
                     group["lr"] = lr_at(lane.run.mcfg, epoch, step, lane.steps)
         with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-            losses = step_losses(stepping, inputs, tower)
+            losses = step_losses(stepping, inputs, shared_pass)
         for lane in stepping:
             lane.opt.zero_grad(set_to_none=True)
         torch.stack([lane.scaler.scale(losses[i]).float() for i, lane in enumerate(stepping)]).sum().backward()

@@ -9,8 +9,10 @@ epoch e are drawn from (seed, e), so a resumed run continues exactly as an unint
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,7 +22,7 @@ from vlprompt.data.splits import subsample_classes
 from vlprompt.experiment import grid
 from vlprompt.experiment.config import method_settings
 from vlprompt.io import provenance, read_artefact_json
-from vlprompt.methods import MethodContext, MethodError, TrainConfig, get_method
+from vlprompt.methods import Method, MethodContext, MethodError, TrainConfig, get_method
 from vlprompt.training.context import (
     attach_multitask_prompt,
     check_class_names,
@@ -67,6 +69,35 @@ def epoch_images(root: Path, relpaths: list[str], transform, seed: int, epoch: i
     )
 
 
+def image_batches(
+    method,
+    ctx: MethodContext,
+    cfg: TrainConfig,
+    rows: list,
+    root: Path,
+    transform,
+    workers: int = 0,
+    exif: bool = False,
+):
+    """``batches(epoch, generator, steps)`` of :func:`~vlprompt.training.loop.train_loop` over the images ``rows``
+    ([relpath, label, name]): the batch order from the generator, each image augmented from (seed, epoch)."""
+    device = ctx.device
+    relpaths, labels = [r[0] for r in rows], torch.tensor([r[1] for r in rows])
+    n = len(rows)
+
+    def batches(epoch: int, gen: torch.Generator, steps: int):
+        order = torch.randperm(n, generator=gen)
+        idxs = [batch_indices(order, s, cfg.batch_size).tolist() for s in range(steps)]
+        images = epoch_images(root, relpaths, transform, ctx.seed, epoch, getattr(method, "train_views", 1), exif)
+        loader = torch.utils.data.DataLoader(
+            images, batch_sampler=idxs, num_workers=workers, pin_memory=device.type == "cuda"
+        )
+        for idx, x in zip(idxs, loader, strict=True):
+            yield x.to(device, non_blocking=True), labels[idx].to(device)
+
+    return batches
+
+
 def image_loop(
     method,
     ctx: MethodContext,
@@ -84,22 +115,19 @@ def image_loop(
 ) -> dict:
     """Train ``method`` on the images ``rows`` ([relpath, label, name], labels of the training classes); ``exif``:
     read them as a user's images (``ImageList``)."""
-    device = ctx.device
-    relpaths, labels = [r[0] for r in rows], torch.tensor([r[1] for r in rows])
-    n = len(rows)
-
-    def batches(epoch: int, gen: torch.Generator, steps: int):
-        order = torch.randperm(n, generator=gen)
-        idxs = [batch_indices(order, s, cfg.batch_size).tolist() for s in range(steps)]
-        images = epoch_images(root, relpaths, transform, ctx.seed, epoch, getattr(method, "train_views", 1), exif)
-        loader = torch.utils.data.DataLoader(
-            images, batch_sampler=idxs, num_workers=workers, pin_memory=device.type == "cuda"
-        )
-        for idx, x in zip(idxs, loader, strict=True):
-            yield x.to(device, non_blocking=True), labels[idx].to(device)
-
+    batches = image_batches(method, ctx, cfg, rows, root, transform, workers, exif)
     return train_loop(
-        method, cfg, ctx.seed, device, n, batches, ckpt_path, checkpoint_every, progress, stop_after, on_epoch
+        method,
+        cfg,
+        ctx.seed,
+        ctx.device,
+        len(rows),
+        batches,
+        ckpt_path,
+        checkpoint_every,
+        progress,
+        stop_after,
+        on_epoch,
     )
 
 
@@ -147,17 +175,46 @@ def evaluate_images(
     return evaluate_parts(method, test_rows, classes, protocol, trained_on, predict)
 
 
-def run(
-    cfg: dict,
-    dataset: str,
-    method_name: str,
-    shots: int,
-    seed: int,
-    out_dir: str | Path,
-    progress: bool = True,
-    stop_after: int | None = None,
-) -> dict:
-    """Train and evaluate one run of an image-input method; write ``model.pt`` and ``metrics.json``."""
+@dataclasses.dataclass
+class PreparedImageRun:
+    """An image-input run built and ready to train: its method, context, training images and what evaluation and
+    saving need (the image counterpart of :class:`vlprompt.training.feature_runs.PreparedRun`)."""
+
+    cfg: dict
+    dataset: str
+    shots: int
+    seed: int
+    out_dir: Path
+    cls: type[Method]
+    mcfg: TrainConfig
+    method: Method
+    ctx: MethodContext
+    classes: dict
+    train_names: list[str]
+    root: Path
+    exif: bool
+    t0: float
+    t_load: float
+    rows: list = dataclasses.field(default_factory=list)  # the training images [relpath, label, name]
+    transform: Any = None  # their training augmentation
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    @property
+    def trains(self) -> bool:
+        return self.cls.needs_training
+
+    def batches(self):
+        """The run's ``batches(epoch, generator, steps)`` (:func:`image_batches`)."""
+        workers = self.cfg["features"]["workers"]
+        return image_batches(self.method, self.ctx, self.mcfg, self.rows, self.root, self.transform, workers, self.exif)
+
+
+def prepare(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_dir: str | Path) -> PreparedImageRun:
+    """Seed the process for the run, build its context and method, read its training images (and let a method
+    that looks at them first, DAM-VP, do so)."""
     t0 = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -175,64 +232,91 @@ def run(
     fcfg = cfg["features"]
     t_load = time.time() - t0
     method = cls(mcfg, ctx).to(device)
-    train_info: dict = {}
-    ckpt = out_dir / "checkpoint.pt"
+    prepared = PreparedImageRun(
+        cfg, dataset, shots, seed, out_dir, cls, mcfg, method, ctx, classes, train_names, root, exif, t0, t_load
+    )
     if cls.needs_training:
         fewshot = splits.read_fewshot(
             grid.fewshot_path(cfg, dataset, shots, seed), cfg["fewshot"].get("allow_fewer", False)
         )
-        rows = subsample_classes(fewshot["train"], train_labels)
-        transform = training_transform(backbone, mcfg, fcfg["crop_scale_min"])
+        prepared.rows = subsample_classes(fewshot["train"], train_labels)
+        prepared.transform = training_transform(backbone, mcfg, fcfg["crop_scale_min"])
         prepare_images = getattr(method, "prepare_images", None)
         if prepare_images is not None:  # DAM-VP: clusters of the un-augmented training images, before training
-            plain = ImageList(root, [r[0] for r in rows], backbone.preprocess, exif=exif)
+            plain = ImageList(root, [r[0] for r in prepared.rows], backbone.preprocess, exif=exif)
             prepare_images(x for x in torch.utils.data.DataLoader(plain, batch_size=fcfg["batch_size"]))
-        with live_logger(cfg, out_dir, ckpt) as on_epoch:
-            train_info = image_loop(
-                method,
-                ctx,
-                mcfg,
-                root,
-                rows,
-                transform,
-                ckpt,
-                cfg["train"]["checkpoint_every"],
-                fcfg["workers"],
-                progress,
-                stop_after,
-                exif,
-                on_epoch,
-            )
-    t_train = time.time() - t0 - t_load
-    test_rows = splits.read_split(registry.split_path(cfg, dataset))["test"]
+    return prepared
+
+
+def finish(run: PreparedImageRun, train_info: dict, train_seconds: float | None = None) -> dict:
+    """After training: evaluation on the test images, ``model.pt`` and ``metrics.json`` written. ``train_seconds``:
+    the run's share of a batched training (:mod:`vlprompt.training.batched_images`)."""
+    cfg, method, ctx = run.cfg, run.method, run.ctx
+    fcfg = cfg["features"]
+    t_finish = time.time()
+    t_train = time.time() - run.t0 - run.t_load if train_seconds is None else train_seconds
+    test_rows = splits.read_split(registry.split_path(cfg, run.dataset))["test"]
     metrics = evaluate_images(
         method,
         test_rows,
-        root,
-        backbone.preprocess,
-        classes,
+        run.root,
+        ctx.backbone.preprocess,
+        run.classes,
         cfg["protocol"],
-        train_names,
-        device,
+        run.train_names,
+        ctx.device,
         fcfg["batch_size"],
         fcfg["workers"],
-        exif,
+        run.exif,
     )
-    seconds = {"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)}
+    # trained with others: the run's own load and evaluation plus its share of the training (no overlap)
+    total = time.time() - run.t0 if train_seconds is None else run.t_load + train_seconds + time.time() - t_finish
+    seconds = {"load": round(run.t_load, 2), "train": round(t_train, 2), "total": round(total, 2)}
     return save_run(
         cfg,
-        out_dir,
+        run.out_dir,
         metrics,
         method,
-        mcfg,
-        dataset,
-        shots,
-        seed,
-        train_names,
+        run.mcfg,
+        run.dataset,
+        run.shots,
+        run.seed,
+        run.train_names,
         train_info,
         seconds,
-        provenance(**backbone.provenance(), device=str(device)),
+        provenance(**ctx.backbone.provenance(), device=str(ctx.device)),
     )
+
+
+def run(
+    cfg: dict,
+    dataset: str,
+    method_name: str,
+    shots: int,
+    seed: int,
+    out_dir: str | Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
+    """Train and evaluate one run of an image-input method; write ``model.pt`` and ``metrics.json``."""
+    prepared = prepare(cfg, dataset, method_name, shots, seed, out_dir)
+    train_info: dict = {}
+    if prepared.trains:
+        with live_logger(cfg, prepared.out_dir, prepared.checkpoint) as on_epoch:
+            train_info = train_loop(
+                prepared.method,
+                prepared.mcfg,
+                seed,
+                prepared.ctx.device,
+                len(prepared.rows),
+                prepared.batches(),
+                prepared.checkpoint,
+                cfg["train"]["checkpoint_every"],
+                progress,
+                stop_after,
+                on_epoch,
+            )
+    return finish(prepared, train_info)
 
 
 def evaluate_transfer(

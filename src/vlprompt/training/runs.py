@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vlprompt.experiment import grid
 from vlprompt.methods import get_method
-from vlprompt.training import batched, feature_runs, image_runs
+from vlprompt.training import batched, batched_images, feature_runs, image_runs
 from vlprompt.training.records import is_complete
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ def run_many(cfg: dict, dataset: str, method_name: str, runs: list[tuple[int, in
     """Train several (shots, seed) runs of one method on one dataset in this process, each into its own
     run directory, skipping runs that are already complete. Saves the per-process start-up cost
     (importing torch and open_clip, loading the backbone), which dominates on small CPU jobs. With
-    ``train.batch_seeds`` and a batchable method (:func:`batched.can_batch`), the runs train in one computation."""
+    ``train.batch_seeds`` and a batchable method (:func:`batched.can_batch`), the runs train in one computation
+    (:mod:`batched` for feature-bank methods, :mod:`batched_images` for image-loop ones)."""
     todo = []
     for shots, seed in runs:
         run_dir = grid.Run(dataset, method_name, shots, seed).dir(cfg)
@@ -51,6 +52,7 @@ def run_many(cfg: dict, dataset: str, method_name: str, runs: list[tuple[int, in
             log.info("%s is complete, skipping", run_dir)
             continue
         todo.append((shots, seed, run_dir))
-    if len(todo) > 1 and cfg["train"].get("batch_seeds", False) and batched.can_batch(get_method(method_name)):
-        return batched.run_group(cfg, dataset, method_name, todo)
+    cls = get_method(method_name)
+    if len(todo) > 1 and cfg["train"].get("batch_seeds", False) and batched.can_batch(cls):
+        return (batched_images if cls.inputs == "images" else batched).run_group(cfg, dataset, method_name, todo)
     return [run(cfg, dataset, method_name, shots, seed, run_dir, progress) for shots, seed, run_dir in todo]
