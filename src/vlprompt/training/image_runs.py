@@ -5,6 +5,10 @@ metrics), but reading images instead of the feature bank: the few-shot training 
 with CoOp's augmentation (random resized crop + flip), the test images with the backbone's test transform. The
 optimisation is :func:`vlprompt.training.loop.train_loop`'s; the batch order and every image's augmentation in
 epoch e are drawn from (seed, e), so a resumed run continues exactly as an uninterrupted one.
+
+A run is :func:`prepare` (context, method, training images), the loop, then :func:`finish` (evaluation, saved
+outputs); :mod:`vlprompt.training.batched_images` trains the seeds of a batchable method (VPT-deep) between the
+same two in one computation.
 """
 
 from __future__ import annotations
