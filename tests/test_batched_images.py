@@ -11,11 +11,12 @@ SGD amplifies the same float noise to ~1e-4 over those steps, as it would betwee
 kernels; the test stays at the method's own rate.
 """
 
+import json
+
 import pytest
 import torch
 import yaml
 
-from test_batched import read
 from vlprompt.clip import deep_prompts
 from vlprompt.experiment.config import load_config
 from vlprompt.methods import get_method
@@ -53,6 +54,12 @@ def mini(tmp_path_factory):
     for cmd in (["prepare"], ["classes"], *(["fewshot", "--shots", "2", "--seed", str(s)] for s in SEEDS)):
         assert cli([*cmd, "--config", str(path), "--dataset", "pocket_noisy", "--quiet"]) == 0
     return root, load_config(path)
+
+
+def read(folder):
+    metrics = json.loads((folder / "metrics.json").read_text())
+    state = torch.load(folder / "model.pt", weights_only=False)["state"]
+    return metrics, state
 
 
 def assert_same(single: tuple, together: tuple, rtol: float = RTOL) -> None:
