@@ -33,6 +33,7 @@ from vlprompt.training.loggers import live_logger
 from vlprompt.training.loop import batch_indices, seed_everything, train_loop
 from vlprompt.training.records import load_model_state, save_run, save_transfer
 from vlprompt.training.teacher import attach_teacher
+from vlprompt.training.trait_localisation import trait_localisation
 
 
 def _epoch_view(seed: int, epoch: int) -> int:
@@ -218,6 +219,11 @@ def run(
         fcfg["workers"],
         exif,
     )
+    localisation = trait_localisation(  # methods with class attention maps (Prompt-CAM) on the pocket world
+        method, cfg, dataset, test_rows, rows if cls.needs_training else [], backbone.preprocess, train_names, device
+    )
+    if localisation is not None:
+        metrics["trait_localisation"] = localisation
     seconds = {"load": round(t_load, 2), "train": round(t_train, 2), "total": round(time.time() - t0, 2)}
     return save_run(
         cfg,
