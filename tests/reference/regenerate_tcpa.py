@@ -1,7 +1,7 @@
 """Regenerate TCPA's pool fixture (``fixtures/tcpa_pool.pt``) from the reference's own ``Pool`` and ``Pool_TCPA``,
 and its mixup fixture (``fixtures/tcpa_mixup.pt``) from the reference's own ``get_mixup_fn``.
 
-    python tests/reference/regenerate_tcpa.py --refs DIR
+    python tests/reference/regenerate_tcpa.py --refs DIR [--only pool|mixup]
 
 DIR holds a checkout of zhoujiahuan1991/ICML2025-TCPA (folder ``ICML2025-TCPA``) at the commit in ``REFERENCE``. The
 classes ``Pool`` and ``Pool_TCPA`` are taken from the syntax tree of ``models/TCPA.py`` and run in a namespace holding
