@@ -136,3 +136,32 @@ def test_v2_dataset_with_cues_generates_and_redraws_when_the_cue_changes(tmp_pat
     pocket.generate(ds, pocket.world("v2", n_colours=4, n_shapes=4), tmp_path, progress=False)
     after = np.asarray(__import__("PIL.Image").Image.open(img))
     assert np.abs(before.astype(int) - after.astype(int)).sum() > 0  # other cue settings: redrawn
+
+
+@pytest.mark.parametrize("version,style", [(1, "photo"), (1, "sketch"), (2, "cluttered")])
+def test_object_mask_replays_the_generated_image(tmp_path, version, style):
+    """The silhouette comes from the image's own rendering record: the replayed image equals the file on disk, the
+    pixels are the same with or without the silhouette, and on a plain photo the object's colour lies inside it."""
+    from PIL import Image
+
+    world = pocket.World(n_colours=3, n_shapes=3) if version == 1 else pocket.world("v2", n_colours=4, n_shapes=4)
+    ds = pocket.PocketDataset("pocket_test", style, {"train": 1, "val": 1, "test": 2})
+    split = json.loads(pocket.generate(ds, world, tmp_path, progress=False).read_text())
+    for relpath, label, _ in split["test"]:
+        on_disk = np.asarray(Image.open(tmp_path / relpath))
+        index = int(relpath.rsplit("/", 1)[1].split(".")[0])
+        silhouette: list[np.ndarray] = []
+        replayed = pocket.draw_image(world, style, "test", label, index, 1.0, silhouette)
+        np.testing.assert_array_equal(np.asarray(replayed), on_disk)
+        np.testing.assert_array_equal(np.asarray(pocket.draw_image(world, style, "test", label, index)), on_disk)
+        mask = pocket.object_mask(tmp_path, world, relpath, label)
+        np.testing.assert_array_equal(mask, silhouette[0])
+        size = world.image_size
+        assert mask.shape == (4 * size, 4 * size) and 0.1 < mask.mean() < 0.6 and set(np.unique(mask)) <= {0.0, 1.0}
+        if style == "photo":  # pixels fully on the object carry its colour, those fully off it the background's
+            cover = mask.reshape(size, 4, size, 4).mean((1, 3))
+            colour = np.asarray(pocket.COLOURS[world.classes[label][0]], float)
+            dist = np.abs(on_disk.astype(float) - colour).mean(-1)
+            assert dist[cover == 1].mean() < 20 < dist[cover == 0].mean()
+    with pytest.raises(ValueError, match="not an image of class"):
+        pocket.object_mask(tmp_path, world, split["test"][0][0], (split["test"][0][1] + 1) % len(world.classes))

@@ -143,6 +143,12 @@ def test_runs_end_to_end_base_classes_only_and_resumes_exactly(tmp_path_factory)
     metrics = run_and_resume(tmp_path_factory, "prompt_cam", {"epochs": 2, "batch_size": 2, "warmup_epochs": 1})
     assert 0 <= metrics["base_acc"] <= 100 and math.isnan(metrics["new_acc"])
     assert len(metrics["train"]["loss_history"]) == 2
+    # its trait maps scored on the pocket world: the test images and the few-shot training images of its classes
+    scores = metrics["trait_localisation"]
+    assert scores["test"]["images"] == 4 and scores["train"]["images"] == 4  # 2 base classes x 2 images
+    for split in ("test", "train"):
+        assert 0 <= scores[split]["mass"] <= 1 and 0 < scores[split]["area"] < 1
+        assert len(scores[split]["mass_per_head"]) == 4  # the pocket CLIP's heads (128 / 32)
 
 
 def reference_method(backbone, fix, **overrides):  # noqa: F811

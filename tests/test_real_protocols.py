@@ -37,10 +37,10 @@ DG_TARGETS = ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
 
 # Jobs per rule, from each protocol's grid. A trained method has one run per dataset x shots x seed; a
 # zero-shot method one per dataset (shots 0, seed 0). Feature-bank methods train in `train`, image-encoder
-# methods (vpt_deep, ivlp, maple, promptsrc, hicropl, glad, apt, tcpa, prompt_cam) in `train_images`; every run is
+# methods (vpt_deep, ivlp, maple, promptsrc, hicropl, glad, apt, tcpa, prompt_cam, dpl) in `train_images`; every run is
 # evaluated on every target.
 EXPECTED = {
-    # 11 datasets; zeroshot + 5 feature methods (coop, cocoop, kgcoop, prograd, dvmi) + 8 image methods;
+    # 11 datasets; zeroshot + 5 feature methods (coop, cocoop, kgcoop, prograd, dvmi) + 9 image methods;
     # 16 shots; seeds 1-3
     # (few-shot subsets and their features: one job per dataset x shots x seed; test features per dataset)
     "base2novel.yaml": {
@@ -50,12 +50,12 @@ EXPECTED = {
         "extract_test": 11,
         "extract_fewshot": 11 * 3,
         "train": 11 + 11 * 5 * 1 * 3,
-        "train_images": 11 * 8 * 1 * 3,  # with glad, apt, tcpa
+        "train_images": 11 * 9 * 1 * 3,  # with glad, apt, tcpa, dpl
         "aggregate": 1,
         "report": 1,
         "all": 1,
     },
-    # 11 datasets; zeroshot + 7 feature methods + 4 image methods (glad, prompt_cam, apt, tcpa); shots 1, 2, 4, 8,
+    # 11 datasets; zeroshot + 7 feature methods + 5 image methods (glad, prompt_cam, apt, tcpa, dpl); shots 1, 2, 4, 8,
     # 16; seeds 1-3
     "fewshot.yaml": {
         "prepare_dataset": 11,
@@ -64,13 +64,13 @@ EXPECTED = {
         "extract_test": 11,
         "extract_fewshot": 11 * 5 * 3,
         "train": 11 + 11 * 7 * 5 * 3,
-        "train_images": 11 * 4 * 5 * 3,  # glad, prompt_cam, apt, tcpa
+        "train_images": 11 * 5 * 5 * 3,  # glad, prompt_cam, apt, tcpa, dpl
         "aggregate": 1,
         "report": 1,
         "all": 1,
     },
     # ImageNet + 10 targets prepared and their test features extracted (ImageNet's few-shot subsets too);
-    # zeroshot + 4 feature methods + 3 image methods (maple, promptsrc, glad)
+    # zeroshot + 4 feature methods + 6 image methods (maple, promptsrc, glad, apt, tcpa, dpl)
     # trained on ImageNet (16 shots, seeds 1-3); each run evaluated on the 10 targets
     "crossdataset.yaml": {
         "prepare_dataset": 11,
@@ -79,9 +79,9 @@ EXPECTED = {
         "extract_test": 11,
         "extract_fewshot": 3,
         "train": 1 + 4 * 3,
-        "train_images": 3 * 3,
+        "train_images": 6 * 3,
         "evaluate_transfer": (1 + 4 * 3) * 10,
-        "evaluate_transfer_images": 3 * 3 * 10,
+        "evaluate_transfer_images": 6 * 3 * 10,
         "aggregate": 1,
         "report": 1,
         "all": 1,
@@ -94,9 +94,9 @@ EXPECTED = {
         "extract_test": 5,
         "extract_fewshot": 3,
         "train": 1 + 4 * 3,
-        "train_images": 3 * 3,
+        "train_images": 6 * 3,
         "evaluate_transfer": (1 + 4 * 3) * 4,
-        "evaluate_transfer_images": 3 * 3 * 4,
+        "evaluate_transfer_images": 6 * 3 * 4,
         "aggregate": 1,
         "report": 1,
         "all": 1,

@@ -2,7 +2,8 @@
 ``tests/reference/fixtures/tcpa_pool.pt``, written by ``tests/reference/regenerate_tcpa.py`` at its hard-coded
 ViT-B/16 shapes); the prompted attention (``vlprompt.clip.attention_mask``) against a hand-written loop over
 open_clip's blocks in the reference's layout; the loss on a toy; the random-epoch clock; the reduction to the fixed
-prompts without pools."""
+prompts without pools; the mixup against the reference's own get_mixup_fn (``tcpa_mixup.pt``) and a run with it
+deterministic."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import torch.nn.functional as F
 from test_deep_prompts import bb, ctx  # noqa: F401  (the pocket CLIP, random weights; its method context)
 from vlprompt.clip import attention_mask, deep_prompts
 from vlprompt.methods import get_method
-from vlprompt.methods.tcpa import PromptPool, tcpa_mask
+from vlprompt.methods.tcpa import PromptPool, mixup_batch, mixup_draw, tcpa_mask
 
 FIXTURE = Path(__file__).parent / "reference" / "fixtures" / "tcpa_pool.pt"
+MIXUP_FIXTURE = Path(__file__).parent / "reference" / "fixtures" / "tcpa_mixup.pt"
 CLASSES = ["red circle", "blue square", "green star"]
 
 
@@ -222,3 +224,77 @@ def test_runs_end_to_end_and_resumes_exactly(tmp_path_factory):
     full = run_and_resume(tmp_path_factory, "tcpa", {**overrides, "pool_size_image": 4, "topk_image": 2})
     assert 0 <= full["hm"] <= 100 and len(full["train"]["loss_history"]) == 3
     assert full["method_info"]["random_epochs"] == 1 and not math.isnan(full["base_acc"])
+
+
+def test_mixup_equals_the_references_get_mixup_fn_on_its_draws():
+    """timm's Mixup as the reference's get_mixup_fn builds it: the same images and soft targets at the λ it drew,
+    mixed or not; with the image's own target instead of its mirror's, or without smoothing, they differ."""
+    fix = torch.load(MIXUP_FIXTURE, weights_only=False)
+    cfg = get_method("tcpa").make_config({})
+    settings = fix["settings"]
+    assert (cfg.mixup, cfg.mixup_alpha, cfg.mixup_prob, cfg.label_smoothing) == (
+        True,
+        settings["mixup_alpha"],
+        settings["prob"],
+        settings["label_smoothing"],
+    )
+    assert settings["cutmix_alpha"] == 0 and settings["mode"] == "batch"
+    for case in fix["cases"]:
+        images, target = mixup_batch(fix["images"], fix["labels"], settings["classes"], case["lam"], 0.1)
+        assert torch.allclose(images, case["images"], rtol=1e-5, atol=1e-7), case["seed"]
+        assert torch.allclose(target, case["target"], rtol=1e-5, atol=1e-7), case["seed"]
+        assert torch.allclose(target.sum(1), torch.ones(len(target)))
+        if case["lam"] != 1.0:
+            _, unsmoothed = mixup_batch(fix["images"], fix["labels"], settings["classes"], case["lam"], 0.0)
+            assert not torch.allclose(unsmoothed, case["target"], rtol=1e-5, atol=1e-7)
+            _, unmixed = mixup_batch(fix["images"], fix["labels"], settings["classes"], 1.0, 0.1)
+            assert not torch.allclose(unmixed, case["target"], rtol=1e-5, atol=1e-7)
+    with pytest.raises(Exception, match="even batch"):
+        mixup_batch(fix["images"][:5], fix["labels"][:5], 5, 0.5, 0.1)
+
+
+def test_mixup_draws_from_the_seeded_generator():
+    """Whether to mix, then λ ~ Beta(α, α): the same draws after the same seed; about half the batches mixed."""
+    torch.manual_seed(3)
+    first = [mixup_draw(0.5, 0.8) for _ in range(400)]
+    torch.manual_seed(3)
+    assert first == [mixup_draw(0.5, 0.8) for _ in range(400)]
+    mixed = [lam for lam in first if lam != 1.0]
+    assert 150 < len(mixed) < 250 and all(0 <= lam <= 1 for lam in mixed)
+    assert all(mixup_draw(0.0, 0.8) == 1.0 for _ in range(20))
+
+
+def test_mixup_loss_is_the_soft_target_cross_entropy(ctx, images):  # noqa: F811
+    """In training, the loss is −Σ t log softmax on the mixed images (drawn again from the same seed by hand), the
+    last image of an odd batch dropped; mixup off, or in evaluation, the plain cross-entropy."""
+    tcpa = build(ctx, mixup_prob=1.0, prompt_dropout=0.0, random_epochs=0).train()
+    labels = torch.tensor([0, 1, 2])
+    torch.manual_seed(5)
+    loss, parts = tcpa.loss(images[:3], labels)
+    torch.manual_seed(5)
+    lam = mixup_draw(1.0, 0.8)
+    assert parts["mixup_lambda"] == lam != 1.0
+    mixed, target = mixup_batch(images[:2], labels[:2], len(CLASSES), lam, 0.1)
+    with torch.no_grad():
+        features, pool = tcpa.encode(mixed)
+        logits = tcpa.logit_scale * features @ tcpa.classifier().T
+    expected = -(target * F.log_softmax(logits, -1)).sum(-1).mean() + 0.01 * pool
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    plain = build(ctx, mixup=False, prompt_dropout=0.0, random_epochs=0).train()
+    plain.load_state_dict(tcpa.state_dict())
+    loss, parts = plain.loss(images[:3], labels)
+    with torch.no_grad():
+        features, pool = plain.encode(images[:3])
+        ce = F.cross_entropy(plain.logit_scale * features @ plain.classifier().T, labels)
+    assert loss.item() == pytest.approx((ce + 0.01 * pool).item(), rel=1e-5) and parts["mixup_lambda"] == 1.0
+
+
+def test_a_run_with_mixup_is_deterministic(tmp_path_factory):
+    """With mixup on (every batch mixed), two runs of the same seed (one killed after its first epoch and resumed)
+    end with the same losses and parameters, and the λs drawn are in the run's curves."""
+    from test_deep_prompts import run_and_resume
+
+    overrides = {"epochs": 2, "batch_size": 2, "warmup_epochs": 0, "random_epochs": 0, "mixup_prob": 1.0}
+    full = run_and_resume(tmp_path_factory, "tcpa", {**overrides, "pool_size_image": 4, "topk_image": 2})
+    lams = [row["mixup_lambda"] for row in full["train"]["curves"]]
+    assert all(0 < lam < 1 for lam in lams) and full["method_info"]["mixup"]["alpha"] == 0.8

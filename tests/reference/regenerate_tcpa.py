@@ -1,6 +1,7 @@
-"""Regenerate TCPA's pool fixture (``fixtures/tcpa_pool.pt``) from the reference's own ``Pool`` and ``Pool_TCPA``.
+"""Regenerate TCPA's pool fixture (``fixtures/tcpa_pool.pt``) from the reference's own ``Pool`` and ``Pool_TCPA``,
+and its mixup fixture (``fixtures/tcpa_mixup.pt``) from the reference's own ``get_mixup_fn``.
 
-    python tests/reference/regenerate_tcpa.py --refs DIR
+    python tests/reference/regenerate_tcpa.py --refs DIR [--only pool|mixup]
 
 DIR holds a checkout of zhoujiahuan1991/ICML2025-TCPA (folder ``ICML2025-TCPA``) at the commit in ``REFERENCE``. The
 classes ``Pool`` and ``Pool_TCPA`` are taken from the syntax tree of ``models/TCPA.py`` and run in a namespace holding
@@ -14,6 +15,13 @@ prompts (so that a swap shows), its mask (one head: every head's is checked equa
 chosen by key matching and by its random draws (after ``torch.manual_seed``), and ``get_prompts`` in eval mode. x
 is rounded to fp16 first, so that the fixture stores it exactly in half the space, and only that layer's keys and
 prompts are stored.
+
+The mixup fixture: ``get_mixup_fn`` taken from the syntax tree of ``train/utils.py`` and run in a namespace holding
+timm's ``Mixup`` (the installed timm; the reference's environment pins timm 1.0.8, whose ``Mixup`` is the same in
+batch mode) and a class count for a toy dataset, with the released scripts' arguments (``--mixup=mixup``,
+``--cutmix_alpha`` at its default 0). It mixes fixed images and labels after ``np.random.seed(s)`` for several s;
+the λ that ``Mixup._params_per_batch`` drew is recorded beside the mixed images and soft targets (some seeds mix,
+some do not).
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ from torch import nn
 REFERENCE = ("zhoujiahuan1991/ICML2025-TCPA", "dce8b3aaa3049c4cbf646343d9f73e981ea0f8e0")
 SOURCE = "models/TCPA.py"
 OUT = Path(__file__).parent / "fixtures" / "tcpa_pool.pt"
+MIXUP_SOURCE = "train/utils.py"
+MIXUP_OUT = Path(__file__).parent / "fixtures" / "tcpa_mixup.pt"
+MIXUP_CLASSES, MIXUP_SEEDS = 5, (0, 1, 2, 3, 4, 5)
 SETTINGS = {
     "pool_size_cls": 6,
     "len_prompts_cls": 2,
@@ -68,10 +79,64 @@ def cuda_calls_stay_on_the_cpu():
         torch.Tensor.to = to  # type: ignore[method-assign]
 
 
+def mixup_fixture(refs: Path) -> None:
+    import numpy as np
+    import timm
+    from timm.data import Mixup
+
+    tree = ast.parse((refs / "ICML2025-TCPA" / MIXUP_SOURCE).read_text())
+    nodes = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "get_mixup_fn"]
+    namespace: dict = {"Mixup": Mixup, "Dataset_N_classes": {"toy": MIXUP_CLASSES}}
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), MIXUP_SOURCE, "exec"), namespace)
+    mixup_fn = namespace["get_mixup_fn"](types.SimpleNamespace(cutmix_alpha=0.0, dataset="toy"))
+    drawn: list[float] = []
+    params = mixup_fn._params_per_batch
+
+    def recorded():
+        lam, use_cutmix = params()
+        assert not use_cutmix
+        drawn.append(lam)
+        return lam, use_cutmix
+
+    mixup_fn._params_per_batch = recorded
+    x = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 3, 1, 4, 2, 3])
+    cases = []
+    for s in MIXUP_SEEDS:
+        np.random.seed(s)
+        mixed, target = mixup_fn(x.clone(), y.clone())
+        cases.append({"seed": s, "lam": drawn[-1], "images": mixed, "target": target})
+    assert {c["lam"] == 1.0 for c in cases} == {True, False}, "the seeds should both mix and not"
+    torch.save(
+        {
+            "references": [{"repo": REFERENCE[0], "commit": REFERENCE[1]}],
+            "source": f"{MIXUP_SOURCE} get_mixup_fn (timm {timm.__version__} Mixup)",
+            "settings": {
+                "mixup_alpha": mixup_fn.mixup_alpha,
+                "prob": mixup_fn.mix_prob,
+                "label_smoothing": mixup_fn.label_smoothing,
+                "cutmix_alpha": mixup_fn.cutmix_alpha,
+                "mode": mixup_fn.mode,
+                "classes": MIXUP_CLASSES,
+            },
+            "images": x,
+            "labels": y,
+            "cases": cases,
+        },
+        MIXUP_OUT,
+    )
+    print(f"wrote {MIXUP_OUT}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--refs", type=Path, required=True)
+    parser.add_argument("--only", choices=("pool", "mixup"), help="write one of the two fixtures")
     args = parser.parse_args()
+    if args.only != "pool":
+        mixup_fixture(args.refs)
+    if args.only == "mixup":
+        return
     ns = reference_classes(args.refs)
     torch.manual_seed(0)
     with cuda_calls_stay_on_the_cpu():

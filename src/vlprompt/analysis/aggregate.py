@@ -57,6 +57,19 @@ BOUND_COLUMNS = {
 # A run whose method has a proposer in its loop (``method_info.proposer``: a language model live or replayed from a
 # trace, the rule-based stand-in, a fixed pool) adds the column ``proposer`` ("<kind>: <what it is>").
 
+# A run whose method gives class attention maps scored on the pocket world (``trait_localisation``: Prompt-CAM;
+# vlprompt.training.trait_localisation) adds these columns: on the test images, the share of the own class prompt's
+# attention on the object and its chance level (the object's area), the pointing game and its chance; and the mass on
+# the few-shot training images (where a v2 world's spurious cue lives).
+TRAIT_COLUMNS = {
+    "trait_mass": ("test", "mass"),
+    "trait_area": ("test", "area"),
+    "trait_pointing": ("test", "pointing"),
+    "trait_pointing_chance": ("test", "pointing_chance"),
+    "trait_mass_train": ("train", "mass"),
+    "trait_area_train": ("train", "area"),
+}
+
 # Protocol ood: a run scored on an OOD set (``<run>/ood/<set>.json``) adds these columns (absent otherwise): the
 # OOD metrics (vlprompt.training.ood_metrics) and whether the set is near or far; ``all_acc`` is the ID accuracy.
 OOD_COLUMNS = ("fpr95", "auroc", "aupr_in", "aupr_out", "fpr95_id", "ood_group")
@@ -95,11 +108,13 @@ def summary_table(cfg: dict, metrics_files: list[Path]) -> pd.DataFrame:
         if proposer:
             base["proposer"] = f"{proposer.get('kind')}: {proposer.get('about', '')}".rstrip(": ")
         base.update({col: m[col] for col in OOD_COLUMNS if col in m})
+        traits = m.get("trait_localisation") or {}
+        base.update({col: traits[sp][k] for col, (sp, k) in TRAIT_COLUMNS.items() if k in (traits.get(sp) or {})})
         if m.get("trained", True):
             rows.append({**base, "shots": m["shots"], "seed": m["seed"]})
         else:
             rows.extend({**base, "shots": k, "seed": s} for k in cfg["shots"] for s in cfg["seeds"])
-    extra = [c for c in (*BOUND_COLUMNS, "proposer", *OOD_COLUMNS) if any(c in r for r in rows)]
+    extra = [c for c in (*BOUND_COLUMNS, "proposer", *OOD_COLUMNS, *TRAIT_COLUMNS) if any(c in r for r in rows)]
     df = pd.DataFrame(rows, columns=COLUMNS + extra)
     return df.sort_values(["method", "dataset", "shots", "seed"]).reset_index(drop=True)
 

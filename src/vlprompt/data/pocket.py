@@ -297,13 +297,18 @@ def _draw_shape(
     angle,
     rng,
     outline_width: int | None = None,
+    silhouette: ImageDraw.ImageDraw | None = None,
 ):
+    """Draw the shape; ``silhouette`` (an "L" image's draw, optional) gets the object's filled outline (255 on the
+    object, holes 0), whatever the style draws, without touching ``rng`` or the image."""
     polys = _shape_polygon(shape, rng)
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     for i, poly in enumerate(polys):
         pts = (poly @ rot.T) * radius + centre
         pts = [tuple(p) for p in pts]
         hole = i > 0
+        if silhouette is not None:
+            silhouette.polygon(pts, fill=0 if hole else 255)
         if outline_width is None:
             draw.polygon(pts, fill=bg_colour if hole else colour)
         else:
@@ -321,18 +326,32 @@ def render(
     version: int = 1,
     texture: str = "plain",
     quadrant: int | None = None,
+    silhouette: list[np.ndarray] | None = None,
 ) -> Image.Image:
     """Draw one image of a ``colour shape`` in ``style``; ``strength`` scales the style's shift.
 
     ``version`` 2 draws the v2 world: a background that keeps a contrast with the object, with
     ``texture``, and the object near ``quadrant`` (an index of ``QUADRANTS``) when one is given.
+    ``silhouette`` (a list, optional) gets the object's mask appended: a (4·size, 4·size) float array, 1 on the
+    object, at the drawing's supersampled resolution (the pixels and the draws are the same with or without it).
     """
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; available: {sorted(STYLES)}")
+    big = size * SUPERSAMPLE
+    mask = Image.new("L", (big, big), 0) if silhouette is not None else None
+    outline = ImageDraw.Draw(mask) if mask is not None else None
     if version == 2:
-        return _render_v2(colour, shape, style, rng, size, strength, texture, quadrant)
-    if version != 1 or texture != "plain" or quadrant is not None:
+        img = _render_v2(colour, shape, style, rng, size, strength, texture, quadrant, outline)
+    elif version != 1 or texture != "plain" or quadrant is not None:
         raise ValueError("textures and quadrants are v2 drawing (version=2); v1 draws plain, centred images")
+    else:
+        img = _render_v1(colour, shape, style, rng, size, strength, outline)
+    if silhouette is not None and mask is not None:
+        silhouette.append(np.asarray(mask, dtype=np.float32) / 255.0)
+    return img
+
+
+def _render_v1(colour, shape, style, rng, size, strength, outline) -> Image.Image:
     big = size * SUPERSAMPLE
     rgb = _jitter(COLOURS[colour], rng)
     radius = big * rng.uniform(0.26, 0.38)
@@ -345,14 +364,14 @@ def render(
             p = rng.uniform(0, big, size=4)
             draw.line(list(p), fill=_jitter((150, 150, 150), rng, 30), width=SUPERSAMPLE)
         width = int(SUPERSAMPLE * rng.uniform(1.2, 2.2))
-        _draw_shape(draw, shape, rgb, None, centre, radius, angle, rng, outline_width=width)
+        _draw_shape(draw, shape, rgb, None, centre, radius, angle, rng, outline_width=width, silhouette=outline)
     else:
         img = _background(rng, big)
         draw = ImageDraw.Draw(img)
         bg = tuple(int(v) for v in np.asarray(img)[int(centre[1]), int(centre[0])])
         if style == "cluttered":
             _draw_distractors(draw, rng, big, strength)
-        _draw_shape(draw, shape, rgb, bg, centre, radius, angle, rng)
+        _draw_shape(draw, shape, rgb, bg, centre, radius, angle, rng, silhouette=outline)
     img = img.resize((size, size), Image.Resampling.BOX)
     return _apply_style(img, style, rng, strength)
 
@@ -419,6 +438,7 @@ def _render_v2(
     strength: float,
     texture: str,
     quadrant: int | None,
+    outline: ImageDraw.ImageDraw | None = None,
 ) -> Image.Image:
     big = size * SUPERSAMPLE
     rgb = _jitter(COLOURS[colour], rng)
@@ -438,7 +458,7 @@ def _render_v2(
             p = rng.uniform(0, big, size=4)
             draw.line(list(p), fill=_jitter((150, 150, 150), rng, 30), width=SUPERSAMPLE)
         width = int(SUPERSAMPLE * rng.uniform(1.2, 2.2))
-        _draw_shape(draw, shape, rgb, None, centre, radius, angle, rng, outline_width=width)
+        _draw_shape(draw, shape, rgb, None, centre, radius, angle, rng, outline_width=width, silhouette=outline)
     else:
         img = _background_v2(rng, big, _luminance(rgb), texture)
         draw = ImageDraw.Draw(img)
@@ -446,7 +466,7 @@ def _render_v2(
         bg = tuple(int(v) for v in np.asarray(img)[cy, cx])
         if style == "cluttered":
             _draw_distractors(draw, rng, big, strength)
-        _draw_shape(draw, shape, rgb, bg, centre, radius, angle, rng)
+        _draw_shape(draw, shape, rgb, bg, centre, radius, angle, rng, silhouette=outline)
     img = img.resize((size, size), Image.Resampling.BOX)
     return _apply_style(img, style, rng, strength)
 
@@ -561,22 +581,7 @@ def generate(dataset: PocketDataset, world: World, root: Path, strength: float =
             for i in range(n):
                 path = folder / f"{i:03d}.png"
                 if not path.exists():
-                    rng = _rng(world.seed, dataset.style, split_name, c, s, i)
-                    if world.version == 1:
-                        img = render(c, s, dataset.style, rng, world.image_size, strength)
-                    else:
-                        texture, quadrant = world.nuisance(label, split_name, rng)
-                        img = render(
-                            c,
-                            s,
-                            dataset.style,
-                            rng,
-                            world.image_size,
-                            strength,
-                            version=world.version,
-                            texture=texture,
-                            quadrant=quadrant,
-                        )
+                    img = draw_image(world, dataset.style, split_name, label, i, strength)
                     tmp = path.with_suffix(".tmp.png")
                     with space_errors(path, png_bytes_bound(world.image_size)):
                         img.save(tmp)
@@ -588,6 +593,49 @@ def generate(dataset: PocketDataset, world: World, root: Path, strength: float =
     out = root / f"split_zhou_{dataset.name}.json"
     atomic_write_text(out, json.dumps(split, indent=1))
     return out
+
+
+def draw_image(
+    world: World,
+    style: str,
+    split: str,
+    label: int,
+    index: int,
+    strength: float = 1.0,
+    silhouette: list[np.ndarray] | None = None,
+) -> Image.Image:
+    """Image ``index`` of class ``label`` in ``split`` of a ``style`` dataset, as :func:`generate` writes it (from its
+    own generator, seeded by world seed, style, split, class and index); ``silhouette`` as :func:`render`'s."""
+    c, s = world.classes[label]
+    rng = _rng(world.seed, style, split, c, s, index)
+    if world.version == 1:
+        return render(c, s, style, rng, world.image_size, strength, silhouette=silhouette)
+    texture, quadrant = world.nuisance(label, split, rng)
+    return render(
+        c,
+        s,
+        style,
+        rng,
+        world.image_size,
+        strength,
+        version=world.version,
+        texture=texture,
+        quadrant=quadrant,
+        silhouette=silhouette,
+    )
+
+
+def object_mask(root: Path, world: World, relpath: str, label: int) -> np.ndarray:
+    """The silhouette of the object in the generated image ``relpath`` (``images/<split>/<colour>_<shape>/<i>.png``
+    under ``root``, of class ``label``): a (4·size, 4·size) float array, 1 on the object (:func:`render`'s
+    ``silhouette``), from the image's rendering record replayed with the style and strength of ``root/pocket.json``."""
+    manifest = json.loads((Path(root) / "pocket.json").read_text())
+    parts = Path(relpath).parts
+    if len(parts) < 4 or parts[-4] != "images" or f"{world.classes[label][0]}_{world.classes[label][1]}" != parts[-2]:
+        raise ValueError(f"{relpath} is not an image of class {label} of a generated pocket dataset")
+    silhouette: list[np.ndarray] = []
+    draw_image(world, manifest["style"], parts[-3], label, int(Path(parts[-1]).stem), manifest["strength"], silhouette)
+    return silhouette[0]
 
 
 def close_classes(world: World, colour: str, shape: str) -> list[tuple[str, str]]:

@@ -16,7 +16,13 @@ with LN the tower's final norm (CLIP's ``ln_post``) and (w, b) one shared ``Line
 head train; the image tower and the text tower are frozen, and the text tower is not used at all: the method is
 class-specific (``supports_new_classes = False``, as CoOp's class-specific context), so it runs in the few-shot
 protocol only. The explanation of a prediction (the "traits") is the true class prompt's last-block attention over
-the patches (``trait_maps``); the project computes it on demand and does not yet score or store it.
+the patches, per head (``trait_maps``; the reference's ``attn_map[:, :, target, vpt_num + 1:]``, which it draws over
+the image for every head). On the pocket world a run scores these maps against the objects' silhouettes, which the
+renderer knows (:mod:`vlprompt.training.trait_localisation`; ``metrics.json``'s ``trait_localisation`` and the
+report's "Trait localisation" section): the share of the attention on the object beside the object's area, and a
+pointing game beside its chance, on the test images and on the few-shot training images. The scores are the
+project's (an assumption: the paper judges its traits on real birds' annotated parts; the reference's code draws
+maps and ranks heads by blurring them, and scores nothing); its head ranking is not reproduced.
 
 Initialisation as the reference's: P ~ U(−v, v) with v = √(6 / (3·p² + d_v)) (p the patch size; Xavier-uniform for
 the patch embedding's fan), the head's weight ~ N(0, 0.02²) (truncated at ±2, absolute: timm's

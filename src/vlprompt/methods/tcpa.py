@@ -19,6 +19,19 @@ K^c_j ∈ R^{S_c×d}, and image prompts I_j ∈ R^{S_i×ℓ_i×d} with keys K^i_
     L_pool = Σ_j [mean(1 − cos(x_CLS, K^c_{a_cls})) + mean_p mean(1 − cos(x_p, K^i_{a_p}))]
     L = CE(s · x̂ · wᵀ, y) + λ_pool · L_pool
 
+Training batches go through the reference's mixup first (timm's ``Mixup`` as its ``train/utils.py``
+``get_mixup_fn`` builds it, batch mode, cutmix off, with ``SoftTargetCrossEntropy`` in place of the CE): an odd
+batch drops its last image, then with probability p_mix (0.5) one λ ~ Beta(α, α) (α = 0.8) is drawn for the batch
+and every image is mixed with its mirror in the batch (image b with image B − 1 − b)::
+
+    x̃_b = λ x_b + (1 − λ) x_{B−1−b},   t_b = λ ỹ_b + (1 − λ) ỹ_{B−1−b},   ỹ = (1 − ε) onehot(y) + ε / C
+    CE(logits, y) becomes −Σ_c t_b,c log softmax(logits_b)_c, averaged over the batch
+
+with ε = 0.1 the label smoothing (applied to every batch, mixed or not, as the reference's target always passes
+through ``mixup_target``) and C the training classes. The two draws (whether to mix, then λ) come from torch's
+generator, which the training loop seeds from (seed, epoch), so a run and its resumption draw the same λs (the
+reference draws them from NumPy's global generator).
+
 For the first ``random_epochs`` epochs of training the entries are drawn at random (a uniform random permutation per
 token, its first k), as the reference's ``random=True``; L_pool still reads the similarities of the drawn entries.
 Keys and prompts ~ U(−1, 1) (the reference's ``Pool``). Only the pools train.
@@ -33,7 +46,9 @@ Deviations and readings:
 
 * the classifier is CLIP's fixed text classifier ("a photo of a {}.", ``template`` as VPT-deep's) instead of the
   reference's trained linear head (the project has no linear head for a tower in the loop);
-* the reference's mixup (``--mixup=mixup`` in every script) is not applied: the project's loop has none;
+* mixup is on by default, as every released script sets ``--mixup=mixup`` (``mixup`` False gives the plain
+  cross-entropy without label smoothing, the reference's ``--mixup=none``); its cutmix branch is not reproduced,
+  the scripts leave ``--cutmix_alpha`` at its default 0 (off);
 * the linear warm-up from 0 is a constant warm-up at half the lr (the ramp's mean), ``warmup_lr``, an assumption;
 * ``after_softmax`` False gives a masked softmax instead (each token's weights renormalised over what it may see).
 
@@ -42,7 +57,10 @@ hard-coded ViT-B/16 shapes (``tests/reference/fixtures/tcpa_pool.pt``, written b
 ``tests/reference/regenerate_tcpa.py``), the prompted attention against a hand-written loop in the reference's
 layout (and, with every prompt masked out of a masked softmax, equal to the plain blocks), the pool loss and the mask
 by hand on a toy, and the reduction: without pools (``depth_vision`` 0) the method is exactly zero-shot CLIP with the
-fixed prompts (VPT-deep at depth 0) and its loss the cross-entropy alone.
+fixed prompts (VPT-deep at depth 0) and its loss the cross-entropy alone (mixup off). The mixup of images and
+targets against timm's ``Mixup`` built by the reference's own ``get_mixup_fn`` on fixed draws
+(``tests/reference/fixtures/tcpa_mixup.pt``, written by the same script), and a run with mixup resumed after a kill
+equal to the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -81,6 +99,10 @@ class TCPAConfig(TrainConfig):
     fourier: bool = True  # VFPT's Re FFT₂ of the prompts, as the released scripts; False: plain prompts
     after_softmax: bool = True  # the reference's mask multiplies the softmax; False: a masked softmax
     template: str | None = "vpt"  # fixed text prompt, as VPT-deep's; None: the dataset's (CoOp's)
+    mixup: bool = True  # the reference's --mixup=mixup (every released script); False: plain CE, no smoothing
+    mixup_alpha: float = 0.8  # λ ~ Beta(α, α) (get_mixup_fn's mixup_alpha)
+    mixup_prob: float = 0.5  # the share of batches mixed (get_mixup_fn's prob)
+    label_smoothing: float = 0.1  # of every training target while mixup is on (get_mixup_fn's label_smoothing)
 
 
 class PromptPool(nn.Module):
@@ -108,6 +130,30 @@ class PromptPool(nn.Module):
         size, length = self.prompts.shape[1], self.prompts.shape[2]
         chosen = torch.zeros(index.shape[0], size, device=index.device).scatter_(1, index, 1.0)
         return chosen.repeat_interleave(length, dim=1)
+
+
+def mixup_draw(prob: float, alpha: float) -> float:
+    """λ of one batch from torch's generator: 1 (no mixing) with probability 1 − ``prob``, else ~ Beta(α, α) (the
+    order of timm's ``Mixup._params_per_batch``: whether to mix, then λ)."""
+    if float(torch.rand(())) >= prob:
+        return 1.0
+    return float(torch.distributions.Beta(torch.tensor(alpha), torch.tensor(alpha)).sample())
+
+
+def mixup_batch(
+    images: torch.Tensor, labels: torch.Tensor, classes: int, lam: float, smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mixed images (B, ...), soft targets (B, C)): each image and its smoothed one-hot target mixed with its mirror
+    in the batch (b with B − 1 − b) at weight ``lam``; B must be even (timm's batch-mode ``Mixup``)."""
+    if images.shape[0] % 2:
+        raise MethodError(f"tcpa: mixup pairs the batch with its mirror and needs an even batch, got {len(images)}")
+    off = smoothing / classes
+    target = torch.full((len(labels), classes), off, device=images.device).scatter_(
+        1, labels.view(-1, 1), 1.0 - smoothing + off
+    )
+    if lam == 1.0:
+        return images, target
+    return lam * images + (1 - lam) * images.flip(0), lam * target + (1 - lam) * target.flip(0)
 
 
 def tcpa_mask(chosen_cls: torch.Tensor, chosen_image: torch.Tensor) -> torch.Tensor:
@@ -192,10 +238,23 @@ class TCPA(VPTDeep):
         return self.encode(images)[0]
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        cfg = self.config
+        lam = 1.0
+        if cfg.mixup and self.training:
+            if len(images) % 2:  # the reference drops the last image of an odd batch
+                images, labels = images[:-1], labels[:-1]
+            if len(images) == 0:
+                raise MethodError("tcpa: mixup needs at least two images per batch; set batch_size >= 2")
+            lam = mixup_draw(cfg.mixup_prob, cfg.mixup_alpha)
+            images, target = mixup_batch(images, labels, len(self.classnames), lam, cfg.label_smoothing)
         features, pool = self.encode(images)
-        ce = F.cross_entropy(self.logit_scale * features @ self.classifier().T, labels)
-        total = ce + self.config.pool_weight * pool
-        return total, {"ce": ce.item(), "pool": pool.item()}
+        logits = self.logit_scale * features @ self.classifier().T
+        if cfg.mixup and self.training:  # timm's SoftTargetCrossEntropy
+            ce = torch.sum(-target.to(logits.dtype) * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        else:
+            ce = F.cross_entropy(logits, labels)
+        total = ce + cfg.pool_weight * pool
+        return total, {"ce": ce.item(), "pool": pool.item(), "mixup_lambda": lam}
 
     def epoch_end(self, epoch: int) -> None:
         self.epochs_done.fill_(epoch + 1)
@@ -207,4 +266,8 @@ class TCPA(VPTDeep):
         self.epochs_done.fill_(int(state["epochs_done"]))
 
     def run_info(self) -> dict:
-        return {**super().run_info(), "random_epochs": min(self.config.random_epochs, self.config.epochs)}
+        info = {**super().run_info(), "random_epochs": min(self.config.random_epochs, self.config.epochs)}
+        if self.config.mixup:
+            c = self.config
+            info["mixup"] = {"alpha": c.mixup_alpha, "prob": c.mixup_prob, "label_smoothing": c.label_smoothing}
+        return info

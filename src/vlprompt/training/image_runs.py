@@ -39,6 +39,7 @@ from vlprompt.training.loggers import live_logger
 from vlprompt.training.loop import batch_indices, seed_everything, train_loop
 from vlprompt.training.records import load_model_state, save_run, save_transfer
 from vlprompt.training.teacher import attach_teacher
+from vlprompt.training.trait_localisation import trait_localisation
 
 
 def _epoch_view(seed: int, epoch: int) -> int:
@@ -273,6 +274,18 @@ def finish(run: PreparedImageRun, train_info: dict, train_seconds: float | None 
         fcfg["workers"],
         run.exif,
     )
+    localisation = trait_localisation(  # methods with class attention maps (Prompt-CAM) on the pocket world
+        method,
+        cfg,
+        run.dataset,
+        test_rows,
+        run.rows if run.trains else [],
+        ctx.backbone.preprocess,
+        run.train_names,
+        ctx.device,
+    )
+    if localisation is not None:
+        metrics["trait_localisation"] = localisation
     # trained with others: the run's own load and evaluation plus its share of the training (no overlap)
     total = time.time() - run.t0 if train_seconds is None else run.t_load + train_seconds + time.time() - t_finish
     seconds = {"load": round(run.t_load, 2), "train": round(t_train, 2), "total": round(total, 2)}

@@ -153,6 +153,51 @@ def _proposers_section(summary: pd.DataFrame) -> Section | None:
     return s
 
 
+def _traits_section(summary: pd.DataFrame) -> Section | None:
+    """Where the class prompts' attention maps look, for methods that give them (``trait_mass``), or None."""
+    if "trait_mass" not in summary or summary.trait_mass.isna().all():
+        return None
+    top = summary.shots.max()
+    rows = summary[summary.trait_mass.notna() & (summary.shots == top)]
+    columns = {
+        "mass": ("trait_mass", "mean"),
+        "area": ("trait_area", "mean"),
+        "pointing": ("trait_pointing", "mean"),
+        "pointing_chance": ("trait_pointing_chance", "mean"),
+    }
+    if "trait_mass_train" in rows:
+        columns |= {"mass_train": ("trait_mass_train", "mean"), "area_train": ("trait_area_train", "mean")}
+    table = rows.groupby(["method", "dataset"], sort=True).agg(**columns, seeds=("seed", "nunique")).reset_index()
+    names = {
+        "method": "Method",
+        "dataset": "Dataset",
+        "mass": "Mass on object",
+        "area": "Chance (object area)",
+        "pointing": "Pointing",
+        "pointing_chance": "Chance (pointing)",
+        "mass_train": "Mass on object (training images)",
+        "area_train": "Chance (training images)",
+        "seeds": "Seeds",
+    }
+    table.columns = [names[c] for c in table.columns]
+    s = Section("Trait localisation", "traits")
+    s.text(
+        f"Where the explanation looks (in percent; {top} shots, means over seeds and images): each image's own class "
+        "prompt's attention over the patches at the last block (Prompt-CAM's trait maps). Mass on object: the share "
+        "of that attention on patches covered by the object (each patch weighted by its covered share, averaged over "
+        "the heads), beside what a uniform map gives (the object's area). Pointing: how often the peak of the "
+        "head-summed map is a patch at least half object, beside a random patch's chance. Test images, and the "
+        "few-shot training images, where a pocket world with spurious cues ties a texture or a position to the "
+        "class. The pocket renderer knows each object's silhouette; this score is the project's, not the paper's "
+        "(each run's metrics.json, `trait_localisation`)."
+    )
+    for col in table.columns:
+        if col not in ("Method", "Dataset", "Seeds"):
+            table[col] = table[col] * 100
+    s.table(table.round(1))
+    return s
+
+
 def _figure(s: Section, name: str, caption: str, note: str | None) -> None:
     s.figure(f"figures/{name}.png", caption + (f" Note: {note}." if note else ""))
 
@@ -694,6 +739,9 @@ def render(summary_csv: Path, stats_csv: Path, out_dir: Path, cfg: dict, curves_
     proposers = _proposers_section(summary)
     if proposers is not None:
         sections.append(proposers)
+    traits = _traits_section(summary)
+    if traits is not None:
+        sections.append(traits)
     teacher = teacher_section(Path(summary_csv), cfg)  # distillation: how much better the teacher is
     if teacher is not None:
         sections.append(teacher)
