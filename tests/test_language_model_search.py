@@ -490,3 +490,32 @@ def test_proapo_grouping_options(ctx):
         )
         m.fit(ctx)
         assert ("groups" in m.run_info()) == (grouping == "kmeans")
+
+
+def test_proapo_groups_carry_the_previous_groups_best_sets(ctx, monkeypatch):
+    """``use_top1``: the second group starts from the first group's best sets (the best one replaced by the new
+    group's baseline, its score kept), the others extended by the new group's baseline entries; off, afresh."""
+    calls = []
+    real = proapo.ProAPO.evolve_group
+
+    def spy(self, members, baseline_entries, base_scores, memory, score, rng, rng_py, initial=None):
+        out = real(self, members, baseline_entries, base_scores, memory, score, rng, rng_py, initial)
+        calls.append((members, baseline_entries, initial, out))
+        return out
+
+    monkeypatch.setattr(proapo.ProAPO, "evolve_group", spy)
+    settings = dict(epochs=1, description_epochs_outer=2, description_epochs_inner=1, description_groups=2)
+    for carry in (True, False):
+        calls.clear()
+        build("proapo", ctx, description_grouping="accuracy", description_carry=carry, **settings).fit(ctx)
+        assert len(calls) >= 2 and calls[0][2] is None
+        if not carry:
+            assert all(initial is None for _, _, initial, _ in calls)
+            continue
+        for (_, _, _, (_, _, ranked)), (members, baseline_entries, initial, _) in zip(calls, calls[1:], strict=False):
+            records = list(initial.values())
+            assert records[0] == (baseline_entries, ranked[0][1])  # the new baseline, the best one's score
+            for (entries, _), (old, _) in zip(records[1:], ranked[1 : len(records)], strict=True):
+                assert entries[: len(old)] == old
+                held = {e.partition("**+*+**")[0] for e in entries}
+                assert set(members) <= held

@@ -72,9 +72,15 @@ they are not well separated (the fixture runs the reference's code with the same
 place); a class listed twice in one group (the positional index can do that) is searched once; where no k has a
 positive silhouette the groups get no cluster mates (the reference stops with a KeyError). ``description_grouping:
 accuracy`` keeps the earlier stand-in: the classes in order of training accuracy (worst first, ties by label) cut
-into groups of ``description_group_size``. Each group's search starts from that group's baseline (the
-reference's ``use_top1`` also carries the previous group's best sets into the next), its draws come from
-generators seeded by seed + 1, apart from the template stage's, and the weighted sampling and ``add_more`` options
+into groups of ``description_group_size``.
+
+A group's search starts, as the reference's (``update_record_in_group_end_mode: use_top1``; ``description_carry``,
+the default), from the previous group's ``description_top`` best sets (of the previous outer epoch's last group for
+an outer epoch's first): the best replaced by the new group's baseline entries, its score kept as the reference
+keeps it (not re-computed), each other extended by the baseline entries of the group's classes it lacks and scored;
+the first group of the first outer epoch starts from its baseline and sampled candidates; at a group's end the best
+set's entries become the classes' it holds. ``description_carry: false`` starts every group afresh. Its draws come
+from generators seeded by seed + 1, apart from the template stage's, and the weighted sampling and ``add_more`` options
 (not the defaults) are not implemented.
 """
 
@@ -396,6 +402,9 @@ class ProAPOConfig:
     description_grouping: str = "kmeans"
     description_kmeans_max_rate: float = 0.2  # num_K_means_max_rate
     description_confuse_threshold: float = 4.0  # threshold_confuse (percent of a class's images with j in the top 5)
+    # True: a group's search starts from the previous group's best sets (update_record_in_group_end_mode use_top1,
+    # the reference's default); False: every group starts from its baseline and sampled candidates
+    description_carry: bool = True
 
 
 @register
@@ -515,6 +524,7 @@ class ProAPO(Method):
             return w
 
         searched = 0
+        carried: list[tuple[list[str], dict]] = []  # the previous group's best sets, best first
         for _outer in range(c.description_epochs_outer):
             current = torch.stack([feats[name] for name in names])
             if c.description_grouping == "kmeans":
@@ -543,17 +553,23 @@ class ProAPO(Method):
                 pool = list(memory)
                 if not pool:
                     continue
-                best_entries, scored = self.evolve_group(
-                    members,
-                    baseline_entries,
-                    base_scores,
-                    memory,
-                    lambda es: self.score_weights(weights_of(es), x, y),
-                    rng,
-                    rng_py,
+                score_set = lambda es: self.score_weights(weights_of(es), x, y)  # noqa: E731
+                initial = None
+                if c.description_carry and carried:  # update_record_in_group_end_use_top1, then the next group's start
+                    initial = {"carried-0": (baseline_entries, carried[0][1])}  # its score not re-computed (kept)
+                    for i, (entries, _) in enumerate(carried[1:], 1):
+                        present = {e.partition(SEP)[0] for e in entries}
+                        extended = entries + [
+                            e for m, es in zip(members, baseline, strict=True) if m not in present for e in es
+                        ]
+                        initial[f"carried-{i}"] = (extended, score_set(extended))
+                best_entries, scored, ranked = self.evolve_group(
+                    members, baseline_entries, base_scores, memory, score_set, rng, rng_py, initial
                 )
+                carried = ranked[: c.description_top]
                 searched += scored
-                for m in members:
+                # the best set's entries become their classes' (use_top1): the group's, and those it carried
+                for m in dict.fromkeys(members + [e.partition(SEP)[0] for e in best_entries]):
                     es = [e for e in best_entries if e.partition(SEP)[0] == m]
                     if es and es != [m]:
                         chosen[m] = es
@@ -671,14 +687,20 @@ class ProAPO(Method):
         )
         return best[0]
 
-    def evolve_group(self, members, baseline_entries, base_scores, memory, score, rng, rng_py):
-        """(the best entries, sets scored) of the inner loop over one group of classes ``members``: ``memory`` the
-        candidates (entry -> its score alone with the baseline), ``score(entries)`` a set's fitness terms."""
+    def evolve_group(self, members, baseline_entries, base_scores, memory, score, rng, rng_py, initial=None):
+        """(the best entries, sets scored, the records best first) of the inner loop over one group of classes
+        ``members``: ``memory`` the candidates (entry -> its score alone with the baseline), ``score(entries)`` a
+        set's fitness terms; ``initial`` the first records (carried from the previous group), else the baseline and
+        ``description_top`` sets of one sampled candidate each (``sample_manual``)."""
         c, pool = self.config, list(memory)
-        records: dict[str, tuple[list[str], dict]] = {"baseline": (baseline_entries, base_scores)}
-        sampled = pool.copy() if c.description_top > len(pool) else rng_py.sample(pool, c.description_top)
-        for i, e in enumerate(sampled):
-            records[f"epoch0-{i}"] = (baseline_entries + [e], memory[e])
+        records: dict[str, tuple[list[str], dict]]
+        if initial is not None:
+            records = dict(initial)
+        else:
+            records = {"baseline": (baseline_entries, base_scores)}
+            sampled = pool.copy() if c.description_top > len(pool) else rng_py.sample(pool, c.description_top)
+            for i, e in enumerate(sampled):
+                records[f"epoch0-{i}"] = (baseline_entries + [e], memory[e])
         made = {frozenset(r[0]) for r in records.values()}
 
         def consider(key: str, entries: list[str]) -> bool:
@@ -736,7 +758,7 @@ class ProAPO(Method):
                     lambda s=common, d=diff, o=other: desc_crossover(s, d, o, rng, rng_py),
                     f"e{epoch}-crossover",
                 )
-        return next(iter(records.values()))[0], len(records)
+        return next(iter(records.values()))[0], len(records), list(records.values())
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {"chosen": self.chosen.detach().cpu(), "descriptions_utf8": self.descriptions_utf8.detach().cpu()}
