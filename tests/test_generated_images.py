@@ -289,3 +289,72 @@ def test_every_bad_folder_is_one_line_where_the_user_meets_it(mini, tmp_path, ca
     gi.forget()
     line = one_line(capsys, ["check-config", str(variant(tmp_path, cfg, "gone", by_image=str(tmp_path / "gone")))])
     assert "generated_images.pocket_noisy.by_image: the folder" in line and "does not exist" in line
+
+
+def test_a_user_dataset_runs_lapt_and_difftpt_from_its_folders(tmp_path, capsys):
+    """A non-pocket dataset (the user's own images): without folders both methods stop with one line naming the
+    config entry; with them LAPT trains on the images per label and DiffTPT reads the generated views."""
+    classes = ["cat", "dog", "fox", "owl"]
+    for i, name in enumerate(classes):
+        for k in range(4):
+            write_png(tmp_path / "images" / name / f"{k}.png", seed=10 * i + k, size=12)
+    cfg = {
+        "experiment": "mine",
+        "protocol": "fewshot",
+        "data_root": str(tmp_path / "data"),
+        "results_root": str(tmp_path / "results"),
+        "backbone": {"model": "PocketCLIP-ViT-T8", "pretrained": "pocket"},
+        "datasets": ["mine"],
+        "methods": ["lapt", "difftpt"],
+        "shots": [1],
+        "seeds": [1],
+        "user_datasets": {"mine": {"root": str(tmp_path / "images")}},
+        "method_overrides": {
+            "lapt": {"synth_per_label": 2, "epochs": 1, "batch_size": 8},
+            "difftpt": {"views": 3, "generated_views": 2, "tta_steps": 1, "view_crop_scale_min": 0.5},
+        },
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    prepare_run_inputs(path, "mine", shots=1)
+    args = ["--config", str(path), "--dataset", "mine", "--quiet"]
+    assert cli(["extract", "--part", "test_views", "--views", "3", "--crop", "0.5", *args]) == 0
+    lapt = ["train", "--method", "lapt", "--shots", "1", "--seed", "1", "--out", str(tmp_path / "lapt"), *args]
+    with pytest.raises(SystemExit, match="generated_images.mine.by_image"):
+        cli(["extract", "--part", "generated_folder", "--views", "2", *args])
+    assert cli(lapt) == 2
+    assert "generated_images.mine.by_label" in capsys.readouterr().err
+
+    label_folder(tmp_path / "by_label", [*classes, "green", "circle"], 2)
+    test_rows = json.loads(grid.split_file(load_config(path), "mine").read_text())["test"]
+    for r, (relpath, _, _) in enumerate(test_rows):
+        for i in range(2):
+            write_png(tmp_path / "by_image" / f"{relpath.rsplit('.', 1)[0]}_{i}.png", seed=500 + 2 * r + i)
+    cfg["generated_images"] = {"mine": {"by_label": str(tmp_path / "by_label"), "by_image": str(tmp_path / "by_image")}}
+    path.write_text(yaml.safe_dump(cfg))
+    gi.forget()
+    assert cli(lapt) == 0
+    info = json.loads((tmp_path / "lapt" / "metrics.json").read_text())["method_info"]
+    assert info["synthesised_images"] == 2 * (4 + len(info["negative_labels"])) and info["image_folder"]["images"] == 12
+    assert cli(["extract", "--part", "generated_folder", "--views", "2", *args]) == 0
+    out = tmp_path / "difftpt"
+    assert cli(["train", "--method", "difftpt", "--shots", "0", "--seed", "0", "--out", str(out), *args]) == 0
+    assert json.loads((out / "metrics.json").read_text())["method_info"]["generator"]["kind"] == "folder"
+
+
+def test_a_user_dataset_without_its_label_folder_stops_lapt_in_one_line(pocket_random_backbone):
+    from vlprompt.clip.backbone import PromptedTextEncoder
+    from vlprompt.methods import MethodContext, MethodError, get_method
+
+    ctx = MethodContext(
+        backbone=pocket_random_backbone,
+        encoder=PromptedTextEncoder(pocket_random_backbone.model),
+        classnames=["red circle", "blue square"],
+        template="a photo of a {}.",
+        device=torch.device("cpu"),
+        seed=1,
+        dataset="mine",
+    )
+    method = get_method("lapt")(get_method("lapt").make_config({"synth_per_label": 1}), ctx)
+    with pytest.raises(MethodError, match=r"not a pocket dataset: name a folder .*generated_images\.mine\.by_label"):
+        method.synthesise(ctx)
