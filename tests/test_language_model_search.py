@@ -440,3 +440,82 @@ if __name__ == "__main__" and "--record" in sys.argv:
     torch.manual_seed(0)  # as conftest's pocket_random_backbone
     record_toy_traces(folder, load_backbone(POCKET_MODEL, None))
     print(f"recorded the toy traces under {folder}")
+
+
+def test_proapo_groups_equal_the_reference_kmeans_grouping():
+    """``init_category_group_split_based_Kmeans`` on fixed features (tests/reference/regenerate_language_models.py,
+    ``--only proapo_groups``): the confusion groups, the K-means clusters and their choice of k, the important
+    classes and those left out, merged in the reference's order, with its quirks (a class twice in a group)."""
+    for case in FIXTURES["proapo_groups"]["cases"]:
+        w = torch.tensor(case["text_features"])
+        x, y = torch.tensor(case["image_features"]), torch.tensor(case["labels"])
+        n = len(y)
+        logits = 100.0 * x @ w.T
+        ce = {k: float(F.cross_entropy(logits[y == k], y[y == k])) for k in range(n)}
+        base = case["baseline_fitness"]
+        importance = {k: base + case["offsets"][k] for k in sorted(ce, key=lambda k: ce[k])}
+        size, max_consider = int(np.log(n) * 2.5), min(n, int(np.log(n) * 10))
+        first, deleted = proapo.importance_groups(importance, base, size, int(n * 0.4))
+        confusion = proapo.confusion_groups(logits, y, 4.0, max_consider)
+        clusters = proapo.kmeans_clusters(w.double().numpy(), case["seed"], 0.2)
+        got = proapo.merge_groups(first, confusion, clusters, deleted, size, max_consider)
+        assert [[key, group] for key, group in got] == case["groups"]
+
+
+def test_proapo_kmeans_clusters_as_the_reference_chooses_k():
+    from sklearn.metrics import silhouette_score
+
+    gen = torch.Generator().manual_seed(3)
+    centres = F.normalize(torch.randn(5, 8, generator=gen), dim=-1) * 10
+    points = (centres[torch.arange(35) % 5] + 0.01 * torch.randn(35, 8, generator=gen)).double().numpy()
+    two = proapo.kmeans_clusters(points[[0, 5, 10, 15, 1, 6, 11, 16]], seed=0)  # C = 8: k = 2 only
+    assert two is not None and two[:4].tolist() == [two[0]] * 4 and two[4:].tolist() == [1 - two[0]] * 4
+    five = proapo.kmeans_clusters(points, seed=0)  # C = 35: k over range(5, 7, 2), one run from random classes
+    assert five is not None and len(set(five.tolist())) == 5 and silhouette_score(points, five) > 0
+    spread = np.eye(6)  # equidistant classes: no k with a positive silhouette, none (the reference: no cluster)
+    assert proapo.kmeans_clusters(spread, seed=0) is None
+
+
+def test_proapo_grouping_options(ctx):
+    with pytest.raises(MethodError, match="description_grouping"):
+        build("proapo", ctx, description_grouping="random")
+    for grouping in ("kmeans", "accuracy"):
+        m = build(
+            "proapo",
+            ctx,
+            epochs=1,
+            description_epochs_outer=1,
+            description_epochs_inner=1,
+            description_grouping=grouping,
+        )
+        m.fit(ctx)
+        assert ("groups" in m.run_info()) == (grouping == "kmeans")
+
+
+def test_proapo_groups_carry_the_previous_groups_best_sets(ctx, monkeypatch):
+    """``use_top1``: the second group starts from the first group's best sets (the best one replaced by the new
+    group's baseline, its score kept), the others extended by the new group's baseline entries; off, afresh."""
+    calls = []
+    real = proapo.ProAPO.evolve_group
+
+    def spy(self, members, baseline_entries, base_scores, memory, score, rng, rng_py, initial=None):
+        out = real(self, members, baseline_entries, base_scores, memory, score, rng, rng_py, initial)
+        calls.append((members, baseline_entries, initial, out))
+        return out
+
+    monkeypatch.setattr(proapo.ProAPO, "evolve_group", spy)
+    settings = dict(epochs=1, description_epochs_outer=2, description_epochs_inner=1, description_groups=2)
+    for carry in (True, False):
+        calls.clear()
+        build("proapo", ctx, description_grouping="accuracy", description_carry=carry, **settings).fit(ctx)
+        assert len(calls) >= 2 and calls[0][2] is None
+        if not carry:
+            assert all(initial is None for _, _, initial, _ in calls)
+            continue
+        for (_, _, _, (_, _, ranked)), (members, baseline_entries, initial, _) in zip(calls, calls[1:], strict=False):
+            records = list(initial.values())
+            assert records[0] == (baseline_entries, ranked[0][1])  # the new baseline, the best one's score
+            for (entries, _), (old, _) in zip(records[1:], ranked[1 : len(records)], strict=True):
+                assert entries[: len(old)] == old
+                held = {e.partition("**+*+**")[0] for e in entries}
+                assert set(members) <= held

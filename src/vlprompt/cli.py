@@ -181,11 +181,15 @@ def cmd_extract(args) -> None:
         raise SystemExit("extract: give both --shots and --seed, or neither (the test features)")
     if args.part != "eval" and args.shots is not None:
         raise SystemExit(f"extract: --part {args.part} is a part of the dataset's bank; it takes no --shots, --seed")
-    takes = {"test_views": ("views", "crop"), "generated_views": ("views", "wrong_class_rate")}.get(args.part, ())
+    takes = {
+        "test_views": ("views", "crop"),
+        "generated_views": ("views", "wrong_class_rate"),
+        "generated_folder": ("views",),
+    }.get(args.part, ())
     if any((getattr(args, a) is not None) != (a in takes) for a in ("views", "crop", "wrong_class_rate")):
         raise SystemExit(
             "extract: --part test_views takes --views and --crop, generated_views --views and --wrong-class-rate, "
-            "the other parts none of them"
+            "generated_folder --views, the other parts none of them"
         )
     if args.part == "train":  # the whole training split, un-augmented (the unlabelled images of `unlabelled: train`)
         split = splits.read_split(registry.split_path(cfg, args.dataset))
@@ -208,8 +212,8 @@ def cmd_extract(args) -> None:
         spec_ds = registry.get_dataset(args.dataset, cfg)
         if spec_ds.kind != "pocket" or spec_ds.style is None:
             raise SystemExit(
-                f"extract: generated views are drawn by the pocket renderer; {args.dataset} is not a pocket dataset "
-                "(generated images of a real dataset are not supported yet)"
+                f"extract: generated views are drawn by the pocket renderer; {args.dataset} is not a pocket dataset: "
+                f"name a folder of its generated views in generated_images.{args.dataset}.by_image"
             )
         split = splits.read_split(registry.split_path(cfg, args.dataset))
         stem = Path(
@@ -228,6 +232,29 @@ def cmd_extract(args) -> None:
             "style": spec_ds.style,
             "wrong_class_rate": args.wrong_class_rate,
         }
+        specs = [features.ExtractionSpec("generated_views", split["test"], args.views, stem.name, generator=generator)]
+        out = stem.parent
+    elif args.part == "generated_folder":  # every test image in --views views read from the config's folder
+        from vlprompt.data import generated_images
+
+        root = generated_images.folder(cfg, args.dataset, "by_image")
+        if root is None:
+            raise SystemExit(
+                f"extract: the config names no folder of generated views for {args.dataset}; set "
+                f"generated_images.{args.dataset}.by_image"
+            )
+        split = splits.read_split(registry.split_path(cfg, args.dataset))
+        generated_images.view_paths(root, [r[0] for r in split["test"]], args.views)  # every view there: one line
+        stem = Path(
+            grid.TEST_GENERATED.format(
+                results=cfg["results_root"],
+                backbone=grid.backbone_key(cfg),
+                dkey=grid.dataset_key(cfg, args.dataset),
+                views=args.views,
+                generator=grid.generated_views_generator(cfg, args.dataset, 0.0),
+            )
+        )
+        generator = {"name": "folder", "folder": str(root), "key": generated_images.folder_key(root)}
         specs = [features.ExtractionSpec("generated_views", split["test"], args.views, stem.name, generator=generator)]
         out = stem.parent
     elif args.shots is None:  # the evaluation splits: every test image, and the whole validation split
@@ -579,12 +606,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--key", help=argparse.SUPPRESS)
     s.add_argument(
         "--part",
-        choices=["eval", "train", "test_views", "generated_views"],
+        choices=["eval", "train", "test_views", "generated_views", "generated_folder"],
         default="eval",
         help="eval: the test images and the validation split (default); train: the whole training split; "
         "test_views: every test image in --views views (the original first) cropped with scale "
         "(--crop, 1); generated_views: every test image in --views views drawn by the pocket renderer as an "
-        "image-variation model (--wrong-class-rate of them of a close class)",
+        "image-variation model (--wrong-class-rate of them of a close class); generated_folder: every test image "
+        "in --views views read from the folder the config's generated_images.<dataset>.by_image names",
     )
     s.add_argument("--views", type=int)
     s.add_argument("--crop", type=float)
@@ -754,6 +782,7 @@ EXPECTED_ERRORS = {
     "vlprompt.clip.prompting": ("PromptFitError",),
     "vlprompt.data.download": ("DownloadError",),
     "vlprompt.io": ("CorruptArtefactError", "NoSpaceError"),
+    "vlprompt.data.generated_images": ("GeneratedImagesError",),
 }
 
 

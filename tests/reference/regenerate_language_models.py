@@ -189,6 +189,114 @@ def gen_proapo(refs: Path) -> dict:
     }
 
 
+class FaissKmeansStandIn:
+    """``faiss.Kmeans(d, k, niter, seed)`` as ``split_group_based_on_Kmeans`` calls it (``train``, then
+    ``index.search(x, 1)``). faiss is not installable here: Lloyd's iterations of scikit-learn from k points drawn by
+    the seed, the call vlprompt's ``kmeans_clusters`` makes, so the fixture checks the reference's choice of k, its
+    silhouette test and its grouping, not faiss's own draws."""
+
+    def __init__(self, d: int, k: int, niter: int = 25, seed: int = 1):
+        self.k, self.niter, self.seed = k, niter, seed
+
+    def train(self, x):
+        from sklearn.cluster import KMeans
+
+        self.model = KMeans(n_clusters=self.k, init="random", n_init=1, max_iter=self.niter, random_state=self.seed)
+        self.model.fit(np.asarray(x, dtype=np.float64))
+        self.index = self
+
+    def search(self, x, n):
+        return None, self.model.predict(np.asarray(x, dtype=np.float64))[:, None]
+
+
+def proapo_group_case(n_cls: int, seed: int) -> dict:
+    """Fixed inputs of one grouping case: class features in five clusters, one image per class near its class (a
+    few near another's), and the offsets from the baseline fitness of the classes' importance scores."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(5, 16, generator=gen), dim=-1)
+    w = F.normalize(centres[torch.arange(n_cls) % 5] + 0.15 * torch.randn(n_cls, 16, generator=gen), dim=-1)
+    x = w + 0.3 * torch.randn(n_cls, 16, generator=gen)
+    x[: n_cls // 4] += 0.8 * w[torch.arange(n_cls // 4) + 1]  # some images confused with the next class
+    x = F.normalize(x, dim=-1)
+    offsets = (torch.randn(n_cls, generator=gen) * 0.3).tolist()
+    return {"text_features": w.tolist(), "image_features": x.tolist(), "labels": list(range(n_cls)), "offsets": offsets}
+
+
+def gen_proapo_groups(refs: Path) -> dict:
+    """``init_category_group_split_based_Kmeans`` (``tools/models/APO_split_group/split_group_by_Kmeans.py``) with
+    option.py's defaults for 1 shot, on fixed class and image features: its own ``split_group_based_on_Kmeans``
+    (faiss as :class:`FaissKmeansStandIn`), ``get_acc_scores_and_dict_quick_and_group``, ``sorted_dict`` and
+    ``get_fitness_score``; the text features given (``get_prompt_dict`` and ``get_text_features`` return them) and the
+    importance scores given as offsets from the baseline's fitness (``evaluate_category_important_score`` returns
+    them sorted by the reference's ``sorted_dict`` in its insertion order: the baseline, then ``acc_dict``'s)."""
+    import tempfile
+
+    from sklearn import metrics
+
+    root = refs / "ProAPO" / "tools"
+    torch.Tensor.cuda = lambda self, *a, **k: self  # CPU
+    util = root / "utils" / "util.py"
+    ns: dict = {"torch": torch, "F": F, "np": np, "json": json, "os": __import__("os"), "tqdm": lambda it: it}
+    ns["accuracy"] = function_from(root / "utils" / "util_model.py", "accuracy", {"torch": torch})
+    ns["get_fitness_score"] = function_from(root / "utils" / "util_model.py", "get_fitness_score", {})
+    for name in ("sorted_dict", "sorted_dict_by_key"):
+        ns[name] = function_from(util, name, {})
+    score_file = root / "models" / "APO_score_func" / "get_score_based_ACC.py"
+    function_from(score_file, "get_redundant_matrix_score_l2_norm", ns)
+    function_from(score_file, "get_acc_scores_and_dict_quick_and_group", ns)
+    kmeans_file = root / "models" / "APO_split_group" / "split_group_by_Kmeans.py"
+    ns.update(metrics=metrics, faiss=types.SimpleNamespace(Kmeans=FaissKmeansStandIn), save_json=lambda *a: None)
+    function_from(kmeans_file, "split_group_based_on_Kmeans", ns)
+    init = function_from(kmeans_file, "init_category_group_split_based_Kmeans", ns)
+    model = types.SimpleNamespace(logit_scale=torch.tensor(100.0).log())
+    cases = []
+    for n_cls, seed in ((8, 0), (30, 1)):
+        case = proapo_group_case(n_cls, seed)
+        names = [f"class {i}" for i in range(n_cls)]
+        w, x = torch.tensor(case["text_features"]), torch.tensor(case["image_features"])
+        offsets = dict(zip(names, case["offsets"], strict=True))
+        ns["get_prompt_dict"] = lambda args, template, classes: {c: [c] for c in classes}
+        ns["get_text_features"] = lambda model, tokenizer, prompt_dict, w=w: w
+        seen = {}
+
+        def importance(args, model, acc_dict, *rest, offsets=offsets, seen=seen):
+            baseline = rest[-1]["fitness_score"]
+            seen["baseline"] = baseline
+            return ns["sorted_dict"]({"baseline": baseline, **{c: baseline + offsets[c] for c in acc_dict}})
+
+        ns["evaluate_category_important_score"] = importance
+        args = types.SimpleNamespace(
+            description_sample_flag=False,
+            description_init_flag=False,
+            unable_same_template_flag=False,
+            threshold_confuse=4,
+            threshold_group_mode="overall",
+            max_num_consider=min(n_cls, int(np.log(n_cls) * 10)),
+            task_analysis_dir=tempfile.mkdtemp(),
+            task_name="fixture",
+            seed=seed,
+            unable_category_important_score_flag=False,
+            delete_category_base_important_score_flag=False,
+            num_bad_delete_rate=(1 - 0.2) * 0.5,
+            num_consider_category_each_group=int(np.log(n_cls) * 2.5),
+            not_consider_performance_flag=False,
+            ablation_mode="full",
+            num_K_means_max_rate=0.2,
+            score_top_1_rate=0.08,
+            score_top_5_rate=0,
+            score_redundant_score_l2_norm=0,
+            score_inter_class_score_CE=10,
+        )
+        groups, *_ = init(args, model, None, names, x, torch.tensor(case["labels"]), ["a photo of a {}."])
+        case.update(
+            seed=seed,
+            baseline_fitness=seen["baseline"],
+            groups=[[int(k), [names.index(c) for c in g]] for k, g in groups.items()],
+        )
+        cases.append(case)
+    return {"cases": cases}
+
+
 GLOV_DATASET = ("pocket_dark", "The pocket_dark dataset consists of small dark renderings of coloured shapes.")
 GLOV_ROWS = [
     (["A photo of a <category>."], [41.66666666666667]),
@@ -240,12 +348,27 @@ GLOV_SOURCE = (
 )
 
 
+PROAPO_GROUPS_SOURCE = (
+    "MorningStarOvO/ProAPO tools/models/APO_split_group/split_group_by_Kmeans.py "
+    "init_category_group_split_based_Kmeans and split_group_based_on_Kmeans (faiss.Kmeans replaced by "
+    "scikit-learn's, FaissKmeansStandIn), "
+    "get_score_based_ACC.py get_acc_scores_and_dict_quick_and_group, commit fefdf18"
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--refs", type=Path, required=True)
-    parser.add_argument("--only", choices=["glov"], help="regenerate that part of the file alone")
+    parser.add_argument("--only", choices=["glov", "proapo_groups"], help="regenerate that part of the file alone")
     opts = parser.parse_args()
     refs = opts.refs
+    if opts.only == "proapo_groups":
+        data = json.loads(OUT.read_text())
+        data["_source"]["proapo_groups"] = PROAPO_GROUPS_SOURCE
+        data["proapo_groups"] = gen_proapo_groups(refs)
+        OUT.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        print(f"wrote {OUT} (proapo_groups)")
+        return
     if opts.only == "glov":
         data = json.loads(OUT.read_text())
         data["_source"]["glov"] = GLOV_SOURCE
@@ -270,6 +393,8 @@ def main() -> None:
         "glov": gen_glov(refs),
     }
     data["_source"]["glov"] = GLOV_SOURCE
+    data["_source"]["proapo_groups"] = PROAPO_GROUPS_SOURCE
+    data["proapo_groups"] = gen_proapo_groups(refs)
     OUT.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {OUT}")
 

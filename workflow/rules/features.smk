@@ -135,3 +135,32 @@ rule extract_generated_views:
     shell:
         "python -m vlprompt extract --dataset {params.dataset} --key {wildcards.dkey} --part generated_views "
         "--views {wildcards.views} --wrong-class-rate {wildcards.rate} --quiet > {log} 2>&1"
+
+
+# DiffTPT's generated views of a dataset whose folder of generated images the config names
+# (generated_images.<dataset>.by_image; vlprompt.data.generated_images): read, not drawn. The folder's key (a hash of
+# its listing) is in the path, so a changed folder is a new bank.
+rule extract_generated_folder:
+    input:
+        lambda wildcards: grid.split_file(CFG, DATASET_OF[wildcards.dkey]),
+    output:
+        multiext(f"{FEATURES_DIR}/test_generated{{views}}_folder-{{fkey}}", ".npy", ".json"),
+    params:
+        dataset=lambda wildcards: DATASET_OF[wildcards.dkey],
+    wildcard_constraints:
+        views=r"\d+",
+        fkey=r"[0-9a-f]{8}",
+    resources:
+        gpu=1,
+        cpus_per_task=4,
+        mem_mb=16000,
+        runtime=240,  # many generated views of every test image
+    conda:
+        "../envs/vlprompt.yaml"
+    log:
+        f"{LOGS}/features/{{dkey}}_test_generated{{views}}_folder-{{fkey}}.log",
+    benchmark:
+        f"{BENCHMARKS}/features/{{dkey}}_test_generated{{views}}_folder-{{fkey}}.tsv",
+    shell:
+        "python -m vlprompt extract --dataset {params.dataset} --key {wildcards.dkey} --part generated_folder "
+        "--views {wildcards.views} --quiet > {log} 2>&1"

@@ -18,8 +18,9 @@ Two parts exist only where a method of the experiment declares it reads them
 1 … V−1 random resized crops with scale (s, 1) and flips (TPT's views; :func:`test_view_transform`), each seeded by
 (view, relpath) as the training views are.
 ``test_generated<G>_<generator>.npy`` (G, N, D), every test image in G views drawn by a generator (DiffTPT's
-image variations; on the pocket world the renderer as an idealised image-variation model, :class:`RenderedVariations`)
-under the test transform.
+image variations; on the pocket world the renderer as an idealised image-variation model, :class:`RenderedVariations`;
+for real data read from the folder the config's ``generated_images.<dataset>.by_image`` names, :class:`FolderViews`,
+the generator named ``folder-<the folder's key>``) under the test transform.
 
 The store grows by subset and never rewrites a file: a new (shots, seed) subset's job copies the rows
 that a sibling bank of the same folder already holds (same backbone and transform: identical features,
@@ -185,6 +186,34 @@ class RenderedVariations(torch.utils.data.Dataset):
         return self.transform(img)
 
 
+class FolderViews(torch.utils.data.Dataset):
+    """One view of each test image read from a folder of generated views (DiffTPT's generated images, made
+    elsewhere): ``paths`` relative to ``root`` (:func:`vlprompt.data.generated_images.view_paths`)."""
+
+    def __init__(self, root: str, paths: Sequence[str], transform):
+        self.root, self.paths, self.transform = root, list(paths), transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, k: int):
+        from vlprompt.data.generated_images import read_image
+
+        return self.transform(read_image(self.root, self.paths[k]))
+
+
+def generated_view_images(generator: dict, rows: Sequence, transform, views: int) -> list:
+    """Per view, the dataset of that view of every image of ``rows``: drawn by the pocket renderer
+    (``{"name": "pocket_variation", ...}``) or read from a folder of generated views (``{"name": "folder",
+    "folder": path, "key": its key}``, the ``by_image`` layout of :mod:`vlprompt.data.generated_images`)."""
+    if generator.get("name") == "folder":
+        from vlprompt.data.generated_images import view_paths
+
+        paths = view_paths(generator["folder"], [r[0] for r in rows], views)  # [image][view]
+        return [FolderViews(generator["folder"], [p[v] for p in paths], transform) for v in range(views)]
+    return [RenderedVariations(generator, rows, transform, v) for v in range(views)]
+
+
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".JPG", ".JPEG")
 
 
@@ -313,7 +342,7 @@ class ExtractionSpec:
     views: int  # 1 for test/val
     name: str | None = None  # file stem in the output folder (default: the split)
     exif: bool = False  # read with the EXIF orientation applied, 16-bit scaled (a user's images: data.images)
-    generator: dict | None = None  # generated_views: the stand-in generator's settings (RenderedVariations)
+    generator: dict | None = None  # generated_views: the generator's settings (RenderedVariations, FolderViews)
 
     @property
     def stem(self) -> str:
@@ -553,7 +582,7 @@ def _encode(
         if spec.generator is None:
             raise ValueError("generated views need the generator's settings (ExtractionSpec.generator)")
         dataset = torch.utils.data.ConcatDataset(
-            [RenderedVariations(spec.generator, spec.rows, transform, v) for v in range(spec.views)]
+            generated_view_images(spec.generator, spec.rows, transform, spec.views)
         )
     elif meta.get("decoder") == "jpeg-on-device":
         dataset = EncodedImages(root, relpaths)

@@ -248,6 +248,7 @@ def name_problems(cfg: dict) -> list[str]:
             "on; list them, or use protocol fewshot or base2new"
         )
     lines += adaptation_problems(cfg, datasets, methods)
+    lines += _unknown_names("generated_images", cfg.get("generated_images") or {}, datasets, "dataset", "datasets")
     known = [m for m in cfg["methods"] if m in methods]
     if cfg["protocol"] == "ood":
         lines += ood_problems(cfg, datasets, known)
@@ -509,11 +510,31 @@ def known_classnames(cfg: dict, dataset: str) -> list[str]:
     return [name for _, name, _ in sorted({c[0]: c for w in ("train", "val") for c in counts[w]}.values())]
 
 
+def generated_images_problems(cfg: dict) -> list[str]:
+    """The folders of generated images the config names exist and hold images (their keys name artefacts)."""
+    from vlprompt.data import generated_images
+
+    lines = []
+    for dataset in cfg.get("generated_images") or {}:
+        for kind in generated_images.KINDS:
+            found = generated_images.folder(cfg, dataset, kind)
+            if found is None:
+                continue
+            if not found.is_dir():
+                lines.append(
+                    f"generated_images.{dataset}.{kind}: the folder {found} does not exist; create it or correct "
+                    "the path"
+                )
+            elif not generated_images.listing(found):
+                lines.append(f"generated_images.{dataset}.{kind}: the folder {found} holds no image; put them there")
+    return lines
+
+
 def plan_problems(cfg: dict) -> list[str]:
     """What the DAG knows when it is planned; ``cfg`` has passed :func:`name_problems`."""
     from vlprompt.methods import get_method
 
-    lines = []
+    lines = generated_images_problems(cfg)
     trained = any(get_method(m).needs_training for m in cfg["methods"])
     if trained:
         multitask = any(get_method(m).reads_multitask_prompt for m in cfg["methods"])

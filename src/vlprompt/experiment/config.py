@@ -172,6 +172,26 @@ def _declared_settings(cfg: dict, method: str) -> dict:
     return out
 
 
+def _label_images_settings(cfg: dict, method: str, dataset: str | None) -> dict:
+    """The keys of the folders of images per label that a ``reads_label_images`` method reads (``dataset``'s, or
+    every dataset's without one), so that a changed folder re-runs those runs and no other."""
+    from vlprompt.data.generated_images import folder, folder_key
+    from vlprompt.methods import MethodError, get_method
+
+    try:
+        if not get_method(method).reads_label_images:
+            return {}
+    except MethodError:
+        return {}
+    names = [dataset] if dataset is not None else sorted(cfg.get("generated_images") or {})
+    keys = {}
+    for name in names:
+        found = folder(cfg, name, "by_label")
+        if found is not None:
+            keys[name] = folder_key(found)
+    return {"label_images": keys} if keys else {}
+
+
 def new_class_names_given(cfg: dict) -> bool:
     """Whether methods declaring ``reads_new_classnames`` see the new classes' names (base2new, not refused)."""
     return cfg["protocol"] == "base2new" and bool(cfg.get("new_class_names", True))
@@ -196,6 +216,7 @@ def method_config_hash(cfg: dict, method: str, dataset: str | None = None, shots
     relevant = {k: cfg.get(k) for k in ("backbone", "protocol", "fewshot", "pocket")}
     relevant["features"] = _features_settings(cfg)
     relevant.update(_declared_settings(cfg, method))
+    relevant.update(_label_images_settings(cfg, method, dataset))
     if dataset in (cfg.get("user_datasets") or {}):  # its template makes the hand-crafted prompts
         relevant["template"] = cfg["user_datasets"][dataset].get("template")
     if dataset is None:

@@ -229,11 +229,24 @@ def generator_key(wrong_class_rate: float) -> str:
     return f"pocketvar-p{wrong_class_rate:g}"
 
 
+def generated_views_generator(cfg: dict, dataset: str, wrong_class_rate: float) -> str:
+    """The generator of ``dataset``'s generated test views: ``folder-<key>`` where the config names a folder of
+    generated views for it (``generated_images.<dataset>.by_image``; the key a hash of its listing,
+    :func:`vlprompt.data.generated_images.folder_key`), else the pocket renderer with this rate of wrong-class views."""
+    from vlprompt.data import generated_images
+
+    found = generated_images.folder(cfg, dataset, "by_image")
+    if found is not None:
+        return f"folder-{generated_images.folder_key(found)}"
+    return generator_key(wrong_class_rate)
+
+
 def generated_views_stem(
     cfg: dict, dataset: str, method: str, shots: int | str, trained_on: str | None = None
 ) -> Path | None:
     """Stem of the generated test views a ``reads_test_views`` method reads besides its augmented ones (its
-    Config's ``generated_views`` and ``wrong_class_rate``); None when it reads none."""
+    Config's ``generated_views`` and ``wrong_class_rate``; the folder of ``dataset``'s generated views where the
+    config names one); None when it reads none."""
     from vlprompt.experiment.config import method_settings
     from vlprompt.methods import get_method
 
@@ -246,7 +259,7 @@ def generated_views_stem(
             backbone=backbone_key(cfg),
             dkey=dataset_key(cfg, dataset),
             views=mcfg.generated_views,
-            generator=generator_key(mcfg.wrong_class_rate),
+            generator=generated_views_generator(cfg, dataset, mcfg.wrong_class_rate),
         )
     )
 
@@ -560,6 +573,7 @@ __all__ = [
     "fewshot_layer_statistics",
     "fewshot_layer_statistics_files",
     "generated_views_stem",
+    "generated_views_generator",
     "generator_key",
     "group_inputs",
     "group_runs",

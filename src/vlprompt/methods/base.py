@@ -106,6 +106,12 @@ class MethodContext:
     # Methods with ``reads_meta_prompt`` (GRAM): the state the meta stage learned for this backbone (its context and
     # regulating function, ``source`` naming the file); None elsewhere and when a run does not need it.
     meta_prompt: dict[str, Any] | None = None
+    # Methods with ``reads_label_images`` (LAPT): the folder of images per label that the config's
+    # ``generated_images.<dataset>.by_label`` names (vlprompt.data.generated_images); None: the method's own stand-in.
+    label_images: str | None = None
+    # Methods with ``reads_test_views`` (DiffTPT): the folder of generated views per test image that the config's
+    # ``generated_images.<dataset>.by_image`` names, recorded by the run (the bank holds its views); None: none named.
+    generated_views: str | None = None
 
     @property
     def logit_scale(self) -> float:
@@ -168,6 +174,9 @@ class Method(nn.Module):
     reads_new_classnames: ClassVar[bool] = False  # base2new: new classes' names, text only (unseen_classnames)
     reads_teacher: ClassVar[bool] = False  # a prompt-tuned bigger teacher CLIP (config `teacher`; ctx.teacher)
     reads_meta_prompt: ClassVar[bool] = False  # a meta stage keyed by backbone (GRAM; ctx.meta_prompt)
+    # images per label from the folder the config's `generated_images.<dataset>.by_label` names, where it names one
+    # (LAPT's training images; ctx.label_images; vlprompt.data.generated_images)
+    reads_label_images: ClassVar[bool] = False
     reads_boosting_prompts: ClassVar[str] = (
         ""  # a method whose run's prompts are a frozen prefix (ctx.boosting_prompts)
     )

@@ -28,8 +28,12 @@ exactly: an upper bound on what image variations preserve. ``wrong_class_rate`` 
 measure how often a variation changes the class) is the share of generated views drawn as a visually close class
 (one colour or one shape changed), which the cosine filter is there to remove. The generated views are a part of the
 feature bank (``test_generated<G>_pocketvar-p<rate>``, under the test transform, as the reference loads its
-generated images); each run's ``method_info`` names the generator. Real datasets: generated images read from a user
-folder are not supported yet (the extraction stops and says so).
+generated images); each run's ``method_info`` names the generator. Real datasets (or any dataset whose
+``generated_images.<dataset>.by_image`` the config names): the generated views are read from that folder, in the
+layout the reference's ``image_generator_R.py`` writes and ``diffuData`` reads (``<folder>/<dir>/<stem>_<i>.<suffix>``
+for the test image ``<dir>/<stem>.<suffix>``; :mod:`vlprompt.data.generated_images`), into the bank
+``test_generated<G>_folder-<key>`` (the key a hash of the folder's listing), through the same extraction;
+``wrong_class_rate`` is then unused.
 
 Other deviations: TPT's (cached views, random resized crops without AugMix, fp32).
 """
@@ -85,6 +89,7 @@ class DiffTPT(TPT):
         if not 0 <= config.wrong_class_rate <= 1:
             raise MethodError("difftpt: wrong_class_rate must be in [0, 1]")
         super().__init__(config, ctx)
+        self.generated_folder = ctx.generated_views
 
     def select_views(self, logits: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -98,6 +103,17 @@ class DiffTPT(TPT):
 
     def run_info(self) -> dict:
         c = self.config
+        if self.generated_folder:
+            from vlprompt.data.generated_images import provenance
+
+            return {
+                "generator": {
+                    "kind": "folder",
+                    "about": "generated views read from a folder of images made elsewhere (by_image layout)",
+                    "generated_views": c.generated_views,
+                    **provenance(self.generated_folder),
+                }
+            }
         return {
             "generator": {
                 "kind": "pocket_variation",

@@ -19,8 +19,12 @@ mixing (wccm) and cross-entropy over ID + negative classes:
 Synthesis: the pocket renderer is an exact text-to-image model of its world. An ID class "red circle" is drawn as
 itself; a negative colour word ("brown") as that colour on a random shape of the world, a negative shape word as that
 shape in a random colour; texture phrases (no object) are dropped, the renderer draws objects. Images are drawn in
-the ID dataset's style from ``ctx.seed``, then encoded by the frozen image encoder. For real data the images would be
-a folder of generated or retrieved images named by label: not built (a run on a real dataset stops and says so).
+the ID dataset's style from ``ctx.seed``, then encoded by the frozen image encoder. For real data (or any dataset
+whose ``generated_images.<dataset>.by_label`` the config names) the images come from that folder of generated or
+retrieved images, one sub-folder per label (:mod:`vlprompt.data.generated_images`): ``synth_per_label`` images per
+label drawn by ``ctx.seed``, read and encoded as the rendered ones are; every ID class needs a folder, the negatives
+are mined among the vocabulary's labels that have one (as they are among the labels the renderer can draw), and the
+folder's key enters the run's hash and its record. A non-pocket dataset without a folder stops with one line.
 
 Defaults are the released scripts' (SGD lr 0.01, weight decay 1e-5, 10 epochs, batch 32, α = 1, one wccm term);
 deviations: N_CTX is 4 with CoOp's "a photo of a" (the scripts train with 2 and test with 4), the negatives
@@ -39,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.clip.prompting import text_classifier
-from vlprompt.data import pocket
+from vlprompt.data import generated_images, pocket
 from vlprompt.data.negative_labels import negative_labels
 from vlprompt.data.registry import get_dataset
 from vlprompt.methods.base import MethodContext, MethodError, normalize, register
@@ -81,6 +85,7 @@ class LAPT(CoOp):
     description = "CoOp over ID and mined negative labels, trained on synthesised images with wccm mixing"
     Config = LAPTConfig
     batchable = False  # its own loop draws the synthesis and the mixing
+    reads_label_images = True  # a folder of images per label replaces the renderer where the config names one
 
     negative_names: list[str]
     class_text: torch.Tensor  # (C_ID + M, 1, D) frozen hand-crafted text features, the wccm partners
@@ -89,9 +94,21 @@ class LAPT(CoOp):
         id_names = list(ctx.classnames)
         templates = [ctx.template]
         id_text = text_classifier(ctx.backbone, templates, id_names)
-        candidates = [c for c in negative_labels(config.negatives, id_names) if self._drawable(c)]
-        if not candidates:
-            raise MethodError(f"lapt: the vocabulary {config.negatives!r} has no label the pocket renderer can draw")
+        vocabulary = negative_labels(config.negatives, id_names)
+        if ctx.label_images:  # the labels with images in the folder, as the renderer's are those it can draw
+            present = generated_images.labels_present(ctx.label_images)
+            candidates = [c for c in vocabulary if generated_images.label_key(c) in present]
+            if not candidates:
+                raise MethodError(
+                    f"lapt: no label of the vocabulary {config.negatives!r} has a folder of images in "
+                    f"{ctx.label_images}; add images for negative labels (one folder per label)"
+                )
+        else:
+            candidates = [c for c in vocabulary if self._drawable(c)]
+            if not candidates:
+                raise MethodError(
+                    f"lapt: the vocabulary {config.negatives!r} has no label the pocket renderer can draw"
+                )
         cand = text_classifier(ctx.backbone, templates, candidates)
         keep = mine_negatives(id_text, cand, config.n_negatives, config.percentile).tolist()
         negatives = [candidates[i] for i in keep]
@@ -128,12 +145,32 @@ class LAPT(CoOp):
     # ---- synthesis and training ------------------------------------------------------------------------------
 
     def synthesise(self, ctx: MethodContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, D) image features of ``synth_per_label`` rendered images per label, (N,) their labels."""
+        """(N, D) image features of ``synth_per_label`` images per label, (N,) their labels: read from the folder of
+        images per label where the context names one, else rendered by the pocket renderer."""
+        images, labels = self.folder_images(ctx) if ctx.label_images else self.rendered_images(ctx)
+        batch = torch.stack(images)
+        model = ctx.backbone.model
+        with torch.no_grad():
+            feats = torch.cat(
+                [model.encode_image(batch[i : i + 256].to(ctx.device)) for i in range(0, len(batch), 256)]
+            )
+        return feats.float(), torch.tensor(labels, device=ctx.device)
+
+    def folder_images(self, ctx: MethodContext) -> tuple[list[torch.Tensor], list[int]]:
+        """The preprocessed images of every label, ``synth_per_label`` each, from the folder ``ctx.label_images``."""
+        root = str(ctx.label_images)
+        names = self.id_names + self.negative_names
+        drawn = generated_images.label_images(root, names, self.config.synth_per_label, ctx.seed)
+        images = [ctx.backbone.preprocess(generated_images.read_image(root, rel)) for rel, _ in drawn]
+        return images, [label for _, label in drawn]
+
+    def rendered_images(self, ctx: MethodContext) -> tuple[list[torch.Tensor], list[int]]:
+        """The preprocessed images of every label, ``synth_per_label`` each, drawn by the pocket renderer."""
         spec = get_dataset(ctx.dataset) if ctx.dataset else None
         if spec is None or spec.style is None:
             raise MethodError(
                 f"lapt synthesises its training images with the pocket renderer; {ctx.dataset} is not a pocket "
-                "dataset (a folder of generated images per label is not supported yet)"
+                f"dataset: name a folder of images per label in the config's generated_images.{ctx.dataset}.by_label"
             )
         rng = np.random.default_rng(ctx.seed)
         colours, shapes = list(pocket.COLOURS), list(pocket.SHAPES)
@@ -153,13 +190,7 @@ class LAPT(CoOp):
                 )
                 images.append(ctx.backbone.preprocess(img))
                 labels.append(label)
-        batch = torch.stack(images)
-        model = ctx.backbone.model
-        with torch.no_grad():
-            feats = torch.cat(
-                [model.encode_image(batch[i : i + 256].to(ctx.device)) for i in range(0, len(batch), 256)]
-            )
-        return feats.float(), torch.tensor(labels, device=ctx.device)
+        return images, labels
 
     def fit(self, ctx: MethodContext) -> bool:
         cfg = self.config
@@ -189,12 +220,19 @@ class LAPT(CoOp):
                 sched.step()
                 losses.append(loss.item())
         self.eval()
-        self.fit_info = {"synthesised_images": len(feats), "final_loss": float(np.mean(losses[-steps_per_epoch:]))}
+        self.fit_info: dict[str, object] = {
+            "synthesised_images": len(feats),
+            "final_loss": float(np.mean(losses[-steps_per_epoch:])),
+        }
+        if ctx.label_images:
+            self.fit_info["image_folder"] = generated_images.provenance(ctx.label_images)
         return True
 
     def run_info(self) -> dict:
-        info = {
-            "negative_labels": self.negative_names,
-            "training_images": "synthesised by the pocket renderer (exact text-to-image stand-in)",
-        }
-        return {**info, **getattr(self, "fit_info", {})}
+        info = getattr(self, "fit_info", {})
+        source = (
+            "read from a folder of images per label (generated or retrieved elsewhere; image_folder)"
+            if "image_folder" in info
+            else "synthesised by the pocket renderer (exact text-to-image stand-in)"
+        )
+        return {"negative_labels": self.negative_names, "training_images": source, **info}

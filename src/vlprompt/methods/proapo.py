@@ -50,14 +50,38 @@ class's colour and shape, and the world's background textures), elsewhere the st
 
 Deviations, each documented: the pools (above); scoring on the few-shot images un-augmented; the reference also
 scores the best set on the test split after each epoch (for its log), never done here; top-5 becomes top-min(5, C)
-with fewer than 5 classes. In the description stage: the groups are the classes in order of their training
-accuracy under the current classifier (worst first, ties by label) cut into groups of ``description_group_size``
-(default int(ln C · 2.5), the reference's ``num_consider_category_each_group``), of which the first
-``description_groups`` are searched; the reference forms them by faiss K-means over the class text features (k
-chosen by silhouette) ranked by a category-importance score, which is not reproduced (an assumption). Each group's
-search starts from that group's baseline (the reference's ``use_top1`` also carries the previous group's best sets
-into the next), its draws come from generators seeded by seed + 1, apart from the template stage's, and the weighted
-sampling and ``add_more`` options (not the defaults) are not implemented.
+with fewer than 5 classes.
+
+The groups of classes (``description_grouping: kmeans``, the default) are the reference's
+(``tools/models/APO_split_group/split_group_by_Kmeans.py``, ``init_category_group_split_based_Kmeans`` at the first
+outer epoch and ``get_category_group_split_based_Kmeans`` after, with option.py's defaults), recomputed from the
+current classifier at every outer epoch: (1) each class's importance, the fitness when its features alone become
+the mean over the templates × [its name, "name*****description" for every candidate] (``evaluate_category_important
+_score``; its five-asterisk separator is not the entries' one, so the reference's prompts hold the asterisks, and
+so do these); the classes above the baseline's fitness, in groups of ``description_group_size`` (default
+int(ln C · 2.5)), until one is less than 0.1 above it once two are taken; the int(0.4 · C) least important are left
+out of the rest (``num_bad_delete_rate`` = (1 − 0.2) / 2); (2) confusion groups
+(``get_acc_scores_and_dict_quick_and_group``, :func:`confusion_groups`, the reference's positional index kept), each
+filled with its opener's cluster mates (:func:`kmeans_clusters`: K-means of the class features, k by silhouette)
+up to the group size (:func:`merge_groups`), until int(ln C · 10) classes are counted; the groups with a key below
+``description_groups`` are searched. ``tests/test_language_model_search.py`` checks the groups against the
+reference's function on fixed features (fixture by ``tests/reference/regenerate_language_models.py``). Deviations:
+the K-means is scikit-learn's (Lloyd's iterations from k classes drawn by the run's seed, 150 iterations, one run),
+not faiss's, which is not a dependency: the same algorithm with other draws, so the clusters can differ where
+they are not well separated (the fixture runs the reference's code with the same scikit-learn call in faiss's
+place); a class listed twice in one group (the positional index can do that) is searched once; where no k has a
+positive silhouette the groups get no cluster mates (the reference stops with a KeyError). ``description_grouping:
+accuracy`` keeps the earlier stand-in: the classes in order of training accuracy (worst first, ties by label) cut
+into groups of ``description_group_size``.
+
+A group's search starts, as the reference's (``update_record_in_group_end_mode: use_top1``; ``description_carry``,
+the default), from the previous group's ``description_top`` best sets (of the previous outer epoch's last group for
+an outer epoch's first): the best replaced by the new group's baseline entries, its score kept as the reference
+keeps it (not re-computed), each other extended by the baseline entries of the group's classes it lacks and scored;
+the first group of the first outer epoch starts from its baseline and sampled candidates; at a group's end the best
+set's entries become the classes' it holds. ``description_carry: false`` starts every group afresh. Its draws come
+from generators seeded by seed + 1, apart from the template stage's, and the weighted sampling and ``add_more`` options
+(not the defaults) are not implemented.
 """
 
 from __future__ import annotations
@@ -218,6 +242,131 @@ def entry_prompts(templates: list[str], entries: list[str]) -> list[str]:
     return out
 
 
+# ---------------------------------------------------------------- the description stage's groups of classes
+
+
+def kmeans_clusters(features: np.ndarray, seed: int, max_rate: float = 0.2) -> np.ndarray | None:
+    """(C,) the cluster of every class, or None (``split_group_based_on_Kmeans``): for k in range(2, 3) when
+    int(C · max_rate) < 5, else range(5, int(C · max_rate), 2), Lloyd's K-means of the class features (150
+    iterations from k classes drawn by ``seed`` as the first centroids), the k of highest silhouette kept when it is
+    above 0; None when no k is (the reference then indexes an empty assignment). k ≥ C is skipped (the silhouette
+    needs at most C − 1 clusters; the reference would stop there)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    n = len(features)
+    low, high = (2, 3) if int(n * max_rate) < 5 else (5, int(n * max_rate))
+    best, best_score = None, 0.0
+    for k in range(low, high, 2):
+        if k >= n:
+            continue
+        pred = KMeans(n_clusters=k, init="random", n_init=1, max_iter=150, random_state=seed).fit_predict(features)
+        if len(set(pred.tolist())) < 2:
+            continue
+        score = float(silhouette_score(features, pred))
+        if score > best_score:
+            best, best_score = pred.copy(), score
+    return best
+
+
+def confusion_groups(
+    logits: torch.Tensor, labels: torch.Tensor, threshold: float, max_consider: int
+) -> list[list[int]]:
+    """The groups of ``get_acc_scores_and_dict_quick_and_group``: the classes in order of their cross-entropy
+    (lowest first, ties by label); each class not yet in a group opens one, joined by every other class j that is
+    among the top-min(5, C) predictions of at least ``threshold`` percent of the images of the class whose *label is
+    the opener's position* in that order (the reference's ``idx = (labels == i)`` with ``i`` the position: kept);
+    until ``max_consider`` classes are counted."""
+    n_cls = logits.shape[1]
+    present = sorted(set(labels.tolist()))
+    ce = {k: float(F.cross_entropy(logits[labels == k], labels[labels == k])) for k in present}
+    order = sorted(present, key=lambda k: ce[k])  # stable: ties keep the label order
+    top = logits.softmax(-1).topk(min(5, n_cls), 1).indices.T  # (k, N)
+    taken = dict.fromkeys(range(n_cls), False)
+    groups, counted = [], 0
+    for i, opener in enumerate(order):
+        if taken[opener]:
+            continue
+        idx = labels == i
+        group = [opener]
+        taken[opener] = True
+        counted += 1
+        n_idx = int(idx.sum())
+        for j in present:
+            if j != i and n_idx and round(float((top[:, idx] == j).sum()) / n_idx * 100, 2) >= threshold:
+                group.append(j)
+                taken[j] = True
+                counted += 1
+        groups.append(group)
+        if counted >= max_consider > 0:
+            break
+    return groups
+
+
+def importance_groups(
+    importance: dict[int, float], baseline: float, size: int, n_delete: int
+) -> tuple[list[list[int]], list[int]]:
+    """(the groups of important classes, the classes left out) of ``init_category_group_split_based_Kmeans``: the
+    classes by importance (the fitness with the class's features replaced, ``importance`` in the reference's
+    insertion order), highest first, the baseline among them (first among ties); taken in groups of ``size`` until the
+    baseline, or a class less than 0.1 above it once two are taken; the ``n_delete`` least important below the
+    baseline are left out of the other groups."""
+    scores: dict[int, float] = {-1: baseline, **importance}  # -1: the baseline, inserted first as the reference's
+    ranked = sorted(scores, key=lambda k: scores[k], reverse=True)
+    groups: list[list[int]] = []
+    counted = 0
+    for k in ranked:
+        if k == -1 or (scores[k] < baseline + 0.1 and counted > 1):
+            break
+        if not groups or len(groups[-1]) >= size:
+            groups.append([])
+        groups[-1].append(k)
+        counted += 1
+    deleted: list[int] = []
+    for k in sorted(scores, key=lambda k: scores[k]):
+        if k == -1 or len(deleted) >= n_delete:
+            break
+        deleted.append(k)
+    return groups, deleted
+
+
+def merge_groups(
+    first: list[list[int]],
+    confusion: list[list[int]],
+    clusters: np.ndarray | None,
+    deleted: list[int],
+    size: int,
+    max_consider: int,
+) -> list[tuple[int, list[int]]]:
+    """(key, classes) of the groups the reference searches in order: the important classes' groups (keys 0, 1, …),
+    then per confusion group whose opener no earlier confusion group took, at key len(first) + its position: its
+    classes not left out, filled with the opener's K-means cluster mates not taken and not left out up to ``size``
+    (``not_consider_performance_flag`` false, the default); until ``max_consider`` classes are counted, those of the
+    important groups included. Without clusters (None) a group gets no mates."""
+    out = [(key, list(g)) for key, g in enumerate(first)]
+    counted = sum(len(g) for g in first)
+    base = len(first)
+    taken: set[int] = set()
+    for position, group in enumerate(confusion):
+        opener = group[0]
+        if opener in taken:
+            continue
+        new = [k for k in group if k not in deleted]
+        taken.update(group)
+        if clusters is not None:
+            for k in np.flatnonzero(clusters == clusters[opener]).tolist():
+                if k not in new and k not in taken and k not in deleted:
+                    new.append(k)
+                    taken.add(k)
+                    if len(new) >= size:
+                        break
+        out.append((base + position, new))
+        counted += len(new)
+        if counted >= max_consider > 0:
+            break
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class ProAPOConfig:
     epochs: int = 6  # the template stage's epochs (the reference's 1-shot config; option.py's default is 8)
@@ -247,6 +396,15 @@ class ProAPOConfig:
     description_top_1_rate: float = 0.08  # the 1-shot config's "specific" weights
     description_top_5_rate: float = 0.0
     description_inter_class_score_CE: float = 10.0
+    # how the classes are grouped: "kmeans" the reference's (init_category_group_split_based_Kmeans: important classes
+    # first, then confusion groups filled with K-means cluster mates); "accuracy" the worst classes first, cut in
+    # groups of description_group_size (a simpler stand-in, kept for comparison)
+    description_grouping: str = "kmeans"
+    description_kmeans_max_rate: float = 0.2  # num_K_means_max_rate
+    description_confuse_threshold: float = 4.0  # threshold_confuse (percent of a class's images with j in the top 5)
+    # True: a group's search starts from the previous group's best sets (update_record_in_group_end_mode use_top1,
+    # the reference's default); False: every group starts from its baseline and sampled candidates
+    description_carry: bool = True
 
 
 @register
@@ -267,6 +425,11 @@ class ProAPO(Method):
         super().__init__(config, ctx)
         if config.epochs < 0 or config.num_top < 1:
             raise MethodError("proapo: epochs >= 0 and num_top >= 1")
+        if config.description_grouping not in ("kmeans", "accuracy"):
+            raise MethodError(
+                f"proapo: description_grouping {config.description_grouping!r} is not one of kmeans (the "
+                "reference's), accuracy"
+            )
         self.backbone, self.seed, self.dataset = ctx.backbone, ctx.seed, ctx.dataset
         self.pool, self.pool_source = template_pool(ctx.dataset)
         self.templates = ["a photo of a {}."] if "a photo of a {}." in self.pool else self.pool[:1]
@@ -361,12 +524,16 @@ class ProAPO(Method):
             return w
 
         searched = 0
+        carried: list[tuple[list[str], dict]] = []  # the previous group's best sets, best first
         for _outer in range(c.description_epochs_outer):
             current = torch.stack([feats[name] for name in names])
-            pred = (x @ current.T).argmax(-1)
-            acc = [float((pred[y == k] == k).float().mean()) if (y == k).any() else 1.0 for k in range(n)]
-            order = sorted(range(n), key=lambda k: (acc[k], k))  # the worst classes first
-            groups = [order[i : i + size] for i in range(0, n, size)][: c.description_groups]
+            if c.description_grouping == "kmeans":
+                groups = self.reference_groups(current, x, y, pools, size)
+            else:
+                pred = (x @ current.T).argmax(-1)
+                acc = [float((pred[y == k] == k).float().mean()) if (y == k).any() else 1.0 for k in range(n)]
+                order = sorted(range(n), key=lambda k: (acc[k], k))  # the worst classes first
+                groups = [order[i : i + size] for i in range(0, n, size)][: c.description_groups]
             for group in groups:
                 if len(group) <= 1:
                     continue
@@ -386,17 +553,23 @@ class ProAPO(Method):
                 pool = list(memory)
                 if not pool:
                     continue
-                best_entries, scored = self.evolve_group(
-                    members,
-                    baseline_entries,
-                    base_scores,
-                    memory,
-                    lambda es: self.score_weights(weights_of(es), x, y),
-                    rng,
-                    rng_py,
+                score_set = lambda es: self.score_weights(weights_of(es), x, y)  # noqa: E731
+                initial = None
+                if c.description_carry and carried:  # update_record_in_group_end_use_top1, then the next group's start
+                    initial = {"carried-0": (baseline_entries, carried[0][1])}  # its score not re-computed (kept)
+                    for i, (entries, _) in enumerate(carried[1:], 1):
+                        present = {e.partition(SEP)[0] for e in entries}
+                        extended = entries + [
+                            e for m, es in zip(members, baseline, strict=True) if m not in present for e in es
+                        ]
+                        initial[f"carried-{i}"] = (extended, score_set(extended))
+                best_entries, scored, ranked = self.evolve_group(
+                    members, baseline_entries, base_scores, memory, score_set, rng, rng_py, initial
                 )
+                carried = ranked[: c.description_top]
                 searched += scored
-                for m in members:
+                # the best set's entries become their classes' (use_top1): the group's, and those it carried
+                for m in dict.fromkeys(members + [e.partition(SEP)[0] for e in best_entries]):
                     es = [e for e in best_entries if e.partition(SEP)[0] == m]
                     if es and es != [m]:
                         chosen[m] = es
@@ -409,6 +582,45 @@ class ProAPO(Method):
             stage="templates (ATO), then class-specific descriptions",
         )
         return chosen
+
+    def reference_groups(self, current, x, y, pools: dict[str, list[str]], size: int) -> list[list[int]]:
+        """The groups the reference searches, those of key below ``description_groups`` (``init_`` and
+        ``get_category_group_split_based_Kmeans`` with option.py's defaults): the classes that most raise the
+        fitness when their features become the mean over the templates × [name, "name*****description" for every
+        candidate] (``evaluate_category_important_score``, its separator kept as the reference writes it, so the
+        asterisks are in the prompt), then confusion groups filled with K-means cluster mates of the class features;
+        a class listed twice in one group (the reference's positional index can do that) is searched once."""
+        c, names = self.config, self.classnames
+        n = len(names)
+        base_fit = self.score_weights(current, x, y)["fitness_score"]
+        logits = self.logit_scale * x @ current.T
+        ce = {k: float(F.cross_entropy(logits[y == k], y[y == k])) for k in sorted(set(y.tolist()))}
+        importance = {}
+        for k in sorted(ce, key=lambda k: ce[k]):  # the reference's insertion order: acc_dict's, by cross-entropy
+            name = prompt_name(names[k])
+            entries = list(dict.fromkeys([name] + [f"{name}*****{d.lower()}" for d in pools[names[k]]]))
+            prompts = [t.format(e).lower() for t in self.templates for e in entries]
+            w = current.clone()
+            w[k] = self.prompt_mean(prompts).to(w.device)
+            importance[k] = self.score_weights(w, x, y)["fitness_score"]
+        max_consider = min(n, int(np.log(n) * 10))
+        first, deleted = importance_groups(importance, base_fit, size, int(n * 0.4))
+        confusion = confusion_groups(logits, y, c.description_confuse_threshold, max_consider)
+        clusters = kmeans_clusters(current.double().cpu().numpy(), self.seed, c.description_kmeans_max_rate)
+        out = []
+        for key, group in merge_groups(first, confusion, clusters, deleted, size, max_consider):
+            if key >= c.description_groups:
+                break
+            out.append(list(dict.fromkeys(group)))
+        self.info.setdefault("groups", []).append([[names[k] for k in g] for g in out])
+        return out
+
+    def prompt_mean(self, prompts: list[str]) -> torch.Tensor:
+        """(D,) the normalised mean of the prompts' normalised text features (each prompt encoded once)."""
+        new = [p for p in dict.fromkeys(prompts) if p not in self.prompt_cache]
+        if new:
+            self.prompt_cache.update(zip(new, encode_prompts(self.backbone, new), strict=True))
+        return F.normalize(torch.stack([self.prompt_cache[p] for p in prompts]).mean(0), dim=-1)
 
     def search(self, x: torch.Tensor, y: torch.Tensor) -> list[str]:
         c, pool = self.config, self.pool
@@ -475,14 +687,20 @@ class ProAPO(Method):
         )
         return best[0]
 
-    def evolve_group(self, members, baseline_entries, base_scores, memory, score, rng, rng_py):
-        """(the best entries, sets scored) of the inner loop over one group of classes ``members``: ``memory`` the
-        candidates (entry -> its score alone with the baseline), ``score(entries)`` a set's fitness terms."""
+    def evolve_group(self, members, baseline_entries, base_scores, memory, score, rng, rng_py, initial=None):
+        """(the best entries, sets scored, the records best first) of the inner loop over one group of classes
+        ``members``: ``memory`` the candidates (entry -> its score alone with the baseline), ``score(entries)`` a
+        set's fitness terms; ``initial`` the first records (carried from the previous group), else the baseline and
+        ``description_top`` sets of one sampled candidate each (``sample_manual``)."""
         c, pool = self.config, list(memory)
-        records: dict[str, tuple[list[str], dict]] = {"baseline": (baseline_entries, base_scores)}
-        sampled = pool.copy() if c.description_top > len(pool) else rng_py.sample(pool, c.description_top)
-        for i, e in enumerate(sampled):
-            records[f"epoch0-{i}"] = (baseline_entries + [e], memory[e])
+        records: dict[str, tuple[list[str], dict]]
+        if initial is not None:
+            records = dict(initial)
+        else:
+            records = {"baseline": (baseline_entries, base_scores)}
+            sampled = pool.copy() if c.description_top > len(pool) else rng_py.sample(pool, c.description_top)
+            for i, e in enumerate(sampled):
+                records[f"epoch0-{i}"] = (baseline_entries + [e], memory[e])
         made = {frozenset(r[0]) for r in records.values()}
 
         def consider(key: str, entries: list[str]) -> bool:
@@ -540,7 +758,7 @@ class ProAPO(Method):
                     lambda s=common, d=diff, o=other: desc_crossover(s, d, o, rng, rng_py),
                     f"e{epoch}-crossover",
                 )
-        return next(iter(records.values()))[0], len(records)
+        return next(iter(records.values()))[0], len(records), list(records.values())
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {"chosen": self.chosen.detach().cpu(), "descriptions_utf8": self.descriptions_utf8.detach().cpu()}

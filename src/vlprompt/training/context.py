@@ -11,6 +11,7 @@ from vlprompt.clip.backbone import Backbone, PromptedTextEncoder, load_backbone_
 from vlprompt.clip.bank_splits import BankSplits, UnlabelledFeatures
 from vlprompt.clip.features import FeatureBank, pick_device
 from vlprompt.clip.prompting import PromptFitError
+from vlprompt.data import generated_images
 from vlprompt.data.registry import get_dataset, split_path
 from vlprompt.data.splits import read_fewshot, subsample_classes
 from vlprompt.experiment import grid
@@ -120,6 +121,12 @@ def build_context(cfg: dict, dataset: str, cls, shots: int, seed: int, device: t
         ctx.meta_prompt = load_meta_prompt(cfg, cls.name, dataset, shots, device)
     if cls.reads_new_classnames and for_training and new_class_names_given(cfg):
         ctx.unseen_classnames = [names[i] for i in classes["new"]]  # names from classes.json; no image, no label
+    if cls.reads_label_images:  # at evaluation too: the labels with images decide the negatives a model was built on
+        found = generated_images.folder(cfg, dataset, "by_label")
+        ctx.label_images = str(found) if found is not None else None
+    if cls.reads_test_views:
+        found = generated_images.folder(cfg, dataset, "by_image")
+        ctx.generated_views = str(found) if found is not None else None
     return ctx, bank, classes
 
 
