@@ -14,16 +14,17 @@ from pathlib import Path
 
 import torch
 
-from vlprompt.clip.features import ImageList, pick_device, randaugment_transform, train_transform
+from vlprompt.clip.features import ImageList, pick_device, randaugment_transform, train_transform, training_views
 from vlprompt.data import registry, splits
-from vlprompt.data.splits import subsample_classes
 from vlprompt.experiment import grid
 from vlprompt.experiment.config import method_settings
 from vlprompt.io import provenance, read_artefact_json
 from vlprompt.methods import MethodContext, MethodError, TrainConfig, get_method
+from vlprompt.training import teacher_logits
 from vlprompt.training.context import (
     attach_multitask_prompt,
     check_class_names,
+    fewshot_training_rows,
     method_context,
     start_job,
     training_classes,
@@ -67,6 +68,20 @@ def epoch_images(root: Path, relpaths: list[str], transform, seed: int, epoch: i
     )
 
 
+class ChosenViews(torch.utils.data.Dataset):
+    """One of V fixed views of each image: item k is view ``choice[k]`` of image k (``views``: the V·N items of
+    :func:`vlprompt.clip.features.training_views`, view-major)."""
+
+    def __init__(self, views: torch.utils.data.Dataset, choice: torch.Tensor):
+        self.views, self.choice = views, choice
+
+    def __len__(self):
+        return len(self.choice)
+
+    def __getitem__(self, k: int):
+        return self.views[int(self.choice[k]) * len(self.choice) + k]
+
+
 def image_loop(
     method,
     ctx: MethodContext,
@@ -81,21 +96,32 @@ def image_loop(
     stop_after: int | None = None,
     exif: bool = False,
     on_epoch=None,
+    fixed_views: int | None = None,
 ) -> dict:
     """Train ``method`` on the images ``rows`` ([relpath, label, name], labels of the training classes); ``exif``:
-    read them as a user's images (``ImageList``)."""
+    read them as a user's images (``ImageList``). ``fixed_views`` V: each epoch shows one of V fixed views of each
+    image (``features.training_views``, the view drawn from the epoch's generator) instead of a fresh augmentation,
+    and names each batch's (image, view) pairs to a teacher that reads them from its bank (``select``)."""
     device = ctx.device
     relpaths, labels = [r[0] for r in rows], torch.tensor([r[1] for r in rows])
     n = len(rows)
+    views = None if fixed_views is None else training_views(root, relpaths, transform, fixed_views, exif)
+    select = getattr(ctx.teacher, "select", None)
 
     def batches(epoch: int, gen: torch.Generator, steps: int):
         order = torch.randperm(n, generator=gen)
         idxs = [batch_indices(order, s, cfg.batch_size).tolist() for s in range(steps)]
-        images = epoch_images(root, relpaths, transform, ctx.seed, epoch, getattr(method, "train_views", 1), exif)
+        if views is None:
+            images = epoch_images(root, relpaths, transform, ctx.seed, epoch, getattr(method, "train_views", 1), exif)
+        else:
+            choice = torch.randint(len(views) // n, (n,), generator=gen)  # the view of each image this epoch
+            images = ChosenViews(views, choice)
         loader = torch.utils.data.DataLoader(
             images, batch_sampler=idxs, num_workers=workers, pin_memory=device.type == "cuda"
         )
         for idx, x in zip(idxs, loader, strict=True):
+            if views is not None and select is not None:
+                select(torch.tensor(idx), choice[idx])
             yield x.to(device, non_blocking=True), labels[idx].to(device)
 
     return train_loop(
@@ -178,11 +204,9 @@ def run(
     train_info: dict = {}
     ckpt = out_dir / "checkpoint.pt"
     if cls.needs_training:
-        fewshot = splits.read_fewshot(
-            grid.fewshot_path(cfg, dataset, shots, seed), cfg["fewshot"].get("allow_fewer", False)
-        )
-        rows = subsample_classes(fewshot["train"], train_labels)
+        rows = fewshot_training_rows(cfg, dataset, shots, seed, train_labels)
         transform = training_transform(backbone, mcfg, fcfg["crop_scale_min"])
+        views = teacher_logits.fixed_views(cfg, cls, mcfg)  # distillation from the bank's fixed views (or None)
         prepare_images = getattr(method, "prepare_images", None)
         if prepare_images is not None:  # DAM-VP: clusters of the un-augmented training images, before training
             plain = ImageList(root, [r[0] for r in rows], backbone.preprocess, exif=exif)
@@ -202,7 +226,10 @@ def run(
                 stop_after,
                 exif,
                 on_epoch,
+                views,
             )
+        if ctx.teacher is not None:
+            train_info["teacher_logits"] = ctx.teacher.source  # per batch, from the bank, or on the fixed views
     t_train = time.time() - t0 - t_load
     test_rows = splits.read_split(registry.split_path(cfg, dataset))["test"]
     metrics = evaluate_images(
