@@ -20,7 +20,6 @@ from pathlib import Path
 
 from vlprompt.experiment.config import backbone_key, config_hash, method_settings
 from vlprompt.experiment.distillation import DEFAULT_TEACHER, distilling_methods, teacher_block  # noqa: F401
-from vlprompt.experiment.grid import views_key
 
 TEACHER = "{results}/teacher/{tkey}/{dkey}/{shots}shot/seed{seed}"
 TEACHER_FILES = ("metrics.json", "model.pt")
@@ -83,8 +82,10 @@ def logits_source(cfg: dict) -> str:
 def logits_views_key(cfg: dict) -> str:
     """The fixed views' identity: V (``teacher.bank_views``), the crop scale and augmentation format of the training
     views (``grid.views_key``'s recipe), and the student backbone, whose preprocessing the views are in."""
-    crop = views_key({"features": {**cfg["features"], "train_views": teacher_block(cfg)["bank_views"]}})
-    return f"{crop}__{backbone_key(cfg)}"
+    from vlprompt.clip.features import FORMAT
+
+    views, crop = teacher_block(cfg)["bank_views"], cfg["features"]["crop_scale_min"]
+    return f"views{views}_crop{crop:g}_f{FORMAT}__{backbone_key(cfg)}"  # grid.views_key's form (grid imports this)
 
 
 def teacher_logits_stem(cfg: dict, dataset: str, shots: int | str, seed: int | str) -> Path:

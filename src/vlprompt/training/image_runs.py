@@ -195,6 +195,7 @@ def run(
     ctx = method_context(cfg, dataset, train_names, device, seed)
     check_class_names(cfg, dataset, classes["classnames"], cls, ctx.backbone)
     attach_teacher(ctx, cls, cfg, dataset, shots, seed)  # reads_teacher methods: the trained teacher
+    teacher_logits.attach_logits(ctx, cls, cfg, dataset, shots, seed)  # ... its logits per batch or from its bank
     attach_multitask_prompt(ctx, cls, cfg, dataset, shots, seed)  # reads_multitask_prompt methods (PVP)
     backbone = ctx.backbone
     root, exif = registry.image_root(cfg, dataset), registry.reads_exif(cfg, dataset)

@@ -73,19 +73,10 @@ def check_teacher_beats_student(teacher_metrics: list[Path], student_zero_shot: 
 
 
 def attach_teacher(ctx, cls, cfg: dict, dataset: str, shots: int, seed: int) -> None:
-    """Give a distillation method's context its trained teacher (``reads_teacher``; with ``teacher.logits: bank``
-    its logits read from the teacher-logits bank) or the boosting prompts of the run it cascades after
-    (``reads_boosting_prompts``); no-op for other methods."""
+    """Give a distillation method's context its trained teacher (``reads_teacher``) or the boosting prompts of the
+    run it cascades after (``reads_boosting_prompts``); no-op for other methods."""
     if cls.reads_teacher:
-        from vlprompt.training import teacher_logits
-
-        source = teacher_paths.logits_source(cfg)
-        if source == "bank":  # its logits read from the teacher-logits bank
-            ctx.teacher = teacher_logits.cached_teacher(cfg, dataset, shots, seed, ctx.classnames, ctx.device)
-        else:
-            ctx.teacher = load_teacher(cfg, dataset, shots, seed, ctx.classnames, ctx.device)
-        if source == "fixed_views":
-            teacher_logits.fixed_views_teacher(ctx.teacher, cfg)
+        ctx.teacher = load_teacher(cfg, dataset, shots, seed, ctx.classnames, ctx.device)
     if cls.reads_boosting_prompts:
         folder = grid.Run(dataset, cls.reads_boosting_prompts, shots, seed).dir(cfg)
         ctx.boosting_prompts = boost_state(load_model_state(folder, ctx.device)["state"])

@@ -132,25 +132,32 @@ def build_teacher_logits(cfg: dict, dataset: str, shots: int, seed: int, stem: P
     return final
 
 
-def cached_teacher(cfg: dict, dataset: str, shots: int, seed: int, classnames: list[str], device) -> CachedTeacher:
-    """The trained teacher of (dataset, shots, seed) whose logits are read from its bank (its text features are
-    still its own); a bank that is corrupt, or holds other images, classes, views or another teacher, is one line."""
+def cached_teacher(cfg: dict, dataset: str, shots: int, seed: int, teacher: Teacher, device) -> CachedTeacher:
+    """``teacher`` (the trained teacher of (dataset, shots, seed)) with its logits read from its bank (its text
+    features are still its own); a bank that is corrupt, or holds other images, classes, views or another teacher, is
+    one line."""
     stem = teacher_paths.teacher_logits_stem(cfg, dataset, shots, seed)
     arr, meta = features.load_bank(stem)
     rows, names = run_images(cfg, dataset, shots, seed)
-    teacher = load_teacher(cfg, dataset, shots, seed, classnames, device)
     expected = bank_meta(cfg, dataset, shots, seed, rows, names, view_transform(cached_backbone(cfg, device), cfg))
     stale = [k for k in ("rows", "classnames", "views", "transform", "teacher") if meta.get(k) != expected[k]]
-    if stale or names != list(classnames):
-        raise CorruptArtefactError(f"{stem}.npy", f"its {', '.join(stale) or 'classnames'} differ from this run's")
+    if stale:
+        raise CorruptArtefactError(f"{stem}.npy", f"its {', '.join(stale)} differ from this run's")
     source = {"logits": "bank", "views": meta["views"], "bank": f"{stem}.npy", "sha256": meta["file"]["sha256"]}
     return CachedTeacher(teacher.method, torch.from_numpy(np.array(arr)), names, source)
 
 
-def fixed_views_teacher(teacher: Teacher, cfg: dict) -> Teacher:
-    """The per-batch teacher of a run that trains on the fixed views (``teacher.logits: fixed_views``)."""
-    teacher.source = {"logits": "fixed_views", "views": bank_views(cfg)}
-    return teacher
+def attach_logits(ctx, cls, cfg: dict, dataset: str, shots: int, seed: int) -> None:
+    """Where a distilling run's teacher logits come from (``teacher.logits``): its teacher (attached by
+    :func:`vlprompt.training.teacher.attach_teacher`) per batch, read from the bank, or per batch on the fixed views;
+    no-op for other methods."""
+    if not cls.reads_teacher:
+        return
+    source = teacher_paths.logits_source(cfg)
+    if source == "bank":
+        ctx.teacher = cached_teacher(cfg, dataset, shots, seed, ctx.teacher, ctx.device)
+    elif source == "fixed_views":
+        ctx.teacher.source = {"logits": "fixed_views", "views": bank_views(cfg)}
 
 
 def fixed_views(cfg: dict, cls, mcfg) -> int | None:
@@ -163,4 +170,4 @@ def fixed_views(cfg: dict, cls, mcfg) -> int | None:
     return bank_views(cfg)
 
 
-__all__ = ["bank_views", "build_teacher_logits", "cached_teacher", "fixed_views", "fixed_views_teacher"]
+__all__ = ["attach_logits", "bank_views", "build_teacher_logits", "cached_teacher", "fixed_views"]
