@@ -23,14 +23,20 @@ def with_logits(cfg: dict, source: str, views: int = 3) -> dict:
 
 @pytest.fixture(scope="module")
 def bank(mini):  # noqa: F811
-    """The bank of the mini experiment's teacher (pocket_dark, 2 shots, seed 1) over 3 views."""
+    """The bank of the mini experiment's teacher (pocket_dark, 2 shots, seed 1) over 3 views, built by the rule's
+    command (``python -m vlprompt teacher-logits``, in this process)."""
+    import json
+
+    from vlprompt.cli import main
     from vlprompt.experiment.teacher import teacher_logits_stem
-    from vlprompt.training.teacher_logits import build_teacher_logits
 
     cfg = with_logits(mini[0], "bank")
     trained_teacher(cfg)
     stem = teacher_logits_stem(cfg, "pocket_dark", 2, 1)
-    build_teacher_logits(cfg, "pocket_dark", 2, 1, stem, progress=False)
+    resolved = Path(mini[1]) / "bank_config.json"
+    resolved.write_text(json.dumps(cfg))
+    args = ["--config", str(resolved), "--dataset", "pocket_dark", "--shots", "2", "--seed", "1", "--out", str(stem)]
+    assert main(["teacher-logits", *args, "--quiet"]) in (0, None)
     return cfg, stem
 
 
@@ -101,6 +107,15 @@ def test_a_corrupt_bank_is_one_line_naming_it_and_the_rebuild(bank, tmp_path):
         cached_teacher(other, "pocket_dark", 2, 1, None, torch.device("cpu"))
     message = str(err.value)
     assert "\n" not in message and f"{copy_stem}.npy" in message and "rebuild it with: snakemake" in message
+    # truncated, it is found before a pipeline runs (as every sidecar-checked bank among the experiment's inputs)
+    from vlprompt.experiment import grid
+    from vlprompt.pipeline import integrity
+
+    assert Path(f"{copy_stem}.npy") in grid.all_outputs(other)
+    with open(f"{copy_stem}.npy", "r+b") as f:
+        f.truncate(100)
+    found = integrity.check([Path(f"{copy_stem}.npy")])
+    assert len(found) == 1 and "when it was written" in found[0][1]
 
 
 def test_the_banks_key_changes_with_the_teacher_and_the_views(mini):  # noqa: F811
