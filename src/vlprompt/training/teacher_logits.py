@@ -43,7 +43,6 @@ from vlprompt.methods.promptkd import CachedTeacher, Teacher
 from vlprompt.training.context import (
     cached_backbone,
     fewshot_training_rows,
-    method_context,
     start_job,
     training_classes,
 )
@@ -101,8 +100,7 @@ def build_teacher_logits(cfg: dict, dataset: str, shots: int, seed: int, stem: P
     final, meta_path = Path(f"{stem}.npy"), Path(f"{stem}.json")
     device, _ = start_job(cfg, teacher_method(cfg), seed)
     rows, classnames = run_images(cfg, dataset, shots, seed)
-    ctx = method_context(cfg, dataset, classnames, device, seed)  # the student's backbone: its preprocessing
-    transform = view_transform(ctx.backbone, cfg)
+    transform = view_transform(cached_backbone(cfg, device), cfg)  # in the student's preprocessing
     meta = bank_meta(cfg, dataset, shots, seed, rows, classnames, transform)
     if features.bank_is_current(final, meta_path, meta):
         return final
