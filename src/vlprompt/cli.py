@@ -443,6 +443,13 @@ def cmd_train_teacher(args) -> None:
     print(f"teacher ({name}) on {args.dataset}, {args.shots} shots, seed {args.seed}: {headline(m):.2f}")
 
 
+def cmd_teacher_logits(args) -> None:
+    from vlprompt.training.teacher_logits import build_teacher_logits
+
+    out = build_teacher_logits(_cfg(args), args.dataset, args.shots, args.seed, Path(args.out), not args.quiet)
+    print(f"teacher logits of {args.dataset}, {args.shots} shots, seed {args.seed}: {out}")
+
+
 def cmd_check_teacher(args) -> None:
     from vlprompt.io import atomic_write_json
     from vlprompt.training.teacher import check_teacher_beats_student
@@ -654,11 +661,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for a in ("--stage", "--out"):
         s.add_argument(a, required=True)
-    s = add("train-teacher", cmd_train_teacher, "prompt-tune the config's teacher CLIP (one dataset × shots × seed)")
-    for a in ("--dataset", "--out"):
-        s.add_argument(a, required=True)
-    s.add_argument("--shots", type=int, required=True)
-    s.add_argument("--seed", type=int, required=True)
+    for name, command, text in (
+        ("train-teacher", cmd_train_teacher, "prompt-tune the config's teacher CLIP (one dataset × shots × seed)"),
+        (
+            "teacher-logits",
+            cmd_teacher_logits,
+            "the teacher's logits over V fixed views of a run's training images (the teacher-logits bank)",
+        ),
+    ):
+        s = add(name, command, text)
+        for a in ("--dataset", "--out"):
+            s.add_argument(a, required=True)
+        s.add_argument("--shots", type=int, required=True)
+        s.add_argument("--seed", type=int, required=True)
     s = add(
         "check-teacher",
         cmd_check_teacher,

@@ -39,6 +39,42 @@ rule train_teacher:
         "--seed {wildcards.seed} --out {params.out} --quiet > {log} 2>&1"
 
 
+# teacher_logits (config `teacher.logits: bank`): the teacher's logits over V fixed views of a run's training images,
+# computed once, read by its students instead of running the teacher per batch (vlprompt.training.teacher_logits),
+# keyed by the teacher, the dataset, shots, seed and the views (V, crop, student backbone).
+TEACHER_LOGITS_STEM = teacher_grid.TEACHER_LOGITS.format(
+    results=CFG["results_root"], tkey="{tkey}", dkey="{dkey}", shots="{shots}", seed="{seed}", views="{views}"
+)
+
+
+rule teacher_logits:
+    input:
+        teacher=[f"{TEACHER_DIR}/{name}" for name in teacher_grid.TEACHER_FILES],
+        split=lambda wildcards: grid.split_file(CFG, grid.dataset_keys(CFG)[wildcards.dkey]),
+        classes=lambda wildcards: grid.classes_path(CFG, grid.dataset_keys(CFG)[wildcards.dkey]),
+        fewshot=lambda wildcards: grid.fewshot_path(
+            CFG, grid.dataset_keys(CFG)[wildcards.dkey], wildcards.shots, wildcards.seed
+        ),
+    output:
+        multiext(TEACHER_LOGITS_STEM, ".npy", ".json"),
+    params:
+        dataset=lambda wildcards: grid.dataset_keys(CFG)[wildcards.dkey],
+        out=TEACHER_LOGITS_STEM,
+    wildcard_constraints:
+        tkey="[^/]+",
+        dkey="[^/]+",
+        views="[^/]+",
+    conda:
+        "../envs/vlprompt.yaml"
+    log:
+        f"{CFG['results_root']}/teacher_logits/logs/{{tkey}}/{{dkey}}_{{shots}}shot_seed{{seed}}_{{views}}.log",
+    resources:
+        gpu=1,
+    shell:
+        "python -m vlprompt teacher-logits --dataset {params.dataset} --shots {wildcards.shots} "
+        "--seed {wildcards.seed} --out {params.out} --quiet > {log} 2>&1"
+
+
 TEACHER_TARGETS = [p for p in teacher_grid.teacher_targets(CFG) if p.name == "metrics.json"]
 
 

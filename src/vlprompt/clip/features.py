@@ -161,6 +161,14 @@ class ImageList(torch.utils.data.Dataset):
             return self.transform(img)
 
 
+def training_views(root: Path, relpaths: Sequence[str], transform, views: int, exif: bool = False):
+    """Every image of ``relpaths`` in ``views`` fixed augmented views, view-major (item v·N + i: view v of image
+    i, seeded by (v, relpath)): the rows of a (V, N, ·) bank of the training views."""
+    return torch.utils.data.ConcatDataset(
+        [ImageList(root, relpaths, transform, view=v, exif=exif) for v in range(views)]
+    )
+
+
 class RenderedVariations(torch.utils.data.Dataset):
     """View ``view`` of each image of ``rows`` drawn by a generator instead of read from disk: ``generator``
     ``{"name": "pocket_variation", "world": {World fields}, "style": ..., "wrong_class_rate": p}``, the pocket
@@ -488,6 +496,19 @@ def _inputs(meta: dict) -> dict:
     return {k: v for k, v in meta.items() if k not in ("file", "copied_rows")}
 
 
+def bank_is_current(final: Path, meta_path: Path, meta: dict) -> bool:
+    """Whether the bank ``final`` is complete (its sidecar ``meta_path`` written) with the inputs ``meta``; a bank of
+    other inputs loses its sidecar, so that it reads as incomplete until it is rewritten."""
+    if not (final.exists() and meta_path.exists()):
+        return False
+    if _inputs(read_json(meta_path)) == meta:
+        log.info("%s is complete, nothing to do", final)
+        return True
+    log.warning("%s was computed from other inputs: recomputing", final)
+    meta_path.unlink()
+    return False
+
+
 def _known_rows(out_dir: Path, spec: ExtractionSpec, meta: dict, stems: list[str] | None = None) -> dict:
     """``{relpath: (array, index)}`` for the images that complete banks in ``out_dir`` with the same
     inputs as ``meta`` (all but the rows) already hold; ``stems`` limits the search to those banks."""
@@ -570,9 +591,7 @@ def _encode(
     relpaths = [r[0] for r in spec.rows]
     dataset: ImageList | EncodedImages | torch.utils.data.ConcatDataset
     if spec.split == "train_views":  # one flat pass over (view, image): one DataLoader, one progress marker
-        dataset = torch.utils.data.ConcatDataset(
-            [ImageList(root, relpaths, transform, view=v, exif=spec.exif) for v in range(spec.views)]
-        )
+        dataset = training_views(root, relpaths, transform, spec.views, spec.exif)
     elif spec.split == "test_views":  # view 0 the original, then the augmented views
         dataset = torch.utils.data.ConcatDataset(
             [ImageList(root, relpaths, backbone.preprocess, exif=spec.exif)]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from vlprompt.clip import features
-from vlprompt.io import atomic_path, atomic_write_json, create_memmap, file_record, read_json
+from vlprompt.io import atomic_path, atomic_write_json, create_memmap, file_record
 
 log = logging.getLogger(__name__)
 
@@ -119,17 +119,13 @@ def extract_statistics(
     final, meta_path = out_dir / f"{spec.stem}.npy", out_dir / f"{spec.stem}.json"
     transform = features._transform(backbone, spec, scale_min)
     meta = statistics_meta(backbone, spec, transform, scale_min)
-    if final.exists() and meta_path.exists():
-        if features._inputs(read_json(meta_path)) == meta:
-            log.info("%s is complete, nothing to do", final)
-            return final
-        log.warning("%s was computed from other inputs: recomputing", final)
-        meta_path.unlink()
+    if features.bank_is_current(final, meta_path, meta):
+        return final
     device = device or next(backbone.model.parameters()).device
     relpaths = [r[0] for r in spec.rows]
     if spec.split == "train_views":  # view v of image i: the feature bank's view v (same transform, same seed)
-        dataset: features.ImageList | torch.utils.data.ConcatDataset = torch.utils.data.ConcatDataset(
-            [features.ImageList(root, relpaths, transform, view=v, exif=spec.exif) for v in range(spec.views)]
+        dataset: features.ImageList | torch.utils.data.ConcatDataset = features.training_views(
+            root, relpaths, transform, spec.views, spec.exif
         )
     else:
         dataset = features.ImageList(root, relpaths, transform, exif=spec.exif)

@@ -14,7 +14,15 @@ DEFAULT_TEACHER = {
     "backbone": {"model": "PocketCLIP-ViT-T8", "pretrained": "pocket_v2", "quick_gelu": False},
     "method": "promptsrc",
     "overrides": {},
+    # where a student's teacher logits come from (vlprompt.training.teacher_logits): "per_batch", the frozen teacher
+    # run on every augmented batch (the reference's); "bank", read from the cached bank of its logits over
+    # `bank_views` fixed views of each training image (rule teacher_logits); "fixed_views", the teacher run per
+    # batch on those same fixed views (what the bank replays: the check that the two train the same student)
+    "logits": "per_batch",
+    "bank_views": 8,  # V; an assumption (the reference has no bank): 8 views of each image, drawn anew each epoch
 }
+
+LOGITS_SOURCES = ("per_batch", "bank", "fixed_views")
 
 
 def teacher_block(cfg: dict) -> dict:

@@ -311,9 +311,10 @@ def declared_inputs(
         for stage_seed in cls.multitask_seeds(mcfg, int(seed)):
             paths += [multitask_dir(cfg, method, shots, stage_seed) / name for name in MULTITASK_FILES]
     if cls.reads_teacher and seed is not None:
-        from vlprompt.experiment.teacher import teacher_files
+        from vlprompt.experiment.teacher import teacher_files, teacher_logits_files
 
         paths += teacher_files(cfg, trained_on or dataset, shots, seed)
+        paths += teacher_logits_files(cfg, trained_on or dataset, shots, seed)  # teacher.logits: bank
     if cls.reads_meta_prompt and int(shots) > 0 and seed is not None and trained_on is None:
         from vlprompt.experiment.meta_prompt import meta_files
 

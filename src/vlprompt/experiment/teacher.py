@@ -23,6 +23,8 @@ from vlprompt.experiment.distillation import DEFAULT_TEACHER, distilling_methods
 
 TEACHER = "{results}/teacher/{tkey}/{dkey}/{shots}shot/seed{seed}"
 TEACHER_FILES = ("metrics.json", "model.pt")
+# the teacher-logits bank of a teacher's run: its logits over V fixed views of the run's training images
+TEACHER_LOGITS = "{results}/teacher_logits/{tkey}/{dkey}/{shots}shot/seed{seed}/{views}/logits"
 
 
 def teacher_config(cfg: dict) -> dict:
@@ -43,18 +45,16 @@ def teacher_key(cfg: dict, dataset: str, shots: int) -> str:
     return f"{backbone_key(tcfg)}__{block['method']}-{config_hash({**relevant, 'method': settings})}"
 
 
-def teacher_dir(cfg: dict, dataset: str, shots: int | str, seed: int | str) -> Path:
+def teacher_path(pattern: str, cfg: dict, dataset: str, shots: int | str, seed: int | str, **more: str) -> Path:
+    """``pattern`` (:data:`TEACHER`, :data:`TEACHER_LOGITS`) for the teacher of (``dataset``, ``shots``, ``seed``)."""
     from vlprompt.data.registry import dataset_key
 
-    return Path(
-        TEACHER.format(
-            results=cfg["results_root"],
-            tkey=teacher_key(cfg, dataset, int(shots)),
-            dkey=dataset_key(cfg, dataset),
-            shots=shots,
-            seed=seed,
-        )
-    )
+    dkey, tkey = dataset_key(cfg, dataset), teacher_key(cfg, dataset, int(shots))
+    return Path(pattern.format(results=cfg["results_root"], tkey=tkey, dkey=dkey, shots=shots, seed=seed, **more))
+
+
+def teacher_dir(cfg: dict, dataset: str, shots: int | str, seed: int | str) -> Path:
+    return teacher_path(TEACHER, cfg, dataset, shots, seed)
 
 
 def teacher_files(cfg: dict, dataset: str, shots: int | str, seed: int | str) -> list[Path]:
@@ -72,3 +72,31 @@ def teacher_targets(cfg: dict) -> list[Path]:
         for seed in cfg["seeds"]
         for path in teacher_files(cfg, dataset, shots, seed)
     ]
+
+
+def logits_source(cfg: dict) -> str:
+    """Where the students' teacher logits come from: ``per_batch``, ``bank`` or ``fixed_views`` (``teacher.logits``)."""
+    return teacher_block(cfg)["logits"]
+
+
+def logits_views_key(cfg: dict) -> str:
+    """The fixed views' identity: V (``teacher.bank_views``), the crop scale and augmentation format of the training
+    views (``grid.views_key``'s recipe), and the student backbone, whose preprocessing the views are in."""
+    from vlprompt.clip.features import FORMAT
+
+    views, crop = teacher_block(cfg)["bank_views"], cfg["features"]["crop_scale_min"]
+    return f"views{views}_crop{crop:g}_f{FORMAT}__{backbone_key(cfg)}"  # grid.views_key's form (grid imports this)
+
+
+def teacher_logits_stem(cfg: dict, dataset: str, shots: int | str, seed: int | str) -> Path:
+    """``<stem>.npy`` (V, N, C) and ``<stem>.json``: the teacher's logits over the fixed views of the training images
+    of (dataset, shots, seed), keyed by the teacher (:func:`teacher_key`), the dataset, shots, seed and the views."""
+    return teacher_path(TEACHER_LOGITS, cfg, dataset, shots, seed, views=logits_views_key(cfg))
+
+
+def teacher_logits_files(cfg: dict, dataset: str, shots: int | str, seed: int | str) -> list[Path]:
+    """The bank a student reads with ``teacher.logits`` ``bank`` (none otherwise)."""
+    if logits_source(cfg) != "bank":
+        return []
+    stem = teacher_logits_stem(cfg, dataset, shots, seed)
+    return [Path(f"{stem}.npy"), Path(f"{stem}.json")]

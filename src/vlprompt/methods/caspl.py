@@ -56,7 +56,11 @@ class BoostingConfig(IVLPConfig):
 class BoostingPrompts(IVLP):
     """CasPL's first stage: IVLP prompts of the student (both towers, its own text encoder) trained to match the
     teacher's logits, KD loss as PromptKD's (``promptkd.kd_loss``); no label is read. A ``caspl`` run of the same
-    dataset, shots and seed cascades its prompts after these (:func:`boost_state`)."""
+    dataset, shots and seed cascades its prompts after these (:func:`boost_state`).
+
+    Deviation (an option, off by default): the teacher runs on every augmented batch, unless ``teacher.logits`` is
+    ``bank``: then its logits are read from the cached bank over V fixed views of each image, as PromptKD's
+    (``methods/promptkd.py``), and the boosting prompts see those views."""
 
     name = "caspl_boost"
     paper = "Wu et al., Cascade Prompt Learning for Vision-Language Model Adaptation, ECCV 2024 (boosting stage)"

@@ -21,8 +21,12 @@ FGVCAircraft, Flowers and DTD). No label is read: the reference trains on every 
 classes are evaluated (base and new), as the reference's ``test``. P and h train; h's BatchNorm statistics are
 stored with them. Preset: 4 vision tokens, depth 9, SGD lr 0.005, batch 8, 20 epochs, constant warm-up 1e-5.
 
-Deviation: the reference runs the teacher on each augmented batch; a run here may instead read the teacher's logits
-from a cached bank over fixed views (the teacher is frozen, so the two differ only in which views are seen).
+Deviation (an option, off by default): the reference runs the teacher on each freshly augmented batch, and so does a
+run here unless the config's ``teacher.logits`` is ``bank``: then the teacher's logits are read from a cached bank
+over V fixed views of each training image (:class:`CachedTeacher`, ``vlprompt.training.teacher_logits``, rule
+``teacher_logits``) and the student sees, each epoch, one of those V views of each image instead of a fresh crop.
+The teacher is frozen, so the two differ only in which views are seen: with the views forced equal
+(``teacher.logits: fixed_views``) the bank trains the same student (``tests/test_teacher_logits.py``).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class Teacher:
     """A prompt-tuned teacher: a trained method on the teacher backbone (PromptSRC), frozen, out of the student's
     module tree. ``text_features(classnames)``: its normalised class embeddings; ``logits(images)``: its logits."""
 
+    source: dict = {"logits": "per_batch"}  # what a run records of where its teacher logits came from
+
     def __init__(self, method: Method):
         self.method: Any = method.eval().requires_grad_(False)  # a VPTDeep-family method (classnames, text_features)
 
@@ -69,6 +75,29 @@ class Teacher:
     def logits(self, images: torch.Tensor, classnames: list[str]) -> torch.Tensor:
         self.text_features(classnames)
         return self.method(images).float()
+
+
+class CachedTeacher(Teacher):
+    """A teacher whose logits are read from a bank over V fixed views of the training images (``logits`` (V, N, C)
+    over ``classnames``) instead of computed: the training loop names the batch's (image, view) pairs with
+    :meth:`select` before the loss asks for them. Its class text features are still the teacher's."""
+
+    def __init__(self, method: Method, logits: torch.Tensor, classnames: list[str], source: dict):
+        super().__init__(method)
+        self.bank, self.bank_classnames, self.source = logits, list(classnames), source
+        self.rows: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def select(self, images: torch.Tensor, views: torch.Tensor) -> None:
+        """The next batch holds view ``views[k]`` of training image ``images[k]``."""
+        self.rows = (images, views)
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor, classnames: list[str]) -> torch.Tensor:
+        if self.rows is None or len(self.rows[0]) != len(images) or list(classnames) != self.bank_classnames:
+            raise MethodError("the teacher-logits bank was read without the batch's views: train with fixed views")
+        index, view = self.rows
+        self.rows = None  # one batch's rows answer one call
+        return self.bank[view, index].to(images.device)
 
 
 @dataclasses.dataclass(frozen=True)

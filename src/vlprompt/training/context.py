@@ -50,6 +50,13 @@ def training_classes(cfg: dict, classes: dict) -> list[int]:
     return classes["base"] if base_only else list(range(len(classes["classnames"])))
 
 
+def fewshot_training_rows(cfg: dict, dataset: str, shots: int, seed: int, labels: list[int]) -> list:
+    """The few-shot subset's training images of the classes ``labels`` ([relpath, label, name]): what an image-loop
+    run trains on."""
+    fewshot = read_fewshot(grid.fewshot_path(cfg, dataset, shots, seed), cfg["fewshot"].get("allow_fewer", False))
+    return subsample_classes(fewshot["train"], labels)
+
+
 def method_context(
     cfg: dict, dataset: str, classnames: list[str], device: torch.device, seed: int, template_of: str | None = None
 ) -> MethodContext:

@@ -20,16 +20,17 @@ from typing import Any
 
 import torch
 
-from vlprompt.clip.features import ImageList, pick_device, randaugment_transform, train_transform
+from vlprompt.clip.features import ImageList, pick_device, randaugment_transform, train_transform, training_views
 from vlprompt.data import registry, splits
-from vlprompt.data.splits import subsample_classes
 from vlprompt.experiment import grid
 from vlprompt.experiment.config import method_settings
 from vlprompt.io import provenance, read_artefact_json
 from vlprompt.methods import Method, MethodContext, MethodError, TrainConfig, get_method
+from vlprompt.training import teacher_logits
 from vlprompt.training.context import (
     attach_multitask_prompt,
     check_class_names,
+    fewshot_training_rows,
     method_context,
     start_job,
     training_classes,
@@ -74,6 +75,20 @@ def epoch_images(root: Path, relpaths: list[str], transform, seed: int, epoch: i
     )
 
 
+class ChosenViews(torch.utils.data.Dataset):
+    """One of V fixed views of each image: item k is view ``choice[k]`` of image k (``views``: the V·N items of
+    :func:`vlprompt.clip.features.training_views`, view-major)."""
+
+    def __init__(self, views: torch.utils.data.Dataset, choice: torch.Tensor):
+        self.views, self.choice = views, choice
+
+    def __len__(self):
+        return len(self.choice)
+
+    def __getitem__(self, k: int):
+        return self.views[int(self.choice[k]) * len(self.choice) + k]
+
+
 def image_batches(
     method,
     ctx: MethodContext,
@@ -83,21 +98,33 @@ def image_batches(
     transform,
     workers: int = 0,
     exif: bool = False,
+    fixed_views: int | None = None,
 ):
     """``batches(epoch, generator, steps)`` of :func:`~vlprompt.training.loop.train_loop` over the images ``rows``
-    ([relpath, label, name]): the batch order from the generator, each image augmented from (seed, epoch)."""
+    ([relpath, label, name]): the batch order from the generator, each image augmented from (seed, epoch).
+    ``fixed_views`` V: each epoch shows one of V fixed views of each image (``features.training_views``, the view
+    drawn from the epoch's generator) instead of a fresh augmentation, and names each batch's (image, view) pairs to a
+    teacher that reads them from its bank (``select``)."""
     device = ctx.device
     relpaths, labels = [r[0] for r in rows], torch.tensor([r[1] for r in rows])
     n = len(rows)
+    views = None if fixed_views is None else training_views(root, relpaths, transform, fixed_views, exif)
+    select = getattr(ctx.teacher, "select", None)
 
     def batches(epoch: int, gen: torch.Generator, steps: int):
         order = torch.randperm(n, generator=gen)
         idxs = [batch_indices(order, s, cfg.batch_size).tolist() for s in range(steps)]
-        images = epoch_images(root, relpaths, transform, ctx.seed, epoch, getattr(method, "train_views", 1), exif)
+        if views is None:
+            images = epoch_images(root, relpaths, transform, ctx.seed, epoch, getattr(method, "train_views", 1), exif)
+        else:
+            choice = torch.randint(len(views) // n, (n,), generator=gen)  # the view of each image this epoch
+            images = ChosenViews(views, choice)
         loader = torch.utils.data.DataLoader(
             images, batch_sampler=idxs, num_workers=workers, pin_memory=device.type == "cuda"
         )
         for idx, x in zip(idxs, loader, strict=True):
+            if views is not None and select is not None:
+                select(torch.tensor(idx), choice[idx])
             yield x.to(device, non_blocking=True), labels[idx].to(device)
 
     return batches
@@ -117,10 +144,11 @@ def image_loop(
     stop_after: int | None = None,
     exif: bool = False,
     on_epoch=None,
+    fixed_views: int | None = None,
 ) -> dict:
     """Train ``method`` on the images ``rows`` ([relpath, label, name], labels of the training classes); ``exif``:
-    read them as a user's images (``ImageList``)."""
-    batches = image_batches(method, ctx, cfg, rows, root, transform, workers, exif)
+    read them as a user's images (``ImageList``); ``fixed_views``: as :func:`image_batches`."""
+    batches = image_batches(method, ctx, cfg, rows, root, transform, workers, exif, fixed_views)
     return train_loop(
         method,
         cfg,
@@ -202,6 +230,7 @@ class PreparedImageRun:
     t_load: float
     rows: list = dataclasses.field(default_factory=list)  # the training images [relpath, label, name]
     transform: Any = None  # their training augmentation
+    views: int | None = None  # V fixed views per image when a distilling run reads its teacher's logits bank
 
     @property
     def checkpoint(self) -> Path:
@@ -214,7 +243,9 @@ class PreparedImageRun:
     def batches(self):
         """The run's ``batches(epoch, generator, steps)`` (:func:`image_batches`)."""
         workers = self.cfg["features"]["workers"]
-        return image_batches(self.method, self.ctx, self.mcfg, self.rows, self.root, self.transform, workers, self.exif)
+        return image_batches(
+            self.method, self.ctx, self.mcfg, self.rows, self.root, self.transform, workers, self.exif, self.views
+        )
 
 
 def prepare(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, out_dir: str | Path) -> PreparedImageRun:
@@ -231,6 +262,7 @@ def prepare(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, ou
     ctx = method_context(cfg, dataset, train_names, device, seed)
     check_class_names(cfg, dataset, classes["classnames"], cls, ctx.backbone)
     attach_teacher(ctx, cls, cfg, dataset, shots, seed)  # reads_teacher methods: the trained teacher
+    teacher_logits.attach_logits(ctx, cls, cfg, dataset, shots, seed)  # ... its logits per batch or from its bank
     attach_multitask_prompt(ctx, cls, cfg, dataset, shots, seed)  # reads_multitask_prompt methods (PVP)
     backbone = ctx.backbone
     root, exif = registry.image_root(cfg, dataset), registry.reads_exif(cfg, dataset)
@@ -241,11 +273,9 @@ def prepare(cfg: dict, dataset: str, method_name: str, shots: int, seed: int, ou
         cfg, dataset, shots, seed, out_dir, cls, mcfg, method, ctx, classes, train_names, root, exif, t0, t_load
     )
     if cls.needs_training:
-        fewshot = splits.read_fewshot(
-            grid.fewshot_path(cfg, dataset, shots, seed), cfg["fewshot"].get("allow_fewer", False)
-        )
-        prepared.rows = subsample_classes(fewshot["train"], train_labels)
+        prepared.rows = fewshot_training_rows(cfg, dataset, shots, seed, train_labels)
         prepared.transform = training_transform(backbone, mcfg, fcfg["crop_scale_min"])
+        prepared.views = teacher_logits.fixed_views(cfg, cls, mcfg)  # distillation from the bank's fixed views
         prepare_images = getattr(method, "prepare_images", None)
         if prepare_images is not None:  # DAM-VP: clusters of the un-augmented training images, before training
             plain = ImageList(root, [r[0] for r in prepared.rows], backbone.preprocess, exif=exif)
@@ -333,6 +363,8 @@ def run(
                 stop_after,
                 on_epoch,
             )
+        if prepared.ctx.teacher is not None:
+            train_info["teacher_logits"] = prepared.ctx.teacher.source  # per batch, from the bank, or fixed views
     return finish(prepared, train_info)
 
 
