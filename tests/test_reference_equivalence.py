@@ -158,8 +158,8 @@ def image_step(method, images, labels) -> float:
 # ---------------------------------------------------------------- the backbone itself
 
 
-# fixtures of parts that see no class name: APT's prompt module, TCPA's prompt pools, DAM-VP's pixel prompter
-NO_CLASS_NAMES = {"apt_module.pt", "tcpa_pool.pt", "dam_vp.pt"}
+# fixtures of parts that see no class name: APT's prompt module, TCPA's prompt pools and mixup, DAM-VP's pixel prompter
+NO_CLASS_NAMES = {"apt_module.pt", "tcpa_pool.pt", "tcpa_mixup.pt", "dam_vp.pt"}
 
 
 def test_fixtures_record_their_references():
