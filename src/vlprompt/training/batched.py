@@ -251,6 +251,22 @@ def train_epoch(
         lane.curves.append(row | {key: value / lane.steps for key, value in lane.terms.items() if key not in row})
 
 
+def train_group(cfg: dict, dataset: str, method_name: str, runs: list, stop_after: int | None, runner, train) -> list:
+    """Prepare the (shots, seed, run directory) ``runs`` with ``runner.prepare``, train those that train together
+    with ``train(prepared, checkpoint_every, stop_after)``, and finish each with ``runner.finish`` (its
+    ``seconds.train``: its share of the shared training). ``runner``: :mod:`~vlprompt.training.feature_runs` or
+    :mod:`~vlprompt.training.image_runs`."""
+    prepared = [runner.prepare(cfg, dataset, method_name, shots, seed, out) for shots, seed, out in runs]
+    training = [p for p in prepared if p.trains]
+    t0 = time.time()
+    infos = train(training, cfg["train"]["checkpoint_every"], stop_after) if training else []
+    share = (time.time() - t0) / max(len(training), 1)
+    info_of = {id(p): info for p, info in zip(training, infos, strict=True)}
+    out = [runner.finish(p, info_of.get(id(p), {}), share if id(p) in info_of else None) for p in prepared]
+    log.info("trained %d runs of %s on %s together", len(training), method_name, dataset)
+    return out
+
+
 def run_group(
     cfg: dict,
     dataset: str,
@@ -261,15 +277,4 @@ def run_group(
     """Train and evaluate the (shots, seed, run directory) ``runs`` of a batchable method together; each run's
     ``model.pt`` and ``metrics.json`` as :func:`feature_runs.run` writes them (``seconds.train``: its share of
     the shared training)."""
-    prepared = [feature_runs.prepare(cfg, dataset, method_name, shots, seed, out) for shots, seed, out in runs]
-    training = [p for p in prepared if p.trains]
-    t0 = time.time()
-    infos = train_together(training, cfg["train"]["checkpoint_every"], stop_after) if training else []
-    share = (time.time() - t0) / max(len(training), 1)
-    info_of = {id(p): info for p, info in zip(training, infos, strict=True)}
-    out = []
-    for p in prepared:
-        metrics = feature_runs.finish(p, info_of.get(id(p), {}), share if id(p) in info_of else None)
-        out.append(metrics)
-    log.info("trained %d runs of %s on %s together", len(training), method_name, dataset)
-    return out
+    return train_group(cfg, dataset, method_name, runs, stop_after, feature_runs, train_together)

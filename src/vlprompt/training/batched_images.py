@@ -38,8 +38,6 @@ IVLP, MaPLe, PromptSRC, ... (text-side prompts, several tower calls, randomness)
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +46,6 @@ import torch
 from vlprompt.clip import deep_prompts
 from vlprompt.training import batched, image_runs
 from vlprompt.training.image_runs import PreparedImageRun
-
-log = logging.getLogger(__name__)
 
 
 def per_row_prompts(calls: list[tuple[torch.Tensor, list[torch.Tensor]]]) -> list[torch.Tensor]:
@@ -117,12 +113,4 @@ def run_group(
     """Train and evaluate the (shots, seed, run directory) ``runs`` of a batchable image-loop method together;
     each run's ``model.pt`` and ``metrics.json`` as :func:`image_runs.run` writes them (``seconds.train``: its
     share of the shared training)."""
-    prepared = [image_runs.prepare(cfg, dataset, method_name, shots, seed, out) for shots, seed, out in runs]
-    training = [p for p in prepared if p.trains]
-    t0 = time.time()
-    infos = train_together(training, cfg["train"]["checkpoint_every"], stop_after) if training else []
-    share = (time.time() - t0) / max(len(training), 1)
-    info_of = {id(p): info for p, info in zip(training, infos, strict=True)}
-    out = [image_runs.finish(p, info_of.get(id(p), {}), share if id(p) in info_of else None) for p in prepared]
-    log.info("trained %d runs of %s on %s together", len(training), method_name, dataset)
-    return out
+    return batched.train_group(cfg, dataset, method_name, runs, stop_after, image_runs, train_together)
