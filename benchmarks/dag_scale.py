@@ -2,7 +2,7 @@
 
     python benchmarks/dag_scale.py plan [--config config/fewshot.yaml] [--steps 3] [--profile]
     python benchmarks/dag_scale.py schedule [--jobs 200] [--cores 2]
-    python benchmarks/dag_scale.py submit [--jobs 300]
+    python benchmarks/dag_scale.py submit [--jobs 300] [--max-queued N] [--log FILE] [-- SNAKEMAKE_FLAGS]
 
 ``plan`` writes a study config from ``--config`` with every registered method that fits its protocol (the schema has
 no ``methods: all``; a method that reads unlabelled images gets ``unlabelled: train``, one that starts from a
@@ -21,7 +21,9 @@ first) through ``snakemake --profile workflow/profiles/slurm`` with the flags ``
 nothing runs, so the figure is the submission alone and the cluster's other work is not disturbed); a wrapper
 ``sbatch`` first on the PATH records the time of every call. It prints the sbatch calls per second from the first
 call to the last and from Snakemake's start, then cancels the held jobs (by their ids) and stops Snakemake. It needs
-a running cluster (``sudo scripts/slurm/start_local_cluster.sh --gpus 0``).
+a running cluster (``sudo scripts/slurm/start_local_cluster.sh --gpus 0``). Held jobs never leave the queue, so the
+profile's ``jobs`` (100) caps what one run submits; ``--max-queued N`` passes ``--jobs N`` to Snakemake for this run
+only, to measure more. Flags after ``--`` go to Snakemake (``-- --scheduler greedy``); ``--log`` keeps its output.
 
 Nothing is downloaded: the real datasets are planned, never prepared. Figures of a shared machine are noisy: say so
 next to them (docs/performance.md).
@@ -34,6 +36,7 @@ import concurrent.futures
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -237,13 +240,19 @@ def submit(args) -> None:
         raise SystemExit(f"cluster-check failed:\n{check.stderr[-3000:]}")
     flags = check.stdout.split()
     # the profile as it is: at most `jobs` (100) SLURM jobs queued at once, so the held jobs stop it there
-    limit = int(yaml.safe_load((Path(profile) / "config.yaml").read_text()).get("jobs", 100))
-    cmd = [*SNAKEMAKE, "--profile", profile, *flags, "-d", str(work), *targets]
+    limit = args.max_queued or int(yaml.safe_load((Path(profile) / "config.yaml").read_text()).get("jobs", 100))
+    extra = [*(["--jobs", str(args.max_queued)] if args.max_queued else []), *args.snakemake_args]
+    cmd = [*SNAKEMAKE, "--profile", profile, *flags, *extra, "-d", str(work), *targets]
     if "--set-resources" not in flags:
         cmd[-len(targets) : -len(targets)] = held
     print("#", " ".join(cmd[len(SNAKEMAKE) :][: -len(targets)]), f"<{len(targets)} few-shot targets>", flush=True)
+    # Snakemake's output goes to a file, never to a pipe read only at the end: it prints every submitted job
+    # (about 1.5 KB each with the profile's printshellcmds), so after a few dozen jobs a pipe's 64 KiB buffer
+    # is full, Snakemake blocks in its log handler, and the submission threads, which log too, block behind it.
+    snakemake_log = work / "snakemake.out"
     t0 = time.time()
-    proc = subprocess.Popen(cmd, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with snakemake_log.open("w") as sink:
+        proc = subprocess.Popen(cmd, env=env, cwd=work, stdout=sink, stderr=subprocess.STDOUT, text=True)
     rows: list[list[str]] = []
     try:
         while time.time() < t0 + args.timeout and proc.poll() is None:
@@ -252,18 +261,23 @@ def submit(args) -> None:
                 break
             time.sleep(1)
     finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        rows = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
-        ids = [r[1].split(";")[0] for r in rows if len(r) > 1 and r[1].split(";")[0].isdigit()]
+        # the queue before Snakemake stops: on SIGINT it cancels the jobs it submitted
         queue = subprocess.run(["squeue", "-h", "-o", "%i %r"], capture_output=True, text=True).stdout.split("\n")
         held_ids = {line.split()[0] for line in queue if line.strip().endswith("JobHeldUser")}
+        # SIGINT, not SIGTERM: on SIGTERM Snakemake waits for its jobs to end, which held jobs never do
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out = snakemake_log.read_text(errors="replace")
+        rows = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+        ids = [r[1].split(";")[0] for r in rows if len(r) > 1 and r[1].split(";")[0].isdigit()]
         for i in range(0, len(ids), 100):
             subprocess.run(["scancel", *ids[i : i + 100]], capture_output=True)
+    if args.log:
+        Path(args.log).write_text(out)
     if not rows:
         raise SystemExit(f"nothing was submitted; snakemake said:\n{out[-3000:]}")
     times = [float(r[0]) - t0 for r in rows]
@@ -304,6 +318,15 @@ def main() -> None:
     s.add_argument("--jobs", type=int, default=300)
     s.add_argument("--timeout", type=int, default=1800, help="stop waiting for the submissions after this long")
     s.add_argument("--idle", type=int, default=120, help="stop when no job was submitted for this long")
+    s.add_argument(
+        "--max-queued",
+        type=int,
+        default=0,
+        help="snakemake --jobs for this run (the SLURM jobs queued at once; default: the profile's `jobs`), to "
+        "measure more submissions than the profile's cap, which held jobs never leave",
+    )
+    s.add_argument("--log", help="write snakemake's output to this file")
+    s.add_argument("snakemake_args", nargs="*", help="more snakemake flags after `--` (e.g. -- --scheduler greedy)")
     s.set_defaults(fn=submit)
     args = p.parse_args()
     args.fn(args)
