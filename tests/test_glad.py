@@ -157,8 +157,9 @@ def test_a_run_trains_resumes_and_evaluates_on_images(tmp_path_factory):
     assert full["method_info"]["gradient_rule"].startswith("mix")
 
 
+@pytest.mark.parametrize("method", ["glad", "clip_lora"])
 @pytest.mark.parametrize("name", ["base2novel.yaml", "fewshot.yaml", "crossdataset.yaml", "domain_generalization.yaml"])
-def test_the_real_configs_give_glad_clip_loras_iteration_budget(name):
+def test_the_real_configs_give_clip_loras_iteration_budget(name, method):
     """500 × K iterations of batch 32 (the last batch kept) as whole epochs: ⌈500 K / ⌈K · classes / 32⌉⌉, with the
     base classes (⌈C/2⌉) in base-to-new."""
     import math
@@ -168,11 +169,11 @@ def test_the_real_configs_give_glad_clip_loras_iteration_budget(name):
     from vlprompt.experiment.config import load_config, method_settings
 
     cfg = load_config(REPO / "config" / name)
-    assert "glad" in cfg["methods"]
+    assert method in cfg["methods"]
     for dataset in cfg["datasets"]:
         n = get_dataset(dataset).n_classes
         classes = math.ceil(n / 2) if cfg["protocol"] == "base2new" else n
         for k in cfg["shots"]:
             budget = math.ceil(500 * k / math.ceil(k * classes / 32))
-            epochs = method_settings(cfg, "glad", dataset, k).get("epochs", get_method("glad").Config().epochs)
-            assert epochs == budget, (name, dataset, k, epochs, budget)
+            epochs = method_settings(cfg, method, dataset, k).get("epochs", get_method(method).Config().epochs)
+            assert epochs == budget, (name, method, dataset, k, epochs, budget)

@@ -230,3 +230,6 @@ def test_transfer_and_base2novel_configs_carry_the_references_settings():
         cfg = validate(yaml.safe_load(Path(f"config/{name}.yaml").read_text()))
         assert run_config(cfg, "coop", "ImageNet", 16).epochs == 50  # xd_train.sh: vit_b16_ep50_ctxv1
         assert config.method_settings(cfg, "maple", "ImageNet", 16) == {"depth": 3, "lr": 0.0026, "epochs": 2}
+        # HiCroPL vit_b16_c2_ep5_batch32_2ctx_cross_datasets.yaml
+        hicropl = run_config(cfg, "hicropl", "ImageNet", 16)
+        assert (hicropl.epochs, hicropl.n_ctx, hicropl.cross_layer, hicropl.depth) == (5, 2, 5, 6)

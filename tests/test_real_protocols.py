@@ -37,10 +37,10 @@ DG_TARGETS = ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
 
 # Jobs per rule, from each protocol's grid. A trained method has one run per dataset x shots x seed; a
 # zero-shot method one per dataset (shots 0, seed 0). Feature-bank methods train in `train`, image-encoder
-# methods (vpt_deep, ivlp, maple, promptsrc, hicropl, glad, apt, tcpa, prompt_cam, dpl) in `train_images`; every run is
-# evaluated on every target.
+# methods (vpt_deep, ivlp, maple, promptsrc, hicropl, coprompt, disa, clip_lora, glad, apt, tcpa, prompt_cam, dpl) in
+# `train_images`; every run is evaluated on every target.
 EXPECTED = {
-    # 11 datasets; zeroshot + 5 feature methods (coop, cocoop, kgcoop, prograd, dvmi) + 9 image methods;
+    # 11 datasets; zeroshot + 6 feature methods (coop, cocoop, kgcoop, prograd, dvmi, tmml) + 12 image methods;
     # 16 shots; seeds 1-3
     # (few-shot subsets and their features: one job per dataset x shots x seed; test features per dataset)
     "base2novel.yaml": {
@@ -49,28 +49,29 @@ EXPECTED = {
         "sample_fewshot": 11 * 3,
         "extract_test": 11,
         "extract_fewshot": 11 * 3,
-        "train": 11 + 11 * 5 * 1 * 3,
-        "train_images": 11 * 9 * 1 * 3,  # with glad, apt, tcpa, dpl
+        "train": 11 + 11 * 6 * 1 * 3,
+        "train_images": 11 * 12 * 1 * 3,  # with hicropl, coprompt, disa, clip_lora, glad, apt, tcpa, dpl
         "aggregate": 1,
         "report": 1,
         "all": 1,
     },
-    # 11 datasets; zeroshot + 7 feature methods + 5 image methods (glad, prompt_cam, apt, tcpa, dpl); shots 1, 2, 4, 8,
-    # 16; seeds 1-3
+    # 11 datasets; zeroshot + 8 feature methods (with tmml) + 9 image methods (clip_lora, glad, prompt_cam, apt, tcpa,
+    # dpl, hicropl, coprompt, disa); shots 1, 2, 4, 8, 16; seeds 1-3
     "fewshot.yaml": {
         "prepare_dataset": 11,
         "split_classes": 11,
         "sample_fewshot": 11 * 5 * 3,
         "extract_test": 11,
         "extract_fewshot": 11 * 5 * 3,
-        "train": 11 + 11 * 7 * 5 * 3,
-        "train_images": 11 * 5 * 5 * 3,  # glad, prompt_cam, apt, tcpa, dpl
+        "train": 11 + 11 * 8 * 5 * 3,
+        "train_images": 11 * 9 * 5 * 3,
         "aggregate": 1,
         "report": 1,
         "all": 1,
     },
     # ImageNet + 10 targets prepared and their test features extracted (ImageNet's few-shot subsets too);
-    # zeroshot + 4 feature methods + 6 image methods (maple, promptsrc, glad, apt, tcpa, dpl)
+    # zeroshot + 5 feature methods (coop, cocoop, kgcoop, dvmi, tmml) + 10 image methods (maple, promptsrc, hicropl,
+    # coprompt, disa, clip_lora, glad, apt, tcpa, dpl)
     # trained on ImageNet (16 shots, seeds 1-3); each run evaluated on the 10 targets
     "crossdataset.yaml": {
         "prepare_dataset": 11,
@@ -78,10 +79,10 @@ EXPECTED = {
         "sample_fewshot": 3,
         "extract_test": 11,
         "extract_fewshot": 3,
-        "train": 1 + 4 * 3,
-        "train_images": 6 * 3,
-        "evaluate_transfer": (1 + 4 * 3) * 10,
-        "evaluate_transfer_images": 6 * 3 * 10,
+        "train": 1 + 5 * 3,
+        "train_images": 10 * 3,
+        "evaluate_transfer": (1 + 5 * 3) * 10,
+        "evaluate_transfer_images": 10 * 3 * 10,
         "aggregate": 1,
         "report": 1,
         "all": 1,
@@ -93,10 +94,10 @@ EXPECTED = {
         "sample_fewshot": 3,
         "extract_test": 5,
         "extract_fewshot": 3,
-        "train": 1 + 4 * 3,
-        "train_images": 6 * 3,
-        "evaluate_transfer": (1 + 4 * 3) * 4,
-        "evaluate_transfer_images": 6 * 3 * 4,
+        "train": 1 + 5 * 3,
+        "train_images": 10 * 3,
+        "evaluate_transfer": (1 + 5 * 3) * 4,
+        "evaluate_transfer_images": 10 * 3 * 4,
         "aggregate": 1,
         "report": 1,
         "all": 1,
