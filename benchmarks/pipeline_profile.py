@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -126,7 +127,10 @@ def main() -> None:
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--configfile", str(config), "-q"]
     print("running:", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    # the rules call `python -m vlprompt`: the interpreter running this script is first on the jobs' PATH, so
+    # `.venv/bin/python benchmarks/pipeline_profile.py` works without activating the environment
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    subprocess.run(cmd, cwd=ROOT, check=True, env=env)
     wall = time.perf_counter() - t0
 
     stages, methods, jobs = profile(Path(cfg["results_root"]) / cfg["experiment"])
