@@ -166,33 +166,25 @@ def schedule(args) -> None:
     n = len(targets)
     print(f"# {n} few-shot jobs of {len(datasets)} pocket datasets, --cores {args.cores}")
     print(f"snakemake: {seconds:.1f} s ({seconds / n:.2f} s per job)", flush=True)
-    # the same command lines, run by a pool of the same size, into a second folder
+    # the rule's own command line (workflow/rules/data.smk, sample_fewshot), run by a pool of the same size into a
+    # second folder, reading the config the Snakemake run resolved as its jobs do ($VLPROMPT_CONFIG: a planned
+    # config, whose method names were checked at plan time; `--config FILE` would check them again in every job)
+    from vlprompt.pipeline.workflow import CONFIG_ENV
+
+    env = {**ENV, CONFIG_ENV: str(work / full["results_root"] / full["experiment"] / "config.json")}
     commands = []
     for target in targets:
         match = re.search(r"splits/[^/]+/shot(\d+)_seed(\d+)\.json", target)
         dataset = next(d for d in datasets if f"/{grid.dataset_key(full, d)}/" in target)
+        out = work / "pool" / target
+        out.parent.mkdir(parents=True, exist_ok=True)
         commands.append(
-            [
-                sys.executable,
-                "-m",
-                "vlprompt",
-                "fewshot",
-                "--config",
-                str(config),
-                "--dataset",
-                dataset,
-                "--shots",
-                match.group(1),
-                "--seed",
-                match.group(2),
-                "--out",
-                str(work / "pool" / target),
-                "--quiet",
-            ]
+            f"python -m vlprompt fewshot --dataset {dataset} --key {grid.dataset_key(full, dataset)} "
+            f"--shots {match.group(1)} --seed {match.group(2)} --out {out} > {out}.log 2>&1"
         )
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(args.cores) as pool:
-        codes = list(pool.map(lambda c: subprocess.run(c, env=ENV, cwd=work, capture_output=True).returncode, commands))
+        codes = list(pool.map(lambda c: subprocess.run(["bash", "-c", c], env=env, cwd=work).returncode, commands))
     plain = time.perf_counter() - t0
     assert not any(codes), "a plain few-shot draw failed"
     print(
