@@ -156,7 +156,7 @@ def fewshot_draws(work: Path, jobs: int, cores: int) -> tuple[Path, dict, list[s
 def schedule(args) -> None:
     """Snakemake's time per job: the same few-shot draws under Snakemake and under a plain process pool."""
     work = Path(tempfile.mkdtemp(prefix="dag_sched_"))
-    config, full, targets = fewshot_draws(work, args.jobs, args.cores)
+    _, full, targets = fewshot_draws(work, args.jobs, args.cores)
     datasets = DATASETS
     from vlprompt.experiment import grid
 
